@@ -1,0 +1,193 @@
+"""Configuration as data: YAML and CSV files in ``configs/`` loaded into frozen dataclasses.
+
+Every file is validated once, when it is loaded: unknown keys, missing keys and wrong types
+raise :class:`~cohort.errors.ConfigError` naming the file and the key, before any series runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import yaml
+
+from cohort.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How structures are measured and judged."""
+
+    class_map: str = "class_map_total_v2.csv"
+    lower_bounds: str = "lower_bounds_v2.csv"
+    border_voxels: int = 3
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How the manifest is cut into batches and how failures are retried."""
+
+    batch_size: int = 50
+    max_in_flight_per_worker: int = 4
+    retries: int = 1
+    series_timeout_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    source: str = str(DEFAULT_CONFIG)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+    return data
+
+
+def from_mapping(cls: type[T], data: Any, source: Path | str, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys and value types recursively."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: key '{where}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(fields)})")
+    values = {}
+    for name, value in data.items():
+        values[name] = _coerce(hints[name], value, source, f"{prefix}{name}")
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: required key '{prefix}{missing[0]}' is missing")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, source: Path | str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(hint, value, source, key + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(o for o in options if o is not type(None))
+        origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: key '{key}' must be a list")
+        (item,) = typing.get_args(hint)[:1]
+        items = [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key '{key}' must be a mapping")
+        return dict(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not
+                       (hint is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{source}: key '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def load_run_config(path: Path | None = None) -> RunConfig:
+    """Load ``path`` (or the shipped ``configs/default.yaml``) and validate it."""
+    source = Path(path) if path else DEFAULT_CONFIG
+    config = from_mapping(RunConfig, load_yaml(source), source)
+    _check_positive(config, source)
+    return dataclasses.replace(config, source=str(source))
+
+
+def _check_positive(config: RunConfig, source: Path) -> None:
+    for section in ("measure", "execution"):
+        for f in dataclasses.fields(getattr(config, section)):
+            value = getattr(getattr(config, section), f.name)
+            if isinstance(value, (int, float)) and value < (0 if f.name in ("retries", "border_voxels") else 1e-9):
+                raise ConfigError(f"{source}: key '{section}.{f.name}' must be positive, got {value!r}")
+
+
+def config_file(name: str) -> Path:
+    """A file of the shipped ``configs/`` folder, or ``name`` itself when it is a path."""
+    candidate = Path(name)
+    return candidate if candidate.is_absolute() or candidate.exists() else CONFIG_DIR / name
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Label id -> structure name of one model's label maps (TotalSegmentator v2 names)."""
+
+    names: dict[int, str]
+    source: str
+
+    @property
+    def n_labels(self) -> int:
+        """Size of per-label arrays: the largest id plus one (for background)."""
+        return max(self.names) + 1
+
+
+def load_class_map(name: str) -> ClassMap:
+    path = config_file(name)
+    rows = _read_csv(path, ("label", "structure"))
+    names: dict[int, str] = {}
+    for line, row in rows:
+        label = _parse_number(row["label"], int, path, line, "label")
+        if label < 1 or label in names:
+            raise ConfigError(f"{path}: line {line}: key 'label' {label} must be a unique id >= 1")
+        names[label] = row["structure"]
+    if not names:
+        raise ConfigError(f"{path}: no classes")
+    return ClassMap(names=names, source=str(path))
+
+
+def load_lower_bounds(name: str, class_map: ClassMap) -> np.ndarray:
+    """Lower-bound volume (ml) per label id of ``class_map``; NaN where none is given."""
+    path = config_file(name)
+    by_name = {v: k for k, v in class_map.names.items()}
+    bounds = np.full(class_map.n_labels, np.nan)
+    for line, row in _read_csv(path, ("structure", "lower_bound_ml")):
+        if row["structure"] not in by_name:
+            raise ConfigError(f"{path}: line {line}: key 'structure' {row['structure']!r} is not in {class_map.source}")
+        if row["lower_bound_ml"]:
+            bounds[by_name[row["structure"]]] = _parse_number(row["lower_bound_ml"], float, path, line, "lower_bound_ml")
+    return bounds
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        for column in required:
+            if column not in (reader.fieldnames or []):
+                raise ConfigError(f"{path}: line 1: required column '{column}' is missing")
+        return [(line, {k: (v or "").strip() for k, v in row.items()}) for line, row in enumerate(reader, start=2)]
+
+
+def _parse_number(text: str, kind: type, path: Path, line: int, key: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{path}: line {line}: key '{key}' value {text!r} is not a number") from None

@@ -1,0 +1,31 @@
+"""Exceptions that carry a message a user can act on.
+
+Two families: errors that stop a run before any work (exit code 2) and errors that fail one
+series (its row in ``series/`` gets ``status == "failed"`` and the run goes on).
+"""
+
+from __future__ import annotations
+
+
+class CohortError(Exception):
+    """Base class of every error cohort raises on purpose."""
+
+
+class RunCannotStart(CohortError):
+    """The run cannot start at all: bad manifest, bad config, missing weights, locked output."""
+
+
+class ManifestError(RunCannotStart):
+    """The manifest is malformed; the message names file, row and column."""
+
+
+class ConfigError(RunCannotStart):
+    """A configuration file is invalid; the message names file and key."""
+
+
+class OutputLocked(RunCannotStart):
+    """Another ``cohort run`` holds the output folder."""
+
+
+class SeriesError(CohortError):
+    """One series cannot be processed; the message is a one-line reason naming the file."""

@@ -1,0 +1,56 @@
+"""The typed values that flow out of ingest: a CT volume and a label map on a voxel grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import nibabel as nib
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: array shape and the voxel-to-world (RAS, mm) affine."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the array axes (norms of the affine's columns)."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def orientation(self) -> str:
+        return "".join(nib.aff2axcodes(self.affine))
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A CT series: Hounsfield units in (x, y, z) array order, as the file stores them."""
+
+    hu: np.ndarray
+    affine: np.ndarray
+    source: Path
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(tuple(int(n) for n in self.hu.shape), self.affine)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Integer structure ids on a voxel grid (0 = background)."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    source: Path
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(tuple(int(n) for n in self.labels.shape), self.affine)
