@@ -41,6 +41,7 @@ class ExecutionConfig:
     max_in_flight_per_worker: int = 4
     retries: int = 1
     series_timeout_s: float = 3600.0
+    flush_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""``cohort`` command line: a thin layer over the plain API (run, stats, report, models).
+
+Exit codes: 0 every row done; 1 some rows failed; 2 the run could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cohort.errors import RunCannotStart
+from cohort.manifest import example_manifest
+
+console = Console(stderr=True)
+MAX_FAILURES_LISTED = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cohort", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect and Dask logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="segment and measure every series of a manifest")
+    run.add_argument("--manifest", type=Path, required=True,
+                     help=f"CSV with series_id,path[,age,sex,labels] (example: {example_manifest()})")
+    run.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results/)")
+    run.add_argument("--model", choices=("fast", "full"), default="fast", help="model for rows without labels")
+    run.add_argument("--weights", type=Path, help="folder holding TotalSegmentator's Dataset... folders")
+    run.add_argument("--config", type=Path, help="run configuration YAML (default: configs/default.yaml)")
+    run.add_argument("--cluster", choices=("local", "cuda", "slurm"), default="local")
+    run.add_argument("--workers", type=int, help="Dask workers (local: default one per core)")
+
+    stats = commands.add_parser("stats", help="run the aging study on a results folder")
+    stats.add_argument("--results", type=Path, required=True)
+    stats.add_argument("--out", type=Path, help="default: <results>/aging")
+    stats.add_argument("--config", type=Path, help="aging-study configuration YAML")
+
+    report = commands.add_parser("report", help="write one HTML page: run summary, QC and the aging study")
+    report.add_argument("--results", type=Path, required=True)
+    report.add_argument("--out", type=Path, help="default: <results>/report.html")
+
+    models = commands.add_parser("models", help="where weights are looked for, what is there, how to get the rest")
+    models.add_argument("--weights", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except RunCannotStart as error:
+        console.print(f"[bold red]cohort {args.command}: cannot start:[/] {error}", highlight=False)
+        return 2
+
+
+def _configure_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    quiet = logging.getLevelName(level if verbose else logging.ERROR).lower()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", quiet.upper())
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", quiet)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from cohort.run import RunRequest, prepare_run
+    from cohort.store import OutputLayout, exclusive_output
+
+    request = RunRequest(manifest=args.manifest, out=args.out, model=args.model, weights=args.weights,
+                         config=args.config, cluster=args.cluster, workers=args.workers)
+    command = "cohort " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with exclusive_output(OutputLayout(args.out.resolve()).lock, command):
+        run = prepare_run(request)
+        console.print(f"[bold]{len(run.plan.todo)}[/] series to process, "
+                      f"{len(run.plan.already_done)} already done in {run.layout.root}", highlight=False)
+        summary = _run_with_progress(run)
+    _print_summary(summary)
+    return summary.exit_code
+
+
+def _run_with_progress(run):
+    from flows.run_flow import cohort_run
+
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False, disable=not run.plan.todo) as progress:
+        bar = progress.add_task("series", total=len(run.plan.todo), failed=0)
+        failed = 0
+
+        def advance(result) -> None:
+            nonlocal failed
+            failed += not result.done
+            progress.update(bar, advance=1, failed=failed)
+
+        return cohort_run(run, on_result=advance)
+
+
+def _print_summary(summary) -> None:
+    table = Table(title="cohort run", show_header=False)
+    table.add_row("done", str(summary.n_done))
+    table.add_row("failed", f"[red]{summary.n_failed}[/]" if summary.n_failed else "0")
+    table.add_row("skipped (done before)", str(summary.n_skipped))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    table.add_row("features", str(summary.out / "features"))
+    table.add_row("series", str(summary.out / "series"))
+    table.add_row("label maps", str(summary.out / "labels.zarr"))
+    console.print(table)
+    for failure in summary.failures[:MAX_FAILURES_LISTED]:
+        console.print(f"  [red]failed[/] line {failure['manifest_line']}: {failure['error']}", highlight=False)
+    if summary.n_failed > MAX_FAILURES_LISTED:
+        console.print(f"  ... and {summary.n_failed - MAX_FAILURES_LISTED} more: see {summary.out / 'series'} "
+                      "(status == 'failed')")
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    import stats
+
+    stats.run_stats(args.results, args.out, args.config)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    import stats
+
+    path = stats.write_report(args.results, args.out)
+    console.print(f"report: {path}")
+    return 0
+
+
+def models_command(args: argparse.Namespace) -> int:
+    from cohort.segment import models_report
+
+    print(models_report(args.weights))
+    return 0
+
+
+COMMANDS = {"run": run_command, "stats": stats_command, "report": report_command, "models": models_command}
+
+if __name__ == "__main__":
+    sys.exit(main())

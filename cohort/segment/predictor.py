@@ -1,0 +1,66 @@
+"""One nnU-Net network, loaded once and run on (x, y, z) arrays through nnU-Net's own predictor.
+
+Settings are TotalSegmentator's: fold 0, ``checkpoint_final.pth``, sliding window with step
+0.8, Gaussian weighting, no mirroring, everything on the device when it is a GPU. nnU-Net
+works in (c, z, y, x); the arrays here are nibabel's (x, y, z), so image and spacing are
+transposed on the way in and the labels on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cohort.segment.chunking import plan_chunks
+from cohort.segment.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class NetworkPredictor:
+    """A loaded nnU-Net network folder (``<dataset>/<trainer>__<plans>__<configuration>``)."""
+
+    def __init__(self, folder: Path, spec: ModelSpec, device: torch.device) -> None:
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        self.folder = folder
+        self.spec = spec
+        captured = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
+            warnings.filterwarnings("ignore", message="Detected old nnU-Net plans format")
+            self._predictor = nnUNetPredictor(
+                tile_step_size=spec.tile_step_size,
+                use_gaussian=spec.use_gaussian,
+                use_mirroring=spec.use_mirroring,
+                perform_everything_on_device=device.type == "cuda",
+                device=device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
+            self._predictor.initialize_from_trained_model_folder(
+                str(folder), use_folds=(spec.fold,), checkpoint_name=spec.checkpoint)
+        if captured.getvalue().strip():
+            log.debug("nnU-Net while loading %s: %s", folder, captured.getvalue().strip())
+
+    def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
+        """Labels (uint8, x, y, z) of an int32 image on the model grid, z-chunked if it is large."""
+        labels = np.zeros(image.shape, dtype=np.uint8)
+        for chunk in plan_chunks(image.shape, self.spec.chunking.max_voxels, overlap):
+            part = self._predict_array(image[:, :, chunk.start:chunk.stop], spacing)
+            keep = slice(chunk.keep_start - chunk.start, chunk.keep_stop - chunk.start)
+            labels[:, :, chunk.keep_start:chunk.keep_stop] = part[:, :, keep]
+        return labels
+
+    def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        data = np.ascontiguousarray(image.transpose(2, 1, 0))[None].astype(np.float32)
+        properties = {"spacing": [spacing[2], spacing[1], spacing[0]]}
+        with contextlib.redirect_stdout(io.StringIO()):
+            seg = self._predictor.predict_single_npy_array(data, properties, None, None, False)
+        return np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8)

@@ -1,0 +1,66 @@
+"""Geometry around the network: to RAS and the model spacing, and back to the CT's own grid.
+
+These are the steps TotalSegmentator takes (Wasserthal et al. 2023; see
+``shared/reference/totalsegmentator_inference_facts.md``): reorient to the closest canonical
+orientation without interpolation, resample with ``scipy.ndimage.zoom`` (linear, edge mode
+``nearest``, values cast to int32), and after prediction resample the labels back with order 0
+and undo the reorientation. Doing the same arithmetic is what makes the label maps agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """An (x, y, z) array reoriented to RAS and the transform that undoes it."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    to_native: np.ndarray  # nibabel orientation array mapping the canonical axes back
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray) -> Canonical:
+    """Permute and flip axes so the array is in the closest canonical (RAS) orientation."""
+    ornt = nib.orientations.io_orientation(affine)
+    canonical = nib.orientations.apply_orientation(array, ornt)
+    # io_orientation sends native axis i to canonical axis ornt[i, 0]: spacings travel with their axes.
+    spacing = np.empty(3)
+    spacing[ornt[:, 0].astype(int)] = np.linalg.norm(affine[:3, :3], axis=0)
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
+                                           nib.orientations.axcodes2ornt(nib.orientations.aff2axcodes(affine)))
+    return Canonical(canonical, (float(spacing[0]), float(spacing[1]), float(spacing[2])), back)
+
+
+def to_native(labels: np.ndarray, canonical: Canonical) -> np.ndarray:
+    """Undo :func:`to_canonical` on a label array of the canonical shape."""
+    return np.ascontiguousarray(nib.orientations.apply_orientation(labels, canonical.to_native))
+
+
+def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...]) -> np.ndarray:
+    """Linear resampling of a CT to ``target`` spacing (mm), values cast to int32.
+
+    Computed in float64 as TotalSegmentator does (it reads the image with ``get_fdata``), so that
+    the int32 truncation lands on the same values.
+    """
+    zoom = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
+    data = np.asarray(array, dtype=np.float64)
+    if np.allclose(zoom, 1.0):
+        return data.astype(np.int32)
+    return ndimage.zoom(data, zoom, order=1, mode="nearest").astype(np.int32)
+
+
+def resample_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour (order 0) resampling of a label array to ``shape``."""
+    if labels.shape == tuple(shape):
+        return labels
+    zoom = np.asarray(shape, dtype=float) / np.asarray(labels.shape, dtype=float)
+    out = ndimage.zoom(labels, zoom, order=0, mode="nearest")
+    if out.shape != tuple(shape):
+        raise RuntimeError(f"order-0 resampling gave shape {out.shape}, expected {tuple(shape)}")
+    return out

@@ -1,0 +1,120 @@
+"""Segment a CT with a registered model; networks are loaded once per process and reused.
+
+A worker calls :func:`get_segmenter` for every series; the first call loads the networks
+(seconds to tens of seconds for TotalSegmentator's 30 M-parameter networks) and every later
+call returns the same :class:`Segmenter`, so series 2..N pay no load time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cohort.errors import RunCannotStart, SeriesError
+from cohort.ingest.volume import LabelMap, Volume
+from cohort.segment.chunking import ChunkTooLarge, overlap_slices
+from cohort.segment.merge import label_lookup, merge_into
+from cohort.segment.predictor import NetworkPredictor
+from cohort.segment.registry import ModelSpec, model_class_map
+from cohort.segment.resample import resample_image, resample_labels, to_canonical, to_native
+from cohort.segment.weights import check_model_ready, network_folder
+
+log = logging.getLogger(__name__)
+
+_CACHE: dict[tuple[str, str, str], "Segmenter"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A model's label map on the input CT's own grid, and seconds spent per stage."""
+
+    label_map: LabelMap
+    seconds: dict[str, float]
+
+
+class Segmenter:
+    """The networks of one model, loaded, with the geometry steps around them."""
+
+    def __init__(self, spec: ModelSpec, weights_dir: Path, device: torch.device) -> None:
+        check_model_ready(spec, weights_dir)
+        start = time.perf_counter()
+        self.spec = spec
+        self.device = device
+        classes = model_class_map(spec)
+        self._networks = []
+        for network in spec.networks:
+            folder = network_folder(spec, network, weights_dir)
+            try:
+                predictor = NetworkPredictor(folder, spec, device)
+            except Exception as exc:  # nnU-Net raises anything from KeyError to RuntimeError on a bad folder
+                raise RunCannotStart(f"{folder}: nnU-Net cannot load this network ({type(exc).__name__}: "
+                                     f"{exc}); remove the folder and fetch the weights again "
+                                     f"(`cohort models` lists the commands)") from exc
+            self._networks.append((network, predictor, label_lookup(network, classes)))
+        self._dtype = np.uint8 if classes.n_labels <= 256 else np.uint16
+        self.load_seconds = time.perf_counter() - start
+        log.info("loaded model %s (%d networks) on %s in %.1f s", spec.name, len(self._networks), device,
+                 self.load_seconds)
+
+    def segment(self, volume: Volume) -> Segmentation:
+        """Label ``volume`` with the model's ids, on the volume's own grid and orientation."""
+        seconds: dict[str, float] = {}
+        tick = time.perf_counter()
+        canonical = to_canonical(volume.hu, volume.affine)
+        image = resample_image(canonical.array, canonical.spacing, self.spec.spacing_mm)
+        seconds["resample"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        merged = self._predict(image, volume)
+        seconds["predict"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        labels = to_native(resample_labels(merged, canonical.array.shape), canonical)
+        seconds["restore"] = time.perf_counter() - tick
+        return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source), seconds)
+
+    def _predict(self, image: np.ndarray, volume: Volume) -> np.ndarray:
+        merged = np.zeros(image.shape, dtype=self._dtype)
+        overlap = overlap_slices(self.spec.chunking.overlap_mm, self.spec.spacing_mm[2])
+        for network, predictor, lut in self._networks:
+            try:
+                labels = predictor.predict(image, self.spec.spacing_mm, overlap)
+            except ChunkTooLarge as exc:
+                raise SeriesError(f"{volume.source}: too large for model {self.spec.name!r} even when chunked "
+                                  f"({exc}); raise chunking.max_voxels in {self.spec.source}") from None
+            except (MemoryError, RuntimeError) as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                raise SeriesError(f"{volume.source}: out of memory predicting {network.dataset} on "
+                                  f"{image.shape} voxels ({type(exc).__name__}); lower chunking.max_voxels in "
+                                  f"{self.spec.source} or give each worker more memory") from None
+            merge_into(merged, labels, lut)
+        return merged
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text or \
+        "allocate memory" in text
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the first CUDA GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto") -> Segmenter:
+    """The process-wide :class:`Segmenter` of ``spec`` (loaded on the first call only)."""
+    resolved = resolve_device(device)
+    key = (spec.source or spec.name, str(Path(weights_dir).resolve()), str(resolved))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Segmenter(spec, Path(weights_dir), resolved)
+        return _CACHE[key]

@@ -1,0 +1,45 @@
+"""One writer per output folder: an advisory ``flock`` that the kernel releases when the
+holder dies, so a killed run never leaves the folder stuck."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from cohort.errors import OutputLocked
+
+
+@contextmanager
+def exclusive_output(lock_path: Path, command: str) -> Iterator[None]:
+    """Hold the lock on ``lock_path`` for the body, or raise :class:`OutputLocked` at once."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise OutputLocked(f"{lock_path.parent} is in use by another cohort run ({_describe(handle.read())}); "
+                               "wait for it to finish or stop it, then run again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _describe(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']} since {holder['started']}: {holder['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

@@ -1,0 +1,93 @@
+"""The two Parquet datasets of the user contract and how parts of them are written.
+
+A run writes both tables in parts, one pair per finished batch, named alike
+(``features/<part>.parquet`` and ``series/<part>.parquet``). A part is written to a
+temporary name and renamed, so a reader never sees half a file; the features part is
+written first, so a series row marked ``done`` always has its features on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("series_id", pa.string()),
+        ("structure", pa.string()),
+        ("label", pa.int32()),
+        ("volume_ml", pa.float64()),
+        ("mean_hu", pa.float64()),
+        ("std_hu", pa.float64()),
+        ("median_hu", pa.float64()),
+        ("p05_hu", pa.float64()),
+        ("p95_hu", pa.float64()),
+        ("n_voxels", pa.int64()),
+        ("status", pa.string()),
+        ("lower_bound_ml", pa.float64()),
+        ("model", pa.string()),
+        ("measure_spacing_mm", pa.string()),
+    ]
+)
+
+SERIES_SCHEMA = pa.schema(
+    [
+        ("series_id", pa.string()),
+        ("age", pa.float64()),
+        ("sex", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("manifest_line", pa.int32()),
+        ("model", pa.string()),
+        ("shape", pa.list_(pa.int32())),
+        ("spacing_mm", pa.list_(pa.float64())),
+        ("orientation", pa.string()),
+        ("measure_spacing_mm", pa.string()),
+        ("n_structures_ok", pa.int32()),
+        ("seconds_ingest", pa.float64()),
+        ("seconds_segment", pa.float64()),
+        ("seconds_measure", pa.float64()),
+        ("seconds_store", pa.float64()),
+        ("seconds_total", pa.float64()),
+        ("attempts", pa.int32()),
+        ("worker", pa.string()),
+        ("cohort_version", pa.string()),
+        ("nnunet_version", pa.string()),
+        ("finished_at", pa.timestamp("s", tz="UTC")),
+    ]
+)
+
+
+def write_part(folder: Path, name: str, table: pa.Table, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``table`` as ``folder/name.parquet`` atomically (temporary file, then rename)."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    target = folder / f"{name}.parquet"
+    temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, temporary, compression="zstd")
+    os.replace(temporary, target)
+    return target
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The finished parts of a dataset folder, oldest name first (names sort by time)."""
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def read_dataset(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """All parts of ``folder`` as one table (empty table with ``schema`` when there are none)."""
+    parts = [pq.read_table(path, columns=columns) for path in part_files(folder)]
+    if not parts:
+        wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+        return wanted.empty_table()
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete half-written parts left by a run that was killed while writing."""
+    for leftover in folder.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)

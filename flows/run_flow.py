@@ -1,0 +1,57 @@
+"""The Prefect flow of ``cohort run``: process the planned series on Dask, write batches.
+
+Prefect records the run (and shows it in its UI when ``PREFECT_API_URL`` points at a
+server); per-batch writes are Prefect tasks, per-series work is plain Dask futures.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from cohort.pipeline import SeriesResult
+from cohort.run import BatchWriter, PreparedRun, RunSummary, finish_run
+from flows.clusters import open_client
+from flows.dispatch import run_series
+
+
+@task(name="write-batch", cache_policy=NO_CACHE)
+def write_batch(writer: BatchWriter) -> None:
+    writer.flush()
+
+
+@flow(name="cohort-run", validate_parameters=False)
+def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None) -> RunSummary:
+    """Process ``run.plan.todo`` on the requested cluster; return the run's summary."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    execution = run.config.execution
+    writer = BatchWriter(run.layout, run.run_id, execution.batch_size, execution.flush_interval_s)
+    logger.info("%d series to process, %d already done", len(run.plan.todo), len(run.plan.already_done))
+    dashboard = None
+    if run.plan.todo:
+        with open_client(run.request.cluster, run.request.workers, execution) as client:
+            dashboard = client.dashboard_link
+            logger.info("Dask dashboard: %s", dashboard)
+
+            def record(result: SeriesResult) -> None:
+                writer.add(result)
+                if on_result is not None:
+                    on_result(result)
+                if not result.done:
+                    logger.warning("series failed: %s", result.row["error"])
+                flush_if_due()
+
+            def flush_if_due() -> None:
+                if writer.should_flush():
+                    write_batch(quote(writer))
+
+            run_series(client, run.plan.todo, run.context, execution, record, on_idle=flush_if_due)
+    summary = finish_run(run, writer, started, dashboard)
+    logger.info("done %d, failed %d, skipped %d in %.1f s", summary.n_done, summary.n_failed, summary.n_skipped,
+                summary.seconds)
+    return summary
