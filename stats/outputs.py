@@ -1,0 +1,107 @@
+"""Writing the study's results: tidy Parquet and CSV tables and a Markdown summary.
+
+Each Parquet file carries the resolved configuration and the age-group edges in its
+schema metadata (key ``cohort.aging``), so a table found alone still says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stats.paper import PAPER_SPEARMAN
+from stats.study import ALL, AgingResults
+
+log = logging.getLogger(__name__)
+METADATA_KEY = b"cohort.aging"
+
+
+def provenance(results: AgingResults) -> dict[str, object]:
+    """What produced the tables: configuration, its file and the age-group edges used."""
+    return {"config": dataclasses.asdict(results.config), "age_group_edges": list(results.age_groups.edges),
+            "age_group_labels": list(results.age_groups.labels)}
+
+
+def write_tables(results: AgingResults, out_dir: Path) -> list[Path]:
+    """Write every table as ``<name>.parquet`` and ``<name>.csv``; returns the Parquet paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = json.dumps(provenance(results)).encode()
+    paths = []
+    for name, frame in results.tables().items():
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: metadata})
+        pq.write_table(table, out_dir / f"{name}.parquet")
+        frame.to_csv(out_dir / f"{name}.csv", index=False)
+        paths.append(out_dir / f"{name}.parquet")
+    (out_dir / "provenance.json").write_text(json.dumps(provenance(results), indent=2) + "\n")
+    log.info("tables: %s", ", ".join(p.stem for p in paths))
+    return paths
+
+
+def strongest_effects(results: AgingResults, top_n: int) -> pd.DataFrame:
+    """The ``top_n`` significant Spearman correlations by |r_s|, with the group test and medians."""
+    corr = results.correlations
+    corr = corr[(corr["stratum"] == ALL) & corr["significant"]]
+    corr = corr.assign(abs_r=corr["spearman_r"].abs()).nlargest(top_n, "abs_r")
+    keys = ["stratum", "structure", "metric"]
+    kw = results.quartile_tests[keys + ["p", "epsilon_squared"]].rename(columns={"p": "kruskal_p"})
+    medians = results.descriptives.pivot_table(index=keys, columns="age_group", values="median", observed=True)
+    first, last = results.age_groups.labels[0], results.age_groups.labels[-1]
+    medians = medians[[first, last]].rename(columns={first: "median_youngest", last: "median_oldest"}).reset_index()
+    table = corr.merge(kw, on=keys, how="left").merge(medians, on=keys, how="left")
+    paper = [PAPER_SPEARMAN.get((s, m), np.nan) for s, m in zip(table["structure"], table["metric"])]
+    return table.assign(paper_r=paper)[["structure", "metric", "n", "spearman_r", "p", "paper_r", "kruskal_p",
+                                        "epsilon_squared", "median_youngest", "median_oldest"]]
+
+
+def write_summary(results: AgingResults, out_dir: Path) -> Path:
+    """``summary.md``: what was tested, how many effects are significant, the strongest ones."""
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(summary_lines(results)) + "\n")
+    return path
+
+
+def summary_lines(results: AgingResults) -> list[str]:
+    """The Markdown lines of ``summary.md``."""
+    config, corr, kw = results.config, results.correlations, results.quartile_tests
+    overall = corr[corr["stratum"] == ALL] if not corr.empty else corr
+    n_subjects = results.table.values["series_id"].nunique()
+    effects = strongest_effects(results, config.summary_top_n) if not corr.empty else pd.DataFrame()
+    lines = [
+        "# Aging study: summary",
+        "",
+        f"- Subjects with at least one included measurement: {n_subjects}; structures: {overall['structure'].nunique() if len(overall) else 0}.",
+        f"- Included QC statuses: {', '.join(config.include_statuses)}; alpha = {config.alpha:g}; configuration: `{config.source}`.",
+        f"- Age groups ({config.age_groups.method}): {', '.join(results.age_groups.labels)} years (left-closed: a cut-point age goes to the older group).",
+        f"- Spearman significant: {int(overall['significant'].sum()) if len(overall) else 0} of {len(overall)} structure-metric pairs; "
+        f"Kruskal-Wallis significant: {int(kw.loc[kw['stratum'] == ALL, 'significant'].sum()) if len(kw) else 0}.",
+        "",
+        f"## Strongest age effects (top {config.summary_top_n} by |r_s|, significant only)",
+        "",
+    ]
+    return lines + (_markdown_table(effects) if len(effects) else ["No significant age effect."])
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    """A pipe table with p-values in scientific notation and other numbers to 3 significant digits."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(_cell(c, v) for c, v in row.items()) + " |" for _, row in frame.iterrows()]
+    return [header, rule, *body]
+
+
+def _cell(column: str, value: object) -> str:
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return ""
+        if column.endswith("_p") or column == "p":
+            return "< 1e-300" if value == 0 else f"{value:.1e}"
+        return f"{value:.3g}"
+    return str(value)

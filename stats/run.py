@@ -1,0 +1,66 @@
+"""``run_stats``: the aging study from a ``cohort run`` output folder to tables and figures."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stats.cohort_table import load_results
+from stats.config import load_aging_config
+from stats.figures import draw_figures
+from stats.outputs import write_summary, write_tables
+from stats.study import ALL, run_study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StatsRun:
+    """Where ``run_stats`` wrote what, and the headline counts."""
+
+    out_dir: Path
+    tables: tuple[Path, ...]
+    figures: tuple[Path, ...]
+    summary: Path
+    n_series: int
+    n_subjects: int
+    n_tests: int
+    n_significant: int
+    seconds: float
+
+    def describe(self) -> str:
+        """A few lines for the command line."""
+        return (f"aging study: {self.n_subjects} of {self.n_series} series used, "
+                f"{self.n_significant} of {self.n_tests} structure-metric correlations significant, "
+                f"{self.seconds:.1f} s\n"
+                f"tables, {len(self.figures)} figures and summary.md in {self.out_dir}")
+
+
+def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path | None = None) -> StatsRun:
+    """Run the aging study on ``results_dir/{features,series}`` and write ``out_dir``.
+
+    ``out_dir`` defaults to ``results_dir/aging``; ``config_path`` to the shipped
+    ``stats/aging_default.yaml``. Raises ``ConfigError`` for a bad config (before reading
+    any table) and ``FileNotFoundError`` when the results folder lacks a table.
+    """
+    start = time.perf_counter()
+    config = load_aging_config(config_path)
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir else results_dir / "aging"
+    tables = load_results(results_dir)
+    results = run_study(tables.features, tables.series, config)
+    paths = write_tables(results, out_dir)
+    figures = draw_figures(results, out_dir / "figures")
+    summary = write_summary(results, out_dir)
+    overall = results.correlations[results.correlations["stratum"] == ALL] if len(results.correlations) else None
+    run = StatsRun(
+        out_dir=out_dir, tables=tuple(paths), figures=tuple(figures), summary=summary,
+        n_series=len(tables.series), n_subjects=int(results.table.values["series_id"].nunique()),
+        n_tests=0 if overall is None else len(overall),
+        n_significant=0 if overall is None else int(overall["significant"].sum()),
+        seconds=time.perf_counter() - start,
+    )
+    log.info("%s", run.describe())
+    return run

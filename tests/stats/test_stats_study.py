@@ -1,0 +1,147 @@
+"""The aging study finds what was planted in a synthetic cohort, and nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+
+from stats.config import load_aging_config
+from stats.study import AgingResults, run_study
+from stats.synthetic import SyntheticCohort, make_cohort
+
+
+def _joined(corr: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
+    return corr[corr["stratum"] == "all"].merge(effects, on=["structure", "metric"], validate="one_to_one")
+
+
+def test_planted_effects_found_with_right_sign(results: AgingResults, cohort: SyntheticCohort) -> None:
+    planted = _joined(results.correlations, cohort.effects).query("planted_r != 0")
+    assert len(planted) == 8
+    assert planted["significant"].all()
+    assert (np.sign(planted["spearman_r"]) == np.sign(planted["planted_r"])).all()
+    assert np.allclose(planted["spearman_r"], planted["planted_r"], atol=0.06)
+    kw = results.quartile_tests.merge(planted[["structure", "metric"]], on=["structure", "metric"])
+    assert kw["significant"].all() and (kw["epsilon_squared"] > 0.05).all()
+
+
+def test_oldest_vs_youngest_pair_has_the_planted_direction(results: AgingResults, cohort: SyntheticCohort) -> None:
+    pairs = results.pairwise_tests.query("group_young == '<41' and group_old == '>=78'")
+    planted = pairs.merge(cohort.effects.query("planted_r != 0"), on=["structure", "metric"])
+    assert planted["significant"].all()
+    assert (np.sign(planted["rank_biserial"]) == np.sign(planted["planted_r"])).all()
+    assert (np.sign(planted["median_difference"]) == np.sign(planted["planted_r"])).all()
+
+
+def test_no_effect_where_none_was_planted(results: AgingResults, cohort: SyntheticCohort) -> None:
+    null = _joined(results.correlations, cohort.effects).query("planted_r == 0")
+    assert len(null) == 226
+    assert null["significant"].sum() <= 1  # expected 226 * 1e-4 = 0.02
+    assert (null["spearman_r"].abs() < 0.08).all()
+
+
+def test_false_positive_rate_near_alpha_at_five_percent(cohort: SyntheticCohort) -> None:
+    config = dataclasses.replace(load_aging_config(), alpha=0.05)
+    corr = run_study(cohort.features, cohort.series, config).correlations
+    null = _joined(corr, cohort.effects).query("planted_r == 0")
+    rate = null["significant"].mean()
+    assert 0.01 <= rate <= 0.10, rate  # 0.05 +- 3 binomial SD for 226 tests
+    assert sps.kstest(null["p"], "uniform").pvalue > 0.001  # null p-values are uniform
+
+
+def test_exclusions_match_what_was_planted(results: AgingResults, cohort: SyntheticCohort) -> None:
+    table = results.exclusions.pivot(index="structure", columns="reason", values="n_series")
+    planted = cohort.planted_exclusions.pivot(index="structure", columns="status", values="n_series").fillna(0)
+    for status in ("absent", "fov_truncated", "below_lower_bound"):
+        assert (table[status] == planted[status].reindex(table.index)).all()
+    assert (table["included"] == planted["ok"].reindex(table.index)).all()
+    assert (table["series_failed"] == 20).all() and (table["no_age"] == 15).all()
+    assert (table["not_measured"] == 0).all()
+    assert (table.sum(axis=1) == len(cohort.series)).all()
+
+
+def test_included_counts_agree_across_tables(results: AgingResults) -> None:
+    included = results.exclusions.query("reason == 'included'").set_index("structure")["n_series"]
+    corr = results.correlations.set_index(["structure", "metric"])["n"]
+    for (structure, _metric), n in corr.items():
+        assert n == included[structure]  # HU is missing only where the structure is absent
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_permuted_age_destroys_every_correlation(cohort: SyntheticCohort, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    series = cohort.series.assign(age=rng.permutation(cohort.series["age"].to_numpy()))
+    corr = run_study(cohort.features, series).correlations
+    assert not corr["significant"].any()
+    assert corr["spearman_r"].abs().max() < 0.08
+
+
+def test_results_equal_scipy_on_the_same_data(results: AgingResults, cohort: SyntheticCohort) -> None:
+    rows = cohort.features.merge(cohort.series, on="series_id", suffixes=("", "_series"))
+    rows = rows[(rows["status"] == "ok") & (rows["status_series"] == "done") & rows["age"].notna()]
+    rows = rows[rows["structure"] == "kidney_left"]
+    age, volume = rows["age"].to_numpy(), rows["volume_ml"].to_numpy()
+    key = "structure == 'kidney_left' and metric == 'volume_ml'"
+    corr = results.correlations.query(key).iloc[0]
+    expected = sps.spearmanr(age, volume)
+    assert corr["spearman_r"] == pytest.approx(expected.statistic, rel=1e-12)
+    assert corr["p"] == pytest.approx(expected.pvalue, rel=1e-9)
+    groups = [volume[age < 41], volume[(age >= 41) & (age < 59)], volume[(age >= 59) & (age < 78)], volume[age >= 78]]
+    kw = results.quartile_tests.query(key).iloc[0]
+    h = sps.kruskal(*groups)
+    assert (kw["h_statistic"], kw["p"]) == pytest.approx((h.statistic, h.pvalue), rel=1e-12)
+    assert kw["epsilon_squared"] == pytest.approx(h.statistic / (len(volume) - 1))
+    pairs = results.pairwise_tests.query(key)
+    raw = [sps.mannwhitneyu(groups[b], groups[a]) for a, b in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]]
+    assert pairs["u_statistic"].tolist() == pytest.approx([r.statistic for r in raw], rel=1e-12)
+    assert pairs["p_adjusted"].tolist() == pytest.approx(list(multipletests([r.pvalue for r in raw], method="bonferroni")[1]))
+    desc = results.descriptives.query(key + " and age_group == 'all'").iloc[0]
+    z = (volume - volume.mean()) / volume.std(ddof=1)
+    assert desc["ks_p"] == pytest.approx(sps.kstest(z, "norm").pvalue)
+    assert (desc["n"], desc["median"], desc["sd"]) == pytest.approx((len(volume), np.median(volume), volume.std(ddof=1)))
+
+
+def test_cut_point_ages_go_to_the_older_group(results: AgingResults) -> None:
+    groups = results.age_groups
+    assert groups.labels == ("<41", "41-59", "59-78", ">=78")
+    assert groups.assign(np.array([18.0, 40.9, 41.0, 58.99, 59.0, 77.5, 78.0, 100.0])).tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_cohort_quartiles_split_subjects_evenly(cohort: SyntheticCohort) -> None:
+    base = load_aging_config()
+    config = dataclasses.replace(base, age_groups=dataclasses.replace(base.age_groups, method="cohort_quartiles"))
+    results = run_study(cohort.features, cohort.series, config)
+    sizes = results.descriptives.query("structure == 'aorta' and metric == 'volume_ml' and age_group != 'all'")["n"]
+    assert sizes.min() > 0.22 * sizes.sum()
+
+
+def test_sex_strata_are_analysed_separately() -> None:
+    small = make_cohort(n_subjects=800, n_structures=9, seed=5)
+    config = dataclasses.replace(load_aging_config(), stratify_by_sex=True, workers=1)
+    corr = run_study(small.features, small.series, config).correlations
+    assert set(corr["stratum"]) == {"all", "F", "M"}
+    n = corr.query("structure == 'aorta' and metric == 'volume_ml'").set_index("stratum")["n"]
+    assert n["F"] + n["M"] == n["all"]
+    assert n["M"] / n["all"] == pytest.approx(0.635, abs=0.05)
+
+
+def test_one_worker_and_two_workers_agree() -> None:
+    small = make_cohort(n_subjects=400, n_structures=40, seed=9)
+    base = load_aging_config()
+    one = run_study(small.features, small.series, dataclasses.replace(base, workers=1))
+    two = run_study(small.features, small.series, dataclasses.replace(base, workers=2))
+    for name, table in one.tables().items():
+        pd.testing.assert_frame_equal(table, two.tables()[name])
+
+
+def test_tiny_and_constant_samples_give_nan_not_errors() -> None:
+    small = make_cohort(n_subjects=30, n_structures=8, seed=2, n_failed_series=0, n_without_age=0)
+    features = small.features.assign(volume_ml=np.where(small.features["structure"] == "aorta", 5.0,
+                                                         small.features["volume_ml"]))
+    results = run_study(features, small.series, dataclasses.replace(load_aging_config(), workers=1))
+    aorta = results.correlations.query("structure == 'aorta' and metric == 'volume_ml'").iloc[0]
+    assert np.isnan(aorta["spearman_r"]) and not aorta["significant"]
