@@ -96,7 +96,8 @@ def overview_figure(correlations: pd.DataFrame, path: Path, dpi: int) -> Path:
     rows = correlations[correlations["stratum"] == ALL]
     metrics = list(dict.fromkeys(rows["metric"]))
     height = max(3.0, 0.13 * rows["structure"].nunique() + 1.0)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), height), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), height), squeeze=False,
+                             layout="constrained")
     for axis, metric in zip(axes[0], metrics):
         part = rows[rows["metric"] == metric].sort_values("spearman_r", na_position="first")
         colors = np.where(part["significant"], SIGNIFICANT, NOT_SIGNIFICANT)
@@ -107,7 +108,6 @@ def overview_figure(correlations: pd.DataFrame, path: Path, dpi: int) -> Path:
         axis.tick_params(axis="y", labelsize=6)
         axis.grid(axis="x", alpha=0.3)
     fig.suptitle("Age correlation per structure (dark: significant)", fontsize=11)
-    fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -1,0 +1,53 @@
+"""The aging config is validated on load; errors name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cohort.errors import ConfigError
+from stats.config import DEFAULT_CONFIG, load_aging_config
+
+
+def test_shipped_defaults_follow_the_paper() -> None:
+    config = load_aging_config()
+    assert config.alpha == 0.0001
+    assert config.age_groups.method == "paper" and config.age_groups.cut_points == (41.0, 59.0, 78.0)
+    assert config.include_statuses == ("ok",) and config.metrics == ("volume_ml", "mean_hu")
+    assert config.pairwise_correction == "bonferroni" and config.source == str(DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("alpah: 0.01\n", "alpah"),
+    ("alpha: high\n", "alpha"),
+    ("alpha: 2\n", "alpha"),
+    ("metrics: [volume_ml, hu]\n", "metrics"),
+    ("include_statuses: [ok, failed]\n", "include_statuses"),
+    ("age_groups: {method: deciles}\n", "age_groups.method"),
+    ("age_groups: {cut_points: [59, 41, 78]}\n", "age_groups.cut_points"),
+    ("age_groups: {cut_point: [41, 59, 78]}\n", "age_groups.cut_point"),
+    ("pairwise_correction: tukey\n", "pairwise_correction"),
+    ("figures: {which: some}\n", "figures.which"),
+    ("figures: {top_n: 0}\n", "figures.top_n"),
+    ("workers: 0\n", "workers"),
+    ("stratify_by_sex: 1\n", "stratify_by_sex"),
+])
+def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "aging.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{path}: .*'{key}'"):
+        load_aging_config(path)
+
+
+def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "aging.yaml"
+    path.write_text("alpha: 0.05\nage_groups:\n  method: cohort_quartiles\n")
+    config = load_aging_config(path)
+    assert config.alpha == 0.05 and config.age_groups.method == "cohort_quartiles"
+    assert config.age_groups.cut_points == (41.0, 59.0, 78.0) and config.source == str(path)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_aging_config(tmp_path / "nope.yaml")

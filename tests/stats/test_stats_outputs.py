@@ -1,0 +1,60 @@
+"""``run_stats`` writes tidy Parquet and CSV tables, figures and summary.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from stats import run_stats
+from stats.outputs import METADATA_KEY
+
+TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
+
+
+def test_run_stats_writes_every_table_twice(small_results_dir: Path, tmp_path: Path) -> None:
+    run = run_stats(small_results_dir, tmp_path / "aging")
+    assert run.out_dir == tmp_path / "aging" and run.n_series == 600 and run.n_tests == 24
+    for name in TABLES:
+        parquet = pd.read_parquet(tmp_path / "aging" / f"{name}.parquet")
+        csv = pd.read_csv(tmp_path / "aging" / f"{name}.csv")
+        assert len(parquet) == len(csv) > 0 and list(parquet.columns) == list(csv.columns)
+    metadata = json.loads(pq.read_schema(tmp_path / "aging" / "correlations.parquet").metadata[METADATA_KEY])
+    assert metadata["config"]["alpha"] == 0.0001 and metadata["age_group_edges"] == [41.0, 59.0, 78.0]
+
+
+def test_tables_are_tidy_with_documented_columns(small_results_dir: Path, tmp_path: Path) -> None:
+    run_stats(small_results_dir, tmp_path)
+    corr = pd.read_parquet(tmp_path / "correlations.parquet")
+    assert list(corr.columns) == ["stratum", "structure", "metric", "n", "spearman_r", "p", "significant"]
+    assert not corr.duplicated(["stratum", "structure", "metric"]).any()
+    pairs = pd.read_parquet(tmp_path / "pairwise_tests.parquet")
+    assert len(pairs) == 6 * len(corr)
+    desc = pd.read_parquet(tmp_path / "descriptives.parquet")
+    assert set(desc["age_group"]) == {"all", "<41", "41-59", "59-78", ">=78"}
+    excl = pd.read_parquet(tmp_path / "exclusions.parquet")
+    assert (excl.groupby("structure")["n_series"].sum() == 600).all()
+
+
+def test_summary_names_the_strongest_planted_effect(small_results_dir: Path, tmp_path: Path) -> None:
+    run = run_stats(small_results_dir, tmp_path)
+    text = run.summary.read_text()
+    assert "| gluteus_minimus_left | mean_hu |" in text
+    assert "alpha = 0.0001" in text and "<41, 41-59, 59-78, >=78" in text
+
+
+@pytest.mark.parametrize(("which", "expected"), [("none", 0), ("overview", 1), ("top", 4), ("all", 25)])
+def test_figure_choice(small_results_dir: Path, tmp_path: Path, which: str, expected: int) -> None:
+    config = tmp_path / "aging.yaml"
+    config.write_text(f"figures: {{which: {which}, top_n: 3}}\n")
+    run = run_stats(small_results_dir, tmp_path / "out", config)
+    assert len(run.figures) == expected
+    assert all(p.stat().st_size > 1000 for p in run.figures)
+
+
+def test_missing_results_folder_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="cohort run"):
+        run_stats(tmp_path)
