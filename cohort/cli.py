@@ -14,7 +14,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from cohort.errors import RunCannotStart
 from cohort.manifest import example_manifest
@@ -82,7 +81,7 @@ def run_command(args: argparse.Namespace) -> int:
     with exclusive_output(OutputLayout(args.out.resolve()).lock, command):
         run = prepare_run(request)
         console.print(f"[bold]{len(run.plan.todo)}[/] series to process, "
-                      f"{len(run.plan.already_done)} already done in {run.layout.root}", highlight=False)
+                      f"{len(run.plan.already_done)} already done in {run.layout.root}", highlight=False, soft_wrap=True)
         summary = _run_with_progress(run)
     _print_summary(summary)
     return summary.exit_code
@@ -106,17 +105,14 @@ def _run_with_progress(run):
 
 
 def _print_summary(summary) -> None:
-    table = Table(title="cohort run", show_header=False)
-    table.add_row("done", str(summary.n_done))
-    table.add_row("failed", f"[red]{summary.n_failed}[/]" if summary.n_failed else "0")
-    table.add_row("skipped (done before)", str(summary.n_skipped))
-    table.add_row("time", f"{summary.seconds:.1f} s")
-    table.add_row("features", str(summary.out / "features"))
-    table.add_row("series", str(summary.out / "series"))
-    table.add_row("label maps", str(summary.out / "labels.zarr"))
-    console.print(table)
+    failed = f"[red]{summary.n_failed} failed[/]" if summary.n_failed else "0 failed"
+    console.print(f"[bold]cohort run:[/] {summary.n_done} done, {failed}, {summary.n_skipped} skipped (done before) "
+                  f"in {summary.seconds:.1f} s", highlight=False)
+    for name, path in (("features", "features"), ("series", "series"), ("label maps", "labels.zarr")):
+        console.print(f"  {name + ':':12s}{summary.out / path}", highlight=False, soft_wrap=True)
     for failure in summary.failures[:MAX_FAILURES_LISTED]:
-        console.print(f"  [red]failed[/] line {failure['manifest_line']}: {failure['error']}", highlight=False)
+        console.print(f"  [red]failed[/] line {failure['manifest_line']}: {failure['error']}", highlight=False,
+                      soft_wrap=True)
     if summary.n_failed > MAX_FAILURES_LISTED:
         console.print(f"  ... and {summary.n_failed - MAX_FAILURES_LISTED} more: see {summary.out / 'series'} "
                       "(status == 'failed')")

@@ -1,0 +1,116 @@
+"""Bad input: each broken series gets one clear failed row; a malformed manifest stops with exit 2."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from cohort.cli import main
+from cohort.config import load_run_config
+from cohort.manifest import load_manifest
+from cohort.pipeline import MeasureSettings, RunContext, process_series
+from testkit import write_manifest
+
+CT, LABELS = "example_ct_sm.nii.gz", "example_seg_fast.nii.gz"
+
+
+def _save_like(reference: Path, target: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    image = nib.load(str(reference))
+    nib.save(nib.Nifti1Image(data, image.affine if affine is None else affine), str(target))
+    return target
+
+
+def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
+    """series_id -> (manifest row, words the failure reason must contain)."""
+    ct, labels = folder / CT, folder / LABELS
+    truncated = folder / "truncated.nii.gz"
+    truncated.write_bytes(ct.read_bytes()[: ct.stat().st_size // 2])
+    garbage = folder / "garbage.nii.gz"
+    garbage.write_bytes(gzip.compress(b"this is not a nifti file" * 10))
+    flat = _save_like(ct, folder / "flat.nii.gz", np.zeros((64, 64), np.int16))
+    mr = _save_like(ct, folder / "mr.nii.gz", np.asanyarray(nib.load(str(ct)).dataobj).astype(np.int16) + 1100)
+    cropped = _save_like(labels, folder / "cropped.nii.gz", np.asanyarray(nib.load(str(labels)).dataobj)[:, :, :20])
+    moved_affine = nib.load(str(labels)).affine.copy()
+    moved_affine[2, 3] += 30
+    moved = _save_like(labels, folder / "moved.nii.gz", np.asanyarray(nib.load(str(labels)).dataobj), moved_affine)
+    (folder / "empty_dicom").mkdir()
+    two_series = folder / "two_series"
+    shutil.copytree(folder / "example_ct_dicom", two_series)
+    second_uid = pydicom.uid.generate_uid()
+    for path in sorted(two_series.iterdir())[:10]:
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesInstanceUID = second_uid
+        dataset.save_as(path)
+    return {
+        "missing": ({"path": "does_not_exist.nii.gz"}, ["does_not_exist.nii.gz", "not found"]),
+        "truncated": ({"path": str(truncated)}, ["truncated.nii.gz", "corrupt or truncated"]),
+        "garbage": ({"path": str(garbage)}, ["garbage.nii.gz", "cannot read"]),
+        "flat": ({"path": str(flat)}, ["flat.nii.gz", "3-D volume"]),
+        "empty_dicom": ({"path": str(folder / "empty_dicom")}, ["empty_dicom", "no DICOM series"]),
+        "two_series": ({"path": str(two_series)}, ["two_series", "2 DICOM series"]),
+        "shape": ({"path": str(ct), "labels": str(cropped)}, ["cropped.nii.gz", "shape"]),
+        "affine": ({"path": str(ct), "labels": str(moved)}, ["moved.nii.gz", "affine", "origin"]),
+        "not_ct": ({"path": str(mr)}, ["mr.nii.gz", "not a CT"]),
+        "age_text": ({"path": str(ct), "labels": str(labels), "age": "sixty"}, ["line", "age 'sixty'", "not a number"]),
+        "age_negative": ({"path": str(ct), "labels": str(labels), "age": "-4"}, ["age '-4'", "outside"]),
+        "sex": ({"path": str(ct), "labels": str(labels), "sex": "X"}, ["sex 'X'", "not M or F"]),
+    }
+
+
+@pytest.fixture()
+def bad_manifest(example_copy: Path, tmp_path: Path) -> tuple[Path, dict]:
+    cases = _bad_cases(example_copy)
+    rows = [{"series_id": sid, "age": "50", "sex": "F", **row} for sid, (row, _) in cases.items()]
+    rows.append({"series_id": "good", "path": str(example_copy / CT), "labels": str(example_copy / LABELS),
+                 "age": "64", "sex": "M"})
+    return write_manifest(example_copy / "manifest.csv", rows), cases
+
+
+def test_each_bad_series_fails_with_a_specific_reason(bad_manifest: tuple[Path, dict], tmp_path: Path) -> None:
+    manifest, cases = bad_manifest
+    context = RunContext("fast", None, tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    results = {spec.series_id: process_series(spec, context) for spec in load_manifest(manifest)}
+    assert results["good"].done
+    for series_id, (_, words) in cases.items():
+        row = results[series_id].row
+        assert row["status"] == "failed", series_id
+        assert "\n" not in row["error"]
+        for word in words:
+            assert word in row["error"], (series_id, row["error"])
+        assert results[series_id].features is None
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("path,age\na.nii.gz,40\n", ["line 1", "'series_id'", "missing"]),
+        ("series_id,age\ns1,40\n", ["line 1", "'path'", "missing"]),
+        ("series_id,path\ns1,a.nii.gz\ns2,b.nii.gz\ns1,c.nii.gz\n", ["line 4", "'series_id'", "duplicates line 2"]),
+        ("series_id,path\ns1,a.nii.gz\n,b.nii.gz\n", ["line 3", "'series_id'", "empty"]),
+        ("series_id,path\nsub/01,a.nii.gz\n", ["line 2", "'series_id'", "sub/01"]),
+    ],
+)
+def test_malformed_manifest_stops_before_any_work(tmp_path: Path, capsys, content: str, words: list[str]) -> None:
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text(content)
+    out = tmp_path / "results"
+    assert main(["run", "--manifest", str(manifest), "--out", str(out)]) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    for word in [str(manifest.name), *words]:
+        assert word in message, message
+    assert not (out / "series").exists() or not any((out / "series").iterdir())
+
+
+def test_bad_config_names_file_and_key(tmp_path: Path, capsys, examples: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("execution:\n  batch_sise: 10\n")
+    assert main(["run", "--manifest", str(examples / "manifest.csv"), "--out", str(tmp_path / "r"),
+                 "--config", str(config)]) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert "run.yaml" in message and "execution.batch_sise" in message

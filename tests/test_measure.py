@@ -1,0 +1,88 @@
+"""Measurement: parity with TotalSegmentator's statistics, DICOM geometry, one-pass correctness."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cohort.config import load_class_map
+from cohort.ingest import align_labels, load_ct, load_label_nifti
+from cohort.measure import measure_structures
+
+
+def test_reproduces_totalsegmentator_statistics(examples: Path) -> None:
+    ct = load_ct(examples / "example_ct_sm.nii.gz")
+    labels = load_label_nifti(examples / "example_seg_fast.nii.gz")
+    class_map = load_class_map("class_map_total_v2.csv")
+    measured = measure_structures(ct.hu, labels.labels, ct.grid.voxel_volume_ml, class_map.n_labels)
+    reference = json.loads((examples / "example_seg_fast_statistics.json").read_text())
+    assert set(reference) == set(class_map.names.values())
+    for label, name in class_map.names.items():
+        assert measured.volume_ml[label] * 1000 == pytest.approx(reference[name]["volume"], abs=1e-6), name
+        if measured.n_voxels[label]:
+            assert abs(measured.mean_hu[label] - reference[name]["intensity"]) <= 0.5e-5 + 1e-9, name
+        else:
+            assert reference[name]["intensity"] == 0.0
+
+
+def test_dicom_series_lands_on_the_label_grid(examples: Path) -> None:
+    ct = load_ct(examples / "example_ct_dicom")
+    labels = align_labels(ct, load_label_nifti(examples / "example_seg_dicom.nii.gz"))
+    assert ct.hu.shape == (512, 512, 20)
+    assert ct.grid.spacing == pytest.approx((0.9766, 0.9766, 2.0), abs=1e-3)
+    class_map = load_class_map("class_map_total_v2.csv")
+    ids = {name: label for label, name in class_map.names.items()}
+    measured = measure_structures(ct.hu, labels.labels, ct.grid.voxel_volume_ml, class_map.n_labels)
+    for bone in ("vertebrae_T11", "vertebrae_T12", "rib_left_7", "rib_right_7"):
+        assert measured.mean_hu[ids[bone]] > 200, bone
+    for soft_tissue in ("liver", "spleen", "autochthon_left"):
+        assert -50 < measured.mean_hu[ids[soft_tissue]] < 150, soft_tissue
+    assert ct.hu.min() <= -1000  # RescaleIntercept applied: air is about -1000 HU, not 0
+
+
+def test_one_pass_equals_per_mask_statistics() -> None:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 6, size=(20, 30, 40)).astype(np.uint8)
+    labels[labels == 4] = 0  # an absent class
+    hu = rng.normal(40, 200, size=labels.shape).astype(np.float32)
+    measured = measure_structures(hu, labels, 0.5, n_labels=7, border_voxels=0)
+    for label in range(1, 7):
+        values = hu[labels == label].astype(np.float64)
+        assert measured.n_voxels[label] == values.size
+        if values.size == 0:
+            assert np.isnan(measured.mean_hu[label]) and np.isnan(measured.median_hu[label])
+            continue
+        assert measured.volume_ml[label] == pytest.approx(values.size * 0.5)
+        assert measured.mean_hu[label] == pytest.approx(values.mean(), rel=1e-12)
+        assert measured.std_hu[label] == pytest.approx(values.std(), rel=1e-9)
+        assert [measured.p05_hu[label], measured.median_hu[label], measured.p95_hu[label]] == pytest.approx(
+            np.percentile(values, [5, 50, 95]), rel=1e-12)
+
+
+def test_border_rule_marks_structures_near_any_face() -> None:
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[8:12, 8:12, 8:12] = 1     # interior
+    labels[8:12, 8:12, 17:19] = 2    # within 3 voxels of the last z face
+    labels[3:6, 8:12, 8:12] = 3      # exactly 3 voxels from the first x face: not touching
+    labels[2, 10, 10] = 4            # one voxel inside the border slab
+    measured = measure_structures(np.zeros(labels.shape, np.int16), labels, 1.0, n_labels=5, border_voxels=3)
+    assert measured.touches_border.tolist() == [False, False, True, False, True]
+
+
+def test_lower_bounds_mapping_covers_v2_names() -> None:
+    class_map = load_class_map("class_map_total_v2.csv")
+    from cohort.config import config_file, load_lower_bounds
+
+    bounds = load_lower_bounds("lower_bounds_v2.csv", class_map)
+    ids = {name: label for label, name in class_map.names.items()}
+    assert bounds[ids["heart"]] == 70 + 40 + 60 + 50 + 80
+    assert bounds[ids["spleen"]] == 40 and bounds[ids["vertebrae_L4"]] == 40
+    assert np.isnan(bounds[ids["thyroid_gland"]]) and np.isnan(bounds[ids["costal_cartilages"]])
+    with config_file("lower_bounds_v2.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["structure"] for r in rows] == [class_map.names[i] for i in sorted(class_map.names)]
+    assert all(r["note"] for r in rows)

@@ -1,0 +1,201 @@
+"""``cohort run`` end to end through the real CLI, Prefect flow and local Dask cluster:
+tables, resume, a SIGKILL halfway, two runs on one folder, privacy, Zarr recompute."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from cohort.config import load_run_config
+from cohort.ingest import load_ct
+from cohort.pipeline import MeasureSettings, measure_series
+from cohort.store import read_label_map
+from testkit import cli_env, cohort_cli, write_manifest
+
+STABLE_SERIES_COLUMNS = ["series_id", "age", "sex", "status", "error", "manifest_line", "model", "orientation",
+                         "measure_spacing_mm", "n_structures_ok"]
+
+
+def _tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    features = pd.read_parquet(out / "features").sort_values(["series_id", "label"]).reset_index(drop=True)
+    series = pd.read_parquet(out / "series")[STABLE_SERIES_COLUMNS].sort_values("series_id").reset_index(drop=True)
+    return features, series
+
+
+def _many_rows(examples: Path, tmp_path: Path, n: int) -> Path:
+    rows = []
+    for i in range(n):
+        if i % 3 == 0:
+            rows.append({"series_id": f"dcm{i:03d}", "path": str(examples / "example_ct_dicom"), "age": 30 + i,
+                         "sex": "F", "labels": str(examples / "example_seg_dicom.nii.gz")})
+        else:
+            rows.append({"series_id": f"nii{i:03d}", "path": str(examples / "example_ct_sm.nii.gz"), "age": 40 + i,
+                         "sex": "M", "labels": str(examples / "example_seg_fast.nii.gz")})
+    rows.append({"series_id": "broken", "path": str(tmp_path / "missing.nii.gz"), "age": 50, "sex": "M",
+                 "labels": str(examples / "example_seg_fast.nii.gz")})
+    return write_manifest(tmp_path / "scans.csv", rows)
+
+
+@pytest.fixture(scope="module")
+def small_batches(tmp_path_factory) -> Path:
+    config = tmp_path_factory.mktemp("config") / "run.yaml"
+    config.write_text("execution:\n  batch_size: 2\n  flush_interval_s: 1\n")
+    return config
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, examples: Path, small_batches: Path, prefect_server: str
+                  ) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("reference")
+    manifest = _many_rows(examples, folder, 12)
+    out = folder / "results"
+    result = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(small_batches),
+                        "--workers", "2", api=prefect_server)
+    return manifest, out, result
+
+
+def test_example_manifest_gives_the_contract_tables(tmp_path: Path, examples: Path) -> None:
+    """The README's path: shipped example, embedded defaults, Prefect in ephemeral mode."""
+    out = tmp_path / "results"
+    result = cohort_cli("run", "--manifest", str(examples / "manifest.csv"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "done" in result.stderr and str(out / "features") in result.stderr.replace("\n", "")
+    features = pd.read_parquet(out / "features")
+    assert len(features) == 3 * 117
+    assert {"series_id", "structure", "label", "volume_ml", "mean_hu", "std_hu", "median_hu", "p05_hu", "p95_hu",
+            "n_voxels", "status", "lower_bound_ml", "model", "measure_spacing_mm"} <= set(features.columns)
+    assert set(features["status"]) <= {"ok", "absent", "fov_truncated", "below_lower_bound"}
+    assert set(features["model"]) == {"labels"}
+    series = pd.read_parquet(out / "series")
+    assert sorted(series["series_id"]) == ["example_dicom", "example_fast", "example_full"]
+    assert (series["status"] == "done").all() and series["error"].isna().all()
+    query = f"""SELECT s.sex, count(*) AS n, avg(f.volume_ml) AS liver_ml
+                FROM read_parquet('{out}/features/*.parquet') f JOIN read_parquet('{out}/series/*.parquet') s
+                USING (series_id) WHERE f.structure = 'liver' GROUP BY s.sex ORDER BY s.sex"""
+    assert [row[:2] for row in duckdb.sql(query).fetchall()] == [("F", 1), ("M", 2)]
+
+
+def test_rerun_skips_done_rows_and_keeps_tables(reference_run, small_batches: Path, prefect_server: str) -> None:
+    manifest, out, first = reference_run
+    assert first.returncode == 1, first.stderr  # the broken row
+    assert "missing.nii.gz" in first.stderr
+    features, series = _tables(out)
+    assert len(series) == 13 and (series["status"] == "done").sum() == 12
+    parts = sorted(p.name for p in (out / "features").iterdir())
+    started = time.perf_counter()
+    again = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(small_batches),
+                       api=prefect_server)
+    assert again.returncode == 1
+    assert "1 series to process, 12 already done" in again.stderr.replace("\n", " ")
+    features_again, series_again = _tables(out)
+    pd.testing.assert_frame_equal(features, features_again)
+    pd.testing.assert_frame_equal(series, series_again)
+    assert sorted(p.name for p in (out / "features").iterdir()) == parts
+    assert not series_again["series_id"].duplicated().any()
+    assert time.perf_counter() - started < 120
+
+
+def test_sigkill_halfway_then_rerun_equals_uninterrupted(reference_run, tmp_path: Path, small_batches: Path,
+                                                        prefect_server: str) -> None:
+    manifest, reference_out, _ = reference_run
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out",
+                                str(out), "--config", str(small_batches), "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(prefect_server),
+                               start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list((out / "series").glob("*.parquet")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_at_kill = len(pd.read_parquet(out / "series")) if list((out / "series").glob("*.parquet")) else 0
+    assert 0 < done_at_kill < 13, "the kill should land halfway"
+    rerun = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(small_batches),
+                       api=prefect_server)
+    assert rerun.returncode == 1, rerun.stderr
+    for mine, reference in zip(_tables(out), _tables(reference_out)):
+        pd.testing.assert_frame_equal(mine, reference)
+
+
+def test_second_run_on_same_folder_is_refused(reference_run, small_batches: Path) -> None:
+    manifest, out, _ = reference_run
+    from cohort.store import OutputLayout, exclusive_output
+
+    with exclusive_output(OutputLayout(out).lock, "cohort run --manifest held-by-test"):
+        started = time.perf_counter()
+        second = cohort_cli("run", "--manifest", str(manifest), "--out", str(out))
+    assert second.returncode == 2
+    message = " ".join(second.stderr.split())
+    assert "in use by another cohort run" in message and f"pid {os.getpid()}" in message
+    assert "held-by-test" in message
+    assert time.perf_counter() - started < 30
+
+
+def test_killed_holder_does_not_leave_the_lock_stuck(tmp_path: Path) -> None:
+    from cohort.store import exclusive_output
+
+    lock = tmp_path / ".cohort.lock"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+from pathlib import Path
+import time
+from cohort.store import exclusive_output
+with exclusive_output(Path({str(lock)!r}), "holder"):
+    print("held", flush=True)
+    time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with exclusive_output(lock, "after the kill"):
+        pass
+
+
+PATIENT = {"PatientName": "DOE^JANE^Q", "PatientID": "PID-493817", "PatientBirthDate": "19580312",
+           "AccessionNumber": "ACC-77321", "InstitutionName": "St Elsewhere Hospital",
+           "ReferringPhysicianName": "HOUSE^GREGORY"}
+
+
+def test_outputs_hold_no_patient_data(tmp_path: Path, examples: Path, prefect_server: str) -> None:
+    dicom = tmp_path / "identified_dicom"
+    dicom.mkdir()
+    for source in (examples / "example_ct_dicom").iterdir():
+        dataset = pydicom.dcmread(source)
+        for keyword, value in PATIENT.items():
+            setattr(dataset, keyword, value)
+        dataset.save_as(dicom / source.name)
+    out = tmp_path / "results"
+    manifest = write_manifest(tmp_path / "scans.csv", [
+        {"series_id": "ct1", "path": str(dicom), "age": 57, "sex": "F",
+         "labels": str(examples / "example_seg_dicom.nii.gz")}])
+    assert cohort_cli("run", "--manifest", str(manifest), "--out", str(out), api=prefect_server).returncode == 0
+    secrets = [*PATIENT.values(), "DOE^JANE", "19580312"]
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".parquet" for path in files) and any("zarr" in str(path) for path in files)
+    for path in files:
+        content = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in content, (path, secret)
+    series = pd.read_parquet(out / "series")
+    assert set(series.columns).isdisjoint({"path", "patient_name", "patient_id", "birth_date", "accession_number"})
+
+
+def test_features_can_be_recomputed_from_zarr(reference_run, examples: Path) -> None:
+    _, out, _ = reference_run
+    stored = read_label_map(out / "labels.zarr", "dcm000")
+    volume = load_ct(examples / "example_ct_dicom")
+    recomputed = measure_series("dcm000", volume, stored, "labels",
+                                MeasureSettings.from_config(load_run_config())).to_pandas()
+    features, _ = _tables(out)
+    original = features[features["series_id"] == "dcm000"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(recomputed, original)
+    np.testing.assert_allclose(stored.affine, volume.affine)

@@ -1,0 +1,35 @@
+"""Helpers for tests: build manifests, run the real ``cohort`` command in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    columns = ["series_id", "path", "age", "sex", "labels"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+    return path
+
+
+def cli_env(api: str | None) -> dict[str, str]:
+    """Environment of a ``cohort`` subprocess: Prefect server ``api``, or ephemeral mode when None."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    if api:
+        env["PREFECT_API_URL"] = api
+    return env
+
+
+def cohort_cli(*args: str, api: str | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real ``cohort`` command in a subprocess (ephemeral Prefect unless ``api`` is given)."""
+    env = cli_env(api)
+    return subprocess.run([sys.executable, "-m", "cohort.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)
