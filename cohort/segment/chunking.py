@@ -10,6 +10,7 @@ al. (2025) found that a 5 cm overlap reproduced the unsplit prediction (Dice > 0
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,3 +53,13 @@ def plan_chunks(shape: tuple[int, int, int], max_voxels: int, overlap: int) -> l
 def overlap_slices(overlap_mm: float, spacing_z: float) -> int:
     """The overlap in slices of the model grid (rounded up)."""
     return int(math.ceil(overlap_mm / spacing_z))
+
+
+def predict_in_chunks(image: np.ndarray, chunks: list[Chunk], predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Run ``predict`` on every chunk's slab of ``image`` and keep each chunk's own slices."""
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    for chunk in chunks:
+        part = predict(image[:, :, chunk.start:chunk.stop])
+        labels[:, :, chunk.keep_start:chunk.keep_stop] = part[:, :, chunk.keep_start - chunk.start:
+                                                              chunk.keep_stop - chunk.start]
+    return labels

@@ -1,7 +1,9 @@
 """One nnU-Net network, loaded once and run on (x, y, z) arrays through nnU-Net's own predictor.
 
-Settings are TotalSegmentator's: fold 0, ``checkpoint_final.pth``, sliding window with step
-0.8, Gaussian weighting, no mirroring, everything on the device when it is a GPU. nnU-Net
+The folder is read as ``initialize_from_trained_model_folder`` reads it (see
+:mod:`cohort.segment.nnunet_folder`); settings are TotalSegmentator's: fold 0,
+``checkpoint_final.pth``, sliding window with step 0.8, Gaussian weighting, no mirroring,
+everything on the device when it is a GPU. nnU-Net
 works in (c, z, y, x); the arrays here are nibabel's (x, y, z), so image and spacing are
 transposed on the way in and the labels on the way out.
 """
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cohort.segment.chunking import plan_chunks
+from cohort.segment.chunking import plan_chunks, predict_in_chunks
+from cohort.segment.nnunet_folder import load_folder
 from cohort.segment.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -44,19 +47,17 @@ class NetworkPredictor:
                 verbose_preprocessing=False,
                 allow_tqdm=False,
             )
-            self._predictor.initialize_from_trained_model_folder(
-                str(folder), use_folds=(spec.fold,), checkpoint_name=spec.checkpoint)
+            loaded = load_folder(folder, spec.fold, spec.checkpoint)
+            self._predictor.manual_initialization(
+                loaded.network, loaded.plans_manager, loaded.configuration_manager, loaded.parameters,
+                loaded.dataset_json, loaded.trainer_name, loaded.mirroring_axes)
         if captured.getvalue().strip():
             log.debug("nnU-Net while loading %s: %s", folder, captured.getvalue().strip())
 
     def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
         """Labels (uint8, x, y, z) of an int32 image on the model grid, z-chunked if it is large."""
-        labels = np.zeros(image.shape, dtype=np.uint8)
-        for chunk in plan_chunks(image.shape, self.spec.chunking.max_voxels, overlap):
-            part = self._predict_array(image[:, :, chunk.start:chunk.stop], spacing)
-            keep = slice(chunk.keep_start - chunk.start, chunk.keep_stop - chunk.start)
-            labels[:, :, chunk.keep_start:chunk.keep_stop] = part[:, :, keep]
-        return labels
+        chunks = plan_chunks(image.shape, self.spec.chunking.max_voxels, overlap)
+        return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
 
     def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         data = np.ascontiguousarray(image.transpose(2, 1, 0))[None].astype(np.float32)

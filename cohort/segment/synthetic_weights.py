@@ -12,7 +12,8 @@ network of a :class:`ModelSpec`::
 (PlainConvUNet, 32…320 features, patch 112×112×128 at 3 mm and 128³ at 1.5 mm, ~30 M
 parameters), for parity and benchmarks. Both TotalSegmentator and cohort load these folders.
 
->>> from cohort.segment.registry import load_model_spec
+>>> from cohort.segment.nnunet_folder import find_trainer_class, plans_manager
+from cohort.segment.registry import load_model_spec
 >>> import tempfile; folder = Path(tempfile.mkdtemp())
 >>> build_weights(load_model_spec("fast"), folder, "small")[0].name
 'nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres'
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from cohort.segment.nnunet_folder import find_trainer_class, plans_manager
 from cohort.segment.registry import ModelSpec, NetworkSpec, network_classes
 from cohort.segment.weights import network_folder
 
@@ -109,17 +111,9 @@ def _plans(spec: ModelSpec, network: NetworkSpec, arch: Architecture) -> dict:
 
 def _random_weights(spec: ModelSpec, plans: dict, dataset: dict, seed: int) -> dict:
     """He-initialised weights of the network nnU-Net itself builds from these plans."""
-    import warnings
-
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected old nnU-Net plans format")
-        manager = PlansManager(copy.deepcopy(plans))
-        configuration = manager.get_configuration(spec.configuration)
+    manager, configuration = plans_manager(copy.deepcopy(plans), spec.configuration)
     heads = manager.get_label_manager(dataset).num_segmentation_heads
-    trainer = recursive_find_trainer_class_by_name(spec.trainer)
+    trainer = find_trainer_class(spec.trainer)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         network = trainer.build_network_architecture(manager, configuration, 1, heads, enable_deep_supervision=True)
