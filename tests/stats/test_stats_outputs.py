@@ -11,6 +11,7 @@ import pytest
 
 from stats import run_stats
 from stats.outputs import METADATA_KEY
+from stats.synthetic import make_cohort
 
 TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
 
@@ -46,11 +47,12 @@ def test_summary_names_the_strongest_planted_effect(small_results_dir: Path, tmp
     assert "alpha = 0.0001" in text and "<41, 41-59, 59-78, >=78" in text
 
 
-@pytest.mark.parametrize(("which", "expected"), [("none", 0), ("overview", 1), ("top", 4), ("all", 25)])
-def test_figure_choice(small_results_dir: Path, tmp_path: Path, which: str, expected: int) -> None:
+@pytest.mark.parametrize(("which", "expected"), [("none", 0), ("overview", 1), ("top", 3), ("all", 7)])
+def test_figure_choice(tmp_path: Path, which: str, expected: int) -> None:
+    results = make_cohort(n_subjects=300, n_structures=3, seed=4).write(tmp_path / "results")
     config = tmp_path / "aging.yaml"
-    config.write_text(f"figures: {{which: {which}, top_n: 3}}\n")
-    run = run_stats(small_results_dir, tmp_path / "out", config)
+    config.write_text(f"figures: {{which: {which}, top_n: 2}}\n")
+    run = run_stats(results, tmp_path / "out", config)
     assert len(run.figures) == expected
     assert all(p.stat().st_size > 1000 for p in run.figures)
 
