@@ -1,9 +1,10 @@
 """Per-structure volume and HU statistics of a label map, in one pass over the voxels.
 
-The foreground voxels are grouped by label once (a stable radix sort of the label ids);
-counts, sums and squared deviations come from ``np.bincount`` and the percentiles from one
-partition per group, so the cost is linear in the number of voxels whatever the number of
-classes. TotalSegmentator's own statistics build one boolean mask per class instead.
+The foreground voxels are grouped by label once (a stable radix sort of the label ids), then
+each structure's values are a contiguous slice: mean, standard deviation and percentiles
+(one partition) are computed on that slice alone. The cost is linear in the number of voxels
+whatever the number of classes; TotalSegmentator's own statistics build one boolean mask of
+the whole volume per class instead.
 """
 
 from __future__ import annotations
@@ -38,44 +39,37 @@ def measure_structures(
     (numpy's default). Labels with no voxel get ``n_voxels == 0`` and NaN statistics.
     """
     flat_labels = labels.reshape(-1)
-    foreground = np.flatnonzero(flat_labels)
+    foreground = flat_labels != 0
     fg_labels = flat_labels[foreground]
-    fg_hu = hu.reshape(-1)[foreground]
-    del foreground
+    order = np.argsort(fg_labels, kind="stable")  # a radix sort for 8/16-bit ids: linear time
+    grouped_hu = hu.reshape(-1)[foreground][order]
+    group_edges = np.searchsorted(fg_labels[order], np.arange(1, n_labels + 1))
+    del order, fg_labels
 
-    counts = np.bincount(fg_labels, minlength=n_labels)[:n_labels]
-    counts[0] = np.count_nonzero(flat_labels == 0) if n_labels else 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(fg_labels, weights=fg_hu, minlength=n_labels)[:n_labels] / counts
-        deviation = fg_hu - mean[fg_labels]
-        std = np.sqrt(np.bincount(fg_labels, weights=deviation * deviation, minlength=n_labels)[:n_labels] / counts)
-    del deviation
-
-    percentiles = _grouped_percentiles(fg_labels, fg_hu, counts, n_labels)
-    mean[0] = std[0] = np.nan
+    counts = np.zeros(n_labels, dtype=np.int64)
+    counts[0] = flat_labels.size - int(np.count_nonzero(foreground))
+    stats = np.full((n_labels, 5), np.nan)  # mean, std, p05, median, p95
+    for label in range(1, n_labels):
+        start, end = group_edges[label - 1], group_edges[label]
+        counts[label] = end - start
+        if end > start:
+            stats[label] = _group_statistics(grouped_hu[start:end])
     return StructureMeasurements(
-        n_voxels=counts.astype(np.int64),
+        n_voxels=counts,
         volume_ml=counts * voxel_volume_ml,
-        mean_hu=mean,
-        std_hu=std,
-        median_hu=percentiles[:, 1],
-        p05_hu=percentiles[:, 0],
-        p95_hu=percentiles[:, 2],
+        mean_hu=stats[:, 0],
+        std_hu=stats[:, 1],
+        p05_hu=stats[:, 2],
+        median_hu=stats[:, 3],
+        p95_hu=stats[:, 4],
         touches_border=labels_touching_border(labels, n_labels, border_voxels),
     )
 
 
-def _grouped_percentiles(fg_labels: np.ndarray, fg_hu: np.ndarray, counts: np.ndarray, n_labels: int) -> np.ndarray:
-    order = np.argsort(fg_labels, kind="stable")
-    grouped_hu = fg_hu[order]
-    del order
-    result = np.full((n_labels, len(PERCENTILES)), np.nan)
-    ends = np.cumsum(counts[1:])
-    starts = ends - counts[1:]
-    for label in np.flatnonzero(counts[1:]) + 1:
-        group = grouped_hu[starts[label - 1] : ends[label - 1]]
-        result[label] = np.percentile(group, PERCENTILES)
-    return result
+def _group_statistics(values: np.ndarray) -> list[float]:
+    mean = values.mean(dtype=np.float64)
+    std = np.sqrt(np.mean(np.square(values - mean, dtype=np.float64)))
+    return [mean, std, *np.percentile(values, PERCENTILES)]
 
 
 def labels_touching_border(labels: np.ndarray, n_labels: int, border_voxels: int) -> np.ndarray:
