@@ -74,14 +74,17 @@ def _configure_logging(verbose: bool) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from cohort.run import RunRequest, prepare_run
     from cohort.store import OutputLayout, exclusive_output
+    from flows.prefect_api import check_prefect_api
 
     request = RunRequest(manifest=args.manifest, out=args.out, model=args.model, weights=args.weights,
                          config=args.config, cluster=args.cluster, workers=args.workers)
     command = "cohort " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    prefect_mode = check_prefect_api()
     with exclusive_output(OutputLayout(args.out.resolve()).lock, command):
         run = prepare_run(request)
         console.print(f"[bold]{len(run.plan.todo)}[/] series to process, "
-                      f"{len(run.plan.already_done)} already done in {run.layout.root}", highlight=False, soft_wrap=True)
+                      f"{len(run.plan.already_done)} already done in {run.layout.root} (Prefect: {prefect_mode})",
+                      highlight=False, soft_wrap=True)
         summary = _run_with_progress(run)
     _print_summary(summary)
     return summary.exit_code
