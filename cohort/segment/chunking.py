@@ -9,6 +9,7 @@ al. (2025) found that a 5 cm overlap reproduced the unsplit prediction (Dice > 0
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,12 +48,12 @@ def plan_chunks(shape: tuple[int, int, int], max_voxels: int, overlap: int) -> l
     count = math.ceil(nz / keep_slices)
     bounds = np.round(np.linspace(0, nz, count + 1)).astype(int)
     return [Chunk(max(0, int(a) - overlap), min(nz, int(b) + overlap), int(a), int(b))
-            for a, b in zip(bounds[:-1], bounds[1:])]
+            for a, b in itertools.pairwise(bounds)]
 
 
 def overlap_slices(overlap_mm: float, spacing_z: float) -> int:
     """The overlap in slices of the model grid (rounded up)."""
-    return int(math.ceil(overlap_mm / spacing_z))
+    return math.ceil(overlap_mm / spacing_z)
 
 
 def predict_in_chunks(image: np.ndarray, chunks: list[Chunk], predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -44,7 +44,7 @@ def find_trainer_class(name: str) -> type:
     for info in pkgutil.walk_packages(root.__path__, root.__name__ + ".", onerror=lambda _: None):
         try:
             module = importlib.import_module(info.name)
-        except Exception as exc:  # optional trainers with broken extra dependencies: skip, say why in debug
+        except Exception as exc:  # noqa: BLE001 - optional trainers with broken extra dependencies: skip, say why in debug
             log.debug("skipping nnU-Net module %s: %s", info.name, exc)
             continue
         found = getattr(module, name, None)

@@ -43,7 +43,7 @@ def run_totalsegmentator(ct: Path, out: Path, env: dict[str, str], options: list
     """``TotalSegmentator -i ct -o out --ml -d cpu <options>``; raises with its output on failure."""
     command = [str(Path(sys.executable).with_name("TotalSegmentator")), "-i", str(ct), "-o", str(out),
                "--ml", "-d", "cpu", *options]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
@@ -58,8 +58,8 @@ class Agreement:
     def lines(self) -> list[str]:
         worst = sorted(self.per_structure.items(), key=lambda item: item[1])[:5]
         return [f"voxels identical: {100 * self.identical:.4f} %",
-                f"structures: {len(self.per_structure)}, min per-structure agreement: "
-                f"{100 * min(self.per_structure.values(), default=1.0):.3f} %",
+                (f"structures: {len(self.per_structure)}, min per-structure agreement: "
+                 f"{100 * min(self.per_structure.values(), default=1.0):.3f} %"),
                 "lowest: " + ", ".join(f"{name} {100 * value:.2f} %" for name, value in worst)]
 
 

@@ -15,8 +15,8 @@ def models_report(weights_dir: Path | None) -> str:
     to get what is missing."""
     folder = resolve_weights_dir(weights_dir)
     lines = [f"weights folder: {folder} ({_where_from(weights_dir)})",
-             "  looked for in this order: --weights DIR, $TOTALSEG_WEIGHTS_PATH, "
-             "$TOTALSEG_HOME_DIR/nnunet/results, ~/.totalsegmentator/nnunet/results", ""]
+             ("  looked for in this order: --weights DIR, $TOTALSEG_WEIGHTS_PATH, "
+              "$TOTALSEG_HOME_DIR/nnunet/results, ~/.totalsegmentator/nnunet/results"), ""]
     for name in known_models():
         try:
             spec = load_model_spec(name)

@@ -27,7 +27,7 @@ from cohort.segment.weights import check_model_ready, network_folder
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[tuple[str, str, str], "Segmenter"] = {}
+_CACHE: dict[tuple[str, str, str], Segmenter] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -113,7 +113,7 @@ def resolve_device(device: str) -> torch.device:
 def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto") -> Segmenter:
     """The process-wide :class:`Segmenter` of ``spec`` (loaded on the first call only)."""
     resolved = resolve_device(device)
-    key = (spec.source or spec.name, str(Path(weights_dir).resolve()), str(resolved))
+    key = (spec, str(Path(weights_dir).resolve()), str(resolved))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = Segmenter(spec, Path(weights_dir), resolved)

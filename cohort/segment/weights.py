@@ -127,8 +127,8 @@ def check_model_ready(spec: ModelSpec, weights_dir: Path) -> None:
     bad = [s for s in statuses if s.state != "present"]
     if not bad:
         return
-    lines = [f"model {spec.name!r} is not ready in {weights_dir} "
-             "(--weights, $TOTALSEG_WEIGHTS_PATH, $TOTALSEG_HOME_DIR/nnunet/results or ~/.totalsegmentator):"]
+    lines = [(f"model {spec.name!r} is not ready in {weights_dir} "
+              "(--weights, $TOTALSEG_WEIGHTS_PATH, $TOTALSEG_HOME_DIR/nnunet/results or ~/.totalsegmentator):")]
     for status in bad:
         detail = f": {status.problem}" if status.problem else ""
         lines.append(f"  {status.state}: {status.network.dataset}{detail}")

@@ -15,8 +15,6 @@ from cohort.segment import Segmenter, get_segmenter
 from cohort.segment.registry import ChunkSpec, model_class_map
 from cohort.segment.segmenter import resolve_device
 
-from conftest import EXAMPLES
-
 
 def _check_on_input_grid(volume: Volume, labels: np.ndarray, affine: np.ndarray, spec) -> None:
     assert labels.shape == volume.hu.shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -11,8 +12,6 @@ from cohort.errors import ConfigError
 from cohort.segment import known_models, load_model_spec
 from cohort.segment.merge import label_lookup, merge_into
 from cohort.segment.registry import MODELS_DIR, model_class_map, network_classes
-
-import numpy as np
 
 
 def test_shipped_models_load():
