@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +23,17 @@ from stats.outputs import write_tables
 from stats.synthetic import make_cohort
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the forked workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _timed(label: str, func, *args):  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
+    """Call ``func`` and print wall and CPU seconds (CPU shows the cost when the machine is shared)."""
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     value = func(*args)
-    print(f"  {label:<28s}{time.perf_counter() - start:7.2f} s")
+    print(f"  {label:<28s}{time.perf_counter() - wall:7.2f} s wall {_cpu_seconds() - cpu:7.2f} s CPU")
     return value
 
 
@@ -40,7 +48,7 @@ def main() -> None:
         config_path = Path(tmp) / "aging.yaml"
         config_path.write_text(f"workers: {args.workers}\n")
         print(f"aging study, 4004 subjects x 117 structures x 2 metrics, workers={args.workers}, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         for run in range(1, args.repeat + 1):
             print(f"run {run}")
             tables = _timed("read features + series", load_results, results_dir)

@@ -1,4 +1,4 @@
-"""PNG figures of the aging study, drawn with matplotlib's Agg backend (no display needed).
+"""PNG figures of the aging study, drawn on matplotlib ``Figure`` objects (no pyplot state, no display).
 
 * ``overview.png``: Spearman r_s of every structure, volume and HU side by side, sorted;
 * ``<structure>__<metric>.png``: the paper's Figure 6 for one structure and metric, a
@@ -8,20 +8,19 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from stats.cohort_table import AgeGroups  # noqa: E402
-from stats.study import ALL, KEYS, AgingResults, Sample, samples  # noqa: E402
+from stats.cohort_table import AgeGroups
+from stats.study import ALL, KEYS, AgingResults, Sample, samples
 
 log = logging.getLogger(__name__)
 METRIC_LABELS = {"volume_ml": "volume (ml)", "mean_hu": "mean attenuation (HU)"}
@@ -29,16 +28,18 @@ SIGNIFICANT, NOT_SIGNIFICANT = "#1f5fa8", "#b8c4d0"
 
 
 def draw_figures(results: AgingResults, out_dir: Path) -> list[Path]:
-    """Draw the figures ``results.config.figures.which`` asks for into ``out_dir``."""
+    """Draw the figures ``results.config.figures.which`` asks for into ``out_dir``, in parallel."""
     choice = results.config.figures
     if choice.which == "none" or results.correlations.empty:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [overview_figure(results.correlations, out_dir / "overview.png", choice.dpi)]
+    overview = functools.partial(overview_figure, results.correlations, out_dir / "overview.png", choice.dpi)
+    jobs: list[Callable[[], Path]] = [overview]
     if choice.which in ("top", "all"):
         chosen = _chosen_samples(results.correlations, None if choice.which == "all" else choice.top_n)
         batch = [s for s in samples(results.table, results.config) if (s.stratum, s.structure, s.metric) in chosen]
-        paths += _draw_structures(batch, results, out_dir)
+        jobs += _structure_jobs(batch, results, out_dir)
+    paths = _run(jobs, results.config.workers)
     log.info("figures: %d PNG files in %s", len(paths), out_dir)
     return paths
 
@@ -51,25 +52,31 @@ def _chosen_samples(correlations: pd.DataFrame, top_n: int | None) -> set[tuple[
     return set(zip(rows["stratum"], rows["structure"], rows["metric"]))
 
 
-def _draw_structures(batch: list[Sample], results: AgingResults, out_dir: Path) -> list[Path]:
+def _structure_jobs(batch: list[Sample], results: AgingResults, out_dir: Path) -> list[Callable[[], Path]]:
     correlations = results.correlations.set_index(KEYS)
-    jobs = [(s, float(correlations.loc[(s.stratum, s.structure, s.metric), "spearman_r"]),
-             float(correlations.loc[(s.stratum, s.structure, s.metric), "p"]),
-             results.age_groups, out_dir / f"{s.structure}__{s.metric}.png", results.config.figures.dpi) for s in batch]
-    workers = min(results.config.workers, len(jobs))
+    jobs: list[Callable[[], Path]] = []
+    for s in batch:
+        row = correlations.loc[(s.stratum, s.structure, s.metric)]
+        jobs.append(functools.partial(structure_figure, s, float(row["spearman_r"]), float(row["p"]),
+                                      results.age_groups, out_dir / f"{s.structure}__{s.metric}.png",
+                                      results.config.figures.dpi))
+    return jobs
+
+
+def _run(jobs: list[Callable[[], Path]], workers: int) -> list[Path]:
+    """Call every job, in ``workers`` forked processes when there are several jobs."""
+    workers = min(workers, len(jobs))
     if workers <= 1:
-        return [structure_figure(*job) for job in jobs]
+        return [job() for job in jobs]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_structure_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-
-
-def _structure_job(job: tuple[Sample, float, float, AgeGroups, Path, int]) -> Path:
-    return structure_figure(*job)
+        futures = [pool.submit(job) for job in jobs]
+        return [future.result() for future in futures]
 
 
 def structure_figure(sample: Sample, r_s: float, p: float, groups: AgeGroups, path: Path, dpi: int) -> Path:
     """Scatter with r_s and quadratic fit (left) and box plots per age group (right)."""
-    fig, (scatter, boxes) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(9, 3.6))
+    scatter, boxes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.22)
     scatter.scatter(sample.age, sample.values, s=4, alpha=0.3, color=SIGNIFICANT, linewidths=0, rasterized=True)
     if len(sample.values) >= 3:
@@ -87,7 +94,6 @@ def structure_figure(sample: Sample, r_s: float, p: float, groups: AgeGroups, pa
         axis.title.set_fontsize(10)
         axis.grid(alpha=0.3)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
 
 
@@ -101,7 +107,8 @@ def overview_figure(correlations: pd.DataFrame, path: Path, dpi: int) -> Path:
     metrics = list(dict.fromkeys(rows["metric"]))
     n = rows["structure"].nunique()
     width, height = 5.5 * len(metrics), max(3.0, 0.13 * n + 1.2)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(width, height), squeeze=False)
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     fig.subplots_adjust(left=1.9 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.6 / height,
                         wspace=2.1 / 3.4)
     for axis, metric in zip(axes[0], metrics):
@@ -115,7 +122,6 @@ def overview_figure(correlations: pd.DataFrame, path: Path, dpi: int) -> Path:
         axis.grid(axis="x", alpha=0.3)
     fig.suptitle("Age correlation per structure (dark: significant)", fontsize=11, y=1 - 0.15 / height)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
 
 

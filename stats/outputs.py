@@ -70,23 +70,29 @@ def write_summary(results: AgingResults, out_dir: Path) -> Path:
 
 def summary_lines(results: AgingResults) -> list[str]:
     """The Markdown lines of ``summary.md``."""
-    config, corr, kw = results.config, results.correlations, results.quartile_tests
-    overall = corr[corr["stratum"] == ALL] if not corr.empty else corr
-    n_subjects = results.table.values["series_id"].nunique()
-    effects = strongest_effects(results, config.summary_top_n) if not corr.empty else pd.DataFrame()
-    lines = [
+    config, groups = results.config, results.age_groups
+    corr = results.correlations[results.correlations["stratum"] == ALL] if len(results.correlations) else None
+    kw = results.quartile_tests[results.quartile_tests["stratum"] == ALL] if len(results.quartile_tests) else None
+    n_pairs, n_corr = (0, 0) if corr is None else (len(corr), int(corr["significant"].sum()))
+    n_kw = 0 if kw is None else int(kw["significant"].sum())
+    excluded = results.exclusions.groupby("reason")["n_series"].max()
+    effects = strongest_effects(results, config.summary_top_n) if n_corr else pd.DataFrame()
+    return [
         "# Aging study: summary",
         "",
-        f"- Subjects with at least one included measurement: {n_subjects}; structures: {overall['structure'].nunique() if len(overall) else 0}.",
-        f"- Included QC statuses: {', '.join(config.include_statuses)}; alpha = {config.alpha:g}; configuration: `{config.source}`.",
-        f"- Age groups ({config.age_groups.method}): {', '.join(results.age_groups.labels)} years (left-closed: a cut-point age goes to the older group).",
-        f"- Spearman significant: {int(overall['significant'].sum()) if len(overall) else 0} of {len(overall)} structure-metric pairs; "
-        f"Kruskal-Wallis significant: {int(kw.loc[kw['stratum'] == ALL, 'significant'].sum()) if len(kw) else 0}.",
+        (f"- Subjects with an included measurement: {results.table.values['series_id'].nunique()}; "
+         f"series failed: {excluded.get('series_failed', 0)}, without age: {excluded.get('no_age', 0)} "
+         "(per-structure exclusions in `exclusions`)."),
+        (f"- Included QC statuses: {', '.join(config.include_statuses)}; alpha = {config.alpha:g}; "
+         f"configuration: `{config.source}`."),
+        (f"- Age groups ({config.age_groups.method}): {', '.join(groups.labels)} years "
+         "(left-closed: a cut-point age goes to the older group)."),
+        f"- Spearman significant: {n_corr} of {n_pairs} structure-metric pairs; Kruskal-Wallis significant: {n_kw}.",
         "",
         f"## Strongest age effects (top {config.summary_top_n} by |r_s|, significant only)",
         "",
+        *(_markdown_table(effects) if len(effects) else ["No significant age effect."]),
     ]
-    return lines + (_markdown_table(effects) if len(effects) else ["No significant age effect."])
 
 
 def _markdown_table(frame: pd.DataFrame) -> list[str]:

@@ -14,15 +14,12 @@ import io
 import logging
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from stats.cohort_table import load_results  # noqa: E402
-from stats.config import STATUSES  # noqa: E402
-from stats.run import run_stats  # noqa: E402
+from stats.cohort_table import load_results
+from stats.config import STATUSES
+from stats.run import run_stats
 
 log = logging.getLogger(__name__)
 AGING_TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
@@ -65,7 +62,8 @@ def qc_counts(features: pd.DataFrame) -> pd.DataFrame:
 def qc_figure(counts: pd.DataFrame) -> bytes:
     """Stacked horizontal bars of the QC statuses per structure, as PNG bytes."""
     shares = counts.div(counts.sum(axis=1).clip(lower=1), axis=0).sort_values("ok")
-    fig, axis = plt.subplots(figsize=(8, max(3.0, 0.13 * len(shares) + 1.0)))
+    fig = Figure(figsize=(8, max(3.0, 0.13 * len(shares) + 1.0)))
+    axis = fig.subplots()
     left = pd.Series(0.0, index=shares.index)
     for status in shares.columns:
         axis.barh(shares.index, shares[status], left=left, color=STATUS_COLORS.get(status, "#888"), label=status)
@@ -77,7 +75,6 @@ def qc_figure(counts: pd.DataFrame) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     return buffer.getvalue()
 
 
