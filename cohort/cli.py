@@ -124,16 +124,24 @@ def _print_summary(summary) -> None:
 def stats_command(args: argparse.Namespace) -> int:
     import stats
 
-    stats.run_stats(args.results, args.out, args.config)
+    _require_tables(args.results)
+    console.print(stats.run_stats(args.results, args.out, args.config).describe(), highlight=False, soft_wrap=True)
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     import stats
 
+    _require_tables(args.results)
     path = stats.write_report(args.results, args.out)
     console.print(f"report: {path}")
     return 0
+
+
+def _require_tables(results: Path) -> None:
+    for table in ("features", "series"):
+        if not any((results / table).glob("*.parquet")):
+            raise RunCannotStart(f"{results / table}: no Parquet table here; run `cohort run --out {results}` first")
 
 
 def models_command(args: argparse.Namespace) -> int:
