@@ -85,9 +85,13 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     """Join features with age and sex, apply the exclusions and cut the age groups."""
     series = _unique_series(series)
     usable = series[(series["status"] == "done") & series["age"].notna()]
+    orphans = ~features["series_id"].isin(series["series_id"])
+    if orphans.any():
+        log.warning("features: %d rows of series missing from series/ are ignored", int(orphans.sum()))
     rows = features.merge(usable[["series_id", "age", "sex"]], on="series_id", how="inner", validate="many_to_one")
     if rows.duplicated(["series_id", "structure"]).any():
-        raise ValueError("features: several rows for one series_id and structure; the table is corrupt, rerun `cohort run`")
+        raise ValueError("features: several rows for one series_id and structure; "
+                         "the table is corrupt, rerun `cohort run`")
     exclusions = _exclusions(rows, series, sorted(features["structure"].unique()), config)
     rows = rows[rows["status"].isin(config.include_statuses)]
     groups = _age_groups(usable["age"].to_numpy(dtype=float), config)

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stats.paper import PAPER_SPEARMAN
+from stats.paper import PAPER_SPEARMAN, paper_kruskal_p
 from stats.study import ALL, AgingResults
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,19 @@ def strongest_effects(results: AgingResults, top_n: int) -> pd.DataFrame:
     medians = medians[[first, last]].rename(columns={first: "median_youngest", last: "median_oldest"}).reset_index()
     table = corr.merge(kw, on=keys, how="left").merge(medians, on=keys, how="left")
     paper = [PAPER_SPEARMAN.get((s, m), np.nan) for s, m in zip(table["structure"], table["metric"])]
-    return table.assign(paper_r=paper)[["structure", "metric", "n", "spearman_r", "p", "paper_r", "kruskal_p",
-                                        "epsilon_squared", "median_youngest", "median_oldest"]]
+    table = table.assign(paper_r=paper).merge(paper_kruskal_p(), on=["structure", "metric"], how="left")
+    return table[["structure", "metric", "n", "spearman_r", "p", "paper_r", "kruskal_p", "paper_kruskal_p",
+                  "epsilon_squared", "median_youngest", "median_oldest"]]
+
+
+def agreement_with_paper(quartile_tests: pd.DataFrame) -> pd.DataFrame:
+    """Kruskal-Wallis significance here vs in the paper's Table S1, for pairs both have.
+
+    One row per combination of ``paper_significant`` and ``significant`` with its count.
+    """
+    tests = quartile_tests[quartile_tests["stratum"] == ALL][["structure", "metric", "significant"]]
+    both = tests.astype({"structure": str, "metric": str}).merge(paper_kruskal_p(), on=["structure", "metric"])
+    return both.groupby(["paper_significant", "significant"]).size().rename("n").reset_index()
 
 
 def write_summary(results: AgingResults, out_dir: Path) -> Path:
@@ -88,11 +99,24 @@ def summary_lines(results: AgingResults) -> list[str]:
         (f"- Age groups ({config.age_groups.method}): {', '.join(groups.labels)} years "
          "(left-closed: a cut-point age goes to the older group)."),
         f"- Spearman significant: {n_corr} of {n_pairs} structure-metric pairs; Kruskal-Wallis significant: {n_kw}.",
+        *(_agreement_lines(results.quartile_tests, config.alpha) if kw is not None else []),
         "",
         f"## Strongest age effects (top {config.summary_top_n} by |r_s|, significant only)",
         "",
         *(_markdown_table(effects) if len(effects) else ["No significant age effect."]),
     ]
+
+
+def _agreement_lines(quartile_tests: pd.DataFrame, alpha: float) -> list[str]:
+    """One line comparing Kruskal-Wallis significance with the paper's Table S1 (p < 0.0001 there)."""
+    counts = agreement_with_paper(quartile_tests).set_index(["paper_significant", "significant"])["n"]
+    if counts.empty:
+        return []
+    n = {key: int(counts.get(key, 0)) for key in [(True, True), (True, False), (False, True), (False, False)]}
+    line = (f"- Kruskal-Wallis vs the paper's Table S1 (paper: p < 0.0001; here: p < {alpha:g}), "
+            f"{sum(n.values())} structure-metric pairs in both: significant in both {n[True, True]}, "
+            f"only in the paper {n[True, False]}, only here {n[False, True]}, in neither {n[False, False]}.")
+    return [line]
 
 
 def _markdown_table(frame: pd.DataFrame) -> list[str]:

@@ -2,10 +2,18 @@
 
 Headline Spearman correlations with age, per v2 structure and metric, for comparing the
 directions and rough sizes a cohort finds. The paper reports some structures once for both
-sides (e.g. "gluteus minimus"); both v2 sides get that value.
+sides (e.g. "gluteus minimus"); both v2 sides get that value. The Kruskal-Wallis p-values of
+the paper's Table S1 come from cohort's ``configs/lower_bounds_v2.csv`` (mapped to v2 names).
 """
 
 from __future__ import annotations
+
+import pandas as pd
+
+from cohort.config import config_file
+
+TABLE_S1 = "lower_bounds_v2.csv"
+_TABLE_S1_COLUMNS = {"paper_volume_p_quartiles": "volume_ml", "paper_hu_p_quartiles": "mean_hu"}
 
 _BOTH_SIDES = {
     ("autochthon", "mean_hu"): -0.74,
@@ -26,3 +34,17 @@ PAPER_SPEARMAN: dict[tuple[str, str], float] = {
     ("pancreas", "volume_ml"): -0.49,
     **{(f"{name}_{side}", metric): r for (name, metric), r in _BOTH_SIDES.items() for side in ("left", "right")},
 }
+
+
+def paper_kruskal_p() -> pd.DataFrame:
+    """Table S1's Kruskal-Wallis p across age quartiles: ``structure, metric, paper_kruskal_p, paper_significant``.
+
+    ``paper_kruskal_p`` is the text as printed (``"< 0.0001"`` or a number); v2 structures
+    the paper did not have are left out.
+    """
+    table = pd.read_csv(config_file(TABLE_S1), dtype=str)
+    long = table.melt(id_vars="structure", value_vars=list(_TABLE_S1_COLUMNS), var_name="metric",
+                      value_name="paper_kruskal_p").dropna(subset=["paper_kruskal_p"])
+    long["metric"] = long["metric"].map(_TABLE_S1_COLUMNS)
+    long["paper_kruskal_p"] = long["paper_kruskal_p"].str.strip()
+    return long.assign(paper_significant=long["paper_kruskal_p"].str.startswith("<")).reset_index(drop=True)

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 AGING_TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
 STATUS_COLORS = {"ok": "#1f5fa8", "absent": "#b8c4d0", "fov_truncated": "#e6a23c", "below_lower_bound": "#c0392b"}
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
-th{background:#f3f5f8}img{max-width:100%;display:block;margin:.5em 0}details{margin:.5em 0}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0}
+td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}th{background:#f3f5f8}
+img{max-width:100%;display:block;margin:.5em 0}details{margin:.5em 0}
 summary{cursor:pointer;font-weight:600}pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}"""
 
 
@@ -129,5 +130,6 @@ def _image(png: bytes, alt: str) -> str:
 
 
 def _page(title: str, body: list[str]) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n")
+    head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style>'
+    content = "\n".join([f"<h1>{html.escape(title)}</h1>", *body])
+    return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head><body>\n{content}\n</body></html>\n'

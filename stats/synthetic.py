@@ -91,7 +91,8 @@ def _effects(structures: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["structure", "metric", "planted_r"])
 
 
-def _features(done: pd.DataFrame, structures: list[str], effects: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def _features(done: pd.DataFrame, structures: list[str], effects: pd.DataFrame,
+              rng: np.random.Generator) -> pd.DataFrame:
     """One row per done series and structure; values = baseline + signal(age) + noise."""
     n_sub, n_str = len(done), len(structures)
     age = done["age"].fillna(59.0).to_numpy()
@@ -105,8 +106,9 @@ def _features(done: pd.DataFrame, structures: list[str], effects: pd.DataFrame, 
     mean_hu = rng.uniform(-50.0, 400.0, n_str) + 25.0 * hu
     status = _statuses(n_sub, n_str, rng)
     lower_bound = 0.2 * base_volume
-    volume_ml = np.where(status == "below_lower_bound", lower_bound * rng.uniform(0.05, 0.95, volume_ml.shape), volume_ml)
-    volume_ml = np.where(status == "fov_truncated", volume_ml * rng.uniform(0.3, 0.9, volume_ml.shape), volume_ml)
+    shrink = rng.uniform(0.05, 0.95, volume_ml.shape)
+    volume_ml = np.where(status == "below_lower_bound", lower_bound * shrink, volume_ml)
+    volume_ml = np.where(status == "fov_truncated", volume_ml * (0.3 + 0.6 * shrink), volume_ml)
     absent = status == "absent"
     return _long_table(done["series_id"].to_numpy(), structures, np.where(absent, 0.0, volume_ml),
                        np.where(absent, np.nan, mean_hu), status, lower_bound)

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from stats import run_stats
-from stats.outputs import METADATA_KEY
+from stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects
+from stats.paper import paper_kruskal_p
+from stats.study import AgingResults
 from stats.synthetic import make_cohort
 
 TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
@@ -60,3 +62,19 @@ def test_figure_choice(tmp_path: Path, which: str, expected: int) -> None:
 def test_missing_results_folder_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="cohort run"):
         run_stats(tmp_path)
+
+
+def test_summary_compares_with_the_papers_table_s1(results: AgingResults) -> None:
+    agreement = agreement_with_paper(results.quartile_tests)
+    assert agreement["n"].sum() == 194  # structure-metric pairs with a Table S1 p among the 234
+    both = agreement.query("paper_significant and significant")["n"].sum()
+    assert both == 8  # every planted effect is one the paper found too
+    effects = strongest_effects(results, 20)
+    assert len(effects) == 8 and (effects["paper_kruskal_p"] == "< 0.0001").all()
+    assert effects.set_index("structure").loc["aorta", "paper_r"] == 0.64
+
+
+def test_table_s1_kruskal_p_has_the_papers_exceptions() -> None:
+    paper = paper_kruskal_p().set_index(["structure", "metric"])["paper_kruskal_p"]
+    assert paper["urinary_bladder", "volume_ml"] == "0.0041"
+    assert paper["lung_lower_lobe_left", "mean_hu"] == "0.2424" and paper["esophagus", "mean_hu"] == "0.0010"

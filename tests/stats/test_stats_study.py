@@ -101,17 +101,20 @@ def test_results_equal_scipy_on_the_same_data(results: AgingResults, cohort: Syn
     pairs = results.pairwise_tests.query(key)
     raw = [sps.mannwhitneyu(groups[b], groups[a]) for a, b in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]]
     assert pairs["u_statistic"].tolist() == pytest.approx([r.statistic for r in raw], rel=1e-12)
-    assert pairs["p_adjusted"].tolist() == pytest.approx(list(multipletests([r.pvalue for r in raw], method="bonferroni")[1]))
+    adjusted = multipletests([r.pvalue for r in raw], method="bonferroni")[1]
+    assert pairs["p_adjusted"].tolist() == pytest.approx(list(adjusted))
     desc = results.descriptives.query(key + " and age_group == 'all'").iloc[0]
     z = (volume - volume.mean()) / volume.std(ddof=1)
     assert desc["ks_p"] == pytest.approx(sps.kstest(z, "norm").pvalue)
-    assert (desc["n"], desc["median"], desc["sd"]) == pytest.approx((len(volume), np.median(volume), volume.std(ddof=1)))
+    expected_desc = (len(volume), np.median(volume), volume.std(ddof=1), np.percentile(volume, 75) - np.percentile(volume, 25))
+    assert (desc["n"], desc["median"], desc["sd"], desc["iqr"]) == pytest.approx(expected_desc)
 
 
 def test_cut_point_ages_go_to_the_older_group(results: AgingResults) -> None:
     groups = results.age_groups
     assert groups.labels == ("<41", "41-59", "59-78", ">=78")
-    assert groups.assign(np.array([18.0, 40.9, 41.0, 58.99, 59.0, 77.5, 78.0, 100.0])).tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
+    ages = np.array([18.0, 40.9, 41.0, 58.99, 59.0, 77.5, 78.0, 100.0])
+    assert groups.assign(ages).tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
 
 
 def test_cohort_quartiles_split_subjects_evenly() -> None:
@@ -149,3 +152,18 @@ def test_tiny_and_constant_samples_give_nan_not_errors() -> None:
     results = run_study(features, small.series, dataclasses.replace(load_aging_config(), workers=1))
     aorta = results.correlations.query("structure == 'aorta' and metric == 'volume_ml'").iloc[0]
     assert np.isnan(aorta["spearman_r"]) and not aorta["significant"]
+
+
+def test_features_of_unknown_series_are_ignored(cohort: SyntheticCohort, caplog: pytest.LogCaptureFixture) -> None:
+    small = make_cohort(n_subjects=200, n_structures=8, seed=8)
+    stray = small.features.head(8).assign(series_id="NOT_IN_SERIES")
+    results = run_study(pd.concat([small.features, stray]), small.series,
+                        dataclasses.replace(load_aging_config(), workers=1))
+    assert "8 rows of series missing from series/" in caplog.text
+    assert (results.exclusions.groupby("structure")["n_series"].sum() == 200).all()
+
+
+def test_duplicate_rows_are_refused() -> None:
+    small = make_cohort(n_subjects=100, n_structures=8, seed=8)
+    with pytest.raises(ValueError, match="several rows for one series_id and structure"):
+        run_study(pd.concat([small.features, small.features.tail(1)]), small.series)
