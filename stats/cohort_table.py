@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cohort.errors import RunCannotStart
 from stats.config import STATUSES, AgingConfig
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 FEATURE_COLUMNS = ("series_id", "structure", "status")
 SERIES_COLUMNS = ("series_id", "age", "sex", "status")
 INCLUDED, SERIES_FAILED, NO_AGE, NOT_MEASURED = "included", "series_failed", "no_age", "not_measured"
+
+
+class ResultsTableError(RunCannotStart):
+    """A results table is missing or malformed; the message names it and says what to run."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,11 @@ def load_results(results_dir: Path) -> ResultTables:
 
 def _read_dataset(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; run `cohort run --out {path.parent}` first")
+        raise ResultsTableError(f"{path}: not found; run `cohort run --out {path.parent}` first")
     table = pd.read_parquet(path)
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: required column '{missing[0]}' is missing (has: {', '.join(table.columns)})")
+        raise ResultsTableError(f"{path}: required column '{missing[0]}' is missing (has: {', '.join(table.columns)})")
     return table
 
 
@@ -90,7 +95,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
         log.warning("features: %d rows of series missing from series/ are ignored", int(orphans.sum()))
     rows = features.merge(usable[["series_id", "age", "sex"]], on="series_id", how="inner", validate="many_to_one")
     if rows.duplicated(["series_id", "structure"]).any():
-        raise ValueError("features: several rows for one series_id and structure; "
+        raise ResultsTableError("features: several rows for one series_id and structure; "
                          "the table is corrupt, rerun `cohort run`")
     exclusions = _exclusions(rows, series, sorted(features["structure"].unique()), config)
     rows = rows[rows["status"].isin(config.include_statuses)]
@@ -100,7 +105,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
 
 def _unique_series(series: pd.DataFrame) -> pd.DataFrame:
     if series["series_id"].duplicated().any():
-        raise ValueError("series: duplicate series_id rows; the table is corrupt, rerun `cohort run`")
+        raise ResultsTableError("series: duplicate series_id rows; the table is corrupt, rerun `cohort run`")
     return series.assign(age=pd.to_numeric(series["age"], errors="coerce"))
 
 
@@ -108,7 +113,8 @@ def _age_groups(ages: np.ndarray, config: AgingConfig) -> AgeGroups:
     if config.age_groups.method == "paper":
         return AgeGroups.from_edges(config.age_groups.cut_points)
     if len(ages) == 0:
-        raise ValueError("no series with an age: cannot compute the cohort's age quartiles")
+        raise ResultsTableError("series: no series with an age, so no age quartiles; "
+                                "use age_groups.method: paper or add ages to the manifest")
     return AgeGroups.from_edges(tuple(np.quantile(ages, [0.25, 0.5, 0.75])))
 
 

@@ -42,8 +42,9 @@ def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path 
     """Run the aging study on ``results_dir/{features,series}`` and write ``out_dir``.
 
     ``out_dir`` defaults to ``results_dir/aging``; ``config_path`` to the shipped
-    ``stats/aging_default.yaml``. Raises ``ConfigError`` for a bad config (before reading
-    any table) and ``FileNotFoundError`` when the results folder lacks a table.
+    ``stats/aging_default.yaml``. Raises ``cohort.errors.ConfigError`` for a bad config
+    (before reading any table) and ``ResultsTableError`` for a missing or malformed table;
+    both are ``RunCannotStart`` (exit code 2 on the command line).
     """
     start = time.perf_counter()
     config = load_aging_config(config_path)

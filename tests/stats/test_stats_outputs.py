@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stats import run_stats
+from stats.cohort_table import ResultsTableError
 from stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects
 from stats.paper import paper_kruskal_p
 from stats.study import AgingResults
@@ -60,7 +61,7 @@ def test_figure_choice(tmp_path: Path, which: str, expected: int) -> None:
 
 
 def test_missing_results_folder_says_what_to_run(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="cohort run"):
+    with pytest.raises(ResultsTableError, match="cohort run"):
         run_stats(tmp_path)
 
 

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from stats.cohort_table import ResultsTableError
 from stats.config import load_aging_config
 from stats.study import AgingResults, run_study
 from stats.synthetic import SyntheticCohort, make_cohort
@@ -165,5 +166,5 @@ def test_features_of_unknown_series_are_ignored(cohort: SyntheticCohort, caplog:
 
 def test_duplicate_rows_are_refused() -> None:
     small = make_cohort(n_subjects=100, n_structures=8, seed=8)
-    with pytest.raises(ValueError, match="several rows for one series_id and structure"):
+    with pytest.raises(ResultsTableError, match="several rows for one series_id and structure"):
         run_study(pd.concat([small.features, small.features.tail(1)]), small.series)
