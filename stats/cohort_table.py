@@ -96,7 +96,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     rows = features.merge(usable[["series_id", "age", "sex"]], on="series_id", how="inner", validate="many_to_one")
     if rows.duplicated(["series_id", "structure"]).any():
         raise ResultsTableError("features: several rows for one series_id and structure; "
-                         "the table is corrupt, rerun `cohort run`")
+                                "the table is corrupt, rerun `cohort run`")
     exclusions = _exclusions(rows, series, sorted(features["structure"].unique()), config)
     rows = rows[rows["status"].isin(config.include_statuses)]
     groups = _age_groups(usable["age"].to_numpy(dtype=float), config)

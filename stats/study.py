@@ -21,7 +21,7 @@ import pandas as pd
 from stats import age_tests
 from stats.cohort_table import AgeGroups, StudyTable, build_study_table
 from stats.config import AgingConfig, load_aging_config
-from stats.descriptives import describe, ks_normality
+from stats.descriptives import Description, Normality, describe, ks_normality
 
 log = logging.getLogger(__name__)
 KEYS = ["stratum", "structure", "metric"]
@@ -93,11 +93,11 @@ def run_study(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig 
     rows = _analyse_all(samples(table, config), table.age_groups, config)
     log.info("aging study: %d stratum-structure-metric samples", len(rows.correlations))
     return AgingResults(
-        descriptives=_frame(rows.descriptives, ["age_group"]),
-        correlations=_significance(_frame(rows.correlations), "p", config.alpha),
-        quartile_tests=_significance(_frame(rows.quartile_tests), "p", config.alpha),
-        pairwise_tests=_significance(_frame(rows.pairwise_tests, ["group_young", "group_old"]), "p_adjusted",
-                                     config.alpha),
+        descriptives=_frame(rows.descriptives, ["age_group"], [Description, Normality]),
+        correlations=_significance(_frame(rows.correlations, [], [age_tests.Correlation]), "p", config.alpha),
+        quartile_tests=_significance(_frame(rows.quartile_tests, [], [age_tests.GroupTest]), "p", config.alpha),
+        pairwise_tests=_significance(_frame(rows.pairwise_tests, ["group_young", "group_old"], [age_tests.PairTest]),
+                                     "p_adjusted", config.alpha),
         exclusions=table.exclusions,
         age_groups=table.age_groups,
         config=config,
@@ -162,17 +162,16 @@ def _analyse(rows: _Rows, sample: Sample, groups: AgeGroups, correction: str) ->
         rows.pairwise_tests.append({**key, **row})
 
 
-def _frame(rows: list[dict[str, Any]], extra_keys: list[str] | None = None) -> pd.DataFrame:
-    """Rows as a table sorted by its keys (workers return them interleaved)."""
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    keys = KEYS + (extra_keys or [])
-    return frame.astype({c: "string" for c in keys}).sort_values(KEYS, kind="stable", ignore_index=True)
+def _frame(rows: list[dict[str, Any]], extra_keys: list[str], kinds: list[type]) -> pd.DataFrame:
+    """Rows as a table sorted by its keys (workers return them interleaved); same columns when empty."""
+    keys = KEYS + extra_keys
+    dtypes: dict[str, str] = {c: "string" for c in keys}
+    for kind in kinds:  # field types are the strings "int" or "float" (postponed annotations)
+        dtypes |= {f.name: "int64" if f.type == "int" else "float64" for f in dataclasses.fields(kind) if f.name not in keys}
+    frame = pd.DataFrame(rows, columns=list(dtypes)).astype(dtypes)
+    return frame.sort_values(KEYS, kind="stable", ignore_index=True)
 
 
 def _significance(frame: pd.DataFrame, column: str, alpha: float) -> pd.DataFrame:
     """Add ``significant``: the p-value in ``column`` is below ``alpha`` (False where untested)."""
-    if frame.empty:
-        return frame
     return frame.assign(significant=frame[column].lt(alpha).fillna(False).astype(bool))

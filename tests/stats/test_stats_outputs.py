@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -79,3 +80,15 @@ def test_table_s1_kruskal_p_has_the_papers_exceptions() -> None:
     paper = paper_kruskal_p().set_index(["structure", "metric"])["paper_kruskal_p"]
     assert paper["urinary_bladder", "volume_ml"] == "0.0041"
     assert paper["lung_lower_lobe_left", "mean_hu"] == "0.2424" and paper["esophagus", "mean_hu"] == "0.0010"
+
+
+def test_cohort_without_ages_gives_empty_tables_with_their_columns(tmp_path: Path) -> None:
+    cohort = make_cohort(n_subjects=50, n_structures=8, seed=1)
+    cohort = dataclasses.replace(cohort, series=cohort.series.assign(age=float("nan")))
+    run = run_stats(cohort.write(tmp_path / "results"), tmp_path / "aging")
+    assert run.n_subjects == 0 and run.n_tests == 0 and run.figures == ()
+    corr = pd.read_parquet(tmp_path / "aging" / "correlations.parquet")
+    assert corr.empty and list(corr.columns) == ["stratum", "structure", "metric", "n", "spearman_r", "p", "significant"]
+    excl = pd.read_parquet(tmp_path / "aging" / "exclusions.parquet").groupby("reason")["n_series"].max()
+    assert excl["no_age"] == 30 and excl["series_failed"] == 20 and excl["included"] == 0
+    assert "No significant age effect." in run.summary.read_text()
