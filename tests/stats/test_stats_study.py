@@ -155,7 +155,7 @@ def test_tiny_and_constant_samples_give_nan_not_errors() -> None:
     assert np.isnan(aorta["spearman_r"]) and not aorta["significant"]
 
 
-def test_features_of_unknown_series_are_ignored(cohort: SyntheticCohort, caplog: pytest.LogCaptureFixture) -> None:
+def test_features_of_unknown_series_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
     small = make_cohort(n_subjects=200, n_structures=8, seed=8)
     stray = small.features.head(8).assign(series_id="NOT_IN_SERIES")
     results = run_study(pd.concat([small.features, stray]), small.series,
