@@ -90,3 +90,12 @@ def _check_choices(values: tuple[str, ...], allowed: tuple[str, ...], source: Pa
     for value in values:
         if value not in allowed:
             raise ConfigError(f"{source}: key '{key}' value {value!r} is not one of {', '.join(allowed)}")
+
+
+def with_figures(config: AgingConfig, which: str | None) -> AgingConfig:
+    """``config`` with ``figures.which`` replaced (e.g. from a command-line flag); None keeps it."""
+    if which is None:
+        return config
+    if which not in FIGURE_CHOICES:
+        raise ConfigError(f"figures: {which!r} is not one of {', '.join(FIGURE_CHOICES)}")
+    return dataclasses.replace(config, figures=dataclasses.replace(config.figures, which=which))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stats.cohort_table import load_results
-from stats.config import load_aging_config
+from stats.config import load_aging_config, with_figures
 from stats.figures import draw_figures
 from stats.outputs import write_summary, write_tables
 from stats.study import ALL, run_study
@@ -38,16 +38,18 @@ class StatsRun:
                 f"tables, {len(self.figures)} figures and summary.md in {self.out_dir}")
 
 
-def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path | None = None) -> StatsRun:
+def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path | None = None,
+              figures: str | None = None) -> StatsRun:
     """Run the aging study on ``results_dir/{features,series}`` and write ``out_dir``.
 
     ``out_dir`` defaults to ``results_dir/aging``; ``config_path`` to the shipped
-    ``stats/aging_default.yaml``. Raises ``cohort.errors.ConfigError`` for a bad config
+    ``stats/aging_default.yaml``; ``figures`` (``none``, ``overview``, ``top``, ``all``)
+    overrides the config's ``figures.which``. Raises ``cohort.errors.ConfigError`` for a bad config
     (before reading any table) and ``ResultsTableError`` for a missing or malformed table;
     both are ``RunCannotStart`` (exit code 2 on the command line).
     """
     start = time.perf_counter()
-    config = load_aging_config(config_path)
+    config = with_figures(load_aging_config(config_path), figures)
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir else results_dir / "aging"
     tables = load_results(results_dir)

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from cohort.errors import ConfigError
 from stats import run_stats
 from stats.cohort_table import ResultsTableError
 from stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects
@@ -92,3 +93,10 @@ def test_cohort_without_ages_gives_empty_tables_with_their_columns(tmp_path: Pat
     excl = pd.read_parquet(tmp_path / "aging" / "exclusions.parquet").groupby("reason")["n_series"].max()
     assert excl["no_age"] == 30 and excl["series_failed"] == 20 and excl["included"] == 0
     assert "No significant age effect." in run.summary.read_text()
+
+
+def test_figures_argument_overrides_the_config(tmp_path: Path) -> None:
+    results = make_cohort(n_subjects=300, n_structures=3, seed=4).write(tmp_path / "results")
+    assert len(run_stats(results, tmp_path / "out", figures="overview").figures) == 1
+    with pytest.raises(ConfigError, match="figures: 'some'"):
+        run_stats(results, tmp_path / "out", figures="some")
