@@ -78,7 +78,7 @@ def structure_figure(sample: Sample, r_s: float, p: float, groups: AgeGroups, pa
     fig = Figure(figsize=(9, 3.6))
     scatter, boxes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.22)
-    scatter.scatter(sample.age, sample.values, s=4, alpha=0.3, color=SIGNIFICANT, linewidths=0, rasterized=True)
+    scatter.scatter(sample.age, sample.values, s=4, alpha=0.3, color=SIGNIFICANT, linewidths=0)
     if len(sample.values) >= 3:
         grid = np.linspace(sample.age.min(), sample.age.max(), 100)
         scatter.plot(grid, np.polyval(np.polyfit(sample.age, sample.values, 2), grid), color="#c0392b", lw=2,
