@@ -31,6 +31,7 @@ from cohort.store.zarr_labels import write_label_map
 
 log = logging.getLogger(__name__)
 LABELS_MODEL = "labels"
+STAGES = ("ingest", "load_model", "segment", "measure", "store")
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,10 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             label_map = align_labels(volume, load_label_nifti(spec.labels)) if spec.labels else None
         model = LABELS_MODEL if label_map is not None else context.model
         if label_map is None:
+            with timer.stage("load_model"):
+                segmenter = load_segmenter(context)
             with timer.stage("segment"):
-                label_map = segment(volume, context)
+                label_map = segmenter.segment(volume).label_map
         check_label_ids(label_map, context.measure.class_map)
         with timer.stage("measure"):
             features = measure_series(spec.series_id, volume, label_map, model, context.measure)
@@ -115,12 +118,11 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
     return SeriesResult(spec.series_id, row, features)
 
 
-def segment(volume: Volume, context: RunContext) -> LabelMap:
-    """Segment with the run's model; its networks are loaded once per worker process."""
+def load_segmenter(context: RunContext):
+    """The run's model; loaded on a worker's first series, then reused (a cached instance)."""
     from cohort.segment import get_segmenter, load_model_spec, resolve_weights_dir
 
-    segmenter = get_segmenter(load_model_spec(context.model), resolve_weights_dir(context.weights_dir), context.device)
-    return segmenter.segment(volume).label_map
+    return get_segmenter(load_model_spec(context.model), resolve_weights_dir(context.weights_dir), context.device)
 
 
 def check_label_ids(label_map: LabelMap, class_map: ClassMap) -> None:
@@ -179,7 +181,7 @@ def _series_row(spec: SeriesSpec, subject: Subject, status: str, error: str | No
         cohort_version=cohort.__version__, nnunet_version=_nnunet_version(),
         finished_at=datetime.now(timezone.utc).replace(microsecond=0),
         seconds_total=time.perf_counter() - started,
-        **{f"seconds_{stage}": timer.seconds.get(stage) for stage in ("ingest", "segment", "measure", "store")},
+        **{f"seconds_{stage}": timer.seconds.get(stage) for stage in STAGES},
     )
     return row
 

@@ -49,6 +49,7 @@ SERIES_SCHEMA = pa.schema(
         ("measure_spacing_mm", pa.string()),
         ("n_structures_ok", pa.int32()),
         ("seconds_ingest", pa.float64()),
+        ("seconds_load_model", pa.float64()),
         ("seconds_segment", pa.float64()),
         ("seconds_measure", pa.float64()),
         ("seconds_store", pa.float64()),

@@ -1,0 +1,87 @@
+"""``cohort run`` on rows without labels: real nnU-Net predictors on random-weight folders in
+TotalSegmentator's layout, through the CLI, the Prefect flow and a Dask worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohort.ingest import load_ct
+from cohort.segment import load_model_spec
+from cohort.segment.synthetic_weights import build_weights
+from cohort.store import read_label_map
+from testkit import cohort_cli, write_manifest
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    for model in ("fast", "full"):
+        build_weights(load_model_spec(model), folder, "small", seed=3)
+    return folder
+
+
+def _manifest(folder: Path, examples: Path, with_dicom: bool) -> Path:
+    """A crop of the example CT (keeps the 1.5 mm full model quick on a CPU), its LAS mirror,
+    optionally the LPS DICOM series, and one row with precomputed labels."""
+    ct = nib.load(str(examples / "example_ct_sm.nii.gz")).slicer[30:90, 20:80, :]
+    nib.save(ct, str(folder / "crop.nii.gz"))
+    nib.save(ct.slicer[::-1, :, :], str(folder / "las.nii.gz"))  # LAS: a non-RAS NIfTI input
+    rows = [
+        {"series_id": "sm", "path": str(folder / "crop.nii.gz"), "age": 64, "sex": "M"},
+        {"series_id": "sm_las", "path": str(folder / "las.nii.gz"), "age": 64, "sex": "M"},
+        {"series_id": "labelled", "path": str(examples / "example_ct_sm.nii.gz"), "age": 64, "sex": "M",
+         "labels": str(examples / "example_seg_fast.nii.gz")},
+    ]
+    if with_dicom:
+        rows.append({"series_id": "dicom", "path": str(examples / "example_ct_dicom"), "age": 57, "sex": "F"})
+    return write_manifest(folder / "scans.csv", rows)
+
+
+@pytest.mark.parametrize("model", ["fast", "full"])
+def test_segmented_rows_get_label_maps_on_their_own_grid(model: str, weights: Path, tmp_path: Path,
+                                                         examples: Path, prefect_server: str) -> None:
+    manifest = _manifest(tmp_path, examples, with_dicom=model == "fast")
+    out = tmp_path / "results"
+    result = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--model", model,
+                        "--weights", str(weights), "--workers", "1", api=prefect_server)
+    assert result.returncode == 0, result.stderr
+    features = pd.read_parquet(out / "features")
+    series = pd.read_parquet(out / "series").set_index("series_id")
+    segmented = ["sm", "sm_las"] + (["dicom"] if model == "fast" else [])
+    assert features.groupby("series_id")["model"].first().to_dict() == {
+        **{series_id: model for series_id in segmented}, "labelled": "labels"}
+    for series_id in segmented:
+        volume = load_ct(_path(manifest, series_id))
+        stored = read_label_map(out / "labels.zarr", series_id)
+        assert stored.labels.shape == volume.hu.shape
+        np.testing.assert_allclose(stored.affine, volume.affine, atol=1e-4)
+        assert series.loc[series_id, "measure_spacing_mm"] == features[features.series_id == series_id][
+            "measure_spacing_mm"].iloc[0]
+    # The LAS copy is the same voxels mirrored: its prediction must be the mirrored prediction.
+    plain = read_label_map(out / "labels.zarr", "sm").labels
+    mirrored = read_label_map(out / "labels.zarr", "sm_las").labels
+    assert (plain == mirrored[::-1]).mean() > 0.999
+    # One worker: the networks are loaded for the first segmented series only.
+    load = series.loc[segmented, "seconds_load_model"].sort_values()
+    assert load.iloc[-1] > 0.5 and load.iloc[:-1].max() < 0.05, load.to_dict()
+
+
+def _path(manifest: Path, series_id: str) -> Path:
+    rows = pd.read_csv(manifest).set_index("series_id")
+    return Path(rows.loc[series_id, "path"])
+
+
+def test_missing_weights_stop_the_run_with_instructions(tmp_path: Path, examples: Path) -> None:
+    manifest = _manifest(tmp_path, examples, with_dicom=False)
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    result = cohort_cli("run", "--manifest", str(manifest), "--out", str(tmp_path / "r"), "--weights", str(empty))
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "Dataset297_TotalSegmentator_total_3mm_1559subj" in message and "totalseg_download_weights" in message
+    assert not (tmp_path / "r" / "series").exists() or not any((tmp_path / "r" / "series").iterdir())
