@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="run the aging study on a results folder")
     stats.add_argument("--results", type=Path, required=True)
     stats.add_argument("--out", type=Path, help="default: <results>/aging")
-    stats.add_argument("--config", type=Path, help="aging-study configuration YAML")
+    stats.add_argument("--config", type=Path, help="aging-study configuration YAML (default: stats/aging_default.yaml)")
+    stats.add_argument("--figures", choices=("none", "overview", "top", "all"),
+                       help="which figures to draw (default from the config: overview and the top structures)")
 
     report = commands.add_parser("report", help="write one HTML page: run summary, QC and the aging study")
     report.add_argument("--results", type=Path, required=True)
@@ -127,7 +129,7 @@ def stats_command(args: argparse.Namespace) -> int:
     import stats
 
     _require_tables(args.results)
-    console.print(stats.run_stats(args.results, args.out, args.config).describe(), highlight=False, soft_wrap=True)
+    console.print(stats.run_stats(args.results, args.out, args.config, figures=args.figures).describe(), highlight=False, soft_wrap=True)
     return 0
 
 
