@@ -42,6 +42,7 @@ class ExecutionConfig:
     retries: int = 1
     series_timeout_s: float = 3600.0
     flush_interval_s: float = 60.0
+    slurm_config: str = "slurm.yaml"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import zarr
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
@@ -19,12 +21,18 @@ from flows.clusters import open_client
 from flows.dispatch import run_series
 
 
+def record_failures(summary: RunSummary) -> None:
+    """A table artifact of the failed series, shown on the flow run's page in the Prefect UI."""
+    create_table_artifact(key="failed-series", table=[{k: str(v) for k, v in f.items()} for f in summary.failures[:1000]],
+                          description=f"{summary.n_failed} failed series; rerun the same command to retry them")
+
+
 @task(name="write-batch", cache_policy=NO_CACHE)
 def write_batch(writer: BatchWriter) -> None:
     writer.flush()
 
 
-@flow(name="cohort-run", validate_parameters=False)
+@flow(name="cohort-run", flow_run_name="{run.run_id}", validate_parameters=False)
 def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None) -> RunSummary:
     """Process ``run.plan.todo`` on the requested cluster; return the run's summary."""
     logger = get_run_logger()
@@ -34,6 +42,8 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
     logger.info("%d series to process, %d already done", len(run.plan.todo), len(run.plan.already_done))
     dashboard = None
     if run.plan.todo:
+        # Create the Zarr group here: workers creating it at once race (zarr ContainsGroupError).
+        zarr.open_group(str(run.layout.labels_zarr), mode="a")
         with open_client(run.request.cluster, run.request.workers, execution) as client:
             dashboard = client.dashboard_link
             logger.info("Dask dashboard: %s", dashboard)
@@ -52,6 +62,8 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
 
             run_series(client, run.plan.todo, run.context, execution, record, on_idle=flush_if_due)
     summary = finish_run(run, writer, started, dashboard)
+    if summary.failures:
+        record_failures(summary)
     logger.info("done %d, failed %d, skipped %d in %.1f s", summary.n_done, summary.n_failed, summary.n_skipped,
                 summary.seconds)
     return summary
