@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import Callable, Iterable
 
 from distributed import Client, Future, get_worker, wait
@@ -71,26 +72,30 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
     return outcome[0]
 
 
-def shared_value(value: object) -> object:
-    """A task returning ``value``: one copy per worker, which Dask recomputes if its holders die
-    (data scattered from the driver would be lost with them, cancelling every series that needs it)."""
-    return value
-
-
 @dataclass
 class _Window:
-    """The series in flight, and how many attempts each has had (timeouts are counted here)."""
+    """The series in flight, and how many attempts each has had (timeouts are counted here).
+
+    Each task carries the (small) run context itself rather than depending on a shared one:
+    a dependency makes Dask place tasks beside its data, so one worker's death would also
+    count against series merely waiting there.
+    """
 
     client: Client
-    context: object
+    context: RunContext
     execution: ExecutionConfig
     in_flight: dict[Future, tuple[SeriesSpec, int]]
 
-    def submit(self, spec: SeriesSpec, attempt: int = 1) -> None:
-        future = self.client.submit(process_with_deadline, spec, self.context, attempt,
-                                    self.execution.series_timeout_s, key=f"series-{spec.series_id}-{attempt}",
-                                    pure=False, retries=0)
-        self.in_flight[future] = (spec, attempt)
+    def submit(self, specs: list[SeriesSpec], attempt: int = 1) -> None:
+        """Submit ``specs`` in one message, so that Dask queues them as one group (one per worker)."""
+        if not specs:
+            return
+        n = len(specs)
+        futures = self.client.map(process_with_deadline, specs, [self.context] * n, [attempt] * n,
+                                  [self.execution.series_timeout_s] * n,
+                                  key=[f"series-{spec.series_id}-{attempt}" for spec in specs], pure=False,
+                                  retries=0)
+        self.in_flight.update((future, (spec, attempt)) for future, spec in zip(futures, specs))
 
 
 def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext, execution: ExecutionConfig,
@@ -99,16 +104,15 @@ def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext,
 
     ``on_idle`` is called about once a second while nothing finishes (to flush old batches).
     """
-    window = _Window(client, client.submit(shared_value, context, pure=False), execution, {})
+    window = _Window(client, context, execution, {})
     queue = iter(specs)
     exhausted = False
     size, sized_at, idle_since = window_size(client, execution), time.monotonic(), None
     while True:
-        while not exhausted and len(window.in_flight) < size:
-            spec = next(queue, None)
-            exhausted = spec is None
-            if spec is not None:
-                window.submit(spec)
+        if not exhausted and len(window.in_flight) < size:
+            batch = list(islice(queue, size - len(window.in_flight)))
+            exhausted = len(batch) < size - len(window.in_flight)
+            window.submit(batch)
         finished: set[Future] = set()
         if not window.in_flight:
             if exhausted:
@@ -163,7 +167,7 @@ def _after_timeout(window: _Window, spec: SeriesSpec, attempt: int, timed_out: T
     except (OSError, TimeoutError, ValueError) as error:  # the worker may already be gone
         log.warning("could not restart %s: %s", timed_out.worker, error)
     if attempt <= window.execution.retries:
-        window.submit(spec, attempt + 1)
+        window.submit([spec], attempt + 1)
         return None
     return failed_result(spec, f"{spec.where}: timed out after {timed_out.seconds:g} s "
                                f"({attempt} attempt(s); execution.series_timeout_s)", attempt=attempt)

@@ -1,0 +1,117 @@
+"""Faults on a local Dask cluster with real processes: a series past its timeout, a worker
+SIGKILLed mid-series. Each is retried ``retries`` times, then failed with the reason; the rest
+of the cohort finishes and a rerun processes exactly what is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from testkit import cli_env, cohort_cli, write_manifest
+
+
+def _small_rows(examples: Path, n: int) -> list[dict]:
+    return [{"series_id": f"nii{i}", "path": str(examples / "example_ct_sm.nii.gz"), "age": 40 + i, "sex": "M",
+             "labels": str(examples / "example_seg_fast.nii.gz")} for i in range(n)]
+
+
+def _copy_slow(slow_series, folder: Path, name: str) -> tuple[Path, Path]:
+    """A private copy of the slow series, so that /proc tells which run opened it."""
+    ct, seg = (folder / f"{name}_ct.nii.gz", folder / f"{name}_seg.nii.gz")
+    shutil.copyfile(slow_series[0], ct)
+    shutil.copyfile(slow_series[1], seg)
+    return ct, seg
+
+
+def _config(folder: Path, text: str) -> Path:
+    path = folder / "run.yaml"
+    path.write_text("execution:\n  batch_size: 2\n  flush_interval_s: 1\n" + text)
+    return path
+
+
+def test_series_past_its_timeout_is_retried_then_failed(tmp_path: Path, examples: Path, slow_series,
+                                                        prefect_server: str) -> None:
+    ct, seg = _copy_slow(slow_series, tmp_path, "slow")
+    rows = _small_rows(examples, 6) + [{"series_id": "slow", "path": str(ct), "age": 70, "sex": "F", "labels": str(seg)}]
+    manifest = write_manifest(tmp_path / "scans.csv", rows)
+    out = tmp_path / "results"
+    config = _config(tmp_path, "  series_timeout_s: 1.5\n  retries: 1\n")
+    started = time.monotonic()
+    result = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(config),
+                        "--workers", "2", api=prefect_server, timeout=240)
+    assert result.returncode == 1, result.stderr
+    series = pd.read_parquet(out / "series").set_index("series_id")
+    assert series.loc["slow", "status"] == "failed"
+    assert "timed out after 1.5 s (2 attempt(s)" in series.loc["slow", "error"]
+    assert series.loc["slow", "attempts"] == 2
+    assert (series.drop(index="slow")["status"] == "done").all() and len(series) == 7
+    assert time.monotonic() - started < 120
+
+    relaxed = _config(tmp_path, "  series_timeout_s: 600\n")
+    rerun = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(relaxed),
+                       "--workers", "2", api=prefect_server, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 series to process, 6 already done" in " ".join(rerun.stderr.split())
+    series = pd.read_parquet(out / "series").set_index("series_id")
+    assert (series["status"] == "done").all() and len(series) == 7
+
+
+def _kill_when_open(paths: dict[str, Path], kills: dict[str, int], holders, deadline: float,
+                    process: subprocess.Popen) -> dict[str, int]:
+    """SIGKILL each worker that opens ``paths[name]``, ``kills[name]`` times; return the kills done."""
+    done = {name: 0 for name in paths}
+    killed: set[int] = set()
+    while time.monotonic() < deadline and process.poll() is None and done != kills:
+        for name, path in paths.items():
+            if done[name] >= kills[name]:
+                continue
+            for pid in set(holders(path)) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+                done[name] += 1
+        time.sleep(0.02)
+    return done
+
+
+def test_worker_sigkilled_mid_series(tmp_path: Path, examples: Path, slow_series, holders,
+                                     prefect_server: str) -> None:
+    """The worker running ``victim`` is SIGKILLed on each of its attempts: the series fails
+    with the reason, every other row is done, and a rerun processes exactly ``victim``.
+    (A series killed once and done on its retry: the SLURM scancel test.)"""
+    victim = _copy_slow(slow_series, tmp_path, "victim")
+    rows = [{"series_id": "victim", "path": str(victim[0]), "age": 70, "sex": "F", "labels": str(victim[1])},
+            *_small_rows(examples, 12)]
+    manifest = write_manifest(tmp_path / "scans.csv", rows)
+    out = tmp_path / "results"
+    config = _config(tmp_path, "  retries: 1\n")
+    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out",
+                                str(out), "--config", str(config), "--workers", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=cli_env(prefect_server),
+                               start_new_session=True)
+    try:
+        kills = _kill_when_open({"victim": victim[0]}, {"victim": 2}, holders, time.monotonic() + 180, process)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert kills == {"victim": 2}, output
+    assert process.returncode == 1, output
+    series = pd.read_parquet(out / "series").set_index("series_id")
+    assert series.loc["victim", "status"] == "failed"
+    assert "worker process died 2 time(s)" in series.loc["victim", "error"]
+    assert (series.drop(index="victim")["status"] == "done").all() and len(series) == 13
+
+    rerun = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(config),
+                       "--workers", "2", api=prefect_server, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 series to process, 12 already done" in " ".join(rerun.stderr.split())
+    series = pd.read_parquet(out / "series")
+    assert (series["status"] == "done").all() and len(series) == 13 and not series["series_id"].duplicated().any()
