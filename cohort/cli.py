@@ -67,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 def _configure_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     quiet = logging.getLevelName(level if verbose else logging.ERROR).lower()
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", quiet.upper())
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", quiet.upper())  # the API still gets INFO
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", quiet)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # records propagated from Prefect's and Dask's loggers too
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -89,9 +91,16 @@ def run_command(args: argparse.Namespace) -> int:
         console.print(f"[bold]{len(run.plan.todo)}[/] series to process, "
                       f"{len(run.plan.already_done)} already done in {run.layout.root} (Prefect: {prefect_mode})",
                       highlight=False, soft_wrap=True)
-        summary = _run_with_progress(run)
+        summary = _run_with_progress(run) if run.plan.todo else _finish_without_work(run)
     _print_summary(summary, time.perf_counter() - started)
     return summary.exit_code
+
+
+def _finish_without_work(run):
+    """Nothing left to do: no Prefect flow, no cluster, so a finished manifest reruns in seconds."""
+    from cohort.run import BatchWriter, finish_run
+
+    return finish_run(run, BatchWriter.for_run(run), time.perf_counter())
 
 
 def _run_with_progress(run):
@@ -99,7 +108,7 @@ def _run_with_progress(run):
 
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False, disable=not run.plan.todo) as progress:
+    with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("series", total=len(run.plan.todo), failed=0)
         failed = 0
 

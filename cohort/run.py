@@ -117,6 +117,11 @@ class BatchWriter:
             self.failures.append(result)
             log.warning("failed: %s", result.row["error"])
 
+    @classmethod
+    def for_run(cls, run: PreparedRun) -> "BatchWriter":
+        execution = run.config.execution
+        return cls(run.layout, run.run_id, execution.batch_size, execution.flush_interval_s)
+
     def should_flush(self) -> bool:
         """A full batch, or a partial one whose oldest result waited ``flush_interval_s``."""
         if not self.pending:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import zarr
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -38,12 +37,10 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
     logger = get_run_logger()
     started = time.perf_counter()
     execution = run.config.execution
-    writer = BatchWriter(run.layout, run.run_id, execution.batch_size, execution.flush_interval_s)
+    writer = BatchWriter.for_run(run)
     logger.info("%d series to process, %d already done", len(run.plan.todo), len(run.plan.already_done))
     dashboard = None
     if run.plan.todo:
-        # Create the Zarr group here: workers creating it at once race (zarr ContainsGroupError).
-        zarr.open_group(str(run.layout.labels_zarr), mode="a")
         with open_client(run.request.cluster, run.request.workers, execution) as client:
             dashboard = client.dashboard_link
             logger.info("Dask dashboard: %s", dashboard)

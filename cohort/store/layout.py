@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import zarr
+
 
 @dataclass(frozen=True)
 class OutputLayout:
@@ -34,5 +36,8 @@ class OutputLayout:
         return self.root / "runs"
 
     def create(self) -> None:
+        """Make every folder and the Zarr group before workers start (workers creating the
+        group at the same moment race: zarr's ContainsGroupError)."""
         for folder in (self.root, self.features, self.series, self.runs):
             folder.mkdir(parents=True, exist_ok=True)
+        zarr.open_group(str(self.labels_zarr), mode="a")

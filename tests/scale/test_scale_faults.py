@@ -53,7 +53,7 @@ def test_series_past_its_timeout_is_retried_then_failed(tmp_path: Path, examples
     assert "timed out after 1.5 s (2 attempt(s)" in series.loc["slow", "error"]
     assert series.loc["slow", "attempts"] == 2
     assert (series.drop(index="slow")["status"] == "done").all() and len(series) == 7
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < 200
 
     relaxed = _config(tmp_path, "  series_timeout_s: 600\n")
     rerun = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(relaxed),

@@ -18,7 +18,6 @@ from cohort.segment.parity import compare, run_totalsegmentator, totalsegmentato
 from cohort.segment.registry import model_class_map
 
 pytest.importorskip("totalsegmentator")
-pytestmark = pytest.mark.slow
 
 
 def test_fast_equals_totalsegmentator(fast_spec, fast_weights, example_sm, tmp_path):
