@@ -1,0 +1,89 @@
+"""Cluster settings without a cluster: SLURM config validation, the generated job script,
+``--cluster cuda`` where no GPU is, and the GPU run itself where one is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cohort.errors import ConfigError
+from flows.cuda import visible_gpus
+from flows.slurm import cluster_kwargs, job_counts, load_slurm_config
+from testkit import cohort_cli
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "slurm.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_slurm_config_loads() -> None:
+    config = load_slurm_config()
+    assert config.cores % config.processes == 0 and config.adapt.maximum_jobs >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("cores: 4\nprocesess: 2\n", ["unknown key 'procesess'"]),
+        ("cores: four\n", ["key 'cores'", "must be int"]),
+        ("cores: 4\nprocesses: 3\n", ["key 'processes'", "must divide 'cores'"]),
+        ("adapt:\n  minimum_jobs: 5\n  maximum_jobs: 2\n", ["adapt.minimum_jobs", "adapt.maximum_jobs"]),
+        ("adapt:\n  maximum_job: 2\n", ["unknown key 'adapt.maximum_job'"]),
+    ],
+)
+def test_bad_slurm_config_names_file_and_key(tmp_path: Path, text: str, words: list[str]) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_slurm_config(str(path))
+    message = str(error.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message, message
+
+
+def test_job_script_carries_partition_account_gpus_and_prologue(tmp_path: Path) -> None:
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    config = load_slurm_config(str(_write(tmp_path, """
+queue: gpu
+account: aging-study
+cores: 8
+processes: 2
+memory: 64GB
+gpus_per_job: 2
+walltime: "12:00:00"
+job_script_prologue: ["module load cuda/12.4", "source ~/venvs/cohort/bin/activate"]
+job_extra_directives: ["--qos=long"]
+log_directory: null
+dashboard_address: "127.0.0.1:0"
+interface: lo
+""")))
+    kwargs = cluster_kwargs(config)
+    with dask_jobqueue.SLURMCluster(**kwargs) as cluster:
+        script = cluster.job_script()
+    for line in ("#SBATCH -p gpu", "#SBATCH -A aging-study", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=60G",
+                 "#SBATCH -t 12:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --qos=long",
+                 "#SBATCH --job-name=cohort-worker", "module load cuda/12.4", "--nworkers 2"):
+        assert line in script, (line, script)
+    assert job_counts(config, None) == (1, 4) and job_counts(config, 5) == (3, 3)
+
+
+@pytest.mark.skipif(visible_gpus() > 0, reason="this check is for machines without a GPU")
+def test_cuda_cluster_without_gpu_stops_with_a_clear_message(tmp_path: Path, examples: Path) -> None:
+    result = cohort_cli("run", "--manifest", str(examples / "manifest.csv"), "--out", str(tmp_path / "r"),
+                        "--cluster", "cuda")
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "--cluster cuda" in message and ("dask-cuda" in message or "no CUDA GPU" in message)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(visible_gpus() == 0, reason="needs a CUDA GPU")
+def test_cuda_cluster_runs_the_example(tmp_path: Path, examples: Path) -> None:
+    pytest.importorskip("dask_cuda")
+    out = tmp_path / "r"
+    result = cohort_cli("run", "--manifest", str(examples / "manifest.csv"), "--out", str(out), "--cluster", "cuda")
+    assert result.returncode == 0, result.stderr
+    assert len(list((out / "series").glob("*.parquet"))) >= 1
