@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--manifest", type=Path, required=True,
                      help=f"CSV with series_id,path[,age,sex,labels] (example: {example_manifest()})")
     run.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results/)")
-    run.add_argument("--model", choices=("fast", "full"), default="fast", help="model for rows without labels")
+    run.add_argument("--model", default="fast",
+                     help="model for rows without labels: fast, full, or any configs/models/<name>.yaml (default: fast)")
     run.add_argument("--weights", type=Path, help="folder holding TotalSegmentator's Dataset... folders")
     run.add_argument("--config", type=Path, help="run configuration YAML (default: configs/default.yaml)")
     run.add_argument("--cluster", choices=("local", "cuda", "slurm"), default="local")

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import cohort
 from cohort.config import RunConfig, load_run_config
-from cohort.errors import ConfigError
 from cohort.manifest import SeriesSpec, load_manifest
 from cohort.pipeline import MeasureSettings, RunContext, SeriesResult, features_table, series_table
 from cohort.store import OutputLayout, Plan, drop_superseded_rows, plan_run, repair, write_part
 
 log = logging.getLogger(__name__)
-MODELS = ("fast", "full")
 
 
 @dataclass(frozen=True)
@@ -54,10 +52,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     """Validate everything that can stop a run (exit code 2) before any series is touched."""
     specs = load_manifest(request.manifest)
     config = load_run_config(request.config)
-    if request.model not in MODELS:
-        raise ConfigError(f"--model {request.model!r}: choose one of {', '.join(MODELS)}")
-    if any(spec.labels is None for spec in specs):
-        _check_model(request)
+    _check_model(request, needs_weights=any(spec.labels is None for spec in specs))
     layout = OutputLayout(request.out.resolve())
     layout.create()
     repair(layout)
@@ -69,10 +64,13 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     return prepared
 
 
-def _check_model(request: RunRequest) -> None:
+def _check_model(request: RunRequest, needs_weights: bool) -> None:
+    """``--model`` must name a registered model; its weights must be there if any row needs them."""
     from cohort.segment import check_model_ready, load_model_spec, resolve_weights_dir
 
-    check_model_ready(load_model_spec(request.model), resolve_weights_dir(request.weights))
+    spec = load_model_spec(request.model)
+    if needs_weights:
+        check_model_ready(spec, resolve_weights_dir(request.weights))
 
 
 def _record_run(run: PreparedRun, specs: list[SeriesSpec]) -> None:
