@@ -24,7 +24,7 @@ from cohort.config import ClassMap, RunConfig, load_class_map, load_lower_bounds
 from cohort.errors import SeriesError
 from cohort.ingest import LabelMap, Volume, align_labels, load_ct, load_label_nifti
 from cohort.manifest import SeriesSpec, Subject, subject_or_empty, validate_subject
-from cohort.measure import measure_structures, qc_status
+from cohort.measure import StructureMeasurements, measure_structures, qc_status
 from cohort.measure.qc import OK
 from cohort.store.tables import FEATURES_SCHEMA, SERIES_SCHEMA
 from cohort.store.zarr_labels import write_label_map
@@ -100,7 +100,6 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                 segmenter = load_segmenter(context)
             with timer.stage("segment"):
                 label_map = segmenter.segment(volume).label_map
-        check_label_ids(label_map, context.measure.class_map)
         with timer.stage("measure"):
             features = measure_series(spec.series_id, volume, label_map, model, context.measure)
         with timer.stage("store"):
@@ -125,9 +124,11 @@ def load_segmenter(context: RunContext):
     return get_segmenter(load_model_spec(context.model), resolve_weights_dir(context.weights_dir), context.device)
 
 
-def check_label_ids(label_map: LabelMap, class_map: ClassMap) -> None:
-    present = np.flatnonzero(np.bincount(label_map.labels.reshape(-1)))
-    unknown = [int(i) for i in present if i and i not in class_map.names]
+def check_label_ids(label_map: LabelMap, measured: StructureMeasurements, class_map: ClassMap) -> None:
+    """Every id in the label map must be a class of the map (from the counts already measured)."""
+    unknown = [int(i) for i in np.flatnonzero(measured.n_voxels[1:]) + 1 if i not in class_map.names]
+    if measured.largest_label >= class_map.n_labels:
+        unknown.append(measured.largest_label)
     if unknown:
         raise SeriesError(f"{label_map.source}: label ids {unknown[:5]} are not in the class map "
                           f"{Path(class_map.source).name}; is this a TotalSegmentator v2 'total' label map?")
@@ -138,6 +139,7 @@ def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: s
     """The ``features/`` rows of one series: one per structure of the class map."""
     measured = measure_structures(volume.hu, label_map.labels, volume.grid.voxel_volume_ml,
                                   settings.class_map.n_labels, settings.border_voxels)
+    check_label_ids(label_map, measured, settings.class_map)
     status = qc_status(measured, settings.lower_bounds_ml)
     ids = np.array(sorted(settings.class_map.names))
     present = measured.n_voxels[ids] > 0

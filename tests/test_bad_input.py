@@ -39,6 +39,9 @@ def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
     moved_affine = nib.load(str(labels)).affine.copy()
     moved_affine[2, 3] += 30
     moved = _save_like(labels, folder / "moved.nii.gz", np.asanyarray(nib.load(str(labels)).dataobj), moved_affine)
+    foreign_labels = np.asanyarray(nib.load(str(labels)).dataobj).copy()
+    foreign_labels[60, 50, 15] = 200
+    foreign = _save_like(labels, folder / "foreign.nii.gz", foreign_labels)
     (folder / "empty_dicom").mkdir()
     two_series = folder / "two_series"
     shutil.copytree(folder / "example_ct_dicom", two_series)
@@ -56,6 +59,8 @@ def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
         "two_series": ({"path": str(two_series)}, ["two_series", "2 DICOM series"]),
         "shape": ({"path": str(ct), "labels": str(cropped)}, ["cropped.nii.gz", "shape"]),
         "affine": ({"path": str(ct), "labels": str(moved)}, ["moved.nii.gz", "affine", "origin"]),
+        "unknown_label": ({"path": str(ct), "labels": str(foreign)}, ["foreign.nii.gz", "label ids [200]",
+                                                                      "not in the class map"]),
         "not_ct": ({"path": str(mr)}, ["mr.nii.gz", "not a CT"]),
         "age_text": ({"path": str(ct), "labels": str(labels), "age": "sixty"}, ["line", "age 'sixty'", "not a number"]),
         "age_negative": ({"path": str(ct), "labels": str(labels), "age": "-4"}, ["age '-4'", "outside"]),

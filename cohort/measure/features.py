@@ -28,6 +28,7 @@ class StructureMeasurements:
     p05_hu: np.ndarray
     p95_hu: np.ndarray
     touches_border: np.ndarray
+    largest_label: int
 
 
 def measure_structures(
@@ -36,15 +37,18 @@ def measure_structures(
     """Measure label ids ``0 .. n_labels-1`` of ``labels`` over the CT values ``hu``.
 
     ``std_hu`` is the population standard deviation; percentiles use linear interpolation
-    (numpy's default). Labels with no voxel get ``n_voxels == 0`` and NaN statistics.
+    (numpy's default). Labels with no voxel get ``n_voxels == 0`` and NaN statistics; ids of
+    ``n_labels`` or more are not measured (``largest_label`` tells whether there were any).
     """
     flat_labels = labels.reshape(-1)
     foreground = flat_labels != 0
     fg_labels = flat_labels[foreground]
     order = np.argsort(fg_labels, kind="stable")  # a radix sort for 8/16-bit ids: linear time
     grouped_hu = hu.reshape(-1)[foreground][order]
-    group_edges = np.searchsorted(fg_labels[order], np.arange(1, n_labels + 1))
-    del order, fg_labels
+    sorted_labels = fg_labels[order]
+    group_edges = np.searchsorted(sorted_labels, np.arange(1, n_labels + 1))
+    largest_label = int(sorted_labels[-1]) if sorted_labels.size else 0
+    del order, fg_labels, sorted_labels
 
     counts = np.zeros(n_labels, dtype=np.int64)
     counts[0] = flat_labels.size - int(np.count_nonzero(foreground))
@@ -63,6 +67,7 @@ def measure_structures(
         median_hu=stats[:, 3],
         p95_hu=stats[:, 4],
         touches_border=labels_touching_border(labels, n_labels, border_voxels),
+        largest_label=largest_label,
     )
 
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from testkit import cli_env, cohort_cli, write_manifest
 
