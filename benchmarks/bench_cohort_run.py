@@ -26,7 +26,7 @@ from bench_segment import bench_cli, make_series  # noqa: E402
 
 from cohort.pipeline import STAGES  # noqa: E402
 from cohort.segment import load_model_spec  # noqa: E402
-from cohort.segment.synthetic_weights import build_weights  # noqa: E402
+from cohort.testing.weights import build_weights  # noqa: E402
 
 
 def run_cohort(series: list[Path], weights: Path, work: Path, workers: int) -> tuple[float, pd.DataFrame]:

@@ -24,9 +24,9 @@ import numpy as np
 
 from cohort.ingest import load_ct
 from cohort.segment import get_segmenter, load_model_spec
-from cohort.segment.parity import compare, run_totalsegmentator, totalsegmentator_env
+from cohort.testing.parity import compare, run_totalsegmentator, totalsegmentator_env
 from cohort.segment.registry import model_class_map
-from cohort.segment.synthetic_weights import build_weights
+from cohort.testing.weights import build_weights
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cohort" / "examples"
 log = logging.getLogger("bench_segment")

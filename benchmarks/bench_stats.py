@@ -1,6 +1,6 @@
 """Benchmark of the aging study: 4,004 subjects x 117 structures x 2 metrics (target < 10 s).
 
-Writes a synthetic paper-sized cohort as Parquet (``stats.synthetic``), then times
+Writes a synthetic paper-sized cohort as Parquet (``cohort.testing.cohorts``), then times
 ``cohort stats`` in parts: reading the tables, the tests, writing the tables, the default
 figures (overview + 6 strongest), and the whole ``run_stats``. Not a test: it prints.
 
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from stats import load_aging_config, load_results, run_stats, run_study
-from stats.figures import draw_figures
-from stats.outputs import write_tables
-from stats.synthetic import make_cohort
+from cohort.stats import load_aging_config, load_results, run_stats, run_study
+from cohort.stats.figures import draw_figures
+from cohort.stats.outputs import write_tables
+from cohort.testing.cohorts import make_cohort
 
 
 def _cpu_seconds() -> float:

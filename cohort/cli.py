@@ -80,7 +80,7 @@ def _configure_logging(verbose: bool) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from cohort.run import RunRequest, prepare_run
     from cohort.store import OutputLayout, exclusive_output
-    from flows.prefect_api import check_prefect_api
+    from cohort.flows.prefect_api import check_prefect_api
 
     request = RunRequest(manifest=args.manifest, out=args.out, model=args.model, weights=args.weights,
                          config=args.config, cluster=args.cluster, workers=args.workers)
@@ -105,7 +105,7 @@ def _finish_without_work(run):
 
 
 def _run_with_progress(run):
-    from flows.run_flow import cohort_run
+    from cohort.flows.run_flow import cohort_run
 
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -136,7 +136,7 @@ def _print_summary(summary, wall_seconds: float) -> None:
 
 
 def stats_command(args: argparse.Namespace) -> int:
-    import stats
+    from cohort import stats
 
     _require_tables(args.results)
     console.print(stats.run_stats(args.results, args.out, args.config, figures=args.figures).describe(), highlight=False, soft_wrap=True)
@@ -144,7 +144,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    import stats
+    from cohort import stats
 
     _require_tables(args.results)
     path = stats.write_report(args.results, args.out)

@@ -55,14 +55,14 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
         wait = (n, LOCAL_START_TIMEOUT_S, f"the local Dask cluster did not start {n} worker(s) within "
                 f"{LOCAL_START_TIMEOUT_S:g} s; try fewer --workers")
     elif kind == "cuda":
-        from flows.cuda import cuda_cluster
+        from cohort.flows.cuda import cuda_cluster
 
         cluster = cuda_cluster(workers)
         n = len(cluster.workers)
         wait = (n, LOCAL_START_TIMEOUT_S, f"dask-cuda did not start {n} GPU worker(s) within "
                 f"{LOCAL_START_TIMEOUT_S:g} s")
     elif kind == "slurm":
-        from flows.slurm import first_workers_needed, load_slurm_config, no_workers_message, slurm_cluster
+        from cohort.flows.slurm import first_workers_needed, load_slurm_config, no_workers_message, slurm_cluster
 
         config = load_slurm_config(execution.slurm_config)
         with slurm_cluster(config, workers) as cluster:

@@ -16,8 +16,8 @@ from prefect.utilities.annotations import quote
 
 from cohort.pipeline import SeriesResult
 from cohort.run import BatchWriter, PreparedRun, RunSummary, finish_run
-from flows.clusters import open_client
-from flows.dispatch import run_series
+from cohort.flows.clusters import open_client
+from cohort.flows.dispatch import run_series
 
 
 def record_failures(summary: RunSummary) -> None:

@@ -8,14 +8,14 @@ Two entry points for the command line, plain functions for notebooks::
 
 Modules: ``config`` (YAML), ``cohort_table`` (which rows enter), ``descriptives`` and
 ``age_tests`` (scipy), ``study`` (all tests), ``outputs`` (tables, summary.md),
-``figures`` (PNG), ``report`` (HTML), ``synthetic`` (a cohort with planted effects).
+``figures`` (PNG), ``report`` (HTML). Synthetic cohorts for tests: ``cohort.testing.cohorts``.
 """
 
-from stats.cohort_table import load_results
-from stats.config import AgingConfig, load_aging_config
-from stats.report import write_report
-from stats.run import StatsRun, run_stats
-from stats.study import AgingResults, run_study
+from cohort.stats.cohort_table import load_results
+from cohort.stats.config import AgingConfig, load_aging_config
+from cohort.stats.report import write_report
+from cohort.stats.run import StatsRun, run_stats
+from cohort.stats.study import AgingResults, run_study
 
 __all__ = ["AgingConfig", "AgingResults", "StatsRun", "load_aging_config", "load_results", "run_stats",
            "run_study", "write_report"]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.errors import RunCannotStart
-from stats.config import STATUSES, AgingConfig
+from cohort.stats.config import STATUSES, AgingConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stats.cohort_table import AgeGroups
-from stats.study import ALL, KEYS, AgingResults, Sample, samples
+from cohort.stats.cohort_table import AgeGroups
+from cohort.stats.study import ALL, KEYS, AgingResults, Sample, samples
 
 log = logging.getLogger(__name__)
 METRIC_LABELS = {"volume_ml": "volume (ml)", "mean_hu": "mean attenuation (HU)"}

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stats.paper import PAPER_SPEARMAN, paper_kruskal_p
-from stats.study import ALL, AgingResults
+from cohort.stats.paper import PAPER_SPEARMAN, paper_kruskal_p
+from cohort.stats.study import ALL, AgingResults
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"cohort.aging"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stats.cohort_table import load_results
-from stats.config import STATUSES
-from stats.run import run_stats
+from cohort.stats.cohort_table import load_results
+from cohort.stats.config import STATUSES
+from cohort.stats.run import run_stats
 
 log = logging.getLogger(__name__)
 AGING_TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")

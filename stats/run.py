@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stats.cohort_table import load_results
-from stats.config import load_aging_config, with_figures
-from stats.figures import draw_figures
-from stats.outputs import write_summary, write_tables
-from stats.study import ALL, run_study
+from cohort.stats.cohort_table import load_results
+from cohort.stats.config import load_aging_config, with_figures
+from cohort.stats.figures import draw_figures
+from cohort.stats.outputs import write_summary, write_tables
+from cohort.stats.study import ALL, run_study
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stats import age_tests
-from stats.cohort_table import AgeGroups, StudyTable, build_study_table
-from stats.config import AgingConfig, load_aging_config
-from stats.descriptives import Description, Normality, describe, ks_normality
+from cohort.stats import age_tests
+from cohort.stats.cohort_table import AgeGroups, StudyTable, build_study_table
+from cohort.stats.config import AgingConfig, load_aging_config
+from cohort.stats.descriptives import Description, Normality, describe, ks_normality
 
 log = logging.getLogger(__name__)
 KEYS = ["stratum", "structure", "metric"]
@@ -81,7 +81,7 @@ class _Rows:
 def run_study(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig | None = None) -> AgingResults:
     """Run every test of the aging study on ``features`` and ``series``.
 
-    >>> from stats.synthetic import make_cohort
+    >>> from cohort.testing.cohorts import make_cohort
     >>> cohort = make_cohort(n_subjects=400, seed=1)
     >>> results = run_study(cohort.features, cohort.series)
     >>> aorta = results.correlations.query("structure == 'aorta' and metric == 'volume_ml'")

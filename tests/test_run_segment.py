@@ -12,7 +12,7 @@ import pytest
 
 from cohort.ingest import load_ct
 from cohort.segment import load_model_spec
-from cohort.segment.synthetic_weights import build_weights
+from cohort.testing.weights import build_weights
 from cohort.store import read_label_map
 from testkit import cohort_cli, write_manifest
 

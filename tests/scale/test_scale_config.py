@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cohort.errors import ConfigError
-from flows.cuda import visible_gpus
-from flows.slurm import cluster_kwargs, job_counts, load_slurm_config
+from cohort.flows.cuda import visible_gpus
+from cohort.flows.slurm import cluster_kwargs, job_counts, load_slurm_config
 from testkit import cohort_cli
 
 

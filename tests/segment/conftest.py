@@ -8,7 +8,7 @@ import pytest
 
 from cohort.ingest import Volume, load_ct
 from cohort.segment import ModelSpec, load_model_spec
-from cohort.segment.synthetic_weights import build_weights
+from cohort.testing.weights import build_weights
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "cohort" / "examples"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cohort.segment import get_segmenter
-from cohort.segment.parity import compare, run_totalsegmentator, totalsegmentator_env
+from cohort.testing.parity import compare, run_totalsegmentator, totalsegmentator_env
 from cohort.segment.registry import model_class_map
 
 pytest.importorskip("totalsegmentator")

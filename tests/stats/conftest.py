@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stats.study import AgingResults, run_study
-from stats.synthetic import SyntheticCohort, make_cohort
+from cohort.stats.study import AgingResults, run_study
+from cohort.testing.cohorts import SyntheticCohort, make_cohort
 
 
 @pytest.fixture(scope="session")

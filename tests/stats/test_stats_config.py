@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cohort.errors import ConfigError
-from stats.config import DEFAULT_CONFIG, load_aging_config
+from cohort.stats.config import DEFAULT_CONFIG, load_aging_config
 
 
 def test_shipped_defaults_follow_the_paper() -> None:

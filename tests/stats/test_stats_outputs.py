@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from cohort.errors import ConfigError
-from stats import run_stats
-from stats.cohort_table import ResultsTableError
-from stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects
-from stats.paper import paper_kruskal_p
-from stats.study import AgingResults
-from stats.synthetic import make_cohort
+from cohort.stats import run_stats
+from cohort.stats.cohort_table import ResultsTableError
+from cohort.stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects
+from cohort.stats.paper import paper_kruskal_p
+from cohort.stats.study import AgingResults
+from cohort.testing.cohorts import make_cohort
 
 TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
 

@@ -10,10 +10,10 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from stats.cohort_table import ResultsTableError
-from stats.config import load_aging_config
-from stats.study import AgingResults, run_study
-from stats.synthetic import SyntheticCohort, make_cohort
+from cohort.stats.cohort_table import ResultsTableError
+from cohort.stats.config import load_aging_config
+from cohort.stats.study import AgingResults, run_study
+from cohort.testing.cohorts import SyntheticCohort, make_cohort
 
 
 def _joined(corr: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
