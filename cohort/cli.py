@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weights", type=Path, help="folder holding TotalSegmentator's Dataset... folders")
     run.add_argument("--config", type=Path, help="run configuration YAML (default: configs/default.yaml)")
     run.add_argument("--cluster", choices=("local", "cuda", "slurm"), default="local")
-    run.add_argument("--workers", type=int, help="Dask workers (local: default one per core)")
+    run.add_argument("--workers", type=positive_int,
+                     help="Dask workers (local: default usable CPUs // execution.threads_per_worker)")
 
     stats = commands.add_parser("stats", help="run the aging study on a results folder")
     stats.add_argument("--results", type=Path, required=True)
@@ -52,7 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="where weights are looked for, what is there, how to get the rest")
     models.add_argument("--weights", type=Path)
+
+    status = commands.add_parser("status", help="done, failed, remaining and ETA of a running or stopped run")
+    status.add_argument("--out", type=Path, default=Path("results"), help="the run's output folder (default: results/)")
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts such as ``--workers``: an integer of at least 1 (else exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +120,16 @@ def _finish_without_work(run):
 
 
 def _run_with_progress(run):
+    """A progress bar on a terminal; a log line a minute otherwise (sbatch, nohup: cohort.progress)."""
     from cohort.flows.run_flow import cohort_run
+    from cohort.progress import ProgressLog
 
+    if not console.is_terminal:
+        def write(line: str) -> None:
+            console.print(line, highlight=False, soft_wrap=True)
+
+        with ProgressLog(len(run.plan.todo), write=write) as log_line:
+            return cohort_run(run, on_result=log_line)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -165,7 +188,15 @@ def models_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run_command, "stats": stats_command, "report": report_command, "models": models_command}
+def status_command(args: argparse.Namespace) -> int:
+    from cohort.status import run_status
+
+    console.print(run_status(args.out).describe(), highlight=False, soft_wrap=True)
+    return 0
+
+
+COMMANDS = {"run": run_command, "stats": stats_command, "report": report_command, "models": models_command,
+            "status": status_command}
 
 if __name__ == "__main__":
     sys.exit(main())

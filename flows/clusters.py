@@ -7,15 +7,17 @@ Dask client wait forever otherwise. ``RunCannotStart`` says what to check.
 from __future__ import annotations
 
 import logging
-import os
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import dask
 from distributed import Client, LocalCluster
 
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
+from cohort.flows.resources import Resources
 
 CLUSTERS = ("local", "cuda", "slurm")
 LOCAL_START_TIMEOUT_S = 120.0
@@ -36,42 +38,74 @@ def dask_settings(execution: ExecutionConfig) -> dict[str, object]:
 @contextmanager
 def open_client(kind: str, workers: int | None, execution: ExecutionConfig) -> Iterator[Client]:
     """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit."""
-    with dask.config.set(dask_settings(execution)), _cluster(kind, workers, execution) as (cluster, wait):
+    with dask.config.set(dask_settings(execution)), _cluster(kind, workers, execution) as (cluster, start):
         with Client(cluster) as client:
-            needed, timeout, message = wait
-            try:
-                client.wait_for_workers(needed, timeout=timeout)
-            except TimeoutError:
-                raise RunCannotStart(message) from None
+            wait_for_start(client, start)
             yield client
 
 
-@contextmanager
-def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iterator[tuple[object, tuple]]:
-    if kind == "local":
-        n = workers or os.cpu_count() or 1
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
-        wait = (n, LOCAL_START_TIMEOUT_S, f"the local Dask cluster did not start {n} worker(s) within "
-                f"{LOCAL_START_TIMEOUT_S:g} s; try fewer --workers")
-    elif kind == "cuda":
-        from cohort.flows.cuda import cuda_cluster
+@dataclass(frozen=True)
+class StartCheck:
+    """How to wait for a cluster's first workers: how many, how long, and ``check``, called every
+    ``poll_s`` while waiting, which raises :class:`RunCannotStart` when they can never come
+    (a SLURM job the partition cannot fit) instead of waiting out ``timeout_s``; ``after``
+    checks the started workers (each GPU worker on its own GPU)."""
 
-        cluster = cuda_cluster(workers)
-        n = len(cluster.workers)
-        wait = (n, LOCAL_START_TIMEOUT_S, f"dask-cuda did not start {n} GPU worker(s) within "
-                f"{LOCAL_START_TIMEOUT_S:g} s")
+    needed: int
+    timeout_s: float
+    message: str
+    check: Callable[[], None] = lambda: None
+    poll_s: float = 3.0
+    after: Callable[[Client], None] = lambda client: None
+
+
+def wait_for_start(client: Client, start: StartCheck) -> None:
+    deadline = time.monotonic() + start.timeout_s
+    while True:
+        start.check()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RunCannotStart(start.message)
+        try:
+            client.wait_for_workers(start.needed, timeout=min(start.poll_s, left))
+        except TimeoutError:
+            continue
+        start.after(client)
+        return
+
+
+@contextmanager
+def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iterator[tuple[object, StartCheck]]:
+    if kind == "local":
+        resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb)
+        log.info("local cluster: %s", resources.describe())
+        with dask.config.set(resources.dask_config()):
+            cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=1, processes=True,
+                                   memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",
+                                   silence_logs=logging.ERROR)
+        n = resources.workers
+        start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"the local Dask cluster did not start {n} worker(s) within "
+                           f"{LOCAL_START_TIMEOUT_S:g} s; try fewer --workers")
+    elif kind == "cuda":
+        from cohort.flows.cuda import check_pinning, cuda_cluster
+
+        cluster, devices = cuda_cluster(workers)
+        n = len(devices)
+        start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"dask-cuda did not start {n} GPU worker(s) within "
+                           f"{LOCAL_START_TIMEOUT_S:g} s", after=lambda client: check_pinning(client, devices))
     elif kind == "slurm":
-        from cohort.flows.slurm import first_workers_needed, load_slurm_config, no_workers_message, slurm_cluster
+        from cohort.flows.slurm import (first_workers_needed, load_slurm_config, no_workers_message, slurm_cluster,
+                                        unstartable_jobs_check)
 
         config = load_slurm_config(execution.slurm_config)
         with slurm_cluster(config, workers) as cluster:
-            yield cluster, (first_workers_needed(config, workers), config.worker_start_timeout_s,
-                            no_workers_message(config))
+            yield cluster, StartCheck(first_workers_needed(config, workers), config.worker_start_timeout_s,
+                                      no_workers_message(config), unstartable_jobs_check(cluster, config))
         return
     else:
         raise RunCannotStart(f"--cluster {kind!r}: choose one of {', '.join(CLUSTERS)}")
     try:
-        yield cluster, wait
+        yield cluster, start
     finally:
         cluster.close()
+

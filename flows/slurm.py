@@ -10,11 +10,14 @@ without a controller.
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from cohort.config import config_file, from_mapping, load_yaml
 from cohort.errors import ConfigError, RunCannotStart
@@ -126,6 +129,7 @@ def slurm_cluster(config: SlurmConfig, workers: int | None) -> Iterator[object]:
     try:
         minimum, maximum = job_counts(config, workers)
         log.info("SLURM job script:\n%s", cluster.job_script())
+        check_job_can_run(cluster.job_script(), config)
         cluster.adapt(minimum_jobs=minimum, maximum_jobs=maximum)
         yield cluster
     finally:
@@ -144,3 +148,121 @@ def no_workers_message(config: SlurmConfig) -> str:
             f"(worker_start_timeout_s in {config.source}). Check `squeue --me` (pending on partition, account, "
             f"walltime or memory?) and the job logs in {logs}; workers must reach the scheduler on this host "
             "(set 'interface' to the cluster network, e.g. ib0)")
+
+
+NEVER_STARTS: dict[str, tuple[str, ...]] = {
+    "PartitionConfig": ("cores", "memory", "gpus_per_job", "queue"),
+    "PartitionNodeLimit": ("cores", "memory", "queue"),
+    "PartitionTimeLimit": ("walltime",),
+    "PartitionDown": ("queue",),
+    "PartitionInactive": ("queue",),
+    "BadConstraints": ("job_extra_directives",),
+    "ReqNodeNotAvail": ("queue", "job_extra_directives"),
+    "InvalidAccount": ("account",),
+    "InvalidQOS": ("job_extra_directives",),
+    "QOSNotAllowed": ("job_extra_directives",),
+    "AccountNotAllowed": ("account", "queue"),
+    "MaxMemPerLimit": ("memory",),
+    "QOSMaxMemoryPerJob": ("memory",),
+    "QOSMaxCpuPerJobLimit": ("cores",),
+    "AssocMaxCpuPerJobLimit": ("cores",),
+    "QOSMaxGRESPerJob": ("gpus_per_job",),
+    "QOSMaxWallDurationPerJobLimit": ("walltime",),
+    "AssocMaxWallDurationPerJobLimit": ("walltime",),
+}
+"""Pending reasons (``squeue %r``) of a job that waits for a change of its request, not for its
+turn, mapped to the keys of the SLURM config that make the request; from the JOB REASON CODES
+of ``man squeue``. ``Resources``, ``Priority`` and the like are a normal wait and are absent."""
+
+SUBMIT_ERRORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("memory specification", ("memory",)),
+    ("time limit", ("walltime",)),
+    ("cpu count", ("cores",)),
+    ("more processors requested", ("cores",)),
+    ("invalid account", ("account",)),
+    ("invalid partition", ("queue",)),
+    ("generic resource", ("gpus_per_job",)),
+    ("invalid feature", ("job_extra_directives",)),
+    ("invalid qos", ("job_extra_directives",)),
+    ("requested node configuration is not available", ("cores", "memory", "gpus_per_job", "queue")),
+)
+"""What ``sbatch`` says when it refuses a job (lower case), mapped to the SLURM config keys."""
+SQUEUE_TIMEOUT_S = 30.0
+
+
+def pending_reasons(squeue_output: str) -> dict[str, str]:
+    """Job id -> pending reason from ``squeue -h -o "%i %r"`` (``ReqNodeNotAvail, UnavailableNodes:n1``
+    keeps only ``ReqNodeNotAvail``)."""
+    reasons = {}
+    for line in squeue_output.splitlines():
+        job_id, _, reason = line.strip().partition(" ")
+        if job_id:
+            reasons[job_id] = reason.strip().split(",")[0].strip().strip("()")
+    return reasons
+
+
+def keys_for_reason(reason: str) -> tuple[str, ...]:
+    """The SLURM config keys to change for a job pending with ``reason``; () when it just waits."""
+    return NEVER_STARTS.get(reason, ())
+
+
+def keys_for_submit_error(message: str) -> tuple[str, ...]:
+    """The SLURM config keys behind an ``sbatch`` refusal (() when the message is not recognised)."""
+    text = message.lower()
+    return next((keys for fragment, keys in SUBMIT_ERRORS if fragment in text), ())
+
+
+def _change_hint(keys: tuple[str, ...], config: SlurmConfig) -> str:
+    named = " or ".join(f"'{key}' (now {_current(key, config)})" for key in keys)
+    return (f"change {named} in {config.source} to fit the partition "
+            "(`sinfo -o '%P %l %c %m %G %f'` lists time limit, CPUs, memory (MB), GPUs and features per node)")
+
+
+def _current(key: str, config: SlurmConfig) -> object:
+    value = getattr(config, key)
+    return value if value not in (None, [], "") else "unset"
+
+
+def check_job_can_run(job_script: str, config: SlurmConfig) -> None:
+    """Ask the controller whether a worker job could ever run (``sbatch --test-only``, which
+    submits nothing); a refusal stops the run at once with sbatch's reason and the key to change."""
+    if not shutil.which("sbatch"):
+        raise RunCannotStart("--cluster slurm: `sbatch` is not on PATH; run cohort on a SLURM login node or "
+                             "inside a job")
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="cohort-worker-") as script:
+        script.write(job_script)
+        script.flush()
+        try:
+            answer = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True, text=True,
+                                    timeout=SQUEUE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("sbatch --test-only did not answer within %g s; not checked", SQUEUE_TIMEOUT_S)
+            return
+    if answer.returncode != 0:
+        reason = " ".join(line.removeprefix("sbatch: error: ") for line in answer.stderr.strip().splitlines())
+        keys = keys_for_submit_error(reason)
+        hint = _change_hint(keys, config) if keys else f"check the settings in {config.source}"
+        raise RunCannotStart(f"SLURM refuses the worker job: {reason or 'sbatch --test-only failed'}; {hint}")
+
+
+def unstartable_jobs_check(cluster: object, config: SlurmConfig) -> Callable[[], None]:
+    """A check, called while waiting for the first workers, that stops the run when one of
+    ``cluster``'s jobs is pending for a reason that no wait resolves (:data:`NEVER_STARTS`)."""
+
+    def check() -> None:
+        jobs = {job.job_id for job in cluster.workers.values() if getattr(job, "job_id", None)}
+        if not jobs:
+            return
+        try:
+            listing = subprocess.run(["squeue", "--me", "-h", "-t", "PENDING", "-o", "%i %r"], capture_output=True,
+                                     text=True, timeout=SQUEUE_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            log.warning("squeue did not answer (%s); pending reasons not checked", error)
+            return
+        for job_id, reason in pending_reasons(listing.stdout).items():
+            keys = keys_for_reason(reason)
+            if job_id in jobs and keys:
+                raise RunCannotStart(f"SLURM job {job_id} can never start: pending reason {reason}; "
+                                     f"{_change_hint(keys, config)}")
+
+    return check

@@ -8,6 +8,7 @@ call returns the same :class:`Segmenter`, so series 2..N pay no load time.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -104,10 +105,22 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the first CUDA GPU when there is one, else the CPU."""
+    """``auto`` -> ``cuda:0`` when there is a GPU, else the CPU.
+
+    ``cuda:0`` is the first GPU of this process's ``CUDA_VISIBLE_DEVICES``: under ``--cluster cuda``
+    each worker's own GPU (cohort.flows.cuda), so workers never pile onto one device.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def use_thread_share() -> None:
+    """Give torch this worker's share of the CPUs (``COHORT_TORCH_THREADS``, set by the cluster
+    from cohort.flows.resources); without it torch would start one thread per core of the machine."""
+    threads = os.environ.get("COHORT_TORCH_THREADS", "")
+    if threads.isdigit() and int(threads) > 0 and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
 
 
 def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto") -> Segmenter:
@@ -116,5 +129,6 @@ def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto") -> S
     key = (spec, str(Path(weights_dir).resolve()), str(resolved))
     with _CACHE_LOCK:
         if key not in _CACHE:
+            use_thread_share()
             _CACHE[key] = Segmenter(spec, Path(weights_dir), resolved)
         return _CACHE[key]

@@ -1,0 +1,140 @@
+"""``cohort status``: how far a run under ``--out`` is, read from what the run leaves on disk.
+
+Nothing talks to the running process: the ``series/`` parts say what is done and failed (written
+per batch, so counts trail the run by at most ``execution.flush_interval_s``), the newest
+``runs/*.json`` says how many series the manifest has, and the ``.cohort.lock`` flock, held by a
+live ``cohort run`` only (the kernel drops it when the process dies), says whether one runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from cohort.errors import RunCannotStart
+from cohort.progress import format_duration
+from cohort.store import OutputLayout
+from cohort.store.tables import part_files
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Counts over the manifest of the newest run, and this run's own pace."""
+
+    out: Path
+    running: bool
+    holder: str | None
+    run_id: str | None
+    started: datetime | None
+    n_series: int
+    n_done: int
+    n_failed: int
+    n_this_run: int
+    last_finished: datetime | None
+    now: datetime
+
+    @property
+    def n_remaining(self) -> int:
+        return max(0, self.n_series - self.n_done - self.n_failed)
+
+    @property
+    def rate_per_min(self) -> float | None:
+        """Series finished per minute by the newest run: its rows over the time since it started
+        (until now while it runs, until its last row once stopped)."""
+        end = self.now if self.running else self.last_finished
+        if not self.n_this_run or self.started is None or end is None or end <= self.started:
+            return None
+        return self.n_this_run / (end - self.started).total_seconds() * 60
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.rate_per_min
+        return self.n_remaining / rate * 60 if self.running and rate else None
+
+    def describe(self) -> str:
+        state = f"running ({self.holder})" if self.running else "stopped (no cohort run holds the folder)"
+        since = f", run {self.run_id} started {self.started.astimezone():%Y-%m-%d %H:%M:%S}" if self.started else ""
+        lines = [f"cohort status: {self.out}: {state}{since}",
+                 f"  {self.n_done} done, {self.n_failed} failed, {self.n_remaining} remaining "
+                 f"of {self.n_series} series in the manifest"]
+        rate = self.rate_per_min
+        if rate is not None:
+            eta = f", ETA {format_duration(self.eta_s)}" if self.eta_s is not None else ""
+            lines.append(f"  {self.n_this_run} finished by this run, {rate:.1f} series/min{eta}")
+        if not self.running and (self.n_remaining or self.n_failed):
+            lines.append("  rerun the same `cohort run` command to process the rest (failed series are retried)")
+        return "\n".join(lines)
+
+
+def run_status(out: Path, now: datetime | None = None) -> RunStatus:
+    """Status of the run(s) under ``out``; :class:`RunCannotStart` when ``out`` holds no cohort results."""
+    layout = OutputLayout(Path(out).resolve())
+    records = sorted(layout.runs.glob("*.json"), key=lambda path: path.stat().st_mtime) if layout.runs.is_dir() \
+        else []
+    parts = part_files(layout.series)
+    if not records and not parts:
+        raise RunCannotStart(f"{out}: no cohort results here (no runs/*.json, no series/*.parquet); "
+                             "give the --out folder of a `cohort run`")
+    record = _read_record(records[-1]) if records else {}
+    run_id = record.get("run_id")
+    statuses = _latest_statuses(parts)
+    finished = [time for path in parts if run_id and path.name.startswith(f"part-{run_id}-")
+                for time in pq.read_table(path, columns=["finished_at"])["finished_at"].to_pylist() if time]
+    running, holder = _lock_holder(layout.lock)
+    return RunStatus(out=layout.root, running=running, holder=holder, run_id=run_id,
+                     started=datetime.fromtimestamp(records[-1].stat().st_mtime, timezone.utc) if records else None,
+                     n_series=int(record.get("n_series", len(statuses))), n_done=statuses.count("done"),
+                     n_failed=statuses.count("failed"), n_this_run=len(finished),
+                     last_finished=max(finished) if finished else None, now=now or datetime.now(timezone.utc))
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _latest_statuses(parts: list[Path]) -> list[str]:
+    """The newest status of each series still in the manifest (parts are named in time order;
+    a failed row and its later retry both stay on disk until the run ends)."""
+    latest: dict[str, str] = {}
+    for path in parts:
+        table = pq.read_table(path, columns=[c for c in ("series_id", "status", "in_manifest")
+                                             if c in pq.read_schema(path).names])
+        listed_column = table["in_manifest"].to_pylist() if "in_manifest" in table.column_names else [True] * len(table)
+        for series_id, status, listed in zip(table["series_id"].to_pylist(), table["status"].to_pylist(),
+                                             listed_column):
+            if listed is False:
+                latest.pop(series_id, None)
+            else:
+                latest[series_id] = status
+    return list(latest.values())
+
+
+def _lock_holder(lock: Path) -> tuple[bool, str | None]:
+    """(whether a live ``cohort run`` holds ``lock``, who: pid, host, since, command)."""
+    try:
+        handle = open(lock)
+    except OSError:
+        return False, None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _describe_holder(handle.read())
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False, None
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']} since {holder['started']}: {holder['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

@@ -1,0 +1,127 @@
+"""``cohort status`` over real Parquet parts, run records and a real flock; progress log lines of
+``cohort run`` when stderr is not a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pytest
+
+from cohort.errors import RunCannotStart
+from cohort.progress import ProgressLog, format_duration, progress_line
+from cohort.status import run_status
+from cohort.store import OutputLayout, exclusive_output, write_part
+from cohort.store.tables import SERIES_SCHEMA
+from testkit import cli_env, cohort_cli
+
+RUN_ID = "20261126T080000-abc123"
+OLD_RUN = "20261125T080000-0ld000"
+STARTED = datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc)
+
+
+def _rows(rows: list[tuple[str, str, datetime]]) -> pa.Table:
+    return pa.Table.from_pylist([{"series_id": series_id, "status": status, "in_manifest": True, "seconds_total": 30.0,
+                                  "finished_at": finished} for series_id, status, finished in rows],
+                                schema=SERIES_SCHEMA)
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    """An output folder: an old run did s0..s3 (s3 failed); the newest run, started at 08:00 on a
+    10-series manifest, retried s3 at 08:01 and did s4..s7 at one per minute (08:02..08:05)."""
+    layout = OutputLayout(tmp_path / "results")
+    layout.series.mkdir(parents=True)
+    layout.runs.mkdir()
+    yesterday = STARTED - timedelta(days=1)
+    write_part(layout.series, f"part-{OLD_RUN}-00000",
+               _rows([(f"s{i}", "failed" if i == 3 else "done", yesterday) for i in range(4)]))
+    write_part(layout.series, f"part-{RUN_ID}-00000",
+               _rows([(f"s{i}", "done", STARTED + timedelta(minutes=i - 2)) for i in range(3, 8)]))
+    record = layout.runs / f"{RUN_ID}.json"
+    record.write_text(json.dumps({"run_id": RUN_ID, "n_series": 10, "n_todo": 7}))
+    os.utime(record, (STARTED.timestamp(), STARTED.timestamp()))
+    old = layout.runs / f"{OLD_RUN}.json"
+    old.write_text(json.dumps({"run_id": OLD_RUN, "n_series": 4, "n_todo": 4}))
+    os.utime(old, (STARTED.timestamp() - 86400,) * 2)
+    return layout.root
+
+
+def test_stopped_run_counts_and_rate(results: Path) -> None:
+    status = run_status(results)
+    assert (status.running, status.run_id, status.started) == (False, RUN_ID, STARTED)
+    assert (status.n_series, status.n_done, status.n_failed, status.n_remaining) == (10, 8, 0, 2)
+    assert status.n_this_run == 5
+    assert status.last_finished == STARTED + timedelta(minutes=5)
+    assert status.rate_per_min == pytest.approx(1.0)
+    assert status.eta_s is None
+    text = status.describe()
+    assert "stopped" in text and "8 done, 0 failed, 2 remaining of 10" in text and "rerun" in text
+
+
+def test_running_run_gives_an_eta(results: Path) -> None:
+    now = STARTED + timedelta(minutes=10)
+    with exclusive_output(OutputLayout(results).lock, "cohort run --manifest scans.csv --out results"):
+        status = run_status(results, now=now)
+    assert status.running and "cohort run --manifest scans.csv" in status.holder
+    assert status.rate_per_min == pytest.approx(0.5)
+    assert status.eta_s == pytest.approx(2 / 0.5 * 60)
+    assert "ETA 4m" in status.describe()
+    assert not run_status(results, now=now).running, "the flock is gone once the run ends"
+
+
+def test_folder_without_results_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RunCannotStart, match="no cohort results"):
+        run_status(tmp_path)
+
+
+def test_status_cli(results: Path, tmp_path: Path) -> None:
+    shown = cohort_cli("status", "--out", str(results), timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "8 done, 0 failed, 2 remaining of 10 series" in shown.stderr
+    empty = cohort_cli("status", "--out", str(tmp_path / "nothing"), timeout=120)
+    assert empty.returncode == 2 and "no cohort results" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_progress_line_numbers() -> None:
+    assert progress_line(4004, 117, 3, elapsed_s=3600) == "cohort run: 117/4004 done, 3 failed, 2.0 series/min, " \
+                                                            "ETA 32h22m"
+    assert progress_line(10, 0, 0, elapsed_s=5).endswith("ETA unknown")
+    assert [format_duration(s) for s in (40, 720, 18720)] == ["40s", "12m", "5h12m"]
+
+
+def test_progress_log_counts_results_and_writes_on_its_timer() -> None:
+    lines: list[str] = []
+    clock = iter(range(0, 10_000, 60)).__next__
+    with ProgressLog(3, write=lines.append, interval_s=3600, clock=clock) as log:
+        log(SimpleNamespace(done=True))
+        log(SimpleNamespace(done=False))
+        assert log.line() == "cohort run: 1/3 done, 1 failed, 2.0 series/min, ETA 30s"
+    assert lines == []
+    with ProgressLog(3, write=lines.append, interval_s=0.05) as log:
+        log(SimpleNamespace(done=True))
+        while not lines:
+            pass
+    assert lines[0].startswith("cohort run: 1/3 done, 0 failed")
+
+
+def test_run_without_a_terminal_logs_progress_lines_and_status_reads_it(tmp_path: Path, examples: Path,
+                                                                        prefect_server: str) -> None:
+    out = tmp_path / "results"
+    result = subprocess.run([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(examples / "manifest.csv"),
+                             "--out", str(out), "--workers", "1"], capture_output=True, text=True, timeout=300,
+                            env={**cli_env(prefect_server), "COHORT_PROGRESS_INTERVAL_S": "0.2"})
+    assert result.returncode == 0, result.stderr
+    lines = re.findall(r"cohort run: (\d+)/3 done, (\d+) failed, [\d.]+ series/min, ETA \S+", result.stderr)
+    assert lines, result.stderr
+    assert "\x1b[" not in result.stderr and "━" not in result.stderr, "no progress bar in a log file"
+    status = run_status(out)
+    assert (status.running, status.n_done, status.n_failed, status.n_remaining, status.n_this_run) == \
+        (False, 3, 0, 0, 3)
