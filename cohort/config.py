@@ -48,8 +48,17 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """Limits checked on an input's header before any voxel is read, so that a truncated or
+    hostile header fails its series instead of exhausting a worker's memory."""
+
+    max_voxels: int = 1_500_000_000
+
+
+@dataclass(frozen=True)
 class RunConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     source: str = str(DEFAULT_CONFIG)
 
@@ -126,7 +135,7 @@ def load_run_config(path: Path | None = None) -> RunConfig:
 
 
 def _check_positive(config: RunConfig, source: Path) -> None:
-    for section in ("measure", "execution"):
+    for section in ("measure", "ingest", "execution"):
         for f in dataclasses.fields(getattr(config, section)):
             value = getattr(getattr(config, section), f.name)
             if isinstance(value, (int, float)) and value < (0 if f.name in ("retries", "border_voxels") else 1e-9):

@@ -1,25 +1,36 @@
-"""Stage 1: read a CT (NIfTI file or DICOM folder) and its label map into typed volumes."""
+"""Stage 1: read a CT (NIfTI file or DICOM folder) and its label map into typed volumes.
+
+Inputs are given as a :class:`Path` or, from a manifest row, as an :class:`InputName` so that
+messages never show the absolute path (see ``cohort.ingest.names``). Headers are checked
+against ``ingest.max_voxels`` (an :class:`~cohort.config.IngestConfig`) before voxels are read.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cohort.config import IngestConfig
 from cohort.errors import SeriesError
 from cohort.ingest.checks import align_labels, check_is_ct
-from cohort.ingest.dicom import load_ct_dicom
-from cohort.ingest.nifti import is_nifti, load_ct_nifti, load_label_nifti
+from cohort.ingest.dicom import read_ct_dicom
+from cohort.ingest.names import InputName
+from cohort.ingest.nifti import as_hu_array, is_nifti, load_label_nifti, read_nifti_array
+from cohort.ingest.padding import detect_padding, fill_padding, padding_mask
 from cohort.ingest.volume import Grid, LabelMap, Volume
 
-__all__ = ["Grid", "LabelMap", "Volume", "align_labels", "check_is_ct", "load_ct", "load_label_nifti"]
+__all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_labels", "check_is_ct", "load_ct", "load_label_nifti"]
 
 
-def load_ct(path: Path) -> Volume:
-    """Load a CT from a NIfTI file or a DICOM series folder and check it is CT."""
-    if path.is_dir():
-        volume = load_ct_dicom(path)
-    elif is_nifti(path) or not path.exists():
-        volume = load_ct_nifti(path)
+def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> Volume:
+    """Load a CT from a NIfTI file or a DICOM series folder, mask its padding and check it is CT."""
+    name = InputName.of(source)
+    declared = None
+    if name.path.is_dir():
+        values, affine, declared = read_ct_dicom(name, limits)
+    elif is_nifti(name.path) or not name.path.exists():
+        values, affine = read_nifti_array(name, limits)
     else:
-        raise SeriesError(f"{path}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
-    check_is_ct(volume)
-    return volume
+        raise SeriesError(f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
+    padded = padding_mask(values, declared or detect_padding(values))
+    check_is_ct(Volume(hu=values, affine=affine, source=name.path, name=name.shown), padded)
+    return Volume(hu=as_hu_array(fill_padding(values, padded)), affine=affine, source=name.path, name=name.shown)

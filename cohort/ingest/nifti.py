@@ -1,4 +1,9 @@
-"""Read NIfTI files into :class:`Volume` / :class:`LabelMap`, failing with one-line reasons."""
+"""Read NIfTI files into arrays / :class:`LabelMap`, failing with one-line reasons.
+
+The header is checked before any voxel is read: an uncompressed file must be as long as its
+header's shape says, and no file may claim more than ``ingest.max_voxels`` voxels. (A gzipped
+file's length says nothing about its content; the voxel limit bounds what it can allocate.)
+"""
 
 from __future__ import annotations
 
@@ -8,40 +13,60 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from cohort.config import IngestConfig
 from cohort.errors import SeriesError
-from cohort.ingest.volume import LabelMap, Volume
+from cohort.ingest.limits import check_voxel_count
+from cohort.ingest.names import InputName
+from cohort.ingest.volume import LabelMap
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, zlib.error,
+               OSError, ValueError)
 
 
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_nifti_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Return the (x, y, z) voxel array (scaling applied) and the affine of a 3-D NIfTI file."""
-    if not path.exists():
-        raise SeriesError(f"{path}: file not found")
+    name = InputName.of(source)
+    if not name.path.exists():
+        raise SeriesError(f"{name}: file not found")
     try:
-        image = nib.load(str(path))
+        image = nib.load(str(name.path))
+        if not isinstance(image, nib.Nifti1Image):
+            raise nib.filebasedimages.ImageFileError(f"{type(image).__name__}, not NIfTI")
+        check_header(name, image, limits)
         array = np.asanyarray(image.dataobj)
-    except (nib.filebasedimages.ImageFileError, EOFError, zlib.error, OSError, ValueError) as exc:
-        raise SeriesError(f"{path}: cannot read NIfTI ({_first_line(exc)}): corrupt or truncated?") from None
+    except READ_ERRORS as exc:
+        raise SeriesError(f"{name}: cannot read NIfTI ({name.scrub(_first_line(exc))}): corrupt or truncated?") from None
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3 or min(array.shape) < 2:
-        raise SeriesError(f"{path}: image has shape {array.shape}; a 3-D volume is needed")
+        raise SeriesError(f"{name}: image has shape {array.shape}; a 3-D volume is needed")
     return array, image.affine
 
 
-def load_ct_nifti(path: Path) -> Volume:
-    array, affine = read_nifti_array(path)
-    return Volume(hu=as_hu_array(array), affine=affine, source=path)
+def check_header(name: InputName, image: nib.Nifti1Image, limits: IngestConfig) -> None:
+    """Raise unless the file can hold what its header describes, within the voxel limit."""
+    shape = tuple(int(n) for n in image.shape)
+    if name.path.name.lower().endswith(".nii"):
+        dtype = image.header.get_data_dtype()
+        needed = int(image.dataobj.offset) + int(np.prod(shape, dtype=object)) * dtype.itemsize
+        size = name.path.stat().st_size
+        if size < needed:
+            raise SeriesError(
+                f"{name}: file is {size:,} bytes, header says {needed:,} (shape {'x'.join(map(str, shape))} "
+                f"of {dtype}): truncated?"
+            )
+    check_voxel_count(name, shape, limits)
 
 
-def load_label_nifti(path: Path) -> LabelMap:
-    array, affine = read_nifti_array(path)
-    return LabelMap(labels=as_label_array(array, path), affine=affine, source=path)
+def load_label_nifti(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> LabelMap:
+    name = InputName.of(source)
+    array, affine = read_nifti_array(name, limits)
+    return LabelMap(labels=as_label_array(array, name), affine=affine, source=name.path, name=name.shown)
 
 
 def as_hu_array(array: np.ndarray) -> np.ndarray:
@@ -55,14 +80,14 @@ def as_hu_array(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def as_label_array(array: np.ndarray, path: Path) -> np.ndarray:
+def as_label_array(array: np.ndarray, name: InputName) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         rounded = np.rint(array)
         if not np.array_equal(rounded, array):
-            raise SeriesError(f"{path}: label map holds non-integer values; is it a label map?")
+            raise SeriesError(f"{name}: label map holds non-integer values; is it a label map?")
         array = rounded
     if array.min() < 0 or array.max() > np.iinfo(np.uint16).max:
-        raise SeriesError(f"{path}: label ids must lie in 0-65535 (found {array.min()}-{array.max()})")
+        raise SeriesError(f"{name}: label ids must lie in 0-65535 (found {array.min()}-{array.max()})")
     return array.astype(np.uint8 if array.max() <= 255 else np.uint16, copy=False)
 
 

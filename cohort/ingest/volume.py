@@ -32,11 +32,21 @@ class Grid:
 
 @dataclass(frozen=True)
 class Volume:
-    """A CT series: Hounsfield units in (x, y, z) array order, as the file stores them."""
+    """A CT series: Hounsfield units in (x, y, z) array order, as the file stores them.
+
+    Padding outside the scan field is already air (-1024, see ``cohort.ingest.padding``).
+    ``name`` is how messages show ``source`` (see ``cohort.ingest.names``): never its
+    absolute path; it defaults to the last component of ``source``.
+    """
 
     hu: np.ndarray
     affine: np.ndarray
     source: Path
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", Path(self.source).name)
 
     @property
     def grid(self) -> Grid:
@@ -45,11 +55,16 @@ class Volume:
 
 @dataclass(frozen=True)
 class LabelMap:
-    """Integer structure ids on a voxel grid (0 = background)."""
+    """Integer structure ids on a voxel grid (0 = background); ``name`` as for :class:`Volume`."""
 
     labels: np.ndarray
     affine: np.ndarray
     source: Path
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", Path(self.source).name)
 
     @property
     def grid(self) -> Grid:
