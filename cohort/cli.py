@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="where weights are looked for, what is there, how to get the rest")
     models.add_argument("--weights", type=Path)
 
+    check = commands.add_parser("check", help="every problem of a manifest in one pass, no work done")
+    check.add_argument("--manifest", type=Path, required=True)
+
     status = commands.add_parser("status", help="done, failed, remaining and ETA of a running or stopped run")
     status.add_argument("--out", type=Path, default=Path("results"), help="the run's output folder (default: results/)")
     return parser
@@ -188,6 +191,17 @@ def models_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_command(args: argparse.Namespace) -> int:
+    """Exit 0: no problem; 1: problems listed (one line each, then a summary); 2: not a manifest."""
+    from cohort.check import check_manifest
+
+    report = check_manifest(args.manifest)
+    for line in report.lines():
+        print(line)
+    print(report.summary())
+    return 0 if report.clean else 1
+
+
 def status_command(args: argparse.Namespace) -> int:
     from cohort.status import run_status
 
@@ -196,7 +210,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": run_command, "stats": stats_command, "report": report_command, "models": models_command,
-            "status": status_command}
+            "status": status_command, "check": check_command}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,26 @@
 """Load and validate the manifest CSV into :class:`SeriesSpec` records.
 
-Problems with the manifest as a whole (missing required column, duplicate or empty
-``series_id``) stop the run before any work: :class:`~cohort.errors.ManifestError`, with the
-file, the CSV line and the column. Problems with one row's values (bad age or sex, missing
-image) are that series' failure and are reported by :func:`validate_subject`.
+Three kinds of problems, kept apart because they have different consequences:
+
+* the file cannot be read as a manifest at all (not found, not UTF-8, broken CSV quoting, no
+  header): :class:`~cohort.errors.ManifestError` straight away;
+* problems of the manifest's structure (header columns missing, duplicated or unnamed; a row's
+  ``series_id`` empty, unsafe, too long or duplicated; ``path`` empty; more values than columns):
+  :func:`read_manifest` collects them as :class:`Problem` records, :func:`load_manifest` refuses
+  the run on them (exit 2) and ``cohort check`` lists them all;
+* one row's values (age, sex; the files themselves): that series' failure, reported by
+  :func:`validate_subject` during a run and listed up front by ``cohort check``.
+
+Every message names the manifest, the physical line of the row (the header is line 1; blank
+lines and multi-line quoted fields counted as they appear in an editor) and the column.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +28,30 @@ from pathlib import Path
 from cohort.errors import ManifestError, SeriesError
 
 REQUIRED_COLUMNS = ("series_id", "path")
-OPTIONAL_COLUMNS = ("age", "sex", "labels")
+OPTIONAL_COLUMNS = ("age", "sex", "labels", "series_uid", "subject_id")
 SERIES_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-SEXES = ("M", "F")
+SERIES_ID_MAX_LENGTH = 128
+SHOWN_SERIES_ID_LENGTH = 60  # in messages; longer ids are cut
+# Names a Zarr store (v2 or v3) keeps for its own metadata next to the arrays named by series_id.
+RESERVED_SERIES_IDS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
+SEXES = {"m": "M", "male": "M", "f": "F", "female": "F"}
+MAX_AGE_YEARS = 130
+DAYS_PER_YEAR = 365.25
+DICOM_AGE = re.compile(r"^(\d{3})([DWMY])$", re.IGNORECASE)
+YEARS_PER_DICOM_AGE_UNIT = {"D": 1 / DAYS_PER_YEAR, "W": 7 / DAYS_PER_YEAR, "M": 1 / 12, "Y": 1.0}
+UNICODE_BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's
+    (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
 
 @dataclass(frozen=True)
 class SeriesSpec:
     """One manifest row: what to process, with the raw subject fields kept as text.
 
-    ``line`` is the CSV line number (the header is line 1), used in every message.
+    ``line`` is the physical line of the row in the file (the header is line 1), used in every
+    message and stored as ``manifest_line``. ``covariates`` holds every other column of the
+    manifest as ``(column, value)`` pairs in header order, values as text ("" when empty).
     """
 
     series_id: str
@@ -35,6 +61,9 @@ class SeriesSpec:
     age_text: str = ""
     sex_text: str = ""
     labels: Path | None = None
+    series_uid: str | None = None
+    subject_id: str | None = None
+    covariates: tuple[tuple[str, str], ...] = ()
 
     @property
     def where(self) -> str:
@@ -49,53 +78,193 @@ class Subject:
     sex: str | None
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a manifest: the physical line, the row's series_id (when it has one), the
+    column concerned (``None`` for the row as a whole) and a one-line reason."""
+
+    line: int
+    series_id: str | None
+    column: str | None
+    reason: str
+
+    def describe(self, manifest_name: str) -> str:
+        """``<manifest> line N (series_id): reason``, on one line whatever the series_id holds."""
+        if not self.series_id:
+            return f"{manifest_name} line {self.line}: {self.reason}"
+        shown = self.series_id if self.series_id.isprintable() else repr(self.series_id)
+        if len(shown) > SHOWN_SERIES_ID_LENGTH:
+            shown = shown[:SHOWN_SERIES_ID_LENGTH - 3] + "..."
+        return f"{manifest_name} line {self.line} ({shown}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class ParsedManifest:
+    """A manifest read as far as it can be: its rows as specs and the structural problems found.
+
+    A row whose ``path`` cell is empty has no spec (its problem is listed). Specs of rows with a
+    structural problem are kept, so that ``cohort check`` can look at their other columns too.
+    """
+
+    path: Path
+    columns: tuple[str, ...]
+    specs: tuple[SeriesSpec, ...]
+    problems: tuple[Problem, ...]
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    cells: tuple[str, ...]
+
+
 def load_manifest(path: str | Path) -> list[SeriesSpec]:
     """Read ``path`` and return one :class:`SeriesSpec` per row, in file order.
 
-    >>> specs = load_manifest(example_manifest())  # doctest: +SKIP
+    Raises :class:`ManifestError` on the first structural problem (and says how many more
+    ``cohort check`` would list), so that a run never starts on an ambiguous manifest.
     """
+    parsed = read_manifest(path)
+    if parsed.problems:
+        first, more = parsed.problems[0], len(parsed.problems) - 1
+        hint = f" (and {more} more problem{'s' * (more > 1)}: `cohort check --manifest {path}` lists them all)"
+        raise ManifestError(first.describe(parsed.path.name) + (hint if more else ""))
+    return list(parsed.specs)
+
+
+def read_manifest(path: str | Path) -> ParsedManifest:
+    """Read ``path`` into specs plus every structural problem, raising :class:`ManifestError`
+    only when the file cannot be read as a manifest at all."""
     manifest = Path(path).resolve()
     if not manifest.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        for column in REQUIRED_COLUMNS:
-            if column not in columns:
-                raise ManifestError(
-                    f"{manifest}: line 1: required column '{column}' is missing "
-                    f"(found: {', '.join(columns) or 'no header'})"
-                )
-        reader.fieldnames = columns
-        specs = [_row_to_spec(row, line, manifest) for line, row in enumerate(reader, start=2)]
-    _reject_duplicates(specs, manifest)
-    return specs
+    header, rows = _read_table(manifest)
+    columns = {name: index for index, name in enumerate(header) if header.count(name) == 1 and name}
+    problems = _header_problems(header)
+    specs: list[SeriesSpec] = []
+    for row in rows:
+        spec, row_problems = _row_to_spec(row, header, columns, manifest)
+        problems.extend(row_problems)
+        if spec is not None:
+            specs.append(spec)
+    problems.extend(_duplicate_problems(specs))
+    problems.sort(key=lambda problem: problem.line)
+    return ParsedManifest(path=manifest, columns=header, specs=tuple(specs), problems=tuple(problems),
+                          n_rows=len(rows))
 
 
-def _row_to_spec(row: dict[str, str | None], line: int, manifest: Path) -> SeriesSpec:
+def _read_table(manifest: Path) -> tuple[tuple[str, ...], list[_Row]]:
+    """Header (names stripped) and the non-blank rows, each with the physical line it starts on."""
+    reader = csv.reader(io.StringIO(_decode(manifest), newline=""), strict=True)
+    records: list[_Row] = []
+    try:
+        while True:
+            start = reader.line_num + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            records.append(_Row(start, tuple(cells)))
+    except csv.Error as error:
+        raise ManifestError(f"{manifest.name} line {reader.line_num}: not valid CSV ({error}); "
+                            "is a quote left open or misplaced?") from None
+    if not records or not any(c.strip() for c in records[0].cells):
+        raise ManifestError(f"{manifest.name} line 1: no header; the first line must name the columns "
+                            f"({','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})")
+    header = tuple(c.strip() for c in records[0].cells)
+    rows = [row for row in records[1:] if any(c.strip() for c in row.cells)]  # blank rows describe nothing
+    return header, rows
+
+
+def _decode(manifest: Path) -> str:
+    """The manifest's text; refuses anything but UTF-8 (with or without BOM), naming what it found."""
+    data = manifest.read_bytes()
+    for bom, encoding in UNICODE_BOMS:
+        if data.startswith(bom):
+            raise ManifestError(f"{manifest.name} line 1: the file is {encoding}; save it as UTF-8")
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        raise ManifestError(f"{manifest.name} line {line}: the file holds NUL bytes (UTF-16 without a "
+                            "byte-order mark?); save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        byte = data[error.start]
+        line = data.count(b"\n", 0, error.start) + 1
+        try:
+            guess = f"; cp1252? there it reads {bytes([byte]).decode('cp1252')!r}"
+        except UnicodeDecodeError:
+            guess = ""
+        raise ManifestError(f"{manifest.name} line {line}: the file is not UTF-8 (byte 0x{byte:02x}{guess}); "
+                            "save it as UTF-8") from None
+
+
+def _header_problems(header: tuple[str, ...]) -> list[Problem]:
+    problems = []
+    for column in REQUIRED_COLUMNS:
+        if column not in header:
+            problems.append(Problem(1, None, column, f"required column '{column}' is missing "
+                                                     f"(found: {', '.join(c for c in header if c) or 'no names'})"))
+    for name in dict.fromkeys(header):
+        positions = [i + 1 for i, c in enumerate(header) if c == name]
+        if not name:
+            problems.extend(Problem(1, None, None, f"column {p} of the header has no name") for p in positions)
+        elif len(positions) > 1:
+            problems.append(Problem(1, None, name, f"column '{name}' appears {len(positions)} times in the header "
+                                                   f"(columns {', '.join(map(str, positions))}); keep one"))
+    return problems
+
+
+def _row_to_spec(row: _Row, header: tuple[str, ...], columns: dict[str, int],
+                 manifest: Path) -> tuple[SeriesSpec | None, list[Problem]]:
     def cell(column: str) -> str:
-        return (row.get(column) or "").strip()
+        index = columns.get(column)
+        return row.cells[index].strip() if index is not None and index < len(row.cells) else ""
 
     series_id = cell("series_id")
-    if not series_id:
-        raise ManifestError(f"{manifest}: line {line}: column 'series_id' is empty")
-    if not SERIES_ID_PATTERN.match(series_id):
-        raise ManifestError(
-            f"{manifest}: line {line}: column 'series_id' value {series_id!r} may hold only "
-            "letters, digits, '.', '_' and '-' (it names files and Zarr arrays)"
-        )
+    problems = []
+    if "series_id" in columns:
+        reason = series_id_problem(series_id)
+        if reason:
+            problems.append(Problem(row.line, series_id or None, "series_id", reason))
+    if any(value.strip() for value in row.cells[len(header):]):
+        problems.append(Problem(row.line, series_id or None, None,
+                                f"row has {len(row.cells)} values but the header names {len(header)} columns "
+                                "(a value with an unquoted comma?)"))
+    if "path" in columns and not cell("path"):
+        problems.append(Problem(row.line, series_id or None, "path", "column 'path' is empty"))
     if not cell("path"):
-        raise ManifestError(f"{manifest}: line {line}: column 'path' is empty")
-    labels = cell("labels")
-    return SeriesSpec(
+        return None, problems
+    extra = [name for name in columns if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    spec = SeriesSpec(
         series_id=series_id,
         path=_resolve(cell("path"), manifest),
-        line=line,
+        line=row.line,
         manifest=manifest,
         age_text=cell("age"),
         sex_text=cell("sex"),
-        labels=_resolve(labels, manifest) if labels else None,
+        labels=_resolve(cell("labels"), manifest) if cell("labels") else None,
+        series_uid=cell("series_uid") or None,
+        subject_id=cell("subject_id") or None,
+        covariates=tuple((name, cell(name)) for name in extra),
     )
+    return spec, problems
+
+
+def series_id_problem(series_id: str) -> str | None:
+    """Why ``series_id`` cannot name a series (it names files and Zarr arrays), or ``None``."""
+    if not series_id:
+        return "column 'series_id' is empty"
+    if len(series_id) > SERIES_ID_MAX_LENGTH:
+        return (f"column 'series_id' is {len(series_id)} characters long; at most {SERIES_ID_MAX_LENGTH} are "
+                "allowed (it names files and Zarr arrays)")
+    if not SERIES_ID_PATTERN.match(series_id):
+        return (f"column 'series_id' value {series_id!r} may hold only letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (it names files and Zarr arrays)")
+    if series_id.casefold() in RESERVED_SERIES_IDS:
+        return f"column 'series_id' value {series_id!r} is a name Zarr keeps for its own metadata; choose another"
+    return None
 
 
 def _resolve(value: str, manifest: Path) -> Path:
@@ -103,31 +272,69 @@ def _resolve(value: str, manifest: Path) -> Path:
     return candidate if candidate.is_absolute() else (manifest.parent / candidate)
 
 
-def _reject_duplicates(specs: list[SeriesSpec], manifest: Path) -> None:
-    first_line: dict[str, int] = {}
+def _duplicate_problems(specs: list[SeriesSpec]) -> list[Problem]:
+    """Each repeat of a series_id; ids differing only in case too (one folder in labels.zarr on
+    a case-insensitive file system)."""
+    first: dict[str, SeriesSpec] = {}
+    problems = []
     for spec in specs:
-        if spec.series_id in first_line:
-            raise ManifestError(
-                f"{manifest}: line {spec.line}: column 'series_id' value {spec.series_id!r} "
-                f"duplicates line {first_line[spec.series_id]}"
-            )
-        first_line[spec.series_id] = spec.line
+        if not spec.series_id:
+            continue
+        earlier = first.setdefault(spec.series_id.casefold(), spec)
+        if earlier is spec:
+            continue
+        reason = (f"column 'series_id' value {spec.series_id!r} duplicates line {earlier.line}"
+                  if earlier.series_id == spec.series_id else
+                  f"column 'series_id' value {spec.series_id!r} differs only in case from {earlier.series_id!r} "
+                  f"on line {earlier.line} (both would name one folder of labels.zarr on macOS and Windows)")
+        problems.append(Problem(spec.line, spec.series_id, "series_id", reason))
+    return problems
+
+
+def parse_age(text: str) -> float | None:
+    """Years from a number or a DICOM Age String (``065Y``, ``030M``, ``012W``, ``005D``).
+
+    Raises ``ValueError`` with the reason; ``None`` for an empty cell.
+    """
+    if not text:
+        return None
+    dicom = DICOM_AGE.match(text)
+    try:
+        age = int(dicom[1]) * YEARS_PER_DICOM_AGE_UNIT[dicom[2].upper()] if dicom else float(text)
+    except ValueError:
+        raise ValueError(f"age {text!r} is not a number of years nor a DICOM age like '065Y'") from None
+    if not (math.isfinite(age) and 0 <= age <= MAX_AGE_YEARS):
+        raise ValueError(f"age {text!r} is outside 0-{MAX_AGE_YEARS} years")
+    return age
+
+
+def parse_sex(text: str) -> str | None:
+    """``M`` or ``F`` from ``M``/``F``/``male``/``female`` in any case; ``None`` for an empty cell."""
+    if not text:
+        return None
+    try:
+        return SEXES[text.strip().casefold()]
+    except KeyError:
+        raise ValueError(f"sex {text!r} is not M or F (nor male or female)") from None
+
+
+def subject_problems(spec: SeriesSpec) -> list[Problem]:
+    """The row's age and sex problems (what :func:`validate_subject` would fail on), all of them."""
+    problems = []
+    for column, parse, text in (("age", parse_age, spec.age_text), ("sex", parse_sex, spec.sex_text)):
+        try:
+            parse(text)
+        except ValueError as error:
+            problems.append(Problem(spec.line, spec.series_id, column, str(error)))
+    return problems
 
 
 def validate_subject(spec: SeriesSpec) -> Subject:
     """Parse age and sex of one row, raising :class:`SeriesError` naming the row."""
-    age: float | None = None
-    if spec.age_text:
-        try:
-            age = float(spec.age_text)
-        except ValueError:
-            raise SeriesError(f"{spec.where}: age {spec.age_text!r} is not a number") from None
-        if not (0 <= age <= 130):
-            raise SeriesError(f"{spec.where}: age {spec.age_text!r} is outside 0-130 years")
-    sex = spec.sex_text.upper() or None
-    if sex is not None and sex not in SEXES:
-        raise SeriesError(f"{spec.where}: sex {spec.sex_text!r} is not M or F")
-    return Subject(age=age, sex=sex)
+    problems = subject_problems(spec)
+    if problems:
+        raise SeriesError(f"{spec.where}: " + "; ".join(problem.reason for problem in problems))
+    return Subject(age=parse_age(spec.age_text), sex=parse_sex(spec.sex_text))
 
 
 def subject_or_empty(spec: SeriesSpec) -> Subject:

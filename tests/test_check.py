@@ -1,0 +1,172 @@
+"""``cohort check``: every problem of a manifest in one pass, from real files, without doing work."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cohort.check import check_manifest
+from cohort.cli import main
+from cohort.errors import ManifestError
+from cohort.manifest import load_manifest, read_manifest
+from testkit import cohort_cli
+
+HEADER = "series_id,path,age,sex,labels,scanner\n"
+
+
+def _nifti(path: Path, shape: tuple[int, ...], dtype=np.int16) -> Path:
+    nib.save(nib.Nifti1Image(np.zeros(shape, dtype), np.eye(4)), str(path))
+    return path
+
+
+def _header_only(path: Path, shape: tuple[int, ...]) -> Path:
+    """A gzipped NIfTI whose header promises ``shape`` but that holds (almost) no voxels."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352
+    path.write_bytes(gzip.compress(header.binaryblock + b"\x00" * 4 + b"\x00" * 64))
+    return path
+
+
+def _tree(folder: Path) -> set[Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*")}
+
+
+@pytest.fixture()
+def broken(tmp_path: Path, examples: Path) -> tuple[Path, dict[int, list[str]], Path]:
+    """A manifest with one problem or more on most lines; line -> words its problems must show."""
+    data = tmp_path / "study"
+    (data / "images").mkdir(parents=True)
+    _nifti(data / "images" / "ok.nii.gz", (8, 8, 6))
+    _nifti(data / "images" / "ok_4d.nii", (8, 8, 6, 1))
+    _nifti(data / "images" / "flat.nii.gz", (8, 8))
+    truncated = _nifti(data / "images" / "cut.nii", (16, 16, 16))
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    (data / "images" / "garbage.nii.gz").write_bytes(gzip.compress(b"this is not a nifti file" * 10))
+    (data / "images" / "notes.txt").write_text("not an image")
+    (data / "not_dicom").mkdir()
+    (data / "not_dicom" / "a.dcm").write_bytes(b"\x00" * 300)
+    (data / "empty_dicom").mkdir()
+    shutil.copytree(examples / "example_ct_dicom", data / "dicom")
+    _header_only(data / "images" / "huge.nii.gz", (4000, 4000, 4000))
+    elsewhere = _nifti(tmp_path / "elsewhere_missing_labels.nii.gz", (8, 8, 6))
+    elsewhere.unlink()
+    rows = [
+        "good,images/ok.nii.gz,065Y,female,images/ok_4d.nii,A",  # line 2
+        "",  # line 3
+        'bad_age,images/ok.nii.gz,"sixty\nfive",M,,B',  # lines 4-5
+        "bad_sex,images/ok.nii.gz,40,X,,",  # line 6
+        "missing,images/nope.nii.gz,40,M,,",  # line 7
+        "flat,images/flat.nii.gz,40,M,,",  # line 8
+        "cut,images/cut.nii,40,M,,",  # line 9
+        "garbage,images/garbage.nii.gz,40,M,,",  # line 10
+        "text,images/notes.txt,40,M,,",  # line 11
+        "not_dicom,not_dicom,40,M,,",  # line 12
+        "empty_dicom,empty_dicom,40,M,,",  # line 13
+        f"outside,dicom,40,M,{elsewhere},",  # line 14
+        "good,images/ok.nii.gz,40,M,,",  # line 15
+        "zarr.json,images/ok.nii.gz,abc,,images/cut.nii,",  # line 16
+        f"{'x' * 300},dicom,40,F,,",  # line 17
+        "dicom_ok,dicom,057Y,F,,",  # line 18: clean
+        "huge,images/huge.nii.gz,40,M,,",  # line 19
+    ]
+    manifest = data / "scans.csv"
+    manifest.write_text(HEADER.replace("scanner", "scanner,scanner") + "\n".join(rows) + "\n")
+    expected = {
+        1: ["column 'scanner' appears 2 times"],
+        4: ["(bad_age)", "age 'sixty\\nfive'", "not a number"],
+        6: ["(bad_sex)", "sex 'X' is not M or F"],
+        7: ["(missing)", "images/nope.nii.gz: file not found"],
+        8: ["(flat)", "images/flat.nii.gz: image has shape (8, 8); a 3-D volume is needed"],
+        9: ["(cut)", "images/cut.nii: file is 3,000 bytes, header says 8,544 (shape 16x16x16", "truncated?"],
+        10: ["(garbage)", "images/garbage.nii.gz: cannot read the NIfTI header"],
+        11: ["(text)", "images/notes.txt: neither a NIfTI file"],
+        12: ["(not_dicom)", "not_dicom: none of the folder's 1 files is readable DICOM"],
+        13: ["(empty_dicom)", "empty_dicom: folder holds no files"],
+        14: ["(outside)", "<labels of line 14>: file not found"],
+        15: ["(good)", "duplicates line 2"],
+        16: ["(zarr.json)", "Zarr keeps for its own metadata", "age 'abc'", "images/cut.nii: file is 3,000 bytes"],
+        19: ["(huge)", "images/huge.nii.gz", "more than ingest.max_voxels"],
+        17: ["300 characters long"],
+    }
+    return manifest, expected, tmp_path
+
+
+def test_example_manifest_is_clean(examples: Path) -> None:
+    report = check_manifest(examples / "manifest.csv")
+    assert report.clean and report.n_rows == 3
+    assert report.summary() == "manifest.csv: 3 rows, no problems found"
+
+
+def test_cli_check_of_the_example_manifest_exits_0(examples: Path) -> None:
+    before = _tree(examples)
+    result = cohort_cli("check", "--manifest", str(examples / "manifest.csv"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "manifest.csv: 3 rows, no problems found"
+    assert _tree(examples) == before
+
+
+def test_broken_manifest_lists_every_problem_at_once(broken) -> None:
+    manifest, expected, tmp_path = broken
+    before = _tree(tmp_path)
+    result = cohort_cli("check", "--manifest", str(manifest), timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.strip().splitlines()
+    problems, summary = lines[:-1], lines[-1]
+    for line, words in expected.items():
+        shown = " ".join(p for p in problems if p.startswith(f"scans.csv line {line} ") or
+                         p.startswith(f"scans.csv line {line}:"))
+        for word in words:
+            assert word in shown, (line, word, problems)
+    flagged = {int(p.split()[2].rstrip(":")) for p in problems}
+    assert flagged == set(expected)  # the clean rows (2, 18) are not flagged
+    assert summary == f"scans.csv: 16 rows, {len(problems)} problems on {len(expected)} lines"
+    assert str(tmp_path) not in result.stdout + result.stderr  # no absolute input path is shown
+    assert _tree(tmp_path) == before  # no work done, nothing written
+
+
+def test_load_manifest_and_check_agree(broken) -> None:
+    """The run refuses on exactly the structural problems check lists first; row problems do not stop it."""
+    manifest, _, _ = broken
+    report = check_manifest(manifest)
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(manifest)
+    assert str(refused.value).startswith(report.lines()[0])
+    structural = read_manifest(manifest).problems
+    assert set(structural) < set(report.problems)
+    assert f"and {len(structural) - 1} more problems" in str(refused.value)
+
+    rows_only = manifest.with_name("rows_only.csv")
+    text = manifest.read_text().splitlines()
+    rows_only.write_text("\n".join([HEADER.strip(), *text[1:14]]) + "\n")  # header fixed, up to line 14
+    specs = load_manifest(rows_only)
+    report = check_manifest(rows_only)
+    assert len(specs) == report.n_rows == 11
+    assert {p.column for p in report.problems} == {"age", "sex", "path", "labels"}
+
+
+def test_file_outside_the_manifest_folder_is_named_by_its_line(broken, tmp_path: Path) -> None:
+    manifest, _, _ = broken
+    outside = manifest.with_name("outside.csv")
+    outside.write_text(f"series_id,path\ns1,{tmp_path}/nowhere.nii.gz\ns2,../nowhere.nii.gz\n")
+    assert [line.split(": ", 1)[1] for line in check_manifest(outside).lines()] == [
+        "<path of line 2>: file not found", "<path of line 3>: file not found"]
+
+
+def test_check_of_an_unreadable_manifest_exits_2(tmp_path: Path) -> None:
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path\ns1,a.nii.gz\n", encoding="utf-16")
+    result = cohort_cli("check", "--manifest", str(manifest), timeout=120)
+    assert result.returncode == 2
+    assert "scans.csv line 1: the file is UTF-16; save it as UTF-8" in " ".join(result.stderr.split())
+
+
+def test_check_of_a_missing_manifest_exits_2(tmp_path: Path, capsys) -> None:
+    assert main(["check", "--manifest", str(tmp_path / "nope.csv")]) == 2
+    assert "nope.csv: manifest not found" in " ".join(capsys.readouterr().err.split())
