@@ -239,7 +239,8 @@ def check_job_can_run(job_script: str, config: SlurmConfig) -> None:
             log.warning("sbatch --test-only did not answer within %g s; not checked", SQUEUE_TIMEOUT_S)
             return
     if answer.returncode != 0:
-        reason = " ".join(line.removeprefix("sbatch: error: ") for line in answer.stderr.strip().splitlines())
+        reason = " ".join(line.removeprefix("sbatch: error: ").removeprefix("allocation failure: ")
+                          for line in answer.stderr.strip().splitlines())
         keys = keys_for_submit_error(reason)
         hint = _change_hint(keys, config) if keys else f"check the settings in {config.source}"
         raise RunCannotStart(f"SLURM refuses the worker job: {reason or 'sbatch --test-only failed'}; {hint}")

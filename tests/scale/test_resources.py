@@ -21,7 +21,7 @@ from cohort.flows.clusters import open_client
 from cohort.flows.cuda import check_pinning, gpu_devices, owned_device, worker_visible_devices
 from cohort.flows.resources import (GIB, Resources, cgroup_cpus, cgroup_v1_cpus, cgroup_v2_cpus, slurm_cpus,
                                     usable_cpus, usable_memory_bytes)
-from cohort.flows.slurm import keys_for_reason, keys_for_submit_error, load_slurm_config, pending_reasons
+from cohort.flows.slurm import keys_for_reason, keys_for_submit_error, pending_reasons
 from testkit import cli_env, cohort_cli
 
 PRINT_RESOURCES = ("from cohort.flows.resources import Resources, usable_cpus; r = Resources.for_this_process(); "
@@ -195,6 +195,8 @@ def test_sbatch_refusals_name_the_key() -> None:
                                  "(missing or exceeds some limit)") == ("walltime",)
     assert keys_for_submit_error("sbatch: error: Batch job submission failed: Invalid account or "
                                  "account/partition combination specified") == ("account",)
+    assert "memory" in keys_for_submit_error("allocation failure: Requested node configuration is not available")
+    assert keys_for_submit_error("allocation failure: Invalid feature specification") == ("job_extra_directives",)
     assert keys_for_submit_error("sbatch: error: something new") == ()
 
 
@@ -204,7 +206,7 @@ def test_job_larger_than_any_node_fails_fast(tmp_path: Path, examples: Path, slu
     """A worker job asking for more memory than the node has stops the run in seconds, naming
     ``memory`` in the SLURM config, instead of waiting out worker_start_timeout_s."""
     run_yaml, job_name, _ = slurm_run_config
-    slurm_yaml = Path(load_slurm_config(str(tmp_path / "slurm.yaml")).source)
+    slurm_yaml = tmp_path / "slurm.yaml"
     slurm_yaml.write_text(slurm_yaml.read_text().replace("memory: 2GB", "memory: 100000GB")
                           .replace("worker_start_timeout_s: 90", "worker_start_timeout_s: 600"))
     started = time.monotonic()
