@@ -96,21 +96,37 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from cohort.run import RunRequest, prepare_run
-    from cohort.store import OutputLayout, exclusive_output
-    from cohort.flows.prefect_api import check_prefect_api
+    """SIGINT/SIGTERM stop the run cleanly (finished results saved, exit 130/143); see cohort.signals.
 
-    request = RunRequest(manifest=args.manifest, out=args.out, model=args.model, weights=args.weights,
-                         config=args.config, cluster=args.cluster, workers=args.workers)
+    The Prefect server (unless PREFECT_API_URL names one) starts first, so that it boots while
+    the manifest is read and the cluster starts.
+    """
+    from cohort.flows.prefect_api import prefect_api
+    from cohort.signals import stop_on_signals
+
     started = time.perf_counter()
     command = "cohort " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    prefect_mode = check_prefect_api()
-    with exclusive_output(OutputLayout(args.out.resolve()).lock, command):
-        run = prepare_run(request)
-        console.print(f"[bold]{len(run.plan.todo)}[/] series to process, "
-                      f"{len(run.plan.already_done)} already done in {run.layout.root} (Prefect: {prefect_mode})",
-                      highlight=False, soft_wrap=True)
-        summary = _run_with_progress(run) if run.plan.todo else _finish_without_work(run)
+    with stop_on_signals() as stop, prefect_api() as api:
+        from cohort.run import RunRequest, prepare_run
+        from cohort.store import OutputLayout, exclusive_output
+
+        request = RunRequest(manifest=args.manifest, out=args.out, model=args.model, weights=args.weights,
+                             config=args.config, cluster=args.cluster, workers=args.workers)
+        with exclusive_output(OutputLayout(args.out.resolve()).lock, command):
+            run = prepare_run(request)
+            console.print(f"[bold]{len(run.plan.todo)}[/] series to process, "
+                          f"{len(run.plan.already_done)} already done in {run.layout.root} "
+                          f"(Prefect: {api.description})", highlight=False, soft_wrap=True)
+            if run.plan.todo and not stop.is_set():
+                with api.connected():
+                    summary = _run_with_progress(run, stop)
+            else:
+                summary = _finish_without_work(run)
+    if stop.is_set():
+        console.print(f"[bold]cohort run:[/] interrupted ({stop.signal.name}); {summary.n_done} series done and saved"
+                      f"{f', {summary.n_failed} failed' if summary.n_failed else ''}, {stop.in_flight_dropped} in "
+                      "flight dropped; rerun the same command to resume", highlight=False, soft_wrap=True)
+        return stop.exit_code
     _print_summary(summary, time.perf_counter() - started)
     return summary.exit_code
 
@@ -122,7 +138,7 @@ def _finish_without_work(run):
     return finish_run(run, BatchWriter.for_run(run), time.perf_counter())
 
 
-def _run_with_progress(run):
+def _run_with_progress(run, stop):
     """A progress bar on a terminal; a log line a minute otherwise (sbatch, nohup: cohort.progress)."""
     from cohort.flows.run_flow import cohort_run
     from cohort.progress import ProgressLog
@@ -132,7 +148,7 @@ def _run_with_progress(run):
             console.print(line, highlight=False, soft_wrap=True)
 
         with ProgressLog(len(run.plan.todo), write=write) as log_line:
-            return cohort_run(run, on_result=log_line)
+            return cohort_run(run, on_result=log_line, stop=stop)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -144,7 +160,7 @@ def _run_with_progress(run):
             failed += not result.done
             progress.update(bar, advance=1, failed=failed)
 
-        return cohort_run(run, on_result=advance)
+        return cohort_run(run, on_result=advance, stop=stop)
 
 
 def _print_summary(summary, wall_seconds: float) -> None:

@@ -99,16 +99,23 @@ class _Window:
 
 
 def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext, execution: ExecutionConfig,
-               on_result: Callable[[SeriesResult], None], on_idle: Callable[[], None] = lambda: None) -> None:
+               on_result: Callable[[SeriesResult], None], on_idle: Callable[[], None] = lambda: None,
+               stop: threading.Event | None = None) -> int:
     """Process every spec on ``client``'s workers, calling ``on_result`` as each finishes.
 
     ``on_idle`` is called about once a second while nothing finishes (to flush old batches).
+    Once ``stop`` is set (SIGINT/SIGTERM, within a tick) nothing more is submitted and the
+    series in flight are cancelled; returns how many were (0 when every spec was processed).
     """
     window = _Window(client, context, execution, {})
     queue = iter(specs)
     exhausted = False
     size, sized_at, idle_since = window_size(client, execution), time.monotonic(), None
     while True:
+        if stop is not None and stop.is_set():
+            dropped = list(window.in_flight)
+            client.cancel(dropped)
+            return len(dropped)
         if not exhausted and len(window.in_flight) < size:
             batch = list(islice(queue, size - len(window.in_flight)))
             exhausted = len(batch) < size - len(window.in_flight)
@@ -116,7 +123,7 @@ def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext,
         finished: set[Future] = set()
         if not window.in_flight:
             if exhausted:
-                return
+                return 0
             time.sleep(TICK_S)  # no worker right now: nothing may be submitted
         else:
             try:

@@ -1,21 +1,57 @@
-"""Check, before a run starts, that Prefect's API will answer: a server or ephemeral mode.
+"""The Prefect API of a run: the server ``PREFECT_API_URL`` names, or one cohort starts and owns.
 
-Without these checks a missing server or a broken ephemeral start shows up as a long
-traceback from inside Prefect, after the manifest was already read and the cluster started.
+Checked before the run starts: without it a missing server shows up as a long traceback from
+inside Prefect, after the manifest was already read and the cluster started.
 """
 
 from __future__ import annotations
 
 import os
-import site
 import urllib.request
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 from cohort.errors import RunCannotStart
+from cohort.flows.prefect_server import OwnedServer, start_server
+
+DRAIN_TIMEOUT_S = 10.0
 
 
-def check_prefect_api() -> str:
-    """Return ``"server <url>"`` or ``"ephemeral"``; raise :class:`RunCannotStart` if unusable."""
+@dataclass(frozen=True)
+class PrefectApi:
+    """Where the run's flow reports: ``description`` is shown in the run's first line."""
+
+    description: str
+    server: OwnedServer | None = None
+
+    @contextmanager
+    def connected(self) -> Iterator[str]:
+        """Wait for an owned server, point Prefect (settings and environment) at it; yield the URL."""
+        if self.server is None:
+            yield os.environ["PREFECT_API_URL"]
+            return
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self.server.wait_ready()
+        before = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = self.server.url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: self.server.url}):
+                try:
+                    yield self.server.url
+                finally:
+                    _drain_prefect_workers()
+        finally:
+            if before is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = before
+
+
+@contextmanager
+def prefect_api() -> Iterator[PrefectApi]:
+    """The server of ``PREFECT_API_URL`` (checked now), else an owned server started now, stopped on exit."""
     url = os.environ.get("PREFECT_API_URL")
     if url:
         try:
@@ -23,15 +59,25 @@ def check_prefect_api() -> str:
         except OSError as error:
             raise RunCannotStart(
                 f"PREFECT_API_URL={url} does not answer ({error}); start the server "
-                "(`prefect server start`) or unset PREFECT_API_URL to run in ephemeral mode"
+                "(`prefect server start`) or unset PREFECT_API_URL and cohort starts its own"
             ) from None
-        return f"server {url}"
-    shadowing = [Path(folder) / "argparse.py" for folder in site.getsitepackages()
-                 if (Path(folder) / "argparse.py").exists()]
-    if shadowing:
-        raise RunCannotStart(
-            f"{shadowing[0]} (the old 'argparse' backport, pulled in by nnunetv2 -> batchgenerators -> unittest2) "
-            "shadows Python's own argparse inside Prefect's ephemeral server; remove it with "
-            "`pip uninstall -y argparse`, or set PREFECT_API_URL to a running Prefect server"
-        )
-    return "ephemeral"
+        yield PrefectApi(f"server {url}")
+        return
+    server = start_server()
+    try:
+        yield PrefectApi(f"local server (pid {server.pid})", server)
+    finally:
+        server.stop()
+
+
+def _drain_prefect_workers(timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    """Send Prefect's queued logs and events now, while the owned server still answers.
+
+    Prefect sends them at interpreter exit otherwise, after the server was stopped, and then
+    retries for about a minute and prints "Error logging to API".
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout_s)

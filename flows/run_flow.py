@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import dask
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -18,6 +19,7 @@ from cohort.pipeline import SeriesResult
 from cohort.run import BatchWriter, PreparedRun, RunSummary, finish_run
 from cohort.flows.clusters import open_client
 from cohort.flows.dispatch import run_series
+from cohort.signals import WORKER_PRELOAD, StopRequest
 
 
 def record_failures(summary: RunSummary) -> None:
@@ -32,8 +34,15 @@ def write_batch(writer: BatchWriter) -> None:
 
 
 @flow(name="cohort-run", flow_run_name="{run.run_id}", validate_parameters=False)
-def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None) -> RunSummary:
-    """Process ``run.plan.todo`` on the requested cluster; return the run's summary."""
+def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None,
+               stop: StopRequest | None = None) -> RunSummary:
+    """Process ``run.plan.todo`` on the requested cluster; return the run's summary.
+
+    When ``stop`` is set (SIGINT/SIGTERM) the dispatch ends early, every finished result is
+    still written, and ``stop.in_flight_dropped`` says how many series were dropped.
+    """
+    if stop is not None:
+        stop.reclaim()
     logger = get_run_logger()
     started = time.perf_counter()
     execution = run.config.execution
@@ -41,7 +50,8 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
     logger.info("%d series to process, %d already done", len(run.plan.todo), len(run.plan.already_done))
     dashboard = None
     if run.plan.todo:
-        with open_client(run.request.cluster, run.request.workers, execution) as client:
+        with dask.config.set({"distributed.worker.preload": [WORKER_PRELOAD]}), \
+                open_client(run.request.cluster, run.request.workers, execution) as client:
             dashboard = client.dashboard_link
             logger.info("Dask dashboard: %s", dashboard)
 
@@ -57,7 +67,11 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
                 if writer.should_flush():
                     write_batch(quote(writer))
 
-            run_series(client, run.plan.todo, run.context, execution, record, on_idle=flush_if_due)
+            dropped = run_series(client, run.plan.todo, run.context, execution, record, on_idle=flush_if_due,
+                                 stop=stop.event if stop is not None else None)
+            if stop is not None and stop.is_set():
+                stop.in_flight_dropped = dropped
+                logger.info("interrupted (%s): %d series in flight dropped", stop.signal.name, dropped)
     summary = finish_run(run, writer, started, dashboard)
     if summary.failures:
         record_failures(summary)
