@@ -61,20 +61,28 @@ def bench_planning(folder: Path) -> float:
     import pyarrow as pa
 
     from cohort.manifest import load_manifest
-    from cohort.pipeline import failed_result
+    from cohort.config import load_run_config
+    from cohort.pipeline import MeasureSettings, RunContext, failed_result
+    from cohort.provenance import input_fingerprint
+    from cohort.store.records import series_table
     from cohort.store import OutputLayout, plan_run, write_part
-    from cohort.store.tables import SERIES_SCHEMA
 
     manifest = make_inputs(folder, 10_000)
     specs = load_manifest(manifest)
     layout = OutputLayout(folder / "out")
     layout.create()
-    rows = [failed_result(spec, "x").row | {"status": "done", "error": None} for spec in specs[:9_990]]
-    for start in range(0, len(rows), 50):
-        write_part(layout.series, f"part-{start:06d}", pa.Table.from_pylist(rows[start:start + 50],
-                                                                            schema=SERIES_SCHEMA))
+    context = RunContext(layout.labels_zarr, MeasureSettings.from_config(load_run_config()))
+    records = [failed_result(spec, "x").record.replace(
+        status="done", error=None, run_key=context.run_key(spec).digest, run_settings=context.run_key(spec).to_json(),
+        input_fingerprint=input_fingerprint(spec.path, spec.labels)) for spec in specs[:9_990]]
+    for start in range(0, len(records), 50):
+        write_part(layout.series, f"part-{start:06d}", series_table(records[start:start + 50]))
+        write_part(layout.features, f"part-{start:06d}", pa.table({"series_id": [r.series_id for r in records[start:start + 50]]}))
+    for record in records:  # label maps marked complete, as a finished run leaves them
+        (layout.labels_zarr / record.series_id).mkdir()
+        (layout.labels_zarr / record.series_id / "zarr.json").write_text('{"attributes": {"complete": true}}')
     started = time.perf_counter()
-    plan = plan_run(load_manifest(manifest), layout)
+    plan = plan_run(load_manifest(manifest), layout, context)
     seconds = time.perf_counter() - started
     assert len(plan.todo) == 10 and len(plan.already_done) == 9_990
     return seconds

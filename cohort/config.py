@@ -43,6 +43,7 @@ class ExecutionConfig:
     series_timeout_s: float = 3600.0
     flush_interval_s: float = 60.0
     slurm_config: str = "slurm.yaml"
+    min_free_gb: float = 1.0
     threads_per_worker: int = 1
     worker_memory_gb: float | None = None
 

@@ -27,5 +27,10 @@ class OutputLocked(RunCannotStart):
     """Another ``cohort run`` holds the output folder."""
 
 
+class OutputWriteFailed(RunCannotStart):
+    """Writing under ``--out`` failed mid-run (disk full, read-only, removed): the run stops at once,
+    keeping what was committed, instead of failing every remaining series the same way."""
+
+
 class SeriesError(CohortError):
     """One series cannot be processed; the message is a one-line reason naming the file."""

@@ -7,6 +7,7 @@ one-line reason instead, so a cohort run goes on. The caller writes the rows.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
@@ -14,23 +15,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 import cohort
-from cohort.config import ClassMap, RunConfig, load_class_map, load_lower_bounds
+from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
 from cohort.errors import SeriesError
-from cohort.ingest import LabelMap, Volume, align_labels, load_ct, load_label_nifti
+from cohort.ingest import InputName, LabelMap, Volume, align_labels, load_ct, load_label_nifti
 from cohort.manifest import SeriesSpec, Subject, subject_or_empty, validate_subject
 from cohort.measure import StructureMeasurements, measure_structures, qc_status
 from cohort.measure.qc import OK
-from cohort.store.tables import FEATURES_SCHEMA, SERIES_SCHEMA
-from cohort.store.zarr_labels import write_label_map
+from cohort.provenance import LABELS_MODEL, RunKey, digest, input_fingerprint, measurement_digest
+from cohort.store.records import DONE, FAILED, SeriesRecord
+from cohort.store.tables import FEATURES_SCHEMA
+from cohort.store.zarr_labels import complete_label_map, write_label_map
+
+if TYPE_CHECKING:
+    from cohort.segment import ModelSpec
 
 log = logging.getLogger(__name__)
-LABELS_MODEL = "labels"
 STAGES = ("ingest", "load_model", "segment", "measure", "store")
 
 
@@ -41,35 +46,60 @@ class MeasureSettings:
     class_map: ClassMap
     lower_bounds_ml: np.ndarray
     border_voxels: int
+    digest: str = ""
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "MeasureSettings":
         class_map = load_class_map(config.measure.class_map)
-        return cls(class_map, load_lower_bounds(config.measure.lower_bounds, class_map), config.measure.border_voxels)
+        return cls(class_map, load_lower_bounds(config.measure.lower_bounds, class_map), config.measure.border_voxels,
+                   measurement_digest(config_file(config.measure.class_map), config_file(config.measure.lower_bounds),
+                                      config.measure.border_voxels))
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The model for rows without labels, resolved once in the driver: spec, weights folder and
+    the part of the run key they make (workers never read config files or the environment)."""
+
+    spec: "ModelSpec"
+    weights_dir: Path
+    key: RunKey
 
 
 @dataclass(frozen=True)
 class RunContext:
     """What every series of a run shares: the model for unlabelled rows and where to store."""
 
-    model: str
-    weights_dir: Path | None
     labels_zarr: Path
     measure: MeasureSettings
+    model: ResolvedModel | None = None
+    ingest: IngestConfig = IngestConfig()
     device: str = "auto"
+
+    def run_key(self, spec: SeriesSpec) -> RunKey:
+        """The key a row of ``spec`` gets in this run (``labels`` rows do not depend on the model)."""
+        if spec.labels is not None:
+            return RunKey(LABELS_MODEL, measurement=self.measure.digest)
+        if self.model is None:
+            raise SeriesError(f"{spec.where}: no labels and no model in this run")
+        return dataclasses.replace(self.model.key, measurement=self.measure.digest)
 
 
 @dataclass(frozen=True)
 class SeriesResult:
-    """The outcome of one series: its ``series/`` row and, when done, its ``features/`` rows."""
+    """The outcome of one series: its ``series/`` record and, when done, its ``features/`` rows."""
 
-    series_id: str
-    row: dict
+    record: SeriesRecord
     features: pa.Table | None = None
+    output_failed: bool = False
+
+    @property
+    def series_id(self) -> str:
+        return self.record.series_id
 
     @property
     def done(self) -> bool:
-        return self.row["status"] == "done"
+        return self.record.done
 
 
 @dataclass
@@ -85,43 +115,70 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+def source_key(key: RunKey, fingerprint: str) -> str:
+    """What a stored label map depends on: the model part of the run key and the input files."""
+    return digest([key.segmentation_part().digest, fingerprint])
+
+
 def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> SeriesResult:
-    """Process one manifest row end to end; a problem with the series gives a ``failed`` row."""
+    """Process one manifest row end to end; a problem with the series gives a ``failed`` row.
+
+    The label map is stored (and marked complete) before it is measured, so that a kill
+    during measurement costs a cheap re-measurement, not a second segmentation.
+    """
     timer = StageTimer()
     started = time.perf_counter()
     try:
         subject = validate_subject(spec)
         with timer.stage("ingest"):
-            volume = load_ct(spec.path)
-            label_map = align_labels(volume, load_label_nifti(spec.labels)) if spec.labels else None
-        model = LABELS_MODEL if label_map is not None else context.model
+            fingerprint = input_fingerprint(spec.path, spec.labels)
+            volume = load_ct(InputName.in_manifest(spec.path, spec.manifest, spec.line), context.ingest)
+            key = context.run_key(spec)
+            made_from = source_key(key, fingerprint)
+            label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)
+            reused = label_map is not None
+            if label_map is None and spec.labels is not None:
+                label_map = align_labels(volume, load_label_nifti(
+                    InputName.in_manifest(spec.labels, spec.manifest, spec.line, column="labels"), context.ingest))
         if label_map is None:
             with timer.stage("load_model"):
-                segmenter = load_segmenter(context)
+                segmenter = load_segmenter(context.model, context.device)
             with timer.stage("segment"):
                 label_map = segmenter.segment(volume).label_map
+        if not reused:
+            with timer.stage("store"):
+                try:
+                    write_label_map(context.labels_zarr, spec.series_id, label_map,
+                                    {"series_id": spec.series_id, "model": key.model,
+                                     "class_map": Path(context.measure.class_map.source).name}, made_from)
+                except OSError as error:
+                    result = failed_result(spec, f"{spec.where}: cannot write its label map to "
+                                                 f"{context.labels_zarr}: {error.strerror or error}", attempt, timer,
+                                           started)
+                    return dataclasses.replace(result, output_failed=True)
         with timer.stage("measure"):
-            features = measure_series(spec.series_id, volume, label_map, model, context.measure)
-        with timer.stage("store"):
-            write_label_map(context.labels_zarr, spec.series_id, label_map,
-                            {"series_id": spec.series_id, "model": model, "class_map": context.measure.class_map.source})
+            features = measure_series(spec.series_id, volume, label_map, key.model, context.measure)
     except SeriesError as error:
         return failed_result(spec, str(error), attempt, timer, started)
     except Exception as error:  # a bug or an environment fault must not stop the cohort
         log.exception("unexpected error in %s", spec.where)
         return failed_result(spec, f"{spec.where}: unexpected {type(error).__name__}: {error}", attempt, timer, started)
-    row = _series_row(spec, subject, "done", None, timer, started, attempt)
-    row.update(model=model, shape=list(volume.hu.shape), spacing_mm=list(volume.grid.spacing),
-               orientation=volume.grid.orientation, measure_spacing_mm=spacing_text(volume.grid.spacing),
-               n_structures_ok=int(sum(status == OK for status in features["status"].to_pylist())))
-    return SeriesResult(spec.series_id, row, features)
+    record = _series_record(spec, subject, DONE, None, timer, started, attempt).replace(
+        model=key.model, shape=tuple(volume.hu.shape), spacing_mm=tuple(volume.grid.spacing),
+        orientation=volume.grid.orientation, measure_spacing_mm=spacing_text(volume.grid.spacing),
+        n_structures_ok=int(sum(status == OK for status in features["status"].to_pylist())),
+        reused_label_map=reused, seconds_segment=0.0 if reused else timer.seconds.get("segment"),
+        run_key=key.digest, run_settings=key.to_json(), input_fingerprint=fingerprint)
+    return SeriesResult(record, features)
 
 
-def load_segmenter(context: RunContext):
+def load_segmenter(model: ResolvedModel | None, device: str):
     """The run's model; loaded on a worker's first series, then reused (a cached instance)."""
-    from cohort.segment import get_segmenter, load_model_spec, resolve_weights_dir
+    from cohort.segment import get_segmenter
 
-    return get_segmenter(load_model_spec(context.model), resolve_weights_dir(context.weights_dir), context.device)
+    if model is None:
+        raise SeriesError("no model was resolved for this run")
+    return get_segmenter(model.spec, model.weights_dir, device)
 
 
 def check_label_ids(label_map: LabelMap, measured: StructureMeasurements, class_map: ClassMap) -> None:
@@ -130,7 +187,7 @@ def check_label_ids(label_map: LabelMap, measured: StructureMeasurements, class_
     if measured.largest_label >= class_map.n_labels:
         unknown.append(measured.largest_label)
     if unknown:
-        raise SeriesError(f"{label_map.source}: label ids {unknown[:5]} are not in the class map "
+        raise SeriesError(f"{label_map.name}: label ids {unknown[:5]} are not in the class map "
                           f"{Path(class_map.source).name}; is this a TotalSegmentator v2 'total' label map?")
 
 
@@ -169,23 +226,27 @@ def failed_result(spec: SeriesSpec, reason: str, attempt: int = 1, timer: StageT
                   started: float | None = None) -> SeriesResult:
     """The ``failed`` row of a series, with ``reason`` folded onto one line."""
     reason = " ".join(reason.split())
-    row = _series_row(spec, subject_or_empty(spec), "failed", reason, timer or StageTimer(),
-                      time.perf_counter() if started is None else started, attempt)
-    return SeriesResult(spec.series_id, row)
+    record = _series_record(spec, subject_or_empty(spec), FAILED, reason, timer or StageTimer(),
+                            time.perf_counter() if started is None else started, attempt)
+    return SeriesResult(record)
 
 
-def _series_row(spec: SeriesSpec, subject: Subject, status: str, error: str | None, timer: StageTimer,
-                started: float, attempt: int) -> dict:
-    row = {name: None for name in SERIES_SCHEMA.names}
-    row.update(
-        series_id=spec.series_id, age=subject.age, sex=subject.sex, status=status, error=error,
-        manifest_line=spec.line, attempts=attempt, worker=socket.gethostname(),
-        cohort_version=cohort.__version__, nnunet_version=_nnunet_version(),
+def _series_record(spec: SeriesSpec, subject: Subject, status: str, error: str | None, timer: StageTimer,
+                   started: float, attempt: int) -> SeriesRecord:
+    return SeriesRecord(
+        series_id=spec.series_id, status=status, error=error, attempts=attempt,
+        **manifest_fields(spec, subject),
+        worker=socket.gethostname(), cohort_version=cohort.__version__, nnunet_version=_nnunet_version(),
         finished_at=datetime.now(timezone.utc).replace(microsecond=0),
         seconds_total=time.perf_counter() - started,
         **{f"seconds_{stage}": timer.seconds.get(stage) for stage in STAGES},
     )
-    return row
+
+
+def manifest_fields(spec: SeriesSpec, subject: Subject) -> dict[str, object]:
+    """The ``series/`` fields that come from the manifest row (rewritten in place when edited)."""
+    return {"subject_id": spec.subject_id, "age": subject.age, "sex": subject.sex, "manifest_line": spec.line,
+            "series_uid": spec.series_uid, "covariates": spec.covariates, "in_manifest": True}
 
 
 def _nnunet_version() -> str | None:
@@ -195,10 +256,6 @@ def _nnunet_version() -> str | None:
         return version("nnunetv2")
     except PackageNotFoundError:
         return None
-
-
-def series_table(results: list[SeriesResult]) -> pa.Table:
-    return pa.Table.from_pylist([r.row for r in results], schema=SERIES_SCHEMA)
 
 
 def features_table(results: list[SeriesResult]) -> pa.Table | None:

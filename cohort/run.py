@@ -16,16 +16,21 @@ from pathlib import Path
 
 import cohort
 from cohort.config import RunConfig, load_run_config
+from cohort.errors import OutputWriteFailed, RunCannotStart
 from cohort.manifest import SeriesSpec, load_manifest
-from cohort.pipeline import MeasureSettings, RunContext, SeriesResult, features_table, series_table
-from cohort.store import OutputLayout, Plan, drop_superseded_rows, plan_run, repair, write_part
+from cohort.pipeline import MeasureSettings, ResolvedModel, RunContext, SeriesResult, features_table
+from cohort.provenance import RunKey
+from cohort.store.records import SeriesRecord, series_table
+from cohort.store import (OutputLayout, Plan, drop_superseded_rows, plan_run, refuse_changed, repair,
+                          write_metadata_updates, write_part)
 
 log = logging.getLogger(__name__)
+RECOMPUTE_CHOICES = ("changed",)
 
 
 @dataclass(frozen=True)
 class RunRequest:
-    """The arguments of ``cohort run``, as given."""
+    """The arguments of ``cohort run``, as given (``str`` or ``Path`` alike)."""
 
     manifest: Path
     out: Path
@@ -34,6 +39,17 @@ class RunRequest:
     config: Path | None = None
     cluster: str = "local"
     workers: int | None = None
+    recompute: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("manifest", "out", "weights", "config"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.workers is not None and self.workers < 1:
+            raise RunCannotStart(f"--workers {self.workers}: give a number of Dask workers >= 1")
+        if self.recompute is not None and self.recompute not in RECOMPUTE_CHOICES:
+            raise RunCannotStart(f"--recompute {self.recompute!r}: choose one of {', '.join(RECOMPUTE_CHOICES)}")
 
 
 @dataclass(frozen=True)
@@ -49,40 +65,79 @@ class PreparedRun:
 
 
 def prepare_run(request: RunRequest) -> PreparedRun:
-    """Validate everything that can stop a run (exit code 2) before any series is touched."""
+    """Validate everything that can stop a run (exit code 2) before any series is touched.
+
+    The caller holds the output folder's lock. Edited manifest fields of done rows and rows
+    that left the manifest are rewritten here (cheap); nothing is recomputed.
+    """
     specs = load_manifest(request.manifest)
     config = load_run_config(request.config)
-    _check_model(request, needs_weights=any(spec.labels is None for spec in specs))
+    measure = MeasureSettings.from_config(config)
+    model = resolve_model(request, measure, needs_weights=any(spec.labels is None for spec in specs))
     layout = OutputLayout(request.out.resolve())
+    layout.check_writable(config.execution.min_free_gb)
     layout.create()
-    repair(layout)
-    context = RunContext(model=request.model, weights_dir=request.weights, labels_zarr=layout.labels_zarr,
-                         measure=MeasureSettings.from_config(config))
+    for path in repair(layout):
+        log.warning("a features part could not be read; set aside as %s, its series are processed again", path)
+    drop_superseded_rows(layout)
+    context = RunContext(labels_zarr=layout.labels_zarr, measure=measure, model=model, ingest=config.ingest)
+    plan = plan_run(specs, layout, context, recompute_changed=request.recompute == "changed")
+    if request.recompute != "changed":
+        refuse_changed(plan, layout.root)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    prepared = PreparedRun(request, config, layout, context, plan_run(specs, layout), run_id)
+    write_metadata_updates(layout, run_id, plan.metadata_updates)
+    prepared = PreparedRun(request, config, layout, context, plan, run_id)
     _record_run(prepared, specs)
     return prepared
 
 
-def _check_model(request: RunRequest, needs_weights: bool) -> None:
-    """``--model`` must name a registered model; its weights must be there if any row needs them."""
+def resolve_model(request: RunRequest, measure: MeasureSettings, needs_weights: bool) -> ResolvedModel | None:
+    """``--model`` must name a registered model whose classes the measurement class map knows;
+    its weights must be there when a row needs them. Resolved once, here, for every worker."""
     from cohort.segment import check_model_ready, load_model_spec, resolve_weights_dir
+    from cohort.segment.registry import model_class_map, model_config_digest
+    from cohort.segment.weights import weights_fingerprint
 
     spec = load_model_spec(request.model)
-    if needs_weights:
-        check_model_ready(spec, resolve_weights_dir(request.weights))
+    check_class_maps_agree(model_class_map(spec).names, measure, spec.source)
+    if not needs_weights:
+        return None
+    weights_dir = resolve_weights_dir(request.weights).resolve()
+    check_model_ready(spec, weights_dir)
+    key = RunKey(spec.name, model_config_digest(spec), weights_fingerprint(spec, weights_dir))
+    return ResolvedModel(spec, weights_dir, key)
+
+
+def check_class_maps_agree(model_names: dict[int, str], measure: MeasureSettings, model_source: str) -> None:
+    """Every id the model writes must mean the same structure in the measurement class map."""
+    measured = measure.class_map.names
+    disagree = sorted(i for i, name in model_names.items() if measured.get(i) != name)
+    if disagree:
+        examples = ", ".join(f"{i}: {model_names[i]!r} vs {measured.get(i)!r}" for i in disagree[:3])
+        raise RunCannotStart(f"the class map of model {model_source} and the measurement class map "
+                             f"{measure.class_map.source} disagree on {len(disagree)} label id(s) ({examples}); "
+                             "set measure.class_map in --config to the model's class map")
 
 
 def _record_run(run: PreparedRun, specs: list[SeriesSpec]) -> None:
-    """Provenance beside the outputs: arguments, resolved config, versions, manifest hash."""
+    """Provenance beside the outputs: arguments, resolved config, run key, versions, manifest hash."""
+    model = run.context.model
     record = {
         "run_id": run.run_id,
         "request": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run.request).items()},
         "config": asdict(run.config),
+        "model_key": model.key.to_json() if model else None,
+        "weights_dir": str(model.weights_dir) if model else None,
+        "measurement_key": run.context.measure.digest,
         "cohort_version": cohort.__version__,
         "manifest_sha256": hashlib.sha256(run.request.manifest.read_bytes()).hexdigest(),
         "n_series": len(specs),
         "n_todo": len(run.plan.todo),
+        "n_recomputed": len(run.plan.changed) if run.request.recompute else 0,
+        "n_redone": len(run.plan.redo),
+        "n_metadata_updates": len(run.plan.metadata_updates),
+        "not_in_manifest": len(run.plan.not_in_manifest),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (run.layout.runs / f"{run.run_id}.json").write_text(json.dumps(record, indent=2, default=str))
 
@@ -106,6 +161,8 @@ class BatchWriter:
     oldest: float = 0.0
 
     def add(self, result: SeriesResult) -> None:
+        if result.output_failed:
+            self.stop_on_write_failure(result.record.error)
         if not self.pending:
             self.oldest = time.monotonic()
         self.pending.append(result)
@@ -113,7 +170,11 @@ class BatchWriter:
             self.n_done += 1
         else:
             self.failures.append(result)
-            log.warning("failed: %s", result.row["error"])
+            log.warning("failed: %s", result.record.error)
+
+    def stop_on_write_failure(self, reason: str | None) -> None:
+        raise OutputWriteFailed(f"{reason}; stopped. {self.n_parts} batch(es) were committed before; free space "
+                                "or fix the folder, then rerun the same command to resume")
 
     @classmethod
     def for_run(cls, run: PreparedRun) -> "BatchWriter":
@@ -132,9 +193,12 @@ class BatchWriter:
         name = f"part-{self.run_id}-{self.n_parts:05d}"
         features = features_table(self.pending)
         metadata = {"cohort_version": cohort.__version__, "run_id": self.run_id}
-        if features is not None:
-            write_part(self.layout.features, name, features, metadata)
-        write_part(self.layout.series, name, series_table(self.pending), metadata)
+        try:
+            if features is not None:
+                write_part(self.layout.features, name, features, metadata)
+            write_part(self.layout.series, name, series_table([r.record for r in self.pending]), metadata)
+        except OSError as error:
+            self.stop_on_write_failure(f"cannot write {self.layout.root}: {error.strerror or error}")
         self.n_parts += 1
         self.pending = []
 
@@ -146,8 +210,9 @@ class RunSummary:
     n_skipped: int
     seconds: float
     out: Path
-    failures: list[dict]
+    failures: list[SeriesRecord]
     dashboard: str | None = None
+    not_in_manifest: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -164,6 +229,7 @@ def finish_run(run: PreparedRun, writer: BatchWriter, started: float, dashboard:
         n_skipped=len(run.plan.already_done),
         seconds=time.perf_counter() - started,
         out=run.layout.root,
-        failures=[{k: r.row[k] for k in ("series_id", "manifest_line", "error")} for r in writer.failures],
+        failures=[r.record for r in writer.failures],
         dashboard=dashboard,
+        not_in_manifest=len(run.plan.not_in_manifest),
     )

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FEATURE_COLUMNS = ("series_id", "structure", "status")
 SERIES_COLUMNS = ("series_id", "age", "sex", "status")
 INCLUDED, SERIES_FAILED, NO_AGE, NOT_MEASURED = "included", "series_failed", "no_age", "not_measured"
+NOT_IN_MANIFEST = "not_in_manifest"
 
 
 class ResultsTableError(RunCannotStart):
@@ -89,6 +90,8 @@ def _read_dataset(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig) -> StudyTable:
     """Join features with age and sex, apply the exclusions and cut the age groups."""
     series = _unique_series(series)
+    removed = _not_in_manifest(series)
+    series = series[~removed]
     usable = series[(series["status"] == "done") & series["age"].notna()]
     orphans = ~features["series_id"].isin(series["series_id"])
     if orphans.any():
@@ -97,7 +100,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     if rows.duplicated(["series_id", "structure"]).any():
         raise ResultsTableError("features: several rows for one series_id and structure; "
                                 "the table is corrupt, rerun `cohort run`")
-    exclusions = _exclusions(rows, series, sorted(features["structure"].unique()), config)
+    exclusions = _exclusions(rows, series, sorted(features["structure"].unique()), config, int(removed.sum()))
     rows = rows[rows["status"].isin(config.include_statuses)]
     groups = _age_groups(usable["age"].to_numpy(dtype=float), config)
     return StudyTable(values=_with_groups(rows, config.metrics, groups), exclusions=exclusions, age_groups=groups)
@@ -107,6 +110,16 @@ def _unique_series(series: pd.DataFrame) -> pd.DataFrame:
     if series["series_id"].duplicated().any():
         raise ResultsTableError("series: duplicate series_id rows; the table is corrupt, rerun `cohort run`")
     return series.assign(age=pd.to_numeric(series["age"], errors="coerce"))
+
+
+def _not_in_manifest(series: pd.DataFrame) -> pd.Series:
+    """Series a later manifest no longer lists: kept by ``cohort run``, never studied."""
+    if "in_manifest" not in series.columns:
+        return pd.Series(False, index=series.index)
+    removed = series["in_manifest"].eq(False)
+    if removed.any():
+        log.warning("series: %d series are no longer in the run's manifest and are left out", int(removed.sum()))
+    return removed
 
 
 def _age_groups(ages: np.ndarray, config: AgingConfig) -> AgeGroups:
@@ -123,8 +136,10 @@ def _with_groups(rows: pd.DataFrame, metrics: tuple[str, ...], groups: AgeGroups
     return keep.assign(age_group=groups.assign(keep["age"].to_numpy(dtype=float)))
 
 
-def _exclusions(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], config: AgingConfig) -> pd.DataFrame:
-    """Count manifest rows per structure and reason; the counts of a structure sum to ``len(series)``."""
+def _exclusions(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], config: AgingConfig,
+                n_not_in_manifest: int = 0) -> pd.DataFrame:
+    """Count series per structure and reason; the counts of a structure sum to the number of series
+    in the tables (those no longer in the manifest under their own reason)."""
     n_failed = int((series["status"] != "done").sum())
     n_no_age = int(((series["status"] == "done") & series["age"].isna()).sum())
     n_usable = len(series) - n_failed - n_no_age
@@ -134,6 +149,8 @@ def _exclusions(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str],
     counts = counts.reindex(columns=list(dict.fromkeys([*reasons, *counts.columns])), fill_value=0)
     counts[NOT_MEASURED] = n_usable - counts.sum(axis=1)
     counts[SERIES_FAILED], counts[NO_AGE] = n_failed, n_no_age
+    if n_not_in_manifest:
+        counts[NOT_IN_MANIFEST] = n_not_in_manifest
     table = counts.rename_axis(index="structure", columns="reason").stack().rename("n_series").reset_index()
     log.info("exclusions: %d series failed, %d without age, of %d", n_failed, n_no_age, len(series))
     return table.astype({"n_series": "int64"}).sort_values(["structure", "reason"], ignore_index=True)

@@ -79,15 +79,15 @@ def bad_manifest(example_copy: Path, tmp_path: Path) -> tuple[Path, dict]:
 
 def test_each_bad_series_fails_with_a_specific_reason(bad_manifest: tuple[Path, dict], tmp_path: Path) -> None:
     manifest, cases = bad_manifest
-    context = RunContext("fast", None, tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
     results = {spec.series_id: process_series(spec, context) for spec in load_manifest(manifest)}
     assert results["good"].done
     for series_id, (_, words) in cases.items():
-        row = results[series_id].row
-        assert row["status"] == "failed", series_id
-        assert "\n" not in row["error"]
+        record = results[series_id].record
+        assert record.status == "failed", series_id
+        assert "\n" not in record.error
         for word in words:
-            assert word in row["error"], (series_id, row["error"])
+            assert word in record.error, (series_id, record.error)
         assert results[series_id].features is None
 
 

@@ -69,3 +69,7 @@ class LabelMap:
     @property
     def grid(self) -> Grid:
         return Grid(tuple(int(n) for n in self.labels.shape), self.affine)
+
+    def to_nifti(self) -> nib.Nifti1Image:
+        """The label map as a NIfTI image (``nib.save(label_map.to_nifti(), "seg.nii.gz")``)."""
+        return nib.Nifti1Image(self.labels, self.affine)

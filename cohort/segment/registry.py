@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cohort.config import CONFIG_DIR, ClassMap, config_file, from_mapping, load_class_map, load_yaml
 from cohort.errors import ConfigError
+from cohort.provenance import digest, file_digest
 
 MODELS_DIR = CONFIG_DIR / "models"
 DATASET_PATTERN = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_.-]+$")
@@ -143,3 +144,9 @@ def network_classes(network: NetworkSpec) -> dict[int, str]:
 def model_class_map(spec: ModelSpec) -> ClassMap:
     """The model's output ids: the class map its label maps are written in."""
     return load_class_map(spec.class_map)
+
+
+def model_config_digest(spec: ModelSpec) -> str:
+    """Digest of what defines ``spec`` besides its weights: its YAML, class map and network class files."""
+    files = [spec.source, spec.class_map, *(network.classes for network in spec.networks)]
+    return digest([file_digest(config_file(name)) for name in files])

@@ -77,7 +77,7 @@ class Segmenter:
         tick = time.perf_counter()
         labels = to_native(resample_labels(merged, canonical.array.shape), canonical)
         seconds["restore"] = time.perf_counter() - tick
-        return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source), seconds)
+        return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source, name=volume.name), seconds)
 
     def _predict(self, image: np.ndarray, volume: Volume) -> np.ndarray:
         merged = np.zeros(image.shape, dtype=self._dtype)
@@ -86,12 +86,12 @@ class Segmenter:
             try:
                 labels = predictor.predict(image, self.spec.spacing_mm, overlap)
             except ChunkTooLarge as exc:
-                raise SeriesError(f"{volume.source}: too large for model {self.spec.name!r} even when chunked "
+                raise SeriesError(f"{volume.name}: too large for model {self.spec.name!r} even when chunked "
                                   f"({exc}); raise chunking.max_voxels in {self.spec.source}") from None
             except (MemoryError, RuntimeError) as exc:
                 if not _is_out_of_memory(exc):
                     raise
-                raise SeriesError(f"{volume.source}: out of memory predicting {network.dataset} on "
+                raise SeriesError(f"{volume.name}: out of memory predicting {network.dataset} on "
                                   f"{image.shape} voxels ({type(exc).__name__}); lower chunking.max_voxels in "
                                   f"{self.spec.source} or give each worker more memory") from None
             merge_into(merged, labels, lut)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cohort.errors import RunCannotStart
+from cohort.provenance import checkpoint_digest, digest, file_digest
 from cohort.segment.registry import ModelSpec, NetworkSpec, network_classes
 
 SPACING_TOLERANCE_MM = 1e-3
@@ -139,3 +140,13 @@ def check_model_ready(spec: ModelSpec, weights_dir: Path) -> None:
     lines.append("Get the weights with one of:")
     lines.extend(f"  {command}" for command in fetch_commands(spec, weights_dir))
     raise RunCannotStart("\n".join(lines))
+
+
+def weights_fingerprint(spec: ModelSpec, weights_dir: Path) -> str:
+    """Digest of every network of ``spec`` as found in ``weights_dir`` (see :mod:`cohort.provenance`)."""
+    parts = []
+    for network in spec.networks:
+        folder = network_folder(spec, network, weights_dir)
+        parts.append([network.dataset, file_digest(folder / "dataset.json"), file_digest(folder / "plans.json"),
+                      checkpoint_digest(checkpoint_path(spec, network, weights_dir))])
+    return digest(parts)

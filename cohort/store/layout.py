@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import zarr
+
+from cohort.errors import RunCannotStart
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,38 @@ class OutputLayout:
         return self.root / ".cohort.lock"
 
     @property
+    def corrupt(self) -> Path:
+        """Unreadable parts set aside on start (outside the datasets, so readers never see them)."""
+        return self.root / "corrupt"
+
+    @property
     def runs(self) -> Path:
         """One JSON record per run: arguments, resolved config, versions, manifest hash."""
         return self.root / "runs"
+
+    def check_writable(self, min_free_gb: float) -> None:
+        """Stop before any work when ``root`` is not a folder we can write to or is nearly full."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunCannotStart(f"--out {self.root} is a file, not a folder; give a folder for the results")
+        existing = next(parent for parent in (self.root, *self.root.parents) if parent.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunCannotStart(f"--out {self.root}: cannot write in {existing} (permission denied); "
+                                 "choose a folder you can write to")
+        free_gb = shutil.disk_usage(existing).free / 1e9
+        if free_gb < min_free_gb:
+            raise RunCannotStart(f"--out {self.root}: only {free_gb:.2f} GB free on its file system "
+                                 f"(execution.min_free_gb = {min_free_gb:g}); free space or choose another folder")
 
     def create(self) -> None:
         """Make every folder and the Zarr group before workers start (workers creating the
         group at the same moment race: zarr's ContainsGroupError)."""
         for folder in (self.root, self.features, self.series, self.runs):
             folder.mkdir(parents=True, exist_ok=True)
-        zarr.open_group(str(self.labels_zarr), mode="a")
+        try:
+            zarr.open_group(str(self.labels_zarr), mode="a")
+        except (ValueError, TypeError, KeyError, zarr.errors.BaseZarrError) as error:
+            metadata = self.labels_zarr / "zarr.json"
+            raise RunCannotStart(
+                f"{metadata}: not valid Zarr metadata ({type(error).__name__}: {str(error)[:120]}). Restore it, or "
+                f"move {self.labels_zarr} aside: the series whose label maps it held are then processed again"
+            ) from None

@@ -1,74 +1,228 @@
-"""What is already done under ``--out``: resume, repair after a kill, and no duplicate rows.
+"""What is already done under ``--out``: verify, resume, never mix, and never keep duplicate rows.
 
-The ``series/`` table is the ledger: a series is done when its row says ``done``. Planning
-reads only that table's ``series_id`` and ``status`` columns, so it stays fast at 10,000 rows.
+The ``series/`` table is the ledger: a series is done when its newest row says ``done``. On
+start a run checks what the ledger claims against what is on disk (every part readable, the
+features of every done row present, its label map complete) and redoes what is missing. A
+done row is only kept when it was made with this run's key from the same input files
+(:mod:`cohort.provenance`); otherwise the run refuses, naming what changed, unless the user asks
+to recompute the changed rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cohort.manifest import SeriesSpec
+from cohort.errors import RunCannotStart, SeriesError
+from cohort.manifest import SeriesSpec, validate_subject
+from cohort.provenance import RunKey, input_fingerprints
+from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
-from cohort.store.tables import SERIES_SCHEMA, part_files, read_dataset, remove_temporaries, write_part
+from cohort.store.tables import part_files, remove_temporaries, write_part
+from cohort.store.zarr_labels import complete_series_ids
+
+if TYPE_CHECKING:
+    from cohort.pipeline import RunContext
+
+MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class ChangedRow:
+    """A done row that this run would make differently (settings) or from other files (input)."""
+
+    spec: SeriesSpec
+    changes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The manifest split into what is left to do and what an earlier run finished."""
+    """The manifest split into what to process and what an earlier run finished.
+
+    ``todo`` includes ``redo`` (done rows whose features or label map went missing) and, when
+    recomputing, ``changed``. ``metadata_updates`` are done rows whose manifest fields (age, sex,
+    covariates, line, membership) were edited: rewritten in place, not recomputed.
+    """
 
     todo: list[SeriesSpec]
     already_done: list[SeriesSpec]
+    changed: list[ChangedRow] = field(default_factory=list)
+    redo: list[SeriesSpec] = field(default_factory=list)
+    metadata_updates: list[SeriesRecord] = field(default_factory=list)
+    not_in_manifest: list[str] = field(default_factory=list)
 
 
-def repair(layout: OutputLayout) -> None:
-    """Undo what a killed run may have left: temporary files and features parts whose
-    series part was never written (those series are redone, so their rows would repeat)."""
+def repair(layout: OutputLayout) -> list[Path]:
+    """Undo what a killed run may have left and set aside what cannot be read.
+
+    Removes temporary files and features parts whose series part was never written; moves
+    unreadable features parts to ``corrupt/`` (out of the dataset; their series are redone) and
+    returns their new paths. An unreadable ``series/`` part is the ledger itself:
+    :class:`RunCannotStart` names it.
+    """
     for folder in (layout.features, layout.series):
         remove_temporaries(folder)
+    for path in part_files(layout.series):
+        if not _readable(path):
+            raise RunCannotStart(
+                f"{path}: this part of the ledger cannot be read (truncated or corrupt). Move it aside "
+                f"(`mkdir -p {layout.corrupt} && mv {path} {layout.corrupt}/`): the series it lists are then processed "
+                "again, "
+                "and their label maps are reused where complete")
     committed = {path.name for path in part_files(layout.series)}
+    set_aside = []
     for path in part_files(layout.features):
         if path.name not in committed:
             path.unlink()
+        elif not _readable(path):
+            layout.corrupt.mkdir(exist_ok=True)
+            set_aside.append(path.rename(layout.corrupt / f"features-{path.name}"))
+    return set_aside
 
 
-def done_series_ids(layout: OutputLayout) -> set[str]:
-    table = read_dataset(layout.series, SERIES_SCHEMA, columns=["series_id", "status"])
-    done = table.filter(pc.equal(table["status"], "done"))
-    return set(done["series_id"].to_pylist())
+def _readable(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+        pq.read_table(path, columns=["series_id"])
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return True
 
 
-def plan_run(specs: list[SeriesSpec], layout: OutputLayout) -> Plan:
+def read_ledger(layout: OutputLayout) -> dict[str, SeriesRecord]:
+    """The newest ``series/`` record of every series id (parts sort by time)."""
+    newest: dict[str, SeriesRecord] = {}
+    for path in part_files(layout.series):
+        for row in pq.read_table(path).to_pylist():
+            newest[row["series_id"]] = SeriesRecord.from_row(row)
+    return newest
+
+
+def featured_series_ids(layout: OutputLayout) -> set[str]:
+    ids: set[str] = set()
+    for path in part_files(layout.features):
+        ids.update(pq.read_table(path, columns=["series_id"])["series_id"].unique().to_pylist())
+    return ids
+
+
+def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext",
+             recompute_changed: bool = False) -> Plan:
     """Split ``specs`` into rows to process and rows already done (failed rows are retried)."""
-    done = done_series_ids(layout)
-    return Plan(
-        todo=[spec for spec in specs if spec.series_id not in done],
-        already_done=[spec for spec in specs if spec.series_id in done],
-    )
+    from cohort.pipeline import manifest_fields
+
+    ledger = read_ledger(layout)
+    done = {sid for sid, record in ledger.items() if record.done}
+    intact = done & featured_series_ids(layout) & complete_series_ids(layout.labels_zarr)
+    done_specs = [spec for spec in specs if spec.series_id in done]
+    fingerprints = dict(zip((s.series_id for s in done_specs),
+                            input_fingerprints((s.path, s.labels) for s in done_specs)))
+    todo, already_done, changed, redo, updates = [], [], [], [], []
+    for spec in specs:
+        record = ledger.get(spec.series_id)
+        if spec.series_id not in done:
+            todo.append(spec)
+            continue
+        changes = _changes(record, context.run_key(spec), fingerprints[spec.series_id])
+        try:
+            fields = manifest_fields(spec, validate_subject(spec))
+        except SeriesError:
+            changes.append("age or sex no longer valid")
+            fields = {}
+        if changes:
+            changed.append(ChangedRow(spec, tuple(changes)))
+            if recompute_changed:
+                todo.append(spec)
+        elif spec.series_id not in intact:
+            redo.append(spec)
+            todo.append(spec)
+        else:
+            already_done.append(spec)
+            if any(getattr(record, name) != value for name, value in fields.items()):
+                updates.append(record.replace(**fields))
+    listed = {spec.series_id for spec in specs}
+    not_in_manifest = sorted(sid for sid in ledger if sid not in listed)
+    updates += [ledger[sid].replace(in_manifest=False) for sid in not_in_manifest if ledger[sid].in_manifest]
+    return Plan(todo, already_done, changed, redo, updates, not_in_manifest)
+
+
+def _changes(record: SeriesRecord, key: RunKey, fingerprint: str) -> list[str]:
+    changes = []
+    recorded = RunKey.from_json(record.run_settings)
+    if recorded is None:
+        changes.append("recorded by an earlier cohort version without a run key")
+    elif recorded.digest != key.digest:
+        changes.extend(recorded.differences(key) or ["run settings"])
+    if record.input_fingerprint is not None and record.input_fingerprint != fingerprint:
+        changes.append("input files (path, size or modification time of the image or labels)")
+    return changes
+
+
+def refuse_changed(plan: Plan, out: Path) -> None:
+    """Stop the run (exit 2) when done rows would be mixed with rows made another way."""
+    if not plan.changed:
+        return
+    counts = Counter(change for row in plan.changed for change in row.changes)
+    lines = [f"{len(plan.changed)} series done earlier in {out} would now be made differently; "
+             "their rows would be mixed with new ones:"]
+    lines += [f"  {change}: {n} series" for change, n in counts.most_common()]
+    lines += [f"  e.g. {row.spec.where}: {'; '.join(row.changes)}" for row in plan.changed[:MAX_LISTED]]
+    lines.append("To proceed: `--recompute changed` recomputes just those rows (label maps are reused where only "
+                 "the measurement changed), or write to a new --out.")
+    raise RunCannotStart("\n".join(lines))
+
+
+def write_metadata_updates(layout: OutputLayout, run_id: str, updates: list[SeriesRecord]) -> None:
+    """Rewrite edited manifest fields of done rows as a newer ``series/`` part (no features part)."""
+    if updates:
+        write_part(layout.series, f"part-{run_id}-manifest", series_table(updates), {"run_id": run_id})
 
 
 def drop_superseded_rows(layout: OutputLayout) -> int:
-    """Keep only the newest row per ``series_id`` in ``series/`` (a failed row whose retry
-    finished later is superseded). Rewrites only the parts that hold such rows."""
-    parts = part_files(layout.series)
-    newest_part: dict[str, int] = {}
-    ids_per_part = [pq.read_table(path, columns=["series_id"])["series_id"].to_pylist() for path in parts]
-    for index, ids in enumerate(ids_per_part):
-        for series_id in ids:
-            newest_part[series_id] = index
+    """Keep only the newest row per ``series_id`` in ``series/``, and in ``features/`` only the
+    newest part's rows of series whose newest row is done. Rewrites only the parts concerned."""
+    series_parts = part_files(layout.series)
+    newest_series = _newest_part(series_parts)
+    done = set(read_ledger_done(series_parts))
+    removed = _keep_rows(layout.series, series_parts, lambda sid, index: newest_series[sid] == index)
+    features_parts = part_files(layout.features)
+    newest_features = _newest_part(features_parts)
+    removed += _keep_rows(layout.features, features_parts,
+                          lambda sid, index: sid in done and newest_features[sid] == index)
+    return removed
+
+
+def read_ledger_done(series_parts: list[Path]) -> list[str]:
+    status: dict[str, str] = {}
+    for path in series_parts:
+        table = pq.read_table(path, columns=["series_id", "status"])
+        status.update(zip(table["series_id"].to_pylist(), table["status"].to_pylist()))
+    return [sid for sid, value in status.items() if value == "done"]
+
+
+def _newest_part(parts: list[Path]) -> dict[str, int]:
+    newest: dict[str, int] = {}
+    for index, path in enumerate(parts):
+        for series_id in pq.read_table(path, columns=["series_id"])["series_id"].unique().to_pylist():
+            newest[series_id] = index
+    return newest
+
+
+def _keep_rows(folder: Path, parts: list[Path], keep_row) -> int:
     removed = 0
-    for index, (path, ids) in enumerate(zip(parts, ids_per_part)):
-        keep = [newest_part[series_id] == index for series_id in ids]
+    for index, path in enumerate(parts):
+        ids = pq.read_table(path, columns=["series_id"])["series_id"].to_pylist()
+        keep = [keep_row(series_id, index) for series_id in ids]
         if all(keep):
             continue
         removed += keep.count(False)
         table = pq.read_table(path).filter(pa.array(keep))
         if table.num_rows:
-            write_part(layout.series, path.stem, table)
+            write_part(folder, path.stem, table)
         else:
             path.unlink()
     return removed

@@ -12,14 +12,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cohort.errors import OutputLocked
+from cohort.errors import OutputLocked, RunCannotStart
 
 
 @contextmanager
 def exclusive_output(lock_path: Path, command: str) -> Iterator[None]:
     """Hold the lock on ``lock_path`` for the body, or raise :class:`OutputLocked` at once."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")
+    if lock_path.parent.exists() and not lock_path.parent.is_dir():
+        raise RunCannotStart(f"--out {lock_path.parent} is a file, not a folder; give a folder for the results")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as error:
+        raise RunCannotStart(f"--out {lock_path.parent}: cannot create or write there "
+                             f"({error.strerror or error}); choose a folder you can write to") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -37,17 +37,20 @@ FEATURES_SCHEMA = pa.schema(
 SERIES_SCHEMA = pa.schema(
     [
         ("series_id", pa.string()),
+        ("subject_id", pa.string()),
         ("age", pa.float64()),
         ("sex", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("manifest_line", pa.int32()),
+        ("in_manifest", pa.bool_()),
         ("model", pa.string()),
         ("shape", pa.list_(pa.int32())),
         ("spacing_mm", pa.list_(pa.float64())),
         ("orientation", pa.string()),
         ("measure_spacing_mm", pa.string()),
         ("n_structures_ok", pa.int32()),
+        ("reused_label_map", pa.bool_()),
         ("seconds_ingest", pa.float64()),
         ("seconds_load_model", pa.float64()),
         ("seconds_segment", pa.float64()),
@@ -59,8 +62,17 @@ SERIES_SCHEMA = pa.schema(
         ("cohort_version", pa.string()),
         ("nnunet_version", pa.string()),
         ("finished_at", pa.timestamp("s", tz="UTC")),
+        ("run_key", pa.string()),
+        ("run_settings", pa.string()),
+        ("input_fingerprint", pa.string()),
+        ("series_uid", pa.string()),
+        ("covariates", pa.map_(pa.string(), pa.string())),
     ]
 )
+"""One row per manifest row. ``run_key`` (digest of ``run_settings``, a JSON of
+:class:`cohort.provenance.RunKey`) and ``input_fingerprint`` say what the row was made with and
+from; ``in_manifest`` is false for a series the current manifest no longer lists (kept, left out
+of the study); ``covariates`` holds the manifest's extra columns."""
 
 
 def write_part(folder: Path, name: str, table: pa.Table, metadata: dict[str, str] | None = None) -> Path:

@@ -2,10 +2,16 @@
 
 Each array keeps the voxel grid it was measured on (``affine``, ``spacing_mm`` attributes) and
 the class map that gives its ids meaning; nothing from the image header beyond geometry.
+
+An array is written in two steps: voxels first, then the attribute ``complete`` together with
+``source_key`` (the digest of the model, its weights and the input files that made it). A
+series whose array is complete and whose key is still the same need not be segmented again:
+after a kill, or when only the measurement settings changed, it is measured from here.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +22,8 @@ from cohort.ingest.volume import LabelMap
 CHUNKS = (128, 128, 64)
 
 
-def write_label_map(store: Path, series_id: str, label_map: LabelMap, attributes: dict) -> None:
-    """Write (or overwrite) the array ``series_id`` of the store at ``store``."""
+def write_label_map(store: Path, series_id: str, label_map: LabelMap, attributes: dict, source_key: str) -> None:
+    """Write (or overwrite) the array ``series_id`` of the store at ``store``; mark it complete last."""
     group = zarr.open_group(str(store), mode="a")
     chunks = tuple(min(c, n) for c, n in zip(CHUNKS, label_map.labels.shape))
     array = group.create_array(
@@ -36,6 +42,33 @@ def write_label_map(store: Path, series_id: str, label_map: LabelMap, attributes
             **attributes,
         }
     )
+    array.attrs.update({"source_key": source_key, "complete": True})
+
+
+def complete_label_map(store: Path, series_id: str, source_key: str, shape: tuple[int, ...]) -> LabelMap | None:
+    """The stored label map of ``series_id`` if it is complete, made from ``source_key`` and of
+    ``shape``; else ``None`` (missing, half-written, made otherwise, or unreadable)."""
+    try:
+        array = zarr.open_array(str(store), path=series_id, mode="r")
+        attributes = dict(array.attrs)
+        if not attributes.get("complete") or attributes.get("source_key") != source_key or array.shape != shape:
+            return None
+        return LabelMap(labels=array[...], affine=np.asarray(attributes["affine"]), source=store / series_id)
+    except (FileNotFoundError, KeyError, ValueError, OSError, zarr.errors.BaseZarrError):
+        return None
+
+
+def complete_series_ids(store: Path) -> set[str]:
+    """Ids of the series whose label map is marked complete (reads only each array's metadata)."""
+    complete = set()
+    for metadata in Path(store).glob("*/zarr.json"):
+        try:
+            attributes = json.loads(metadata.read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            continue
+        if attributes.get("complete"):
+            complete.add(metadata.parent.name)
+    return complete
 
 
 def read_label_map(store: Path, series_id: str) -> LabelMap:

@@ -1,0 +1,155 @@
+"""cohort from Python: what the command line does, as functions for notebooks and scripts.
+
+Paths may be given as ``str`` or :class:`~pathlib.Path`. The command line is a thin layer over
+these functions, so a notebook run and a ``cohort run`` are the same run (lock, resume, run
+key, exit code).
+
+Measure one CT with its TotalSegmentator label map (no model needed):
+
+>>> from cohort import api
+>>> from cohort.manifest import example_manifest
+>>> examples = example_manifest().parent
+>>> features = api.measure(examples / "example_ct_sm.nii.gz", str(examples / "example_seg_fast.nii.gz"))
+>>> liver = features.set_index("structure").loc["liver"]
+>>> float(round(liver.volume_ml, 1)), liver.status
+(1062.4, 'fov_truncated')
+>>> len(features)
+117
+
+Run a manifest and read the results back (tables as pandas, and DuckDB views):
+
+>>> import tempfile
+>>> out = Path(tempfile.mkdtemp()) / "results"
+>>> summary = api.run(example_manifest(), out, workers=1)  # doctest: +SKIP
+>>> results = api.open_results(out)  # doctest: +SKIP
+>>> results.sql("SELECT count(*) FROM features WHERE status = 'ok'").fetchone()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from cohort.config import load_run_config
+from cohort.ingest import LabelMap, align_labels, load_ct, load_label_nifti
+from cohort.pipeline import MeasureSettings, measure_series
+from cohort.provenance import LABELS_MODEL
+
+if TYPE_CHECKING:
+    import duckdb
+
+PathLike = str | Path
+AGING_FOLDER = "aging"
+
+
+def measure(ct: PathLike, labels: PathLike, config: PathLike | None = None, series_id: str | None = None
+            ) -> pd.DataFrame:
+    """Measure every structure of one CT with its label map: the ``features/`` rows of that pair.
+
+    ``ct`` is a NIfTI file or a DICOM series folder, ``labels`` a TotalSegmentator v2 ``total``
+    label map of it (same grid, any axis order); ``config`` a run configuration (its
+    ``measure`` section is used). The rows are exactly those ``cohort run`` writes.
+    """
+    settings = MeasureSettings.from_config(load_run_config(Path(config) if config else None))
+    volume = load_ct(Path(ct))
+    label_map = align_labels(volume, load_label_nifti(Path(labels)))
+    name = series_id or _stem(Path(ct))
+    return measure_series(name, volume, label_map, LABELS_MODEL, settings).to_pandas()
+
+
+def segment(ct: PathLike, model: str = "fast", weights: PathLike | None = None, device: str = "auto") -> LabelMap:
+    """Segment one CT with a registered model: a :class:`~cohort.ingest.LabelMap` on the CT's own grid.
+
+    ``weights`` is the folder holding the ``Dataset…`` folders (default: where TotalSegmentator
+    keeps them). The networks are loaded on the first call and reused by later calls with the
+    same model, weights and device. ``label_map.to_nifti()`` gives a nibabel image to save.
+
+    >>> import tempfile
+    >>> from cohort.testing.weights import build_weights
+    >>> from cohort.segment import load_model_spec
+    >>> from cohort.manifest import example_manifest
+    >>> weights = Path(tempfile.mkdtemp())
+    >>> _ = build_weights(load_model_spec("fast"), weights, "small", seed=0)  # random weights, for the example
+    >>> label_map = segment(example_manifest().parent / "example_ct_sm.nii.gz", weights=weights, device="cpu")
+    >>> label_map.labels.shape, label_map.labels.dtype.name
+    ((122, 101, 30), 'uint8')
+    """
+    from cohort.run import RunRequest, resolve_model
+
+    request = RunRequest(manifest=Path("."), out=Path("."), model=model,
+                         weights=Path(weights) if weights is not None else None)
+    settings = MeasureSettings.from_config(load_run_config())
+    resolved = resolve_model(request, settings, needs_weights=True)
+    from cohort.segment import get_segmenter
+
+    segmenter = get_segmenter(resolved.spec, resolved.weights_dir, device)
+    return segmenter.segment(load_ct(Path(ct))).label_map
+
+
+@dataclass
+class Results:
+    """The tables of a results folder: ``features``, ``series`` (covariates as columns), the
+    aging-study tables of ``cohort stats`` when present, and a DuckDB connection whose views
+    have the same names (``aging_<table>`` for the study's)."""
+
+    out: Path
+    features: pd.DataFrame
+    series: pd.DataFrame
+    aging: dict[str, pd.DataFrame] = field(default_factory=dict)
+    connection: "duckdb.DuckDBPyConnection | None" = None
+
+    def sql(self, query: str) -> "duckdb.DuckDBPyRelation":
+        """Run ``query`` over the views ``features``, ``series`` and ``aging_*``."""
+        if self.connection is None:
+            raise RuntimeError("DuckDB is not installed: pip install duckdb")
+        return self.connection.sql(query)
+
+
+def open_results(out: PathLike, aging: PathLike | None = None) -> Results:
+    """Read a results folder written by ``cohort run`` (and ``cohort stats``).
+
+    Series no longer in the run's manifest are kept in ``series`` (``in_manifest`` false);
+    ``aging`` defaults to ``<out>/aging``.
+    """
+    out = Path(out)
+    for table in ("features", "series"):
+        if not any((out / table).glob("*.parquet")):
+            raise FileNotFoundError(f"{out / table}: no Parquet table here; run `cohort run --out {out}` first")
+    features = pd.read_parquet(out / "features")
+    series = _with_covariate_columns(pd.read_parquet(out / "series"))
+    aging_dir = Path(aging) if aging is not None else out / AGING_FOLDER
+    aging_tables = {path.stem: pd.read_parquet(path) for path in sorted(aging_dir.glob("*.parquet"))}
+    return Results(out, features, series, aging_tables, _duckdb_views(features, series, aging_tables))
+
+
+def _with_covariate_columns(series: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's extra columns, stored as one map column, as columns of their own."""
+    if "covariates" not in series.columns:
+        return series
+    expanded = pd.DataFrame([dict(pairs) if pairs is not None else {} for pairs in series["covariates"]],
+                            index=series.index)
+    new = [column for column in expanded.columns if column not in series.columns]
+    return pd.concat([series.drop(columns="covariates"), expanded[new]], axis=1)
+
+
+def _duckdb_views(features: pd.DataFrame, series: pd.DataFrame, aging: dict[str, pd.DataFrame]):
+    try:
+        import duckdb
+    except ImportError:
+        return None
+    connection = duckdb.connect()
+    for name, frame in {"features": features, "series": series,
+                        **{f"aging_{key}": value for key, value in aging.items()}}.items():
+        connection.register(name, frame)
+    return connection
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

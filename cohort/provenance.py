@@ -1,0 +1,138 @@
+"""What a result depends on, as short digests: the run key and the input fingerprint.
+
+Every ``series/`` row records both, and every stored label map records the key of what made it.
+A rerun compares them with what it would do now, so that rows measured two ways are never
+mixed in one table and a changed input file is never silently kept:
+
+- the **run key** of a row: the model (name, its YAML and class map, the weights' fingerprint;
+  ``labels`` for a precomputed label map) and the measurement settings (class map, lower
+  bounds, border rule);
+- the **input fingerprint** of a row: path, size and modification time of the image file (every
+  file of a DICOM folder) and of the precomputed label map.
+
+The weights' fingerprint hashes each network's ``dataset.json`` and ``plans.json`` and, for the
+checkpoint, its size and its first and last 4 MiB: a retrained or swapped network changes it,
+copying the folder elsewhere does not, and it costs milliseconds rather than the seconds a full
+hash of gigabytes of checkpoints would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+LABELS_MODEL = "labels"
+EDGE_BYTES = 4 * 2**20
+STAT_THREADS = 16
+
+
+def digest(value: object) -> str:
+    """A 16-hex-digit digest of any JSON-serialisable value (stable key order)."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """Digest of a (small) configuration file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def checkpoint_digest(path: Path) -> str:
+    """Size plus the first and last :data:`EDGE_BYTES` of a (large) checkpoint file."""
+    sha = hashlib.sha256()
+    size = path.stat().st_size
+    sha.update(str(size).encode())
+    with path.open("rb") as handle:
+        sha.update(handle.read(EDGE_BYTES))
+        if size > 2 * EDGE_BYTES:
+            handle.seek(-EDGE_BYTES, 2)
+            sha.update(handle.read(EDGE_BYTES))
+    return sha.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """The settings a row was made with. Equal keys: the row would come out the same today."""
+
+    model: str
+    model_config: str = ""
+    weights: str = ""
+    measurement: str = ""
+
+    @property
+    def digest(self) -> str:
+        return digest(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "RunKey | None":
+        if not text:
+            return None
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+    def segmentation_part(self) -> "RunKey":
+        """The key without the measurement settings: what a stored label map depends on."""
+        return RunKey(self.model, self.model_config, self.weights)
+
+    def differences(self, newer: "RunKey") -> list[str]:
+        """What changed from ``self`` to ``newer``, in words a user can act on."""
+        changes = []
+        if self.model != newer.model:
+            changes.append(f"model {self.model} -> {newer.model}")
+        elif self.model_config != newer.model_config:
+            changes.append(f"model configuration of {newer.model} (its YAML or class map)")
+        if self.weights != newer.weights and self.model == newer.model:
+            changes.append(f"weights of {newer.model}")
+        if self.measurement != newer.measurement:
+            changes.append("measurement settings (--config measure.*: class map, lower bounds or border rule)")
+        return changes
+
+
+def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int) -> str:
+    """The measurement settings' part of the run key: file contents, not file names."""
+    return digest({"class_map": file_digest(class_map), "lower_bounds": file_digest(lower_bounds),
+                   "border_voxels": border_voxels})
+
+
+def input_files(image: Path, labels: Path | None) -> list[Path]:
+    """The files a row reads: the image (or every file of its DICOM folder) and its label map."""
+    files = sorted(p for p in image.iterdir() if p.is_file()) if image.is_dir() else [image]
+    return files + ([labels] if labels is not None else [])
+
+
+def input_fingerprint(image: Path, labels: Path | None) -> str:
+    """Digest of path, size and modification time of every file a row reads.
+
+    A missing file is part of the fingerprint too (as missing), so that a row whose file comes
+    back is noticed.
+    """
+    def stat(path: Path) -> tuple[str, int, int]:
+        try:
+            status = path.stat()
+        except OSError:
+            return (str(path.resolve()), -1, -1)
+        return (str(path.resolve()), status.st_size, status.st_mtime_ns)
+
+    try:
+        files = input_files(image, labels)
+    except OSError:
+        files = [image] + ([labels] if labels is not None else [])
+    return digest([stat(path) for path in files])
+
+
+def input_fingerprints(rows: Iterable[tuple[Path, Path | None]]) -> list[str]:
+    """:func:`input_fingerprint` of many rows, stat calls in threads (network file systems)."""
+    rows = list(rows)
+    if len(rows) < 64:
+        return [input_fingerprint(image, labels) for image, labels in rows]
+    with ThreadPoolExecutor(STAT_THREADS) as pool:
+        return list(pool.map(lambda row: input_fingerprint(*row), rows))

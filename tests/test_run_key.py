@@ -1,0 +1,259 @@
+"""Runs that never mix, and kills that lose only what was in flight: the run key, the input
+fingerprint, label maps reused from Zarr, and a ledger verified against the disk on start.
+
+Every case runs the real CLI (Prefect flow, local Dask cluster) on rows segmented by small
+random-weight networks in TotalSegmentator's layout, plus one row with precomputed labels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import pandas as pd
+import pytest
+
+from cohort.segment import load_model_spec
+from cohort.testing.weights import build_weights
+from testkit import cli_env, cohort_cli, write_manifest
+
+SEGMENTED = ["crop_a", "crop_b"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, examples: Path) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("run_key")
+    weights = folder / "weights"
+    build_weights(load_model_spec("fast"), weights, "small", seed=5)
+    other_weights = folder / "other_weights"
+    build_weights(load_model_spec("fast"), other_weights, "small", seed=6)
+    ct = nib.load(str(examples / "example_ct_sm.nii.gz"))
+    nib.save(ct.slicer[30:90, 20:80, :], str(folder / "crop_a.nii.gz"))
+    nib.save(ct.slicer[20:80, 30:90, :], str(folder / "crop_b.nii.gz"))
+    shutil.copy(examples / "example_ct_sm.nii.gz", folder / "ct.nii.gz")
+    shutil.copy(examples / "example_seg_fast.nii.gz", folder / "seg.nii.gz")
+    rows = [{"series_id": "crop_a", "path": "crop_a.nii.gz", "age": 60, "sex": "M"},
+            {"series_id": "crop_b", "path": "crop_b.nii.gz", "age": 70, "sex": "F"},
+            {"series_id": "labelled", "path": "ct.nii.gz", "labels": "seg.nii.gz", "age": 50, "sex": "F"}]
+    manifest = write_manifest(folder / "scans.csv", rows)
+    return {"folder": folder, "weights": weights, "other_weights": other_weights, "manifest": manifest}
+
+
+@pytest.fixture(scope="module")
+def reference(inputs: dict[str, Path], prefect_server: str) -> Path:
+    out = inputs["folder"] / "reference"
+    result = _run(inputs, out, prefect_server)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _run(inputs: dict[str, Path], out: Path, api: str, *extra: str, manifest: Path | None = None
+         ) -> subprocess.CompletedProcess:
+    return cohort_cli("run", "--manifest", str(manifest or inputs["manifest"]), "--out", str(out), "--weights",
+                      str(inputs["weights"]), "--workers", "1", *extra, api=api)
+
+
+def _copy(reference: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "results"
+    shutil.copytree(reference, out)
+    return out
+
+
+def _features(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "features").sort_values(["series_id", "label"]).reset_index(drop=True)
+
+
+def _series(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "series").set_index("series_id").sort_index()
+
+
+def test_rows_carry_run_key_and_input_fingerprint(reference: Path) -> None:
+    series = _series(reference)
+    assert series["run_key"].notna().all() and series["input_fingerprint"].notna().all()
+    assert series.loc[SEGMENTED, "run_key"].nunique() == 1
+    assert series.loc["labelled", "run_key"] != series.loc["crop_a", "run_key"]
+    assert not series["reused_label_map"].any()
+    assert '"model": "fast"' in series.loc["crop_a", "run_settings"]
+
+
+def test_changed_measurement_settings_refuse_then_recompute_reuses_label_maps(
+        reference: Path, inputs: dict[str, Path], tmp_path: Path, prefect_server: str) -> None:
+    out = _copy(reference, tmp_path)
+    config = tmp_path / "border2.yaml"
+    config.write_text("measure:\n  border_voxels: 2\n")
+    before = _features(out)
+    refused = _run(inputs, out, prefect_server, "--config", str(config))
+    assert refused.returncode == 2, refused.stderr
+    message = " ".join(refused.stderr.split())
+    assert "3 series done earlier" in message and "measurement settings" in message
+    assert "--recompute changed" in message and "new --out" in message
+    pd.testing.assert_frame_equal(before, _features(out))
+
+    recomputed = _run(inputs, out, prefect_server, "--config", str(config), "--recompute", "changed")
+    assert recomputed.returncode == 0, recomputed.stderr
+    series = _series(out)
+    assert series["reused_label_map"].all()
+    assert (series.loc[SEGMENTED, "seconds_segment"] == 0).all()
+    assert series.loc[SEGMENTED, "seconds_load_model"].isna().all()
+    features = _features(out)
+    assert len(features) == 3 * 117 and not features.duplicated(["series_id", "label"]).any()
+    assert (features["volume_ml"].to_numpy() == before["volume_ml"].to_numpy()).all()
+    again = _run(inputs, out, prefect_server, "--config", str(config))
+    assert again.returncode == 0 and "0 series to process, 3 already done" in " ".join(again.stderr.split())
+
+
+def test_other_weights_are_refused(reference: Path, inputs: dict[str, Path], tmp_path: Path,
+                                   prefect_server: str) -> None:
+    out = _copy(reference, tmp_path)
+    result = cohort_cli("run", "--manifest", str(inputs["manifest"]), "--out", str(out), "--weights",
+                        str(inputs["other_weights"]), api=prefect_server)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "2 series done earlier" in message and "weights of fast: 2 series" in message
+
+
+def test_changed_input_file_is_refused(inputs: dict[str, Path], tmp_path: Path, prefect_server: str) -> None:
+    shutil.copy(inputs["folder"] / "ct.nii.gz", tmp_path / "ct.nii.gz")
+    shutil.copy(inputs["folder"] / "seg.nii.gz", tmp_path / "seg.nii.gz")
+    manifest = write_manifest(tmp_path / "scans.csv", [{"series_id": "labelled", "path": "ct.nii.gz",
+                                                        "labels": "seg.nii.gz", "age": 50, "sex": "F"}])
+    out = tmp_path / "results"
+    assert _run(inputs, out, prefect_server, manifest=manifest).returncode == 0
+    time.sleep(0.01)
+    (tmp_path / "seg.nii.gz").write_bytes((tmp_path / "seg.nii.gz").read_bytes())  # rewritten: new mtime
+    result = _run(inputs, out, prefect_server, manifest=manifest)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "input files (path, size or modification time of the image or labels): 1 series" in message
+    assert "scans.csv line 2 (labelled)" in message
+
+
+def test_manifest_edits_update_rows_without_recomputing(reference: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                        prefect_server: str) -> None:
+    out = _copy(reference, tmp_path)
+    text = inputs["manifest"].read_text().replace("crop_b,crop_b.nii.gz,70,F", "crop_b,crop_b.nii.gz,71,M")
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("labelled")) + "\n"
+    manifest = inputs["folder"] / "edited.csv"
+    manifest.write_text(text)
+    before = _series(out)
+    result = _run(inputs, out, prefect_server, manifest=manifest)
+    assert result.returncode == 0, result.stderr
+    assert "0 series to process, 2 already done" in " ".join(result.stderr.split())
+    series = _series(out)
+    assert (series.loc["crop_b", "age"], series.loc["crop_b", "sex"]) == (71.0, "M")
+    assert series.loc["crop_b", "finished_at"] == before.loc["crop_b", "finished_at"]
+    assert not series.loc["labelled", "in_manifest"] and series.loc[SEGMENTED, "in_manifest"].all()
+    assert len(series) == 3 and set(_features(out)["series_id"]) == {"crop_a", "crop_b", "labelled"}
+
+
+def test_sigkill_before_commit_reuses_stored_label_maps(inputs: dict[str, Path], reference: Path, tmp_path: Path,
+                                                        prefect_server: str) -> None:
+    """Nothing committed (one big batch), label maps stored: the rerun measures, it does not segment."""
+    config = tmp_path / "no_flush.yaml"
+    config.write_text("execution:\n  batch_size: 100\n  flush_interval_s: 600\n")
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(inputs["manifest"]),
+                                "--out", str(out), "--weights", str(inputs["weights"]), "--workers", "1",
+                                "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=cli_env(prefect_server), start_new_session=True)
+    deadline = time.monotonic() + 240
+    stored = []
+    while time.monotonic() < deadline and process.poll() is None:
+        stored = [name for name in SEGMENTED if '"complete": true' in _attributes(out, name)]
+        if len(stored) == 2:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(stored) == 2 and not list((out / "series").glob("*.parquet"))
+    rerun = _run(inputs, out, prefect_server, "--config", str(config))
+    assert rerun.returncode == 0, rerun.stderr
+    series = _series(out)
+    assert series.loc[SEGMENTED, "reused_label_map"].all()
+    assert (series.loc[SEGMENTED, "seconds_segment"] == 0).all()
+    pd.testing.assert_frame_equal(_features(out), _features(reference))
+
+
+def _attributes(out: Path, series_id: str) -> str:
+    try:
+        return (out / "labels.zarr" / series_id / "zarr.json").read_text()
+    except OSError:
+        return ""
+
+
+def test_lost_features_part_and_label_map_are_redone(reference: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                     prefect_server: str) -> None:
+    out = _copy(reference, tmp_path)
+    for part in (out / "features").glob("*.parquet"):
+        part.write_bytes(part.read_bytes()[:200])  # truncated
+    shutil.rmtree(out / "labels.zarr" / "crop_b")
+    result = _run(inputs, out, prefect_server)
+    assert result.returncode == 0, result.stderr
+    assert "3 series to process, 0 already done" in " ".join(result.stderr.split())
+    series = _series(out)
+    assert series.loc["crop_a", "reused_label_map"] and not series.loc["crop_b", "reused_label_map"]
+    pd.testing.assert_frame_equal(_features(out), _features(reference))
+    assert list((out / "corrupt").glob("features-part-*.parquet"))
+
+
+def test_corrupt_ledger_or_zarr_metadata_stop_with_the_file_named(reference: Path, inputs: dict[str, Path],
+                                                                  tmp_path: Path, prefect_server: str) -> None:
+    out = _copy(reference, tmp_path)
+    part = next((out / "series").glob("*.parquet"))
+    part.write_bytes(b"not parquet")
+    result = _run(inputs, out, prefect_server)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert part.name in message and "Move it aside" in message
+
+    out = _copy(reference, tmp_path / "second")
+    (out / "labels.zarr" / "zarr.json").write_text("{ broken")
+    result = _run(inputs, out, prefect_server)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "labels.zarr/zarr.json" in "".join(result.stderr.split())
+
+
+def test_class_maps_that_disagree_stop_the_run(inputs: dict[str, Path], tmp_path: Path, prefect_server: str) -> None:
+    from cohort.config import CONFIG_DIR
+
+    lines = (CONFIG_DIR / "class_map_total_v2.csv").read_text().splitlines()
+    swapped = [lines[0], lines[2].split(",")[0] + "," + lines[1].split(",")[1],
+               lines[1].split(",")[0] + "," + lines[2].split(",")[1], *lines[3:]]
+    (tmp_path / "swapped.csv").write_text("\n".join(swapped) + "\n")
+    config = tmp_path / "swapped.yaml"
+    config.write_text(f"measure:\n  class_map: {tmp_path / 'swapped.csv'}\n")
+    result = _run(inputs, tmp_path / "out", prefect_server, "--config", str(config))
+    assert result.returncode == 2
+    assert "disagree on 2 label id(s)" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize("case", ["file", "read_only", "full", "workers"])
+def test_unusable_out_or_workers_stop_with_exit_2(case: str, inputs: dict[str, Path], tmp_path: Path,
+                                                  prefect_server: str) -> None:
+    out = tmp_path / "out"
+    extra: tuple[str, ...] = ()
+    if case == "file":
+        out.write_text("a file")
+    elif case == "read_only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere; a read-only mount would be needed")
+        tmp_path.chmod(0o500)
+    elif case == "full":
+        config = tmp_path / "needs_space.yaml"
+        config.write_text("execution:\n  min_free_gb: 1000000000\n")
+        extra = ("--config", str(config))
+    else:
+        extra = ("--workers", "-1")
+    result = cohort_cli("run", "--manifest", str(inputs["manifest"]), "--out", str(out), "--weights",
+                        str(inputs["weights"]), *extra, api=prefect_server)
+    tmp_path.chmod(0o700)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    expected = {"file": "is a file, not a folder", "read_only": "permission denied", "full": "GB free",
+                "workers": "must be at least 1"}[case]
+    assert expected in " ".join(result.stderr.split())
