@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_segment import bench_cli, make_series  # noqa: E402
 
 from cohort.pipeline import STAGES  # noqa: E402
-from cohort.segment import load_model_spec  # noqa: E402
+from cohort.segmentation import load_model_spec  # noqa: E402
 from cohort.testing.weights import build_weights  # noqa: E402
 
 

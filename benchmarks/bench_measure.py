@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from cohort.config import load_class_map
-from cohort.measure import measure_structures
+from cohort.measurement import measure_structures
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cohort" / "examples"
 SHAPE = (512, 512, 300)

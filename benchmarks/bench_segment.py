@@ -23,9 +23,9 @@ import nibabel as nib
 import numpy as np
 
 from cohort.ingest import load_ct
-from cohort.segment import get_segmenter, load_model_spec
+from cohort.segmentation import get_segmenter, load_model_spec
 from cohort.testing.parity import compare, run_totalsegmentator, totalsegmentator_env
-from cohort.segment.registry import model_class_map
+from cohort.segmentation.registry import model_class_map
 from cohort.testing.weights import build_weights
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cohort" / "examples"

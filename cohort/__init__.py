@@ -11,8 +11,8 @@ The public Python API (:mod:`cohort.api`), the same as the command line::
 
 A series flows through the stages named by the subpackages::
 
-    manifest row -> ingest (Volume) -> segment | read labels (LabelMap)
-                 -> store the label map (Zarr) -> measure (features + QC) -> Parquet rows
+    manifest row -> ingest (Volume) -> segmentation | read labels (LabelMap)
+                 -> store the label map (Zarr) -> measurement (features + QC) -> Parquet rows
 
 ``cohort.pipeline.process_series`` chains them for one series; ``cohort.flows`` schedules it.
 """

@@ -22,14 +22,21 @@ Run a manifest and read the results back (tables as pandas, and DuckDB views):
 >>> out = Path(tempfile.mkdtemp()) / "results"
 >>> summary = api.run(example_manifest(), out, workers=1)  # doctest: +SKIP
 >>> results = api.open_results(out)  # doctest: +SKIP
->>> results.sql("SELECT count(*) FROM features WHERE status = 'ok'").fetchone()  # doctest: +SKIP
+>>> results.sql("SELECT count(*) FROM features WHERE status = 'ok'").fetchall()  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shlex
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pandas as pd
 
@@ -41,8 +48,70 @@ from cohort.provenance import LABELS_MODEL
 if TYPE_CHECKING:
     import duckdb
 
+    from cohort.pipeline import SeriesResult
+    from cohort.driver import PreparedRun, RunSummary
+    from cohort.signals import StopRequest
+
 PathLike = str | Path
 AGING_FOLDER = "aging"
+
+
+def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLike | None = None,
+        config: PathLike | None = None, cluster: str = "local", workers: int | None = None,
+        recompute: str | None = None, on_start: Callable[["PreparedRun", str], None] | None = None,
+        on_result: Callable[["SeriesResult"], None] | None = None) -> "RunSummary":
+    """Segment and measure every series of ``manifest`` into ``out``: exactly ``cohort run``.
+
+    One run per output folder at a time (a second raises ``OutputLocked``), done rows are
+    skipped, and rows made with other settings or from changed files are refused unless
+    ``recompute="changed"``. Everything that stops a run before it starts raises
+    :class:`~cohort.errors.RunCannotStart` (the CLI's exit code 2). ``summary.exit_code`` is
+    the CLI's: 0 all done, 1 some rows failed (``summary.failures``), 130/143 when SIGINT or
+    SIGTERM (Ctrl-C, a notebook's interrupt) stopped it, finished rows saved.
+
+    ``on_start(prepared_run, prefect_description)`` is called once the plan is known (before
+    any series runs) and ``on_result(series_result)`` as each series finishes: the CLI draws its
+    progress with them.
+    """
+    from cohort.flows.prefect_api import prefect_api
+    from cohort.flows.run_flow import run_cohort_flow
+    from cohort.driver import BatchWriter, RunRequest, finish_run, prepare_run
+    from cohort.store import OutputLayout, exclusive_output
+
+    request = RunRequest(manifest=manifest, out=out, model=model, weights=weights, config=config, cluster=cluster,
+                         workers=workers, recompute=recompute)
+    with _stop_requests() as stop, prefect_api() as prefect:
+        with exclusive_output(OutputLayout(request.out.resolve()).lock, _command_line()):
+            prepared = prepare_run(request)
+            if on_start is not None:
+                on_start(prepared, prefect.description)
+            if prepared.plan.todo and not stop.is_set():
+                with prefect.connected():
+                    summary = run_cohort_flow(prepared, on_result, stop)
+            else:  # nothing left: no flow, no cluster, so a finished manifest reruns in seconds
+                summary = finish_run(prepared, BatchWriter.for_run(prepared), time.perf_counter())
+    if stop.is_set():
+        return dataclasses.replace(summary, stopped_by=int(stop.signal), in_flight_dropped=stop.in_flight_dropped)
+    return summary
+
+
+@contextmanager
+def _stop_requests() -> Iterator["StopRequest"]:
+    """SIGINT/SIGTERM stop the run cleanly when it runs in the main thread (CLI, notebook)."""
+    from cohort.signals import StopRequest, stop_on_signals
+
+    if threading.current_thread() is threading.main_thread():
+        with stop_on_signals() as stop:
+            yield stop
+    else:
+        yield StopRequest()
+
+
+def _command_line() -> str:
+    """What the lock file shows to a second run: the command, or the Python caller."""
+    if Path(sys.argv[0]).name in ("cohort", "cli.py", "__main__.py"):
+        return "cohort " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"cohort.run() from {sys.argv[0] or 'python'} (pid {os.getpid()})"
 
 
 def measure(ct: PathLike, labels: PathLike, config: PathLike | None = None, series_id: str | None = None
@@ -69,7 +138,7 @@ def segment(ct: PathLike, model: str = "fast", weights: PathLike | None = None, 
 
     >>> import tempfile
     >>> from cohort.testing.weights import build_weights
-    >>> from cohort.segment import load_model_spec
+    >>> from cohort.segmentation import load_model_spec
     >>> from cohort.manifest import example_manifest
     >>> weights = Path(tempfile.mkdtemp())
     >>> _ = build_weights(load_model_spec("fast"), weights, "small", seed=0)  # random weights, for the example
@@ -77,13 +146,13 @@ def segment(ct: PathLike, model: str = "fast", weights: PathLike | None = None, 
     >>> label_map.labels.shape, label_map.labels.dtype.name
     ((122, 101, 30), 'uint8')
     """
-    from cohort.run import RunRequest, resolve_model
+    from cohort.driver import RunRequest, resolve_model
 
     request = RunRequest(manifest=Path("."), out=Path("."), model=model,
                          weights=Path(weights) if weights is not None else None)
     settings = MeasureSettings.from_config(load_run_config())
     resolved = resolve_model(request, settings, needs_weights=True)
-    from cohort.segment import get_segmenter
+    from cohort.segmentation import get_segmenter
 
     segmenter = get_segmenter(resolved.spec, resolved.weights_dir, device)
     return segmenter.segment(load_ct(Path(ct))).label_map

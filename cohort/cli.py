@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cohort.errors import RunCannotStart
@@ -21,6 +22,7 @@ from cohort.manifest import example_manifest
 
 console = Console(stderr=True)
 MAX_FAILURES_LISTED = 20
+MAX_REASONS_LISTED = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster", choices=("local", "cuda", "slurm"), default="local")
     run.add_argument("--workers", type=positive_int,
                      help="Dask workers (local: default usable CPUs // execution.threads_per_worker)")
+    run.add_argument("--recompute", choices=("changed",),
+                     help="changed: recompute the done rows whose model, weights, measurement settings or input "
+                          "files changed (otherwise such a rerun stops and names what changed)")
 
     stats = commands.add_parser("stats", help="run the aging study on a results folder")
     stats.add_argument("--results", type=Path, required=True)
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except RunCannotStart as error:
-        console.print(f"[bold red]cohort {args.command}: cannot start:[/] {error}", highlight=False)
+        console.print(f"[bold red]cohort {args.command}: cannot start:[/] {escape(str(error))}", highlight=False,
+                      soft_wrap=True)
         return 2
 
 
@@ -96,81 +102,96 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """SIGINT/SIGTERM stop the run cleanly (finished results saved, exit 130/143); see cohort.signals.
-
-    The Prefect server (unless PREFECT_API_URL names one) starts first, so that it boots while
-    the manifest is read and the cluster starts.
-    """
-    from cohort.flows.prefect_api import prefect_api
-    from cohort.signals import stop_on_signals
+    """``cohort.api.run`` with a progress display; SIGINT/SIGTERM stop cleanly (exit 130/143)."""
+    from cohort.api import run
 
     started = time.perf_counter()
-    command = "cohort " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with stop_on_signals() as stop, prefect_api() as api:
-        from cohort.run import RunRequest, prepare_run
-        from cohort.store import OutputLayout, exclusive_output
-
-        request = RunRequest(manifest=args.manifest, out=args.out, model=args.model, weights=args.weights,
-                             config=args.config, cluster=args.cluster, workers=args.workers)
-        with exclusive_output(OutputLayout(args.out.resolve()).lock, command):
-            run = prepare_run(request)
-            console.print(f"[bold]{len(run.plan.todo)}[/] series to process, "
-                          f"{len(run.plan.already_done)} already done in {run.layout.root} "
-                          f"(Prefect: {api.description})", highlight=False, soft_wrap=True)
-            if run.plan.todo and not stop.is_set():
-                with api.connected():
-                    summary = _run_with_progress(run, stop)
-            else:
-                summary = _finish_without_work(run)
-    if stop.is_set():
-        console.print(f"[bold]cohort run:[/] interrupted ({stop.signal.name}); {summary.n_done} series done and saved"
-                      f"{f', {summary.n_failed} failed' if summary.n_failed else ''}, {stop.in_flight_dropped} in "
-                      "flight dropped; rerun the same command to resume", highlight=False, soft_wrap=True)
-        return stop.exit_code
-    _print_summary(summary, time.perf_counter() - started)
+    progress = RunProgress()
+    try:
+        summary = run(args.manifest, args.out, model=args.model, weights=args.weights, config=args.config,
+                      cluster=args.cluster, workers=args.workers, recompute=args.recompute,
+                      on_start=progress.start, on_result=progress.advance)
+    finally:
+        progress.close()
+    if summary.stopped_by is not None:
+        name = signal.Signals(summary.stopped_by).name
+        failed = f", {summary.n_failed} failed" if summary.n_failed else ""
+        console.print(f"[bold]cohort run:[/] interrupted ({name}); {summary.n_done} series done and saved{failed}, "
+                      f"{summary.in_flight_dropped} in flight dropped; rerun the same command to resume",
+                      highlight=False, soft_wrap=True)
+    else:
+        _print_summary(summary, time.perf_counter() - started)
     return summary.exit_code
 
 
-def _finish_without_work(run):
-    """Nothing left to do: no Prefect flow, no cluster, so a finished manifest reruns in seconds."""
-    from cohort.run import BatchWriter, finish_run
+class RunProgress:
+    """The run's first line, then a progress bar on a terminal or a log line a minute otherwise
+    (sbatch, nohup, output to a file: :class:`cohort.progress.ProgressLog`)."""
 
-    return finish_run(run, BatchWriter.for_run(run), time.perf_counter())
+    def __init__(self) -> None:
+        self._display: Progress | None = None
+        self._log = None
+        self._bar = None
+        self._failed = 0
+
+    def start(self, run, prefect: str) -> None:
+        from cohort.progress import ProgressLog
+
+        plan = run.plan
+        console.print(f"[bold]{len(plan.todo)}[/] series to process, {len(plan.already_done)} already done in "
+                      f"{run.layout.root} (Prefect: {prefect})", highlight=False, soft_wrap=True)
+        for line in _plan_notes(plan):
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+        if not plan.todo:
+            return
+        if console.is_terminal:
+            columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn())
+            self._display = Progress(*columns, console=console, transient=False)
+            self._bar = self._display.add_task("series", total=len(plan.todo), failed=0)
+            self._display.start()
+        else:
+            self._log = ProgressLog(len(plan.todo), write=lambda line: console.print(line, highlight=False,
+                                                                                    soft_wrap=True)).__enter__()
+
+    def advance(self, result) -> None:
+        self._failed += not result.done
+        if self._display is not None:
+            self._display.update(self._bar, advance=1, failed=self._failed)
+        elif self._log is not None:
+            self._log(result)
+
+    def close(self) -> None:
+        if self._display is not None:
+            self._display.stop()
+        if self._log is not None:
+            self._log.__exit__(None, None, None)
+        self._display = self._log = None
 
 
-def _run_with_progress(run, stop):
-    """A progress bar on a terminal; a log line a minute otherwise (sbatch, nohup: cohort.progress)."""
-    from cohort.flows.run_flow import cohort_run
-    from cohort.progress import ProgressLog
-
-    if not console.is_terminal:
-        def write(line: str) -> None:
-            console.print(line, highlight=False, soft_wrap=True)
-
-        with ProgressLog(len(run.plan.todo), write=write) as log_line:
-            return cohort_run(run, on_result=log_line, stop=stop)
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("series", total=len(run.plan.todo), failed=0)
-        failed = 0
-
-        def advance(result) -> None:
-            nonlocal failed
-            failed += not result.done
-            progress.update(bar, advance=1, failed=failed)
-
-        return cohort_run(run, on_result=advance, stop=stop)
+def _plan_notes(plan) -> list[str]:
+    """What the plan does besides processing: recomputed, redone, rewritten, no longer listed."""
+    notes = []
+    if plan.changed and len(plan.changed) <= len(plan.todo):
+        notes.append(f"{len(plan.changed)} done series recomputed (--recompute changed)")
+    if plan.redo:
+        notes.append(f"{len(plan.redo)} done series redone: their features or label map were missing")
+    if plan.metadata_updates:
+        notes.append(f"{len(plan.metadata_updates)} rows updated from manifest edits (age, sex, covariates, line)")
+    if plan.not_in_manifest:
+        notes.append(f"{len(plan.not_in_manifest)} series in the results are not in this manifest: kept, marked "
+                     "in_manifest = false, left out of the aging study")
+    return notes
 
 
 def _print_summary(summary, wall_seconds: float) -> None:
     failed = f"[red]{summary.n_failed} failed[/]" if summary.n_failed else "0 failed"
     console.print(f"[bold]cohort run:[/] {summary.n_done} done, {failed}, {summary.n_skipped} skipped (done before) "
-                  f"in {wall_seconds:.1f} s ({summary.seconds:.1f} s in the flow)", highlight=False)
+                  f"in {wall_seconds:.1f} s ({summary.seconds:.1f} s in the flow)", highlight=False, soft_wrap=True)
     for name, path in (("features", "features"), ("series", "series"), ("label maps", "labels.zarr")):
         console.print(f"  {name + ':':12s}{summary.out / path}", highlight=False, soft_wrap=True)
     for failure in summary.failures[:MAX_FAILURES_LISTED]:
-        console.print(f"  [red]failed[/] line {failure['manifest_line']}: {failure['error']}", highlight=False,
+        console.print(f"  [red]failed[/] line {failure.manifest_line}: {escape(failure.error or '')}", highlight=False,
                       soft_wrap=True)
     if summary.n_failed > MAX_FAILURES_LISTED:
         console.print(f"  ... and {summary.n_failed - MAX_FAILURES_LISTED} more: see {summary.out / 'series'} "
@@ -195,13 +216,22 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def _require_tables(results: Path) -> None:
-    for table in ("features", "series"):
-        if not any((results / table).glob("*.parquet")):
-            raise RunCannotStart(f"{results / table}: no Parquet table here; run `cohort run --out {results}` first")
+    """Stats need measured series; when every series failed, say why instead of "run first"."""
+    if not any((results / "series").glob("*.parquet")):
+        raise RunCannotStart(f"{results / 'series'}: no Parquet table here; run `cohort run --out {results}` first")
+    if not any((results / "features").glob("*.parquet")):
+        import pandas as pd
+
+        failed = pd.read_parquet(results / "series", columns=["status", "error"]).query("status == 'failed'")
+        reasons = failed["error"].str.split(": ", n=1).str[-1].value_counts().head(MAX_REASONS_LISTED)
+        lines = [f"no series in {results} was measured: {len(failed)} failed. Most common reasons:"]
+        lines += [f"  {n} x {reason}" for reason, n in reasons.items()]
+        lines.append(f"Fix the inputs, rerun `cohort run --out {results}` (failed rows are retried), then this command.")
+        raise RunCannotStart("\n".join(lines))
 
 
 def models_command(args: argparse.Namespace) -> int:
-    from cohort.segment import models_report
+    from cohort.segmentation import models_report
 
     print(models_report(args.weights))
     return 0

@@ -25,15 +25,15 @@ from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_c
 from cohort.errors import SeriesError
 from cohort.ingest import InputName, LabelMap, Volume, align_labels, load_ct, load_label_nifti
 from cohort.manifest import SeriesSpec, Subject, subject_or_empty, validate_subject
-from cohort.measure import StructureMeasurements, measure_structures, qc_status
-from cohort.measure.qc import OK
+from cohort.measurement import StructureMeasurements, measure_structures, qc_status
+from cohort.measurement.qc import OK
 from cohort.provenance import LABELS_MODEL, RunKey, digest, input_fingerprint, measurement_digest
 from cohort.store.records import DONE, FAILED, SeriesRecord
 from cohort.store.tables import FEATURES_SCHEMA
 from cohort.store.zarr_labels import complete_label_map, write_label_map
 
 if TYPE_CHECKING:
-    from cohort.segment import ModelSpec
+    from cohort.segmentation import ModelSpec
 
 log = logging.getLogger(__name__)
 STAGES = ("ingest", "load_model", "segment", "measure", "store")
@@ -174,7 +174,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
 
 def load_segmenter(model: ResolvedModel | None, device: str):
     """The run's model; loaded on a worker's first series, then reused (a cached instance)."""
-    from cohort.segment import get_segmenter
+    from cohort.segmentation import get_segmenter
 
     if model is None:
         raise SeriesError("no model was resolved for this run")

@@ -7,6 +7,7 @@ server); per-batch writes are Prefect tasks, per-series work is plain Dask futur
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import dask
@@ -15,8 +16,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from cohort.errors import OutputWriteFailed, RunCannotStart
 from cohort.pipeline import SeriesResult
-from cohort.run import BatchWriter, PreparedRun, RunSummary, finish_run
+from cohort.driver import BatchWriter, PreparedRun, RunSummary, finish_run
 from cohort.flows.clusters import open_client
 from cohort.flows.dispatch import run_series
 from cohort.signals import WORKER_PRELOAD, StopRequest
@@ -24,18 +26,43 @@ from cohort.signals import WORKER_PRELOAD, StopRequest
 
 def record_failures(summary: RunSummary) -> None:
     """A table artifact of the failed series, shown on the flow run's page in the Prefect UI."""
-    create_table_artifact(key="failed-series", table=[{k: str(v) for k, v in f.items()} for f in summary.failures[:1000]],
+    create_table_artifact(key="failed-series", table=[{"series_id": f.series_id, "manifest_line": str(f.manifest_line), "error": str(f.error)}
+                                 for f in summary.failures[:1000]],
                           description=f"{summary.n_failed} failed series; rerun the same command to retry them")
 
 
 @task(name="write-batch", cache_policy=NO_CACHE)
-def write_batch(writer: BatchWriter) -> None:
-    writer.flush()
+def write_batch(writer: BatchWriter) -> OutputWriteFailed | None:
+    """Commit the pending batch; a failed write comes back as a value (a task that raises is a
+    crash report in Prefect's log), and the flow stops with its message."""
+    try:
+        writer.flush()
+    except OutputWriteFailed as error:
+        return error
+    return None
+
+
+@dataclass(frozen=True)
+class StoppedEarly:
+    """What the flow returns instead of raising when the run cannot go on (no worker starts, a
+    SLURM job can never run, the output cannot be written): a clean message, not a Prefect crash
+    report with a traceback."""
+
+    error: RunCannotStart
+
+
+def run_cohort_flow(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None,
+                    stop: StopRequest | None = None) -> RunSummary:
+    """Run the flow; raise :class:`RunCannotStart` (exit 2) when it stopped early."""
+    outcome = cohort_run(run, on_result, stop)
+    if isinstance(outcome, StoppedEarly):
+        raise outcome.error
+    return outcome
 
 
 @flow(name="cohort-run", flow_run_name="{run.run_id}", validate_parameters=False)
 def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None,
-               stop: StopRequest | None = None) -> RunSummary:
+               stop: StopRequest | None = None) -> RunSummary | StoppedEarly:
     """Process ``run.plan.todo`` on the requested cluster; return the run's summary.
 
     When ``stop`` is set (SIGINT/SIGTERM) the dispatch ends early, every finished result is
@@ -44,10 +71,23 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
     if stop is not None:
         stop.reclaim()
     logger = get_run_logger()
-    started = time.perf_counter()
-    execution = run.config.execution
     writer = BatchWriter.for_run(run)
     logger.info("%d series to process, %d already done", len(run.plan.todo), len(run.plan.already_done))
+    try:
+        summary = _process(run, writer, logger, on_result, stop)
+    except RunCannotStart as error:
+        logger.warning("stopped early: %s", error)
+        return StoppedEarly(error)
+    if summary.failures:
+        record_failures(summary)
+    logger.info("done %d, failed %d, skipped %d in %.1f s", summary.n_done, summary.n_failed, summary.n_skipped,
+                summary.seconds)
+    return summary
+
+
+def _process(run: PreparedRun, writer: BatchWriter, logger, on_result, stop: StopRequest | None) -> RunSummary:
+    started = time.perf_counter()
+    execution = run.config.execution
     dashboard = None
     if run.plan.todo:
         with dask.config.set({"distributed.worker.preload": [WORKER_PRELOAD]}), \
@@ -60,21 +100,18 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
                 if on_result is not None:
                     on_result(result)
                 if not result.done:
-                    logger.warning("series failed: %s", result.row["error"])
+                    logger.warning("series failed: %s", result.record.error)
                 flush_if_due()
 
             def flush_if_due() -> None:
                 if writer.should_flush():
-                    write_batch(quote(writer))
+                    failed = write_batch(quote(writer))
+                    if failed is not None:
+                        raise failed
 
             dropped = run_series(client, run.plan.todo, run.context, execution, record, on_idle=flush_if_due,
                                  stop=stop.event if stop is not None else None)
             if stop is not None and stop.is_set():
                 stop.in_flight_dropped = dropped
                 logger.info("interrupted (%s): %d series in flight dropped", stop.signal.name, dropped)
-    summary = finish_run(run, writer, started, dashboard)
-    if summary.failures:
-        record_failures(summary)
-    logger.info("done %d, failed %d, skipped %d in %.1f s", summary.n_done, summary.n_failed, summary.n_skipped,
-                summary.seconds)
-    return summary
+    return finish_run(run, writer, started, dashboard)

@@ -17,7 +17,7 @@ from cohort.config import IngestConfig, load_run_config
 from cohort.errors import ConfigError, SeriesError
 from cohort.ingest import InputName, align_labels, load_ct, load_label_nifti
 from cohort.ingest.padding import AIR_HU
-from cohort.measure import measure_structures
+from cohort.measurement import measure_structures
 
 CT, LABELS = "example_ct_sm.nii.gz", "example_seg_fast.nii.gz"
 N_LABELS = 118

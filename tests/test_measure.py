@@ -11,7 +11,7 @@ import pytest
 
 from cohort.config import load_class_map
 from cohort.ingest import align_labels, load_ct, load_label_nifti
-from cohort.measure import measure_structures
+from cohort.measurement import measure_structures
 
 
 def test_reproduces_totalsegmentator_statistics(examples: Path) -> None:

@@ -19,7 +19,7 @@ import nibabel as nib
 import pandas as pd
 import pytest
 
-from cohort.segment import load_model_spec
+from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
 from testkit import cli_env, cohort_cli, write_manifest
 

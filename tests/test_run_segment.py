@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cohort.ingest import load_ct
-from cohort.segment import load_model_spec
+from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
 from cohort.store import read_label_map
 from testkit import cohort_cli, write_manifest

@@ -109,7 +109,7 @@ def test_slurm_memory_allocation_caps_memory() -> None:
 def _worker_threads() -> tuple[str, str, int]:
     import torch
 
-    from cohort.segment.segmenter import use_thread_share
+    from cohort.segmentation.segmenter import use_thread_share
 
     use_thread_share()
     return os.environ["OMP_NUM_THREADS"], os.environ["COHORT_TORCH_THREADS"], torch.get_num_threads()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cohort.ingest import Volume, load_ct
-from cohort.segment import ModelSpec, load_model_spec
+from cohort.segmentation import ModelSpec, load_model_spec
 from cohort.testing.weights import build_weights
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "cohort" / "examples"

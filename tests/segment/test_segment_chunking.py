@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cohort.segment.chunking import ChunkTooLarge, overlap_slices, plan_chunks, predict_in_chunks
+from cohort.segmentation.chunking import ChunkTooLarge, overlap_slices, plan_chunks, predict_in_chunks
 
 
 @pytest.mark.parametrize("nz, max_slices, overlap", [(100, 60, 10), (900, 300, 34), (57, 20, 3), (10, 10, 2)])

@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cohort.segment import get_segmenter
+from cohort.segmentation import get_segmenter
 from cohort.testing.parity import compare, run_totalsegmentator, totalsegmentator_env
-from cohort.segment.registry import model_class_map
+from cohort.segmentation.registry import model_class_map
 
 pytest.importorskip("totalsegmentator")
 

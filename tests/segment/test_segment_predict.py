@@ -11,9 +11,9 @@ import pytest
 
 from cohort.errors import SeriesError
 from cohort.ingest import Volume
-from cohort.segment import Segmenter, get_segmenter
-from cohort.segment.registry import ChunkSpec, model_class_map
-from cohort.segment.segmenter import resolve_device
+from cohort.segmentation import Segmenter, get_segmenter
+from cohort.segmentation.registry import ChunkSpec, model_class_map
+from cohort.segmentation.segmenter import resolve_device
 
 
 def _check_on_input_grid(volume: Volume, labels: np.ndarray, affine: np.ndarray, spec) -> None:

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from cohort.errors import ConfigError
-from cohort.segment import known_models, load_model_spec
-from cohort.segment.merge import label_lookup, merge_into
-from cohort.segment.registry import MODELS_DIR, model_class_map, network_classes
+from cohort.segmentation import known_models, load_model_spec
+from cohort.segmentation.merge import label_lookup, merge_into
+from cohort.segmentation.registry import MODELS_DIR, model_class_map, network_classes
 
 
 def test_shipped_models_load():

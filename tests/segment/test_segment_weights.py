@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cohort.errors import RunCannotStart
-from cohort.segment import check_model_ready, models_report, resolve_weights_dir
-from cohort.segment.weights import checkpoint_path, network_folder
+from cohort.segmentation import check_model_ready, models_report, resolve_weights_dir
+from cohort.segmentation.weights import checkpoint_path, network_folder
 
 
 def test_resolution_order(monkeypatch, tmp_path):

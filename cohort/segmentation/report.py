@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from cohort.errors import ConfigError
-from cohort.segment.registry import known_models, load_model_spec
-from cohort.segment.weights import fetch_commands, network_status, resolve_weights_dir
+from cohort.segmentation.registry import known_models, load_model_spec
+from cohort.segmentation.weights import fetch_commands, network_status, resolve_weights_dir
 
 
 def models_report(weights_dir: Path | None) -> str:

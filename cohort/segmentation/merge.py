@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cohort.config import ClassMap
-from cohort.segment.registry import NetworkSpec, network_classes
+from cohort.segmentation.registry import NetworkSpec, network_classes
 
 
 def label_lookup(network: NetworkSpec, model_classes: ClassMap) -> np.ndarray:

@@ -94,9 +94,9 @@ def prepare_run(request: RunRequest) -> PreparedRun:
 def resolve_model(request: RunRequest, measure: MeasureSettings, needs_weights: bool) -> ResolvedModel | None:
     """``--model`` must name a registered model whose classes the measurement class map knows;
     its weights must be there when a row needs them. Resolved once, here, for every worker."""
-    from cohort.segment import check_model_ready, load_model_spec, resolve_weights_dir
-    from cohort.segment.registry import model_class_map, model_config_digest
-    from cohort.segment.weights import weights_fingerprint
+    from cohort.segmentation import check_model_ready, load_model_spec, resolve_weights_dir
+    from cohort.segmentation.registry import model_class_map, model_config_digest
+    from cohort.segmentation.weights import weights_fingerprint
 
     spec = load_model_spec(request.model)
     check_class_maps_agree(model_class_map(spec).names, measure, spec.source)
@@ -213,9 +213,14 @@ class RunSummary:
     failures: list[SeriesRecord]
     dashboard: str | None = None
     not_in_manifest: int = 0
+    stopped_by: int | None = None
+    in_flight_dropped: int = 0
 
     @property
     def exit_code(self) -> int:
+        """0 every row done, 1 some failed, 128 + signal number when a signal stopped the run."""
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
         return 1 if self.n_failed else 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cohort.measure.features import StructureMeasurements
+from cohort.measurement.features import StructureMeasurements
 
 OK, ABSENT, FOV_TRUNCATED, BELOW_LOWER_BOUND = "ok", "absent", "fov_truncated", "below_lower_bound"
 STATUSES = (OK, ABSENT, FOV_TRUNCATED, BELOW_LOWER_BOUND)

@@ -11,9 +11,9 @@ Inference follows TotalSegmentator (Wasserthal et al. 2023, Apache-2.0); see doc
 
 from typing import Any
 
-from cohort.segment.registry import ModelSpec, NetworkSpec, known_models, load_model_spec
-from cohort.segment.report import models_report
-from cohort.segment.weights import check_model_ready, resolve_weights_dir
+from cohort.segmentation.registry import ModelSpec, NetworkSpec, known_models, load_model_spec
+from cohort.segmentation.report import models_report
+from cohort.segmentation.weights import check_model_ready, resolve_weights_dir
 
 _NEEDS_TORCH = ("Segmentation", "Segmenter", "get_segmenter")
 
@@ -21,7 +21,7 @@ _NEEDS_TORCH = ("Segmentation", "Segmenter", "get_segmenter")
 def __getattr__(name: str) -> Any:
     """Import the segmenter (torch, nnU-Net) only when it is used, not to check a model name."""
     if name in _NEEDS_TORCH:
-        from cohort.segment import segmenter
+        from cohort.segmentation import segmenter
 
         return getattr(segmenter, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

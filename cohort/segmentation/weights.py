@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cohort.errors import RunCannotStart
 from cohort.provenance import checkpoint_digest, digest, file_digest
-from cohort.segment.registry import ModelSpec, NetworkSpec, network_classes
+from cohort.segmentation.registry import ModelSpec, NetworkSpec, network_classes
 
 SPACING_TOLERANCE_MM = 1e-3
 

@@ -1,7 +1,7 @@
 """One nnU-Net network, loaded once and run on (x, y, z) arrays through nnU-Net's own predictor.
 
 The folder is read as ``initialize_from_trained_model_folder`` reads it (see
-:mod:`cohort.segment.nnunet_folder`); settings are TotalSegmentator's: fold 0,
+:mod:`cohort.segmentation.nnunet_folder`); settings are TotalSegmentator's: fold 0,
 ``checkpoint_final.pth``, sliding window with step 0.8, Gaussian weighting, no mirroring,
 everything on the device when it is a GPU. nnU-Net
 works in (c, z, y, x); the arrays here are nibabel's (x, y, z), so image and spacing are
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cohort.segment.chunking import plan_chunks, predict_in_chunks
-from cohort.segment.nnunet_folder import load_folder
-from cohort.segment.registry import ModelSpec
+from cohort.segmentation.chunking import plan_chunks, predict_in_chunks
+from cohort.segmentation.nnunet_folder import load_folder
+from cohort.segmentation.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ import torch
 
 from cohort.errors import RunCannotStart, SeriesError
 from cohort.ingest.volume import LabelMap, Volume
-from cohort.segment.chunking import ChunkTooLarge, overlap_slices
-from cohort.segment.merge import label_lookup, merge_into
-from cohort.segment.predictor import NetworkPredictor
-from cohort.segment.registry import ModelSpec, model_class_map
-from cohort.segment.resample import resample_image, resample_labels, to_canonical, to_native
-from cohort.segment.weights import check_model_ready, network_folder
+from cohort.segmentation.chunking import ChunkTooLarge, overlap_slices
+from cohort.segmentation.merge import label_lookup, merge_into
+from cohort.segmentation.predictor import NetworkPredictor
+from cohort.segmentation.registry import ModelSpec, model_class_map
+from cohort.segmentation.resample import resample_image, resample_labels, to_canonical, to_native
+from cohort.segmentation.weights import check_model_ready, network_folder
 
 log = logging.getLogger(__name__)
 
