@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cohort.errors import RunCannotStart
+from cohort.errors import OutputWriteFailed, RunCannotStart
 from cohort.manifest import example_manifest
 
 console = Console(stderr=True)
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except RunCannotStart as error:
-        console.print(f"[bold red]cohort {args.command}: cannot start:[/] {escape(str(error))}", highlight=False,
+        what = "stopped" if isinstance(error, OutputWriteFailed) else "cannot start"
+        console.print(f"[bold red]cohort {args.command}: {what}:[/] {escape(str(error))}", highlight=False,
                       soft_wrap=True)
         return 2
 

@@ -76,7 +76,7 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
     try:
         summary = _process(run, writer, logger, on_result, stop)
     except RunCannotStart as error:
-        logger.warning("stopped early: %s", error)
+        logger.info("stopped early: %s", error)
         return StoppedEarly(error)
     if summary.failures:
         record_failures(summary)
