@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from cohort.errors import RunCannotStart
 from cohort.progress import format_duration
 from cohort.store import OutputLayout
+from cohort.store.lock import describe_holder
 from cohort.store.tables import part_files
 
 
@@ -127,14 +128,6 @@ def _lock_holder(lock: Path) -> tuple[bool, str | None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True, _describe_holder(handle.read())
+            return True, describe_holder(handle.read())
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False, None
-
-
-def _describe_holder(text: str) -> str:
-    try:
-        holder = json.loads(text)
-        return f"pid {holder['pid']} on {holder['host']} since {holder['started']}: {holder['command']}"
-    except (ValueError, KeyError, TypeError):
-        return "holder unknown"

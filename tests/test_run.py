@@ -20,16 +20,8 @@ from cohort.config import load_run_config
 from cohort.ingest import load_ct
 from cohort.pipeline import MeasureSettings, measure_series
 from cohort.store import read_label_map
-from testkit import cli_env, cohort_cli, write_manifest
+from testkit import cli_env, cohort_cli, result_tables, write_manifest
 
-STABLE_SERIES_COLUMNS = ["series_id", "age", "sex", "status", "error", "manifest_line", "model", "orientation",
-                         "measure_spacing_mm", "n_structures_ok"]
-
-
-def _tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    features = pd.read_parquet(out / "features").sort_values(["series_id", "label"]).reset_index(drop=True)
-    series = pd.read_parquet(out / "series")[STABLE_SERIES_COLUMNS].sort_values("series_id").reset_index(drop=True)
-    return features, series
 
 
 def _many_rows(examples: Path, tmp_path: Path, n: int) -> Path:
@@ -64,7 +56,7 @@ def reference_run(tmp_path_factory, examples: Path, small_batches: Path, prefect
     return manifest, out, result
 
 
-def test_example_manifest_gives_the_contract_tables(tmp_path: Path, examples: Path) -> None:
+def test_example_manifest_gives_the_contractresult_tables(tmp_path: Path, examples: Path) -> None:
     """The README's path: shipped example, embedded defaults, Prefect in ephemeral mode."""
     out = tmp_path / "results"
     result = cohort_cli("run", "--manifest", str(examples / "manifest.csv"), "--out", str(out))
@@ -85,11 +77,11 @@ def test_example_manifest_gives_the_contract_tables(tmp_path: Path, examples: Pa
     assert [row[:2] for row in duckdb.sql(query).fetchall()] == [("F", 1), ("M", 2)]
 
 
-def test_rerun_skips_done_rows_and_keeps_tables(reference_run, small_batches: Path, prefect_server: str) -> None:
+def test_rerun_skips_done_rows_and_keepsresult_tables(reference_run, small_batches: Path, prefect_server: str) -> None:
     manifest, out, first = reference_run
     assert first.returncode == 1, first.stderr  # the broken row
     assert "missing.nii.gz" in first.stderr
-    features, series = _tables(out)
+    features, series = result_tables(out)
     assert len(series) == 13 and (series["status"] == "done").sum() == 12
     parts = sorted(p.name for p in (out / "features").iterdir())
     started = time.perf_counter()
@@ -97,7 +89,7 @@ def test_rerun_skips_done_rows_and_keeps_tables(reference_run, small_batches: Pa
                        api=prefect_server)
     assert again.returncode == 1
     assert "1 series to process, 12 already done" in again.stderr.replace("\n", " ")
-    features_again, series_again = _tables(out)
+    features_again, series_again = result_tables(out)
     pd.testing.assert_frame_equal(features, features_again)
     pd.testing.assert_frame_equal(series, series_again)
     assert sorted(p.name for p in (out / "features").iterdir()) == parts
@@ -123,7 +115,7 @@ def test_sigkill_halfway_then_rerun_equals_uninterrupted(reference_run, tmp_path
     rerun = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(small_batches),
                        api=prefect_server)
     assert rerun.returncode == 1, rerun.stderr
-    for mine, reference in zip(_tables(out), _tables(reference_out)):
+    for mine, reference in zip(result_tables(out), result_tables(reference_out)):
         pd.testing.assert_frame_equal(mine, reference)
 
 
@@ -195,7 +187,7 @@ def test_features_can_be_recomputed_from_zarr(reference_run, examples: Path) -> 
     volume = load_ct(examples / "example_ct_dicom")
     recomputed = measure_series("dcm000", volume, stored, "labels",
                                 MeasureSettings.from_config(load_run_config())).to_pandas()
-    features, _ = _tables(out)
+    features, _ = result_tables(out)
     original = features[features["series_id"] == "dcm000"].reset_index(drop=True)
     pd.testing.assert_frame_equal(recomputed, original)
     np.testing.assert_allclose(stored.affine, volume.affine)

@@ -16,18 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from testkit import cli_env, cohort_cli, write_manifest
+from testkit import cli_env, cohort_cli, result_tables, write_manifest
 
 N_SERIES = 60
 STOP_WITHIN_S = 15.0
-STABLE_SERIES_COLUMNS = ["series_id", "age", "sex", "status", "error", "manifest_line", "model", "orientation",
-                         "measure_spacing_mm", "n_structures_ok"]
-
-
-def _tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    features = pd.read_parquet(out / "features").sort_values(["series_id", "label"]).reset_index(drop=True)
-    series = pd.read_parquet(out / "series")[STABLE_SERIES_COLUMNS].sort_values("series_id").reset_index(drop=True)
-    return features, series
 
 
 @pytest.fixture(scope="module")
@@ -85,5 +77,5 @@ def test_signal_to_the_process_group_stops_saves_and_resumes(stop_signal: signal
     rerun = cohort_cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{N_SERIES - len(saved)} series to process, {len(saved)} already done" in rerun.stderr.replace("\n", " ")
-    for resumed, reference in zip(_tables(out), _tables(uninterrupted)):
+    for resumed, reference in zip(result_tables(out), result_tables(uninterrupted)):
         pd.testing.assert_frame_equal(resumed, reference)

@@ -33,3 +33,16 @@ def cohort_cli(*args: str, api: str | None = None, timeout: float = 300, **kwarg
     env = cli_env(api)
     return subprocess.run([sys.executable, "-m", "cohort.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
+
+
+STABLE_SERIES_COLUMNS = ["series_id", "age", "sex", "status", "error", "manifest_line", "model", "orientation",
+                         "measure_spacing_mm", "n_structures_ok"]
+
+
+def result_tables(out: Path):
+    """``features`` and the run-independent columns of ``series``, sorted: equal for equal runs."""
+    import pandas as pd
+
+    features = pd.read_parquet(out / "features").sort_values(["series_id", "label"]).reset_index(drop=True)
+    series = pd.read_parquet(out / "series")[STABLE_SERIES_COLUMNS].sort_values("series_id").reset_index(drop=True)
+    return features, series

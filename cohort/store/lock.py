@@ -31,7 +31,7 @@ def exclusive_output(lock_path: Path, command: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise OutputLocked(f"{lock_path.parent} is in use by another cohort run ({_describe(handle.read())}); "
+            raise OutputLocked(f"{lock_path.parent} is in use by another cohort run ({describe_holder(handle.read())}); "
                                "wait for it to finish or stop it, then run again") from None
         handle.seek(0)
         handle.truncate()
@@ -43,7 +43,8 @@ def exclusive_output(lock_path: Path, command: str) -> Iterator[None]:
         handle.close()
 
 
-def _describe(text: str) -> str:
+def describe_holder(text: str) -> str:
+    """The lock file's JSON in words: pid, host, start time and command of the holder."""
     try:
         holder = json.loads(text)
         return f"pid {holder['pid']} on {holder['host']} since {holder['started']}: {holder['command']}"
