@@ -172,8 +172,6 @@ class Results:
 
     def sql(self, query: str) -> "duckdb.DuckDBPyRelation":
         """Run ``query`` over the views ``features``, ``series`` and ``aging_*``."""
-        if self.connection is None:
-            raise RuntimeError("DuckDB is not installed: pip install duckdb")
         return self.connection.sql(query)
 
 
@@ -204,11 +202,10 @@ def _with_covariate_columns(series: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([series.drop(columns="covariates"), expanded[new]], axis=1)
 
 
-def _duckdb_views(features: pd.DataFrame, series: pd.DataFrame, aging: dict[str, pd.DataFrame]):
-    try:
-        import duckdb
-    except ImportError:
-        return None
+def _duckdb_views(features: pd.DataFrame, series: pd.DataFrame, aging: dict[str, pd.DataFrame]
+                  ) -> "duckdb.DuckDBPyConnection":
+    import duckdb
+
     connection = duckdb.connect()
     for name, frame in {"features": features, "series": series,
                         **{f"aging_{key}": value for key, value in aging.items()}}.items():

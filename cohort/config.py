@@ -44,6 +44,7 @@ class ExecutionConfig:
     flush_interval_s: float = 60.0
     slurm_config: str = "slurm.yaml"
     min_free_gb: float = 1.0
+    prefetch: int = 1
     threads_per_worker: int = 1
     worker_memory_gb: float | None = None
 
@@ -135,12 +136,16 @@ def load_run_config(path: Path | None = None) -> RunConfig:
     return dataclasses.replace(config, source=str(source))
 
 
+ZERO_ALLOWED = ("retries", "border_voxels", "prefetch")
+
+
 def _check_positive(config: RunConfig, source: Path) -> None:
     for section in ("measure", "ingest", "execution"):
         for f in dataclasses.fields(getattr(config, section)):
             value = getattr(getattr(config, section), f.name)
-            if isinstance(value, (int, float)) and value < (0 if f.name in ("retries", "border_voxels") else 1e-9):
-                raise ConfigError(f"{source}: key '{section}.{f.name}' must be positive, got {value!r}")
+            if isinstance(value, (int, float)) and value < (0 if f.name in ZERO_ALLOWED else 1e-9):
+                lowest = ">= 0" if f.name in ZERO_ALLOWED else "positive"
+                raise ConfigError(f"{source}: key '{section}.{f.name}' must be {lowest}, got {value!r}")
 
 
 def config_file(name: str) -> Path:

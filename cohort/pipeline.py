@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from cohort.segmentation import ModelSpec
 
 log = logging.getLogger(__name__)
+NETWORK_LOCK = threading.Lock()
+"""One series at a time on a worker's network (and its device): with ``execution.prefetch`` > 0
+the worker's other series slots read, measure and store beside it, never a second forward pass
+competing for the same cores or GPU memory."""
 STAGES = ("ingest", "load_model", "segment", "measure", "store")
 
 
@@ -141,10 +146,11 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                 label_map = align_labels(volume, load_label_nifti(
                     InputName.in_manifest(spec.labels, spec.manifest, spec.line, column="labels"), context.ingest))
         if label_map is None:
-            with timer.stage("load_model"):
-                segmenter = load_segmenter(context.model, context.device)
-            with timer.stage("segment"):
-                label_map = segmenter.segment(volume).label_map
+            with NETWORK_LOCK:
+                with timer.stage("load_model"):
+                    segmenter = load_segmenter(context.model, context.device)
+                with timer.stage("segment"):
+                    label_map = segmenter.segment(volume).label_map
         if not reused:
             with timer.stage("store"):
                 try:

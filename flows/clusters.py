@@ -35,6 +35,13 @@ def dask_settings(execution: ExecutionConfig) -> dict[str, object]:
             "distributed.scheduler.worker-saturation": 1.0}
 
 
+def series_slots(execution: ExecutionConfig) -> int:
+    """Dask threads per worker: the series on the network plus ``execution.prefetch`` prepared
+    ahead (read, resampled) or finishing (restored, measured, stored) beside it. The network
+    stage itself runs one series at a time per worker (``cohort.pipeline.NETWORK_LOCK``)."""
+    return 1 + execution.prefetch
+
+
 @contextmanager
 def open_client(kind: str, workers: int | None, execution: ExecutionConfig) -> Iterator[Client]:
     """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit."""
@@ -80,7 +87,8 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
         resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb)
         log.info("local cluster: %s", resources.describe())
         with dask.config.set(resources.dask_config()):
-            cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=1, processes=True,
+            cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),
+                                   processes=True,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",
                                    silence_logs=logging.ERROR)
         n = resources.workers
@@ -89,7 +97,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
     elif kind == "cuda":
         from cohort.flows.cuda import check_pinning, cuda_cluster
 
-        cluster, devices = cuda_cluster(workers)
+        cluster, devices = cuda_cluster(workers, series_slots(execution))
         n = len(devices)
         start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"dask-cuda did not start {n} GPU worker(s) within "
                            f"{LOCAL_START_TIMEOUT_S:g} s", after=lambda client: check_pinning(client, devices))

@@ -257,3 +257,27 @@ def test_unusable_out_or_workers_stop_with_exit_2(case: str, inputs: dict[str, P
     expected = {"file": "is a file, not a folder", "read_only": "permission denied", "full": "GB free",
                 "workers": "must be at least 1"}[case]
     assert expected in " ".join(result.stderr.split())
+
+
+def test_prefetch_gives_the_same_tables(reference: Path, inputs: dict[str, Path], tmp_path: Path,
+                                        prefect_server: str) -> None:
+    """``execution.prefetch: 0`` (one series at a time) and the default (a second series slot per
+    worker beside the network) write identical tables."""
+    config = tmp_path / "serial.yaml"
+    config.write_text("execution:\n  prefetch: 0\n")
+    out = tmp_path / "serial"
+    assert _run(inputs, out, prefect_server, "--config", str(config)).returncode == 0
+    pd.testing.assert_frame_equal(_features(out), _features(reference))
+    stable = ["age", "sex", "status", "model", "n_structures_ok", "run_key", "input_fingerprint"]
+    pd.testing.assert_frame_equal(_series(out)[stable], _series(reference)[stable])
+
+
+def test_series_slots_per_worker_follow_prefetch() -> None:
+    from distributed import Client
+
+    from cohort.config import ExecutionConfig
+    from cohort.flows.clusters import open_client
+
+    for prefetch in (0, 2):
+        with open_client("local", 1, ExecutionConfig(prefetch=prefetch)) as client:
+            assert isinstance(client, Client) and list(client.nthreads().values()) == [1 + prefetch]
