@@ -1,14 +1,31 @@
-"""Read a folder holding one DICOM CT series: voxels (HU, x y z order), RAS affine, declared padding.
+"""Read one DICOM CT series: voxels (HU, x y z order), RAS affine, declared padding.
 
-SimpleITK/GDCM sorts the slices by position and applies RescaleSlope/RescaleIntercept. Before
-any pixel is read, one header (pydicom, pixels skipped) gives the slice size, so the series'
-voxel count is checked against ``ingest.max_voxels``, and its PixelPaddingValue. No other
-header field is kept: only voxels and geometry leave this module (patient data stays behind).
+The geometry is never taken on trust. Every file's header (pydicom, pixels skipped) gives its
+position, orientation, size and pixel spacing; :func:`slice_geometry` sorts the slices by
+their position along the slice normal (not by InstanceNumber) and refuses, with a reason that
+says so, what would make a volume silently wrong:
+
+- slices of different size, pixel spacing or orientation;
+- orientation vectors that are not orthogonal unit vectors;
+- gantry tilt (slices stacked at an angle to their normal): refused, not resampled;
+- two slices at one position, a missing slice (a gap above ``GAP_FACTOR`` x the median
+  spacing) or uneven spacing (a step off the median by more than ``SPACING_TOLERANCE``);
+- multi-frame (enhanced) images: refused (convert them with dcm2niix first).
+
+Pixels are read file by file with SimpleITK/GDCM (which decodes compressed transfer syntaxes),
+each slice with its own RescaleSlope/RescaleIntercept, and stacked in the sorted order; the
+affine is built from the headers. The series is the single series of a folder (GDCM,
+non-recursive) or, when a ``series_uid`` is given, every file under the folder, recursively,
+whose SeriesInstanceUID is that one: so a folder holding several series, or a series split over
+sub-folders, is read exactly. Only voxels and geometry leave this module (patient data stays).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -21,45 +38,197 @@ from cohort.ingest.names import InputName
 from cohort.ingest.padding import Padding, declared_padding
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-HEADER_TAGS = ("Rows", "Columns", "NumberOfFrames", "PixelRepresentation", "BitsAllocated", "RescaleSlope",
-               "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit")
+GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
+                 "NumberOfFrames")
+HEADER_TAGS = GEOMETRY_TAGS + ("SeriesInstanceUID", "SOPInstanceUID", "PixelRepresentation", "BitsAllocated",
+                               "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit")
+GAP_FACTOR = 1.5  # a step this many times the median spacing means missing slices
+SPACING_TOLERANCE = 0.05  # relative deviation of a step from the median spacing still called even
+SPACING_TOLERANCE_MM = 0.01  # absolute floor of that tolerance (positions are rounded in headers)
+ORTHOGONALITY_TOLERANCE = 1e-3  # of the dot product / norms of the orientation vectors
+TILT_TOLERANCE_DEG = 0.1  # angle between the slice normal and the line through the slice positions
+SAME_POSITION_MM = 1e-3
+UNREADABLE = (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError)
 
 
-def read_ct_dicom(source: Path | InputName,
-                  limits: IngestConfig = IngestConfig()) -> tuple[np.ndarray, np.ndarray, Padding | None]:
-    """The voxels, affine and declared padding of the single DICOM series in a folder."""
+class GeometryProblem(ValueError):
+    """Why a set of slices is not one evenly spaced 3-D volume (a one-line reason)."""
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """The geometry of one image file, in DICOM's patient coordinates (LPS, mm)."""
+
+    file: str
+    position: tuple[float, float, float]
+    orientation: tuple[float, float, float, float, float, float]
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float]  # between rows, between columns
+    frames: int = 1
+
+    @classmethod
+    def of(cls, dataset: pydicom.Dataset, file: str) -> "SliceHeader":
+        """The geometry fields of ``dataset``; :class:`GeometryProblem` when one is missing."""
+        missing = [tag for tag in GEOMETRY_TAGS[:5] if dataset.get(tag) in (None, "")]
+        frames = int(dataset.get("NumberOfFrames") or 1)
+        if missing and frames > 1:
+            raise GeometryProblem(_multi_frame_reason(frames))
+        if missing:
+            raise GeometryProblem(f"image has no {'/'.join(missing)}; not a cross-sectional slice")
+        try:
+            return cls(file=file, position=tuple(float(v) for v in dataset.ImagePositionPatient),
+                       orientation=tuple(float(v) for v in dataset.ImageOrientationPatient),
+                       rows=int(dataset.Rows), columns=int(dataset.Columns),
+                       pixel_spacing=tuple(float(v) for v in dataset.PixelSpacing), frames=frames)
+        except (TypeError, ValueError):
+            raise GeometryProblem("image position, orientation or pixel spacing is not numeric") from None
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """An evenly spaced stack: files in order along the normal, voxel (x, y, z) -> RAS affine."""
+
+    files: tuple[str, ...]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    slice_spacing_mm: float
+
+    @property
+    def z_coverage_mm(self) -> float:
+        """Distance from the first to the last slice centre plus one spacing (the scanned length)."""
+        return self.slice_spacing_mm * self.shape[2]
+
+
+def slice_geometry(slices: Sequence[SliceHeader]) -> SliceGeometry:
+    """Sort ``slices`` along their normal and check they form one volume (see the module doc).
+
+    >>> s = [SliceHeader(f"{k}", (0.0, 0.0, 2.0 * k), (1, 0, 0, 0, 1, 0), 4, 4, (0.5, 0.5)) for k in (2, 0, 1, 4)]
+    >>> g = slice_geometry(s[:3]); g.files, g.shape, g.slice_spacing_mm
+    (('0', '1', '2'), (4, 4, 3), 2.0)
+    >>> slice_geometry(s)
+    Traceback (most recent call last):
+    cohort.ingest.dicom.GeometryProblem: missing slice(s): a gap of 4 mm between positions 4 and 8 mm where the spacing is 2 mm
+    """
+    if len(slices) < 2:
+        raise GeometryProblem(f"series has {len(slices)} slice(s); a 3-D volume is needed")
+    frames = max(s.frames for s in slices)
+    if frames > 1:
+        raise GeometryProblem(_multi_frame_reason(frames))
+    for field, what in (("rows", "size"), ("columns", "size"), ("pixel_spacing", "pixel spacing")):
+        values = sorted({getattr(s, field) for s in slices})
+        if len(values) > 1:
+            shown = sorted({(s.rows, s.columns) if what == "size" else s.pixel_spacing for s in slices})
+            unit = "rows x columns" if what == "size" else "mm"
+            raise GeometryProblem(f"slices differ in {what} ({unit}: {', '.join(_fmt(v) for v in shown[:3])}); "
+                                  "one series must have one grid")
+    orientations = np.array([s.orientation for s in slices], dtype=float)
+    if np.abs(orientations - orientations[0]).max() > ORTHOGONALITY_TOLERANCE:
+        raise GeometryProblem("slices differ in orientation (ImageOrientationPatient); one series must have one")
+    row, column = orientations[0, :3], orientations[0, 3:]
+    _check_orthonormal(row, column)
+    normal = np.cross(row, column)
+    positions = np.array([s.position for s in slices], dtype=float)
+    order = np.argsort(positions @ normal, kind="stable")
+    positions = positions[order]
+    steps = np.diff(positions @ normal)
+    _check_spacing(steps, positions @ normal)
+    stack = positions[-1] - positions[0]
+    tilt = np.degrees(np.arccos(min(1.0, abs(stack @ normal) / np.linalg.norm(stack))))
+    if tilt > TILT_TOLERANCE_DEG:
+        raise GeometryProblem(f"gantry tilt: slices are stacked at {tilt:.1f} deg to their normal; refused "
+                              "(resample to an untilted grid first, e.g. dcm2niix writes a _Tilt_ volume)")
+    step = stack / (len(slices) - 1)
+    lps = np.column_stack([row * slices[0].pixel_spacing[1], column * slices[0].pixel_spacing[0], step])
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ lps
+    affine[:3, 3] = LPS_TO_RAS @ positions[0]
+    return SliceGeometry(files=tuple(slices[i].file for i in order),
+                         shape=(slices[0].columns, slices[0].rows, len(slices)), affine=affine,
+                         slice_spacing_mm=float(np.linalg.norm(step)))
+
+
+def _multi_frame_reason(frames: int) -> str:
+    return (f"multi-frame (enhanced) image with {frames} frames in one file; cohort reads single-frame "
+            "series only (convert it with dcm2niix first)")
+
+
+def _check_orthonormal(row: np.ndarray, column: np.ndarray) -> None:
+    norms = np.linalg.norm(row), np.linalg.norm(column)
+    cosine = float(row @ column / (norms[0] * norms[1])) if min(norms) > 0 else 1.0
+    if abs(cosine) > ORTHOGONALITY_TOLERANCE or max(abs(n - 1) for n in norms) > ORTHOGONALITY_TOLERANCE:
+        angle = np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+        raise GeometryProblem(f"orientation vectors are not orthogonal unit vectors (at {angle:.1f} deg); "
+                              "a sheared image is refused")
+
+
+def _check_spacing(steps: np.ndarray, along: np.ndarray) -> None:
+    same = int((steps < SAME_POSITION_MM).sum())
+    if same:
+        raise GeometryProblem(f"{same + 1} slices share one position (duplicated slices or two series with one UID)")
+    median = float(np.median(steps))
+    widest = int(np.argmax(steps))
+    if steps[widest] > GAP_FACTOR * median:
+        raise GeometryProblem(f"missing slice(s): a gap of {steps[widest]:.3g} mm between positions "
+                              f"{along[widest]:.4g} and {along[widest + 1]:.4g} mm where the spacing is {median:.3g} mm")
+    if np.abs(steps - median).max() > max(SPACING_TOLERANCE * median, SPACING_TOLERANCE_MM):
+        raise GeometryProblem(f"uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm); "
+                              "an evenly spaced series is needed")
+
+
+def _fmt(value: tuple) -> str:
+    return "x".join(f"{v:g}" for v in value)
+
+
+def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(),
+                  series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray, Padding | None]:
+    """The voxels, affine and declared padding of a DICOM series: the single series of a folder,
+    or series ``series_uid`` found anywhere under the folder."""
     name = InputName.of(source)
-    files = _series_files(name)
-    header = _read_header(name, files[0])
-    try:
-        shape = (int(header.Columns), int(header.Rows), int(header.get("NumberOfFrames") or 1) * len(files))
-    except AttributeError:
-        raise SeriesError(f"{name.child(Path(files[0]).name)}: DICOM header has no Rows/Columns; not an image") from None
-    check_voxel_count(name, shape, limits)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        reason = name.scrub(str(exc).strip().splitlines()[-1])
-        raise SeriesError(f"{name}: cannot read DICOM series ({reason})") from None
-    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
-        raise SeriesError(f"{name}: DICOM series has size {image.GetSize()}; a 3-D volume is needed")
-    values = np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
-    return values, ras_affine(image), _declared_padding(header)
-
-
-def _series_files(name: InputName) -> list[str]:
-    folder = str(name.path)
     if not name.path.exists():
         raise SeriesError(f"{name}: folder not found")
+    headers = _series_headers(name, series_uid)
+    try:
+        geometry = slice_geometry([SliceHeader.of(header, file) for file, header in headers.items()])
+    except GeometryProblem as problem:
+        raise SeriesError(f"{name}: {problem}") from None
+    check_voxel_count(name, geometry.shape, limits)
+    slices = [_read_slice(name, file) for file in geometry.files]
+    values = np.stack(slices, axis=-1)
+    return values, geometry.affine, _declared_padding(headers[geometry.files[0]])
+
+
+def _series_headers(name: InputName, series_uid: str | None) -> dict[str, pydicom.Dataset]:
+    """File -> header of every file of the series (one per SOPInstanceUID)."""
+    if series_uid is None:
+        return {file: _read_header(name, file) for file in _single_series_files(name)}
+    headers: dict[str, pydicom.Dataset] = {}
+    instances: set[str] = set()
+    for file in sorted(_files_under(name.path)):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+        except UNREADABLE:
+            continue  # files of no series, or of another: not this series' business
+        if str(header.get("SeriesInstanceUID", "")) == series_uid and header.get("SOPInstanceUID") not in instances:
+            instances.add(header.get("SOPInstanceUID"))
+            headers[file] = header
+    if not headers:
+        raise SeriesError(f"{name}: no file of DICOM series {series_uid} under the folder")
+    return headers
+
+
+def _files_under(folder: Path) -> list[str]:
+    return [os.path.join(root, file) for root, _, files in os.walk(folder) for file in files]
+
+
+def _single_series_files(name: InputName) -> list[str]:
+    folder = str(name.path)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not series_ids:
         raise SeriesError(f"{name}: no DICOM series found in the folder")
     if len(series_ids) > 1:
-        raise SeriesError(
-            f"{name}: folder holds {len(series_ids)} DICOM series; give each series its own folder and row"
-        )
+        raise SeriesError(f"{name}: folder holds {len(series_ids)} DICOM series; name one in the manifest's "
+                          "series_uid column (`cohort manifest` does), or give each series its own folder")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_ids[0])
     if len(files) < 2:
         raise SeriesError(f"{name}: DICOM series has {len(files)} slice(s); a 3-D volume is needed")
@@ -69,9 +238,19 @@ def _series_files(name: InputName) -> list[str]:
 def _read_header(name: InputName, file: str) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(file, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
+    except UNREADABLE as exc:
         reason = name.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise SeriesError(f"{name.child(Path(file).name)}: cannot read DICOM header ({reason})") from None
+
+
+def _read_slice(name: InputName, file: str) -> np.ndarray:
+    """One slice in (x, y) order, rescaled with its own RescaleSlope/RescaleIntercept (GDCM applies them)."""
+    try:
+        image = sitk.ReadImage(file)
+    except RuntimeError as exc:
+        reason = name.scrub(str(exc).strip().splitlines()[-1])
+        raise SeriesError(f"{name.child(Path(file).name)}: cannot read DICOM pixels ({reason})") from None
+    return sitk.GetArrayFromImage(image).reshape(image.GetSize()[1], image.GetSize()[0]).T
 
 
 def _declared_padding(header: pydicom.Dataset) -> Padding | None:
@@ -91,11 +270,3 @@ def _stored_value(header: pydicom.Dataset, value: int) -> int:
         return int(value) - 2**bits
     return int(value)
 
-
-def ras_affine(image: sitk.Image) -> np.ndarray:
-    """Voxel (x, y, z) to RAS world affine of a SimpleITK image (which is LPS)."""
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    affine[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=float)
-    return affine

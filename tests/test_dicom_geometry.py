@@ -1,0 +1,143 @@
+"""DICOM geometry is never silently wrong: cohort's voxels and affine match dcm2niix's on every
+series it reads, and every series it cannot read right is refused with a reason saying why."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cohort.errors import SeriesError
+from cohort.ingest import load_ct
+from tests.export.pacs import Patient, Study, example_slices, rotate_in_plane, tilt, write_series
+
+needs_dcm2niix = pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="Debian's dcm2niix is not installed")
+STUDY = Study(Patient("DOE^JANE", "PID-1", "19580312"))
+
+
+def set_value(keyword: str, value_of):
+    return lambda ds, k: setattr(ds, keyword, value_of(k))
+
+
+@pytest.fixture(scope="module")
+def slices(examples: Path):
+    return example_slices(examples)[:8]  # 8 of the 20 slices: enough for every case, faster to convert
+
+
+def dcm2niix(folder: Path, out: Path) -> list[Path]:
+    """Convert ``folder`` with dcm2niix; the NIfTI files it wrote (``x.nii.gz``, ``x_Eq_1``, ``x_Tilt_1``)."""
+    out.mkdir()
+    subprocess.run(["dcm2niix", "-z", "y", "-f", "ref", "-o", str(out), str(folder)], check=True,
+                   capture_output=True, timeout=120)
+    return sorted(out.glob("*.nii.gz"))
+
+
+def assert_matches_reference(volume, reference: Path) -> None:
+    """Same voxels and affine as dcm2niix's NIfTI, up to axis order and flips."""
+    image = nib.load(reference)
+    transform = nib.orientations.ornt_transform(nib.io_orientation(image.affine), nib.io_orientation(volume.affine))
+    voxels = nib.orientations.apply_orientation(image.get_fdata(), transform)
+    affine = image.affine @ nib.orientations.inv_ornt_aff(transform, image.shape)
+    assert voxels.shape == volume.hu.shape
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-4)
+    np.testing.assert_allclose(volume.hu, voxels, atol=1e-3)
+
+
+READABLE = {
+    "instance numbers reversed": dict(edit=set_value("InstanceNumber", lambda k: 100 - k)),
+    "per-slice rescale": dict(edit=lambda ds, k: (setattr(ds, "RescaleIntercept", -1000 if k % 2 else -1024),
+                                                  setattr(ds, "RescaleSlope", 1.5 if k % 3 == 0 else 1))),
+    "oblique in-plane orientation": dict(edit=rotate_in_plane(30)),
+}
+
+
+@needs_dcm2niix
+@pytest.mark.parametrize("case", READABLE)
+def test_readable_series_match_dcm2niix(case: str, slices, tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    write_series(folder, slices, STUDY, **READABLE[case])
+    (reference,) = dcm2niix(folder, tmp_path / "ref")
+    volume = load_ct(folder)
+    assert_matches_reference(volume, reference)
+    if case == "per-slice rescale":
+        plain = tmp_path / "plain"
+        write_series(plain, slices, STUDY)
+        stored = load_ct(plain).hu.astype(float) + 1024  # the plain series: slope 1, intercept -1024
+        for k, (slope, intercept) in {2: (1, -1024), 3: (1.5, -1000), 6: (1.5, -1024)}.items():
+            np.testing.assert_allclose(volume.hu[..., k], slope * stored[..., k] + intercept)
+
+
+@needs_dcm2niix
+def test_one_series_of_a_mixed_folder_and_a_split_series(slices, tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed"
+    thick = write_series(mixed, slices[::2], STUDY, thickness=5.0)
+    write_series(mixed, slices, STUDY, image_type="DERIVED\\SECONDARY\\AXIAL")
+    with pytest.raises(SeriesError, match="folder holds 2 DICOM series; name one in the manifest's series_uid"):
+        load_ct(mixed)
+    alone = tmp_path / "alone"
+    write_series(alone, slices[::2], STUDY, thickness=5.0)
+    volume = load_ct(mixed, series_uid=thick)
+    assert volume.hu.shape == (512, 512, 4) and volume.grid.spacing[2] == pytest.approx(4.0)
+    assert_matches_reference(volume, dcm2niix(alone, tmp_path / "ref_alone")[0])
+
+    study = tmp_path / "study"
+    split = write_series([study / "part1", study / "deeper" / "part2"], slices, STUDY)
+    write_series(study / "part1", slices[:5], STUDY, modality="CT", description="other series in the same folder")
+    (study / "part1" / "notes.txt").write_text("not DICOM")
+    volume = load_ct(study, series_uid=split)
+    whole = tmp_path / "whole"
+    write_series(whole, slices, STUDY)
+    assert_matches_reference(volume, dcm2niix(whole, tmp_path / "ref_whole")[0])
+    with pytest.raises(SeriesError, match="no file of DICOM series 1.2.3 under the folder"):
+        load_ct(study, series_uid="1.2.3")
+
+
+def _positions(offsets: dict[int, float]):
+    return lambda ds, k: setattr(ds, "ImagePositionPatient",
+                                 [*map(float, ds.ImagePositionPatient[:2]), float(ds.ImagePositionPatient[2]) + offsets.get(k, 0.0)])
+
+
+REFUSED = {
+    "uneven spacing": (dict(edit=_positions({5: 0.4})), "uneven slice spacing (1.6 to 2.4 mm)"),
+    "duplicate position": (dict(edit=_positions({5: 2.0})), "2 slices share one position"),
+    "mixed pixel spacing": (dict(edit=lambda ds, k: setattr(ds, "PixelSpacing", [0.8, 0.8] if k == 4 else ds.PixelSpacing)),
+                            "slices differ in pixel spacing (mm: 0.8x0.8, 0.976562x0.976562)"),
+    "mixed size": (dict(edit=lambda ds, k: setattr(ds, "Rows", 256 if k == 4 else 512)), "slices differ in size (rows x columns: 256x512, 512x512)"),
+    "mixed orientation": (dict(edit=lambda ds, k: rotate_in_plane(10)(ds, k) if k == 4 else None),
+                          "slices differ in orientation"),
+    "not orthogonal": (dict(edit=set_value("ImageOrientationPatient", lambda k: [1, 0, 0, 0.2, 0.98, 0])),
+                       "orientation vectors are not orthogonal unit vectors (at 78.5 deg)"),
+    "multi-frame": (dict(edit=lambda ds, k: setattr(ds, "NumberOfFrames", 3) if k == 0 else None),
+                    "multi-frame (enhanced) image with 3 frames in one file; cohort reads single-frame series only"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_wrong_geometry_is_refused_with_its_reason(case: str, slices, tmp_path: Path) -> None:
+    options, reason = REFUSED[case]
+    folder = tmp_path / "patient_folder"
+    write_series(folder, slices, STUDY, **options)
+    with pytest.raises(SeriesError) as error:
+        load_ct(folder)
+    assert str(error.value).startswith("patient_folder: ") and reason in str(error.value), str(error.value)
+
+
+@needs_dcm2niix
+@pytest.mark.parametrize("case, edit, reason, dcm2niix_wrote", [
+    ("missing slice", None, "missing slice(s): a gap of 4 mm between positions -798.5 and -794.5 mm where the "
+                            "spacing is 2 mm", "ref_Eq_1.nii.gz"),
+    ("gantry tilt", tilt(15), "gantry tilt: slices are stacked at 15.0 deg to their normal; refused", "ref_Tilt_1.nii.gz"),
+])
+def test_gaps_and_tilt_that_dcm2niix_resamples_are_refused(case, edit, reason, dcm2niix_wrote, slices,
+                                                           tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    write_series(folder, slices[:4] + slices[5:] if case == "missing slice" else slices, STUDY, edit=edit)
+    written = dcm2niix(folder, tmp_path / "ref")
+    assert dcm2niix_wrote in {path.name for path in written}  # dcm2niix sees the same problem and resamples
+    with pytest.raises(SeriesError, match="^series: ") as error:
+        load_ct(folder)
+    assert reason in str(error.value)
