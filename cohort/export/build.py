@@ -1,0 +1,69 @@
+"""``cohort manifest``: a DICOM export in, ``scans.csv`` and its index out (crawl -> index -> select -> write)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cohort.errors import RunCannotStart
+from cohort.export.crawl import Crawl, crawl
+from cohort.export.policy import load_policy, select
+from cohort.export.pseudonyms import key_path, load_or_create_key
+from cohort.export.series import summarise
+from cohort.export.writing import (cache_path, index_path, unreadable_path, write_index, write_manifest,
+                                   write_unreadable)
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """What one ``cohort manifest`` found and chose."""
+
+    n_series: int
+    n_studies: int
+    n_subjects: int
+    n_chosen: int
+    rejected: dict[str, int]  # rule -> series rejected by it (ranked lower included)
+    n_unreadable: int
+    crawl: Crawl
+
+    def describe(self, manifest: Path) -> list[str]:
+        """The summary ``cohort manifest`` prints: found, chosen, rejected by rule, unreadable, changes."""
+        crawled = self.crawl
+        lines = [f"{self.n_series} series in {self.n_studies} studies of {self.n_subjects} subjects; "
+                 f"{self.n_chosen} chosen -> {manifest}",
+                 f"  index: {index_path(manifest)}"]
+        lines += [f"  rejected ({rule}): {count}" for rule, count in self.rejected.items()]
+        if self.n_unreadable:
+            lines.append(f"  unreadable files: {self.n_unreadable} (listed in {unreadable_path(manifest)})")
+        lines.append(f"  files: {len(crawled.files)}, headers read: {crawled.n_read} ({crawled.n_new} new, "
+                     f"{crawled.n_changed} changed), {crawled.n_removed} gone since the last crawl")
+        return lines
+
+
+def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key: Path | None = None,
+                   workers: int | None = None,
+                   on_progress: Callable[[int, int], None] = lambda done, total: None) -> ManifestSummary:
+    """Crawl ``dicom``, select series by ``policy`` and write ``manifest`` with its index beside it."""
+    if not dicom.is_dir():
+        raise RunCannotStart(f"{dicom}: DICOM export folder not found")
+    if manifest.suffix.lower() != ".csv":
+        raise RunCannotStart(f"{manifest}: the manifest must be a .csv file")
+    selection = load_policy(policy)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    secret = load_or_create_key(key_path(key), manifest.parent)
+    outputs = frozenset(path.resolve() for path in (manifest, index_path(manifest), unreadable_path(manifest),
+                                                    cache_path(manifest)))
+    outputs |= {path.with_name(path.name + ".partial") for path in outputs}
+    crawled = crawl(dicom, cache_path(manifest), secret, workers or len(os.sched_getaffinity(0)), outputs, on_progress)
+    series = summarise(crawled.files)
+    choices = select(series, selection)
+    n_chosen = write_manifest(choices, manifest, dicom, secret)
+    write_index(choices, manifest, secret)
+    n_unreadable = write_unreadable(crawled.files, manifest)
+    rejected = Counter(choice.reason.split(":", 1)[0] for choice in choices if not choice.selected)
+    return ManifestSummary(n_series=len(series), n_studies=len({s.study_key for s in series}),
+                           n_subjects=len({s.subject_key for s in series}), n_chosen=n_chosen,
+                           rejected=dict(rejected.most_common()), n_unreadable=n_unreadable, crawl=crawled)

@@ -1,0 +1,257 @@
+"""Crawl a DICOM export: one header row per file, read in parallel, cached by (size, mtime).
+
+Only headers are read (pydicom, ``stop_before_pixels``, the tags of :data:`TAGS`). Identifying
+fields never leave a worker: the patient ID and StudyInstanceUID become keyed pseudonyms
+(``cohort.export.pseudonyms``) and the birth date becomes an age. A file that is not DICOM,
+is truncated or has no SeriesInstanceUID gets an ``error`` instead of header fields.
+
+The rows are kept in a cache table (Parquet, beside the index): a rerun stats every file and
+reads again only those that are new or whose size or mtime changed; the cache is dropped when
+the pseudonym key changed.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import date
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pydicom
+from pydicom.uid import UID
+
+from cohort.export.pseudonyms import PseudonymKey
+from cohort.ingest.dicom import UNREADABLE
+from cohort.manifest import DAYS_PER_YEAR, parse_age
+
+TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "PatientID", "PatientAge", "PatientBirthDate",
+        "PatientSex", "StudyDate", "SeriesDate", "AcquisitionDate", "Modality", "ImageType", "ImagePositionPatient",
+        "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames", "BitsAllocated",
+        "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP", "Manufacturer",
+        "ManufacturerModelName", "SeriesDescription")
+FILE_COLUMNS = ("file", "size", "mtime_ns")
+ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item closing compressed pixels
+CHUNK_FILES = 256
+PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
+KEY_METADATA = b"cohort.pseudonym_key"
+
+
+@dataclass(frozen=True)
+class Crawl:
+    """Header rows of every file under the root (``files``, one row per file) and what changed."""
+
+    files: pd.DataFrame
+    n_read: int
+    n_new: int
+    n_changed: int
+    n_removed: int
+
+
+def crawl(root: Path, cache: Path, key: PseudonymKey, workers: int = 1, exclude: frozenset[Path] = frozenset(),
+          on_progress: Callable[[int, int], None] = lambda done, total: None) -> Crawl:
+    """Header rows of every file under ``root`` (``exclude`` skipped), reusing ``cache`` where the
+    file is unchanged, and writing the new cache."""
+    listed = list_files(root, exclude)
+    previous = _read_cache(cache, key)
+    known = previous.set_index("file") if len(previous) else None
+    if known is not None:
+        stamps = known[["size", "mtime_ns"]]
+        joined = listed.join(stamps, on="file", rsuffix="_cached")
+        unchanged = (joined["size"] == joined["size_cached"]) & (joined["mtime_ns"] == joined["mtime_ns_cached"])
+        n_new = int(joined["size_cached"].isna().sum())
+        reused = previous[previous["file"].isin(set(listed["file"][unchanged.to_numpy()]))]
+        todo = listed[~unchanged.to_numpy()]
+        n_removed = int((~previous["file"].isin(set(listed["file"]))).sum())
+    else:
+        reused, todo, n_new, n_removed = previous.iloc[0:0], listed, len(listed), 0
+    on_progress(0, len(todo))
+    fresh = pd.DataFrame(_read_all(root, todo, key, workers, on_progress), columns=list(HEADER_COLUMNS))
+    fresh = fresh.merge(todo, on="file") if len(fresh) else _empty()
+    files = pd.concat([frame for frame in (reused, fresh) if len(frame)] or [_empty()], ignore_index=True)
+    files = files.sort_values("file", ignore_index=True)
+    _write_cache(files, cache, key)
+    return Crawl(files=files, n_read=len(todo), n_new=n_new, n_changed=len(todo) - n_new, n_removed=n_removed)
+
+
+def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFrame:
+    """``file`` (relative, POSIX), ``size`` and ``mtime_ns`` of every regular file under ``root``."""
+    skipped = {os.path.abspath(path) for path in exclude}
+    rows = []
+    stack = [os.path.abspath(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file() and entry.path not in skipped:
+                    stat = entry.stat()
+                    rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return pd.DataFrame(rows, columns=list(FILE_COLUMNS))
+
+
+HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "subject_key", "age", "sex", "modality",
+                  "image_type", "position", "orientation", "pixel_spacing", "rows", "columns", "frames",
+                  "slice_thickness_mm", "kernel", "contrast_agent", "kvp", "manufacturer", "model",
+                  "series_description")
+
+
+def read_header(path: str, key: PseudonymKey) -> dict:
+    """One file's header row (``error`` set, and nothing else, when it is not a usable DICOM file)."""
+    try:
+        with open(path, "rb") as handle:
+            header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=list(TAGS))
+            problem = _truncation(header, handle)
+    except pydicom.errors.InvalidDicomError:
+        return {"error": "not DICOM (no DICM prefix)"}
+    except UNREADABLE as exc:
+        return {"error": f"unreadable header ({type(exc).__name__})"}
+    if problem:
+        return {"error": problem}
+    series_uid = str(header.get("SeriesInstanceUID") or "").strip()
+    if not series_uid:
+        return {"error": "no SeriesInstanceUID"}
+    study = str(header.get("StudyInstanceUID") or "").strip() or series_uid
+    patient = str(header.get("PatientID") or "").strip()
+    try:
+        return {
+            "series_uid": series_uid, "sop_uid": str(header.get("SOPInstanceUID") or ""),
+            "study_key": key.pseudonym("stu", study),
+            # without a PatientID each study stands for its own subject
+            "subject_key": key.pseudonym("sub", patient) if patient else key.pseudonym("sub", "study:" + study),
+            "age": age_years(header), "sex": _sex(header), "modality": _text(header, "Modality"),
+            "image_type": "\\".join(_values(header, "ImageType")).upper(),
+            "position": _numbers(header, "ImagePositionPatient"), "orientation": _numbers(header, "ImageOrientationPatient"),
+            "pixel_spacing": _numbers(header, "PixelSpacing"), "rows": _integer(header, "Rows"),
+            "columns": _integer(header, "Columns"), "frames": _integer(header, "NumberOfFrames") or 1,
+            "slice_thickness_mm": _number(header, "SliceThickness"),
+            "kernel": "\\".join(_values(header, "ConvolutionKernel")), "contrast_agent": _text(header, "ContrastBolusAgent"),
+            "kvp": _number(header, "KVP"), "manufacturer": _text(header, "Manufacturer"),
+            "model": _text(header, "ManufacturerModelName"), "series_description": _text(header, "SeriesDescription"),
+        }
+    except (TypeError, ValueError) as exc:
+        return {"error": f"malformed header value ({type(exc).__name__})"}
+
+
+def _truncation(header: pydicom.Dataset, handle) -> str | None:
+    """Why the pixel data that follows the header cannot be whole, or None (cheap: size and tail only)."""
+    size = os.fstat(handle.fileno()).st_size
+    if header.get("Rows") is None:
+        return None  # not an image (a report, a DICOMDIR): its series is judged as a whole
+    syntax = UID(getattr(header.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    if syntax.is_compressed:
+        handle.seek(max(0, size - len(ENCAPSULATED_END)))
+        return None if handle.read() == ENCAPSULATED_END else "truncated (compressed pixel data has no end)"
+    frames = int(header.get("NumberOfFrames") or 1)
+    needed = (int(header.Rows) * int(header.get("Columns") or 0) * int(header.get("BitsAllocated") or 16) // 8
+              * int(header.get("SamplesPerPixel") or 1) * frames)
+    return None if size >= needed else f"truncated ({size} bytes, pixel data alone needs {needed})"
+
+
+def age_years(header: pydicom.Dataset) -> float | None:
+    """PatientAge (``064Y``, ``018M``...), else birth date to study (or series, acquisition) date.
+
+    >>> age_years(pydicom.Dataset.from_json({"00101010": {"vr": "AS", "Value": ["018M"]}}))
+    1.5
+    """
+    try:
+        age = parse_age(_text(header, "PatientAge"))
+    except ValueError:
+        age = None
+    if age is not None:
+        return round(age, 2)
+    birth = _date(_text(header, "PatientBirthDate"))
+    scanned = next((d for d in map(_date, (_text(header, t) for t in ("StudyDate", "SeriesDate", "AcquisitionDate")))
+                    if d), None)
+    if birth is None or scanned is None or scanned < birth:
+        return None
+    return round((scanned - birth).days / DAYS_PER_YEAR, 2)
+
+
+def _date(text: str) -> date | None:
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) >= 8 else None
+    except ValueError:
+        return None
+
+
+def _sex(header: pydicom.Dataset) -> str:
+    sex = _text(header, "PatientSex").upper()
+    return sex if sex in ("M", "F") else ""
+
+
+def _text(header: pydicom.Dataset, tag: str) -> str:
+    value = header.get(tag)
+    return "" if value is None else str(value).strip()
+
+
+def _values(header: pydicom.Dataset, tag: str) -> list[str]:
+    value = header.get(tag)
+    if value is None or value == "":
+        return []
+    return [str(v).strip() for v in (value if isinstance(value, pydicom.multival.MultiValue) else [value])]
+
+
+def _numbers(header: pydicom.Dataset, tag: str) -> list[float] | None:
+    values = _values(header, tag)
+    return [float(v) for v in values] if values else None
+
+
+def _number(header: pydicom.Dataset, tag: str) -> float | None:
+    values = _values(header, tag)
+    return float(values[0]) if values and values[0] else None
+
+
+def _integer(header: pydicom.Dataset, tag: str) -> int | None:
+    value = header.get(tag)
+    return None if value in (None, "") else int(value)
+
+
+def _read_chunk(root: str, files: list[str], key: PseudonymKey) -> list[dict]:
+    return [{"file": file, **read_header(os.path.join(root, file), key)} for file in files]
+
+
+def _read_all(root: Path, todo: pd.DataFrame, key: PseudonymKey, workers: int,
+              on_progress: Callable[[int, int], None]) -> list[dict]:
+    files = list(todo["file"])
+    chunks = [files[i:i + CHUNK_FILES] for i in range(0, len(files), CHUNK_FILES)]
+    rows: list[dict] = []
+    read = partial(_read_chunk, str(root), key=key)
+    if workers <= 1 or len(files) < PARALLEL_FROM_FILES:
+        for chunk in chunks:
+            rows.extend(read(chunk))
+            on_progress(len(rows), len(files))
+        return rows
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for future in as_completed([pool.submit(read, chunk) for chunk in chunks]):
+            rows.extend(future.result())
+            on_progress(len(rows), len(files))
+    return rows
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=list(HEADER_COLUMNS + FILE_COLUMNS[1:]))
+
+
+def _read_cache(cache: Path, key: PseudonymKey) -> pd.DataFrame:
+    """The cached rows, or none when there is no cache, it is unreadable or made with another key."""
+    try:
+        table = pq.read_table(cache)
+    except (OSError, pa.ArrowException):
+        return _empty()
+    if (table.schema.metadata or {}).get(KEY_METADATA) != key.fingerprint.encode():
+        return _empty()
+    return table.to_pandas()
+
+
+def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey) -> None:
+    table = pa.Table.from_pandas(files, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_METADATA: key.fingerprint.encode()})
+    partial_file = cache.with_name(cache.name + ".partial")
+    pq.write_table(table, partial_file)
+    os.replace(partial_file, cache)

@@ -1,0 +1,137 @@
+"""Series selection as data: which series of a study become manifest rows, and why.
+
+The policy is a YAML file (shipped: ``configs/selection.yaml``; ``--policy FILE`` replaces it)
+validated on load. Each series gets ``selected`` and a one-line ``reason``: the first rule it
+fails (``rule: detail``), or, among the series of a study that pass every rule, ``chosen: ...``
+for the best ``series_per_study`` by the ``tie_break`` order and ``ranked lower: ...`` for
+the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cohort.config import CONFIG_DIR, from_mapping, load_yaml
+from cohort.errors import ConfigError
+from cohort.export.series import SeriesSummary
+
+DEFAULT_POLICY = CONFIG_DIR / "selection.yaml"
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive range of millimetres."""
+
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """The rules, checked in this order, then the tie-break (see ``configs/selection.yaml``)."""
+
+    modalities: tuple[str, ...] = ("CT",)
+    required_image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY")
+    rejected_image_type: tuple[str, ...] = ("LOCALIZER", "DERIVED", "SECONDARY")
+    max_tilt_from_axial_deg: float = 10.0
+    slice_thickness_mm: Range = field(default_factory=lambda: Range(0.5, 5.0))
+    min_slices: int = 30
+    min_z_coverage_mm: float = 100.0
+    kernel_preference: tuple[str, ...] = ()
+    tie_break: tuple[str, ...] = ("kernel_preference", "thinnest", "largest_coverage")
+    series_per_study: int = 1
+    source: str = str(DEFAULT_POLICY)
+
+
+def load_policy(path: Path | None = None) -> SelectionPolicy:
+    """Load and validate ``path`` (default: the shipped ``configs/selection.yaml``)."""
+    source = Path(path) if path else DEFAULT_POLICY
+    policy = from_mapping(SelectionPolicy, load_yaml(source), source)
+    unknown = [key for key in policy.tie_break if key not in TIE_BREAKS]
+    if unknown:
+        raise ConfigError(f"{source}: key 'tie_break' has unknown entry {unknown[0]!r} (known: {', '.join(TIE_BREAKS)})")
+    if policy.series_per_study < 1 or policy.min_slices < 2:
+        raise ConfigError(f"{source}: keys 'series_per_study' and 'min_slices' must be at least 1 and 2")
+    if policy.slice_thickness_mm.min > policy.slice_thickness_mm.max:
+        raise ConfigError(f"{source}: key 'slice_thickness_mm' has min above max")
+    return dataclasses.replace(policy, source=str(source))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The verdict on one series."""
+
+    series: SeriesSummary
+    selected: bool
+    reason: str
+
+
+def select(series: list[SeriesSummary], policy: SelectionPolicy) -> list[Choice]:
+    """A :class:`Choice` for every series, in the order given."""
+    verdicts = {s.series_uid: first_failed_rule(s, policy) for s in series}
+    choices: dict[str, Choice] = {}
+    for study in dict.fromkeys(s.study_key for s in series):
+        eligible = sorted((s for s in series if s.study_key == study and verdicts[s.series_uid] is None),
+                          key=lambda s: _rank(s, policy))
+        for place, candidate in enumerate(eligible):
+            chosen = place < policy.series_per_study
+            choices[candidate.series_uid] = Choice(candidate, chosen, _ranking_reason(candidate, place, eligible, policy))
+    return [choices.get(s.series_uid) or Choice(s, False, verdicts[s.series_uid]) for s in series]
+
+
+def first_failed_rule(series: SeriesSummary, policy: SelectionPolicy) -> str | None:
+    """``rule: detail`` of the first rule ``series`` fails, or None when it passes them all."""
+    if series.modality.upper() not in {m.upper() for m in policy.modalities}:
+        return f"modality: {series.modality or 'none'} is not {' or '.join(policy.modalities)}"
+    types = series.image_type_values
+    rejected = [t for t in policy.rejected_image_type if t.upper() in types]
+    if rejected:
+        return f"image type: {series.image_type} is {'/'.join(rejected)}"
+    lacking = [t for t in policy.required_image_type if t.upper() not in types]
+    if lacking:
+        return f"image type: {series.image_type or 'none'} lacks {'/'.join(lacking)}"
+    if series.geometry_problem:
+        return f"geometry: {series.geometry_problem}"
+    if series.tilt_from_axial_deg is None or series.tilt_from_axial_deg > policy.max_tilt_from_axial_deg:
+        return (f"orientation: {series.orientation or 'unknown'}, {series.tilt_from_axial_deg} deg from axial "
+                f"(limit {policy.max_tilt_from_axial_deg:g})")
+    bounds = policy.slice_thickness_mm
+    thickness = series.slice_thickness_mm
+    if thickness is None or not bounds.min <= thickness <= bounds.max:
+        return f"slice thickness: {thickness if thickness is not None else 'none'} mm is outside {bounds.min:g}-{bounds.max:g} mm"
+    if series.n_instances < policy.min_slices:
+        return f"slices: {series.n_instances} is below {policy.min_slices}"
+    if (series.z_coverage_mm or 0) < policy.min_z_coverage_mm:
+        return f"z-coverage: {series.z_coverage_mm:g} mm is below {policy.min_z_coverage_mm:g} mm"
+    return None
+
+
+def kernel_rank(kernel: str, policy: SelectionPolicy) -> int:
+    """Position of the first ``kernel_preference`` entry found in ``kernel`` (case-insensitive);
+    after all of them when none is."""
+    folded = kernel.casefold()
+    return next((i for i, preferred in enumerate(policy.kernel_preference) if preferred.casefold() in folded),
+                len(policy.kernel_preference))
+
+
+TIE_BREAKS: dict[str, Callable[[SeriesSummary, SelectionPolicy], float]] = {
+    "kernel_preference": lambda s, p: kernel_rank(s.kernel, p),
+    "thinnest": lambda s, p: s.slice_thickness_mm or 0.0,
+    "largest_coverage": lambda s, p: -(s.z_coverage_mm or 0.0),
+    "most_slices": lambda s, p: -s.n_instances,
+}
+
+
+def _rank(series: SeriesSummary, policy: SelectionPolicy) -> tuple:
+    return (*(TIE_BREAKS[name](series, policy) for name in policy.tie_break), series.series_uid)
+
+
+def _ranking_reason(series: SeriesSummary, place: int, eligible: list[SeriesSummary], policy: SelectionPolicy) -> str:
+    described = (f"kernel {series.kernel or 'none'}, {series.slice_thickness_mm:g} mm, "
+                 f"{series.z_coverage_mm:g} mm coverage")
+    if place < policy.series_per_study:
+        return f"chosen: rank {place + 1} of {len(eligible)} eligible in the study by {', '.join(policy.tie_break)} ({described})"
+    return f"ranked lower: rank {place + 1} of {len(eligible)} eligible in the study, {policy.series_per_study} kept ({described})"

@@ -1,0 +1,123 @@
+"""The series index: the crawled file rows grouped by SeriesInstanceUID, one summary per series.
+
+A series is its UID, wherever its files lie: a series split over folders is one series, a folder
+holding several series gives several. Its geometry is judged by the same function that ingest
+uses (``cohort.ingest.dicom.slice_geometry``), so a series the index calls whole is one that
+``cohort run`` reads, and a gap or a tilt is named here already.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from cohort.ingest.dicom import GeometryProblem, SliceHeader, slice_geometry
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What selection needs to know of one series (no identifying field: keys are pseudonyms)."""
+
+    series_uid: str
+    study_key: str
+    subject_key: str
+    folder: str  # deepest folder (relative to the export root) holding every file of the series
+    n_instances: int
+    modality: str
+    image_type: str
+    orientation: str  # axial, coronal, sagittal (the plane closest to the slices), "" when unknown
+    tilt_from_axial_deg: float | None
+    slice_thickness_mm: float | None
+    slice_spacing_mm: float | None
+    z_coverage_mm: float | None
+    geometry_problem: str | None  # why the files are not one evenly spaced volume
+    kernel: str
+    contrast: bool
+    kvp: float | None
+    manufacturer: str
+    model: str
+    series_description: str
+    age: float | None
+    sex: str
+
+    @property
+    def image_type_values(self) -> set[str]:
+        return {value.strip() for value in self.image_type.split("\\") if value.strip()}
+
+
+def summarise(files: pd.DataFrame) -> list[SeriesSummary]:
+    """One :class:`SeriesSummary` per SeriesInstanceUID among the readable rows of ``files``."""
+    readable = files[files["error"].isna()] if "error" in files else files
+    return [_summary(str(uid), rows) for uid, rows in readable.groupby("series_uid", sort=True)]
+
+
+def _summary(series_uid: str, rows: pd.DataFrame) -> SeriesSummary:
+    rows = rows.drop_duplicates("sop_uid") if rows["sop_uid"].astype(bool).all() else rows
+    thickness = _most_common(rows["slice_thickness_mm"])
+    problem, spacing, coverage = None, None, None
+    try:
+        geometry = slice_geometry([_slice_header(row) for row in rows.itertuples()])
+        spacing, coverage = round(geometry.slice_spacing_mm, 4), round(geometry.z_coverage_mm, 2)
+    except GeometryProblem as exc:
+        problem = str(exc)
+    orientation, tilt = _plane(rows["orientation"].iloc[0])
+    return SeriesSummary(
+        series_uid=series_uid, study_key=str(rows["study_key"].iloc[0]), subject_key=str(rows["subject_key"].iloc[0]),
+        folder=_common_folder(rows["file"]), n_instances=len(rows), modality=_most_common(rows["modality"]) or "",
+        image_type=_most_common(rows["image_type"]) or "", orientation=orientation, tilt_from_axial_deg=tilt,
+        slice_thickness_mm=None if thickness is None else float(thickness), slice_spacing_mm=spacing,
+        z_coverage_mm=coverage, geometry_problem=problem, kernel=_most_common(rows["kernel"]) or "",
+        contrast=_contrast(_most_common(rows["contrast_agent"]) or ""), kvp=_most_common(rows["kvp"]),
+        manufacturer=_most_common(rows["manufacturer"]) or "", model=_most_common(rows["model"]) or "",
+        series_description=_most_common(rows["series_description"]) or "", age=_most_common(rows["age"]),
+        sex=_most_common(rows["sex"]) or "",
+    )
+
+
+def _slice_header(row) -> SliceHeader:
+    missing = [name for name in ("position", "orientation", "pixel_spacing", "rows", "columns")
+               if _is_missing(getattr(row, name))]
+    if missing and (row.frames or 1) <= 1:
+        raise GeometryProblem(f"image has no {'/'.join(missing)}; not a cross-sectional slice")
+    if missing:
+        return SliceHeader(row.file, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0), 0, 0, (0.0, 0.0), int(row.frames))
+    return SliceHeader(row.file, tuple(row.position), tuple(row.orientation), int(row.rows), int(row.columns),
+                       tuple(row.pixel_spacing), int(row.frames or 1))
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _plane(orientation) -> tuple[str, float | None]:
+    """The anatomical plane closest to the slices and the normal's angle to the body axis."""
+    if _is_missing(orientation) or len(orientation) != 6:
+        return "", None
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    if not np.linalg.norm(normal):
+        return "", None
+    normal = np.abs(normal / np.linalg.norm(normal))
+    plane = ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+    return plane, round(float(np.degrees(np.arccos(min(1.0, normal[2])))), 2)
+
+
+def _common_folder(files: pd.Series) -> str:
+    """The deepest folder holding every file: where ``cohort run`` looks for the series' UID."""
+    folders = {str(PurePosixPath(file).parent) for file in files}
+    common = os.path.commonpath(list(folders)) if all(f != "." for f in folders) else "."
+    return common or "."
+
+
+def _contrast(agent: str) -> bool:
+    """ContrastBolusAgent names an agent (not empty, not "none"/"no")."""
+    return agent.strip().casefold() not in ("", "none", "no", "n", "0")
+
+
+def _most_common(values: pd.Series):
+    present = [v for v in values if not _is_missing(v) and v != ""]
+    return Counter(present).most_common(1)[0][0] if present else None
