@@ -63,15 +63,18 @@ def plans_manager(plans: dict, configuration: str) -> tuple[Any, Any]:
         return manager, manager.get_configuration(configuration)
 
 
-def load_folder(folder: Path, fold: int, checkpoint_name: str) -> LoadedFolder:
-    """Load plans, dataset and checkpoint of ``folder`` and build the network with its weights."""
+def load_folder(folder: Path, folds: list[int], checkpoint_name: str) -> LoadedFolder:
+    """Load plans, dataset and the checkpoints of ``folds`` and build the network with the first
+    fold's weights; nnU-Net's predictor averages the logits of every fold's weights (ensemble)."""
     import json
 
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
     dataset_json = json.loads((folder / "dataset.json").read_text())
     plans = json.loads((folder / "plans.json").read_text())
-    checkpoint = torch.load(folder / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
+    checkpoints = [torch.load(folder / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
+                   for fold in folds]
+    checkpoint = checkpoints[0]
     manager, configuration = plans_manager(plans, checkpoint["init_args"]["configuration"])
     trainer = find_trainer_class(checkpoint["trainer_name"])
     inputs = determine_num_input_channels(manager, configuration, dataset_json)
@@ -79,5 +82,5 @@ def load_folder(folder: Path, fold: int, checkpoint_name: str) -> LoadedFolder:
     network = trainer.build_network_architecture(manager, configuration, inputs, heads,
                                                  enable_deep_supervision=False)
     network.load_state_dict(checkpoint["network_weights"])
-    return LoadedFolder(network, manager, configuration, [checkpoint["network_weights"]], dataset_json,
+    return LoadedFolder(network, manager, configuration, [c["network_weights"] for c in checkpoints], dataset_json,
                         checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))

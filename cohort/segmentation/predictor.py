@@ -1,9 +1,10 @@
 """One nnU-Net network, loaded once and run on (x, y, z) arrays through nnU-Net's own predictor.
 
 The folder is read as ``initialize_from_trained_model_folder`` reads it (see
-:mod:`cohort.segmentation.nnunet_folder`); settings are TotalSegmentator's: fold 0,
-``checkpoint_final.pth``, sliding window with step 0.8, Gaussian weighting, no mirroring,
-everything on the device when it is a GPU. nnU-Net
+:mod:`cohort.segmentation.nnunet_folder`); settings come from the model file (TotalSegmentator's: fold 0,
+``checkpoint_final.pth``, sliding window with step 0.8, Gaussian weighting, no mirroring;
+VIBESegmentator's: every fold present ensembled, step 0.5), everything on the device when it
+is a GPU. nnU-Net
 works in (c, z, y, x); the arrays here are nibabel's (x, y, z), so image and spacing are
 transposed on the way in and the labels on the way out.
 """
@@ -22,6 +23,7 @@ import torch
 from cohort.segmentation.chunking import plan_chunks, predict_in_chunks
 from cohort.segmentation.nnunet_folder import load_folder
 from cohort.segmentation.registry import ModelSpec
+from cohort.segmentation.weights import model_folds
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,13 @@ class NetworkPredictor:
                 verbose_preprocessing=False,
                 allow_tqdm=False,
             )
-            loaded = load_folder(folder, spec.fold, spec.checkpoint)
+            self.folds = model_folds(spec, folder)
+            loaded = load_folder(folder, self.folds, spec.checkpoint)
             self._predictor.manual_initialization(
                 loaded.network, loaded.plans_manager, loaded.configuration_manager, loaded.parameters,
                 loaded.dataset_json, loaded.trainer_name, loaded.mirroring_axes)
+        self.dataset_json = loaded.dataset_json
+        self.plans_spacing_xyz = tuple(float(v) for v in reversed(loaded.configuration_manager.spacing))
         if captured.getvalue().strip():
             log.debug("nnU-Net while loading %s: %s", folder, captured.getvalue().strip())
 

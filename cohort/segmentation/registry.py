@@ -14,12 +14,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cohort.config import CONFIG_DIR, ClassMap, config_file, from_mapping, load_class_map, load_yaml
+from cohort.config import (CONFIG_DIR, ClassMap, config_file, from_mapping, load_class_map, load_lower_bounds,
+                           load_yaml)
 from cohort.errors import ConfigError
 from cohort.provenance import digest, file_digest
 
 MODELS_DIR = CONFIG_DIR / "models"
-DATASET_PATTERN = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_.-]+$")
+DATASET_PATTERN = re.compile(r"^Dataset\d{3}_([A-Za-z0-9_.-]+|[A-Za-z0-9_.-]*\*)$")
+SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
+MODALITIES = ("CT", "MR")
+ORIENTATIONS = ("RAS", "dataset_json")
+IMAGE_DTYPES = ("int32", "float32")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,17 @@ class NetworkSpec:
     dataset: str
     classes: str
     part: str | None = None
+    sha256: str | None = None
+
+    @property
+    def dataset_id(self) -> str:
+        """The dataset number as 3 digits (``Dataset100_…`` -> ``100``), for release archive names."""
+        return self.dataset[len("Dataset"):len("Dataset") + 3]
+
+    @property
+    def is_pattern(self) -> bool:
+        """True when ``dataset`` is a glob (``Dataset100_*``): the folder name a release unpacks to varies."""
+        return "*" in self.dataset
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,58 @@ class ChunkSpec:
 
 
 @dataclass(frozen=True)
+class PreprocessSpec:
+    """How the image is prepared for the network (TotalSegmentator's steps are the defaults).
+
+    ``orientation``: ``RAS`` (closest canonical, no interpolation) or ``dataset_json`` (the axis
+    codes in the network's ``dataset.json["orientation"]`` when that key exists, else RAS, as
+    VIBESegmentator does). ``resample_order``: 1 linear, 0 nearest neighbour. ``image_dtype``:
+    ``int32`` (TotalSegmentator casts the resampled image) or ``float32``. ``rescale_above``: when
+    the image maximum exceeds it, the image is scaled so that its maximum is ``rescale_max``
+    (VIBESegmentator: 10,000 -> 1,000, so that MR values fit float16).
+    """
+
+    orientation: str = "RAS"
+    resample_order: int = 1
+    image_dtype: str = "int32"
+    rescale_above: float | None = None
+    rescale_max: float = 1000.0
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """Clean-up of the label map on the input's grid, as data (VIBESegmentator's paper step).
+
+    Connected components (26-connectivity) smaller than ``min_component_ml`` are removed from
+    every class (``min_component_ml_by_class`` overrides it per structure); the structures in
+    ``largest_component_only`` keep only their largest component (compact organs). Removed
+    voxels become background. All off by default.
+    """
+
+    min_component_ml: float = 0.0
+    min_component_ml_by_class: dict[str, float] = field(default_factory=dict)
+    largest_component_only: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.min_component_ml > 0 or bool(self.min_component_ml_by_class) or bool(self.largest_component_only)
+
+
+@dataclass(frozen=True)
+class BodyCropSpec:
+    """Optional first pass for CT models: crop to the body before the main network.
+
+    The body is the largest connected component of voxels above ``threshold_hu``; the image is
+    cut to its bounding box plus ``margin_mm`` and the label map pasted back (outside: background).
+    See docs/models.md for why a threshold and not TotalSegmentator's ``body`` network.
+    """
+
+    enabled: bool = False
+    threshold_hu: float = -500.0
+    margin_mm: float = 20.0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A validated model entry; see ``configs/models/fast.yaml`` for every key explained."""
 
@@ -57,11 +125,14 @@ class ModelSpec:
     description: str
     modality: str
     class_map: str
-    spacing_mm: tuple[float, ...]
+    spacing_mm: tuple[float, ...] | None
     trainer: str
     networks: tuple[NetworkSpec, ...]
-    get_weights: tuple[str, ...]
+    get_weights: tuple[str, ...] = ()
     weights_url: str | None = None
+    lower_bounds: str | None = None
+    model_folder_patterns: tuple[str, ...] = ()
+    ensemble_folds: bool = False
     plans: str = "nnUNetPlans"
     configuration: str = "3d_fullres"
     fold: int = 0
@@ -70,12 +141,19 @@ class ModelSpec:
     use_gaussian: bool = True
     use_mirroring: bool = False
     chunking: ChunkSpec = field(default_factory=ChunkSpec)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    body_crop: BodyCropSpec = field(default_factory=BodyCropSpec)
     source: str = ""
 
     @property
     def model_folder_name(self) -> str:
         """The nnU-Net results sub-folder of every network: ``<trainer>__<plans>__<configuration>``."""
         return f"{self.trainer}__{self.plans}__{self.configuration}"
+
+    @property
+    def is_ct(self) -> bool:
+        return self.modality == "CT"
 
 
 def known_models() -> list[str]:
@@ -99,15 +177,28 @@ def load_model_spec(name: str) -> ModelSpec:
 
 
 def _validate(spec: ModelSpec, path: Path) -> None:
+    pre, post = spec.preprocess, spec.postprocess
     checks = [
         (spec.name == path.stem, "name", f"must equal the file name {path.stem!r}"),
-        (len(spec.spacing_mm) == 3 and min(spec.spacing_mm) > 0, "spacing_mm", "must be 3 positive numbers (x, y, z)"),
+        (spec.modality in MODALITIES, "modality", f"must be one of {', '.join(MODALITIES)}"),
+        (spec.spacing_mm is None or (len(spec.spacing_mm) == 3 and min(spec.spacing_mm) > 0), "spacing_mm",
+         "must be 3 positive numbers (x, y, z), or null to take the spacing from plans.json"),
         (len(spec.networks) > 0, "networks", "must list at least one network"),
         (0 < spec.tile_step_size <= 1, "tile_step_size", "must lie in (0, 1]"),
         (spec.fold >= 0, "fold", "must be >= 0"),
         (spec.chunking.max_voxels > 0, "chunking.max_voxels", "must be positive"),
         (spec.chunking.overlap_mm >= 0, "chunking.overlap_mm", "must be >= 0"),
-        (len(spec.get_weights) > 0, "get_weights", "must list the commands that fetch the weights"),
+        (bool(spec.get_weights) or spec.weights_url is not None, "weights_url",
+         "or get_weights must say where the weights come from"),
+        (pre.orientation in ORIENTATIONS, "preprocess.orientation", f"must be one of {', '.join(ORIENTATIONS)}"),
+        (pre.resample_order in (0, 1), "preprocess.resample_order", "must be 0 (nearest) or 1 (linear)"),
+        (pre.image_dtype in IMAGE_DTYPES, "preprocess.image_dtype", f"must be one of {', '.join(IMAGE_DTYPES)}"),
+        (pre.rescale_max > 0, "preprocess.rescale_max", "must be positive"),
+        (post.min_component_ml >= 0 and all(isinstance(v, (int, float)) and v >= 0
+                                            for v in post.min_component_ml_by_class.values()),
+         "postprocess.min_component_ml", "values must be numbers >= 0 (ml)"),
+        (spec.is_ct or not spec.body_crop.enabled, "body_crop.enabled", "is for CT models only (a threshold in HU)"),
+        (spec.body_crop.margin_mm >= 0, "body_crop.margin_mm", "must be >= 0"),
     ]
     for ok, key, rule in checks:
         if not ok:
@@ -115,8 +206,18 @@ def _validate(spec: ModelSpec, path: Path) -> None:
     for i, network in enumerate(spec.networks):
         if not DATASET_PATTERN.match(network.dataset):
             raise ConfigError(f"{path}: key 'networks[{i}].dataset' {network.dataset!r} is not an nnU-Net "
-                              "dataset folder name like Dataset297_Name")
+                              "dataset folder name like Dataset297_Name (or a pattern like Dataset100_*)")
+        if network.sha256 is not None and not SHA256_PATTERN.match(network.sha256):
+            raise ConfigError(f"{path}: key 'networks[{i}].sha256' must be 64 hexadecimal digits")
     model_classes = load_class_map(spec.class_map)
+    structures = set(model_classes.names.values())
+    for key, names in (("postprocess.min_component_ml_by_class", post.min_component_ml_by_class),
+                       ("postprocess.largest_component_only", post.largest_component_only)):
+        unknown = sorted(set(names) - structures)
+        if unknown:
+            raise ConfigError(f"{path}: key '{key}' names structures not in {spec.class_map}: {unknown[:5]}")
+    if spec.lower_bounds is not None:
+        load_lower_bounds(spec.lower_bounds, model_classes)
     for network in spec.networks:
         missing = sorted(set(network_classes(network).values()) - set(model_classes.names.values()))
         if missing:
@@ -147,6 +248,7 @@ def model_class_map(spec: ModelSpec) -> ClassMap:
 
 
 def model_config_digest(spec: ModelSpec) -> str:
-    """Digest of what defines ``spec`` besides its weights: its YAML, class map and network class files."""
+    """Digest of what defines ``spec`` besides its weights: its YAML (pre- and post-processing, body
+    crop included), class map and network class files."""
     files = [spec.source, spec.class_map, *(network.classes for network in spec.networks)]
     return digest([file_digest(config_file(name)) for name in files])

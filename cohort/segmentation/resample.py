@@ -25,14 +25,19 @@ class Canonical:
     to_native: np.ndarray  # nibabel orientation array mapping the canonical axes back
 
 
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> Canonical:
-    """Permute and flip axes so the array is in the closest canonical (RAS) orientation."""
-    ornt = nib.orientations.io_orientation(affine)
+RAS = ("R", "A", "S")
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray, axcodes: tuple[str, ...] = RAS) -> Canonical:
+    """Permute and flip axes so the array is in the closest orientation to ``axcodes`` (RAS by default;
+    a network's ``dataset.json`` may name another, e.g. ``("P", "I", "R")``)."""
+    target = nib.orientations.axcodes2ornt(axcodes)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), target)
     canonical = nib.orientations.apply_orientation(array, ornt)
     # io_orientation sends native axis i to canonical axis ornt[i, 0]: spacings travel with their axes.
     spacing = np.empty(3)
     spacing[ornt[:, 0].astype(int)] = np.linalg.norm(affine[:3, :3], axis=0)
-    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
+    back = nib.orientations.ornt_transform(target,
                                            nib.orientations.axcodes2ornt(nib.orientations.aff2axcodes(affine)))
     return Canonical(canonical, (float(spacing[0]), float(spacing[1]), float(spacing[2])), back)
 
@@ -42,8 +47,10 @@ def to_native(labels: np.ndarray, canonical: Canonical) -> np.ndarray:
     return np.ascontiguousarray(nib.orientations.apply_orientation(labels, canonical.to_native))
 
 
-def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...]) -> np.ndarray:
-    """Linear resampling of a CT to ``target`` spacing (mm), values cast to int32.
+def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...], order: int = 1,
+                   dtype: str = "int32") -> np.ndarray:
+    """Resampling of an image to ``target`` spacing (mm): linear (``order`` 1) or nearest (0),
+    values cast to ``dtype`` (TotalSegmentator: int32).
 
     Computed in float64 as TotalSegmentator does (it reads the image with ``get_fdata``), so that
     the int32 truncation lands on the same values.
@@ -51,8 +58,8 @@ def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[
     zoom = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
     data = np.asarray(array, dtype=np.float64)
     if np.allclose(zoom, 1.0):
-        return data.astype(np.int32)
-    return ndimage.zoom(data, zoom, order=1, mode="nearest").astype(np.int32)
+        return data.astype(dtype)
+    return ndimage.zoom(data, zoom, order=order, mode="nearest").astype(dtype)
 
 
 def resample_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Segment a CT with a registered model; networks are loaded once per process and reused.
+"""Segment a CT or MR with a registered model; networks are loaded once per process and reused.
 
 A worker calls :func:`get_segmenter` for every series; the first call loads the networks
 (seconds to tens of seconds for TotalSegmentator's 30 M-parameter networks) and every later
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -22,8 +23,10 @@ from cohort.ingest.volume import LabelMap, Volume
 from cohort.segmentation.chunking import ChunkTooLarge, overlap_slices
 from cohort.segmentation.merge import label_lookup, merge_into
 from cohort.segmentation.predictor import NetworkPredictor
-from cohort.segmentation.registry import ModelSpec, model_class_map
-from cohort.segmentation.resample import resample_image, resample_labels, to_canonical, to_native
+from cohort.segmentation.body_crop import body_box, paste
+from cohort.segmentation.postprocess import clean_label_map
+from cohort.segmentation.registry import ModelSpec, PreprocessSpec, model_class_map
+from cohort.segmentation.resample import RAS, resample_image, resample_labels, to_canonical, to_native
 from cohort.segmentation.weights import check_model_ready, network_folder
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,11 @@ class Segmenter:
                                      f"{exc}); remove the folder and fetch the weights again "
                                      f"(`cohort models` lists the commands)") from exc
             self._networks.append((network, predictor, label_lookup(network, classes)))
+        self._names = classes.names
         self._dtype = np.uint8 if classes.n_labels <= 256 else np.uint16
+        first = self._networks[0][1]
+        self.spacing = spec.spacing_mm or first.plans_spacing_xyz
+        self.axcodes = network_axcodes(spec, first.dataset_json)
         self.load_seconds = time.perf_counter() - start
         log.info("loaded model %s (%d networks) on %s in %.1f s", spec.name, len(self._networks), device,
                  self.load_seconds)
@@ -67,24 +74,30 @@ class Segmenter:
     def segment(self, volume: Volume) -> Segmentation:
         """Label ``volume`` with the model's ids, on the volume's own grid and orientation."""
         seconds: dict[str, float] = {}
+        pre = self.spec.preprocess
         tick = time.perf_counter()
-        canonical = to_canonical(volume.hu, volume.affine)
-        image = resample_image(canonical.array, canonical.spacing, self.spec.spacing_mm)
+        canonical = to_canonical(volume.hu, volume.affine, self.axcodes)
+        box = body_box(canonical.array, canonical.spacing, self.spec.body_crop) if self.spec.body_crop.enabled else None
+        cropped = canonical.array if box is None else canonical.array[box]
+        image = resample_image(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
+                               pre.resample_order, pre.image_dtype)
         seconds["resample"] = time.perf_counter() - tick
         tick = time.perf_counter()
         merged = self._predict(image, volume)
         seconds["predict"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        labels = to_native(resample_labels(merged, canonical.array.shape), canonical)
+        restored = paste(resample_labels(merged, cropped.shape), box, canonical.array.shape)
+        labels = clean_label_map(to_native(restored, canonical), self.spec.postprocess, self._names,
+                                 volume.grid.voxel_volume_ml)
         seconds["restore"] = time.perf_counter() - tick
         return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source, name=volume.name), seconds)
 
     def _predict(self, image: np.ndarray, volume: Volume) -> np.ndarray:
         merged = np.zeros(image.shape, dtype=self._dtype)
-        overlap = overlap_slices(self.spec.chunking.overlap_mm, self.spec.spacing_mm[2])
+        overlap = overlap_slices(self.spec.chunking.overlap_mm, self.spacing[2])
         for network, predictor, lut in self._networks:
             try:
-                labels = predictor.predict(image, self.spec.spacing_mm, overlap)
+                labels = predictor.predict(image, self.spacing, overlap)
             except ChunkTooLarge as exc:
                 raise SeriesError(f"{volume.name}: too large for model {self.spec.name!r} even when chunked "
                                   f"({exc}); raise chunking.max_voxels in {self.spec.source}") from None
@@ -96,6 +109,31 @@ class Segmenter:
                                   f"{self.spec.source} or give each worker more memory") from None
             merge_into(merged, labels, lut)
         return merged
+
+
+def network_axcodes(spec: ModelSpec, dataset_json: dict) -> tuple[str, ...]:
+    """The orientation the network was trained in: RAS, or ``dataset.json["orientation"]`` (a string
+    like ``"PIR"`` or a list of axis codes) when the model says so and the key exists."""
+    if spec.preprocess.orientation != "dataset_json" or "orientation" not in dataset_json:
+        return RAS
+    codes = tuple(str(code).upper() for code in dataset_json["orientation"])
+    try:
+        axes = nib.orientations.axcodes2ornt(codes)[:, 0]
+    except ValueError:
+        axes = np.array([])
+    if len(codes) != 3 or sorted(axes.tolist()) != [0, 1, 2]:
+        raise RunCannotStart(f"{spec.name}: dataset.json orientation {dataset_json['orientation']!r} is not three "
+                             "axis codes like 'PIR' (one of L/R, P/A, I/S each)")
+    return codes
+
+
+def rescale_intensities(image: np.ndarray, pre: PreprocessSpec) -> np.ndarray:
+    """VIBESegmentator's rule: an image whose maximum exceeds ``rescale_above`` is scaled so that its
+    maximum is ``rescale_max`` (MR values then fit float16); otherwise the image is unchanged."""
+    if pre.rescale_above is None:
+        return image
+    top = float(image.max(initial=0))
+    return image * (pre.rescale_max / top) if top > pre.rescale_above else image
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -126,7 +164,7 @@ def use_thread_share() -> None:
 def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto") -> Segmenter:
     """The process-wide :class:`Segmenter` of ``spec`` (loaded on the first call only)."""
     resolved = resolve_device(device)
-    key = (spec, str(Path(weights_dir).resolve()), str(resolved))
+    key = (repr(spec), str(Path(weights_dir).resolve()), str(resolved))
     with _CACHE_LOCK:
         if key not in _CACHE:
             use_thread_share()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cohort.errors import RunCannotStart
 from cohort.provenance import checkpoint_digest, digest, file_digest
-from cohort.segmentation.registry import ModelSpec, NetworkSpec, network_classes
+from cohort.segmentation.registry import MODELS_DIR, ModelSpec, NetworkSpec, network_classes
 
 SPACING_TOLERANCE_MM = 1e-3
 
@@ -34,13 +34,46 @@ def resolve_weights_dir(explicit: Path | None) -> Path:
     return base / ".totalsegmentator" / "nnunet" / "results"
 
 
+def dataset_folder(network: NetworkSpec, weights_dir: Path) -> Path:
+    """``<weights>/<dataset>``; for a pattern (``Dataset100_*``) the first match by name, else the
+    pattern itself (a path that does not exist, so the network reads as missing)."""
+    if network.is_pattern:
+        matches = sorted(p for p in weights_dir.glob(network.dataset) if p.is_dir())
+        if matches:
+            return matches[0]
+    return weights_dir / network.dataset
+
+
 def network_folder(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> Path:
-    """``<weights>/<dataset>/<trainer>__<plans>__<configuration>``: what nnU-Net loads."""
-    return weights_dir / network.dataset / spec.model_folder_name
+    """What nnU-Net loads: ``<dataset>/<trainer>__<plans>__<configuration>``, or the first folder
+    matching ``model_folder_patterns`` in their order (VIBESegmentator's release layout)."""
+    dataset = dataset_folder(network, weights_dir)
+    for pattern in spec.model_folder_patterns:
+        matches = sorted(p for p in dataset.glob(pattern) if p.is_dir()) if dataset.is_dir() else []
+        if matches:
+            return matches[0]
+    if spec.model_folder_patterns:
+        return dataset / spec.model_folder_patterns[0]
+    return dataset / spec.model_folder_name
+
+
+def model_folds(spec: ModelSpec, folder: Path) -> list[int]:
+    """The folds to run: ``fold``, or with ``ensemble_folds`` every ``fold_N`` holding the checkpoint."""
+    if not spec.ensemble_folds:
+        return [spec.fold]
+    found = [int(p.name[len("fold_"):]) for p in folder.glob("fold_*")
+             if p.name[len("fold_"):].isdigit() and (p / spec.checkpoint).is_file()]
+    return sorted(found)
 
 
 def checkpoint_path(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> Path:
+    """The checkpoint of fold ``spec.fold``."""
     return network_folder(spec, network, weights_dir) / f"fold_{spec.fold}" / spec.checkpoint
+
+
+def checkpoint_paths(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> list[Path]:
+    folder = network_folder(spec, network, weights_dir)
+    return [folder / f"fold_{fold}" / spec.checkpoint for fold in model_folds(spec, folder)]
 
 
 @dataclass(frozen=True)
@@ -54,7 +87,7 @@ class NetworkStatus:
 
 def network_status(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> NetworkStatus:
     """Check one network folder without loading its weights (cheap: run before any work)."""
-    if not (weights_dir / network.dataset).is_dir():
+    if not dataset_folder(network, weights_dir).is_dir():
         return NetworkStatus(network, "missing")
     problem = _folder_problem(spec, network, network_folder(spec, network, weights_dir))
     return NetworkStatus(network, "broken" if problem else "present", problem)
@@ -64,9 +97,13 @@ def _folder_problem(spec: ModelSpec, network: NetworkSpec, folder: Path) -> str:
     if not folder.is_dir():
         found = sorted(p.name for p in folder.parent.iterdir())
         return f"no folder {folder.name} in {folder.parent} (found: {found or 'nothing'})"
-    checkpoint = folder / f"fold_{spec.fold}" / spec.checkpoint
-    if not checkpoint.is_file() or checkpoint.stat().st_size == 0:
-        return f"no checkpoint {checkpoint}"
+    folds = model_folds(spec, folder)
+    if not folds:
+        return f"no fold_N/{spec.checkpoint} in {folder}"
+    for fold in folds:
+        checkpoint = folder / f"fold_{fold}" / spec.checkpoint
+        if not checkpoint.is_file() or checkpoint.stat().st_size == 0:
+            return f"no checkpoint {checkpoint}"
     plans = _read_json(folder / "plans.json")
     if isinstance(plans, str):
         return plans
@@ -78,6 +115,9 @@ def _folder_problem(spec: ModelSpec, network: NetworkSpec, folder: Path) -> str:
 
 
 def _spacing_problem(spec: ModelSpec, spacing_zyx: object, path: Path) -> str:
+    if spec.spacing_mm is None:  # taken from plans.json: only its shape is checked
+        ok = isinstance(spacing_zyx, list) and len(spacing_zyx) == 3 and all(float(a) > 0 for a in spacing_zyx)
+        return "" if ok else f"{path} has no usable spacing ({spacing_zyx})"
     expected = list(reversed(spec.spacing_mm))
     if not isinstance(spacing_zyx, list) or len(spacing_zyx) != 3 or any(
             abs(float(a) - b) > SPACING_TOLERANCE_MM for a, b in zip(spacing_zyx, expected)):
@@ -111,14 +151,30 @@ def _read_json(path: Path) -> dict | str:
     return data if isinstance(data, dict) else f"{path} is not a JSON mapping"
 
 
+def archive_url(spec: ModelSpec, network: NetworkSpec, mirror: str | None = None) -> str:
+    """The release archive of one network: ``weights_url`` filled in (``{dataset}``, ``{dataset_id}``);
+    with ``mirror``, the same file name under that base URL instead."""
+    if spec.weights_url is None:
+        raise RunCannotStart(f"model {spec.name!r} has no weights_url in {spec.source}; "
+                             f"get its weights with: {'; '.join(spec.get_weights)}")
+    url = spec.weights_url.format(dataset=network.dataset, dataset_id=network.dataset_id)
+    if mirror:
+        return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
+    return url
+
+
 def fetch_commands(spec: ModelSpec, weights_dir: Path) -> list[str]:
-    """Shell commands that put this model's weights into ``weights_dir``."""
-    commands = [f"TOTALSEG_WEIGHTS_PATH={weights_dir} {command}" for command in spec.get_weights]
+    """Shell commands that put this model's weights into ``weights_dir``; cohort's own first."""
+    commands = []
+    if spec.weights_url:
+        model = spec.name if Path(spec.source).parent == MODELS_DIR else spec.source
+        commands.append(f"cohort models download {model} --weights {weights_dir}")
+    commands.extend(f"TOTALSEG_WEIGHTS_PATH={weights_dir} {command}" for command in spec.get_weights)
     if spec.weights_url:
         for network in spec.networks:
-            url = spec.weights_url.format(dataset=network.dataset)
-            commands.append(f"curl -L -o /tmp/{network.dataset}.zip {url} && "
-                            f"unzip -o /tmp/{network.dataset}.zip -d {weights_dir}")
+            name = archive_url(spec, network).rsplit("/", 1)[-1]
+            commands.append(f"curl -L -o /tmp/{name} {archive_url(spec, network)} && "
+                            f"unzip -o /tmp/{name} -d {weights_dir}")
     return commands
 
 
@@ -147,6 +203,6 @@ def weights_fingerprint(spec: ModelSpec, weights_dir: Path) -> str:
     parts = []
     for network in spec.networks:
         folder = network_folder(spec, network, weights_dir)
-        parts.append([network.dataset, file_digest(folder / "dataset.json"), file_digest(folder / "plans.json"),
-                      checkpoint_digest(checkpoint_path(spec, network, weights_dir))])
+        parts.append([folder.parent.name, file_digest(folder / "dataset.json"), file_digest(folder / "plans.json"),
+                      *(checkpoint_digest(path) for path in checkpoint_paths(spec, network, weights_dir))])
     return digest(parts)

@@ -22,6 +22,7 @@ from cohort.segmentation.registry import load_model_spec
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,40 +50,69 @@ def architecture(spec: ModelSpec, size: str) -> Architecture:
         return Architecture((48, 48, 48), ((1, 1, 1), (2, 2, 2), (2, 2, 2)), 4, 16)
     if size != "real":
         raise ValueError(f"size must be 'small' or 'real', got {size!r}")
-    if min(spec.spacing_mm) >= 3.0:
+    if min(spec.spacing_mm or PLANS_SPACING_MM) >= 3.0:
         return Architecture((112, 112, 128), ((1, 1, 1),) + ((2, 2, 2),) * 4 + ((1, 1, 2),), 32, 320)
     return Architecture((128, 128, 128), ((1, 1, 1),) + ((2, 2, 2),) * 5, 32, 320)
 
 
+# A model that takes its spacing from plans.json (VIBESegmentator) gets dataset 100's.
+PLANS_SPACING_MM = (1.40625, 1.40625, 3.0)
+# A model that reads its orientation from dataset.json gets a non-RAS one, so tests exercise it.
+TEST_ORIENTATION = "PIR"
+ENSEMBLE_FOLDS = (0, 1)
+
+
 def build_weights(spec: ModelSpec, weights_dir: Path, size: str, seed: int = 0) -> list[Path]:
-    """Write a random-weight folder for every network of ``spec``; return the folders."""
+    """Write a random-weight folder for every network of ``spec``; return the folders.
+
+    The layout follows the model file: a dataset pattern (``Dataset100_*``) gets a concrete name, a
+    model found by ``model_folder_patterns`` gets ``<trainer>__<plans>__<configuration>`` (which
+    must match the first pattern), ``ensemble_folds`` gets folds 0 and 1, and an orientation read
+    from ``dataset.json`` gets ``"PIR"``.
+    """
     arch = architecture(spec, size)
     folders = []
     for index, network in enumerate(spec.networks):
-        folder = network_folder(spec, network, Path(weights_dir))
-        (folder / f"fold_{spec.fold}").mkdir(parents=True, exist_ok=True)
+        folder = _folder(spec, network, Path(weights_dir))
         plans = _plans(spec, network, arch)
-        dataset = _dataset_json(network)
+        dataset = _dataset_json(spec, network)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "plans.json").write_text(json.dumps(plans, indent=2))
         (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
-        weights = _random_weights(spec, plans, dataset, seed + index)
-        torch.save(_checkpoint(spec, plans, dataset, weights), folder / f"fold_{spec.fold}" / spec.checkpoint)
+        for fold_index, fold in enumerate(ENSEMBLE_FOLDS if spec.ensemble_folds else (spec.fold,)):
+            weights = _random_weights(spec, plans, dataset, seed + index + 100 * fold_index)
+            (folder / f"fold_{fold}").mkdir(exist_ok=True)
+            torch.save(_checkpoint(spec, plans, dataset, weights), folder / f"fold_{fold}" / spec.checkpoint)
         folders.append(folder)
     return folders
 
 
-def _dataset_json(network: NetworkSpec) -> dict:
+def _folder(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> Path:
+    if not network.is_pattern and not spec.model_folder_patterns:
+        return network_folder(spec, network, weights_dir)
+    dataset = network.dataset.replace("*", "cohort_test") if network.is_pattern else network.dataset
+    if spec.model_folder_patterns and not fnmatch.fnmatch(spec.model_folder_name, spec.model_folder_patterns[0]):
+        raise ValueError(f"{spec.model_folder_name} does not match {spec.model_folder_patterns[0]}: "
+                         "set trainer/plans/configuration so that it does")
+    return weights_dir / dataset / spec.model_folder_name
+
+
+def _dataset_json(spec: ModelSpec, network: NetworkSpec) -> dict:
     labels = {"background": 0} | {name: label for label, name in sorted(network_classes(network).items())}
-    return {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
+    dataset = {"channel_names": {"0": spec.modality}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
+    if spec.preprocess.orientation == "dataset_json":
+        dataset["orientation"] = TEST_ORIENTATION
+    return dataset
 
 
 def _plans(spec: ModelSpec, network: NetworkSpec, arch: Architecture) -> dict:
     stages = len(arch.strides)
-    spacing_zyx = list(reversed(spec.spacing_mm))
+    spacing_zyx = list(reversed(spec.spacing_mm or PLANS_SPACING_MM))
     configuration = {
         "data_identifier": f"{spec.plans}_{spec.configuration}", "preprocessor_name": "DefaultPreprocessor",
         "batch_size": 2, "patch_size": list(arch.patch_size), "median_image_size_in_voxels": list(arch.patch_size),
-        "spacing": spacing_zyx, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "spacing": spacing_zyx,
+        "normalization_schemes": ["CTNormalization" if spec.is_ct else "ZScoreNormalization"], "use_mask_for_norm": [False],
         "UNet_class_name": "PlainConvUNet", "UNet_base_num_features": arch.base_features,
         "unet_max_num_features": arch.max_features,
         "n_conv_per_stage_encoder": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1),
