@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
+import pydicom.config
 from pydicom.uid import UID
 
 from cohort.export.pseudonyms import PseudonymKey
@@ -213,7 +214,14 @@ def _integer(header: pydicom.Dataset, tag: str) -> int | None:
 
 
 def _read_chunk(root: str, files: list[str], key: PseudonymKey) -> list[dict]:
-    return [{"file": file, **read_header(os.path.join(root, file), key)} for file in files]
+    """Header rows of ``files``; pydicom's value validation is off meanwhile (a third of the time,
+    and a malformed value is caught per file anyway)."""
+    validation = pydicom.config.settings.reading_validation_mode
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        return [{"file": file, **read_header(os.path.join(root, file), key)} for file in files]
+    finally:
+        pydicom.config.settings.reading_validation_mode = validation
 
 
 def _read_all(root: Path, todo: pd.DataFrame, key: PseudonymKey, workers: int,

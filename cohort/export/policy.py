@@ -101,7 +101,8 @@ def first_failed_rule(series: SeriesSummary, policy: SelectionPolicy) -> str | N
     bounds = policy.slice_thickness_mm
     thickness = series.slice_thickness_mm
     if thickness is None or not bounds.min <= thickness <= bounds.max:
-        return f"slice thickness: {thickness if thickness is not None else 'none'} mm is outside {bounds.min:g}-{bounds.max:g} mm"
+        shown = "none" if thickness is None else f"{thickness:g}"
+        return f"slice thickness: {shown} mm is outside {bounds.min:g}-{bounds.max:g} mm"
     if series.n_instances < policy.min_slices:
         return f"slices: {series.n_instances} is below {policy.min_slices}"
     if (series.z_coverage_mm or 0) < policy.min_z_coverage_mm:

@@ -52,42 +52,48 @@ class SeriesSummary:
 
 def summarise(files: pd.DataFrame) -> list[SeriesSummary]:
     """One :class:`SeriesSummary` per SeriesInstanceUID among the readable rows of ``files``."""
-    readable = files[files["error"].isna()] if "error" in files else files
-    return [_summary(str(uid), rows) for uid, rows in readable.groupby("series_uid", sort=True)]
+    by_series: dict[str, list[dict]] = {}
+    for row in files.to_dict("records"):  # plain rows: per-series pandas groups cost ~10x more
+        if _is_missing(row.get("error")):
+            by_series.setdefault(str(row["series_uid"]), []).append(row)
+    return [_summary(uid, by_series[uid]) for uid in sorted(by_series)]
 
 
-def _summary(series_uid: str, rows: pd.DataFrame) -> SeriesSummary:
-    rows = rows.drop_duplicates("sop_uid") if rows["sop_uid"].astype(bool).all() else rows
-    thickness = _most_common(rows["slice_thickness_mm"])
+def _summary(series_uid: str, rows: list[dict]) -> SeriesSummary:
+    if all(row["sop_uid"] for row in rows):
+        rows = list({row["sop_uid"]: row for row in rows}.values())
+    column = {name: [row[name] for row in rows] for name in rows[0]}
+    thickness = _most_common(column["slice_thickness_mm"])
     problem, spacing, coverage = None, None, None
     try:
-        geometry = slice_geometry([_slice_header(row) for row in rows.itertuples()])
+        geometry = slice_geometry([_slice_header(row) for row in rows])
         spacing, coverage = round(geometry.slice_spacing_mm, 4), round(geometry.z_coverage_mm, 2)
     except GeometryProblem as exc:
         problem = str(exc)
-    orientation, tilt = _plane(rows["orientation"].iloc[0])
+    orientation, tilt = _plane(rows[0]["orientation"])
     return SeriesSummary(
-        series_uid=series_uid, study_key=str(rows["study_key"].iloc[0]), subject_key=str(rows["subject_key"].iloc[0]),
-        folder=_common_folder(rows["file"]), n_instances=len(rows), modality=_most_common(rows["modality"]) or "",
-        image_type=_most_common(rows["image_type"]) or "", orientation=orientation, tilt_from_axial_deg=tilt,
+        series_uid=series_uid, study_key=str(rows[0]["study_key"]), subject_key=str(rows[0]["subject_key"]),
+        folder=_common_folder(column["file"]), n_instances=len(rows), modality=_most_common(column["modality"]) or "",
+        image_type=_most_common(column["image_type"]) or "", orientation=orientation, tilt_from_axial_deg=tilt,
         slice_thickness_mm=None if thickness is None else float(thickness), slice_spacing_mm=spacing,
-        z_coverage_mm=coverage, geometry_problem=problem, kernel=_most_common(rows["kernel"]) or "",
-        contrast=_contrast(_most_common(rows["contrast_agent"]) or ""), kvp=_most_common(rows["kvp"]),
-        manufacturer=_most_common(rows["manufacturer"]) or "", model=_most_common(rows["model"]) or "",
-        series_description=_most_common(rows["series_description"]) or "", age=_most_common(rows["age"]),
-        sex=_most_common(rows["sex"]) or "",
+        z_coverage_mm=coverage, geometry_problem=problem, kernel=_most_common(column["kernel"]) or "",
+        contrast=_contrast(_most_common(column["contrast_agent"]) or ""), kvp=_most_common(column["kvp"]),
+        manufacturer=_most_common(column["manufacturer"]) or "", model=_most_common(column["model"]) or "",
+        series_description=_most_common(column["series_description"]) or "", age=_most_common(column["age"]),
+        sex=_most_common(column["sex"]) or "",
     )
 
 
-def _slice_header(row) -> SliceHeader:
+def _slice_header(row: dict) -> SliceHeader:
+    frames = 1 if _is_missing(row["frames"]) else int(row["frames"])
     missing = [name for name in ("position", "orientation", "pixel_spacing", "rows", "columns")
-               if _is_missing(getattr(row, name))]
-    if missing and (row.frames or 1) <= 1:
+               if _is_missing(row[name])]
+    if missing and frames <= 1:
         raise GeometryProblem(f"image has no {'/'.join(missing)}; not a cross-sectional slice")
     if missing:
-        return SliceHeader(row.file, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0), 0, 0, (0.0, 0.0), int(row.frames))
-    return SliceHeader(row.file, tuple(row.position), tuple(row.orientation), int(row.rows), int(row.columns),
-                       tuple(row.pixel_spacing), int(row.frames or 1))
+        return SliceHeader(row["file"], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0), 0, 0, (0.0, 0.0), frames)
+    return SliceHeader(row["file"], tuple(row["position"]), tuple(row["orientation"]), int(row["rows"]),
+                       int(row["columns"]), tuple(row["pixel_spacing"]), frames)
 
 
 def _is_missing(value) -> bool:
@@ -106,7 +112,7 @@ def _plane(orientation) -> tuple[str, float | None]:
     return plane, round(float(np.degrees(np.arccos(min(1.0, normal[2])))), 2)
 
 
-def _common_folder(files: pd.Series) -> str:
+def _common_folder(files: list[str]) -> str:
     """The deepest folder holding every file: where ``cohort run`` looks for the series' UID."""
     folders = {str(PurePosixPath(file).parent) for file in files}
     common = os.path.commonpath(list(folders)) if all(f != "." for f in folders) else "."
@@ -118,6 +124,6 @@ def _contrast(agent: str) -> bool:
     return agent.strip().casefold() not in ("", "none", "no", "n", "0")
 
 
-def _most_common(values: pd.Series):
+def _most_common(values: list):
     present = [v for v in values if not _is_missing(v) and v != ""]
     return Counter(present).most_common(1)[0][0] if present else None

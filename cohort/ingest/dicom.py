@@ -185,17 +185,25 @@ def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(
     """The voxels, affine and declared padding of a DICOM series: the single series of a folder,
     or series ``series_uid`` found anywhere under the folder."""
     name = InputName.of(source)
-    if not name.path.exists():
-        raise SeriesError(f"{name}: folder not found")
-    headers = _series_headers(name, series_uid)
-    try:
-        geometry = slice_geometry([SliceHeader.of(header, file) for file, header in headers.items()])
-    except GeometryProblem as problem:
-        raise SeriesError(f"{name}: {problem}") from None
+    headers, geometry = series_geometry(name, series_uid)
     check_voxel_count(name, geometry.shape, limits)
     slices = [_read_slice(name, file) for file in geometry.files]
     values = np.stack(slices, axis=-1)
     return values, geometry.affine, _declared_padding(headers[geometry.files[0]])
+
+
+def series_geometry(source: Path | InputName,
+                    series_uid: str | None = None) -> tuple[dict[str, pydicom.Dataset], SliceGeometry]:
+    """The series' headers (file -> header, pixels not read) and checked geometry: everything
+    :func:`read_ct_dicom` refuses for, found without reading a voxel (``cohort check`` can use it)."""
+    name = InputName.of(source)
+    if not name.path.exists():
+        raise SeriesError(f"{name}: folder not found")
+    headers = _series_headers(name, series_uid)
+    try:
+        return headers, slice_geometry([SliceHeader.of(header, file) for file, header in headers.items()])
+    except GeometryProblem as problem:
+        raise SeriesError(f"{name}: {problem}") from None
 
 
 def _series_headers(name: InputName, series_uid: str | None) -> dict[str, pydicom.Dataset]:

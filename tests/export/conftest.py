@@ -29,6 +29,12 @@ series_per_study: 1
 """
 
 
+def coronal(ds, k: int) -> None:
+    """A coronal stack: rows along x, columns down the body axis, slices stepping along y."""
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.ImagePositionPatient = [-249.5, -100.0 + 2.0 * k, -500.0]
+
+
 @dataclass(frozen=True)
 class Export:
     root: Path
@@ -49,6 +55,8 @@ def pacs_export(tmp_path_factory, examples: Path) -> Export:
         "split": write_series([root / "B" / "series_part1", root / "B" / "series_part2"], slices, repeat),
         "gap": write_series(root / "C" / "ct", slices[:10] + slices[11:], other),
         "mr": write_series(root / "C" / "mr", slices, other, modality="MR"),
+        "coronal": write_series(root / "C" / "coronal", slices, other, edit=coronal),
+        "slab": write_series(root / "C" / "slab", slices, other, thickness=10.0),
     }
     (root / "README.txt").write_text("export made by the PACS")
     (root / "C" / "junk.dcm").write_bytes(b"\x00" * 64 + b"not dicom at all")

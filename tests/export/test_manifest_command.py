@@ -31,6 +31,8 @@ EXPECTED_REASONS = {
              "(kernel Br38f, 3 mm, 40 mm coverage)",
     "gap": "geometry: missing slice(s): a gap of 4 mm between positions -786.5 and -782.5 mm where the spacing is 2 mm",
     "mr": "modality: MR is not CT",
+    "coronal": "orientation: coronal, 90.0 deg from axial (limit 10)",
+    "slab": "slice thickness: 10 mm is outside 0.5-5 mm",
 }
 
 
@@ -58,9 +60,10 @@ def made(pacs_export: Export, tmp_path_factory):
 def test_manifest_picks_one_series_per_study_with_reasons(made, pacs_export: Export) -> None:
     out, key, first, _, _ = made
     assert first.returncode == 0, first.stderr
-    assert "8 series in 3 studies of 2 subjects; 2 chosen" in first.stderr
+    assert "10 series in 3 studies of 2 subjects; 2 chosen" in first.stderr
     for line in ("rejected (ranked lower): 2", "rejected (image type): 2", "rejected (geometry): 1",
-                 "rejected (modality): 1", "unreadable files: 3", "headers read: 134 (134 new, 0 changed)"):
+                 "rejected (modality): 1", "rejected (orientation): 1", "rejected (slice thickness): 1",
+                 "unreadable files: 3", "headers read: 174 (174 new, 0 changed)"):
         assert line in first.stderr, first.stderr
     role = {uid: name for name, uid in pacs_export.uids.items()}
     index = pd.read_parquet(out / "scans.index.parquet")
