@@ -170,10 +170,24 @@ def load_model_spec(name: str) -> ModelSpec:
     path = Path(name) if name.endswith((".yaml", ".yml")) else MODELS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown model {name!r}: no file {path} (known models: {', '.join(known_models())})")
-    spec = from_mapping(ModelSpec, load_yaml(path), path)
+    spec = _files_beside(from_mapping(ModelSpec, load_yaml(path), path), path.parent)
     spec = dataclasses.replace(spec, source=str(path))
     _validate(spec, path)
     return spec
+
+
+def _files_beside(spec: ModelSpec, folder: Path) -> ModelSpec:
+    """A model file outside ``configs/models/`` may keep its CSVs beside it: names found there
+    become paths (otherwise they are files of ``configs/``)."""
+    if folder.resolve() == MODELS_DIR.resolve():
+        return spec
+
+    def beside(name: str | None) -> str | None:
+        return str(folder / name) if name is not None and (folder / name).is_file() else name
+
+    networks = tuple(dataclasses.replace(n, classes=beside(n.classes)) for n in spec.networks)
+    return dataclasses.replace(spec, class_map=beside(spec.class_map), lower_bounds=beside(spec.lower_bounds),
+                               networks=networks)
 
 
 def _validate(spec: ModelSpec, path: Path) -> None:

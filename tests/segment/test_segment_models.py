@@ -1,0 +1,125 @@
+"""Every shipped model runs on random weights of its own layout, on a synthetic volume of its
+modality; VIBESegmentator's layout (folder by pattern, folds ensembled, orientation from
+dataset.json, nearest resampling, post-processing) and the body crop are checked on their own."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cohort.ingest import Volume
+from cohort.segmentation import check_model_ready, get_segmenter, known_models, load_model_spec
+from cohort.segmentation.body_crop import body_box
+from cohort.segmentation.postprocess import clean_label_map
+from cohort.segmentation.registry import BodyCropSpec, PostprocessSpec, model_class_map
+from cohort.segmentation.weights import model_folds, network_folder
+from cohort.testing.images import synthetic_image
+from cohort.testing.weights import build_weights
+
+SHAPE = (36, 30, 16)
+SPACING = (2.0, 2.0, 3.0)
+
+
+def _volume(modality: str, flip_x: bool = False) -> Volume:
+    image = synthetic_image(modality, SHAPE, SPACING)
+    if flip_x:
+        image = image.slicer[::-1, :, :]
+    return Volume(hu=np.asarray(image.dataobj), affine=image.affine, source=Path("synthetic"), name="synthetic")
+
+
+class LazyWeights:
+    """One weights folder; a model's random networks are written the first time a test needs them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.built: set[str] = set()
+
+    def __call__(self, model: str) -> Path:
+        if model not in self.built:
+            build_weights(load_model_spec(model), self.folder, "small", seed=10 + len(self.built))
+            self.built.add(model)
+        return self.folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> LazyWeights:
+    return LazyWeights(tmp_path_factory.mktemp("all_models"))
+
+
+def test_the_registry_ships_every_model():
+    assert {"fast", "full", "fastest", "total_v3", "total_v3_fast", "total_mr", "total_mr_fast",
+            "vibeseg"} <= set(known_models())
+
+
+@pytest.mark.parametrize("model", ["fastest", "total_mr_fast", "vibeseg", *(
+    pytest.param(model, marks=pytest.mark.slow) for model in ("total_v3_fast", "total_mr", "total_v3", "full"))])
+def test_each_model_segments_its_modality(model, weights):
+    spec = load_model_spec(model)
+    check_model_ready(spec, weights(model))
+    volume = _volume(spec.modality)
+    labels = get_segmenter(spec, weights(model), "cpu").segment(volume).label_map.labels
+    assert labels.shape == SHAPE
+    found = set(np.unique(labels).tolist()) - {0}
+    assert found and found <= set(model_class_map(spec).names)
+
+
+def test_vibeseg_layout_is_read_as_its_release_unpacks(weights):
+    spec = load_model_spec("vibeseg")
+    weights = weights("vibeseg")
+    folder = network_folder(spec, spec.networks[0], weights)
+    assert folder.parent.name == "Dataset100_cohort_test" and folder.name.startswith("nnUNetTrainer__nnUNetPlans")
+    assert model_folds(spec, folder) == [0, 1]
+    segmenter = get_segmenter(spec, weights, "cpu")
+    assert segmenter.axcodes == ("P", "I", "R")  # from dataset.json
+    assert segmenter.spacing == (1.40625, 1.40625, 3.0)  # from plans.json
+    assert [p.folds for _, p, _ in segmenter._networks] == [[0, 1]]
+    # Orientation is undone exactly: a mirrored input gives the mirrored label map.
+    plain = segmenter.segment(_volume("MR")).label_map.labels
+    mirrored = segmenter.segment(_volume("MR", flip_x=True)).label_map.labels
+    assert np.array_equal(plain, mirrored[::-1])
+
+
+def test_folds_are_ensembled(weights):
+    """Dropping fold 1 changes the prediction: both folds' logits were averaged."""
+    spec = load_model_spec("vibeseg")
+    weights = weights("vibeseg")
+    both = get_segmenter(spec, weights, "cpu").segment(_volume("MR")).label_map.labels
+    single = dataclasses.replace(spec, ensemble_folds=False, fold=0)
+    alone = get_segmenter(single, weights, "cpu").segment(_volume("MR")).label_map.labels
+    assert not np.array_equal(both, alone)
+
+
+def test_postprocessing_removes_small_components_and_keeps_the_largest():
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[1:6, 1:6, 1:6] = 1          # liver, 125 voxels
+    labels[10:12, 10:12, 10:12] = 1    # liver, 8 voxels: not the largest
+    labels[15:19, 15:19, 15:19] = 2    # muscle, 64 voxels
+    labels[0, 19, 0] = 2               # muscle, 1 voxel: below 5 ml at 1 ml per voxel
+    labels[17, 2, 2] = 3               # untouched class
+    rules = PostprocessSpec(min_component_ml=0.0, min_component_ml_by_class={"muscle": 5.0},
+                            largest_component_only=("liver",))
+    cleaned = clean_label_map(labels, rules, {1: "liver", 2: "muscle", 3: "bone_other"}, 1.0)
+    assert (cleaned == 1).sum() == 125 and (cleaned == 2).sum() == 64 and cleaned[17, 2, 2] == 3
+    assert labels[0, 19, 0] == 2  # the input is not modified
+
+
+def test_body_crop_box_holds_the_body_and_drops_the_air():
+    image = np.asarray(synthetic_image("CT", (60, 50, 10), (1.0, 1.0, 1.0)).dataobj)
+    box = body_box(image, (1.0, 1.0, 1.0), BodyCropSpec(enabled=True, margin_mm=3))
+    body = image > -500
+    assert body[box].sum() == body.sum()
+    assert image[box].size < 0.7 * image.size
+
+
+def test_body_crop_runs_in_the_segmenter_and_leaves_air_unlabelled(weights):
+    spec = load_model_spec("fastest")
+    cropped = dataclasses.replace(spec, body_crop=BodyCropSpec(enabled=True, margin_mm=6))
+    volume = _volume("CT")
+    labels = get_segmenter(cropped, weights("fastest"), "cpu").segment(volume).label_map.labels
+    box = body_box(volume.hu, SPACING, cropped.body_crop)
+    outside = np.ones(SHAPE, dtype=bool)
+    outside[box] = False
+    assert labels.shape == SHAPE and not labels[outside].any()
