@@ -28,7 +28,8 @@ from pathlib import Path
 from cohort.errors import ManifestError, SeriesError
 
 REQUIRED_COLUMNS = ("series_id", "path")
-OPTIONAL_COLUMNS = ("age", "sex", "labels", "series_uid", "subject_id")
+OPTIONAL_COLUMNS = ("age", "sex", "labels", "series_uid", "subject_id", "fat", "water")
+IMAGE_COLUMNS = ("fat", "water")  # Dixon companion images: paths, resolved like `labels`
 SERIES_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SERIES_ID_MAX_LENGTH = 128
 SHOWN_SERIES_ID_LENGTH = 60  # in messages; longer ids are cut
@@ -52,6 +53,8 @@ class SeriesSpec:
     ``line`` is the physical line of the row in the file (the header is line 1), used in every
     message and stored as ``manifest_line``. ``covariates`` holds every other column of the
     manifest as ``(column, value)`` pairs in header order, values as text ("" when empty).
+    ``fat`` and ``water`` are Dixon images on the grid of ``path`` (with both, fat fractions are
+    measured).
     """
 
     series_id: str
@@ -64,6 +67,8 @@ class SeriesSpec:
     series_uid: str | None = None
     subject_id: str | None = None
     covariates: tuple[tuple[str, str], ...] = ()
+    fat: Path | None = None
+    water: Path | None = None
 
     @property
     def where(self) -> str:
@@ -248,6 +253,7 @@ def _row_to_spec(row: _Row, header: tuple[str, ...], columns: dict[str, int],
         series_uid=cell("series_uid") or None,
         subject_id=cell("subject_id") or None,
         covariates=tuple((name, cell(name)) for name in extra),
+        **{column: _resolve(cell(column), manifest) for column in IMAGE_COLUMNS if cell(column)},
     )
     return spec, problems
 

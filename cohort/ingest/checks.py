@@ -1,4 +1,5 @@
-"""Sanity checks between ingest and measurement: is it CT, do image and labels share a grid."""
+"""Sanity checks between ingest and measurement: is it the model's modality (CT in Hounsfield
+units, or MR that is not plainly a CT), do image, labels and companion images share a grid."""
 
 from __future__ import annotations
 
@@ -11,6 +12,40 @@ from cohort.ingest.volume import LabelMap, Volume
 AIR_HU_CEILING = -200.0
 HU_RANGE = (-4096.0, 40000.0)
 AFFINE_TOLERANCE_MM = 1e-3
+# A CT holds air at about -1000 HU in and around the body; an MR magnitude image has no negative values.
+CT_AIR_HU = -500.0
+CT_AIR_MIN_FRACTION = 0.01
+MODALITY_CHECKS = ("CT", "MR")
+
+
+def check_modality(volume: Volume, modality: str, padded: np.ndarray | None = None) -> None:
+    """The check of the model's modality: :func:`check_is_ct` for CT models, :func:`check_is_mr` for MR."""
+    if modality not in MODALITY_CHECKS:
+        raise ValueError(f"modality must be one of {MODALITY_CHECKS}, got {modality!r}")
+    (check_is_ct if modality == "CT" else check_is_mr)(volume, padded)
+
+
+def check_is_mr(volume: Volume, padded: np.ndarray | None = None) -> None:
+    """Reject an image that is plainly a CT in Hounsfield units, for an MR model.
+
+    MR intensities are arbitrary units without a fixed scale, so only the plain case is judged:
+    at least 1 % of the voxels (outside padding) at or below -500, which is CT air. Anything else
+    passes; the model is trusted with the rest.
+    """
+    keep = None if padded is None else ~padded
+    if keep is not None and not keep.any():
+        raise SeriesError(f"{volume.name}: every voxel is padding (outside the scan field); no image")
+    low, high = _value_range(volume.hu, keep)
+    if not np.isfinite(low) or not np.isfinite(high):
+        raise SeriesError(f"{volume.name}: image holds NaN or infinite values")
+    if low > CT_AIR_HU:
+        return
+    air = np.count_nonzero((volume.hu <= CT_AIR_HU) if keep is None else (volume.hu <= CT_AIR_HU) & keep)
+    fraction = air / (volume.hu.size if keep is None else np.count_nonzero(keep))
+    if fraction >= CT_AIR_MIN_FRACTION:
+        raise SeriesError(f"{volume.name}: intensities {low:g}..{high:g} with {100 * fraction:.0f} % of voxels at or "
+                          f"below {CT_AIR_HU:g} (air in Hounsfield units): this is a CT, and the model is an MR "
+                          "model; use a CT model (e.g. --model fast)")
 
 
 def check_is_ct(volume: Volume, padded: np.ndarray | None = None) -> None:
@@ -28,7 +63,7 @@ def check_is_ct(volume: Volume, padded: np.ndarray | None = None) -> None:
     if low > AIR_HU_CEILING:
         raise SeriesError(
             f"{volume.name}: intensities {low:g}..{high:g} have no air (nothing below {AIR_HU_CEILING:g}); "
-            "not a CT in Hounsfield units"
+            "not a CT in Hounsfield units (an MR? the model is a CT model; use an MR model, e.g. --model vibeseg)"
         )
     if low < HU_RANGE[0] or high > HU_RANGE[1]:
         raise SeriesError(
@@ -52,21 +87,32 @@ def align_labels(volume: Volume, label_map: LabelMap) -> LabelMap:
     series as LAS, SimpleITK reads it as LPS): it is reoriented, without interpolation. Any
     other difference in shape, spacing or position is an error.
     """
+    labels = _on_grid(volume, label_map.labels, label_map.affine, label_map.name, "label map")
+    return LabelMap(labels=labels, affine=volume.affine, source=label_map.source, name=label_map.name)
+
+
+def align_image(volume: Volume, image: Volume, role: str) -> np.ndarray:
+    """The voxels of a companion ``image`` (``role``: e.g. Dixon ``fat``) on ``volume``'s grid, by the
+    same rule as :func:`align_labels`: reoriented without interpolation, or an error."""
+    return _on_grid(volume, image.hu, image.affine, image.name, f"{role} image")
+
+
+def _on_grid(volume: Volume, array: np.ndarray, affine: np.ndarray, name: str, what: str) -> np.ndarray:
     transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(label_map.affine), nib.orientations.io_orientation(volume.affine)
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(volume.affine)
     )
-    labels = nib.orientations.apply_orientation(label_map.labels, transform)
-    affine = label_map.affine @ nib.orientations.inv_ornt_aff(transform, label_map.labels.shape)
-    if labels.shape != volume.hu.shape:
+    moved = nib.orientations.apply_orientation(array, transform)
+    moved_affine = affine @ nib.orientations.inv_ornt_aff(transform, array.shape)
+    if moved.shape != volume.hu.shape:
         raise SeriesError(
-            f"{label_map.name}: label map shape {label_map.labels.shape} does not match "
-            f"CT shape {volume.hu.shape} ({volume.name})"
+            f"{name}: {what} shape {array.shape} does not match "
+            f"image shape {volume.hu.shape} ({volume.name})"
         )
-    if not np.allclose(volume.affine, affine, atol=AFFINE_TOLERANCE_MM):
+    if not np.allclose(volume.affine, moved_affine, atol=AFFINE_TOLERANCE_MM):
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
         raise SeriesError(
-            f"{label_map.name}: label map affine does not match the CT's ({volume.name}): "
-            f"spacing {np.round(label_map.grid.spacing, 3).tolist()} vs {np.round(volume.grid.spacing, 3).tolist()}, "
-            f"origin {np.round(affine[:3, 3], 2).tolist()} vs {np.round(volume.affine[:3, 3], 2).tolist()}"
+            f"{name}: {what} affine does not match the image's ({volume.name}): "
+            f"spacing {np.round(spacing, 3).tolist()} vs {np.round(volume.grid.spacing, 3).tolist()}, "
+            f"origin {np.round(moved_affine[:3, 3], 2).tolist()} vs {np.round(volume.affine[:3, 3], 2).tolist()}"
         )
-    return LabelMap(labels=np.ascontiguousarray(labels), affine=volume.affine, source=label_map.source,
-                    name=label_map.name)
+    return np.ascontiguousarray(moved)
