@@ -133,6 +133,19 @@ def test_sigkill_of_the_driver_takes_its_prefect_server_along(tmp_path: Path, ex
         driver.stderr.close()
 
 
+def _wait_for_health(url: str, server: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"the server did not start: {server.stderr.read()[-2000:]}")
+            time.sleep(0.2)
+
+
 def test_next_start_reaps_servers_whose_driver_is_gone(tmp_path: Path) -> None:
     """A server left behind (no PDEATHSIG) is killed by the next start; a reused pid is not touched."""
     folder = tmp_path / "runtime"
@@ -142,10 +155,12 @@ def test_next_start_reaps_servers_whose_driver_is_gone(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    left = subprocess.Popen(server_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = {**cli_env(None), "PREFECT_HOME": str(tmp_path / "prefect-home")}  # its own database: no lock contention
+    left = subprocess.Popen(server_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
     reused = subprocess.Popen(["sleep", "60"])
     try:
+        _wait_for_health(f"http://127.0.0.1:{port}/api", left)
         for process in (left, reused):
             record = {"server": process.pid, "driver": gone_driver.pid, "port": port}
             (folder / f"{process.pid}.json").write_text(json.dumps(record))
