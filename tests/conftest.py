@@ -40,8 +40,8 @@ def _free_port() -> int:
 def prefect_server(tmp_path_factory) -> str:
     """A real Prefect server on 127.0.0.1 for this test session; yields its API URL.
 
-    Runs against a server start in about 0.2 s instead of the ~7 s of an ephemeral API
-    per run; the ephemeral path (the README's default) has its own test.
+    Runs against it skip the ~3 s start of the server cohort otherwise starts per run; that path
+    (the README's default) has its own tests.
     """
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()

@@ -20,7 +20,7 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 
 def cli_env(api: str | None) -> dict[str, str]:
-    """Environment of a ``cohort`` subprocess: Prefect server ``api``, or ephemeral mode when None."""
+    """Environment of a ``cohort`` subprocess: Prefect server ``api``, or the server cohort starts itself when None."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
     if api:
@@ -29,7 +29,7 @@ def cli_env(api: str | None) -> dict[str, str]:
 
 
 def cohort_cli(*args: str, api: str | None = None, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real ``cohort`` command in a subprocess (ephemeral Prefect unless ``api`` is given)."""
+    """Run the real ``cohort`` command in a subprocess (cohort's own Prefect server unless ``api`` is given)."""
     env = cli_env(api)
     return subprocess.run([sys.executable, "-m", "cohort.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
