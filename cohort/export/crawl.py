@@ -86,13 +86,18 @@ def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFra
     rows = []
     stack = [os.path.abspath(root)]
     while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file() and entry.path not in skipped:
-                    stat = entry.stat()
-                    rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), stat.st_size, stat.st_mtime_ns))
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # listed as a row of its own: reading it fails with the reason
+            rows.append((Path(os.path.relpath(folder, root)).as_posix(), -1, -1))
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.is_file() and entry.path not in skipped:
+                stat = entry.stat()
+                rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), stat.st_size, stat.st_mtime_ns))
     return pd.DataFrame(rows, columns=list(FILE_COLUMNS))
 
 
@@ -111,7 +116,7 @@ def read_header(path: str, key: PseudonymKey) -> dict:
     except pydicom.errors.InvalidDicomError:
         return {"error": "not DICOM (no DICM prefix)"}
     except UNREADABLE as exc:
-        return {"error": f"unreadable header ({type(exc).__name__})"}
+        return {"error": f"unreadable ({type(exc).__name__})"}
     if problem:
         return {"error": problem}
     series_uid = str(header.get("SeriesInstanceUID") or "").strip()
