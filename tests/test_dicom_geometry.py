@@ -13,7 +13,14 @@ import pytest
 
 from cohort.errors import SeriesError
 from cohort.ingest import load_ct
-from tests.export.pacs import Patient, Study, example_slices, rotate_in_plane, tilt, write_series
+from tests.export.pacs import (
+    Patient,
+    Study,
+    example_slices,
+    rotate_in_plane,
+    tilt,
+    write_series,
+)
 
 needs_dcm2niix = pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="Debian's dcm2niix is not installed")
 STUDY = Study(Patient("DOE^JANE", "PID-1", "19580312"))
@@ -48,10 +55,10 @@ def assert_matches_reference(volume, reference: Path) -> None:
 
 
 READABLE = {
-    "instance numbers reversed": dict(edit=set_value("InstanceNumber", lambda k: 100 - k)),
-    "per-slice rescale": dict(edit=lambda ds, k: (setattr(ds, "RescaleIntercept", -1000 if k % 2 else -1024),
-                                                  setattr(ds, "RescaleSlope", 1.5 if k % 3 == 0 else 1))),
-    "oblique in-plane orientation": dict(edit=rotate_in_plane(30)),
+    "instance numbers reversed": {"edit": set_value("InstanceNumber", lambda k: 100 - k)},
+    "per-slice rescale": {"edit": lambda ds, k: (setattr(ds, "RescaleIntercept", -1000 if k % 2 else -1024),
+                                                  setattr(ds, "RescaleSlope", 1.5 if k % 3 == 0 else 1))},
+    "oblique in-plane orientation": {"edit": rotate_in_plane(30)},
 }
 
 
@@ -102,16 +109,16 @@ def _positions(offsets: dict[int, float]):
 
 
 REFUSED = {
-    "uneven spacing": (dict(edit=_positions({5: 0.4})), "uneven slice spacing (1.6 to 2.4 mm)"),
-    "duplicate position": (dict(edit=_positions({5: 2.0})), "2 slices share one position"),
-    "mixed pixel spacing": (dict(edit=lambda ds, k: setattr(ds, "PixelSpacing", [0.8, 0.8] if k == 4 else ds.PixelSpacing)),
+    "uneven spacing": ({"edit": _positions({5: 0.4})}, "uneven slice spacing (1.6 to 2.4 mm)"),
+    "duplicate position": ({"edit": _positions({5: 2.0})}, "2 slices share one position"),
+    "mixed pixel spacing": ({"edit": lambda ds, k: setattr(ds, "PixelSpacing", [0.8, 0.8] if k == 4 else ds.PixelSpacing)},
                             "slices differ in pixel spacing (mm: 0.8x0.8, 0.976562x0.976562)"),
-    "mixed size": (dict(edit=lambda ds, k: setattr(ds, "Rows", 256 if k == 4 else 512)), "slices differ in size (rows x columns: 256x512, 512x512)"),
-    "mixed orientation": (dict(edit=lambda ds, k: rotate_in_plane(10)(ds, k) if k == 4 else None),
+    "mixed size": ({"edit": lambda ds, k: setattr(ds, "Rows", 256 if k == 4 else 512)}, "slices differ in size (rows x columns: 256x512, 512x512)"),
+    "mixed orientation": ({"edit": lambda ds, k: rotate_in_plane(10)(ds, k) if k == 4 else None},
                           "slices differ in orientation"),
-    "not orthogonal": (dict(edit=set_value("ImageOrientationPatient", lambda k: [1, 0, 0, 0.2, 0.98, 0])),
+    "not orthogonal": ({"edit": set_value("ImageOrientationPatient", lambda k: [1, 0, 0, 0.2, 0.98, 0])},
                        "orientation vectors are not orthogonal unit vectors (at 78.5 deg)"),
-    "multi-frame": (dict(edit=lambda ds, k: setattr(ds, "NumberOfFrames", 3) if k == 0 else None),
+    "multi-frame": ({"edit": lambda ds, k: setattr(ds, "NumberOfFrames", 3) if k == 0 else None},
                     "multi-frame (enhanced) image with 3 frames in one file; cohort reads single-frame series only"),
 }
 
@@ -128,8 +135,8 @@ def test_wrong_geometry_is_refused_with_its_reason(case: str, slices, tmp_path: 
 
 @needs_dcm2niix
 @pytest.mark.parametrize("case, edit, reason, dcm2niix_wrote", [
-    ("missing slice", None, "missing slice(s): a gap of 4 mm between positions -798.5 and -794.5 mm where the "
-                            "spacing is 2 mm", "ref_Eq_1.nii.gz"),
+    ("missing slice", None, ("missing slice(s): a gap of 4 mm between positions -798.5 and -794.5 mm where the "
+                            "spacing is 2 mm"), "ref_Eq_1.nii.gz"),
     ("gantry tilt", tilt(15), "gantry tilt: slices are stacked at 15.0 deg to their normal; refused", "ref_Tilt_1.nii.gz"),
 ])
 def test_gaps_and_tilt_that_dcm2niix_resamples_are_refused(case, edit, reason, dcm2niix_wrote, slices,

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cohort.errors import RunCannotStart
 from cohort.export.crawl import Crawl, crawl
 from cohort.export.policy import load_policy, select
 from cohort.export.pseudonyms import key_path, load_or_create_key
 from cohort.export.series import summarise
-from cohort.export.writing import (cache_path, index_path, unreadable_path, write_index, write_manifest,
-                                   write_unreadable)
+from cohort.export.writing import (
+    cache_path,
+    index_path,
+    unreadable_path,
+    write_index,
+    write_manifest,
+    write_unreadable,
+)
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,8 @@ class ManifestSummary:
     def describe(self, manifest: Path) -> list[str]:
         """The summary ``cohort manifest`` prints: found, chosen, rejected by rule, unreadable, changes."""
         crawled = self.crawl
-        lines = [f"{self.n_series} series in {self.n_studies} studies of {self.n_subjects} subjects; "
-                 f"{self.n_chosen} chosen -> {manifest}",
+        lines = [(f"{self.n_series} series in {self.n_studies} studies of {self.n_subjects} subjects; "
+                 f"{self.n_chosen} chosen -> {manifest}"),
                  f"  index: {index_path(manifest)}"]
         lines += [f"  rejected ({rule}): {count}" for rule, count in self.rejected.items()]
         if self.n_unreadable:

@@ -13,12 +13,12 @@ the pseudonym key changed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pyarrow as pa

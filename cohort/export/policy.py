@@ -10,9 +10,9 @@ the others.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from cohort.config import CONFIG_DIR, from_mapping, load_yaml
 from cohort.errors import ConfigError

@@ -23,9 +23,9 @@ sub-folders, is read exactly. Only voxels and geometry leave this module (patien
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -68,7 +68,7 @@ class SliceHeader:
     frames: int = 1
 
     @classmethod
-    def of(cls, dataset: pydicom.Dataset, file: str) -> "SliceHeader":
+    def of(cls, dataset: pydicom.Dataset, file: str) -> SliceHeader:
         """The geometry fields of ``dataset``; :class:`GeometryProblem` when one is missing."""
         missing = [tag for tag in GEOMETRY_TAGS[:5] if dataset.get(tag) in (None, "")]
         frames = int(dataset.get("NumberOfFrames") or 1)

@@ -6,11 +6,10 @@ image type, kernel, positions, rescale, as a real export would have them.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import copy
 
 import numpy as np
 import pydicom

@@ -15,9 +15,8 @@ import pytest
 from cohort.errors import ConfigError, RunCannotStart
 from cohort.export import build_manifest
 from cohort.export.pseudonyms import KEY_ENV
-from tests.export.conftest import SECRETS, TEST_POLICY, Export
+from tests.export.conftest import JOHN, SECRETS, TEST_POLICY, Export
 from tests.export.pacs import Study, example_slices, write_series
-from tests.export.conftest import JOHN
 from tests.testkit import cohort_cli
 
 EXPECTED_REASONS = {
@@ -58,7 +57,7 @@ def made(pacs_export: Export, tmp_path_factory):
 
 
 def test_manifest_picks_one_series_per_study_with_reasons(made, pacs_export: Export) -> None:
-    out, key, first, _, _ = made
+    out, _, first, _, _ = made
     assert first.returncode == 0, first.stderr
     assert "10 series in 3 studies of 2 subjects; 2 chosen" in first.stderr
     for line in ("rejected (ranked lower): 2", "rejected (image type): 2", "rejected (geometry): 1",
@@ -164,3 +163,12 @@ def test_cohort_run_processes_exactly_the_chosen_series(made, examples: Path, tm
     for path in (p for p in results.rglob("*") if p.is_file()):
         for secret in SECRETS:
             assert secret.encode() not in path.read_bytes(), (path, secret)
+
+
+@pytest.mark.parametrize("module", ["cohort.export.pseudonyms", "cohort.export.crawl", "cohort.ingest.dicom"])
+def test_docstring_examples(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted and not result.failed
