@@ -21,6 +21,7 @@ import pydicom
 
 from cohort.config import IngestConfig, load_run_config
 from cohort.errors import SeriesError
+from cohort.ingest.dicom import series_geometry
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import READ_ERRORS, check_header, is_nifti
 from cohort.manifest import Problem, SeriesSpec, read_manifest, subject_problems
@@ -67,15 +68,23 @@ def check_manifest(path: str | Path) -> ManifestReport:
 
 
 def _file_problems(spec: SeriesSpec, limits: IngestConfig) -> list[Problem]:
-    found = [("path", _image_problem(InputName.in_manifest(spec.path, spec.manifest, spec.line, "path"), limits))]
+    found = [("path", _image_problem(InputName.in_manifest(spec.path, spec.manifest, spec.line, "path"), limits,
+                                     spec.series_uid))]
     if spec.labels is not None:
         labels = InputName.in_manifest(spec.labels, spec.manifest, spec.line, "labels")
         found.append(("labels", _nifti_problem(labels, limits)))
     return [Problem(spec.line, spec.series_id, column, reason) for column, reason in found if reason]
 
 
-def _image_problem(name: InputName, limits: IngestConfig) -> str | None:
-    """What ``cohort run`` reads (``cohort.ingest.load_ct``): a DICOM series folder, else NIfTI."""
+def _image_problem(name: InputName, limits: IngestConfig, series_uid: str | None) -> str | None:
+    """What ``cohort run`` reads (``cohort.ingest.load_ct``): a DICOM series folder (with a
+    ``series_uid``: that series anywhere under it, its geometry checked from the headers), else NIfTI."""
+    if name.path.is_dir() and series_uid:
+        try:
+            series_geometry(name, series_uid)
+        except SeriesError as error:
+            return str(error)
+        return None
     if name.path.is_dir():
         return _dicom_folder_problem(name)
     if name.path.exists() and not is_nifti(name.path):

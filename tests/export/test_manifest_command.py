@@ -165,6 +165,14 @@ def test_cohort_run_processes_exactly_the_chosen_series(made, examples: Path, tm
             assert secret.encode() not in path.read_bytes(), (path, secret)
 
 
+def test_cohort_check_accepts_the_generated_manifest(made) -> None:
+    """`cohort check` reads each row's series by its `series_uid` (split over sub-folders or
+    beside other series) and checks its geometry from the headers, as `cohort run` will."""
+    out, *_ = made
+    result = cohort_cli("check", "--manifest", str(out / "scans.csv"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("module", ["cohort.export.pseudonyms", "cohort.export.crawl", "cohort.ingest.dicom"])
 def test_docstring_examples(module: str) -> None:
     import doctest
