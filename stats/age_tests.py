@@ -80,11 +80,17 @@ def kruskal(samples: list[np.ndarray]) -> GroupTest:
 
 
 def pairwise(samples: list[np.ndarray], correction: str) -> list[PairTest]:
-    """Mann-Whitney U for every pair of groups (six for four groups), p corrected over the pairs."""
+    """Mann-Whitney U for every pair of groups (six for four groups), p corrected over the pairs.
+
+    ``correction`` is a ``statsmodels`` ``multipletests`` method, or ``none`` when the study's
+    threshold is already corrected (the paper's p < 0.0001) and ``p_adjusted`` is the raw p.
+    """
     raw = [_mann_whitney(samples, a, b) for a, b in itertools.combinations(range(len(samples)), 2)]
     tested = [i for i, t in enumerate(raw) if not np.isnan(t[1])]
     adjusted = np.full(len(raw), np.nan)
-    if tested:
+    if tested and correction == "none":
+        adjusted[tested] = [raw[i][1] for i in tested]
+    elif tested:
         adjusted[tested] = multipletests([raw[i][1] for i in tested], method=correction)[1]
     pairs = itertools.combinations(range(len(samples)), 2)
     return [

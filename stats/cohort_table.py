@@ -4,12 +4,18 @@ The unit of exclusion is one subject (series) and one structure, as in the paper
 segmentation that failed QC drops that structure for that subject only. Every manifest row
 is accounted for per structure, with one reason, the first that applies:
 
-1. ``series_failed``: the series did not finish (``series.status != "done"``);
-2. ``no_age``: the series has no age, so it cannot be placed on the age axis;
-3. ``not_measured``: the series finished but has no row for this structure;
-4. the QC status of the row when it is not in ``include_statuses`` (``absent``,
+1. ``not_in_manifest``: a later manifest no longer lists the series (kept by ``cohort run``);
+2. ``series_failed``: the series did not finish (``series.status != "done"``);
+3. ``no_age``: the series has no age, so it cannot be placed on the age axis;
+4. ``outside_age_range``: the age lies outside ``age_range`` (adults 18-100 by default);
+5. ``repeated_scan``: another scan of the same ``subject_id`` represents the subject
+   (``repeated_scans: first | last``; with ``mean`` the later scans' included rows are
+   averaged into the first and counted here);
+6. ``not_measured``: the series finished but has no row for this structure;
+7. ``rejected_in_review``: the newest reviewer decision for the row is ``reject`` (``review.py``);
+8. the QC status of the row when it is not in ``include_statuses`` (``absent``,
    ``fov_truncated``, ``below_lower_bound``);
-5. otherwise ``included``.
+9. otherwise ``included``.
 """
 
 from __future__ import annotations
@@ -23,13 +29,17 @@ import pandas as pd
 
 from cohort.errors import RunCannotStart
 from cohort.stats.config import STATUSES, AgingConfig
+from cohort.stats.pooled import add_pooled_rows, load_pooled_definitions
+from cohort.stats.review import load_review, rejected
 
 log = logging.getLogger(__name__)
 
 FEATURE_COLUMNS = ("series_id", "structure", "status")
 SERIES_COLUMNS = ("series_id", "age", "sex", "status")
 INCLUDED, SERIES_FAILED, NO_AGE, NOT_MEASURED = "included", "series_failed", "no_age", "not_measured"
-NOT_IN_MANIFEST = "not_in_manifest"
+NOT_IN_MANIFEST, OUTSIDE_AGE_RANGE, REPEATED_SCAN = "not_in_manifest", "outside_age_range", "repeated_scan"
+REJECTED_IN_REVIEW = "rejected_in_review"
+SERIES_REASONS = (NOT_IN_MANIFEST, SERIES_FAILED, NO_AGE, OUTSIDE_AGE_RANGE, REPEATED_SCAN)
 
 
 class ResultsTableError(RunCannotStart):
@@ -38,27 +48,38 @@ class ResultsTableError(RunCannotStart):
 
 @dataclass(frozen=True)
 class ResultTables:
-    """The two tables ``cohort run`` writes that the study reads."""
+    """The tables ``cohort run`` writes that the study reads, and the reviewers' decisions."""
 
     features: pd.DataFrame
     series: pd.DataFrame
+    review: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
 class AgeGroups:
-    """Four age groups: group ``i`` (1-based) holds ``edges[i-2] <= age < edges[i-1]``."""
+    """Four age groups cut at ``edges``; ``to_older[i]``: an age equal to ``edges[i]`` joins the older group."""
 
     edges: tuple[float, float, float]
     labels: tuple[str, str, str, str]
+    to_older: tuple[bool, bool, bool] = (True, True, True)
 
     @classmethod
-    def from_edges(cls, edges: tuple[float, ...]) -> AgeGroups:
+    def from_edges(cls, edges: tuple[float, ...], to_older: tuple[bool, ...] = (True, True, True)) -> AgeGroups:
+        """Groups with labels in the paper's style: ``<41, 41-59, 59-78, >78`` (``<=`` / ``>=`` where closed).
+
+        >>> AgeGroups.from_edges((41, 59, 78), (True, True, False)).labels
+        ('<41', '41-59', '59-78', '>78')
+        """
         a, b, c = (float(e) for e in edges)
-        return cls((a, b, c), (f"<{a:g}", f"{a:g}-{b:g}", f"{b:g}-{c:g}", f">={c:g}"))
+        first = f"<{a:g}" if to_older[0] else f"<={a:g}"
+        last = f">={c:g}" if to_older[2] else f">{c:g}"
+        return cls((a, b, c), (first, f"{a:g}-{b:g}", f"{b:g}-{c:g}", last), tuple(bool(t) for t in to_older))
 
     def assign(self, age: np.ndarray) -> np.ndarray:
-        """Group number 1..4 per age (left-closed bins: an age equal to a cut point goes up)."""
-        return np.searchsorted(np.asarray(self.edges), age, side="right").astype(np.int8) + 1
+        """Group number 1..4 per age: one step up for every cut point passed (or reached, when it goes older)."""
+        age = np.asarray(age, dtype=float)
+        steps = [age >= edge if older else age > edge for edge, older in zip(self.edges, self.to_older)]
+        return (np.sum(steps, axis=0) + 1).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -67,14 +88,16 @@ class StudyTable:
 
     values: pd.DataFrame
     exclusions: pd.DataFrame
+    selection: pd.DataFrame
     age_groups: AgeGroups
+    covariates: tuple[str, ...] = ()
 
 
 def load_results(results_dir: Path) -> ResultTables:
-    """Read ``features/`` and ``series/`` from a ``cohort run`` output folder."""
+    """Read ``features/``, ``series/`` and (when present) ``review.parquet`` from a ``cohort run`` folder."""
     features = _read_dataset(Path(results_dir) / "features", FEATURE_COLUMNS)
     series = _read_dataset(Path(results_dir) / "series", SERIES_COLUMNS)
-    return ResultTables(features=features, series=series)
+    return ResultTables(features=features, series=series, review=load_review(Path(results_dir)))
 
 
 def _read_dataset(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -87,70 +110,140 @@ def _read_dataset(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return table
 
 
-def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig) -> StudyTable:
-    """Join features with age and sex, apply the exclusions and cut the age groups."""
-    series = _unique_series(series)
-    removed = _not_in_manifest(series)
-    series = series[~removed]
-    usable = series[(series["status"] == "done") & series["age"].notna()]
+def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig,
+                      review: pd.DataFrame | None = None) -> StudyTable:
+    """Join features with age, sex and covariates, apply the exclusions and cut the age groups."""
+    series = _prepared_series(series, config)
+    features = add_pooled_rows(features, load_pooled_definitions(config.pooled_structures))
     orphans = ~features["series_id"].isin(series["series_id"])
     if orphans.any():
         log.warning("features: %d rows of series missing from series/ are ignored", int(orphans.sum()))
-    rows = features.merge(usable[["series_id", "age", "sex"]], on="series_id", how="inner", validate="many_to_one")
+    usable = series[series["reason"] == INCLUDED]
+    columns = ["series_id", "subject_id", "age", "sex", "order", *config.covariates]
+    rows = features.merge(usable[columns], on="series_id", how="inner", validate="many_to_one")
     if rows.duplicated(["series_id", "structure"]).any():
         raise ResultsTableError("features: several rows for one series_id and structure; "
                                 "the table is corrupt, rerun `cohort run`")
-    exclusions = _exclusions(rows, series, sorted(features["structure"].unique()), config, int(removed.sum()))
-    rows = rows[rows["status"].isin(config.include_statuses)]
-    groups = _age_groups(usable["age"].to_numpy(dtype=float), config)
-    return StudyTable(values=_with_groups(rows, config.metrics, groups), exclusions=exclusions, age_groups=groups)
+    rows["reason"] = _row_reasons(rows, config, review)
+    groups = _age_groups(series.loc[series["reason"].isin([INCLUDED, REPEATED_SCAN]), "age"].to_numpy(float), config)
+    rows, values = _one_row_per_subject(rows, config)
+    structures = sorted(features["structure"].unique())
+    exclusions = _exclusions(rows, series, structures, config)
+    selection = _selection(rows, series, structures, groups)
+    values = values[["series_id", "structure", "age", "sex", *config.covariates, *config.metrics]]
+    values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
+    return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
+                      covariates=config.covariates)
 
 
-def _unique_series(series: pd.DataFrame) -> pd.DataFrame:
+def _prepared_series(series: pd.DataFrame, config: AgingConfig) -> pd.DataFrame:
+    """Series with numeric age, a subject, the configured covariates and a series-level ``reason``."""
     if series["series_id"].duplicated().any():
         raise ResultsTableError("series: duplicate series_id rows; the table is corrupt, rerun `cohort run`")
-    return series.assign(age=pd.to_numeric(series["age"], errors="coerce"))
+    series = _with_covariates(series.reset_index(drop=True), config.covariates)
+    age = pd.to_numeric(series["age"], errors="coerce")
+    subject = series["subject_id"] if "subject_id" in series.columns else pd.Series(np.nan, index=series.index)
+    line = series["manifest_line"] if "manifest_line" in series.columns else pd.Series(0, index=series.index)
+    series = series.assign(age=age, subject_id=subject.fillna(series["series_id"]).astype(str),
+                           manifest_line=pd.to_numeric(line, errors="coerce"))
+    low, high = config.age_range
+    removed = series["in_manifest"].eq(False) if "in_manifest" in series.columns else pd.Series(False, series.index)
+    reason = np.select(
+        [removed, series["status"] != "done", age.isna(), (age < low) | (age > high)],
+        [NOT_IN_MANIFEST, SERIES_FAILED, NO_AGE, OUTSIDE_AGE_RANGE], INCLUDED)
+    series = series.assign(reason=reason)
+    if (series["reason"] == NOT_IN_MANIFEST).any():
+        log.warning("series: %d series are no longer in the run's manifest and are left out",
+                    int((series["reason"] == NOT_IN_MANIFEST).sum()))
+    eligible = series[series["reason"] == INCLUDED].sort_values(["age", "manifest_line", "series_id"], kind="stable")
+    order = eligible.groupby("subject_id").cumcount()
+    series["order"] = order.reindex(series.index)
+    if config.repeated_scans in ("first", "last"):
+        keep = order == 0 if config.repeated_scans == "first" else (
+            order == eligible.groupby("subject_id")["series_id"].transform("size") - 1)
+        series.loc[keep[~keep].index, "reason"] = REPEATED_SCAN
+    return series
 
 
-def _not_in_manifest(series: pd.DataFrame) -> pd.Series:
-    """Series a later manifest no longer lists: kept by ``cohort run``, never studied."""
-    if "in_manifest" not in series.columns:
-        return pd.Series(False, index=series.index)
-    removed = series["in_manifest"].eq(False)
-    if removed.any():
-        log.warning("series: %d series are no longer in the run's manifest and are left out", int(removed.sum()))
-    return removed
+def _with_covariates(series: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """The configured covariates as columns, from the ``covariates`` map column (the manifest's extra columns)."""
+    if not names:
+        return series
+    if "covariates" in series.columns:
+        expanded = pd.DataFrame([dict(pairs) if pairs is not None else {} for pairs in series["covariates"]],
+                                index=series.index)
+        series = series.assign(**{n: expanded[n] for n in names if n in expanded.columns and n not in series})
+    missing = [n for n in names if n not in series.columns]
+    if missing:
+        raise ResultsTableError(f"series: covariate '{missing[0]}' (config key 'covariates') is not a manifest "
+                                "column of this run; add it to the manifest or remove it from the config")
+    return series
+
+
+def _row_reasons(rows: pd.DataFrame, config: AgingConfig, review: pd.DataFrame | None) -> np.ndarray:
+    rejected_rows = rejected(review, rows) if review is not None else np.zeros(len(rows), dtype=bool)
+    status = rows["status"].to_numpy(dtype=object)
+    return np.where(rejected_rows, REJECTED_IN_REVIEW,
+                    np.where(rows["status"].isin(config.include_statuses), INCLUDED, status))
+
+
+def _one_row_per_subject(rows: pd.DataFrame, config: AgingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows with final reasons, included values): with ``mean``, a subject's included scans are averaged."""
+    included = rows[rows["reason"] == INCLUDED]
+    if config.repeated_scans != "mean":
+        return rows, included
+    ordered = included.sort_values(["subject_id", "structure", "order"], kind="stable")
+    later = ordered.duplicated(["subject_id", "structure"])
+    rows.loc[later[later].index, "reason"] = REPEATED_SCAN
+    means = ordered.groupby(["subject_id", "structure"], sort=False)[["age", *config.metrics]].transform("mean")
+    averaged = ordered.assign(**{c: means[c] for c in means.columns})
+    return rows, averaged[~later]
 
 
 def _age_groups(ages: np.ndarray, config: AgingConfig) -> AgeGroups:
+    to_older = tuple(side == "older" for side in config.age_groups.cut_point_goes_to)
     if config.age_groups.method == "paper":
-        return AgeGroups.from_edges(config.age_groups.cut_points)
+        return AgeGroups.from_edges(config.age_groups.cut_points, to_older)
     if len(ages) == 0:
         raise ResultsTableError("series: no series with an age, so no age quartiles; "
                                 "use age_groups.method: paper or add ages to the manifest")
-    return AgeGroups.from_edges(tuple(np.quantile(ages, [0.25, 0.5, 0.75])))
+    return AgeGroups.from_edges(tuple(np.quantile(ages, [0.25, 0.5, 0.75])), to_older)
 
 
-def _with_groups(rows: pd.DataFrame, metrics: tuple[str, ...], groups: AgeGroups) -> pd.DataFrame:
-    keep = rows[["series_id", "structure", "age", "sex", *metrics]].reset_index(drop=True)
-    return keep.assign(age_group=groups.assign(keep["age"].to_numpy(dtype=float)))
-
-
-def _exclusions(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], config: AgingConfig,
-                n_not_in_manifest: int = 0) -> pd.DataFrame:
-    """Count series per structure and reason; the counts of a structure sum to the number of series
-    in the tables (those no longer in the manifest under their own reason)."""
-    n_failed = int((series["status"] != "done").sum())
-    n_no_age = int(((series["status"] == "done") & series["age"].isna()).sum())
-    n_usable = len(series) - n_failed - n_no_age
-    status = rows["status"].where(~rows["status"].isin(config.include_statuses), INCLUDED)
-    reasons = [INCLUDED, *(s for s in STATUSES if s not in config.include_statuses)]
-    counts = pd.crosstab(rows["structure"], status).reindex(structures, fill_value=0)
-    counts = counts.reindex(columns=list(dict.fromkeys([*reasons, *counts.columns])), fill_value=0)
-    counts[NOT_MEASURED] = n_usable - counts.sum(axis=1)
-    counts[SERIES_FAILED], counts[NO_AGE] = n_failed, n_no_age
-    if n_not_in_manifest:
-        counts[NOT_IN_MANIFEST] = n_not_in_manifest
+def _exclusions(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], config: AgingConfig) -> pd.DataFrame:
+    """Count series per structure and reason; the counts of a structure sum to the series in the tables."""
+    n_series = series["reason"].value_counts()
+    row_reasons = [INCLUDED, REJECTED_IN_REVIEW, *(s for s in STATUSES if s not in config.include_statuses)]
+    counts = pd.crosstab(rows["structure"], rows["reason"]).reindex(structures, fill_value=0)
+    counts = counts.reindex(columns=list(dict.fromkeys([*row_reasons, *counts.columns])), fill_value=0)
+    counts[NOT_MEASURED] = int(n_series.get(INCLUDED, 0)) - counts.sum(axis=1)
+    for reason in SERIES_REASONS:
+        counts[reason] = counts.get(reason, 0) + int(n_series.get(reason, 0))
     table = counts.rename_axis(index="structure", columns="reason").stack().rename("n_series").reset_index()
-    log.info("exclusions: %d series failed, %d without age, of %d", n_failed, n_no_age, len(series))
+    log.info("exclusions by series: %s", ", ".join(f"{r} {n}" for r, n in n_series.items()))
     return table.astype({"n_series": "int64"}).sort_values(["structure", "reason"], ignore_index=True)
+
+
+def _selection(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], groups: AgeGroups) -> pd.DataFrame:
+    """Exclusion rates by age group and sex among series with an age: who did QC and review remove?
+
+    One row per age group, sex and reason with ``n`` (series x structure slots) and ``share``
+    of the group's slots; series-level reasons count every structure of the series.
+    """
+    aged = series[series["reason"].isin([INCLUDED, SERIES_FAILED, OUTSIDE_AGE_RANGE, REPEATED_SCAN])]
+    aged = aged.assign(age_group=np.asarray(groups.labels)[groups.assign(aged["age"].to_numpy(float)) - 1],
+                       sex=aged["sex"].fillna("unknown"))
+    keys = ["age_group", "sex"]
+    slots = aged.groupby(keys).size() * len(structures)
+    per_series = aged[aged["reason"] != INCLUDED].groupby([*keys, "reason"]).size() * len(structures)
+    measured = rows[["series_id", "reason"]].merge(aged[["series_id", *keys]], on="series_id")
+    per_row = measured.groupby([*keys, "reason"]).size()
+    usable_slots = aged[aged["reason"] == INCLUDED].groupby(keys).size() * len(structures)
+    not_measured = usable_slots - measured.groupby(keys).size().reindex(usable_slots.index, fill_value=0)
+    not_measured = pd.concat({NOT_MEASURED: not_measured}, names=["reason"]).reorder_levels([*keys, "reason"])
+    counts = pd.concat([per_series, per_row, not_measured[not_measured > 0]]).groupby(level=[0, 1, 2]).sum()
+    table = counts.rename("n").reset_index()
+    table["share"] = table["n"] / slots.reindex(pd.MultiIndex.from_frame(table[keys])).to_numpy()
+    order = {label: i for i, label in enumerate(groups.labels)}
+    table = table.sort_values(["age_group", "sex", "reason"], key=lambda c: c.map(order) if c.name == "age_group" else c)
+    return table.astype({"n": "int64"}).reset_index(drop=True)

@@ -2,8 +2,9 @@
 
 * ``overview.png``: Spearman r_s of every structure, volume and HU side by side, sorted;
 * ``<structure>__<metric>.png``: the paper's Figure 6 for one structure and metric, a
-  scatter against age with r_s and a quadratic fit, and box plots per age group
-  (whiskers at 1.5 IQR, outliers not drawn).
+  scatter against age with r_s and a smooth curve (``figures.curve``: LOWESS overall and per
+  sex, so non-monotone trajectories show; or the preprint's quadratic fit), and box plots per
+  age group (whiskers at 1.5 IQR, outliers not drawn).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cohort.stats.cohort_table import AgeGroups
-from cohort.stats.study import ALL, KEYS, AgingResults, Sample, samples
+from cohort.stats.study import ALL, KEYS, SEXES, AgingResults, Sample, samples
+from cohort.stats.trends import age_curve
 
 log = logging.getLogger(__name__)
 METRIC_LABELS = {"volume_ml": "volume (ml)", "mean_hu": "mean attenuation (HU)"}
 SIGNIFICANT, NOT_SIGNIFICANT = "#1f5fa8", "#b8c4d0"
+SEX_COLORS = {"F": "#c0392b", "M": "#2e7d32"}
+MIN_CURVE_N = 30
 
 
 def draw_figures(results: AgingResults, out_dir: Path) -> list[Path]:
@@ -59,7 +63,7 @@ def _structure_jobs(batch: list[Sample], results: AgingResults, out_dir: Path) -
         row = correlations.loc[(s.stratum, s.structure, s.metric)]
         jobs.append(functools.partial(structure_figure, s, float(row["spearman_r"]), float(row["p"]),
                                       results.age_groups, out_dir / f"{s.structure}__{s.metric}.png",
-                                      results.config.figures.dpi))
+                                      results.config.figures.dpi, results.config.figures.curve))
     return jobs
 
 
@@ -73,16 +77,15 @@ def _run(jobs: list[Callable[[], Path]], workers: int) -> list[Path]:
         return [future.result() for future in futures]
 
 
-def structure_figure(sample: Sample, r_s: float, p: float, groups: AgeGroups, path: Path, dpi: int) -> Path:
-    """Scatter with r_s and quadratic fit (left) and box plots per age group (right)."""
+def structure_figure(sample: Sample, r_s: float, p: float, groups: AgeGroups, path: Path, dpi: int,
+                     curve: str = "lowess") -> Path:
+    """Scatter with r_s and a smooth curve (left) and box plots per age group (right)."""
     fig = Figure(figsize=(9, 3.6))
     scatter, boxes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.22)
     scatter.scatter(sample.age, sample.values, s=4, alpha=0.3, color=SIGNIFICANT, linewidths=0)
-    if len(sample.values) >= 3:
-        grid = np.linspace(sample.age.min(), sample.age.max(), 100)
-        scatter.plot(grid, np.polyval(np.polyfit(sample.age, sample.values, 2), grid), color="#c0392b", lw=2,
-                     label="quadratic fit")
+    if len(sample.values) >= MIN_CURVE_N:
+        _draw_curves(scatter, sample, curve)
         scatter.legend(loc="best", fontsize=8, frameon=False)
     scatter.set(xlabel="age (years)", ylabel=METRIC_LABELS.get(sample.metric, sample.metric),
                 title=f"{sample.structure}: r_s = {r_s:.2f}, {_p_text(p)}, n = {len(sample.values)}")
@@ -95,6 +98,21 @@ def structure_figure(sample: Sample, r_s: float, p: float, groups: AgeGroups, pa
         axis.grid(alpha=0.3)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def _draw_curves(axis, sample: Sample, curve: str) -> None:  # type: ignore[no-untyped-def]
+    """The preprint's quadratic least-squares fit, or LOWESS curves overall and within each sex."""
+    if curve == "quadratic":
+        grid = np.linspace(sample.age.min(), sample.age.max(), 100)
+        axis.plot(grid, np.polyval(np.polyfit(sample.age, sample.values, 2), grid), color="#c0392b", lw=2,
+                  label="quadratic fit")
+        return
+    axis.plot(*age_curve(sample.age, sample.values), color="black", lw=2, label="LOWESS, all")
+    for sex in SEXES:
+        members = sample.sex == sex
+        if members.sum() >= MIN_CURVE_N:
+            axis.plot(*age_curve(sample.age[members], sample.values[members]), color=SEX_COLORS[sex], lw=1.5,
+                      label=f"LOWESS, {sex}")
 
 
 def overview_figure(correlations: pd.DataFrame, path: Path, dpi: int) -> Path:

@@ -16,11 +16,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cohort.stats.config import AgingConfig
 from cohort.stats.paper import PAPER_SPEARMAN, paper_kruskal_p
 from cohort.stats.study import ALL, AgingResults
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"cohort.aging"
+PARQUET_ONLY = ("zscores", "centiles")  # one row per subject (or age and centile): CSV would be large and slow
 
 
 def provenance(results: AgingResults) -> dict[str, object]:
@@ -30,7 +32,7 @@ def provenance(results: AgingResults) -> dict[str, object]:
 
 
 def write_tables(results: AgingResults, out_dir: Path) -> list[Path]:
-    """Write every table as ``<name>.parquet`` and ``<name>.csv``; returns the Parquet paths."""
+    """Write every table as ``<name>.parquet`` and ``<name>.csv`` (Parquet only: ``PARQUET_ONLY``); returns the Parquet paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = json.dumps(provenance(results)).encode()
     paths = []
@@ -38,7 +40,8 @@ def write_tables(results: AgingResults, out_dir: Path) -> list[Path]:
         table = pa.Table.from_pandas(frame, preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: metadata})
         pq.write_table(table, out_dir / f"{name}.parquet")
-        frame.to_csv(out_dir / f"{name}.csv", index=False)
+        if name not in PARQUET_ONLY:
+            frame.to_csv(out_dir / f"{name}.csv", index=False)
         paths.append(out_dir / f"{name}.parquet")
     (out_dir / "provenance.json").write_text(json.dumps(provenance(results), indent=2) + "\n")
     log.info("tables: %s", ", ".join(p.stem for p in paths))
@@ -96,15 +99,59 @@ def summary_lines(results: AgingResults) -> list[str]:
          "(per-structure exclusions in `exclusions`)."),
         (f"- Included QC statuses: {', '.join(config.include_statuses)}; alpha = {config.alpha:g}; "
          f"configuration: `{config.source}`."),
-        (f"- Age groups ({config.age_groups.method}): {', '.join(groups.labels)} years "
-         "(left-closed: a cut-point age goes to the older group)."),
+        (f"- Preset `{config.preset}`; adults {config.age_range[0]:g}-{config.age_range[1]:g} years; "
+         f"one scan per subject ({config.repeated_scans}); age groups ({config.age_groups.method}): "
+         f"{', '.join(groups.labels)} years."),
         f"- Spearman significant: {n_corr} of {n_pairs} structure-metric pairs; Kruskal-Wallis significant: {n_kw}.",
+        f"- Multiplicity: {family_text(config)}",
         *(_agreement_lines(results.quartile_tests, config.alpha) if kw is not None else []),
+        *selection_lines(results.selection),
         "",
         f"## Strongest age effects (top {config.summary_top_n} by |r_s|, significant only)",
         "",
         *(_markdown_table(effects) if len(effects) else ["No significant age effect."]),
+        *_stratified_lines(results, effects),
     ]
+
+
+def family_text(config: AgingConfig) -> str:
+    """One sentence naming the family of tests and the p-value that decides significance."""
+    deciding = {"none": "the raw p-value", "bonferroni": "the Bonferroni-adjusted p (`p_bonferroni`)",
+                "fdr_bh": "the Benjamini-Hochberg FDR-adjusted p (`p_fdr`)"}[config.multiplicity]
+    pairs = ("" if config.pairwise_correction == "none" else
+             f"; the six age-group pairs are first corrected together ({config.pairwise_correction}, `p_adjusted`)")
+    return (f"significance is {deciding} < {config.alpha:g}; the family is every test of one table within one stratum "
+            f"(structures x metrics; x 6 pairs for `pairwise_tests`; `family_size` in each row){pairs}. "
+            "`p_bonferroni` and `p_fdr` are reported for every test.")
+
+
+def selection_lines(selection: pd.DataFrame) -> list[str]:
+    """Share of structure measurements excluded per age group (both sexes)."""
+    if selection.empty:
+        return []
+    by_group = selection.assign(excluded=selection["reason"] != "included").groupby(["age_group", "excluded"],
+                                                                                      sort=False)["n"].sum()
+    table = by_group.unstack(fill_value=0)
+    if table.shape[0] < 2 or table.shape[1] < 2:
+        return []
+    shares = ", ".join(f"{g} {100 * row[True] / row.sum():.1f} %" for g, row in table.iterrows())
+    return [f"- Selection: structure measurements excluded, by age group: {shares} (by sex and reason in "
+            "`selection`; no test is given because the measurements of one series are not independent)."]
+
+
+def _stratified_lines(results: AgingResults, effects: pd.DataFrame) -> list[str]:
+    """The strongest effects side by side: pooled r_s, sex-adjusted partial r, and r_s within F and within M."""
+    if effects.empty or not results.config.stratify_by_sex:
+        return []
+    keys = ["structure", "metric"]
+    corr = results.correlations.pivot_table(index=keys, columns="stratum", values="spearman_r", observed=True)
+    table = effects[keys].merge(corr.reset_index(), on=keys, how="left")
+    if not results.adjusted.empty:
+        table = table.merge(results.adjusted[[*keys, "partial_r", "ci_low", "ci_high"]], on=keys, how="left")
+    if not results.trends.empty:
+        trend = results.trends[results.trends["stratum"] == ALL][[*keys, "slope_per_decade", "unit", "pct_per_decade"]]
+        table = table.merge(trend, on=keys, how="left")
+    return ["", "## The same effects by sex, adjusted for sex, and per decade", "", *_markdown_table(table)]
 
 
 def _agreement_lines(quartile_tests: pd.DataFrame, alpha: float) -> list[str]:

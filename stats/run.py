@@ -10,6 +10,7 @@ from pathlib import Path
 from cohort.stats.cohort_table import load_results
 from cohort.stats.config import load_aging_config, with_figures
 from cohort.stats.figures import draw_figures
+from cohort.stats.methods import write_methods
 from cohort.stats.outputs import write_summary, write_tables
 from cohort.stats.study import ALL, run_study
 
@@ -35,28 +36,30 @@ class StatsRun:
         return (f"aging study: {self.n_subjects} of {self.n_series} series used, "
                 f"{self.n_significant} of {self.n_tests} structure-metric correlations significant, "
                 f"{self.seconds:.1f} s\n"
-                f"tables, {len(self.figures)} figures and summary.md in {self.out_dir}")
+                f"tables, {len(self.figures)} figures, summary.md and methods.md in {self.out_dir}")
 
 
 def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path | None = None,
-              figures: str | None = None) -> StatsRun:
+              figures: str | None = None, preset: str | None = None) -> StatsRun:
     """Run the aging study on ``results_dir/{features,series}`` and write ``out_dir``.
 
     ``out_dir`` defaults to ``results_dir/aging``; ``config_path`` to the shipped
     ``stats/aging_default.yaml``; ``figures`` (``none``, ``overview``, ``top``, ``all``)
-    overrides the config's ``figures.which``. Raises ``cohort.errors.ConfigError`` for a bad config
+    overrides the config's ``figures.which``; ``preset`` (``default``, ``paper``) the file's ``preset:``.
+    Decisions in ``results_dir/review.parquet`` are honoured (rejected rows: ``rejected_in_review``). Raises ``cohort.errors.ConfigError`` for a bad config
     (before reading any table) and ``ResultsTableError`` for a missing or malformed table;
     both are ``RunCannotStart`` (exit code 2 on the command line).
     """
     start = time.perf_counter()
-    config = with_figures(load_aging_config(config_path), figures)
+    config = with_figures(load_aging_config(config_path, preset), figures)
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir else results_dir / "aging"
     tables = load_results(results_dir)
-    results = run_study(tables.features, tables.series, config)
+    results = run_study(tables.features, tables.series, config, tables.review)
     paths = write_tables(results, out_dir)
     figures = draw_figures(results, out_dir / "figures")
     summary = write_summary(results, out_dir)
+    write_methods(results, out_dir)
     overall = results.correlations[results.correlations["stratum"] == ALL] if len(results.correlations) else None
     run = StatsRun(
         out_dir=out_dir, tables=tuple(paths), figures=tuple(figures), summary=summary,

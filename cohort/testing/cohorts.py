@@ -74,7 +74,8 @@ def _series(n: int, n_failed: int, n_without_age: int, rng: np.random.Generator)
     status = np.where(np.arange(n) < n_failed, "failed", "done")
     age[n_failed:n_failed + n_without_age] = np.nan
     error = [f"{i}.nii.gz: truncated gzip stream" if s == "failed" else None for i, s in zip(ids, status)]
-    return pd.DataFrame({"series_id": ids, "age": age, "sex": sex, "status": status, "error": error})
+    return pd.DataFrame({"series_id": ids, "subject_id": [f"P{i:05d}" for i in range(n)], "age": age, "sex": sex,
+                         "status": status, "error": error, "manifest_line": np.arange(2, n + 2), "in_manifest": True})
 
 
 def _structures(n: int) -> list[str]:
@@ -148,3 +149,36 @@ def _planted_exclusions(features: pd.DataFrame, series: pd.DataFrame) -> pd.Data
     with_age = series.loc[series["age"].notna() & (series["status"] == "done"), "series_id"]
     rows = features[features["series_id"].isin(with_age)]
     return rows.groupby(["structure", "status"]).size().rename("n_series").reset_index()
+
+
+def cohort_from_values(age: np.ndarray, sex: np.ndarray, values: dict[tuple[str, str], np.ndarray],
+                       subject_id: np.ndarray | None = None,
+                       covariates: dict[str, np.ndarray] | None = None) -> SyntheticCohort:
+    """A cohort whose every measurement is given: ``values[(structure, metric)]`` holds one value per series.
+
+    All series are done and every row is ``ok``; metrics not given are filled so that the row is
+    complete (volume 100 ml, HU 50). ``covariates`` become the ``covariates`` map column, as the
+    manifest's extra columns do in ``cohort run``. For tests with a known truth: a planted slope,
+    a sex difference confounded with age, outliers, a pair of age groups near a threshold.
+
+    >>> c = cohort_from_values(np.array([20.0, 80.0]), np.array(["F", "M"]), {("liver", "volume_ml"): np.array([1.0, 2.0])})
+    >>> c.features[["series_id", "structure", "volume_ml", "mean_hu", "status"]].values.tolist()
+    [['S00000', 'liver', 1.0, 50.0, 'ok'], ['S00001', 'liver', 2.0, 50.0, 'ok']]
+    """
+    n = len(age)
+    ids = np.asarray([f"S{i:05d}" for i in range(n)], dtype=object)
+    series = pd.DataFrame({"series_id": ids, "subject_id": subject_id if subject_id is not None else ids,
+                           "age": np.asarray(age, dtype=float), "sex": sex, "status": "done", "error": None,
+                           "manifest_line": np.arange(2, n + 2), "in_manifest": True})
+    if covariates:
+        series["covariates"] = [list(zip(covariates, (str(covariates[k][i]) for k in covariates))) for i in range(n)]
+    structures = list(dict.fromkeys(s for s, _ in values))
+    frames = []
+    for structure in structures:
+        volume = values.get((structure, "volume_ml"), np.full(n, 100.0))
+        hu = values.get((structure, "mean_hu"), np.full(n, 50.0))
+        frames.append(pd.DataFrame({"series_id": ids, "structure": structure, "volume_ml": volume, "mean_hu": hu,
+                                    "n_voxels": np.rint(volume * 1000.0 / 3.375).astype(np.int64), "status": "ok"}))
+    features = pd.concat(frames, ignore_index=True)
+    empty = pd.DataFrame(columns=["structure", "metric", "planted_r"])
+    return SyntheticCohort(features, series, empty, pd.DataFrame(columns=["structure", "status", "n_series"]))

@@ -1,4 +1,5 @@
-"""Shared fixtures: one paper-sized synthetic cohort (4,004 subjects), analysed once per session."""
+"""Shared fixtures: one paper-sized synthetic cohort (4,004 subjects), analysed once per session with the
+paper preset (the tests of the published method), and a small one analysed with the default preset."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cohort.stats.config import load_aging_config
 from cohort.stats.study import AgingResults, run_study
 from cohort.testing.cohorts import SyntheticCohort, make_cohort
 
@@ -17,7 +19,7 @@ def cohort() -> SyntheticCohort:
 
 @pytest.fixture(scope="session")
 def results(cohort: SyntheticCohort) -> AgingResults:
-    return run_study(cohort.features, cohort.series)
+    return run_study(cohort.features, cohort.series, load_aging_config(preset="paper"))
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,32 @@ from cohort.errors import ConfigError
 from cohort.stats.config import DEFAULT_CONFIG, load_aging_config
 
 
-def test_shipped_defaults_follow_the_paper() -> None:
-    config = load_aging_config()
-    assert config.alpha == 0.0001
+def test_paper_preset_is_the_published_method() -> None:
+    config = load_aging_config(preset="paper")
+    assert config.alpha == 0.0001 and config.multiplicity == "none" and config.pairwise_correction == "none"
     assert config.age_groups.method == "paper" and config.age_groups.cut_points == (41.0, 59.0, 78.0)
+    assert config.age_groups.cut_point_goes_to == ("older", "older", "younger")  # the paper's "> 78"
+    assert config.include_statuses == ("ok", "fov_truncated")  # the lower bound is the paper's only QC rule
+    assert config.age_range == (18.0, 100.0) and config.analyses == () and not config.stratify_by_sex
+    assert config.figures.curve == "quadratic"
+
+
+def test_default_preset_is_the_recommended_practice() -> None:
+    config = load_aging_config()
+    assert config.preset == "default" and config.source == str(DEFAULT_CONFIG)
     assert config.include_statuses == ("ok",) and config.metrics == ("volume_ml", "mean_hu")
-    assert config.pairwise_correction == "bonferroni" and config.source == str(DEFAULT_CONFIG)
+    assert config.multiplicity == "fdr_bh" and config.alpha == 0.05 and config.stratify_by_sex
+    assert set(config.analyses) == {"intervals", "adjusted", "trends", "normative"}
+    assert config.repeated_scans == "first" and config.age_range == (18.0, 100.0)
+
+
+def test_file_names_its_preset_and_overrides_keys(tmp_path: Path) -> None:
+    path = tmp_path / "aging.yaml"
+    path.write_text("preset: paper\nalpha: 0.001\nbootstrap: {n_resamples: 200}\n")
+    config = load_aging_config(path)
+    assert config.preset == "paper" and config.alpha == 0.001 and config.include_statuses == ("ok", "fov_truncated")
+    assert config.bootstrap.n_resamples == 200 and config.bootstrap.seed == 2023
+    assert load_aging_config(path, preset="default").include_statuses == ("ok",)  # the argument wins
 
 
 @pytest.mark.parametrize(("text", "key"), [
@@ -32,6 +52,15 @@ def test_shipped_defaults_follow_the_paper() -> None:
     ("figures: {top_n: 0}\n", "figures.top_n"),
     ("workers: 0\n", "workers"),
     ("stratify_by_sex: 1\n", "stratify_by_sex"),
+    ("preset: nature\n", "preset"),
+    ("multiplicity: holm\n", "multiplicity"),
+    ("repeated_scans: median\n", "repeated_scans"),
+    ("analyses: [intervals, magic]\n", "analyses"),
+    ("age_range: [100, 18]\n", "age_range"),
+    ("age_groups: {cut_point_goes_to: [older, up, older]}\n", "age_groups.cut_point_goes_to"),
+    ("bootstrap: {confidence: 95}\n", "bootstrap.confidence"),
+    ("normative: {outlier_z: -3}\n", "normative.outlier_z"),
+    ("figures: {curve: spline}\n", "figures.curve"),
 ])
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "aging.yaml"

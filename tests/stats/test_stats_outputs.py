@@ -18,38 +18,45 @@ from cohort.stats.paper import paper_kruskal_p
 from cohort.stats.study import AgingResults
 from cohort.testing.cohorts import make_cohort
 
-TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
+TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "adjusted", "trends", "exclusions",
+          "selection")
+CORRELATION_COLUMNS = ["stratum", "structure", "metric", "n", "spearman_r", "p", "ci_low", "ci_high", "family_size",
+                       "p_bonferroni", "p_fdr", "significant"]
 
 
 def test_run_stats_writes_every_table_twice(small_results_dir: Path, tmp_path: Path) -> None:
     run = run_stats(small_results_dir, tmp_path / "aging")
-    assert run.out_dir == tmp_path / "aging" and run.n_series == 600 and run.n_tests == 24
+    assert run.out_dir == tmp_path / "aging" and run.n_series == 600 and run.n_tests == 26  # 12 + pooled kidney, x 2
     for name in TABLES:
         parquet = pd.read_parquet(tmp_path / "aging" / f"{name}.parquet")
         csv = pd.read_csv(tmp_path / "aging" / f"{name}.csv")
         assert len(parquet) == len(csv) > 0 and list(parquet.columns) == list(csv.columns)
     metadata = json.loads(pq.read_schema(tmp_path / "aging" / "correlations.parquet").metadata[METADATA_KEY])
-    assert metadata["config"]["alpha"] == 0.0001 and metadata["age_group_edges"] == [41.0, 59.0, 78.0]
+    assert metadata["config"]["alpha"] == 0.05 and metadata["age_group_edges"] == [41.0, 59.0, 78.0]
+    for name in ("zscores", "centiles"):  # one row per subject: Parquet only
+        assert len(pd.read_parquet(tmp_path / "aging" / f"{name}.parquet")) > 0
+        assert not (tmp_path / "aging" / f"{name}.csv").exists()
+    assert "Theil-Sen" in (tmp_path / "aging" / "methods.md").read_text()
 
 
 def test_tables_are_tidy_with_documented_columns(small_results_dir: Path, tmp_path: Path) -> None:
     run_stats(small_results_dir, tmp_path)
     corr = pd.read_parquet(tmp_path / "correlations.parquet")
-    assert list(corr.columns) == ["stratum", "structure", "metric", "n", "spearman_r", "p", "significant"]
+    assert list(corr.columns) == CORRELATION_COLUMNS
     assert not corr.duplicated(["stratum", "structure", "metric"]).any()
     pairs = pd.read_parquet(tmp_path / "pairwise_tests.parquet")
     assert len(pairs) == 6 * len(corr)
     desc = pd.read_parquet(tmp_path / "descriptives.parquet")
-    assert set(desc["age_group"]) == {"all", "<41", "41-59", "59-78", ">=78"}
+    assert set(desc["age_group"]) == {"all", "<41", "41-59", "59-78", ">78"}
     excl = pd.read_parquet(tmp_path / "exclusions.parquet")
     assert (excl.groupby("structure")["n_series"].sum() == 600).all()
 
 
 def test_summary_names_the_strongest_planted_effect(small_results_dir: Path, tmp_path: Path) -> None:
-    run = run_stats(small_results_dir, tmp_path)
+    run = run_stats(small_results_dir, tmp_path, preset="paper")
     text = run.summary.read_text()
     assert "| gluteus_minimus_left | mean_hu |" in text
-    assert "alpha = 0.0001" in text and "<41, 41-59, 59-78, >=78" in text
+    assert "alpha = 0.0001" in text and "<41, 41-59, 59-78, >78" in text
 
 
 @pytest.mark.parametrize(("which", "expected"), [("none", 0), ("overview", 1), ("top", 3), ("all", 7)])
@@ -72,7 +79,8 @@ def test_summary_compares_with_the_papers_table_s1(results: AgingResults) -> Non
     assert agreement["n"].sum() == 194  # structure-metric pairs with a Table S1 p among the 234
     both = agreement.query("paper_significant and significant")["n"].sum()
     assert both == 8  # every planted effect is one the paper found too
-    effects = strongest_effects(results, 20)
+    effects = strongest_effects(results, 30)
+    effects = effects[effects["structure"].isin(set(paper_kruskal_p()["structure"]))]  # pooled rows: not in Table S1
     assert len(effects) == 8 and (effects["paper_kruskal_p"] == "< 0.0001").all()
     assert effects.set_index("structure").loc["aorta", "paper_r"] == 0.64
 
@@ -89,7 +97,7 @@ def test_cohort_without_ages_gives_empty_tables_with_their_columns(tmp_path: Pat
     run = run_stats(cohort.write(tmp_path / "results"), tmp_path / "aging")
     assert run.n_subjects == 0 and run.n_tests == 0 and run.figures == ()
     corr = pd.read_parquet(tmp_path / "aging" / "correlations.parquet")
-    assert corr.empty and list(corr.columns) == ["stratum", "structure", "metric", "n", "spearman_r", "p", "significant"]
+    assert corr.empty and list(corr.columns) == CORRELATION_COLUMNS
     excl = pd.read_parquet(tmp_path / "aging" / "exclusions.parquet").groupby("reason")["n_series"].max()
     assert excl["no_age"] == 30 and excl["series_failed"] == 20 and excl["included"] == 0
     assert "No significant age effect." in run.summary.read_text()

@@ -1,4 +1,7 @@
-"""The aging study finds what was planted in a synthetic cohort, and nothing else."""
+"""The aging study finds what was planted in a synthetic cohort, and nothing else.
+
+These tests check the paper's method (``preset: paper``); the default preset's additions are
+tested in ``test_stats_beyond_paper.py``."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from cohort.stats.cohort_table import ResultsTableError
 from cohort.stats.config import load_aging_config
 from cohort.stats.study import AgingResults, run_study
 from cohort.testing.cohorts import SyntheticCohort, make_cohort
+
+PAPER = load_aging_config(preset="paper")
 
 
 def _joined(corr: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
@@ -46,7 +51,7 @@ def test_no_effect_where_none_was_planted(results: AgingResults, cohort: Synthet
 
 
 def test_false_positive_rate_near_alpha_at_five_percent(cohort: SyntheticCohort) -> None:
-    config = dataclasses.replace(load_aging_config(), alpha=0.05)
+    config = dataclasses.replace(PAPER, alpha=0.05)
     corr = run_study(cohort.features, cohort.series, config).correlations
     null = _joined(corr, cohort.effects).query("planted_r == 0")
     rate = null["significant"].mean()
@@ -56,13 +61,17 @@ def test_false_positive_rate_near_alpha_at_five_percent(cohort: SyntheticCohort)
 
 def test_exclusions_match_what_was_planted(results: AgingResults, cohort: SyntheticCohort) -> None:
     table = results.exclusions.pivot(index="structure", columns="reason", values="n_series")
+    assert (table.sum(axis=1) == len(cohort.series)).all()  # pooled structures too
     planted = cohort.planted_exclusions.pivot(index="structure", columns="status", values="n_series").fillna(0)
-    for status in ("absent", "fov_truncated", "below_lower_bound"):
-        assert (table[status] == planted[status].reindex(table.index)).all()
-    assert (table["included"] == planted["ok"].reindex(table.index)).all()
+    table = table.loc[planted.index]
+    for status in ("absent", "below_lower_bound"):
+        assert (table[status] == planted[status]).all()
+    # the paper excludes by the lower bound only: FOV-truncated rows enter (TotalSegmentator's later rule does not)
+    assert "fov_truncated" not in table.columns
+    assert (table["included"] == planted["ok"] + planted["fov_truncated"]).all()
     assert (table["series_failed"] == 20).all() and (table["no_age"] == 15).all()
-    assert (table["not_measured"] == 0).all()
-    assert (table.sum(axis=1) == len(cohort.series)).all()
+    for reason in ("not_measured", "outside_age_range", "repeated_scan", "rejected_in_review", "not_in_manifest"):
+        assert (table[reason] == 0).all()
 
 
 def test_included_counts_agree_across_tables(results: AgingResults) -> None:
@@ -77,16 +86,16 @@ def test_permuted_age_destroys_every_correlation(seed: int) -> None:
     cohort = make_cohort(n_structures=12, seed=seed)  # all eight planted effects and four null structures
     rng = np.random.default_rng(seed)
     series = cohort.series.assign(age=rng.permutation(cohort.series["age"].to_numpy()))
-    before = run_study(cohort.features, cohort.series).correlations
-    assert before["significant"].sum() == 8
-    corr = run_study(cohort.features, series).correlations
+    before = run_study(cohort.features, cohort.series, PAPER).correlations
+    assert before.query("structure != 'kidney'")["significant"].sum() == 8  # kidney: pooled from kidney_left
+    corr = run_study(cohort.features, series, PAPER).correlations
     assert not corr["significant"].any()
     assert corr["spearman_r"].abs().max() < 0.08
 
 
 def test_results_equal_scipy_on_the_same_data(results: AgingResults, cohort: SyntheticCohort) -> None:
     rows = cohort.features.merge(cohort.series, on="series_id", suffixes=("", "_series"))
-    rows = rows[(rows["status"] == "ok") & (rows["status_series"] == "done") & rows["age"].notna()]
+    rows = rows[rows["status"].isin(["ok", "fov_truncated"]) & (rows["status_series"] == "done") & rows["age"].notna()]
     rows = rows[rows["structure"] == "kidney_left"]
     age, volume = rows["age"].to_numpy(), rows["volume_ml"].to_numpy()
     key = "structure == 'kidney_left' and metric == 'volume_ml'"
@@ -94,7 +103,7 @@ def test_results_equal_scipy_on_the_same_data(results: AgingResults, cohort: Syn
     expected = sps.spearmanr(age, volume)
     assert corr["spearman_r"] == pytest.approx(expected.statistic, rel=1e-12)
     assert corr["p"] == pytest.approx(expected.pvalue, rel=1e-9)
-    groups = [volume[age < 41], volume[(age >= 41) & (age < 59)], volume[(age >= 59) & (age < 78)], volume[age >= 78]]
+    groups = [volume[age < 41], volume[(age >= 41) & (age < 59)], volume[(age >= 59) & (age <= 78)], volume[age > 78]]
     kw = results.quartile_tests.query(key).iloc[0]
     h = sps.kruskal(*groups)
     assert (kw["h_statistic"], kw["p"]) == pytest.approx((h.statistic, h.pvalue), rel=1e-12)
@@ -111,17 +120,17 @@ def test_results_equal_scipy_on_the_same_data(results: AgingResults, cohort: Syn
     assert (desc["n"], desc["median"], desc["sd"], desc["iqr"]) == pytest.approx(expected_desc)
 
 
-def test_cut_point_ages_go_to_the_older_group(results: AgingResults) -> None:
+def test_cut_point_ages_follow_the_papers_groups(results: AgingResults) -> None:
+    # the paper writes <41, 41-59, 59-78, >78: 41 and 59 open the older group, 78 closes 59-78
     groups = results.age_groups
-    assert groups.labels == ("<41", "41-59", "59-78", ">=78")
-    ages = np.array([18.0, 40.9, 41.0, 58.99, 59.0, 77.5, 78.0, 100.0])
-    assert groups.assign(ages).tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert groups.labels == ("<41", "41-59", "59-78", ">78")
+    ages = np.array([18.0, 40.9, 41.0, 58.99, 59.0, 77.5, 78.0, 78.5, 100.0])
+    assert groups.assign(ages).tolist() == [1, 1, 2, 2, 3, 3, 3, 4, 4]
 
 
 def test_cohort_quartiles_split_subjects_evenly() -> None:
     cohort = make_cohort(n_subjects=2000, n_structures=8, seed=6)
-    base = load_aging_config()
-    config = dataclasses.replace(base, age_groups=dataclasses.replace(base.age_groups, method="cohort_quartiles"))
+    config = dataclasses.replace(PAPER, age_groups=dataclasses.replace(PAPER.age_groups, method="cohort_quartiles"))
     results = run_study(cohort.features, cohort.series, config)
     sizes = results.descriptives.query("structure == 'aorta' and metric == 'volume_ml' and age_group != 'all'")["n"]
     assert sizes.min() > 0.22 * sizes.sum()
@@ -129,7 +138,7 @@ def test_cohort_quartiles_split_subjects_evenly() -> None:
 
 def test_sex_strata_are_analysed_separately() -> None:
     small = make_cohort(n_subjects=800, n_structures=9, seed=5)
-    config = dataclasses.replace(load_aging_config(), stratify_by_sex=True, workers=1)
+    config = dataclasses.replace(PAPER, stratify_by_sex=True, workers=1)
     corr = run_study(small.features, small.series, config).correlations
     assert set(corr["stratum"]) == {"all", "F", "M"}
     n = corr.query("structure == 'aorta' and metric == 'volume_ml'").set_index("stratum")["n"]
@@ -139,7 +148,8 @@ def test_sex_strata_are_analysed_separately() -> None:
 
 def test_one_worker_and_two_workers_agree() -> None:
     small = make_cohort(n_subjects=400, n_structures=40, seed=9)
-    base = load_aging_config()
+    base = dataclasses.replace(load_aging_config(), bootstrap=dataclasses.replace(load_aging_config().bootstrap,
+                                                                                  n_resamples=200))
     one = run_study(small.features, small.series, dataclasses.replace(base, workers=1))
     two = run_study(small.features, small.series, dataclasses.replace(base, workers=2))
     for name, table in one.tables().items():
@@ -150,7 +160,7 @@ def test_tiny_and_constant_samples_give_nan_not_errors() -> None:
     small = make_cohort(n_subjects=30, n_structures=8, seed=2, n_failed_series=0, n_without_age=0)
     features = small.features.assign(volume_ml=np.where(small.features["structure"] == "aorta", 5.0,
                                                          small.features["volume_ml"]))
-    results = run_study(features, small.series, dataclasses.replace(load_aging_config(), workers=1))
+    results = run_study(features, small.series, dataclasses.replace(PAPER, workers=1))
     aorta = results.correlations.query("structure == 'aorta' and metric == 'volume_ml'").iloc[0]
     assert np.isnan(aorta["spearman_r"]) and not aorta["significant"]
 
@@ -158,8 +168,7 @@ def test_tiny_and_constant_samples_give_nan_not_errors() -> None:
 def test_features_of_unknown_series_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
     small = make_cohort(n_subjects=200, n_structures=8, seed=8)
     stray = small.features.head(8).assign(series_id="NOT_IN_SERIES")
-    results = run_study(pd.concat([small.features, stray]), small.series,
-                        dataclasses.replace(load_aging_config(), workers=1))
+    results = run_study(pd.concat([small.features, stray]), small.series, dataclasses.replace(PAPER, workers=1))
     assert "8 rows of series missing from series/" in caplog.text
     assert (results.exclusions.groupby("structure")["n_series"].sum() == 200).all()
 
@@ -167,4 +176,4 @@ def test_features_of_unknown_series_are_ignored(caplog: pytest.LogCaptureFixture
 def test_duplicate_rows_are_refused() -> None:
     small = make_cohort(n_subjects=100, n_structures=8, seed=8)
     with pytest.raises(ResultsTableError, match="several rows for one series_id and structure"):
-        run_study(pd.concat([small.features, small.features.tail(1)]), small.series)
+        run_study(pd.concat([small.features, small.features.tail(1)]), small.series, PAPER)
