@@ -24,7 +24,7 @@ from cohort.errors import SeriesError
 from cohort.ingest.dicom import series_geometry
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import READ_ERRORS, check_header, is_nifti
-from cohort.manifest import Problem, SeriesSpec, read_manifest, subject_problems
+from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, read_manifest, subject_problems
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,11 @@ def _file_problems(spec: SeriesSpec, limits: IngestConfig) -> list[Problem]:
     if spec.labels is not None:
         labels = InputName.in_manifest(spec.labels, spec.manifest, spec.line, "labels")
         found.append(("labels", _nifti_problem(labels, limits)))
+    for column in IMAGE_COLUMNS:  # Dixon fat/water images
+        image = getattr(spec, column)
+        if image is not None:
+            found.append((column, _image_problem(InputName.in_manifest(image, spec.manifest, spec.line, column),
+                                                 limits, None)))
     return [Problem(spec.line, spec.series_id, column, reason) for column, reason in found if reason]
 
 

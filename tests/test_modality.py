@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from cohort.check import check_manifest
 from cohort.config import load_run_config
 from cohort.errors import SeriesError
 from cohort.ingest import LabelMap, Volume, check_modality
@@ -75,3 +77,12 @@ def test_mr_rows_have_intensities_not_hu_and_ct_rows_the_reverse():
 def test_the_models_class_map_is_the_default_measurement_class_map():
     assert MeasureSettings.from_config(load_run_config(), load_model_spec("total_mr")).class_map.n_labels == 51
     assert MeasureSettings.from_config(load_run_config()).class_map.n_labels == 118
+
+
+def test_cohort_check_names_a_missing_dixon_image(tmp_path):
+    image = synthetic_image("MR", SHAPE, (2.0, 2.0, 3.0))
+    nib.save(image, str(tmp_path / "mr.nii.gz"))
+    nib.save(image, str(tmp_path / "water.nii.gz"))
+    (tmp_path / "scans.csv").write_text("series_id,path,fat,water\ns1,mr.nii.gz,fat.nii.gz,water.nii.gz\n")
+    report = check_manifest(tmp_path / "scans.csv")
+    assert [(p.column, p.series_id) for p in report.problems] == [("fat", "s1")]
