@@ -1,0 +1,148 @@
+"""``preset: paper`` is the published method to the letter, and the rules every preset shares:
+adults only, one scan per subject, pooled left/right rows, reviewer decisions, the selection table."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from cohort.stats import run_stats
+from cohort.stats.config import load_aging_config
+from cohort.stats.study import run_study
+from cohort.testing.cohorts import cohort_from_values, make_cohort
+
+PAPER = dataclasses.replace(load_aging_config(preset="paper"), workers=1)
+DEFAULT = dataclasses.replace(load_aging_config(), workers=1, analyses=())
+
+
+def _two_groups_at_p(target: float, n: int = 150) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ages and values where the <41 and >78 groups differ with a Mann-Whitney p of about ``target``."""
+    rng = np.random.default_rng(5)
+    noise = rng.standard_normal((4, n))
+    low, high = 0.0, 2.0
+    for _ in range(60):  # the p-value falls as the shift grows: bisect the shift
+        shift = (low + high) / 2
+        p = sps.mannwhitneyu(noise[3] + shift, noise[0]).pvalue
+        low, high = (shift, high) if p > target else (low, shift)
+    age = np.repeat([30.0, 50.0, 70.0, 85.0], n)
+    values = np.concatenate([noise[0], noise[1], noise[2], noise[3] + shift])
+    return age, values, float(sps.mannwhitneyu(noise[3] + shift, noise[0]).pvalue)
+
+
+def test_a_pair_between_the_two_thresholds_is_significant_once_corrected() -> None:
+    age, values, raw_p = _two_groups_at_p(4e-5)
+    assert 1.7e-5 < raw_p < 1e-4  # significant at the paper's 0.0001, not after a second x6
+    cohort = cohort_from_values(age, np.where(np.arange(len(age)) % 2, "M", "F"), {("liver", "volume_ml"): values})
+    pairs = run_study(cohort.features, cohort.series, PAPER).pairwise_tests
+    edge = pairs.query("stratum == 'all' and metric == 'volume_ml' and group_young == '<41' and group_old == '>78'")
+    assert edge["p"].iloc[0] == pytest.approx(raw_p, rel=1e-12)
+    assert edge["p_adjusted"].iloc[0] == edge["p"].iloc[0] and edge["significant"].iloc[0]
+    twice = run_study(cohort.features, cohort.series, dataclasses.replace(PAPER, pairwise_correction="bonferroni"))
+    old = twice.pairwise_tests.query("metric == 'volume_ml' and group_young == '<41' and group_old == '>78'")
+    assert old["p_adjusted"].iloc[0] == pytest.approx(6 * raw_p) and not old["significant"].iloc[0]
+
+
+def test_age_78_is_in_the_third_group_as_in_the_paper() -> None:
+    ages = np.array([40.0, 41.0, 58.0, 59.0, 78.0, 78.0, 78.5, 90.0] * 5)
+    cohort = cohort_from_values(ages, np.array(["F", "M"] * 20), {("liver", "volume_ml"): np.arange(40.0)})
+    desc = run_study(cohort.features, cohort.series, PAPER).descriptives
+    n = desc.query("metric == 'volume_ml' and age_group != 'all'").set_index("age_group")["n"]
+    assert n.to_dict() == {"<41": 5, "41-59": 10, "59-78": 15, ">78": 10}
+
+
+def test_fov_truncated_rows_enter_only_the_paper_preset() -> None:
+    cohort = make_cohort(n_subjects=300, n_structures=8, seed=4)
+    truncated = cohort.planted_exclusions.query("status == 'fov_truncated'").set_index("structure")["n_series"]
+    paper = run_study(cohort.features, cohort.series, PAPER).exclusions.set_index(["structure", "reason"])["n_series"]
+    default = run_study(cohort.features, cohort.series, DEFAULT).exclusions.set_index(["structure", "reason"])["n_series"]
+    for structure, n in truncated.items():
+        assert default[structure, "fov_truncated"] == n
+        assert paper[structure, "included"] == default[structure, "included"] + n
+        assert (structure, "fov_truncated") not in paper.index
+
+
+def test_only_adults_enter_by_default() -> None:
+    ages = np.array([16.0, 17.9, 18.0, 60.0, 100.0, 101.0] * 10)
+    cohort = cohort_from_values(ages, np.array(["F", "M"] * 30), {("liver", "volume_ml"): np.arange(60.0)})
+    results = run_study(cohort.features, cohort.series, DEFAULT)
+    assert results.table.values["age"].between(18, 100).all() and len(results.table.values) == 30
+    reasons = results.exclusions.set_index("reason")["n_series"]
+    assert reasons["outside_age_range"] == 30 and reasons["included"] == 30
+
+
+@pytest.mark.parametrize(("policy", "value", "age"), [("first", 1.0, 50.0), ("last", 5.0, 62.0), ("mean", 3.0, 56.0)])
+def test_repeated_scans_count_once(policy: str, value: float, age: float) -> None:
+    rng = np.random.default_rng(1)
+    others = rng.uniform(20, 90, 30)
+    ages = np.r_[62.0, 50.0, others]  # P0 scanned twice, the later scan listed first
+    subjects = np.array(["P0", "P0", *(f"Q{i}" for i in range(30))])
+    values = np.r_[5.0, 1.0, rng.normal(size=30)]
+    cohort = cohort_from_values(ages, np.array(["F"] * 32), {("liver", "volume_ml"): values}, subject_id=subjects)
+    results = run_study(cohort.features, cohort.series, dataclasses.replace(DEFAULT, repeated_scans=policy))
+    rows = results.table.values
+    assert len(rows) == 31  # 31 subjects, one row each
+    kept = rows[~rows["series_id"].isin([f"S{i:05d}" for i in range(2, 32)])]
+    assert kept["volume_ml"].tolist() == [value] and kept["age"].tolist() == [age]
+    reasons = results.exclusions.set_index("reason")["n_series"]
+    assert reasons["repeated_scan"] == 1 and reasons["included"] == 31
+
+
+def test_pooled_rows_sum_volumes_and_weight_hu_by_volume() -> None:
+    n = 40
+    rng = np.random.default_rng(2)
+    left, right = rng.uniform(100, 200, n), rng.uniform(50, 150, n)
+    hu_left, hu_right = rng.uniform(20, 40, n), rng.uniform(30, 50, n)
+    cohort = cohort_from_values(rng.uniform(20, 90, n), np.array(["F", "M"] * 20), {
+        ("kidney_left", "volume_ml"): left, ("kidney_left", "mean_hu"): hu_left,
+        ("kidney_right", "volume_ml"): right, ("kidney_right", "mean_hu"): hu_right})
+    features = cohort.features.copy()
+    features.loc[(features["structure"] == "kidney_right") & (features["series_id"] == "S00003"), "status"] = \
+        "below_lower_bound"
+    results = run_study(features, cohort.series, PAPER)
+    kidney = results.table.values.query("structure == 'kidney'").set_index("series_id")
+    assert "S00003" not in kidney.index  # one failed side drops the pooled row
+    expected = pd.Series(left + right, index=cohort.series["series_id"]).drop("S00003")
+    assert np.allclose(kidney["volume_ml"], expected.loc[kidney.index])
+    weighted = (hu_left * left + hu_right * right) / (left + right)
+    assert np.allclose(kidney["mean_hu"], pd.Series(weighted, index=cohort.series["series_id"]).loc[kidney.index])
+    reasons = results.exclusions.query("structure == 'kidney'").set_index("reason")["n_series"]
+    assert reasons["below_lower_bound"] == 1 and reasons["included"] == n - 1
+
+
+def test_rejected_review_decisions_are_excluded(tmp_path: Path) -> None:
+    cohort = make_cohort(n_subjects=120, n_structures=8, seed=3, n_failed_series=0, n_without_age=0)
+    results_dir = cohort.write(tmp_path / "results")
+    at = pd.Timestamp("2026-11-20 10:00", tz="UTC")
+    pd.DataFrame({
+        "series_id": ["S00001", "S00001", "S00002", "S00003", "S00003"],
+        "structure": [None, "aorta", "pancreas", "pancreas", "pancreas"],
+        "decision": ["reject", "accept", "reject", "reject", "accept"],
+        "reviewer": ["ab", "ab", "cd", "cd", "cd"], "comment": ["motion", "", "leak", "", "fine after all"],
+        "decided_at": [at, at + pd.Timedelta(hours=1), at, at, at + pd.Timedelta(hours=2)],
+    }).to_parquet(results_dir / "review.parquet")
+    run_stats(results_dir, tmp_path / "aging", preset="paper", figures="none")
+    exclusions = pd.read_parquet(tmp_path / "aging" / "exclusions.parquet").set_index(["structure", "reason"])["n_series"]
+    # S00001 rejected as a whole, its aorta accepted later; S00002's pancreas rejected; S00003's reject overridden
+    expected = {s: int(s != "aorta") + int(s == "pancreas") for s in cohort.features["structure"].unique()}
+    for structure, n in expected.items():
+        assert exclusions[structure, "rejected_in_review"] == n, structure
+    corr = pd.read_parquet(tmp_path / "aging" / "correlations.parquet").set_index(["structure", "metric"])["n"]
+    assert corr["pancreas", "volume_ml"] == exclusions["pancreas", "included"]
+
+
+def test_selection_table_shows_who_qc_removed() -> None:
+    rng = np.random.default_rng(3)
+    ages = rng.uniform(18, 100, 400)
+    cohort = cohort_from_values(ages, np.where(rng.random(400) < 0.5, "F", "M"), {("liver", "volume_ml"): rng.normal(size=400)})
+    old = cohort.series.loc[cohort.series["age"] > 78, "series_id"]
+    features = cohort.features.assign(status=np.where(cohort.features["series_id"].isin(old[::2]), "below_lower_bound", "ok"))
+    selection = run_study(features, cohort.series, PAPER).selection
+    excluded = selection.query("reason == 'below_lower_bound'").groupby("age_group")["n"].sum()
+    assert list(excluded.index) == [">78"] and excluded[">78"] == len(old[::2])
+    shares = selection.groupby(["age_group", "sex"])["share"].sum()
+    assert np.allclose(shares, 1.0)
