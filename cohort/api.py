@@ -147,15 +147,16 @@ def segment(ct: PathLike, model: str = "fast", weights: PathLike | None = None, 
     ((122, 101, 30), 'uint8')
     """
     from cohort.driver import RunRequest, resolve_model
+    from cohort.segmentation.registry import load_model_spec
 
     request = RunRequest(manifest=Path("."), out=Path("."), model=model,
                          weights=Path(weights) if weights is not None else None)
-    settings = MeasureSettings.from_config(load_run_config())
+    settings = MeasureSettings.from_config(load_run_config(), load_model_spec(model))
     resolved = resolve_model(request, settings, needs_weights=True)
     from cohort.segmentation import get_segmenter
 
     segmenter = get_segmenter(resolved.spec, resolved.weights_dir, device)
-    return segmenter.segment(load_ct(Path(ct))).label_map
+    return segmenter.segment(load_ct(Path(ct), modality=resolved.spec.modality)).label_map
 
 
 @dataclass

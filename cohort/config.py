@@ -26,10 +26,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """How structures are measured and judged."""
+    """How structures are measured and judged. ``class_map`` and ``lower_bounds`` unset (None): the
+    run's model's own (its model file's ``class_map`` and ``lower_bounds``)."""
 
-    class_map: str = "class_map_total_v2.csv"
-    lower_bounds: str = "lower_bounds_v2.csv"
+    class_map: str | None = None
+    lower_bounds: str | None = None
     border_voxels: int = 3
 
 

@@ -20,6 +20,7 @@ from cohort.errors import OutputWriteFailed, RunCannotStart
 from cohort.manifest import SeriesSpec, load_manifest
 from cohort.pipeline import MeasureSettings, ResolvedModel, RunContext, SeriesResult, features_table
 from cohort.provenance import RunKey
+from cohort.segmentation.registry import load_model_spec
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store import (OutputLayout, Plan, drop_superseded_rows, plan_run, refuse_changed, repair,
                           write_metadata_updates, write_part)
@@ -72,7 +73,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     """
     specs = load_manifest(request.manifest)
     config = load_run_config(request.config)
-    measure = MeasureSettings.from_config(config)
+    measure = MeasureSettings.from_config(config, load_model_spec(request.model))
     model = resolve_model(request, measure, needs_weights=any(spec.labels is None for spec in specs))
     layout = OutputLayout(request.out.resolve())
     layout.check_writable(config.execution.min_free_gb)
@@ -93,8 +94,11 @@ def prepare_run(request: RunRequest) -> PreparedRun:
 
 def resolve_model(request: RunRequest, measure: MeasureSettings, needs_weights: bool) -> ResolvedModel | None:
     """``--model`` must name a registered model whose classes the measurement class map knows;
-    its weights must be there when a row needs them. Resolved once, here, for every worker."""
-    from cohort.segmentation import check_model_ready, load_model_spec, resolve_weights_dir
+    its weights must be there when a row needs them. Resolved once, here, for every worker.
+
+    The run key's config digest covers the model file (pre- and post-processing, body crop), its
+    class map and network class files (:func:`model_config_digest`)."""
+    from cohort.segmentation import check_model_ready, resolve_weights_dir
     from cohort.segmentation.registry import model_class_map, model_config_digest
     from cohort.segmentation.weights import weights_fingerprint
 
@@ -116,7 +120,8 @@ def check_class_maps_agree(model_names: dict[int, str], measure: MeasureSettings
         examples = ", ".join(f"{i}: {model_names[i]!r} vs {measured.get(i)!r}" for i in disagree[:3])
         raise RunCannotStart(f"the class map of model {model_source} and the measurement class map "
                              f"{measure.class_map.source} disagree on {len(disagree)} label id(s) ({examples}); "
-                             "set measure.class_map in --config to the model's class map")
+                             "leave measure.class_map unset in --config (the model's own is used) or set it to the "
+                             "model's class map")
 
 
 def _record_run(run: PreparedRun, specs: list[SeriesSpec]) -> None:

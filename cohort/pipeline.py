@@ -24,9 +24,10 @@ import pyarrow as pa
 import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
 from cohort.errors import SeriesError
-from cohort.ingest import InputName, LabelMap, Volume, align_labels, load_ct, load_label_nifti
+from cohort.ingest import InputName, LabelMap, Volume, align_image, align_labels, load_ct, load_label_nifti
 from cohort.manifest import SeriesSpec, Subject, subject_or_empty, validate_subject
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
+from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
 from cohort.provenance import LABELS_MODEL, RunKey, digest, input_fingerprint, measurement_digest
 from cohort.store.records import DONE, FAILED, SeriesRecord
@@ -42,6 +43,9 @@ NETWORK_LOCK = threading.Lock()
 the worker's other series slots read, measure and store beside it, never a second forward pass
 competing for the same cores or GPU memory."""
 STAGES = ("ingest", "load_model", "segment", "measure", "store")
+DEFAULT_MODEL = "fast"
+NO_LOWER_BOUNDS = "lower_bounds_none.csv"  # an empty bounds file: every lower_bound_ml is null
+STATISTICS = ("mean", "std", "median", "p05", "p95")
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,24 @@ class MeasureSettings:
     lower_bounds_ml: np.ndarray
     border_voxels: int
     digest: str = ""
+    modality: str = "CT"
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> "MeasureSettings":
-        class_map = load_class_map(config.measure.class_map)
-        return cls(class_map, load_lower_bounds(config.measure.lower_bounds, class_map), config.measure.border_voxels,
-                   measurement_digest(config_file(config.measure.class_map), config_file(config.measure.lower_bounds),
-                                      config.measure.border_voxels))
+    def from_config(cls, config: RunConfig, model: "ModelSpec | None" = None) -> "MeasureSettings":
+        """The config's ``measure`` keys; where it leaves ``class_map`` unset, the model's class map
+        and lower bounds (``model`` None: the default model's). A model without bounds measures
+        against :data:`NO_LOWER_BOUNDS` (QC: absent / fov_truncated only)."""
+        if model is None:
+            from cohort.segmentation.registry import load_model_spec
+
+            model = load_model_spec(DEFAULT_MODEL)
+        class_map_name = config.measure.class_map or model.class_map
+        bounds_name = config.measure.lower_bounds or (None if config.measure.class_map else model.lower_bounds)
+        bounds_name = bounds_name or NO_LOWER_BOUNDS
+        class_map = load_class_map(class_map_name)
+        key = measurement_digest(config_file(class_map_name), config_file(bounds_name), config.measure.border_voxels)
+        return cls(class_map, load_lower_bounds(bounds_name, class_map), config.measure.border_voxels,
+                   key if model.is_ct else digest([key, model.modality]), model.modality)
 
 
 @dataclass(frozen=True)
@@ -137,7 +152,9 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         subject = validate_subject(spec)
         with timer.stage("ingest"):
             fingerprint = input_fingerprint(spec.path, spec.labels)
-            volume = load_ct(InputName.in_manifest(spec.path, spec.manifest, spec.line), context.ingest)
+            volume = load_ct(InputName.in_manifest(spec.path, spec.manifest, spec.line), context.ingest,
+                             spec.series_uid, context.measure.modality)
+            dixon = load_dixon(spec, volume, context.ingest)
             key = context.run_key(spec)
             made_from = source_key(key, fingerprint)
             label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)
@@ -163,7 +180,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                                            started)
                     return dataclasses.replace(result, output_failed=True)
         with timer.stage("measure"):
-            features = measure_series(spec.series_id, volume, label_map, key.model, context.measure)
+            features = measure_series(spec.series_id, volume, label_map, key.model, context.measure, dixon)
     except SeriesError as error:
         return failed_result(spec, str(error), attempt, timer, started)
     except Exception as error:  # a bug or an environment fault must not stop the cohort
@@ -197,9 +214,34 @@ def check_label_ids(label_map: LabelMap, measured: StructureMeasurements, class_
                           f"{Path(class_map.source).name}; is this a TotalSegmentator v2 'total' label map?")
 
 
+@dataclass(frozen=True)
+class Dixon:
+    """Fat and water images of a series, on its grid."""
+
+    fat: np.ndarray
+    water: np.ndarray
+
+
+def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon | None:
+    """The row's ``fat`` and ``water`` images on the series' grid; None when the row gives neither."""
+    if spec.fat is None and spec.water is None:
+        return None
+    if spec.fat is None or spec.water is None:
+        given, missing = ("fat", "water") if spec.fat is not None else ("water", "fat")
+        raise SeriesError(f"{spec.where}: column '{given}' is given without '{missing}'; a fat fraction needs both")
+    images = {column: align_image(volume, load_ct(InputName.in_manifest(path, spec.manifest, spec.line,
+                                                                         column=column), limits, modality=None), column)
+              for column, path in (("fat", spec.fat), ("water", spec.water))}
+    return Dixon(**images)
+
+
 def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: str,
-                   settings: MeasureSettings) -> pa.Table:
-    """The ``features/`` rows of one series: one per structure of the class map."""
+                   settings: MeasureSettings, dixon: Dixon | None = None) -> pa.Table:
+    """The ``features/`` rows of one series: one per structure of the class map.
+
+    CT values go to the ``*_hu`` columns, MR values (arbitrary units) to ``*_intensity``; with
+    Dixon images each structure gets its ``fat_fraction``.
+    """
     measured = measure_structures(volume.hu, label_map.labels, volume.grid.voxel_volume_ml,
                                   settings.class_map.n_labels, settings.border_voxels)
     check_label_ids(label_map, measured, settings.class_map)
@@ -211,14 +253,19 @@ def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: s
         "structure": [settings.class_map.names[i] for i in ids],
         "label": ids.astype(np.int32),
         "volume_ml": measured.volume_ml[ids].astype(np.float64),
-        **{name: np.where(present, getattr(measured, name)[ids], np.nan)
-           for name in ("mean_hu", "std_hu", "median_hu", "p05_hu", "p95_hu")},
         "n_voxels": measured.n_voxels[ids],
         "status": status[ids].tolist(),
         "lower_bound_ml": settings.lower_bounds_ml[ids],
         "model": [model] * len(ids),
         "measure_spacing_mm": [spacing_text(volume.grid.spacing)] * len(ids),
+        "modality": [settings.modality] * len(ids),
+        "fat_fraction": (np.full(len(ids), np.nan) if dixon is None else
+                         fat_fractions(dixon.fat, dixon.water, label_map.labels, settings.class_map.n_labels)[ids]),
     }
+    unit, other = ("hu", "intensity") if settings.modality == "CT" else ("intensity", "hu")
+    for statistic in STATISTICS:
+        columns[f"{statistic}_{unit}"] = np.where(present, getattr(measured, f"{statistic}_hu")[ids], np.nan)
+        columns[f"{statistic}_{other}"] = np.full(len(ids), np.nan)
     arrays = [pa.array(columns[f.name], type=f.type, from_pandas=True) for f in FEATURES_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=FEATURES_SCHEMA)
 

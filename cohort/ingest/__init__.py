@@ -11,26 +11,34 @@ from pathlib import Path
 
 from cohort.config import IngestConfig
 from cohort.errors import SeriesError
-from cohort.ingest.checks import align_labels, check_is_ct
+from cohort.ingest.checks import align_image, align_labels, check_is_ct, check_modality
 from cohort.ingest.dicom import read_ct_dicom
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import as_hu_array, is_nifti, load_label_nifti, read_nifti_array
 from cohort.ingest.padding import detect_padding, fill_padding, padding_mask
 from cohort.ingest.volume import Grid, LabelMap, Volume
 
-__all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_labels", "check_is_ct", "load_ct", "load_label_nifti"]
+__all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_image", "align_labels", "check_is_ct", "check_modality",
+           "load_ct", "load_label_nifti"]
 
 
-def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> Volume:
-    """Load a CT from a NIfTI file or a DICOM series folder, mask its padding and check it is CT."""
+def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), series_uid: str | None = None,
+            modality: str | None = "CT") -> Volume:
+    """Load a CT from a NIfTI file or a DICOM series folder, mask its padding and check it is CT.
+
+    ``series_uid`` picks one DICOM series out of a folder holding several, or split over its
+    sub-folders (the manifest's ``series_uid`` column, see ``cohort.ingest.dicom``). ``modality``
+    is the model's: a CT must hold Hounsfield units, an MR must not look like a CT.
+    """
     name = InputName.of(source)
     declared = None
     if name.path.is_dir():
-        values, affine, declared = read_ct_dicom(name, limits)
+        values, affine, declared = read_ct_dicom(name, limits, series_uid)
     elif is_nifti(name.path) or not name.path.exists():
         values, affine = read_nifti_array(name, limits)
     else:
         raise SeriesError(f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
     padded = padding_mask(values, declared or detect_padding(values))
-    check_is_ct(Volume(hu=values, affine=affine, source=name.path, name=name.shown), padded)
+    if modality is not None:  # None: a companion image (Dixon fat/water), judged through its series
+        check_modality(Volume(hu=values, affine=affine, source=name.path, name=name.shown), modality, padded)
     return Volume(hu=as_hu_array(fill_padding(values, padded)), affine=affine, source=name.path, name=name.shown)

@@ -31,8 +31,19 @@ FEATURES_SCHEMA = pa.schema(
         ("lower_bound_ml", pa.float64()),
         ("model", pa.string()),
         ("measure_spacing_mm", pa.string()),
+        ("modality", pa.string()),
+        ("mean_intensity", pa.float64()),
+        ("std_intensity", pa.float64()),
+        ("median_intensity", pa.float64()),
+        ("p05_intensity", pa.float64()),
+        ("p95_intensity", pa.float64()),
+        ("fat_fraction", pa.float64()),
     ]
 )
+"""One row per series x structure. ``modality`` is the model's (``CT`` or ``MR``): CT rows fill the
+``*_hu`` columns, MR rows (arbitrary units) the ``*_intensity`` columns, the other set is null.
+``fat_fraction`` = fat / (water + fat) inside the mask, from Dixon ``fat``/``water`` images (null
+without them; see cohort.measurement.fat_fraction)."""
 
 SERIES_SCHEMA = pa.schema(
     [
