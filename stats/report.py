@@ -1,123 +1,311 @@
-"""``write_report``: one self-contained HTML page over a ``cohort run`` output folder.
+"""``write_report``: one self-contained HTML page a researcher can show, over a results folder.
 
-The page holds the run summary (series done and failed, with reasons), the QC overview
-(per structure, how many rows are ok, absent, FOV-truncated or below the lower bound), the
-aging tables and figures. Images are inlined as base64 PNG, so the single file can be
-mailed or archived; nothing is fetched when it is opened.
+Top to bottom: which run and which stats the page shows (a red banner when the stats are older
+than the run's tables, see ``cohort.stats.freshness``), run details (models, weights
+fingerprints, versions, dates, counts), Table 1 and exclusions by age group and sex, "who to
+look at" (flagged series, suspicious structures, z-score outliers, spot checks, each with an
+overlay thumbnail), failures, QC by organ system, and the aging study (summary as HTML, r_s heat
+map by organ system and sex, figures, tables). A table ``cohort stats`` has not written is
+shown as "not computed"; the report never runs the study itself.
+
+Images are inlined (base64 PNG thumbnails); the full-size overlays stay in ``results/qc/`` and
+the manuscript figures (300 dpi PNG, SVG/PDF on request) in ``report-figures/`` beside the page.
+Raw input paths never appear: the manifest is named by file name, errors are pseudonymised.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+from markdown_it import MarkdownIt
 
-from cohort.stats.cohort_table import load_results
-from cohort.stats.config import STATUSES
-from cohort.stats.run import run_stats
+from cohort.errors import RunCannotStart
+from cohort.stats import report_figures as figures
+from cohort.stats.cohort_table import AgeGroups
+from cohort.stats.config import load_aging_config
+from cohort.stats.freshness import StatsState, check_stats
+from cohort.stats.overlays import OverlayRequest, ensure_overlays
+from cohort.stats.review_store import latest_decisions, read_decisions
+from cohort.stats.table1 import characteristics, exclusions_by_group
+from cohort.stats.triage import QueueSizes, ReviewQueue, review_queue
 
 log = logging.getLogger(__name__)
-AGING_TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "exclusions")
-STATUS_COLORS = {"ok": "#1f5fa8", "absent": "#b8c4d0", "fov_truncated": "#e6a23c", "below_lower_bound": "#c0392b"}
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0}
-td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}th{background:#f3f5f8}
-img{max-width:100%;display:block;margin:.5em 0}details{margin:.5em 0}
-summary{cursor:pointer;font-weight:600}pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}"""
+AGING_TABLES = ("correlations", "adjusted", "trends", "quartile_tests", "pairwise_tests", "descriptives",
+                "exclusions", "zscores")
+MAX_STRUCTURE_FIGURES = 12
+MAX_TABLE_ROWS = 2000
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{padding:2px 8px;border-bottom:1px solid #ddd;
+text-align:right;vertical-align:top}th{background:#f3f5f8}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;display:block;margin:.5em 0}details{margin:.5em 0}summary{cursor:pointer;font-weight:600}
+.banner{padding:.8em 1em;border-radius:4px;margin:1em 0}.stale{background:#fdecea;border:1px solid #c0392b}
+.missing{background:#fff8e1;border:1px solid #e6a23c}.fresh{background:#eaf4ea;border:1px solid #4a8f4a}
+.cards{display:flex;flex-wrap:wrap;gap:12px}.card{width:370px;border:1px solid #ddd;padding:6px;font-size:12px}
+.card img{width:360px;height:240px;object-fit:contain;background:#000}.note{color:#666;font-size:12px}"""
 
 
-def write_report(results_dir: Path, out_path: Path | None = None) -> Path:
+def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Path | None = None,
+                 strict: bool = False, figure_formats: tuple[str, ...] = ("png",), workers: int = 2) -> Path:
     """Write ``out_path`` (default ``results_dir/report.html``) and return its path.
 
-    Runs the aging study with the default configuration first when ``results_dir/aging``
-    holds no tables yet.
+    ``stats_dir`` (default ``results_dir/aging``) is the folder ``cohort stats --out`` wrote.
+    With ``strict``, stale stats (the run's tables or review decisions changed after they were
+    made) raise :class:`StaleStats` instead of a page with a warning banner.
     """
     results_dir = Path(results_dir)
     out_path = Path(out_path) if out_path else results_dir / "report.html"
-    tables = load_results(results_dir)
-    aging_dir = results_dir / "aging"
-    if not (aging_dir / "correlations.parquet").exists():
-        log.info("no aging tables in %s: running the aging study first", aging_dir)
-        run_stats(results_dir)
-    qc = qc_counts(tables.features)
-    qc_png = qc_figure(qc)
-    (aging_dir / "figures").mkdir(parents=True, exist_ok=True)
-    (aging_dir / "figures" / "qc_overview.png").write_bytes(qc_png)
-    body = [run_summary_html(tables.series), qc_html(qc, qc_png), aging_html(aging_dir)]
+    stats_dir = Path(stats_dir) if stats_dir else results_dir / "aging"
+    unknown = set(figure_formats) - set(figures.FORMATS)
+    if unknown:
+        raise RunCannotStart(f"figure format(s) {', '.join(sorted(unknown))} not one of {', '.join(figures.FORMATS)}")
+    state = check_stats(results_dir, stats_dir)
+    if strict and state.problems:
+        raise StaleStats(f"{stats_dir}: stats are stale ({'; '.join(state.problems)}); "
+                         f"rerun `cohort stats --results {results_dir}`")
+    series = pd.read_parquet(results_dir / "series")
+    features = pd.read_parquet(results_dir / "features")
+    aging = {name: _read_table(stats_dir / f"{name}.parquet") for name in AGING_TABLES}
+    groups = _age_groups(state)
+    decisions = latest_decisions(read_decisions(results_dir))
+    queue = review_queue(features, series, aging["zscores"])
+    figure_dir = out_path.parent / "report-figures"
+    body = [
+        freshness_html(state, results_dir), run_details_html(results_dir, series, features),
+        "<h2>Table 1: cohort characteristics</h2>", _table(characteristics(series, groups)),
+        "<h3>Exclusions by age group and sex</h3>",
+        _table(exclusions_by_group(series, features, groups, decisions[decisions["decision"] == "reject"])),
+        who_to_look_at_html(results_dir, queue, decisions, workers),
+        failures_html(series), qc_html(features, figure_dir, figure_formats),
+        aging_html(stats_dir, aging, state, figure_dir, figure_formats),
+    ]
     out_path.write_text(_page("cohort report", body), encoding="utf-8")
     log.info("report: %s", out_path)
     return out_path
 
 
-def qc_counts(features: pd.DataFrame) -> pd.DataFrame:
-    """Rows per structure and QC status (a column per status, in the contract's order)."""
-    counts = pd.crosstab(features["structure"], features["status"])
-    return counts.reindex(columns=list(dict.fromkeys([*STATUSES, *counts.columns])), fill_value=0)
+class StaleStats(RunCannotStart):
+    """The stats folder was made before the run's tables or review decisions last changed."""
 
 
-def qc_figure(counts: pd.DataFrame) -> bytes:
-    """Stacked horizontal bars of the QC statuses per structure, as PNG bytes."""
-    shares = counts.div(counts.sum(axis=1).clip(lower=1), axis=0).sort_values("ok")
-    fig = Figure(figsize=(8, max(3.0, 0.13 * len(shares) + 1.0)))
-    axis = fig.subplots()
-    left = pd.Series(0.0, index=shares.index)
-    for status in shares.columns:
-        axis.barh(shares.index, shares[status], left=left, color=STATUS_COLORS.get(status, "#888"), label=status)
-        left += shares[status]
-    axis.set(xlim=(0, 1), xlabel="share of measured series", ylim=(-0.7, len(shares) - 0.3),
-             title="QC status per structure")
-    axis.tick_params(axis="y", labelsize=6)
-    axis.legend(loc="lower left", fontsize=8, ncols=4, bbox_to_anchor=(0, 1.02), frameon=False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+def freshness_html(state: StatsState, results_dir: Path) -> str:
+    """Which stats the page shows, and a banner when they are stale or missing."""
+    if not state.computed:
+        return (f'<div class="banner missing">Aging study: not computed in <code>{html.escape(state.stats_dir.name)}/'
+                f'</code>. Run <code>cohort stats --results {html.escape(results_dir.name)}/</code>, then this '
+                "report again. Run, QC and review sections below are complete.</div>")
+    config = state.provenance.get("config", {})
+    source = Path(str(config.get("source", "default"))).name
+    made = state.made_at.strftime("%Y-%m-%d %H:%M UTC")
+    what = (f"Stats: <code>{html.escape(state.stats_dir.name)}/</code>, made {made}, configuration "
+            f"<code>{html.escape(source)}</code>, alpha {config.get('alpha', 'n/a')}.")
+    if state.problems:
+        return (f'<div class="banner stale"><b>Stale statistics.</b> {what} '
+                f"{html.escape('; '.join(state.problems))}: the aging tables below do not describe the current run. "
+                f"Rerun <code>cohort stats</code>.</div>")
+    return f'<div class="banner fresh">{what} Up to date with the run\'s tables and review decisions.</div>'
 
 
-def run_summary_html(series: pd.DataFrame) -> str:
-    """Series done and failed, the age and sex of the cohort, and every failure's reason."""
+def run_details_html(results_dir: Path, series: pd.DataFrame, features: pd.DataFrame) -> str:
+    """Models and versions, weights fingerprints (run keys), configuration, dates and counts."""
+    runs = _run_records(results_dir)
+    if "run_settings" in series and series["run_settings"].notna().any():
+        settings = series["run_settings"].dropna().map(json.loads)
+        models = pd.DataFrame({
+            "model": [s.get("model") for s in settings], "weights fingerprint": [s.get("weights") or "-" for s in settings],
+            "measurement settings": [s.get("measurement") for s in settings],
+            "run key": series.loc[settings.index, "run_key"].tolist()}).value_counts().rename("series").reset_index()
+    else:  # tables written by an older cohort (or a synthetic cohort): the model column only
+        models = features.groupby("model")["series_id"].nunique().rename("series").reset_index()
     status = series["status"].value_counts()
-    age = pd.to_numeric(series["age"], errors="coerce")
-    facts = pd.DataFrame({"": ["series", "done", "failed", "with age", "age range", "male / female"], "value": [
-        len(series), int(status.get("done", 0)), int(status.get("failed", 0)), int(age.notna().sum()),
-        f"{age.min():g}-{age.max():g}" if age.notna().any() else "n/a",
-        f"{int((series['sex'] == 'M').sum())} / {int((series['sex'] == 'F').sum())}"]})
+    finished = pd.to_datetime(series.get("finished_at"), utc=True).dropna() if "finished_at" in series else pd.Series()
+    facts = {
+        "runs": ", ".join(r.get("run_id", "?") for r in runs) or "no run record",
+        "manifest": ", ".join(dict.fromkeys(f"{Path(r['request']['manifest']).name} (sha256 {r.get('manifest_sha256', '')[:12]})"
+                                            for r in runs if r.get("request", {}).get("manifest"))) or "n/a",
+        "run configuration": ", ".join(dict.fromkeys(Path(str(r["request"].get("config") or "default.yaml")).name
+                                                     for r in runs if "request" in r)) or "n/a",
+        "cohort version": _values(series, "cohort_version"), "nnU-Net version": _values(series, "nnunet_version"),
+        "started": min((r.get("started_at", "") for r in runs), default="n/a"),
+        "series finished": f"{finished.min():%Y-%m-%d %H:%M} to {finished.max():%Y-%m-%d %H:%M} UTC" if len(finished) else "n/a",
+        "series": f"{len(series)} ({int(status.get('done', 0))} done, {int(status.get('failed', 0))} failed)",
+        "measurements": f"{len(features)} (series x structure), {features['structure'].nunique()} structures",
+    }
+    return "\n".join(["<h2>Run details</h2>", _table(pd.DataFrame({"": list(facts), "value": list(facts.values())})),
+                      "<h3>Models and settings</h3>", _table(models)])
+
+
+def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: pd.DataFrame, workers: int) -> str:
+    """The four review lists, each row with its overlay thumbnail, reasons and values."""
+    requests = [OverlayRequest(sid, structure) for sid, structure in queue.overlay_requests()]
+    overlays = {o.request: o for o in ensure_overlays(results_dir, requests, workers)}
+    verdict = {(d.series_id, d.structure if isinstance(d.structure, str) else None): d.decision
+               for d in decisions.itertuples()}
+
+    def cards(rows: pd.DataFrame, structure_column: str | None, caption) -> str:
+        items = []
+        for row in rows.to_dict("records"):
+            structure = row.get(structure_column) if structure_column else None
+            overlay = overlays[OverlayRequest(row["series_id"] if "series_id" in row else row["example"], structure)]
+            sid = overlay.request.series_id
+            picture = (_image(overlay.request.thumbnail(results_dir).read_bytes(), f"overlay {sid}")
+                       if overlay.path
+                       else f'<p class="note">{html.escape(overlay.problem or "")}</p>')
+            decided = verdict.get((sid, structure)) or verdict.get((sid, None))
+            items.append(f'<div class="card" data-series="{html.escape(sid)}">{picture}<b>{html.escape(sid)}</b>'
+                         f"{' (' + decided + 'ed in review)' if decided else ''}<br>{caption(row)}</div>")
+        return f'<div class="cards">{"".join(items)}</div>' if items else '<p class="note">none</p>'
+
+    parts = ["<h2>Who to look at</h2>",
+             '<p class="note">Overlays: yellow = the structure of interest; full size in <code>qc/</code>. '
+             "Accept or reject with <code>cohort review --results &lt;results&gt;/</code>.</p>",
+             f"<h3>Series with the most flagged structures ({len(queue.flagged)})</h3>",
+             cards(queue.flagged, "worst", lambda r: f"{r['n_flags']} flags: {html.escape(_shorten(r['reasons']))}"),
+             "<h3>Structures most often below their lower bound or absent where expected</h3>",
+             _table(queue.structures.assign(share=queue.structures["share"].map(lambda v: f"{100 * v:.1f} %"))),
+             cards(queue.structures, "structure",
+                   lambda r: f"example of {html.escape(figures.readable(r['structure']))}: "
+                             f"{r['below_lower_bound']} below bound, {r['absent_unexpected']} absent"),
+             "<h3>z-score outliers</h3>"]
+    if queue.outliers is None:
+        parts.append('<p class="note">not computed (<code>zscores</code> is not in the stats folder)</p>')
+    else:
+        parts.append(cards(queue.outliers, "structure",
+                           lambda r: f"{html.escape(figures.readable(r['structure']))} {r['metric']} = "
+                                     f"{r['value']:.4g}, z = {r['z']:.1f}"))
+    parts += [f"<h3>Spot checks (random sample, seed {QueueSizes().seed})</h3>",
+              cards(queue.spot_checks, None, lambda r: f"age {r['age']:g}, sex {r['sex']}")]
+    return "\n".join(parts)
+
+
+def failures_html(series: pd.DataFrame) -> str:
+    """Failure reasons with counts and the failed series with their (pseudonymised) errors."""
     failed = series.loc[series["status"] != "done", ["series_id", "error"]]
+    if failed.empty:
+        return "<h2>Failures</h2><p>No series failed.</p>"
     reasons = failed["error"].fillna("no reason given").str.split(": ", n=1).str[-1].value_counts()
-    parts = ["<h2>Run summary</h2>", _table(facts)]
-    if len(failed):
-        parts += ["<h3>Failure reasons</h3>", _table(reasons.rename_axis("reason").rename("series").reset_index()),
-                  _details(f"Failed series ({len(failed)})", _table(failed))]
-    return "\n".join(parts)
+    return "\n".join(["<h2>Failures</h2>", _table(reasons.rename_axis("reason").rename("series").reset_index()),
+                      _details(f"Failed series ({len(failed)})", _table(failed))])
 
 
-def qc_html(counts: pd.DataFrame, png: bytes) -> str:
-    """The QC figure and the counts per structure and status."""
-    return "\n".join(["<h2>QC overview</h2>", _image(png, "QC status per structure"),
-                      _details("Counts per structure and status", _table(counts.reset_index()))])
+def qc_html(features: pd.DataFrame, figure_dir: Path, formats: tuple[str, ...]) -> str:
+    """QC statuses by organ system (figure) and per structure (collapsed table)."""
+    fig = figures.qc_by_system(features)
+    figures.save(fig, figure_dir / "qc_by_system", formats)
+    counts = pd.crosstab(features["structure"], features["status"])
+    return "\n".join(["<h2>QC overview</h2>", _image(figures.png_bytes(fig), "QC status per organ system"),
+                      _details(f"Counts per structure and status ({len(counts)} structures)", _table(counts.reset_index()))])
 
 
-def aging_html(aging_dir: Path) -> str:
-    """summary.md, the figures and the five tables of ``cohort stats``."""
+def aging_html(stats_dir: Path, aging: dict[str, pd.DataFrame | None], state: StatsState, figure_dir: Path,
+               formats: tuple[str, ...]) -> str:
+    """summary.md as HTML, the r_s heat map, the structure figures and every table (or "not computed")."""
     parts = ["<h2>Aging study</h2>"]
-    summary = aging_dir / "summary.md"
+    if not state.computed:
+        return parts[0] + '<p class="note">not computed</p>'
+    summary = stats_dir / "summary.md"
     if summary.exists():
-        parts.append(f"<pre>{html.escape(summary.read_text())}</pre>")
-    figures = sorted((aging_dir / "figures").glob("*.png"), key=lambda p: (p.stem != "overview", p.stem))
-    parts += [_image(p.read_bytes(), p.stem) for p in figures if p.stem != "qc_overview"]
-    for name in AGING_TABLES:
-        table = pd.read_parquet(aging_dir / f"{name}.parquet")
-        parts.append(_details(f"{name} ({len(table)} rows)", _table(table)))
+        parts.append(summary_html(summary.read_text(), state))
+    correlations = aging["correlations"]
+    if correlations is not None and len(correlations):
+        fig = figures.correlation_heatmap(correlations)
+        figures.save(fig, figure_dir / "correlation_heatmap", formats)
+        parts.append(_image(figures.png_bytes(fig, dpi=80), "Spearman r_s by organ system and sex"))
+    pictures = sorted(p for p in (stats_dir / "figures").glob("*__*.png"))
+    parts += [_image(p.read_bytes(), p.stem) for p in pictures[:MAX_STRUCTURE_FIGURES]]
+    if len(pictures) > MAX_STRUCTURE_FIGURES:
+        parts.append(f'<p class="note">{len(pictures) - MAX_STRUCTURE_FIGURES} more figures in '
+                     f"<code>{html.escape(stats_dir.name)}/figures/</code></p>")
+    for name, table in aging.items():
+        if table is None:
+            parts.append(f'<p class="note">{name}: not computed</p>')
+        else:
+            shown = table.head(MAX_TABLE_ROWS)
+            more = f", first {MAX_TABLE_ROWS} shown; all in {stats_dir.name}/{name}.csv" if len(table) > MAX_TABLE_ROWS else ""
+            parts.append(_details(f"{name} ({len(table)} rows{more})", _table(shown)))
     return "\n".join(parts)
+
+
+def summary_html(markdown: str, state: StatsState) -> str:
+    """``summary.md`` as HTML: headings moved two levels down (under the page's own), the
+    configuration named by its file name only.
+
+    >>> print(summary_html("# Summary\\n\\n| a |\\n|---|\\n| 1 |", StatsState(Path("aging"), None, {}, ())))
+    <h3>Summary</h3>
+    <table>
+    <thead>
+    <tr>
+    <th>a</th>
+    </tr>
+    </thead>
+    <tbody>
+    <tr>
+    <td>1</td>
+    </tr>
+    </tbody>
+    </table>
+    <BLANKLINE>
+    """
+    source = str(state.provenance.get("config", {}).get("source") or "")
+    if source:
+        markdown = markdown.replace(source, Path(source).name)
+    markdown = "\n".join("##" + line if line.startswith("#") else line for line in markdown.splitlines())
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+
+def format_p(value: float) -> str:
+    """A p-value for a reader: ``p < 1e-300`` where it underflowed to 0.
+
+    >>> [format_p(v) for v in (0.0, 3.2e-12, 0.0123, float("nan"))]
+    ['< 1e-300', '3.2e-12', '0.012', '']
+    """
+    if value is None or np.isnan(value):
+        return ""
+    if value == 0:
+        return "< 1e-300"
+    return f"{value:.1e}" if value < 0.001 else f"{value:.2g}"
+
+
+def _age_groups(state: StatsState) -> AgeGroups:
+    edges = state.provenance.get("age_group_edges") or load_aging_config().age_groups.cut_points
+    return AgeGroups.from_edges(tuple(edges))
+
+
+def _run_records(results_dir: Path) -> list[dict]:
+    records = []
+    for path in sorted((results_dir / "runs").glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            log.warning("%s: unreadable run record, left out of the report", path.name)
+    return records
+
+
+def _values(series: pd.DataFrame, column: str) -> str:
+    return ", ".join(str(v) for v in series[column].dropna().unique()) if column in series else "n/a"
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def _shorten(text: str, limit: int = 220) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(";", 1)[0] + "; ..."
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+    shown = frame.copy()
+    for column in shown.columns:
+        if column == "p" or column.endswith("_p") or column == "p_adjusted":
+            shown[column] = shown[column].map(format_p)
+        elif column in ("structure", "worst", "example"):
+            shown[column] = shown[column].map(lambda s: figures.readable(s) if isinstance(s, str) else s)
+    return shown.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
 
 
 def _details(title: str, content: str) -> str:
@@ -130,6 +318,7 @@ def _image(png: bytes, alt: str) -> str:
 
 
 def _page(title: str, body: list[str]) -> str:
-    head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style>'
+    head = (f'<meta charset="utf-8"><meta name="viewport" content="width=device-width">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style>")
     content = "\n".join([f"<h1>{html.escape(title)}</h1>", *body])
     return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head><body>\n{content}\n</body></html>\n'

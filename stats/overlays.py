@@ -1,0 +1,212 @@
+"""Overlay mosaics: a few axial and coronal slices of a series' CT with its label map's contours.
+
+A reviewer judges a segmentation by looking at it. For one series (and optionally one structure
+of interest, drawn thick and filled) :func:`draw_overlay` renders three axial slices (top row)
+and three coronal slices (bottom row) in radiological orientation (patient's right on the left),
+every label's outline in its own colour. The window is soft tissue (W 400 / L 40), or bone
+(W 1800 / L 400) when the structure of interest is a bone.
+
+Mosaics are cached under ``results/qc/<series_id>/<structure or "series">.png`` (the
+contract's ``qc/`` folder) and made on demand by :func:`ensure_overlays`, in parallel; nothing
+draws all series of a cohort unless asked to.
+
+The CT is found through the run's own records: the series row's ``manifest_line`` in the
+manifest that ``runs/*.json`` names; the label map is ``labels.zarr/<series_id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from cohort.config import load_class_map
+from cohort.errors import SeriesError
+from cohort.ingest import InputName, load_ct
+from cohort.manifest import load_manifest
+from cohort.store import read_label_map
+
+log = logging.getLogger(__name__)
+WINDOWS = {"soft tissue": (40.0, 400.0), "bone": (400.0, 1800.0)}
+BONE_WORDS = ("vertebra", "rib", "sacrum", "femur", "hip", "humerus", "scapula", "clavicula", "sternum", "skull")
+WHOLE_SERIES = "series"
+HIGHLIGHT = np.array([1.0, 0.9, 0.0, 1.0])
+FULL_DPI, THUMBNAIL_DPI = 100, 40
+
+
+@dataclass(frozen=True)
+class OverlayRequest:
+    """One mosaic to make: a series, and the structure to highlight (``None``: the whole series)."""
+
+    series_id: str
+    structure: str | None = None
+
+    def path(self, results_dir: Path) -> Path:
+        return Path(results_dir) / "qc" / self.series_id / f"{self.structure or WHOLE_SERIES}.png"
+
+    def thumbnail(self, results_dir: Path) -> Path:
+        """The same mosaic at 360 x 240 pixels, for pages listing many series."""
+        return self.path(results_dir).with_suffix(".thumb.png")
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """A cached mosaic (``path``) or why there is none (``problem``, one line, no input path)."""
+
+    request: OverlayRequest
+    path: Path | None
+    problem: str | None = None
+
+
+def ensure_overlays(results_dir: Path, requests: list[OverlayRequest], workers: int = 2) -> list[Overlay]:
+    """The mosaics of ``requests``, drawing those not cached yet in ``workers`` forked processes."""
+    results_dir = Path(results_dir)
+    requests = list(dict.fromkeys(requests))
+    todo = [r for r in requests if not r.thumbnail(results_dir).exists()]
+    made: dict[OverlayRequest, Overlay] = {}
+    if todo:
+        images = image_sources(results_dir, {r.series_id for r in todo})
+        jobs = [(results_dir, r, images.get(r.series_id)) for r in todo]
+        if workers <= 1 or len(jobs) == 1:
+            made = {job[1]: _draw_cached(*job) for job in jobs}
+        else:
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+                made = dict(zip(todo, pool.map(_draw_cached, *zip(*jobs))))
+        log.info("overlays: %d drawn in %s", len(todo), results_dir / "qc")
+    return [made.get(r) or Overlay(r, r.path(results_dir)) for r in requests]
+
+
+def image_sources(results_dir: Path, series_ids: set[str]) -> dict[str, InputName]:
+    """Where each series' CT is, from the newest run record whose manifest is still readable."""
+    import pandas as pd
+
+    manifests = _manifests(results_dir)
+    if not manifests:
+        return {}
+    rows = pd.read_parquet(results_dir / "series")
+    lines = dict(zip(rows["series_id"], rows["manifest_line"])) if "manifest_line" in rows else {}
+    for manifest in manifests:
+        specs = {s.series_id: s for s in load_manifest(manifest) if s.series_id in series_ids}
+        return {sid: InputName.in_manifest(s.path, s.manifest, s.line) for sid, s in specs.items()
+                if lines.get(sid) in (None, s.line)}
+    return {}
+
+
+def _manifests(results_dir: Path) -> list[Path]:
+    """Manifests named by ``runs/*.json``, newest run first; relative ones resolve from the working
+    folder or from the results folder's parent (where ``cohort run`` is usually started)."""
+    found = []
+    for record in sorted((results_dir / "runs").glob("*.json"), reverse=True):
+        try:
+            named = Path(json.loads(record.read_text())["request"]["manifest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        candidates = [named] if named.is_absolute() else [Path.cwd() / named, results_dir.parent / named]
+        found += [c for c in candidates if c.is_file() and c not in found]
+    return found
+
+
+def _draw_cached(results_dir: Path, request: OverlayRequest, image: InputName | None) -> Overlay:
+    if image is None:
+        return Overlay(request, None, f"{request.series_id}: its CT is not in the manifest of any recorded run")
+    try:
+        labels = read_label_map(results_dir / "labels.zarr", request.series_id)
+        volume = load_ct(image)
+    except SeriesError as error:
+        return Overlay(request, None, str(error))
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return Overlay(request, None, f"{request.series_id}: no label map in labels.zarr")
+    if volume.hu.shape != labels.labels.shape:
+        return Overlay(request, None, f"{request.series_id}: label map and CT differ in shape")
+    figure = overlay_figure(volume.hu, labels.labels, volume.affine, _label_of(request.structure))
+    request.path(results_dir).parent.mkdir(parents=True, exist_ok=True)
+    for path, dpi in ((request.path(results_dir), FULL_DPI), (request.thumbnail(results_dir), THUMBNAIL_DPI)):
+        temporary = path.with_name(f".{path.name}.tmp")
+        figure.savefig(temporary, format="png", dpi=dpi, facecolor="black")
+        temporary.replace(path)
+    return Overlay(request, request.path(results_dir))
+
+
+def _label_of(structure: str | None) -> tuple[int, str] | None:
+    if structure is None:
+        return None
+    ids = {name: label for label, name in load_class_map("class_map_total_v2.csv").names.items()}
+    return (ids[structure], structure) if structure in ids else None
+
+
+def overlay_figure(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
+                   highlight: tuple[int, str] | None = None) -> Figure:
+    """The 2 x 3 mosaic (9 x 6 inches) (axial top, coronal bottom) of ``hu`` with ``labels``' contours.
+
+    ``highlight`` is ``(label id, name)`` of the structure of interest: its slices are chosen
+    through it, its outline is thick yellow and it is filled.
+
+    >>> hu = np.full((20, 20, 10), -1000.0); hu[5:15, 5:15, 2:8] = 40.0
+    >>> labels = (hu > 0).astype(np.uint8)
+    >>> len(overlay_figure(hu, labels, np.eye(4), (1, "spleen")).axes)
+    6
+    """
+    hu, labels, spacing = _canonical(hu, affine), _canonical(labels, affine), nib.affines.voxel_sizes(affine)
+    target = labels == highlight[0] if highlight else labels > 0
+    if not target.any():
+        target = np.ones(labels.shape, dtype=bool)
+    level, width = WINDOWS["bone" if highlight and highlight[1].startswith(BONE_WORDS) else "soft tissue"]
+    fig = Figure(figsize=(9, 6), facecolor="black")
+    axes = fig.subplots(2, 3)
+    fig.subplots_adjust(0, 0, 1, 0.93, 0.02, 0.02)
+    for column, z in enumerate(_slices(target, axis=2)):
+        _panel(axes[0, column], hu[:, :, z], labels[:, :, z], spacing[1] / spacing[0], highlight, level, width)
+    for column, y in enumerate(_slices(target, axis=1)):
+        _panel(axes[1, column], hu[:, y, :], labels[:, y, :], spacing[2] / spacing[0], highlight, level, width)
+    name = highlight[1] if highlight else "all structures"
+    fig.suptitle(f"{name}: axial (top), coronal (bottom); window L {level:g} / W {width:g}", color="white", fontsize=10)
+    return fig
+
+
+def _canonical(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``array`` reoriented to RAS (axis 0 towards the patient's right-to-left is flipped on display)."""
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                                nib.orientations.axcodes2ornt("RAS"))
+    return nib.orientations.apply_orientation(array, transform)
+
+
+def _slices(mask: np.ndarray, axis: int) -> list[int]:
+    """Three slice indices at 25, 50 and 75 % of the mask's extent along ``axis``."""
+    present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+    return [int(present[int(q * (len(present) - 1))]) for q in (0.25, 0.5, 0.75)]
+
+
+def _panel(axis, hu: np.ndarray, labels: np.ndarray, aspect: float, highlight: tuple[int, str] | None,
+           level: float, width: float) -> None:
+    """One slice (x, other) shown radiologically: rows top = anterior/superior, patient's right on the left."""
+    def show(plane: np.ndarray) -> np.ndarray:
+        return np.swapaxes(plane[::-1], 0, 1)[::-1]
+
+    axis.imshow(show(hu), cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=aspect,
+                interpolation="nearest")
+    axis.imshow(show(_contours(labels, highlight[0] if highlight else None)), aspect=aspect, interpolation="nearest")
+    axis.set_axis_off()
+
+
+def _contours(labels: np.ndarray, highlight: int | None) -> np.ndarray:
+    """RGBA image: each label's boundary in its colour; the highlighted label thick yellow and filled."""
+    boundary = labels != ndimage.grey_erosion(labels, size=3)
+    boundary &= labels > 0
+    palette = colormaps["tab20"](np.arange(20))
+    rgba = np.zeros((*labels.shape, 4))
+    rgba[boundary] = palette[labels[boundary] % 20]
+    if highlight is not None:
+        inside = labels == highlight
+        edge = inside & ~ndimage.binary_erosion(inside)
+        rgba[inside & ~edge] = [1.0, 0.9, 0.0, 0.3]
+        rgba[ndimage.binary_dilation(edge) & ~(inside & ~edge)] = HIGHLIGHT
+    return rgba

@@ -1,0 +1,207 @@
+"""``cohort review``: a small local web page where a reviewer accepts or rejects segmentations.
+
+A static report cannot write files, so the review page is served by Python's own
+``http.server`` on 127.0.0.1 (never on the network). Pages:
+
+* ``/``: the review queue of ``cohort.stats.triage`` (flagged series, suspicious structures,
+  z-score outliers, spot checks) with overlay thumbnails, and the decisions so far;
+* ``/series/<series_id>``: the series' overlay, every structure with its QC status and values,
+  and one form per structure (and one for the whole series): reviewer, comment, accept/reject;
+* ``/qc/<series_id>/<structure>.png``: overlay mosaics, drawn on first request and cached;
+* ``POST /decide``: appends the decision to ``results/review.parquet`` and returns to the page.
+
+Then ``cohort stats`` excludes rejected rows (reason ``rejected_in_review``) and ``cohort report``
+warns that the stats are stale until it is rerun.
+"""
+
+from __future__ import annotations
+
+import getpass
+import html
+import logging
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+
+from cohort.errors import RunCannotStart
+from cohort.stats.overlays import OverlayRequest, ensure_overlays
+from cohort.stats.report import _page, _table
+from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
+from cohort.stats.triage import ReviewQueue, review_queue
+
+log = logging.getLogger(__name__)
+HOST = "127.0.0.1"
+FORM = """<form method="post" action="/decide" class="decide">
+<input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">
+<input type="hidden" name="back" value="{back}">
+<input name="reviewer" value="{reviewer}" size="8" aria-label="reviewer" required>
+<input name="comment" placeholder="why" size="28" aria-label="comment">
+<button name="decision" value="accept">accept</button> <button name="decision" value="reject">reject</button></form>"""
+
+
+@dataclass(frozen=True)
+class ReviewSite:
+    """What the pages show: the run's tables, read once, and the queue built from them."""
+
+    results_dir: Path
+    series: pd.DataFrame
+    features: pd.DataFrame
+    queue: ReviewQueue
+    reviewer: str
+
+    @classmethod
+    def load(cls, results_dir: Path, stats_dir: Path | None = None) -> "ReviewSite":
+        results_dir = Path(results_dir)
+        if not any((results_dir / "series").glob("*.parquet")):
+            raise RunCannotStart(f"{results_dir / 'series'}: no Parquet table here; run `cohort run --out {results_dir}` first")
+        series = pd.read_parquet(results_dir / "series")
+        features = pd.read_parquet(results_dir / "features")
+        zscores_path = Path(stats_dir or results_dir / "aging") / "zscores.parquet"
+        zscores = pd.read_parquet(zscores_path) if zscores_path.exists() else None
+        return cls(results_dir, series, features, review_queue(features, series, zscores), getpass.getuser())
+
+    def index_page(self) -> str:
+        decisions = latest_decisions(read_decisions(self.results_dir))
+        lists = [("Series with the most flagged structures", self.queue.flagged, "worst"),
+                 ("Structures most often failing (an example series each)",
+                  self.queue.structures.rename(columns={"example": "series_id"}), "structure")]
+        if self.queue.outliers is not None:
+            lists.append(("z-score outliers", self.queue.outliers, "structure"))
+        lists.append(("Spot checks (random sample)", self.queue.spot_checks, None))
+        body = [f"<p>Results: <code>{html.escape(self.results_dir.name)}/</code>, {len(self.series)} series. "
+                "Open a series to see all its structures; decisions are saved to <code>review.parquet</code>.</p>"]
+        if self.queue.outliers is None:
+            body.append('<p class="note">z-score outliers: not computed (run <code>cohort stats</code>)</p>')
+        for title, rows, column in lists:
+            body.append(f"<h2>{html.escape(title)}</h2>")
+            body.append('<div class="cards">' + "".join(self._card(row["series_id"], row.get(column) if column else None)
+                                                        for row in rows.to_dict("records")) + "</div>")
+        body += [f"<h2>Decisions ({len(decisions)})</h2>", _table(decisions) if len(decisions) else "<p>none yet</p>"]
+        return _page("cohort review", body)
+
+    def series_page(self, series_id: str) -> str:
+        rows = self.features[self.features["series_id"] == series_id]
+        facts = self.series[self.series["series_id"] == series_id][["series_id", "age", "sex", "status", "error"]]
+        back = f"/series/{urllib.parse.quote(series_id)}"
+        table = rows[["structure", "status", "volume_ml", "mean_hu", "lower_bound_ml"]].copy()
+        table["decide"] = [self._form(series_id, s, back) for s in table["structure"]]
+        flagged = self.queue.flag_rows[self.queue.flag_rows["series_id"] == series_id]
+        body = [_table(facts), f"<h2>Whole series</h2>{self._form(series_id, None, back)}",
+                self._image(series_id, None)]
+        if len(flagged):
+            body.append("<h2>Flags</h2>" + _table(flagged[["structure", "reason"]]))
+        body += ["<h2>Structures</h2>", table.to_html(index=False, border=0, escape=False, na_rep="",
+                                                      float_format=lambda v: f"{v:.4g}")]
+        return _page(f"review {series_id}", ['<p><a href="/">back to the queue</a></p>', *body])
+
+    def _card(self, series_id: str, structure: str | None) -> str:
+        link = f"/series/{urllib.parse.quote(series_id)}"
+        what = f" / {html.escape(structure)}" if structure else ""
+        return (f'<div class="card" data-series="{html.escape(series_id)}"><a href="{link}">'
+                f"<b>{html.escape(series_id)}</b>{what}</a>{self._image(series_id, structure, thumbnail=True)}"
+                f"{self._form(series_id, structure, '/')}</div>")
+
+    def _image(self, series_id: str, structure: str | None, thumbnail: bool = False) -> str:
+        name = f"{structure or 'series'}{'.thumb' if thumbnail else ''}.png"
+        source = f"/qc/{urllib.parse.quote(series_id)}/{urllib.parse.quote(name)}"
+        return f'<img loading="lazy" alt="overlay {html.escape(series_id)}" src="{source}">'
+
+    def _form(self, series_id: str, structure: str | None, back: str) -> str:
+        return FORM.format(series_id=html.escape(series_id), structure=html.escape(structure or ""),
+                           back=html.escape(back), reviewer=html.escape(self.reviewer))
+
+    def overlay_png(self, series_id: str, name: str) -> bytes | None:
+        """The cached (or newly drawn) mosaic ``name`` of a known series and structure, else None."""
+        thumbnail = name.endswith(".thumb.png")
+        structure = name.removesuffix(".png").removesuffix(".thumb")
+        if not self.known(series_id, None if structure == "series" else structure):
+            return None
+        request = OverlayRequest(series_id, None if structure == "series" else structure)
+        overlay = ensure_overlays(self.results_dir, [request], workers=1)[0]
+        if overlay.path is None:
+            return None
+        return (request.thumbnail(self.results_dir) if thumbnail else overlay.path).read_bytes()
+
+    def known(self, series_id: str, structure: str | None) -> bool:
+        rows = self.features["series_id"] == series_id
+        if structure is not None:
+            rows &= self.features["structure"] == structure
+        return bool(rows.any()) or (structure is None and bool((self.series["series_id"] == series_id).any()))
+
+    def decide(self, form: dict[str, str]) -> Decision:
+        structure = form.get("structure") or None
+        if not self.known(form.get("series_id", ""), structure):
+            raise ValueError(f"unknown series or structure: {form.get('series_id')!r} {structure!r}")
+        decision = Decision(series_id=form["series_id"], structure=structure, decision=form.get("decision", ""),
+                            reviewer=form.get("reviewer", ""), comment=form.get("comment", ""))
+        append_decision(self.results_dir, decision)
+        log.info("review: %s %s %s by %s", decision.decision, decision.series_id, structure or "(series)",
+                 decision.reviewer)
+        return decision
+
+
+def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
+    """An HTTP server for ``site`` on 127.0.0.1:``port`` (0: a free port; see ``server_address``)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            if path == "/":
+                return self._send(site.index_page().encode(), "text/html; charset=utf-8")
+            if path.startswith("/series/") and site.known(path.removeprefix("/series/"), None):
+                return self._send(site.series_page(path.removeprefix("/series/")).encode(), "text/html; charset=utf-8")
+            parts = path.split("/")
+            if len(parts) == 4 and parts[1] == "qc" and parts[3].endswith(".png"):
+                png = site.overlay_png(parts[2], parts[3])
+                if png is not None:
+                    return self._send(png, "image/png")
+            if path == "/favicon.ico":
+                return self._send(b"", "image/x-icon")
+            self.send_error(HTTPStatus.NOT_FOUND)
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/decide":
+                return self.send_error(HTTPStatus.NOT_FOUND)
+            length = int(self.headers.get("Content-Length", 0))
+            form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
+            try:
+                site.decide(form)
+            except ValueError as error:
+                return self.send_error(HTTPStatus.BAD_REQUEST, str(error))
+            back = form.get("back", "/")
+            self.send_response(HTTPStatus.SEE_OTHER)
+            self.send_header("Location", back if back.startswith("/") else "/")
+            self.end_headers()
+
+        def _send(self, body: bytes, content_type: str) -> None:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.debug(format, *args)
+
+    return ThreadingHTTPServer((HOST, port), Handler)
+
+
+def serve(results_dir: Path, port: int = 8765, stats_dir: Path | None = None,
+          ready: threading.Event | None = None) -> None:
+    """Serve the review pages until interrupted (Ctrl-C)."""
+    server = make_server(ReviewSite.load(results_dir, stats_dir), port)
+    print(f"review: http://{HOST}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

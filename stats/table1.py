@@ -1,0 +1,111 @@
+"""Table 1 of a manuscript: who is in the cohort, by age group; and what was left out, by whom.
+
+:func:`characteristics` gives one row per characteristic (n, age, sex, every covariate of the
+manifest) and one column per age group plus ``no age`` and ``all``: numbers as ``n (%)`` or
+``mean (SD)`` / ``median [Q1, Q3]``, ready to paste. :func:`exclusions_by_group` counts
+series-level exclusions (failed, no age, rejected in review) and measurement-level QC statuses
+by age group and by sex, so a reader sees whether losses are spread evenly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cohort.stats.cohort_table import AgeGroups
+
+NO_AGE = "no age"
+ALL = "all"
+MAX_LEVELS = 6
+
+
+def age_group_column(series: pd.DataFrame, groups: AgeGroups) -> pd.Series:
+    """Each series' age-group label (``no age`` where age is missing), ordered as the groups.
+
+    >>> groups = AgeGroups.from_edges((41, 59, 78))
+    >>> age_group_column(pd.DataFrame({"age": [20.0, 41.0, None]}), groups).tolist()
+    ['<41', '41-59', 'no age']
+    """
+    age = pd.to_numeric(series["age"], errors="coerce")
+    labels = np.asarray(groups.labels, dtype=object)[np.clip(groups.assign(age.fillna(0).to_numpy()) - 1, 0, 3)]
+    labels = np.where(age.isna(), NO_AGE, labels)
+    return pd.Series(pd.Categorical(labels, categories=[*groups.labels, NO_AGE]), index=series.index, name="age_group")
+
+
+def characteristics(series: pd.DataFrame, groups: AgeGroups) -> pd.DataFrame:
+    """Table 1: ``characteristic`` then one column per age group, ``no age`` and ``all``."""
+    frame = series.assign(age_group=age_group_column(series, groups)).reset_index(drop=True)
+    covariates = _covariates(frame)
+    columns = {label: frame.index[frame["age_group"] == label] for label in frame["age_group"].cat.categories}
+    columns[ALL] = frame.index
+    rows: list[tuple[str, dict[str, str]]] = [("n (series)", {k: str(len(v)) for k, v in columns.items()})]
+    if "subject_id" in frame and frame["subject_id"].notna().any():
+        rows.append(("n (subjects)", {k: str(frame.loc[v, "subject_id"].nunique()) for k, v in columns.items()}))
+    rows += _numeric_rows("age (years)", frame["age"], columns)
+    rows += _categorical_rows("sex", frame["sex"].fillna("unknown"), columns)
+    rows += [("finished", {k: _n_pct(frame.loc[v, "status"] == "done") for k, v in columns.items()})]
+    for name in covariates.columns:
+        values = covariates[name]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().sum() >= 0.9 * values.notna().sum() > 0:
+            rows += _numeric_rows(name, numeric, columns)
+        else:
+            rows += _categorical_rows(name, values.fillna("missing"), columns)
+    return pd.DataFrame([{"characteristic": name, **cells} for name, cells in rows])
+
+
+def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: AgeGroups,
+                        rejected: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Counts per ``reason`` and ``level`` (series or measurement), by age group and by sex.
+
+    Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (whole series); measurement
+    level: every QC status of the ``features`` rows (``ok`` included, for the denominators).
+    """
+    frame = series.assign(age_group=age_group_column(series, groups), sex=series["sex"].fillna("unknown"))
+    reasons = pd.Series(pd.NA, index=frame.index, dtype="object")
+    if rejected is not None and len(rejected):
+        whole = rejected.loc[rejected["structure"].isna(), "series_id"]
+        reasons[frame["series_id"].isin(whole)] = "rejected_in_review"
+    reasons[frame["age"].isna()] = "no_age"
+    reasons[frame["status"] != "done"] = "series_failed"
+    series_level = frame.assign(reason=reasons, level="series").dropna(subset=["reason"])
+    keys = frame[["series_id", "age_group", "sex"]]
+    measured = features[["series_id", "status"]].merge(keys, on="series_id").rename(columns={"status": "reason"})
+    rows = pd.concat([series_level[["reason", "level", "age_group", "sex"]], measured.assign(level="measurement")])
+    by_group = pd.crosstab([rows["level"], rows["reason"]], rows["age_group"])
+    by_sex = pd.crosstab([rows["level"], rows["reason"]], rows["sex"]).add_prefix("sex ")
+    table = by_group.join(by_sex).assign(total=by_group.sum(axis=1))
+    return table.reset_index().sort_values(["level", "total"], ascending=[False, False], ignore_index=True)
+
+
+def _covariates(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ``covariates`` map column (list of (name, value) pairs) as one column per name."""
+    if "covariates" not in frame:
+        return pd.DataFrame(index=frame.index)
+    records = [dict(pairs) if pairs is not None else {} for pairs in frame["covariates"]]
+    table = pd.DataFrame.from_records(records, index=frame.index)
+    return table.replace("", np.nan)
+
+
+def _numeric_rows(name: str, values: pd.Series, columns: dict[str, pd.Index]) -> list[tuple[str, dict[str, str]]]:
+    values = pd.to_numeric(values, errors="coerce")
+    mean_sd, median_iqr = {}, {}
+    for key, index in columns.items():
+        part = values.loc[index].dropna()
+        mean_sd[key] = f"{part.mean():.1f} ({part.std():.1f})" if len(part) > 1 else ("" if part.empty else f"{part.iloc[0]:.1f}")
+        q1, median, q3 = part.quantile([0.25, 0.5, 0.75]) if len(part) else (np.nan,) * 3
+        median_iqr[key] = "" if part.empty else f"{median:.1f} [{q1:.1f}, {q3:.1f}]"
+    return [(f"{name}, mean (SD)", mean_sd), (f"{name}, median [Q1, Q3]", median_iqr)]
+
+
+def _categorical_rows(name: str, values: pd.Series, columns: dict[str, pd.Index]) -> list[tuple[str, dict[str, str]]]:
+    levels = values.astype(str).value_counts()
+    shown = list(levels.index[:MAX_LEVELS])
+    collapsed = values.astype(str).where(values.astype(str).isin(shown), "other")
+    order = shown + (["other"] if len(levels) > MAX_LEVELS else [])
+    return [(f"{name}: {level}, n (%)", {k: _n_pct(collapsed.loc[v] == level) for k, v in columns.items()})
+            for level in order]
+
+
+def _n_pct(flags: pd.Series) -> str:
+    return f"{int(flags.sum())} ({100 * flags.mean():.1f} %)" if len(flags) else "0"

@@ -1,0 +1,117 @@
+"""The report and the review page in a real headless Chromium (Debian's, driven by Playwright).
+
+A real ``cohort run`` over the shipped examples gives real CTs and label maps: the report must
+load without console errors with an overlay image for every flagged series; a reject click on
+the review page must land in ``review.parquet``; and ``cohort stats`` rerun afterwards must
+exclude the rejected rows under ``rejected_in_review``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from testkit import cohort_cli
+
+from cohort.stats import run_stats, write_report
+from cohort.stats.review_server import ReviewSite, make_server
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (test extra)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def run_dir(examples: Path, tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> Path:
+    out = tmp_path_factory.mktemp("review-run") / "results"
+    done = cohort_cli("run", "--manifest", str(examples / "manifest.csv"), "--out", str(out), api=prefect_server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_stats(out, figures="none")
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+def _page(browser):  # type: ignore[no-untyped-def]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return page, errors
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Screenshots to look at: <pytest base temp>/screenshots (e.g. /tmp/pytest-of-$USER/pytest-current/)."""
+    return tmp_path_factory.getbasetemp() / "screenshots"
+
+
+def test_report_loads_clean_with_an_overlay_per_flagged_series(run_dir: Path, browser, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    report = write_report(run_dir)
+    page, errors = _page(browser)
+    page.goto(report.as_uri(), wait_until="load")
+    assert errors == []
+    assert "Stale" not in page.inner_text(".banner")
+    cards = page.locator("h3:has-text('most flagged') + .cards .card")
+    assert cards.count() >= 1
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        card.scroll_into_view_if_needed()
+        card.locator("img").evaluate("img => img.decode()")
+        assert card.locator("img").evaluate("img => img.naturalWidth") == 360
+    broken = page.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth === 0).length")
+    assert broken == 0
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=shots / "report.png", full_page=True)
+
+
+@pytest.fixture()
+def review_url(run_dir: Path) -> Iterator[str]:
+    server = make_server(ReviewSite.load(run_dir), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_reject_click_lands_in_review_parquet_and_stats_exclude_it(run_dir: Path, browser, review_url: str,  # type: ignore[no-untyped-def]
+                                                                   shots: Path) -> None:  # type: ignore[no-untyped-def]
+    page, errors = _page(browser)
+    page.goto(review_url + "/series/example_full", wait_until="load")
+    row = page.locator("tr", has_text="liver").first
+    row.locator("input[name=comment]").fill("leaks into the right kidney")
+    row.locator("button[value=reject]").click()
+    page.wait_for_load_state("load")
+    page.goto(review_url + "/", wait_until="load")
+    whole = page.locator(".card[data-series=example_dicom]").first
+    whole.locator("button[value=accept]").click()
+    page.wait_for_load_state("load")
+    assert errors == []
+    assert "leaks into the right kidney" in page.inner_text("body")
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=shots / "review.png", full_page=True)
+
+    review = pd.read_parquet(run_dir / "review.parquet")
+    assert review[["series_id", "structure", "decision", "comment"]].values.tolist()[:1] == [
+        ["example_full", "liver", "reject", "leaks into the right kidney"]]
+    assert review["reviewer"].str.len().min() > 0 and review["decided_at"].notna().all()
+
+    stale = write_report(run_dir)
+    assert "Stale statistics" in stale.read_text()
+    run_stats(run_dir, figures="none")
+    exclusions = pd.read_parquet(run_dir / "aging" / "exclusions.parquet")
+    rejected = exclusions[(exclusions["reason"] == "rejected_in_review") & (exclusions["n_series"] > 0)]
+    assert rejected[["structure", "n_series"]].values.tolist() == [["liver", 1]]
