@@ -16,18 +16,18 @@ from cohort.stats.outputs import family_text
 from cohort.stats.study import ALL, AgingResults
 
 REFERENCES = (
-    "[1] Wasserthal J, Breit H-C, Meyer MT, et al. TotalSegmentator: Robust Segmentation of 104 Anatomic "
-    "Structures in CT Images. Radiology: Artificial Intelligence 2023;5(5):e230024.",
-    f"[2] Virtanen P, Gommers R, Oliphant TE, et al. SciPy 1.0: fundamental algorithms for scientific computing "
-    f"in Python. Nature Methods 2020;17:261-272 (version {scipy.__version__} used).",
-    f"[3] Seabold S, Perktold J. statsmodels: Econometric and statistical modeling with Python. Proceedings of "
-    f"the 9th Python in Science Conference 2010 (version {statsmodels.__version__} used).",
-    "[4] Benjamini Y, Hochberg Y. Controlling the false discovery rate. J R Stat Soc B 1995;57:289-300.",
-    "[5] Efron B, Tibshirani RJ. An Introduction to the Bootstrap. Chapman & Hall 1993.",
-    "[6] Sen PK. Estimates of the regression coefficient based on Kendall's tau. JASA 1968;63:1379-1389.",
-    "[7] Cole TJ, Green PJ. Smoothing reference centile curves: the LMS method and penalized likelihood. "
-    "Stat Med 1992;11:1305-1319.",
-    "[8] Cleveland WS. Robust locally weighted regression and smoothing scatterplots. JASA 1979;74:829-836.",
+    ("[1] Wasserthal J, Breit H-C, Meyer MT, et al. TotalSegmentator: Robust Segmentation of 104 Anatomic "
+     "Structures in CT Images. Radiology: Artificial Intelligence 2023;5(5):e230024."),
+    (f"[2] Virtanen P, Gommers R, Oliphant TE, et al. SciPy 1.0: fundamental algorithms for scientific computing "
+     f"in Python. Nature Methods 2020;17:261-272 (version {scipy.__version__} used)."),
+    (f"[3] Seabold S, Perktold J. statsmodels: Econometric and statistical modeling with Python. Proceedings of "
+     f"the 9th Python in Science Conference 2010 (version {statsmodels.__version__} used)."),
+    ("[4] Benjamini Y, Hochberg Y. Controlling the false discovery rate. J R Stat Soc B 1995;57:289-300."),
+    ("[5] Efron B, Tibshirani RJ. An Introduction to the Bootstrap. Chapman & Hall 1993."),
+    ("[6] Sen PK. Estimates of the regression coefficient based on Kendall's tau. JASA 1968;63:1379-1389."),
+    ("[7] Cole TJ, Green PJ. Smoothing reference centile curves: the LMS method and penalized likelihood. "
+     "Stat Med 1992;11:1305-1319."),
+    ("[8] Cleveland WS. Robust locally weighted regression and smoothing scatterplots. JASA 1979;74:829-836."),
 )
 
 

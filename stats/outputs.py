@@ -135,8 +135,8 @@ def selection_lines(selection: pd.DataFrame) -> list[str]:
     if table.shape[0] < 2 or table.shape[1] < 2:
         return []
     shares = ", ".join(f"{g} {100 * row[True] / row.sum():.1f} %" for g, row in table.iterrows())
-    return [f"- Selection: structure measurements excluded, by age group: {shares} (by sex and reason in "
-            "`selection`; no test is given because the measurements of one series are not independent)."]
+    return [(f"- Selection: structure measurements excluded, by age group: {shares} (by sex and reason in "
+             "`selection`; no test is given because the measurements of one series are not independent).")]
 
 
 def _stratified_lines(results: AgingResults, effects: pd.DataFrame) -> list[str]:

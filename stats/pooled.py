@@ -48,7 +48,7 @@ def add_pooled_rows(features: pd.DataFrame, definitions: pd.DataFrame) -> pd.Dat
         return features
     clash = set(definitions["pooled"]) & set(features["structure"])
     if clash:
-        raise ConfigError(f"pooled_structures: {sorted(clash)[0]!r} is already a measured structure name")
+        raise ConfigError(f"pooled_structures: {min(clash)!r} is already a measured structure name")
     parts = features.merge(definitions, on="structure")
     n_parts = definitions.groupby("pooled").size()
     severity = parts["status"].map({s: i for i, s in enumerate(STATUS_SEVERITY)}).fillna(len(STATUS_SEVERITY))
