@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from testkit import cohort_cli
 
 from cohort.stats import run_stats
 from cohort.stats.config import load_aging_config
@@ -146,3 +147,28 @@ def test_selection_table_shows_who_qc_removed() -> None:
     assert list(excluded.index) == [">78"] and excluded[">78"] == len(old[::2])
     shares = selection.groupby(["age_group", "sex"])["share"].sum()
     assert np.allclose(shares, 1.0)
+
+
+def test_cli_preset_paper_and_a_covariate_config(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    n = 300
+    age = rng.uniform(18, 100, n)
+    kvp = rng.choice(["100", "120"], n)
+    cohort = cohort_from_values(age, np.where(rng.random(n) < 0.5, "M", "F"),
+                                {("liver", "mean_hu"): 60 + 10 * (kvp == "100") + rng.normal(0, 5, n)},
+                                covariates={"kvp": kvp})
+    results_dir = cohort.write(tmp_path / "results")
+    paper = cohort_cli("stats", "--results", str(results_dir), "--out", str(tmp_path / "paper"), "--preset", "paper",
+                       "--figures", "none")
+    assert paper.returncode == 0, paper.stderr
+    assert "Preset `paper`" in (tmp_path / "paper" / "summary.md").read_text()
+    config = tmp_path / "aging.yaml"
+    config.write_text("covariates: [kvp]\nanalyses: [adjusted]\nfigures: {which: none}\n")
+    default = cohort_cli("stats", "--results", str(results_dir), "--out", str(tmp_path / "default"), "--config",
+                         str(config))
+    assert default.returncode == 0, default.stderr
+    adjusted = pd.read_parquet(tmp_path / "default" / "adjusted.parquet").query("metric == 'mean_hu'").iloc[0]
+    assert adjusted["covariates"] == "sex,kvp" and adjusted["n"] == n
+    config.write_text("covariates: [contrast]\n")
+    missing = cohort_cli("stats", "--results", str(results_dir), "--config", str(config))
+    assert missing.returncode == 2 and "covariate 'contrast'" in missing.stderr + missing.stdout
