@@ -2,13 +2,16 @@
 
 Two entry points for the command line, plain functions for notebooks::
 
-    run_stats(results_dir, out_dir=None, config_path=None) -> StatsRun    # cohort stats
-    write_report(results_dir, out_path=None) -> Path                      # cohort report
-    run_study(features, series, config=None) -> AgingResults              # in memory
+    run_stats(results_dir, out_dir=None, config_path=None, preset=None) -> StatsRun   # cohort stats
+    write_report(results_dir, out_path=None) -> Path                                  # cohort report
+    run_study(features, series, config=None, review=None) -> AgingResults             # in memory
 
-Modules: ``config`` (YAML), ``cohort_table`` (which rows enter), ``descriptives`` and
-``age_tests`` (scipy), ``study`` (all tests), ``outputs`` (tables, summary.md),
-``figures`` (PNG), ``report`` (HTML). Synthetic cohorts for tests: ``cohort.testing.cohorts``.
+Modules: ``config`` (YAML presets ``default`` and ``paper``), ``cohort_table`` (which rows enter),
+``pooled`` (left/right rows), ``review`` (reviewer decisions), ``descriptives`` and ``age_tests``
+(scipy), ``bootstrap`` (intervals), ``adjusted`` (partial Spearman), ``multiplicity``, ``trends``
+(Theil-Sen, LOWESS), ``normative`` (centiles, z-scores), ``study`` (all of it), ``outputs``
+(tables, summary.md), ``methods`` (methods.md), ``figures`` (PNG), ``report`` (HTML).
+Synthetic cohorts for tests: ``cohort.testing.cohorts``.
 """
 
 from cohort.stats.cohort_table import load_results
