@@ -3,6 +3,8 @@ reported for MR, and the Dixon fat fraction against a planted truth."""
 
 from __future__ import annotations
 
+import doctest
+import importlib
 from pathlib import Path
 
 import nibabel as nib
@@ -86,3 +88,10 @@ def test_cohort_check_names_a_missing_dixon_image(tmp_path):
     (tmp_path / "scans.csv").write_text("series_id,path,fat,water\ns1,mr.nii.gz,fat.nii.gz,water.nii.gz\n")
     report = check_manifest(tmp_path / "scans.csv")
     assert [(p.column, p.series_id) for p in report.problems] == [("fat", "s1")]
+
+
+@pytest.mark.parametrize("name", ["cohort.measurement.fat_fraction", "cohort.segmentation.postprocess",
+                                  "cohort.segmentation.body_crop", "cohort.testing.images"])
+def test_docstring_examples_run(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0

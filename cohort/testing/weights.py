@@ -12,8 +12,7 @@ network of a :class:`ModelSpec`::
 (PlainConvUNet, 32…320 features, patch 112×112×128 at 3 mm and 128³ at 1.5 mm, ~30 M
 parameters), for parity and benchmarks. Both TotalSegmentator and cohort load these folders.
 
->>> from cohort.segmentation.nnunet_folder import find_trainer_class, plans_manager
-from cohort.segmentation.registry import load_model_spec
+>>> from cohort.segmentation.registry import load_model_spec
 >>> import tempfile; folder = Path(tempfile.mkdtemp())
 >>> build_weights(load_model_spec("fast"), folder, "small")[0].name
 'nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres'
