@@ -211,7 +211,8 @@ def check_label_ids(label_map: LabelMap, measured: StructureMeasurements, class_
         unknown.append(measured.largest_label)
     if unknown:
         raise SeriesError(f"{label_map.name}: label ids {unknown[:5]} are not in the class map "
-                          f"{Path(class_map.source).name}; is this a TotalSegmentator v2 'total' label map?")
+                          f"{Path(class_map.source).name}; was it made with another model's classes? "
+                          "(--model picks the class map)")
 
 
 @dataclass(frozen=True)
