@@ -51,19 +51,46 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--config", type=Path, help="aging-study configuration YAML (default: stats/aging_default.yaml)")
     stats.add_argument("--figures", choices=("none", "overview", "top", "all"),
                        help="which figures to draw (default from the config: overview and the top structures)")
+    stats.add_argument("--preset", choices=("default", "paper"),
+                       help="settings to start from: default (recommended) or paper (the published method); "
+                            "overrides the config file's preset key")
 
     report = commands.add_parser("report", help="write one HTML page: run summary, QC and the aging study")
     report.add_argument("--results", type=Path, required=True)
     report.add_argument("--out", type=Path, help="default: <results>/report.html")
+    report.add_argument("--stats", type=Path, help="the folder `cohort stats --out` wrote (default: <results>/aging)")
+    report.add_argument("--strict", action="store_true",
+                        help="exit 2 instead of a warning banner when the stats are older than the run's tables")
+    report.add_argument("--figure-formats", default="png", type=lambda text: tuple(text.split(",")),
+                        help="manuscript figures in report-figures/: any of png,svg,pdf (default: png, 300 dpi)")
+
+    review = commands.add_parser("review", help="serve a local page (127.0.0.1) to accept or reject segmentations")
+    review.add_argument("--results", type=Path, required=True)
+    review.add_argument("--stats", type=Path, help="stats folder for z-score outliers (default: <results>/aging)")
+    review.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: 8765; 0: any free port)")
 
     models = commands.add_parser("models", help="where weights are looked for, what is there, how to get the rest")
     models.add_argument("--weights", type=Path)
+    models_actions = models.add_subparsers(dest="models_action")
+    download = models_actions.add_parser("download", help="fetch and unpack a model's release archives (checked, atomic)")
+    download.add_argument("name", help="a model of configs/models/ (see `cohort models`) or a model YAML file")
+    download.add_argument("--weights", type=Path, dest="download_weights", metavar="DIR",
+                          help="weights folder (default: where `cohort models` looks)")
+    download.add_argument("--mirror", metavar="URL", help="base URL serving the same archive file names (offline mirror, cache)")
 
     check = commands.add_parser("check", help="every problem of a manifest in one pass, no work done")
     check.add_argument("--manifest", type=Path, required=True)
 
     status = commands.add_parser("status", help="done, failed, remaining and ETA of a running or stopped run")
     status.add_argument("--out", type=Path, default=Path("results"), help="the run's output folder (default: results/)")
+
+    manifest = commands.add_parser("manifest", help="a DICOM export -> manifest (+ scans.index.parquet beside it)")
+    manifest.add_argument("--dicom", type=Path, required=True, help="the export's root folder (crawled recursively)")
+    manifest.add_argument("--out", type=Path, required=True, help="the manifest to write, e.g. scans.csv")
+    manifest.add_argument("--policy", type=Path, help="selection policy YAML (default: configs/selection.yaml)")
+    manifest.add_argument("--key", type=Path, help="pseudonym key file, created on first use (default: "
+                                                   "$COHORT_PSEUDONYM_KEY, else ~/.config/cohort/pseudonym.key)")
+    manifest.add_argument("--workers", type=positive_int, help="header-reading processes (default: usable CPUs)")
     return parser
 
 
@@ -203,7 +230,8 @@ def stats_command(args: argparse.Namespace) -> int:
     from cohort import stats
 
     _require_tables(args.results)
-    console.print(stats.run_stats(args.results, args.out, args.config, figures=args.figures).describe(), highlight=False, soft_wrap=True)
+    run = stats.run_stats(args.results, args.out, args.config, figures=args.figures, preset=args.preset)
+    console.print(run.describe(), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -211,8 +239,16 @@ def report_command(args: argparse.Namespace) -> int:
     from cohort import stats
 
     _require_tables(args.results)
-    path = stats.write_report(args.results, args.out)
+    path = stats.write_report(args.results, args.out, stats_dir=args.stats, strict=args.strict,
+                              figure_formats=args.figure_formats)
     console.print(f"report: {path}")
+    return 0
+
+
+def review_command(args: argparse.Namespace) -> int:
+    from cohort.stats.review_server import serve
+
+    serve(args.results, args.port, args.stats)
     return 0
 
 
@@ -232,8 +268,15 @@ def _require_tables(results: Path) -> None:
 
 
 def models_command(args: argparse.Namespace) -> int:
-    from cohort.segmentation import models_report
+    from cohort.segmentation import load_model_spec, models_report, resolve_weights_dir
 
+    if args.models_action == "download":
+        from cohort.segmentation.download import download_model
+
+        weights = resolve_weights_dir(args.download_weights or args.weights)
+        for fetched in download_model(load_model_spec(args.name), weights, args.mirror):
+            print(f"{fetched.state:9s} {fetched.folder}")
+        return 0
     print(models_report(args.weights))
     return 0
 
@@ -256,8 +299,23 @@ def status_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": run_command, "stats": stats_command, "report": report_command, "models": models_command,
-            "status": status_command, "check": check_command}
+def manifest_command(args: argparse.Namespace) -> int:
+    """Crawl a DICOM export with a progress bar, write the manifest and print what was found."""
+    from cohort.export import build_manifest
+
+    with Progress(TextColumn("headers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as display:
+        bar = display.add_task("headers", total=None)
+        summary = build_manifest(args.dicom, args.out, args.policy, args.key, args.workers,
+                                 on_progress=lambda done, total: display.update(bar, completed=done, total=total))
+    console.print("[bold]cohort manifest:[/] " + "\n".join(summary.describe(args.out)), highlight=False,
+                  soft_wrap=True)
+    return 0
+
+
+COMMANDS = {"run": run_command, "stats": stats_command, "report": report_command, "review": review_command,
+            "models": models_command,
+            "status": status_command, "check": check_command, "manifest": manifest_command}
 
 if __name__ == "__main__":
     sys.exit(main())
