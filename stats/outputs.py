@@ -25,16 +25,17 @@ METADATA_KEY = b"cohort.aging"
 PARQUET_ONLY = ("zscores", "centiles")  # one row per subject (or age and centile): CSV would be large and slow
 
 
-def provenance(results: AgingResults) -> dict[str, object]:
-    """What produced the tables: configuration, its file and the age-group edges used."""
+def provenance(results: AgingResults, inputs: dict[str, str] | None = None) -> dict[str, object]:
+    """What produced the tables: configuration, its file, the age-group edges used and the state of
+    the run's tables they were computed from (``cohort.stats.freshness.input_state``)."""
     return {"config": dataclasses.asdict(results.config), "age_group_edges": list(results.age_groups.edges),
-            "age_group_labels": list(results.age_groups.labels)}
+            "age_group_labels": list(results.age_groups.labels), "inputs": inputs or {}}
 
 
-def write_tables(results: AgingResults, out_dir: Path) -> list[Path]:
+def write_tables(results: AgingResults, out_dir: Path, inputs: dict[str, str] | None = None) -> list[Path]:
     """Write every table as ``<name>.parquet`` and ``<name>.csv`` (Parquet only: ``PARQUET_ONLY``); returns the Parquet paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = json.dumps(provenance(results)).encode()
+    metadata = json.dumps(provenance(results, inputs)).encode()
     paths = []
     for name, frame in results.tables().items():
         table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -43,7 +44,7 @@ def write_tables(results: AgingResults, out_dir: Path) -> list[Path]:
         if name not in PARQUET_ONLY:
             frame.to_csv(out_dir / f"{name}.csv", index=False)
         paths.append(out_dir / f"{name}.parquet")
-    (out_dir / "provenance.json").write_text(json.dumps(provenance(results), indent=2) + "\n")
+    (out_dir / "provenance.json").write_text(json.dumps(provenance(results, inputs), indent=2) + "\n")
     log.info("tables: %s", ", ".join(p.stem for p in paths))
     return paths
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from cohort.stats.cohort_table import load_results
 from cohort.stats.config import load_aging_config, with_figures
 from cohort.stats.figures import draw_figures
+from cohort.stats.freshness import input_state
 from cohort.stats.methods import write_methods
 from cohort.stats.outputs import write_summary, write_tables
 from cohort.stats.study import ALL, run_study
@@ -54,9 +55,10 @@ def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path 
     config = with_figures(load_aging_config(config_path, preset), figures)
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir else results_dir / "aging"
+    inputs = input_state(results_dir)  # before reading: rows added meanwhile make the stats stale, not silently newer
     tables = load_results(results_dir)
     results = run_study(tables.features, tables.series, config, tables.review)
-    paths = write_tables(results, out_dir)
+    paths = write_tables(results, out_dir, inputs)
     figures = draw_figures(results, out_dir / "figures")
     summary = write_summary(results, out_dir)
     write_methods(results, out_dir)
