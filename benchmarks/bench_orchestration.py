@@ -74,7 +74,7 @@ def bench_planning(folder: Path) -> float:
     context = RunContext(layout.labels_zarr, MeasureSettings.from_config(load_run_config()))
     records = [failed_result(spec, "x").record.replace(
         status="done", error=None, run_key=context.run_key(spec).digest, run_settings=context.run_key(spec).to_json(),
-        input_fingerprint=input_fingerprint(spec.path, spec.labels)) for spec in specs[:9_990]]
+        input_fingerprint=input_fingerprint(spec.path, spec.companions)) for spec in specs[:9_990]]
     for start in range(0, len(records), 50):
         write_part(layout.series, f"part-{start:06d}", series_table(records[start:start + 50]))
         write_part(layout.features, f"part-{start:06d}", pa.table({"series_id": [r.series_id for r in records[start:start + 50]]}))

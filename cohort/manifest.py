@@ -74,6 +74,11 @@ class SeriesSpec:
     def where(self) -> str:
         return f"{self.manifest.name} line {self.line} ({self.series_id})"
 
+    @property
+    def companions(self) -> tuple[Path, ...]:
+        """The files read beside the image: label map and Dixon fat/water images, where given."""
+        return tuple(path for path in (self.labels, self.fat, self.water) if path is not None)
+
 
 @dataclass(frozen=True)
 class Subject:

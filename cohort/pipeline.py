@@ -151,7 +151,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
     try:
         subject = validate_subject(spec)
         with timer.stage("ingest"):
-            fingerprint = input_fingerprint(spec.path, spec.labels)
+            fingerprint = input_fingerprint(spec.path, spec.companions)
             volume = load_ct(InputName.in_manifest(spec.path, spec.manifest, spec.line), context.ingest,
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)

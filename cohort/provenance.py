@@ -103,13 +103,14 @@ def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int) 
                    "border_voxels": border_voxels})
 
 
-def input_files(image: Path, labels: Path | None) -> list[Path]:
-    """The files a row reads: the image (or every file of its DICOM folder) and its label map."""
+def input_files(image: Path, companions: tuple[Path, ...] = ()) -> list[Path]:
+    """The files a row reads: the image (or every file of its DICOM folder) and its companions
+    (label map, Dixon fat and water images)."""
     files = sorted(p for p in image.iterdir() if p.is_file()) if image.is_dir() else [image]
-    return files + ([labels] if labels is not None else [])
+    return files + list(companions)
 
 
-def input_fingerprint(image: Path, labels: Path | None) -> str:
+def input_fingerprint(image: Path, companions: tuple[Path, ...] = ()) -> str:
     """Digest of path, size and modification time of every file a row reads.
 
     A missing file is part of the fingerprint too (as missing), so that a row whose file comes
@@ -123,16 +124,16 @@ def input_fingerprint(image: Path, labels: Path | None) -> str:
         return (str(path.resolve()), status.st_size, status.st_mtime_ns)
 
     try:
-        files = input_files(image, labels)
+        files = input_files(image, companions)
     except OSError:
-        files = [image] + ([labels] if labels is not None else [])
+        files = [image, *companions]
     return digest([stat(path) for path in files])
 
 
-def input_fingerprints(rows: Iterable[tuple[Path, Path | None]]) -> list[str]:
+def input_fingerprints(rows: Iterable[tuple[Path, tuple[Path, ...]]]) -> list[str]:
     """:func:`input_fingerprint` of many rows, stat calls in threads (network file systems)."""
     rows = list(rows)
     if len(rows) < 64:
-        return [input_fingerprint(image, labels) for image, labels in rows]
+        return [input_fingerprint(image, companions) for image, companions in rows]
     with ThreadPoolExecutor(STAT_THREADS) as pool:
         return list(pool.map(lambda row: input_fingerprint(*row), rows))

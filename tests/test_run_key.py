@@ -130,7 +130,7 @@ def test_changed_input_file_is_refused(inputs: dict[str, Path], tmp_path: Path, 
     result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
-    assert "input files (path, size or modification time of the image or labels): 1 series" in message
+    assert "input files (path, size or modification time of the image, labels, fat or water): 1 series" in message
     assert "scans.csv line 2 (labelled)" in message
 
 
@@ -281,3 +281,20 @@ def test_series_slots_per_worker_follow_prefetch() -> None:
     for prefetch in (0, 2):
         with open_client("local", 1, ExecutionConfig(prefetch=prefetch)) as client:
             assert isinstance(client, Client) and list(client.nthreads().values()) == [1 + prefetch]
+
+
+def test_input_fingerprint_covers_every_file_a_row_reads(tmp_path: Path) -> None:
+    from cohort.manifest import load_manifest
+    from cohort.provenance import input_fingerprint
+
+    for name in ("mr.nii.gz", "fat.nii.gz", "water.nii.gz", "seg.nii.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "scans.csv").write_text("series_id,path,labels,fat,water\ns,mr.nii.gz,seg.nii.gz,fat.nii.gz,"
+                                        "water.nii.gz\n")
+    (spec,) = load_manifest(tmp_path / "scans.csv")
+    before = input_fingerprint(spec.path, spec.companions)
+    for name in ("fat.nii.gz", "water.nii.gz", "seg.nii.gz", "mr.nii.gz"):
+        (tmp_path / name).write_bytes(b"xy")  # same path, other size
+        after = input_fingerprint(spec.path, spec.companions)
+        assert after != before, name
+        before = after

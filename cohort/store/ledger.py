@@ -120,7 +120,7 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
     intact = done & featured_series_ids(layout) & complete_series_ids(layout.labels_zarr)
     done_specs = [spec for spec in specs if spec.series_id in done]
     fingerprints = dict(zip((s.series_id for s in done_specs),
-                            input_fingerprints((s.path, s.labels) for s in done_specs)))
+                            input_fingerprints((s.path, s.companions) for s in done_specs)))
     todo, already_done, changed, redo, updates = [], [], [], [], []
     for spec in specs:
         record = ledger.get(spec.series_id)
@@ -158,7 +158,7 @@ def _changes(record: SeriesRecord, key: RunKey, fingerprint: str) -> list[str]:
     elif recorded.digest != key.digest:
         changes.extend(recorded.differences(key) or ["run settings"])
     if record.input_fingerprint is not None and record.input_fingerprint != fingerprint:
-        changes.append("input files (path, size or modification time of the image or labels)")
+        changes.append("input files (path, size or modification time of the image, labels, fat or water)")
     return changes
 
 
