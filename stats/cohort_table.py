@@ -20,6 +20,8 @@ is accounted for per structure, with one reason, the first that applies:
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +100,30 @@ def load_results(results_dir: Path) -> ResultTables:
     features = _read_dataset(Path(results_dir) / "features", FEATURE_COLUMNS)
     series = _read_dataset(Path(results_dir) / "series", SERIES_COLUMNS)
     return ResultTables(features=features, series=series, review=load_review(Path(results_dir)))
+
+
+def metrics_of_the_model(features: pd.DataFrame, config: AgingConfig) -> AgingConfig:
+    """The configured metrics that the run's model measured: MR rows have intensities, never HU.
+
+    A study never pools modalities (HU and arbitrary MR units are different quantities): a table
+    holding both is refused. For an MR run each configured ``*_hu`` metric becomes its
+    ``*_intensity`` counterpart, and ``fat_fraction`` is added when Dixon images gave one.
+    """
+    modalities = set(features["modality"].dropna()) if "modality" in features.columns else {"CT"}
+    if len(modalities) > 1:
+        raise ResultsTableError(f"features: rows of several modalities ({', '.join(sorted(modalities))}); "
+                                "run the study on one model's results at a time (one --out per model)")
+    metrics = list(config.metrics)
+    if modalities == {"MR"}:
+        metrics = list(dict.fromkeys(m.replace("_hu", "_intensity") for m in metrics))
+    if "fat_fraction" in features.columns and features["fat_fraction"].notna().any():
+        metrics = list(dict.fromkeys([*metrics, "fat_fraction"]))
+    measured = [m for m in metrics if m in features.columns and features[m].notna().any()]
+    if not measured:
+        raise ResultsTableError(f"features: none of the metrics {', '.join(metrics)} was measured")
+    if tuple(measured) != config.metrics:
+        log.info("metrics of this run's model: %s (configured: %s)", ", ".join(measured), ", ".join(config.metrics))
+    return dataclasses.replace(config, metrics=tuple(measured))
 
 
 def _read_dataset(path: Path, required: tuple[str, ...]) -> pd.DataFrame:

@@ -20,7 +20,8 @@ from cohort.errors import ConfigError
 STATS_DIR = Path(__file__).parent
 DEFAULT_CONFIG = STATS_DIR / "aging_default.yaml"
 PRESETS = {"default": DEFAULT_CONFIG, "paper": STATS_DIR / "presets" / "paper.yaml"}
-METRICS = ("volume_ml", "mean_hu", "std_hu", "median_hu", "p05_hu", "p95_hu")
+METRICS = ("volume_ml", "mean_hu", "std_hu", "median_hu", "p05_hu", "p95_hu", "mean_intensity", "std_intensity",
+           "median_intensity", "p05_intensity", "p95_intensity", "fat_fraction")
 STATUSES = ("ok", "absent", "fov_truncated", "below_lower_bound")
 AGE_GROUP_METHODS = ("paper", "cohort_quartiles")
 CUT_SIDES = ("older", "younger")

@@ -25,7 +25,8 @@ from cohort.stats.study import ALL, KEYS, SEXES, AgingResults, Sample, samples
 from cohort.stats.trends import age_curve
 
 log = logging.getLogger(__name__)
-METRIC_LABELS = {"volume_ml": "volume (ml)", "mean_hu": "mean attenuation (HU)"}
+METRIC_LABELS = {"volume_ml": "volume (ml)", "mean_hu": "mean attenuation (HU)",
+                 "mean_intensity": "mean intensity (a.u.)", "fat_fraction": "fat fraction"}
 SIGNIFICANT, NOT_SIGNIFICANT = "#1f5fa8", "#b8c4d0"
 SEX_COLORS = {"F": "#c0392b", "M": "#2e7d32"}
 MIN_CURVE_N = 30
