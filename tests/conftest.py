@@ -7,11 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from testkit import wait_for_health
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "cohort" / "examples"
 REPO = EXAMPLES.parents[1]
@@ -51,16 +51,7 @@ def prefect_server(tmp_path_factory) -> str:
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                                str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.25)
+    wait_for_health(url, server, lambda: (home / "server.log").read_text())
     yield url
     server.terminate()
     try:

@@ -21,7 +21,7 @@ import pytest
 
 from cohort.flows.prefect_api import PrefectApi
 from cohort.flows.prefect_server import reap_left_servers, server_command, start_server
-from testkit import cli_env, write_manifest
+from testkit import cli_env, wait_for_health, write_manifest
 
 COHORT = Path(sys.executable).parent / "cohort"  # the console script: its folder, not the cwd, is sys.path[0]
 BROKEN_ARGPARSE = "raise ImportError('a stray argparse.py shadowed the standard library')\n"
@@ -133,19 +133,6 @@ def test_sigkill_of_the_driver_takes_its_prefect_server_along(tmp_path: Path, ex
         driver.stderr.close()
 
 
-def _wait_for_health(url: str, server: subprocess.Popen, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"the server did not start: {server.stderr.read()[-2000:]}")
-            time.sleep(0.2)
-
-
 def test_next_start_reaps_servers_whose_driver_is_gone(tmp_path: Path) -> None:
     """A server left behind (no PDEATHSIG) is killed by the next start; a reused pid is not touched."""
     folder = tmp_path / "runtime"
@@ -160,7 +147,7 @@ def test_next_start_reaps_servers_whose_driver_is_gone(tmp_path: Path) -> None:
                             start_new_session=True, env=env)
     reused = subprocess.Popen(["sleep", "60"])
     try:
-        _wait_for_health(f"http://127.0.0.1:{port}/api", left)
+        wait_for_health(f"http://127.0.0.1:{port}/api", left, left.stderr.read)
         for process in (left, reused):
             record = {"server": process.pid, "driver": gone_driver.pid, "port": port}
             (folder / f"{process.pid}.json").write_text(json.dumps(record))

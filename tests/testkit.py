@@ -46,3 +46,23 @@ def result_tables(out: Path):
     features = pd.read_parquet(out / "features").sort_values(["series_id", "label"]).reset_index(drop=True)
     series = pd.read_parquet(out / "series")[STABLE_SERIES_COLUMNS].sort_values("series_id").reset_index(drop=True)
     return features, series
+
+
+def wait_for_health(api_url: str, server: subprocess.Popen, server_output, timeout_s: float = 90) -> None:
+    """Wait until a Prefect server at ``api_url`` answers; fail the test with ``server_output()`` if
+    the process ends or ``timeout_s`` passes first."""
+    import time
+    import urllib.request
+
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(api_url + "/health", timeout=2)
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"the Prefect server did not start: {server_output()[-2000:]}")
+            time.sleep(0.2)
