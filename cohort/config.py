@@ -45,7 +45,7 @@ class ExecutionConfig:
     flush_interval_s: float = 60.0
     slurm_config: str = "slurm.yaml"
     min_free_gb: float = 1.0
-    prefetch: int = 1
+    prefetch: int = 0
     threads_per_worker: int = 1
     worker_memory_gb: float | None = None
 

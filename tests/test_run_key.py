@@ -261,11 +261,11 @@ def test_unusable_out_or_workers_stop_with_exit_2(case: str, inputs: dict[str, P
 
 def test_prefetch_gives_the_same_tables(reference: Path, inputs: dict[str, Path], tmp_path: Path,
                                         prefect_server: str) -> None:
-    """``execution.prefetch: 0`` (one series at a time) and the default (a second series slot per
-    worker beside the network) write identical tables."""
-    config = tmp_path / "serial.yaml"
-    config.write_text("execution:\n  prefetch: 0\n")
-    out = tmp_path / "serial"
+    """``execution.prefetch: 1`` (a second series slot per worker beside the network) and the
+    default (one series at a time) write identical tables."""
+    config = tmp_path / "prefetch.yaml"
+    config.write_text("execution:\n  prefetch: 1\n")
+    out = tmp_path / "prefetch"
     assert _run(inputs, out, prefect_server, "--config", str(config)).returncode == 0
     pd.testing.assert_frame_equal(_features(out), _features(reference))
     stable = ["age", "sex", "status", "model", "n_structures_ok", "run_key", "input_fingerprint"]

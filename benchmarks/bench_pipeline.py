@@ -1,0 +1,87 @@
+"""Benchmark: one worker with ``execution.prefetch: 1`` (a second series read, restored, measured
+and stored beside the one on the network) against ``prefetch: 0`` (strictly one at a time), on
+clinical-size CTs (0.8 x 0.8 x 1.5 mm) and the small random test network, in one run.
+
+    python benchmarks/bench_pipeline.py --n 8
+
+Prints the processing window of each (first series started to last finished, from the
+``series/`` table: start-up and model load excluded), the ratio, and the mean stage seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+import cohort
+from cohort.manifest import example_manifest
+from cohort.pipeline import STAGES
+from cohort.segmentation import load_model_spec
+from cohort.testing.weights import build_weights
+
+CLINICAL_SPACING_MM = (0.8, 0.8, 1.5)
+
+
+def clinical_ct(folder: Path) -> Path:
+    """The example CT resampled to clinical spacing (about 39 M voxels), saved once."""
+    ct = nib.load(example_manifest().parent / "example_ct.nii.gz")
+    spacing = np.asarray(ct.header.get_zooms()[:3], dtype=float)
+    zoom = spacing / np.asarray(CLINICAL_SPACING_MM)
+    data = ndimage.zoom(np.asanyarray(ct.dataobj).astype(np.int16), zoom, order=1)
+    affine = ct.affine @ np.diag([*(1 / zoom), 1.0])
+    path = folder / "clinical.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    print(f"clinical-size CT: {data.shape} = {data.size / 1e6:.1f} M voxels at {CLINICAL_SPACING_MM} mm")
+    return path
+
+
+def run(ct: Path, n: int, weights: Path, work: Path, prefetch: int) -> pd.DataFrame:
+    folder = work / f"prefetch{prefetch}"
+    folder.mkdir()
+    manifest = folder / "scans.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["series_id", "path", "age", "sex"])
+        for index in range(n):
+            copy = folder / f"ct{index:02d}.nii.gz"
+            copy.symlink_to(ct)
+            writer.writerow([f"s{index:02d}", copy.name, 50, "F"])
+    config = folder / "run.yaml"
+    config.write_text(f"execution:\n  prefetch: {prefetch}\n")
+    summary = cohort.run(manifest, folder / "results", weights=weights, config=config, workers=1)
+    assert summary.exit_code == 0, summary.failures
+    return pd.read_parquet(folder / "results" / "series")
+
+
+def window_s(series: pd.DataFrame) -> float:
+    finished = (series["finished_at"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return float(finished.max() - (finished - series["seconds_total"]).min())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    weights = work / "weights"
+    build_weights(load_model_spec("fast"), weights, "small", seed=0)
+    ct = clinical_ct(work)
+    windows = {}
+    for prefetch in (0, 1):
+        series = run(ct, args.n, weights, work, prefetch)
+        windows[prefetch] = window_s(series)
+        stages = ", ".join(f"{stage} {series[f'seconds_{stage}'].mean():.2f}" for stage in STAGES)
+        print(f"prefetch {prefetch}: {args.n} series in {windows[prefetch]:.1f} s "
+              f"({3600 * args.n / windows[prefetch]:.0f} series/h); mean s per series: {stages}")
+    print(f"ratio prefetch 1 / prefetch 0: {windows[0] / windows[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
