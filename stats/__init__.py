@@ -3,14 +3,16 @@
 Two entry points for the command line, plain functions for notebooks::
 
     run_stats(results_dir, out_dir=None, config_path=None, preset=None) -> StatsRun   # cohort stats
-    write_report(results_dir, out_path=None) -> Path                                  # cohort report
+    write_report(results_dir, out_path=None, stats_dir=None, strict=False) -> Path    # cohort report
     run_study(features, series, config=None, review=None) -> AgingResults             # in memory
 
 Modules: ``config`` (YAML presets ``default`` and ``paper``), ``cohort_table`` (which rows enter),
 ``pooled`` (left/right rows), ``review`` (reviewer decisions), ``descriptives`` and ``age_tests``
 (scipy), ``bootstrap`` (intervals), ``adjusted`` (partial Spearman), ``multiplicity``, ``trends``
 (Theil-Sen, LOWESS), ``normative`` (centiles, z-scores), ``study`` (all of it), ``outputs``
-(tables, summary.md), ``methods`` (methods.md), ``figures`` (PNG), ``report`` (HTML).
+(tables, summary.md), ``methods`` (methods.md), ``figures`` (PNG); the report: ``report`` (HTML), ``table1``, ``triage`` (who to look at),
+``overlays`` (CT + label-map mosaics), ``report_figures``, ``freshness``, ``review_store`` and
+``review_server`` (``cohort review``).
 Synthetic cohorts for tests: ``cohort.testing.cohorts``.
 """
 
