@@ -29,7 +29,8 @@ def provenance(results: AgingResults, inputs: dict[str, str] | None = None) -> d
     """What produced the tables: configuration, its file, the age-group edges used and the state of
     the run's tables they were computed from (``cohort.stats.freshness.input_state``)."""
     return {"config": dataclasses.asdict(results.config), "age_group_edges": list(results.age_groups.edges),
-            "age_group_labels": list(results.age_groups.labels), "inputs": inputs or {}}
+            "age_group_labels": list(results.age_groups.labels),
+            "age_group_to_older": list(results.age_groups.to_older), "inputs": inputs or {}}
 
 
 def write_tables(results: AgingResults, out_dir: Path, inputs: dict[str, str] | None = None) -> list[Path]:

@@ -272,8 +272,13 @@ def format_p(value: float) -> str:
 
 
 def _age_groups(state: StatsState) -> AgeGroups:
-    edges = state.provenance.get("age_group_edges") or load_aging_config().age_groups.cut_points
-    return AgeGroups.from_edges(tuple(edges))
+    """The stats' own age groups (edges and which side each cut point belongs to), so that Table 1
+    and the study put a 78-year-old in the same group; the default config's when none were made."""
+    if state.provenance.get("age_group_edges"):
+        to_older = state.provenance.get("age_group_to_older") or (True, True, True)
+        return AgeGroups.from_edges(tuple(state.provenance["age_group_edges"]), tuple(to_older))
+    groups = load_aging_config().age_groups
+    return AgeGroups.from_edges(groups.cut_points, tuple(side == "older" for side in groups.cut_point_goes_to))
 
 
 def _run_records(results_dir: Path) -> list[dict]:

@@ -181,3 +181,12 @@ def test_screenshot_is_not_blank(report: Path, tmp_path: Path) -> None:
     _chromium("--window-size=1280,2000", f"--screenshot={shot}", report.as_uri())
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] >= 1000 and pixels[..., :3].std() > 0.05
+
+
+def test_table1_uses_the_study_age_groups(report: Path, results: Path) -> None:
+    """Table 1 groups ages as the study did (the default config puts 78 in 59-78: ``>78`` last)."""
+    descriptives = pd.read_parquet(results / "aging" / "descriptives.parquet")
+    study_labels = set(descriptives["age_group"].astype(str))
+    assert ">78" in study_labels
+    page = report.read_text()
+    assert "&gt;78" in page and "&gt;=78" not in page
