@@ -73,6 +73,7 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
     any series runs) and ``on_result(series_result)`` as each series finishes: the CLI draws its
     progress with them.
     """
+    from cohort.flows.clusters import open_client
     from cohort.flows.prefect_api import prefect_api
     from cohort.flows.run_flow import run_cohort_flow
     from cohort.driver import BatchWriter, RunRequest, finish_run, prepare_run
@@ -86,8 +87,10 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
             if on_start is not None:
                 on_start(prepared, prefect.description)
             if prepared.plan.todo and not stop.is_set():
-                with prefect.connected():
-                    summary = run_cohort_flow(prepared, on_result, stop)
+                # The cluster starts while the Prefect server (started above) boots; then both are up.
+                with open_client(request.cluster, request.workers, prepared.config.execution) as client, \
+                        prefect.connected():
+                    summary = run_cohort_flow(prepared, client, on_result, stop)
             else:  # nothing left: no flow, no cluster, so a finished manifest reruns in seconds
                 summary = finish_run(prepared, BatchWriter.for_run(prepared), time.perf_counter())
     if stop.is_set():

@@ -18,6 +18,7 @@ from distributed import Client, LocalCluster
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
 from cohort.flows.resources import Resources
+from cohort.signals import WORKER_PRELOAD
 
 CLUSTERS = ("local", "cuda", "slurm")
 LOCAL_START_TIMEOUT_S = 120.0
@@ -86,7 +87,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
     if kind == "local":
         resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb)
         log.info("local cluster: %s", resources.describe())
-        with dask.config.set(resources.dask_config()):
+        with dask.config.set({**resources.dask_config(), "distributed.worker.preload": [WORKER_PRELOAD]}):
             cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),
                                    processes=True,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import dask
+from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -19,10 +19,8 @@ from prefect.utilities.annotations import quote
 from cohort.errors import OutputWriteFailed, RunCannotStart
 from cohort.pipeline import SeriesResult
 from cohort.driver import BatchWriter, PreparedRun, RunSummary, finish_run
-from cohort.flows.clusters import open_client
 from cohort.flows.dispatch import run_series
-from cohort.signals import WORKER_PRELOAD, StopRequest
-
+from cohort.signals import StopRequest
 
 def record_failures(summary: RunSummary) -> None:
     """A table artifact of the failed series, shown on the flow run's page in the Prefect UI."""
@@ -51,17 +49,21 @@ class StoppedEarly:
     error: RunCannotStart
 
 
-def run_cohort_flow(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None,
+def run_cohort_flow(run: PreparedRun, client: Client, on_result: Callable[[SeriesResult], None] | None = None,
                     stop: StopRequest | None = None) -> RunSummary:
-    """Run the flow; raise :class:`RunCannotStart` (exit 2) when it stopped early."""
-    outcome = cohort_run(run, on_result, stop)
+    """Run the flow on ``client``'s cluster; raise :class:`RunCannotStart` (exit 2) when it stopped early.
+
+    The caller opens the cluster (:func:`cohort.flows.clusters.open_client`) before it waits for
+    the Prefect API, so that the two start together instead of one after the other.
+    """
+    outcome = cohort_run(run, client, on_result, stop)
     if isinstance(outcome, StoppedEarly):
         raise outcome.error
     return outcome
 
 
 @flow(name="cohort-run", flow_run_name="{run.run_id}", validate_parameters=False)
-def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | None = None,
+def cohort_run(run: PreparedRun, client: Client, on_result: Callable[[SeriesResult], None] | None = None,
                stop: StopRequest | None = None) -> RunSummary | StoppedEarly:
     """Process ``run.plan.todo`` on the requested cluster; return the run's summary.
 
@@ -74,7 +76,7 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
     writer = BatchWriter.for_run(run)
     logger.info("%d series to process, %d already done", len(run.plan.todo), len(run.plan.already_done))
     try:
-        summary = _process(run, writer, logger, on_result, stop)
+        summary = _process(run, client, writer, logger, on_result, stop)
     except RunCannotStart as error:
         logger.info("stopped early: %s", error)
         return StoppedEarly(error)
@@ -85,33 +87,30 @@ def cohort_run(run: PreparedRun, on_result: Callable[[SeriesResult], None] | Non
     return summary
 
 
-def _process(run: PreparedRun, writer: BatchWriter, logger, on_result, stop: StopRequest | None) -> RunSummary:
+def _process(run: PreparedRun, client: Client, writer: BatchWriter, logger, on_result,
+             stop: StopRequest | None) -> RunSummary:
     started = time.perf_counter()
     execution = run.config.execution
-    dashboard = None
-    if run.plan.todo:
-        with dask.config.set({"distributed.worker.preload": [WORKER_PRELOAD]}), \
-                open_client(run.request.cluster, run.request.workers, execution) as client:
-            dashboard = client.dashboard_link
-            logger.info("Dask dashboard: %s", dashboard)
+    dashboard = client.dashboard_link
+    logger.info("Dask dashboard: %s", dashboard)
 
-            def record(result: SeriesResult) -> None:
-                writer.add(result)
-                if on_result is not None:
-                    on_result(result)
-                if not result.done:
-                    logger.warning("series failed: %s", result.record.error)
-                flush_if_due()
+    def record(result: SeriesResult) -> None:
+        writer.add(result)
+        if on_result is not None:
+            on_result(result)
+        if not result.done:
+            logger.warning("series failed: %s", result.record.error)
+        flush_if_due()
 
-            def flush_if_due() -> None:
-                if writer.should_flush():
-                    failed = write_batch(quote(writer))
-                    if failed is not None:
-                        raise failed
+    def flush_if_due() -> None:
+        if writer.should_flush():
+            failed = write_batch(quote(writer))
+            if failed is not None:
+                raise failed
 
-            dropped = run_series(client, run.plan.todo, run.context, execution, record, on_idle=flush_if_due,
-                                 stop=stop.event if stop is not None else None)
-            if stop is not None and stop.is_set():
-                stop.in_flight_dropped = dropped
-                logger.info("interrupted (%s): %d series in flight dropped", stop.signal.name, dropped)
+    dropped = run_series(client, run.plan.todo, run.context, execution, record, on_idle=flush_if_due,
+                         stop=stop.event if stop is not None else None)
+    if stop is not None and stop.is_set():
+        stop.in_flight_dropped = dropped
+        logger.info("interrupted (%s): %d series in flight dropped", stop.signal.name, dropped)
     return finish_run(run, writer, started, dashboard)
