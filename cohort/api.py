@@ -149,14 +149,11 @@ def segment(ct: PathLike, model: str = "fast", weights: PathLike | None = None, 
     >>> label_map.labels.shape, label_map.labels.dtype.name
     ((122, 101, 30), 'uint8')
     """
-    from cohort.driver import RunRequest, resolve_model
+    from cohort.driver import resolve_model
+    from cohort.segmentation import get_segmenter
     from cohort.segmentation.registry import load_model_spec
 
-    request = RunRequest(manifest=Path("."), out=Path("."), model=model,
-                         weights=Path(weights) if weights is not None else None)
-    settings = MeasureSettings.from_config(load_run_config(), load_model_spec(model))
-    resolved = resolve_model(request, settings, needs_weights=True)
-    from cohort.segmentation import get_segmenter
+    resolved = resolve_model(load_model_spec(model), Path(weights) if weights is not None else None)
 
     segmenter = get_segmenter(resolved.spec, resolved.weights_dir, device)
     return segmenter.segment(load_ct(Path(ct), modality=resolved.spec.modality)).label_map

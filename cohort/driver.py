@@ -20,7 +20,7 @@ from cohort.errors import OutputWriteFailed, RunCannotStart
 from cohort.manifest import SeriesSpec, load_manifest
 from cohort.pipeline import MeasureSettings, ResolvedModel, RunContext, SeriesResult, features_table
 from cohort.provenance import RunKey
-from cohort.segmentation.registry import load_model_spec
+from cohort.segmentation.registry import ModelSpec, load_model_spec, model_class_map
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store import (OutputLayout, Plan, drop_superseded_rows, plan_run, refuse_changed, repair,
                           write_metadata_updates, write_part)
@@ -73,8 +73,11 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     """
     specs = load_manifest(request.manifest)
     config = load_run_config(request.config)
-    measure = MeasureSettings.from_config(config, load_model_spec(request.model))
-    model = resolve_model(request, measure, needs_weights=any(spec.labels is None for spec in specs))
+    model_spec = load_model_spec(request.model)
+    measure = MeasureSettings.from_config(config, model_spec)
+    check_class_maps_agree(model_class_map(model_spec).names, measure, model_spec.source)
+    needs_weights = any(spec.labels is None for spec in specs)
+    model = resolve_model(model_spec, request.weights) if needs_weights else None
     layout = OutputLayout(request.out.resolve())
     layout.check_writable(config.execution.min_free_gb)
     layout.create()
@@ -92,21 +95,17 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     return prepared
 
 
-def resolve_model(request: RunRequest, measure: MeasureSettings, needs_weights: bool) -> ResolvedModel | None:
-    """``--model`` must name a registered model whose classes the measurement class map knows;
-    its weights must be there when a row needs them. Resolved once, here, for every worker.
+def resolve_model(spec: ModelSpec, weights: Path | None) -> ResolvedModel:
+    """The model with its weights (``weights``, else where TotalSegmentator keeps them), which must
+    be complete, and its part of the run key. Resolved once, in the driver, for every worker.
 
     The run key's config digest covers the model file (pre- and post-processing, body crop), its
     class map and network class files (:func:`model_config_digest`)."""
     from cohort.segmentation import check_model_ready, resolve_weights_dir
-    from cohort.segmentation.registry import model_class_map, model_config_digest
+    from cohort.segmentation.registry import model_config_digest
     from cohort.segmentation.weights import weights_fingerprint
 
-    spec = load_model_spec(request.model)
-    check_class_maps_agree(model_class_map(spec).names, measure, spec.source)
-    if not needs_weights:
-        return None
-    weights_dir = resolve_weights_dir(request.weights).resolve()
+    weights_dir = resolve_weights_dir(weights).resolve()
     check_model_ready(spec, weights_dir)
     key = RunKey(spec.name, model_config_digest(spec), weights_fingerprint(spec, weights_dir))
     return ResolvedModel(spec, weights_dir, key)

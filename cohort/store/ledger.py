@@ -184,38 +184,33 @@ def write_metadata_updates(layout: OutputLayout, run_id: str, updates: list[Seri
 
 def drop_superseded_rows(layout: OutputLayout) -> int:
     """Keep only the newest row per ``series_id`` in ``series/``, and in ``features/`` only the
-    newest part's rows of series whose newest row is done. Rewrites only the parts concerned."""
+    newest part's rows of series whose newest row is done. Rewrites only the parts concerned.
+
+    Each part's ``series_id`` column (and ``status`` for series parts) is read once."""
     series_parts = part_files(layout.series)
-    newest_series = _newest_part(series_parts)
-    done = set(read_ledger_done(series_parts))
-    removed = _keep_rows(layout.series, series_parts, lambda sid, index: newest_series[sid] == index)
+    series_columns = [pq.read_table(path, columns=["series_id", "status"]) for path in series_parts]
+    series_ids = [table["series_id"].to_pylist() for table in series_columns]
+    newest_status: dict[str, str] = {}
+    for table, ids in zip(series_columns, series_ids):
+        newest_status.update(zip(ids, table["status"].to_pylist()))
+    newest_series = _newest_part(series_ids)
+    removed = _keep_rows(layout.series, series_parts, series_ids, lambda sid, index: newest_series[sid] == index)
     features_parts = part_files(layout.features)
-    newest_features = _newest_part(features_parts)
-    removed += _keep_rows(layout.features, features_parts,
-                          lambda sid, index: sid in done and newest_features[sid] == index)
+    features_ids = [pq.read_table(path, columns=["series_id"])["series_id"].to_pylist() for path in features_parts]
+    newest_features = _newest_part(features_ids)
+    removed += _keep_rows(layout.features, features_parts, features_ids,
+                          lambda sid, index: newest_status.get(sid) == "done" and newest_features[sid] == index)
     return removed
 
 
-def read_ledger_done(series_parts: list[Path]) -> list[str]:
-    status: dict[str, str] = {}
-    for path in series_parts:
-        table = pq.read_table(path, columns=["series_id", "status"])
-        status.update(zip(table["series_id"].to_pylist(), table["status"].to_pylist()))
-    return [sid for sid, value in status.items() if value == "done"]
+def _newest_part(ids_per_part: list[list[str]]) -> dict[str, int]:
+    """The index of the last part that holds each series id (parts sort by time)."""
+    return {series_id: index for index, ids in enumerate(ids_per_part) for series_id in ids}
 
 
-def _newest_part(parts: list[Path]) -> dict[str, int]:
-    newest: dict[str, int] = {}
-    for index, path in enumerate(parts):
-        for series_id in pq.read_table(path, columns=["series_id"])["series_id"].unique().to_pylist():
-            newest[series_id] = index
-    return newest
-
-
-def _keep_rows(folder: Path, parts: list[Path], keep_row) -> int:
+def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[list[str]], keep_row) -> int:
     removed = 0
-    for index, path in enumerate(parts):
-        ids = pq.read_table(path, columns=["series_id"])["series_id"].to_pylist()
+    for index, (path, ids) in enumerate(zip(parts, ids_per_part)):
         keep = [keep_row(series_id, index) for series_id in ids]
         if all(keep):
             continue
