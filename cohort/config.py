@@ -34,6 +34,9 @@ class MeasureConfig:
     border_voxels: int = 3
 
 
+PRECISIONS = ("fp16", "bf16", "fp32")  # execution.precision: the GPU forward pass (cohort.segmentation.device)
+
+
 @dataclass(frozen=True)
 class ExecutionConfig:
     """How the manifest is cut into batches and how failures are retried."""
@@ -48,6 +51,8 @@ class ExecutionConfig:
     prefetch: int = 0
     threads_per_worker: int = 1
     worker_memory_gb: float | None = None
+    precision: str = "fp16"
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,9 @@ def load_run_config(path: Path | None = None) -> RunConfig:
     source = Path(path) if path else DEFAULT_CONFIG
     config = from_mapping(RunConfig, load_yaml(source), source)
     _check_positive(config, source)
+    if config.execution.precision not in PRECISIONS:
+        raise ConfigError(f"{source}: key 'execution.precision' must be one of {', '.join(PRECISIONS)}, "
+                          f"got {config.execution.precision!r}")
     return dataclasses.replace(config, source=str(source))
 
 

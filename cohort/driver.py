@@ -20,6 +20,7 @@ from cohort.errors import OutputWriteFailed, RunCannotStart
 from cohort.manifest import SeriesSpec, load_manifest
 from cohort.pipeline import MeasureSettings, ResolvedModel, RunContext, SeriesResult, features_table
 from cohort.provenance import RunKey
+from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.registry import ModelSpec, load_model_spec, model_class_map
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store import (OutputLayout, Plan, drop_superseded_rows, plan_run, refuse_changed, repair,
@@ -77,14 +78,16 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     measure = MeasureSettings.from_config(config, model_spec)
     check_class_maps_agree(model_class_map(model_spec).names, measure, model_spec.source)
     needs_weights = any(spec.labels is None for spec in specs)
-    model = resolve_model(model_spec, request.weights) if needs_weights else None
+    device_settings = DeviceSettings(config.execution.precision, config.execution.channels_last)
+    model = resolve_model(model_spec, request.weights, device_settings) if needs_weights else None
     layout = OutputLayout(request.out.resolve())
     layout.check_writable(config.execution.min_free_gb)
     layout.create()
     for path in repair(layout):
         log.warning("a features part could not be read; set aside as %s, its series are processed again", path)
     drop_superseded_rows(layout)
-    context = RunContext(labels_zarr=layout.labels_zarr, measure=measure, model=model, ingest=config.ingest)
+    context = RunContext(labels_zarr=layout.labels_zarr, measure=measure, model=model, ingest=config.ingest,
+                         device_settings=device_settings)
     plan = plan_run(specs, layout, context, recompute_changed=request.recompute == "changed")
     if request.recompute != "changed":
         refuse_changed(plan, layout.root)
@@ -95,19 +98,22 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     return prepared
 
 
-def resolve_model(spec: ModelSpec, weights: Path | None) -> ResolvedModel:
+def resolve_model(spec: ModelSpec, weights: Path | None, settings: DeviceSettings = DeviceSettings()
+                  ) -> ResolvedModel:
     """The model with its weights (``weights``, else where TotalSegmentator keeps them), which must
     be complete, and its part of the run key. Resolved once, in the driver, for every worker.
 
     The run key's config digest covers the model file (pre- and post-processing, body crop), its
-    class map and network class files (:func:`model_config_digest`)."""
+    class map and network class files (:func:`model_config_digest`); a GPU precision other than
+    nnU-Net's fp16 is part of the key too."""
     from cohort.segmentation import check_model_ready, resolve_weights_dir
     from cohort.segmentation.registry import model_config_digest
     from cohort.segmentation.weights import weights_fingerprint
 
     weights_dir = resolve_weights_dir(weights).resolve()
     check_model_ready(spec, weights_dir)
-    key = RunKey(spec.name, model_config_digest(spec), weights_fingerprint(spec, weights_dir))
+    precision = "" if settings.precision == DeviceSettings().precision else settings.precision
+    key = RunKey(spec.name, model_config_digest(spec), weights_fingerprint(spec, weights_dir), precision=precision)
     return ResolvedModel(spec, weights_dir, key)
 
 

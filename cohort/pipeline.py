@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from cohort.measurement import StructureMeasurements, measure_structures, qc_sta
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
 from cohort.provenance import LABELS_MODEL, RunKey, digest, input_fingerprint, measurement_digest
+from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
 from cohort.store.tables import FEATURES_SCHEMA
 from cohort.store.zarr_labels import complete_label_map, write_label_map
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
     from cohort.segmentation import ModelSpec
 
 log = logging.getLogger(__name__)
-NETWORK_LOCK = threading.Lock()
-"""One series at a time on a worker's network (and its device): with ``execution.prefetch`` > 0
-the worker's other series slots read, measure and store beside it, never a second forward pass
-competing for the same cores or GPU memory."""
 STAGES = ("ingest", "load_model", "segment", "measure", "store")
 DEFAULT_MODEL = "fast"
 NO_LOWER_BOUNDS = "lower_bounds_none.csv"  # an empty bounds file: every lower_bound_ml is null
@@ -95,6 +91,7 @@ class RunContext:
     model: ResolvedModel | None = None
     ingest: IngestConfig = IngestConfig()
     device: str = "auto"
+    device_settings: DeviceSettings = DeviceSettings()
 
     def run_key(self, spec: SeriesSpec) -> RunKey:
         """The key a row of ``spec`` gets in this run (``labels`` rows do not depend on the model)."""
@@ -163,11 +160,10 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                 label_map = align_labels(volume, load_label_nifti(
                     InputName.in_manifest(spec.labels, spec.manifest, spec.line, column="labels"), context.ingest))
         if label_map is None:
-            with NETWORK_LOCK:
-                with timer.stage("load_model"):
-                    segmenter = load_segmenter(context.model, context.device)
-                with timer.stage("segment"):
-                    label_map = segmenter.segment(volume).label_map
+            with timer.stage("load_model"):
+                segmenter = load_segmenter(context.model, context.device, context.device_settings)
+            with timer.stage("segment"):
+                label_map = segmenter.segment(volume).label_map
         if not reused:
             with timer.stage("store"):
                 try:
@@ -195,13 +191,13 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
     return SeriesResult(record, features)
 
 
-def load_segmenter(model: ResolvedModel | None, device: str):
+def load_segmenter(model: ResolvedModel | None, device: str, settings: DeviceSettings):
     """The run's model; loaded on a worker's first series, then reused (a cached instance)."""
     from cohort.segmentation import get_segmenter
 
     if model is None:
         raise SeriesError("no model was resolved for this run")
-    return get_segmenter(model.spec, model.weights_dir, device)
+    return get_segmenter(model.spec, model.weights_dir, device, settings)
 
 
 def check_label_ids(label_map: LabelMap, measured: StructureMeasurements, class_map: ClassMap) -> None:

@@ -62,13 +62,18 @@ class RunKey:
     model_config: str = ""
     weights: str = ""
     measurement: str = ""
+    precision: str = ""  # a GPU's execution.precision when not nnU-Net's fp16 ("" otherwise)
 
     @property
     def digest(self) -> str:
-        return digest(asdict(self))
+        return digest(self._fields())
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self._fields(), sort_keys=True)
+
+    def _fields(self) -> dict[str, str]:
+        """The settings that were set (an unset ``precision`` leaves keys of earlier runs unchanged)."""
+        return {name: value for name, value in asdict(self).items() if value or name != "precision"}
 
     @classmethod
     def from_json(cls, text: str | None) -> "RunKey | None":
@@ -81,7 +86,7 @@ class RunKey:
 
     def segmentation_part(self) -> "RunKey":
         """The key without the measurement settings: what a stored label map depends on."""
-        return RunKey(self.model, self.model_config, self.weights)
+        return RunKey(self.model, self.model_config, self.weights, precision=self.precision)
 
     def differences(self, newer: "RunKey") -> list[str]:
         """What changed from ``self`` to ``newer``, in words a user can act on."""
@@ -92,6 +97,8 @@ class RunKey:
             changes.append(f"model configuration of {newer.model} (its YAML or class map)")
         if self.weights != newer.weights and self.model == newer.model:
             changes.append(f"weights of {newer.model}")
+        if self.precision != newer.precision:
+            changes.append(f"execution.precision {self.precision or 'fp16'} -> {newer.precision or 'fp16'}")
         if self.measurement != newer.measurement:
             changes.append("measurement settings (--config measure.*: class map, lower bounds or border rule)")
         return changes

@@ -11,6 +11,7 @@ Inference follows TotalSegmentator (Wasserthal et al. 2023, Apache-2.0); see doc
 
 from typing import Any
 
+from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.registry import ModelSpec, NetworkSpec, known_models, load_model_spec
 from cohort.segmentation.report import models_report
 from cohort.segmentation.weights import check_model_ready, resolve_weights_dir
@@ -27,6 +28,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "ModelSpec", "NetworkSpec", "Segmentation", "Segmenter", "check_model_ready", "get_segmenter",
+    "DeviceSettings", "ModelSpec", "NetworkSpec", "Segmentation", "Segmenter", "check_model_ready", "get_segmenter",
     "known_models", "load_model_spec", "models_report", "resolve_weights_dir",
 ]

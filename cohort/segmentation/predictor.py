@@ -1,12 +1,23 @@
-"""One nnU-Net network, loaded once and run on (x, y, z) arrays through nnU-Net's own predictor.
+"""One nnU-Net network, loaded once and run on (x, y, z) arrays with nnU-Net's own pieces.
 
 The folder is read as ``initialize_from_trained_model_folder`` reads it (see
 :mod:`cohort.segmentation.nnunet_folder`); settings come from the model file (TotalSegmentator's: fold 0,
 ``checkpoint_final.pth``, sliding window with step 0.8, Gaussian weighting, no mirroring;
-VIBESegmentator's: every fold present ensembled, step 0.5), everything on the device when it
-is a GPU. nnU-Net
-works in (c, z, y, x); the arrays here are nibabel's (x, y, z), so image and spacing are
-transposed on the way in and the labels on the way out.
+VIBESegmentator's: every fold present ensembled, step 0.5). nnU-Net works in (c, z, y, x); the
+arrays here are nibabel's (x, y, z), so image and spacing are transposed on the way in and the
+labels on the way out.
+
+A series goes through nnU-Net's own preprocessing (crop to the non-zero box, intensity
+normalisation from the plans) on the CPU, then its sliding window on the device, and the argmax
+is taken where the logits are: on a GPU only the uint8 labels of the cropped box come back, not
+one float16 map per class (118 × the voxels for TotalSegmentator). Only the sliding window and
+argmax hold the network's lock (:attr:`NetworkPredictor.lock`), so with ``execution.prefetch``
+another series is preprocessed while this one is on the device. The result is what
+``predict_single_npy_array`` returns (tests/segment/test_segment_parity.py).
+
+All device work of a worker runs on its process's default CUDA stream: nnU-Net feeds tiles from a
+producer thread, and only one stream keeps those copies ordered before the convolutions that read
+them (one worker process per GPU, so one stream per worker).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,21 +33,31 @@ import numpy as np
 import torch
 
 from cohort.segmentation.chunking import plan_chunks, predict_in_chunks
+from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.nnunet_folder import load_folder
 from cohort.segmentation.registry import ModelSpec
 from cohort.segmentation.weights import model_folds
 
 log = logging.getLogger(__name__)
 
+AUTOCAST_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
 
 class NetworkPredictor:
-    """A loaded nnU-Net network folder (``<dataset>/<trainer>__<plans>__<configuration>``)."""
+    """A loaded nnU-Net network folder (``<dataset>/<trainer>__<plans>__<configuration>``).
 
-    def __init__(self, folder: Path, spec: ModelSpec, device: torch.device) -> None:
+    ``lock`` serialises the forward passes of every network sharing it (one per process: a worker's
+    series take turns on its device)."""
+
+    def __init__(self, folder: Path, spec: ModelSpec, device: torch.device,
+                 settings: DeviceSettings = DeviceSettings(), lock: threading.Lock | None = None) -> None:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         self.folder = folder
         self.spec = spec
+        self.device = device
+        self.settings = settings
+        self.lock = lock or threading.Lock()
         captured = io.StringIO()
         with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
             warnings.filterwarnings("ignore", message="Detected old nnU-Net plans format")
@@ -54,10 +76,27 @@ class NetworkPredictor:
             self._predictor.manual_initialization(
                 loaded.network, loaded.plans_manager, loaded.configuration_manager, loaded.parameters,
                 loaded.dataset_json, loaded.trainer_name, loaded.mirroring_axes)
+        self._preprocessor = loaded.configuration_manager.preprocessor_class(verbose=False)
+        self._parameters_loaded = False
         self.dataset_json = loaded.dataset_json
         self.plans_spacing_xyz = tuple(float(v) for v in reversed(loaded.configuration_manager.spacing))
+        if device.type == "cuda":
+            self._prepare_cuda()
         if captured.getvalue().strip():
             log.debug("nnU-Net while loading %s: %s", folder, captured.getvalue().strip())
+
+    def _prepare_cuda(self) -> None:
+        """The network on its GPU once (in NDHWC layout if asked), cuDNN autotuning on: every tile
+        has the patch's shape, so the fastest kernels are found once and reused. A single fold's
+        parameters are loaded once here instead of before every series."""
+        torch.backends.cudnn.benchmark = True
+        network = self._predictor.network.to(self.device)
+        if self.settings.channels_last:
+            network = network.to(memory_format=torch.channels_last_3d)
+        self._predictor.network = network
+        if len(self._predictor.list_of_parameters) == 1:
+            getattr(network, "_orig_mod", network).load_state_dict(self._predictor.list_of_parameters[0])
+            self._parameters_loaded = True
 
     def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
         """Labels (uint8, x, y, z) of an int32 image on the model grid, z-chunked if it is large."""
@@ -65,8 +104,83 @@ class NetworkPredictor:
         return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
 
     def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-        data = np.ascontiguousarray(image.transpose(2, 1, 0))[None].astype(np.float32)
+        predictor = self._predictor
+        data = np.ascontiguousarray(image.transpose(2, 1, 0))[None]
         properties = {"spacing": [spacing[2], spacing[1], spacing[0]]}
         with contextlib.redirect_stdout(io.StringIO()):
-            seg = self._predictor.predict_single_npy_array(data, properties, None, None, False)
-        return np.ascontiguousarray(np.asarray(seg).transpose(2, 1, 0)).astype(np.uint8)
+            data, _, properties = self._preprocessor.run_case_npy(
+                data, None, properties, predictor.plans_manager, predictor.configuration_manager,
+                predictor.dataset_json)
+        cropped = self._labels(torch.from_numpy(data), properties)
+        labels = np.zeros(properties["shape_before_cropping"], dtype=cropped.dtype)
+        box = tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])
+        labels[box] = cropped
+        labels = labels.transpose(predictor.plans_manager.transpose_backward)
+        return np.ascontiguousarray(labels.transpose(2, 1, 0))
+
+    def _labels(self, data: torch.Tensor, properties: dict) -> np.ndarray:
+        """Labels of the preprocessed (cropped) box: sliding window and argmax under the lock.
+
+        The argmax of the logits is the argmax of nnU-Net's probabilities (softmax is monotonic;
+        nnU-Net itself skips it) and ties go to the first class on every device."""
+        if (self._predictor.label_manager.has_regions or
+                tuple(data.shape[1:]) != tuple(properties["shape_after_cropping_and_before_resampling"])):
+            return self._labels_converted_by_nnunet(data, properties)
+        wide = self._predictor.label_manager.num_segmentation_heads > 256
+        with self.lock, torch.inference_mode():
+            logits = self._logits(data)
+            labels = logits.argmax(0).to(torch.int16 if wide else torch.uint8)
+            del logits
+            labels = labels.cpu().numpy()
+        return labels.astype(np.uint16) if wide else labels
+
+    def _labels_converted_by_nnunet(self, data: torch.Tensor, properties: dict) -> np.ndarray:
+        """Region-based networks, or a model whose spacing is not its plans' spacing: nnU-Net's own
+        conversion (resampling of the logits, regions) on the CPU."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        predictor = self._predictor
+        with self.lock:
+            logits = self._logits(data).cpu()
+        properties = {**properties, "shape_before_cropping": properties["shape_after_cropping_and_before_resampling"],
+                      "bbox_used_for_cropping": [[0, n] for n in properties["shape_after_cropping_and_before_resampling"]]}
+        labels = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
+        return np.asarray(labels).transpose(predictor.plans_manager.transpose_forward)
+
+    @torch.inference_mode()
+    def _logits(self, data: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's sliding window over every fold's parameters (their mean), on the device."""
+        predictor = self._predictor
+        network = getattr(predictor.network, "_orig_mod", predictor.network)
+        total = None
+        with self._autocast_type():
+            for parameters in predictor.list_of_parameters:
+                if not self._parameters_loaded:
+                    network.load_state_dict(parameters)
+                logits = predictor.predict_sliding_window_return_logits(self._tiles(data))
+                total = logits if total is None else total.add_(logits.to(total.device))
+        if len(predictor.list_of_parameters) > 1:
+            total /= len(predictor.list_of_parameters)
+        return total
+
+    def _tiles(self, data: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return data
+        return data.pin_memory().to(self.device, non_blocking=True)
+
+    def _autocast_type(self) -> contextlib.AbstractContextManager:
+        """nnU-Net enables autocast on CUDA without naming a type, so it takes the process default."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return _autocast_default(AUTOCAST_TYPES[self.settings.precision])
+
+
+@contextlib.contextmanager
+def _autocast_default(dtype: torch.dtype):
+    previous = torch.get_autocast_dtype("cuda")
+    torch.set_autocast_dtype("cuda", dtype)
+    try:
+        yield
+    finally:
+        torch.set_autocast_dtype("cuda", previous)

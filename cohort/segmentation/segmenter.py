@@ -2,7 +2,9 @@
 
 A worker calls :func:`get_segmenter` for every series; the first call loads the networks
 (seconds to tens of seconds for TotalSegmentator's 30 M-parameter networks) and every later
-call returns the same :class:`Segmenter`, so series 2..N pay no load time.
+call returns the same :class:`Segmenter`, so series 2..N pay no load time. Several series may be
+in :meth:`Segmenter.segment` at once (``execution.prefetch``): geometry and nnU-Net's preprocessing
+run side by side, the forward passes take turns on the device.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cohort.errors import RunCannotStart, SeriesError
 from cohort.ingest.volume import LabelMap, Volume
 from cohort.segmentation.chunking import ChunkTooLarge, overlap_slices
 from cohort.segmentation.merge import label_lookup, merge_into
+from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.predictor import NetworkPredictor
 from cohort.segmentation.body_crop import body_box, paste
 from cohort.segmentation.postprocess import clean_label_map
@@ -31,7 +34,7 @@ from cohort.segmentation.weights import check_model_ready, network_folder
 
 log = logging.getLogger(__name__)
 
-_CACHE: dict[tuple[str, str, str], Segmenter] = {}
+_CACHE: dict[tuple[str, str, str, DeviceSettings], Segmenter] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -46,17 +49,20 @@ class Segmentation:
 class Segmenter:
     """The networks of one model, loaded, with the geometry steps around them."""
 
-    def __init__(self, spec: ModelSpec, weights_dir: Path, device: torch.device) -> None:
+    def __init__(self, spec: ModelSpec, weights_dir: Path, device: torch.device,
+                 settings: DeviceSettings = DeviceSettings()) -> None:
         check_model_ready(spec, weights_dir)
         start = time.perf_counter()
         self.spec = spec
         self.device = device
+        self.settings = settings
         classes = model_class_map(spec)
         self._networks = []
+        network_lock = threading.Lock()  # one forward pass at a time on this process's device
         for network in spec.networks:
             folder = network_folder(spec, network, weights_dir)
             try:
-                predictor = NetworkPredictor(folder, spec, device)
+                predictor = NetworkPredictor(folder, spec, device, settings, network_lock)
             except Exception as exc:  # nnU-Net raises anything from KeyError to RuntimeError on a bad folder
                 raise RunCannotStart(f"{folder}: nnU-Net cannot load this network ({type(exc).__name__}: "
                                      f"{exc}); remove the folder and fetch the weights again "
@@ -80,13 +86,13 @@ class Segmenter:
         box = body_box(canonical.array, canonical.spacing, self.spec.body_crop) if self.spec.body_crop.enabled else None
         cropped = canonical.array if box is None else canonical.array[box]
         image = resample_image(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
-                               pre.resample_order, pre.image_dtype)
+                               pre.resample_order, pre.image_dtype, self.device)
         seconds["resample"] = time.perf_counter() - tick
         tick = time.perf_counter()
         merged = self._predict(image, volume)
         seconds["predict"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        restored = paste(resample_labels(merged, cropped.shape), box, canonical.array.shape)
+        restored = paste(resample_labels(merged, cropped.shape, self.device), box, canonical.array.shape)
         labels = clean_label_map(to_native(restored, canonical), self.spec.postprocess, self._names,
                                  volume.grid.voxel_volume_ml)
         seconds["restore"] = time.perf_counter() - tick
@@ -161,12 +167,13 @@ def use_thread_share() -> None:
         torch.set_num_threads(int(threads))
 
 
-def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto") -> Segmenter:
+def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto",
+                  settings: DeviceSettings = DeviceSettings()) -> Segmenter:
     """The process-wide :class:`Segmenter` of ``spec`` (loaded on the first call only)."""
     resolved = resolve_device(device)
-    key = (repr(spec), str(Path(weights_dir).resolve()), str(resolved))
+    key = (repr(spec), str(Path(weights_dir).resolve()), str(resolved), settings)
     with _CACHE_LOCK:
         if key not in _CACHE:
             use_thread_share()
-            _CACHE[key] = Segmenter(spec, Path(weights_dir), resolved)
+            _CACHE[key] = Segmenter(spec, Path(weights_dir), resolved, settings)
         return _CACHE[key]
