@@ -49,6 +49,7 @@ class ExecutionConfig:
     slurm_config: str = "slurm.yaml"
     min_free_gb: float = 1.0
     prefetch: int = 0
+    gpu_prefetch: int = 3
     threads_per_worker: int = 1
     worker_memory_gb: float | None = None
     precision: str = "fp16"
@@ -145,7 +146,7 @@ def load_run_config(path: Path | None = None) -> RunConfig:
     return dataclasses.replace(config, source=str(source))
 
 
-ZERO_ALLOWED = ("retries", "border_voxels", "prefetch")
+ZERO_ALLOWED = ("retries", "border_voxels", "prefetch", "gpu_prefetch")
 
 
 def _check_positive(config: RunConfig, source: Path) -> None:

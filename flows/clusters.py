@@ -36,11 +36,12 @@ def dask_settings(execution: ExecutionConfig) -> dict[str, object]:
             "distributed.scheduler.worker-saturation": 1.0}
 
 
-def series_slots(execution: ExecutionConfig) -> int:
-    """Dask threads per worker: the series on the network plus ``execution.prefetch`` prepared
-    ahead (read, resampled) or finishing (restored, measured, stored) beside it. The network
-    stage itself runs one series at a time per worker (``cohort.pipeline.NETWORK_LOCK``)."""
-    return 1 + execution.prefetch
+def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
+    """Dask threads per worker: the series on the network plus ``execution.prefetch`` (GPU
+    workers: ``gpu_prefetch``) prepared ahead (read, resampled, preprocessed) or finishing
+    (restored, measured, stored) beside it. The forward pass itself runs one series at a time
+    per worker (the segmenter's network lock, cohort.segmentation.predictor)."""
+    return 1 + (execution.gpu_prefetch if gpu else execution.prefetch)
 
 
 @contextmanager
@@ -98,7 +99,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
     elif kind == "cuda":
         from cohort.flows.cuda import check_pinning, cuda_cluster
 
-        cluster, devices = cuda_cluster(workers, series_slots(execution))
+        cluster, devices = cuda_cluster(workers, series_slots(execution, gpu=True))
         n = len(devices)
         start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"dask-cuda did not start {n} GPU worker(s) within "
                            f"{LOCAL_START_TIMEOUT_S:g} s", after=lambda client: check_pinning(client, devices))

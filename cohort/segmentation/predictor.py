@@ -104,6 +104,17 @@ class NetworkPredictor:
         return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
 
     def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        data, properties = self.preprocess(image, spacing)
+        cropped = self.forward(data, properties)
+        labels = np.zeros(properties["shape_before_cropping"], dtype=cropped.dtype)
+        box = tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])
+        labels[box] = cropped
+        labels = labels.transpose(self._predictor.plans_manager.transpose_backward)
+        return np.ascontiguousarray(labels.transpose(2, 1, 0))
+
+    def preprocess(self, image: np.ndarray, spacing: tuple[float, float, float]) -> tuple[torch.Tensor, dict]:
+        """nnU-Net's preprocessing of an (x, y, z) image on the model grid: the (c, z, y, x) tensor
+        the network reads and the properties that undo the crop."""
         predictor = self._predictor
         data = np.ascontiguousarray(image.transpose(2, 1, 0))[None]
         properties = {"spacing": [spacing[2], spacing[1], spacing[0]]}
@@ -111,14 +122,9 @@ class NetworkPredictor:
             data, _, properties = self._preprocessor.run_case_npy(
                 data, None, properties, predictor.plans_manager, predictor.configuration_manager,
                 predictor.dataset_json)
-        cropped = self._labels(torch.from_numpy(data), properties)
-        labels = np.zeros(properties["shape_before_cropping"], dtype=cropped.dtype)
-        box = tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])
-        labels[box] = cropped
-        labels = labels.transpose(predictor.plans_manager.transpose_backward)
-        return np.ascontiguousarray(labels.transpose(2, 1, 0))
+        return torch.from_numpy(data), properties
 
-    def _labels(self, data: torch.Tensor, properties: dict) -> np.ndarray:
+    def forward(self, data: torch.Tensor, properties: dict) -> np.ndarray:
         """Labels of the preprocessed (cropped) box: sliding window and argmax under the lock.
 
         The argmax of the logits is the argmax of nnU-Net's probabilities (softmax is monotonic;
@@ -165,7 +171,7 @@ class NetworkPredictor:
         return total
 
     def _tiles(self, data: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or data.device == self.device:
             return data
         return data.pin_memory().to(self.device, non_blocking=True)
 

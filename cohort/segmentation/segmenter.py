@@ -26,10 +26,10 @@ from cohort.segmentation.chunking import ChunkTooLarge, overlap_slices
 from cohort.segmentation.merge import label_lookup, merge_into
 from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.predictor import NetworkPredictor
-from cohort.segmentation.body_crop import body_box, paste
+from cohort.segmentation.body_crop import Box, body_box, paste
 from cohort.segmentation.postprocess import clean_label_map
 from cohort.segmentation.registry import ModelSpec, PreprocessSpec, model_class_map
-from cohort.segmentation.resample import RAS, resample_image, resample_labels, to_canonical, to_native
+from cohort.segmentation.resample import RAS, Canonical, resample_image, resample_labels, to_canonical, to_native
 from cohort.segmentation.weights import check_model_ready, network_folder
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,21 @@ class Segmenter:
         log.info("loaded model %s (%d networks) on %s in %.1f s", spec.name, len(self._networks), device,
                  self.load_seconds)
 
+    @property
+    def predictors(self) -> tuple[NetworkPredictor, ...]:
+        """The loaded networks, in the model file's order."""
+        return tuple(predictor for _, predictor, _ in self._networks)
+
+    def model_grid_image(self, volume: Volume) -> np.ndarray:
+        """``volume`` as the networks read it: canonical orientation, body crop, intensity rule
+        and the model's spacing (resampled on this segmenter's device)."""
+        return self._prepare(volume)[0]
+
     def segment(self, volume: Volume) -> Segmentation:
         """Label ``volume`` with the model's ids, on the volume's own grid and orientation."""
         seconds: dict[str, float] = {}
-        pre = self.spec.preprocess
         tick = time.perf_counter()
-        canonical = to_canonical(volume.hu, volume.affine, self.axcodes)
-        box = body_box(canonical.array, canonical.spacing, self.spec.body_crop) if self.spec.body_crop.enabled else None
-        cropped = canonical.array if box is None else canonical.array[box]
-        image = resample_image(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
-                               pre.resample_order, pre.image_dtype, self.device)
+        image, canonical, box, cropped = self._prepare(volume)
         seconds["resample"] = time.perf_counter() - tick
         tick = time.perf_counter()
         merged = self._predict(image, volume)
@@ -97,6 +102,15 @@ class Segmenter:
                                  volume.grid.voxel_volume_ml)
         seconds["restore"] = time.perf_counter() - tick
         return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source, name=volume.name), seconds)
+
+    def _prepare(self, volume: Volume) -> tuple[np.ndarray, Canonical, Box | None, np.ndarray]:
+        pre = self.spec.preprocess
+        canonical = to_canonical(volume.hu, volume.affine, self.axcodes)
+        box = body_box(canonical.array, canonical.spacing, self.spec.body_crop) if self.spec.body_crop.enabled else None
+        cropped = canonical.array if box is None else canonical.array[box]
+        image = resample_image(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
+                               pre.resample_order, pre.image_dtype, self.device)
+        return image, canonical, box, cropped
 
     def _predict(self, image: np.ndarray, volume: Volume) -> np.ndarray:
         merged = np.zeros(image.shape, dtype=self._dtype)

@@ -39,13 +39,21 @@ def totalsegmentator_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_totalsegmentator(ct: Path, out: Path, env: dict[str, str], options: list[str]) -> None:
-    """``TotalSegmentator -i ct -o out --ml -d cpu <options>``; raises with its output on failure."""
-    command = [str(Path(sys.executable).with_name("TotalSegmentator")), "-i", str(ct), "-o", str(out),
-               "--ml", "-d", "cpu", *options]
+def run_totalsegmentator(ct: Path, out: Path, env: dict[str, str], options: list[str], device: str = "cpu") -> None:
+    """``TotalSegmentator -i ct -o out --ml -d <device> <options>`` (``device``: ``cpu`` or ``gpu``);
+    raises with its output on failure."""
+    command = [*totalsegmentator_command(), "-i", str(ct), "-o", str(out), "--ml", "-d", device, *options]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def totalsegmentator_command() -> list[str]:
+    """The CLI beside this Python, else its entry point run by this Python (a ``--target`` install)."""
+    script = Path(sys.executable).with_name("TotalSegmentator")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from totalsegmentator.bin.TotalSegmentator import main; sys.exit(main())"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,316 @@
+"""GPU check (issue G): is the network, not cohort, the bottleneck on a GPU node?
+
+    bash benchmarks/gpu_check.sh              # a GPU node: about 5 minutes on one H100
+    bash benchmarks/gpu_check.sh --cpu        # the CPU fallback that CI runs: tiny sizes, the same steps
+
+Prints, and writes as JSON to ``--out``:
+
+1. the card, driver, torch and cuDNN;
+2. pure network throughput: weights loaded, inputs preprocessed and already on the device, only the
+   sliding window and the argmax timed (series/h), with and without channels-last;
+3. end to end: ``cohort run --cluster cuda`` on clinical-size CTs (0.8 x 0.8 x 1.5 mm, 39 M voxels),
+   series/h over the processing window and the device busy fraction sampled with NVML meanwhile;
+   the ratio to (2) is the share of the network's speed cohort keeps;
+4. fp16 (nnU-Net's own autocast) against fp32 and bf16: voxel agreement and time;
+5. TotalSegmentator's CLI, one call per series, on the same files and weights: series/h, the ratio,
+   and voxel agreement of its label maps with cohort's.
+
+The weights are random, of TotalSegmentator's real network sizes (``cohort.testing.weights``): the
+forward pass costs what trained weights cost; the labels mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+from cohort.ingest import load_ct
+from cohort.manifest import example_manifest
+from cohort.segmentation import DeviceSettings, get_segmenter, load_model_spec
+from cohort.segmentation.registry import model_class_map
+from cohort.testing.parity import compare, run_totalsegmentator, totalsegmentator_env
+from cohort.testing.weights import build_weights
+
+CLINICAL_MM = (0.8, 0.8, 1.5)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def environment(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+            "cpus": len(os.sched_getaffinity(0))}
+    if device.type == "cuda":
+        info.update(card=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(),
+                    memory_gib=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1))
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            info["nvidia_smi"] = subprocess.run([smi, "--query-gpu=name,driver_version,clocks.max.sm", "--format=csv,noheader"],
+                                                capture_output=True, text=True).stdout.strip()
+    return info
+
+
+def _write_ct(args: tuple[np.ndarray, np.ndarray, Path]) -> Path:
+    data, affine, path = args
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def clinical_cts(folder: Path, n: int, small: bool) -> list[Path]:
+    """``n`` CTs made from the example at clinical spacing, each a different z-range, so no two
+    files are the same; gzip-written in parallel. ``small`` (the CPU fallback): a quarter of the
+    slices at half the resolution."""
+    ct = nib.load(example_manifest().parent / "example_ct.nii.gz")
+    spacing = np.asarray(ct.header.get_zooms()[:3], dtype=float)
+    target = np.asarray(CLINICAL_MM) * (2 if small else 1)
+    zoom = spacing / target
+    source = np.asanyarray(ct.dataobj).astype(np.int16)
+    volume = ndimage.zoom(source[:, :, :source.shape[2] // 4] if small else source, zoom, order=1)
+    affine = ct.affine @ np.diag([*(1 / zoom), 1.0])
+    depth = volume.shape[2]
+    jobs = []
+    for index in range(n):
+        start = (index * 7) % max(1, depth // 5)
+        shift = np.eye(4)
+        shift[2, 3] = start
+        jobs.append((volume[:, :, start:], affine @ shift, folder / f"ct{index:02d}.nii.gz"))
+    with ProcessPoolExecutor(max_workers=min(n, len(os.sched_getaffinity(0)))) as pool:
+        paths = list(pool.map(_write_ct, jobs))
+    log(f"{n} CTs of up to {volume.shape} = {volume.size / 1e6:.1f} M voxels at {tuple(target.round(2).tolist())} mm")
+    return paths
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def network_only(model: str, weights: Path, cts: list[Path], device: torch.device, settings: DeviceSettings) -> dict:
+    """Series/h of the forward passes alone: inputs preprocessed and moved to the device first."""
+    segmenter = get_segmenter(load_model_spec(model), weights, str(device), settings)
+    inputs = []
+    for path in cts:
+        image = segmenter.model_grid_image(load_ct(path))
+        inputs.append([(predictor, *predictor.preprocess(image, segmenter.spacing)) for predictor in segmenter.predictors])
+    inputs = [[(predictor, data.to(device), properties) for predictor, data, properties in series] for series in inputs]
+    for predictor, data, properties in inputs[0]:  # warm-up: cuDNN picks its kernels
+        predictor.forward(data, properties)
+    synchronize(device)
+    start = time.perf_counter()
+    for series in inputs:
+        for predictor, data, properties in series:
+            predictor.forward(data, properties)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    shape = tuple(inputs[0][0][1].shape[1:])
+    return {"model": model, "series": len(cts), "seconds": round(seconds, 3), "series_per_h": round(3600 * len(cts) / seconds),
+            "seconds_per_series": round(seconds / len(cts), 4), "network_input_zyx": shape,
+            "channels_last": settings.channels_last, "precision": settings.precision,
+            "load_seconds": round(segmenter.load_seconds, 2)}
+
+
+class BusySampler:
+    """Device utilisation (NVML's share of time a kernel ran) sampled every 50 ms in a thread."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._handle = None
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+                self._nvml = pynvml
+            except Exception as error:  # noqa: BLE001 - a missing NVML only loses this number
+                log(f"NVML unavailable ({error}); no busy fraction")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            if self._handle is not None:
+                self.samples.append((time.time(), self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+
+    def __enter__(self) -> "BusySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def busy(self, start: float, stop: float) -> float | None:
+        window = [value for moment, value in self.samples if start <= moment <= stop]
+        return round(float(np.mean(window)) / 100, 3) if window else None
+
+
+def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: torch.device, prefetch: int) -> dict:
+    """``cohort run`` through the CLI on ``cts``; the window is first series started to last finished."""
+    folder = work / f"run_{model}_p{prefetch}"
+    folder.mkdir()
+    manifest = folder / "scans.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["series_id", "path", "age", "sex"])
+        writer.writerows([f"s{index:02d}", path, 50, "F"] for index, path in enumerate(cts))
+    config = folder / "run.yaml"
+    config.write_text(f"execution:\n  prefetch: {prefetch}\n  gpu_prefetch: {prefetch}\n")
+    cluster = ["--cluster", "cuda"] if device.type == "cuda" else ["--cluster", "local", "--workers", "1"]
+    command = [sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out", str(folder / "results"),
+               "--model", model, "--weights", str(weights), "--config", str(config), *cluster]
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    with BusySampler(device) as sampler:
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=420)
+        wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"cohort run exited {done.returncode}:\n{done.stderr[-3000:]}")
+    series = pd.read_parquet(folder / "results" / "series")
+    finished = (series["finished_at"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    first, last = float((finished - series["seconds_total"]).min()), float(finished.max())
+    window = last - first
+    stages = {stage: round(float(series[f"seconds_{stage}"].mean()), 3)
+              for stage in ("ingest", "load_model", "segment", "measure", "store")}
+    return {"model": model, "series": len(cts), "prefetch": prefetch, "wall_s": round(wall, 1),
+            "window_s": round(window, 2), "series_per_h": round(3600 * len(cts) / window),
+            "busy_fraction": sampler.busy(first, last), "mean_stage_s": stages,
+            "done": int((series["status"] == "done").sum())}
+
+
+def precision_agreement(weights: Path, cts: list[Path], device: torch.device) -> dict:
+    """fp16 (the default) against fp32 and bf16 on the same series: voxels equal, seconds per series."""
+    spec = load_model_spec("fast")
+    volumes = [load_ct(path) for path in cts]
+    results: dict[str, dict] = {}
+    reference = None
+    for precision in ("fp16", "fp32", "bf16"):
+        segmenter = get_segmenter(spec, weights, str(device), DeviceSettings(precision))
+        segmenter.segment(volumes[0])  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        labels = [segmenter.segment(volume).label_map.labels for volume in volumes]
+        seconds = (time.perf_counter() - start) / len(volumes)
+        if reference is None:
+            reference = labels
+        agreement = float(np.mean([np.mean(a == b) for a, b in zip(labels, reference)]))
+        results[precision] = {"seconds_per_series": round(seconds, 3), "voxels_equal_to_fp16": round(agreement, 6)}
+    return results
+
+
+def totalsegmentator_loop(weights: Path, cts: list[Path], work: Path, device: torch.device) -> dict:
+    """TotalSegmentator's CLI once per series (``--fast``) and cohort's labels of the same files."""
+    home = work / "totalseg_home"
+    shutil.copytree(weights, home / "nnunet" / "results")
+    env = totalsegmentator_env(home)
+    ts_device = "gpu" if device.type == "cuda" else "cpu"
+    start = time.perf_counter()
+    outputs = []
+    for index, path in enumerate(cts):
+        target = work / f"ts_{index:02d}.nii.gz"
+        run_totalsegmentator(path, target, env, ["--fast"], ts_device)
+        outputs.append(target)
+    seconds = time.perf_counter() - start
+    segmenter = get_segmenter(load_model_spec("fast"), weights, str(device))
+    classes = model_class_map(load_model_spec("fast"))
+    agreement = [compare(segmenter.segment(load_ct(path)).label_map.labels,
+                         np.asanyarray(nib.load(output).dataobj), classes).identical
+                 for path, output in zip(cts, outputs)]
+    return {"series": len(cts), "seconds": round(seconds, 1), "series_per_h": round(3600 * len(cts) / seconds),
+            "voxels_equal_to_cohort": [round(value, 6) for value in agreement]}
+
+
+def step(results: dict, name: str, out: Path, function, *args) -> None:
+    """Run one step; a failure is recorded and the next step still runs."""
+    log(f"{name} ...")
+    start = time.perf_counter()
+    try:
+        results[name] = function(*args)
+    except Exception as error:  # noqa: BLE001 - the check reports every step it can
+        results[name] = {"error": f"{type(error).__name__}: {error}"[:4000]}
+    results[name]["step_s"] = round(time.perf_counter() - start, 1) if isinstance(results[name], dict) else None
+    log(f"{name}: {json.dumps(results[name])}")
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
+
+
+def summary(results: dict) -> list[str]:
+    lines = []
+    pure = results.get("network_fast", {}).get("series_per_h")
+    e2e = results.get("cohort_run_fast", {}).get("series_per_h")
+    ts = results.get("totalsegmentator_fast", {}).get("series_per_h")
+    if pure and e2e:
+        lines.append(f"fast: end to end {e2e} series/h = {e2e / pure:.0%} of the network alone ({pure} series/h); "
+                     "targets >= 70 % and >= 720 series/h")
+    if e2e and ts:
+        lines.append(f"fast: cohort run / TotalSegmentator CLI loop = {e2e / ts:.1f}x ({e2e} vs {ts} series/h); target >= 5x")
+    pure_full = results.get("network_full", {}).get("series_per_h")
+    e2e_full = results.get("cohort_run_full", {}).get("series_per_h")
+    if pure_full and e2e_full:
+        lines.append(f"full: end to end {e2e_full} series/h = {e2e_full / pure_full:.0%} of the network alone "
+                     f"({pure_full} series/h)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="the CPU fallback: small networks and CTs, 2 series")
+    parser.add_argument("--n", type=int, default=None, help="CTs for the end-to-end run (20; 2 with --cpu)")
+    parser.add_argument("--ts-n", type=int, default=None, help="CTs for the TotalSegmentator loop (5; 1 with --cpu)")
+    parser.add_argument("--prefetch", type=int, default=3, help="execution.gpu_prefetch of the cohort run")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda:0")
+    on_gpu = device.type == "cuda"
+    n = args.n or (20 if on_gpu else 2)
+    ts_n = args.ts_n or (5 if on_gpu else 1)
+    size = "real" if on_gpu else "small"
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    results: dict = {"environment": environment(device), "settings": {"n": n, "ts_n": ts_n, "size": size,
+                                                                       "prefetch": args.prefetch}}
+    log(json.dumps(results["environment"]))
+    weights = work / "weights"
+    build_weights(load_model_spec("fast"), weights, size, seed=0)
+    if on_gpu:
+        build_weights(load_model_spec("full"), weights, size, seed=0)
+    cts = clinical_cts(work, n, small=not on_gpu)
+    step(results, "network_fast", args.out, network_only, "fast", weights, cts[:10], device, DeviceSettings())
+    if on_gpu:
+        step(results, "network_fast_no_channels_last", args.out, network_only, "fast", weights, cts[:10], device,
+             DeviceSettings(channels_last=False))
+    step(results, "cohort_run_fast", args.out, cohort_run, "fast", weights, cts, work, device, args.prefetch)
+    step(results, "totalsegmentator_fast", args.out, totalsegmentator_loop, weights, cts[:ts_n], work, device)
+    if on_gpu:
+        step(results, "precision_fast", args.out, precision_agreement, weights, cts[:3], device)
+        step(results, "network_full", args.out, network_only, "full", weights, cts[:4], device, DeviceSettings())
+        step(results, "cohort_run_full", args.out, cohort_run, "full", weights, cts[:8], work, device, args.prefetch)
+    results["summary"] = summary(results)
+    (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2))
+    print("\n".join(["", "== gpu_check summary ==", *results["summary"]]), flush=True)
+    failed = [name for name, value in results.items() if isinstance(value, dict) and "error" in value]
+    if failed:
+        print(f"steps that failed: {', '.join(failed)}", flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
