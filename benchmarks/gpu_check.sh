@@ -9,14 +9,14 @@
 # benchmarks/gpu_bundle.sh (see docs/gpu.md); benchmarks/gpu_install.sh unpacks it when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -d .gpu ] && [ -f benchmarks/gpu_install.sh ] && ! python3 -c "import cohort" 2>/dev/null; then
-    source benchmarks/gpu_install.sh
-fi
 PYTHON=${PYTHON:-python3}
+if [ -f .gpu/site.tar.xz ] && ! "$PYTHON" -c "import nnunetv2, prefect" 2>/dev/null; then
+    source benchmarks/gpu_install.sh || exit 1
+fi
 export PYTHONUNBUFFERED=1
 "$PYTHON" benchmarks/gpu_check.py "$@"
-if [ "${1:-}" != "--cpu" ] && "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+if [ "${1:-}" != "--cpu" ] && [ -z "${GPU_CHECK_NO_TESTS:-}" ] && "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     # the GPU-only tests, which skip on CPU machines (CI)
-    "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/segment/test_zoom.py tests/segment/test_segment_predict.py \
+    timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/segment/test_zoom.py tests/segment/test_segment_predict.py \
         tests/scale/test_scale_config.py
 fi

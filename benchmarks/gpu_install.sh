@@ -90,7 +90,7 @@ for name, target in scripts.items():
             print(f"gpu_install: note: cannot write {path} ({error}); use {site / 'bin' / name}", file=sys.stderr)
 
 started = time.perf_counter()
-compileall.compile_dir(site, quiet=2, workers=0, ddir=None)
+compileall.compile_dir(site, quiet=2, workers=1, ddir=None)
 compile_s = time.perf_counter() - started
 
 # The modules that `cohort run` (driver, Dask workers, its Prefect server), --cluster cuda and

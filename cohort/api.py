@@ -73,15 +73,17 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
     any series runs) and ``on_result(series_result)`` as each series finishes: the CLI draws its
     progress with them.
     """
-    from cohort.flows.clusters import open_client
     from cohort.flows.prefect_api import prefect_api
-    from cohort.flows.run_flow import run_cohort_flow
-    from cohort.driver import BatchWriter, RunRequest, finish_run, prepare_run
-    from cohort.store import OutputLayout, exclusive_output
 
-    request = RunRequest(manifest=manifest, out=out, model=model, weights=weights, config=config, cluster=cluster,
-                         workers=workers, recompute=recompute)
     with _stop_requests() as stop, prefect_api() as prefect:
+        # Prefect (about a second to import), Dask and the cluster start while the server boots.
+        from cohort.driver import BatchWriter, RunRequest, finish_run, prepare_run
+        from cohort.flows.clusters import open_client
+        from cohort.flows.run_flow import run_cohort_flow
+        from cohort.store import OutputLayout, exclusive_output
+
+        request = RunRequest(manifest=manifest, out=out, model=model, weights=weights, config=config,
+                             cluster=cluster, workers=workers, recompute=recompute)
         with exclusive_output(OutputLayout(request.out.resolve()).lock, _command_line()):
             prepared = prepare_run(request)
             if on_start is not None:

@@ -53,7 +53,7 @@ class ExecutionConfig:
     threads_per_worker: int = 1
     worker_memory_gb: float | None = None
     precision: str = "fp16"
-    channels_last: bool = True
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,8 @@ def _check_positive(config: RunConfig, source: Path) -> None:
     for section in ("measure", "ingest", "execution"):
         for f in dataclasses.fields(getattr(config, section)):
             value = getattr(getattr(config, section), f.name)
-            if isinstance(value, (int, float)) and value < (0 if f.name in ZERO_ALLOWED else 1e-9):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                    value < (0 if f.name in ZERO_ALLOWED else 1e-9):
                 lowest = ">= 0" if f.name in ZERO_ALLOWED else "positive"
                 raise ConfigError(f"{source}: key '{section}.{f.name}' must be {lowest}, got {value!r}")
 

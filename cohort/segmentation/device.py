@@ -20,7 +20,7 @@ class DeviceSettings:
     """
 
     precision: str = "fp16"
-    channels_last: bool = True
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
