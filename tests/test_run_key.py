@@ -277,6 +277,25 @@ def test_prefetch_gives_the_same_tables(reference: Path, inputs: dict[str, Path]
     pd.testing.assert_frame_equal(_series(out)[stable], _series(reference)[stable])
 
 
+def test_gpu_precision_other_than_fp16_is_part_of_the_run_key(reference: Path, inputs: dict[str, Path],
+                                                              tmp_path: Path, prefect_server: str) -> None:
+    """``execution.precision: fp32`` changes labels on a GPU, so rows made with fp16 are not mixed
+    with it; the default (fp16) leaves the keys of earlier runs as they were."""
+    from cohort.provenance import RunKey
+
+    assert "precision" not in RunKey("fast", "config", "weights", "measure").to_json()
+    assert RunKey("fast", precision="fp32").digest != RunKey("fast").digest
+    out = _copy(reference, tmp_path)
+    config = tmp_path / "fp32.yaml"
+    config.write_text("execution:\n  precision: fp32\n")
+    refused = _run(inputs, out, prefect_server, "--config", str(config))
+    assert refused.returncode == 2, refused.stderr
+    assert "execution.precision fp16 -> fp32" in " ".join(refused.stderr.split())
+    config.write_text("execution:\n  precision: fp8\n")
+    invalid = _run(inputs, out, prefect_server, "--config", str(config))
+    assert invalid.returncode == 2 and "execution.precision" in invalid.stderr and "fp16, bf16, fp32" in invalid.stderr
+
+
 def test_series_slots_per_worker_follow_prefetch() -> None:
     from distributed import Client
 
