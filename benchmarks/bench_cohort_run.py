@@ -11,7 +11,6 @@ Needs the ``parity`` extra (TotalSegmentator, installed with -c constraints.txt)
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -26,15 +25,12 @@ from bench_segment import bench_cli, make_series  # noqa: E402
 
 from cohort.pipeline import STAGES  # noqa: E402
 from cohort.segmentation import load_model_spec  # noqa: E402
+from cohort.testing.benchmarks import series_manifest  # noqa: E402
 from cohort.testing.weights import build_weights  # noqa: E402
 
 
 def run_cohort(series: list[Path], weights: Path, work: Path, workers: int) -> tuple[float, pd.DataFrame]:
-    manifest = work / "scans.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["series_id", "path", "age", "sex"])
-        writer.writerows([f"s{index:03d}", path, 50, "F"] for index, path in enumerate(series))
+    manifest = series_manifest(work / "scans.csv", series)
     out = work / "results"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     start = time.perf_counter()

@@ -11,7 +11,6 @@ Prints the processing window of each (first series started to last finished, fro
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import cohort
 from cohort.manifest import example_manifest
 from cohort.pipeline import STAGES
 from cohort.segmentation import load_model_spec
+from cohort.testing.benchmarks import processing_window, series_manifest
 from cohort.testing.weights import build_weights
 
 CLINICAL_SPACING_MM = (0.8, 0.8, 1.5)
@@ -45,14 +45,10 @@ def clinical_ct(folder: Path) -> Path:
 def run(ct: Path, n: int, weights: Path, work: Path, prefetch: int) -> pd.DataFrame:
     folder = work / f"prefetch{prefetch}"
     folder.mkdir()
-    manifest = folder / "scans.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["series_id", "path", "age", "sex"])
-        for index in range(n):
-            copy = folder / f"ct{index:02d}.nii.gz"
-            copy.symlink_to(ct)
-            writer.writerow([f"s{index:02d}", copy.name, 50, "F"])
+    copies = [folder / f"ct{index:02d}.nii.gz" for index in range(n)]
+    for copy in copies:
+        copy.symlink_to(ct)
+    manifest = series_manifest(folder / "scans.csv", copies)
     config = folder / "run.yaml"
     config.write_text(f"execution:\n  prefetch: {prefetch}\n")
     summary = cohort.run(manifest, folder / "results", weights=weights, config=config, workers=1)
@@ -61,8 +57,8 @@ def run(ct: Path, n: int, weights: Path, work: Path, prefetch: int) -> pd.DataFr
 
 
 def window_s(series: pd.DataFrame) -> float:
-    finished = (series["finished_at"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    return float(finished.max() - (finished - series["seconds_total"]).min())
+    first, last = processing_window(series)
+    return last - first
 
 
 def main() -> None:

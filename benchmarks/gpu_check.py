@@ -22,7 +22,6 @@ forward pass costs what trained weights cost; the labels mean nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -44,8 +43,8 @@ from scipy import ndimage
 from cohort.ingest import load_ct
 from cohort.manifest import example_manifest
 from cohort.segmentation import DeviceSettings, get_segmenter, load_model_spec
-from cohort.segmentation.registry import model_class_map
-from cohort.testing.parity import compare, run_totalsegmentator, totalsegmentator_env
+from cohort.testing.benchmarks import processing_window, series_manifest
+from cohort.testing.parity import run_totalsegmentator, totalsegmentator_env
 from cohort.testing.weights import build_weights
 
 CLINICAL_MM = (0.8, 0.8, 1.5)
@@ -168,11 +167,7 @@ def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: t
     """``cohort run`` through the CLI on ``cts``; the window is first series started to last finished."""
     folder = work / f"run_{model}_p{prefetch}"
     folder.mkdir()
-    manifest = folder / "scans.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["series_id", "path", "age", "sex"])
-        writer.writerows([f"s{index:02d}", path, 50, "F"] for index, path in enumerate(cts))
+    manifest = series_manifest(folder / "scans.csv", cts)
     config = folder / "run.yaml"
     config.write_text(f"execution:\n  prefetch: {prefetch}\n  gpu_prefetch: {prefetch}\n")
     cluster = ["--cluster", "cuda"] if device.type == "cuda" else ["--cluster", "local", "--workers", "1"]
@@ -186,8 +181,7 @@ def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: t
     if done.returncode != 0:
         raise RuntimeError(f"cohort run exited {done.returncode}:\n{done.stderr[-3000:]}")
     series = pd.read_parquet(folder / "results" / "series")
-    finished = (series["finished_at"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    first, last = float((finished - series["seconds_total"]).min()), float(finished.max())
+    first, last = processing_window(series)
     window = last - first
     stages = {stage: round(float(series[f"seconds_{stage}"].mean()), 3)
               for stage in ("ingest", "load_model", "segment", "measure", "store")}
