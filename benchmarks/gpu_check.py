@@ -22,6 +22,7 @@ forward pass costs what trained weights cost; the labels mean nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -218,6 +219,8 @@ CONVOLUTION_SETTINGS = {  # how cuDNN picks and lays out the convolutions: (chan
 def totalsegmentator_loop(weights: Path, cts: list[Path], work: Path, device: torch.device) -> dict:
     """TotalSegmentator's CLI once per series (``--fast``), and the share of its voxels cohort's
     labels of the same files equal, under each way of running the convolutions on a GPU."""
+    if importlib.util.find_spec("totalsegmentator") is None:
+        return {"skipped": "TotalSegmentator is not installed (pip install -c constraints.txt -e '.[parity]')"}
     home = work / "totalseg_home"
     shutil.copytree(weights, home / "nnunet" / "results", dirs_exist_ok=True)
     env = totalsegmentator_env(home)

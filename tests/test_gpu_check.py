@@ -3,13 +3,13 @@ end to end (the same steps with small networks and CTs), so that it is ready whe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
 
@@ -19,7 +19,8 @@ def test_gpu_check_script_parses() -> None:
 
 
 def test_gpu_check_cpu_fallback_runs_every_step(tmp_path: Path) -> None:
-    pytest.importorskip("totalsegmentator")
+    """Every step but the GPU-only ones; the TotalSegmentator loop where the ``parity`` extra is
+    installed (CI runs this file again after installing it)."""
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
     done = subprocess.run(["bash", str(SCRIPT), "--cpu"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -28,6 +29,8 @@ def test_gpu_check_cpu_fallback_runs_every_step(tmp_path: Path) -> None:
         assert "error" not in results[name], results[name]
     assert results["network_fast"]["series_per_h"] > 0
     assert results["cohort_run_fast"]["done"] == results["settings"]["n"]
-    # the CPU path keeps TotalSegmentator's arithmetic: every voxel equal on identical weights
-    assert results["totalsegmentator_fast"]["voxels_equal_to_cohort"] == [1.0]
+    if importlib.util.find_spec("totalsegmentator") is None:
+        assert "not installed" in results["totalsegmentator_fast"]["skipped"]
+    else:  # the CPU path keeps TotalSegmentator's arithmetic: every voxel equal on identical weights
+        assert results["totalsegmentator_fast"]["voxels_equal_to_cohort"] == [1.0]
     assert "gpu_check summary" in done.stdout
