@@ -118,10 +118,11 @@ class NetworkPredictor:
         predictor = self._predictor
         data = np.ascontiguousarray(image.transpose(2, 1, 0))[None]
         properties = {"spacing": [spacing[2], spacing[1], spacing[0]]}
-        with contextlib.redirect_stdout(io.StringIO()):
-            data, _, properties = self._preprocessor.run_case_npy(
-                data, None, properties, predictor.plans_manager, predictor.configuration_manager,
-                predictor.dataset_json)
+        # No stdout redirection here: it is process-wide, and series in other slots run beside this
+        # (the preprocessor prints only when verbose).
+        data, _, properties = self._preprocessor.run_case_npy(
+            data, None, properties, predictor.plans_manager, predictor.configuration_manager,
+            predictor.dataset_json)
         return torch.from_numpy(data), properties
 
     def forward(self, data: torch.Tensor, properties: dict) -> np.ndarray:
