@@ -11,6 +11,7 @@ full-resolution image and label map never pass through the CPU's interpolation.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -21,6 +22,7 @@ from scipy import ndimage
 from cohort.segmentation.zoom import linear_zoom, nearest_zoom, zoom_shape
 
 CPU = torch.device("cpu")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,21 @@ def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[
 
     Computed in float64 as TotalSegmentator does (it reads the image with ``get_fdata``), so that
     the int32 truncation lands on the same values: on the CPU with ``scipy.ndimage.zoom`` itself,
-    on a GPU with the same arithmetic in torch (:mod:`cohort.segmentation.zoom`).
+    on a GPU with the same arithmetic in torch (:mod:`cohort.segmentation.zoom`). A GPU without
+    the memory for it (a very large CT beside other series) hands the work to the CPU.
     """
     zoom = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
     if np.allclose(zoom, 1.0):
         return np.asarray(array, dtype=np.float64).astype(dtype)
-    if device.type == "cpu":
-        return ndimage.zoom(np.asarray(array, dtype=np.float64), zoom, order=order, mode="nearest").astype(dtype)
-    shape = zoom_shape(array.shape, zoom)
-    source = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    resampled = linear_zoom(source, shape) if order == 1 else nearest_zoom(source, shape).to(torch.float64)
-    return resampled.cpu().numpy().astype(dtype)
+    if device.type != "cpu":
+        try:
+            shape = zoom_shape(array.shape, zoom)
+            source = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+            resampled = linear_zoom(source, shape) if order == 1 else nearest_zoom(source, shape).to(torch.float64)
+            return resampled.cpu().numpy().astype(dtype)
+        except torch.OutOfMemoryError:
+            _out_of_device_memory(device, array.size)
+    return ndimage.zoom(np.asarray(array, dtype=np.float64), zoom, order=order, mode="nearest").astype(dtype)
 
 
 def resample_labels(labels: np.ndarray, shape: tuple[int, ...], device: torch.device = CPU) -> np.ndarray:
@@ -79,6 +85,15 @@ def resample_labels(labels: np.ndarray, shape: tuple[int, ...], device: torch.de
     index gather per axis, identical to ``scipy.ndimage.zoom(order=0)`` and faster on a CPU too."""
     if labels.shape == tuple(shape):
         return labels
-    if device.type == "cpu":
-        return nearest_zoom(labels, tuple(shape))
-    return nearest_zoom(torch.from_numpy(np.ascontiguousarray(labels)).to(device), tuple(shape)).cpu().numpy()
+    if device.type != "cpu":
+        try:
+            return nearest_zoom(torch.from_numpy(np.ascontiguousarray(labels)).to(device), tuple(shape)).cpu().numpy()
+        except torch.OutOfMemoryError:
+            _out_of_device_memory(device, int(np.prod(shape)))
+    return nearest_zoom(labels, tuple(shape))
+
+
+def _out_of_device_memory(device: torch.device, voxels: int) -> None:
+    log.warning("resampling %.0f M voxels ran out of memory on %s; resampling on the CPU instead", voxels / 1e6, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -62,6 +62,25 @@ def test_zoom_shape_rounds_as_scipy() -> None:
         assert zoom_shape(shape, np.asarray(zoom)) == ndimage.zoom(np.zeros(shape), zoom, order=0).shape
 
 
+def test_a_device_out_of_memory_resamples_on_the_cpu(clinical_ct: np.ndarray, monkeypatch, caplog) -> None:
+    """Same values from scipy when the device cannot hold the CT (the torch path raising as CUDA would)."""
+    from cohort.segmentation import resample
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(resample, "linear_zoom", no_memory)
+    monkeypatch.setattr(resample, "nearest_zoom", lambda array, shape: no_memory() if isinstance(array, torch.Tensor)
+                        else nearest_zoom(array, shape))
+    meta = torch.device("meta")
+    target = (3.0, 3.0, 3.0)
+    assert np.array_equal(resample_image(clinical_ct, tuple(CLINICAL_MM), target, device=meta),
+                          resample_image(clinical_ct, tuple(CLINICAL_MM), target))
+    labels = (clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8)
+    assert np.array_equal(resample_labels(labels, clinical_ct.shape, meta), resample_labels(labels, clinical_ct.shape))
+    assert "resampling on the CPU instead" in caplog.text
+
+
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
