@@ -102,3 +102,17 @@ def test_gpu_labels_agree_with_the_cpu(fast_spec, fast_weights, example_sm) -> N
         gpu = get_segmenter(fast_spec, fast_weights, "cuda:0", DeviceSettings(precision)).segment(example_sm)
         assert gpu.label_map.labels.dtype == cpu.dtype and gpu.label_map.labels.shape == cpu.shape
         assert (gpu.label_map.labels == cpu).mean() >= 0.99, precision
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (3.6, 3.6, 3.6)], ids=["plans_spacing", "other_spacing"])
+def test_predictor_equals_nnunets_predict_single_npy_array(fast_spec, fast_weights, example_sm, spacing) -> None:
+    """cohort's preprocessing / sliding window / argmax / un-crop gives nnU-Net's own result, both
+    when the image is on the plans' grid (argmax where the logits are) and when it is not (nnU-Net
+    resamples the logits back itself)."""
+    predictor = get_segmenter(fast_spec, fast_weights, "cpu").predictors[0]
+    image = example_sm.hu.astype(np.int32)
+    ours = predictor.predict(image, spacing, overlap=0)
+    data = np.ascontiguousarray(image.transpose(2, 1, 0))[None].astype(np.float32)
+    theirs = predictor._predictor.predict_single_npy_array(data, {"spacing": list(reversed(spacing))}, None, None, False)
+    assert ours.shape == image.shape
+    assert np.array_equal(ours, np.asarray(theirs).transpose(2, 1, 0))
