@@ -1,10 +1,13 @@
-"""Per-structure volume and HU statistics of a label map, in one pass over the voxels.
+"""Per-structure volume and intensity statistics of a label map, in one pass over the voxels.
 
-The foreground voxels are grouped by label once (a stable radix sort of the label ids), then
-each structure's values are a contiguous slice: mean, standard deviation and percentiles
-(one partition) are computed on that slice alone. The cost is linear in the number of voxels
-whatever the number of classes; TotalSegmentator's own statistics build one boolean mask of
-the whole volume per class instead.
+Integer images (CT in HU, most MR) are counted into one histogram per label: a ``bincount`` of
+``label x value`` codes, slab by slab, so memory stays small and the cost is one linear pass
+whatever the number of classes. Mean, standard deviation and percentiles then come from the
+histograms exactly: the mean is an exact integer sum over a count, and each percentile is found
+by its rank in the cumulative counts and interpolated as numpy does. Floating-point images
+(scaled CTs, some MR) are grouped by label instead (a stable radix sort of the label ids) and
+each structure's values measured as a contiguous slice. TotalSegmentator's own statistics build
+one boolean mask of the whole volume per class, one pass per class.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 PERCENTILES = (5.0, 50.0, 95.0)
+SLAB_VOXELS = 4_000_000
+"""Voxels per histogram slab: the label x value codes of one slab (int64) take 32 MB."""
+MAX_HISTOGRAM_BINS = 1 << 25
+"""Above this many (label, value) bins (256 MB of counts) the sort path is used instead."""
 
 
 @dataclass(frozen=True)
@@ -34,30 +41,18 @@ class StructureMeasurements:
 def measure_structures(
     hu: np.ndarray, labels: np.ndarray, voxel_volume_ml: float, n_labels: int, border_voxels: int = 3
 ) -> StructureMeasurements:
-    """Measure label ids ``0 .. n_labels-1`` of ``labels`` over the CT values ``hu``.
+    """Measure label ids ``0 .. n_labels-1`` of ``labels`` over the image values ``hu``.
 
     ``std_hu`` is the population standard deviation; percentiles use linear interpolation
     (numpy's default). Labels with no voxel get ``n_voxels == 0`` and NaN statistics; ids of
     ``n_labels`` or more are not measured (``largest_label`` tells whether there were any).
     """
-    flat_labels = labels.reshape(-1)
-    foreground = flat_labels != 0
-    fg_labels = flat_labels[foreground]
-    order = np.argsort(fg_labels, kind="stable")  # a radix sort for 8/16-bit ids: linear time
-    grouped_hu = hu.reshape(-1)[foreground][order]
-    sorted_labels = fg_labels[order]
-    group_edges = np.searchsorted(sorted_labels, np.arange(1, n_labels + 1))
-    largest_label = int(sorted_labels[-1]) if sorted_labels.size else 0
-    del order, fg_labels, sorted_labels
-
-    counts = np.zeros(n_labels, dtype=np.int64)
-    counts[0] = flat_labels.size - int(np.count_nonzero(foreground))
-    stats = np.full((n_labels, 5), np.nan)  # mean, std, p05, median, p95
-    for label in range(1, n_labels):
-        start, end = group_edges[label - 1], group_edges[label]
-        counts[label] = end - start
-        if end > start:
-            stats[label] = _group_statistics(grouped_hu[start:end])
+    if hu.shape != labels.shape:
+        raise ValueError(f"image {hu.shape} and label map {labels.shape} differ in shape")
+    if _histogram_bins(hu, n_labels) <= MAX_HISTOGRAM_BINS:
+        counts, stats = _statistics_from_histograms(hu, labels, n_labels)
+    else:
+        counts, stats = _statistics_from_sorted_groups(hu, labels, n_labels)
     return StructureMeasurements(
         n_voxels=counts,
         volume_ml=counts * voxel_volume_ml,
@@ -67,8 +62,94 @@ def measure_structures(
         median_hu=stats[:, 3],
         p95_hu=stats[:, 4],
         touches_border=labels_touching_border(labels, n_labels, border_voxels),
-        largest_label=largest_label,
+        largest_label=int(labels.max()) if labels.size else 0,
     )
+
+
+def _histogram_bins(hu: np.ndarray, n_labels: int) -> float:
+    if not np.issubdtype(hu.dtype, np.integer) or hu.size == 0:
+        return np.inf
+    return (n_labels + 1) * (int(hu.max()) - int(hu.min()) + 1)
+
+
+def label_value_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of each integer value per label: ``(histograms, values)``, where
+    ``histograms[label, i]`` counts the voxels of ``label`` with value ``values[i]``.
+
+    Ids of ``n_labels`` or more share one extra last row, so no bin is ever out of range.
+    """
+    lowest = int(hu.min())
+    values = np.arange(lowest, int(hu.max()) + 1, dtype=np.int64)
+    rows = n_labels + 1
+    flat = np.zeros(rows * values.size, dtype=np.int64)
+    axis = _slowest_axis(hu)
+    step = max(1, SLAB_VOXELS * hu.shape[axis] // hu.size)
+    for start in range(0, hu.shape[axis], step):
+        slab = (slice(None),) * axis + (slice(start, start + step),)
+        codes = labels[slab].astype(np.intp)
+        np.minimum(codes, n_labels, out=codes)
+        codes *= values.size
+        codes += hu[slab]
+        codes -= lowest
+        flat += np.bincount(codes.ravel(order="K"), minlength=flat.size)
+    return flat.reshape(rows, values.size)[:n_labels], values
+
+
+def _slowest_axis(array: np.ndarray) -> int:
+    """The axis with the largest stride: its slabs are contiguous in memory."""
+    return int(np.argmax(np.abs(array.strides)))
+
+
+def _statistics_from_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    histograms, values = label_value_histograms(hu, labels, n_labels)
+    counts = histograms.sum(axis=1)
+    stats = np.full((n_labels, 5), np.nan)  # mean, std, p05, median, p95
+    present = np.flatnonzero(counts[1:]) + 1  # the background is counted, not measured
+    if present.size == 0:
+        return counts, stats
+    histograms, n = histograms[present], counts[present]
+    mean = (histograms @ values) / n  # exact integer sums: the same mean as numpy's
+    deviations = values[None, :] - mean[:, None]
+    stats[present, 0] = mean
+    stats[present, 1] = np.sqrt(np.einsum("lv,lv->l", histograms, deviations * deviations) / n)
+    cumulative = np.cumsum(histograms, axis=1)
+    for row, label in enumerate(present):
+        stats[label, 2:] = _percentiles_from_counts(cumulative[row], values)
+    return counts, stats
+
+
+def _percentiles_from_counts(cumulative: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """:data:`PERCENTILES` of the sorted values a cumulative histogram describes, with numpy's
+    linear method: the same virtual index, neighbours and interpolation as ``np.percentile``."""
+    n = int(cumulative[-1])
+    virtual = (n - 1) * (np.asarray(PERCENTILES) / 100)
+    previous = np.clip(np.floor(virtual), 0, n - 1).astype(np.int64)
+    following = np.minimum(previous + 1, n - 1)
+    gamma = virtual - previous
+    below = values[np.searchsorted(cumulative, previous, side="right")].astype(np.float64)
+    above = values[np.searchsorted(cumulative, following, side="right")].astype(np.float64)
+    difference = above - below
+    return np.where(gamma >= 0.5, above - difference * (1 - gamma), below + difference * gamma)
+
+
+def _statistics_from_sorted_groups(hu: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    flat_labels = labels.reshape(-1)
+    foreground = flat_labels != 0
+    fg_labels = flat_labels[foreground]
+    order = np.argsort(fg_labels, kind="stable")  # a radix sort for 8/16-bit ids: linear time
+    grouped_hu = hu.reshape(-1)[foreground][order]
+    group_edges = np.searchsorted(fg_labels[order], np.arange(1, n_labels + 1))
+    del order, fg_labels
+
+    counts = np.zeros(n_labels, dtype=np.int64)
+    counts[0] = flat_labels.size - int(np.count_nonzero(foreground))
+    stats = np.full((n_labels, 5), np.nan)
+    for label in range(1, n_labels):
+        start, end = group_edges[label - 1], group_edges[label]
+        counts[label] = end - start
+        if end > start:
+            stats[label] = _group_statistics(grouped_hu[start:end])
+    return counts, stats
 
 
 def _group_statistics(values: np.ndarray) -> list[float]:
