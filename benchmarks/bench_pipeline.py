@@ -1,11 +1,13 @@
-"""Benchmark: one worker with ``execution.prefetch: 1`` (a second series read, restored, measured
-and stored beside the one on the network) against ``prefetch: 0`` (strictly one at a time), on
-clinical-size CTs (0.8 x 0.8 x 1.5 mm) and the small random test network, in one run.
+"""Benchmark: one worker strictly one series at a time with the C library's default heap
+(``prefetch: 0``, ``reuse_freed_memory: false``, cohort before issue G), the same with the heap
+keeping freed memory (cohort.heap), and ``prefetch: 1`` on top (a second series read, restored,
+measured and stored beside the one on the network), on clinical-size CTs (0.8 x 0.8 x 1.5 mm)
+and the small random test network, in one run.
 
     python benchmarks/bench_pipeline.py --n 8
 
 Prints the processing window of each (first series started to last finished, from the
-``series/`` table: start-up and model load excluded), the ratio, and the mean stage seconds.
+``series/`` table: start-up and model load excluded), the ratios, and the mean stage seconds.
 """
 
 from __future__ import annotations
@@ -42,15 +44,22 @@ def clinical_ct(folder: Path) -> Path:
     return path
 
 
-def run(ct: Path, n: int, weights: Path, work: Path, prefetch: int) -> pd.DataFrame:
-    folder = work / f"prefetch{prefetch}"
+VARIANTS = {
+    "one at a time, default heap": {"prefetch": 0, "reuse_freed_memory": "false"},
+    "one at a time, heap reused": {"prefetch": 0, "reuse_freed_memory": "true"},
+    "prefetch 1, heap reused": {"prefetch": 1, "reuse_freed_memory": "true"},
+}
+
+
+def run(ct: Path, n: int, weights: Path, work: Path, name: str, execution: dict[str, object]) -> pd.DataFrame:
+    folder = work / name.replace(" ", "_").replace(",", "")
     folder.mkdir()
     copies = [folder / f"ct{index:02d}.nii.gz" for index in range(n)]
     for copy in copies:
         copy.symlink_to(ct)
     manifest = series_manifest(folder / "scans.csv", copies)
     config = folder / "run.yaml"
-    config.write_text(f"execution:\n  prefetch: {prefetch}\n")
+    config.write_text("execution:\n" + "".join(f"  {key}: {value}\n" for key, value in execution.items()))
     summary = cohort.run(manifest, folder / "results", weights=weights, config=config, workers=1)
     assert summary.exit_code == 0, summary.failures
     return pd.read_parquet(folder / "results" / "series")
@@ -70,13 +79,16 @@ def main() -> None:
     build_weights(load_model_spec("fast"), weights, "small", seed=0)
     ct = clinical_ct(work)
     windows = {}
-    for prefetch in (0, 1):
-        series = run(ct, args.n, weights, work, prefetch)
-        windows[prefetch] = window_s(series)
+    for name, execution in VARIANTS.items():
+        series = run(ct, args.n, weights, work, name, execution)
+        windows[name] = window_s(series)
         stages = ", ".join(f"{stage} {series[f'seconds_{stage}'].mean():.2f}" for stage in STAGES)
-        print(f"prefetch {prefetch}: {args.n} series in {windows[prefetch]:.1f} s "
-              f"({3600 * args.n / windows[prefetch]:.0f} series/h); mean s per series: {stages}")
-    print(f"ratio prefetch 1 / prefetch 0: {windows[0] / windows[1]:.2f}x")
+        print(f"{name}: {args.n} series in {windows[name]:.1f} s "
+              f"({3600 * args.n / windows[name]:.0f} series/h); mean s per series: {stages}")
+    baseline, reused, prefetch = windows.values()
+    print(f"heap reused / default heap, one at a time: {baseline / reused:.2f}x")
+    print(f"prefetch 1 / prefetch 0, heap reused: {reused / prefetch:.2f}x")
+    print(f"prefetch 1 and heap reused / one at a time with the default heap: {baseline / prefetch:.2f}x")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class ExecutionConfig:
     worker_memory_gb: float | None = None
     precision: str = "fp16"
     channels_last: bool = False
+    reuse_freed_memory: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Dask client wait forever otherwise. ``RunCannotStart`` says what to check.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,10 +48,24 @@ def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
 @contextmanager
 def open_client(kind: str, workers: int | None, execution: ExecutionConfig) -> Iterator[Client]:
     """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit."""
-    with dask.config.set(dask_settings(execution)), _cluster(kind, workers, execution) as (cluster, start):
+    with preserved_environment(), dask.config.set(dask_settings(execution)), \
+            _cluster(kind, workers, execution) as (cluster, start):
         with Client(cluster) as client:
             wait_for_start(client, start)
             yield client
+
+
+@contextmanager
+def preserved_environment() -> Iterator[None]:
+    """Put back this process's environment on exit: Dask's nannies write their workers'
+    variables (threads, heap settings) into it before each spawn, and a later run with other
+    settings, or a program this process starts afterwards, must not inherit them."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,8 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
     if kind == "local":
         resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb)
         log.info("local cluster: %s", resources.describe())
-        with dask.config.set({**resources.dask_config(), "distributed.worker.preload": [WORKER_PRELOAD]}):
+        with dask.config.set({**resources.dask_config(execution.reuse_freed_memory),
+                              "distributed.worker.preload": [WORKER_PRELOAD]}):
             cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),
                                    processes=True,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",
@@ -99,7 +115,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
     elif kind == "cuda":
         from cohort.flows.cuda import check_pinning, cuda_cluster
 
-        cluster, devices = cuda_cluster(workers, series_slots(execution, gpu=True))
+        cluster, devices = cuda_cluster(workers, series_slots(execution, gpu=True), execution.reuse_freed_memory)
         n = len(devices)
         start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"dask-cuda did not start {n} GPU worker(s) within "
                            f"{LOCAL_START_TIMEOUT_S:g} s", after=lambda client: check_pinning(client, devices))
@@ -108,7 +124,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iter
                                         unstartable_jobs_check)
 
         config = load_slurm_config(execution.slurm_config)
-        with slurm_cluster(config, workers) as cluster:
+        with slurm_cluster(config, workers, execution.reuse_freed_memory) as cluster:
             yield cluster, StartCheck(first_workers_needed(config, workers), config.worker_start_timeout_s,
                                       no_workers_message(config), unstartable_jobs_check(cluster, config))
         return

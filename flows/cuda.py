@@ -65,7 +65,8 @@ def check_pinning(client: object, devices: list[str]) -> None:
     log.info("GPU workers pinned: %s", ", ".join(f"{worker} -> {value}" for worker, value in seen.items()))
 
 
-def cuda_cluster(workers: int | None, series_slots: int = 1) -> tuple[object, list[str]]:
+def cuda_cluster(workers: int | None, series_slots: int = 1, reuse_freed_memory: bool = True
+                 ) -> tuple[object, list[str]]:
     """A ``LocalCUDACluster`` with ``workers`` (default: all visible) GPUs, one worker each, and
     the GPU each worker owns. The CPUs this process may use are shared among the GPU workers
     (torch threads for pre- and post-processing)."""
@@ -83,7 +84,7 @@ def cuda_cluster(workers: int | None, series_slots: int = 1) -> tuple[object, li
     cpus = usable_cpus()
     resources = Resources.plan(cpus, usable_memory_bytes(cpus=cpus), workers=len(devices))
     log.info("GPU cluster: %s", resources.describe())
-    with dask.config.set(resources.dask_config()):
+    with dask.config.set(resources.dask_config(reuse_freed_memory)):
         cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=series_slots,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",
                                    silence_logs=logging.ERROR)

@@ -29,6 +29,7 @@ from distributed.scheduler import KilledWorker
 
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
+from cohort.heap import trim_when_above
 from cohort.manifest import SeriesSpec
 from cohort.pipeline import RunContext, SeriesResult, failed_result, process_series
 
@@ -65,8 +66,11 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
     thread = threading.Thread(target=target, name=f"cohort-series-{spec.series_id}", daemon=True)
     thread.start()
     thread.join(timeout_s)
+    worker = get_worker()
     if not outcome:
-        return TimedOut(spec.series_id, get_worker().address, timeout_s)
+        return TimedOut(spec.series_id, worker.address, timeout_s)
+    if worker.memory_manager.memory_limit:
+        trim_when_above(worker.memory_manager.memory_limit // 2)  # well below Dask's pause (80 %)
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]

@@ -18,6 +18,7 @@ from typing import Mapping
 from distributed.system import memory_limit as host_memory_limit
 
 from cohort.errors import RunCannotStart
+from cohort.heap import reuse_environment
 
 THREAD_ENV_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TORCH_THREADS_ENV = "COHORT_TORCH_THREADS"
@@ -156,17 +157,20 @@ class Resources:
         cpus = usable_cpus()
         return cls.plan(cpus, usable_memory_bytes(cpus=cpus), workers, threads_per_worker, worker_memory_gb)
 
-    def worker_environment(self) -> dict[str, str]:
-        """Variables each worker process starts with, so its libraries use its share of CPUs."""
+    def worker_environment(self, reuse_freed_memory: bool = True) -> dict[str, str]:
+        """Variables each worker process starts with, so its libraries use its share of CPUs and,
+        with ``reuse_freed_memory``, its C heap keeps freed memory (cohort.heap)."""
         threads = str(self.threads_per_worker)
-        return {**{name: threads for name in THREAD_ENV_VARIABLES}, TORCH_THREADS_ENV: threads}
+        heap = reuse_environment(self.memory_limit_bytes) if reuse_freed_memory else {}
+        return {**{name: threads for name in THREAD_ENV_VARIABLES}, TORCH_THREADS_ENV: threads, **heap}
 
-    def dask_config(self) -> dict[str, str]:
+    def dask_config(self, reuse_freed_memory: bool = True) -> dict[str, str]:
         """:meth:`worker_environment` as Dask's ``pre-spawn-environ``: set before each worker
-        process starts (and restarts), as OpenMP reads them only when it loads. Dask's own default
-        is 1 thread per worker whatever the worker count."""
+        process starts (and restarts), as OpenMP and glibc read them only when they load. Dask's
+        own default is 1 thread per worker whatever the worker count, and a heap that returns
+        everything it frees (``MALLOC_TRIM_THRESHOLD_`` 64 kB)."""
         return {f"distributed.nanny.pre-spawn-environ.{name}": value
-                for name, value in self.worker_environment().items()}
+                for name, value in self.worker_environment(reuse_freed_memory).items()}
 
     def describe(self) -> str:
         return (f"{self.workers} worker(s) x {self.threads_per_worker} thread(s) on {self.cpus} usable CPU(s), "

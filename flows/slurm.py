@@ -78,7 +78,21 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
     return SlurmConfig(**{**config.__dict__, "source": str(path)})
 
 
-def cluster_kwargs(config: SlurmConfig) -> dict[str, Any]:
+def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True) -> list[str]:
+    """Job-script lines that give each of a job's ``processes`` workers its share of the job:
+    ``cores / processes`` threads for torch, OpenMP and BLAS (the job's affinity would give each
+    worker all of the job's cores) and, with ``reuse_freed_memory``, the heap settings of
+    cohort.heap for ``memory / processes``."""
+    from dask.utils import parse_bytes
+
+    from cohort.flows.resources import Resources
+
+    share = Resources(config.cores, config.processes, config.cores // config.processes,
+                      parse_bytes(config.memory) // config.processes)
+    return [f"export {name}={value}" for name, value in share.worker_environment(reuse_freed_memory).items()]
+
+
+def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True) -> dict[str, Any]:
     """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for ``config``."""
     directives = [f"--job-name={config.job_name}", *config.job_extra_directives]
     if config.gpus_per_job:
@@ -90,7 +104,7 @@ def cluster_kwargs(config: SlurmConfig) -> dict[str, Any]:
         "processes": config.processes,
         "memory": config.memory,
         "walltime": config.walltime,
-        "job_script_prologue": list(config.job_script_prologue),
+        "job_script_prologue": [*worker_exports(config, reuse_freed_memory), *config.job_script_prologue],
         "job_extra_directives": directives,
         "interface": config.interface,
         "scheduler_options": {"dashboard_address": config.dashboard_address},
@@ -111,7 +125,7 @@ def job_counts(config: SlurmConfig, workers: int | None) -> tuple[int, int]:
 
 
 @contextmanager
-def slurm_cluster(config: SlurmConfig, workers: int | None) -> Iterator[object]:
+def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: bool = True) -> Iterator[object]:
     """A ``SLURMCluster`` scaled adaptively between the configured (or ``--workers``) bounds.
 
     Adaptive scaling also replaces jobs that end early (``scancel``, walltime, node failure).
@@ -123,7 +137,7 @@ def slurm_cluster(config: SlurmConfig, workers: int | None) -> Iterator[object]:
     if config.log_directory:
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
     try:
-        cluster = SLURMCluster(**cluster_kwargs(config))
+        cluster = SLURMCluster(**cluster_kwargs(config, reuse_freed_memory))
     except (ValueError, OSError) as error:
         raise RunCannotStart(f"{config.source}: cannot set up the SLURM cluster: {error}") from None
     try:

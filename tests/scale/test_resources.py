@@ -17,6 +17,7 @@ import pytest
 
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
+from cohort.heap import reuse_environment
 from cohort.flows.clusters import open_client
 from cohort.flows.cuda import check_pinning, gpu_devices, owned_device, worker_visible_devices
 from cohort.flows.resources import (GIB, Resources, cgroup_cpus, cgroup_v1_cpus, cgroup_v2_cpus, slurm_cpus,
@@ -115,14 +116,27 @@ def _worker_threads() -> tuple[str, str, int]:
     return os.environ["OMP_NUM_THREADS"], os.environ["COHORT_TORCH_THREADS"], torch.get_num_threads()
 
 
+def _worker_heap() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}
+
+
 def test_local_workers_get_their_share_of_threads_and_memory() -> None:
     cpus = usable_cpus()
     expected = Resources.for_this_process(workers=1)
     with open_client("local", 1, ExecutionConfig()) as client:
         seen = list(client.run(_worker_threads).values())
+        heaps = list(client.run(_worker_heap).values())
         limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
     assert seen == [(str(cpus), str(cpus), cpus)]
     assert limits == [expected.memory_limit_bytes]
+    assert heaps == [reuse_environment(expected.memory_limit_bytes)]
+    assert heaps[0]["MALLOC_MMAP_MAX_"] == "0"
+
+
+def test_workers_can_keep_the_c_librarys_heap_defaults() -> None:
+    with open_client("local", 1, ExecutionConfig(reuse_freed_memory=False)) as client:
+        heaps = list(client.run(_worker_heap).values())
+    assert heaps == [{"MALLOC_TRIM_THRESHOLD_": "65536"}]  # Dask's own default
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "two"])

@@ -65,8 +65,13 @@ interface: lo
         script = cluster.job_script()
     for line in ("#SBATCH -p gpu", "#SBATCH -A aging-study", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=60G",
                  "#SBATCH -t 12:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --qos=long",
-                 "#SBATCH --job-name=cohort-worker", "module load cuda/12.4", "--nworkers 2"):
+                 "#SBATCH --job-name=cohort-worker", "module load cuda/12.4", "--nworkers 2",
+                 "export OMP_NUM_THREADS=4", "export COHORT_TORCH_THREADS=4", "export MALLOC_ARENA_MAX=1",
+                 f"export MALLOC_TRIM_THRESHOLD_={64 * 10 ** 9 // 2 // 4}"):
         assert line in script, (line, script)
+    assert script.index("export OMP_NUM_THREADS") < script.index("module load cuda/12.4")
+    no_heap = "\n".join(cluster_kwargs(config, reuse_freed_memory=False)["job_script_prologue"])
+    assert "OMP_NUM_THREADS=4" in no_heap and "MALLOC" not in no_heap
     assert job_counts(config, None) == (1, 4) and job_counts(config, 5) == (3, 3)
 
 
