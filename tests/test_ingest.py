@@ -226,3 +226,24 @@ def test_inputs_under_the_manifest_folder_are_named_relative_to_it(tmp_path: Pat
         message = _error(InputName.in_manifest(path, manifest, line))
         assert message.startswith(f"scans/{path.name}: "), message
         assert str(tmp_path) not in message, (case, message)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_gzip_read_by_isal_equals_nibabels_own(tmp_path: Path, examples: Path, monkeypatch, scaled: bool) -> None:
+    """ISA-L's stream gives the very voxels (scaling applied) that nibabel's gzip gives."""
+    pytest.importorskip("isal")
+    from cohort.ingest import nifti
+
+    source = examples / CT
+    if scaled:
+        image = nib.load(str(source))
+        rescaled = nib.Nifti1Image(np.asanyarray(image.dataobj).astype(np.int16), image.affine)
+        rescaled.header.set_slope_inter(0.5, -10.0)
+        source = tmp_path / "scaled.nii.gz"
+        nib.save(rescaled, source)
+    fast, fast_affine = nifti.read_nifti_array(source)
+    monkeypatch.setattr(nifti, "igzip", None)
+    slow, slow_affine = nifti.read_nifti_array(source)
+    assert fast.dtype == slow.dtype and (fast.dtype.kind == "f") is scaled
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(fast_affine, slow_affine)

@@ -3,6 +3,11 @@
 The header is checked before any voxel is read: an uncompressed file must be as long as its
 header's shape says, and no file may claim more than ``ingest.max_voxels`` voxels. (A gzipped
 file's length says nothing about its content; the voxel limit bounds what it can allocate.)
+
+Gzipped voxels are inflated by ISA-L (the ``isal`` package) where it is installed: twice zlib's
+speed, 0.18 s instead of 0.38 s for a 39 M-voxel CT (docs/performance.md); nibabel still parses
+the header and the voxels, from ISA-L's stream. Without ``isal`` (a platform without its wheel)
+nibabel's own gzip reads them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+try:
+    from isal import igzip, isal_zlib
+except ImportError:  # no wheel for this platform: nibabel's gzip
+    igzip = isal_zlib = None
+
 from cohort.config import IngestConfig
 from cohort.errors import SeriesError
 from cohort.ingest.limits import check_voxel_count
@@ -21,7 +31,7 @@ from cohort.ingest.volume import LabelMap
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, zlib.error,
-               OSError, ValueError)
+               OSError, ValueError, *((isal_zlib.error,) if isal_zlib else ()))
 
 
 def is_nifti(path: Path) -> bool:
@@ -38,7 +48,7 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
         if not isinstance(image, nib.Nifti1Image):
             raise nib.filebasedimages.ImageFileError(f"{type(image).__name__}, not NIfTI")
         check_header(name, image, limits)
-        array = np.asanyarray(image.dataobj)
+        array = read_voxels(image, name.path)
     except READ_ERRORS as exc:
         raise SeriesError(f"{name}: cannot read NIfTI ({name.scrub(_first_line(exc))}): corrupt or truncated?") from None
     while array.ndim > 3 and array.shape[-1] == 1:
@@ -46,6 +56,15 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
     if array.ndim != 3 or min(array.shape) < 2:
         raise SeriesError(f"{name}: image has shape {array.shape}; a 3-D volume is needed")
     return array, image.affine
+
+
+def read_voxels(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The voxels of ``image`` (loaded lazily from ``path``), scaling applied."""
+    if igzip is None or not path.name.lower().endswith(".gz"):
+        return np.asanyarray(image.dataobj)
+    with igzip.open(path, "rb") as stream:
+        holder = nib.FileHolder(str(path), fileobj=stream)
+        return np.asanyarray(type(image).from_file_map({"image": holder, "header": holder}).dataobj)
 
 
 def check_header(name: InputName, image: nib.Nifti1Image, limits: IngestConfig) -> None:
