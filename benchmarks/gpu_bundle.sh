@@ -47,6 +47,7 @@ PACKAGES=(
     # cohort's own runtime dependencies (pyproject.toml) that the device lacks
     dask==2026.8.0 distributed==2026.8.0
     zarr==3.1.6 nibabel==5.4.2 simpleitk==2.5.7 pydicom==3.0.2
+    isal==1.9.1                                    # gzip NIfTI read (cohort.ingest.nifti)
     prefect==3.9.1 fastapi==0.150.0                # fastapi<0.151: Prefect 3.8+'s server (constraints.txt)
     # dask / distributed
     partd==1.4.2 locket==1.0.0 zict==3.0.0 tblib==3.2.2 tornado==6.6.1
