@@ -90,7 +90,9 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
                 on_start(prepared, prefect.description)
             if prepared.plan.todo and not stop.is_set():
                 # The cluster starts while the Prefect server (started above) boots; then both are up.
-                with open_client(request.cluster, request.workers, prepared.config.execution) as client, \
+                model = prepared.context.model
+                with open_client(request.cluster, request.workers, prepared.config.execution,
+                                 model.spec.worker_memory_gb if model else None) as client, \
                         prefect.connected():
                     summary = run_cohort_flow(prepared, client, on_result, stop)
             else:  # nothing left: no flow, no cluster, so a finished manifest reruns in seconds

@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
-from cohort.flows.resources import Resources
+from cohort.flows.resources import GIB, Resources
 from cohort.signals import WORKER_PRELOAD
 
 CLUSTERS = ("local", "cuda", "slurm")
@@ -46,10 +46,12 @@ def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
 
 
 @contextmanager
-def open_client(kind: str, workers: int | None, execution: ExecutionConfig) -> Iterator[Client]:
-    """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit."""
+def open_client(kind: str, workers: int | None, execution: ExecutionConfig,
+                model_memory_gb: float | None = None) -> Iterator[Client]:
+    """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit.
+    ``model_memory_gb``: what one worker needs for the run's model (none when nothing is segmented)."""
     with preserved_environment(), dask.config.set(dask_settings(execution)), \
-            _cluster(kind, workers, execution) as (cluster, start):
+            _cluster(kind, workers, execution, model_memory_gb) as (cluster, start):
         with Client(cluster) as client:
             wait_for_start(client, start)
             yield client
@@ -99,10 +101,16 @@ def wait_for_start(client: Client, start: StartCheck) -> None:
 
 
 @contextmanager
-def _cluster(kind: str, workers: int | None, execution: ExecutionConfig) -> Iterator[tuple[object, StartCheck]]:
+def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
+             model_memory_gb: float | None) -> Iterator[tuple[object, StartCheck]]:
     if kind == "local":
-        resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb)
+        resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb,
+                                               model_memory_gb)
         log.info("local cluster: %s", resources.describe())
+        if model_memory_gb and resources.memory_limit_bytes < model_memory_gb * GIB:
+            log.warning("each worker gets %.1f GiB, less than the %.0f GB the model needs on a large CT: large "
+                        "series may run out of memory (fewer --workers, or execution.worker_memory_gb)",
+                        resources.memory_limit_bytes / GIB, model_memory_gb)
         with dask.config.set({**resources.dask_config(execution.reuse_freed_memory),
                               "distributed.worker.preload": [WORKER_PRELOAD]}):
             cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),

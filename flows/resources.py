@@ -132,11 +132,12 @@ class Resources:
 
     @classmethod
     def plan(cls, cpus: int, memory_bytes: int, workers: int | None = None, threads_per_worker: int = 1,
-             worker_memory_gb: float | None = None) -> "Resources":
+             worker_memory_gb: float | None = None, model_memory_gb: float | None = None) -> "Resources":
         """Size a cluster for ``cpus`` CPUs and ``memory_bytes`` of memory.
 
         Without ``workers``: ``cpus // threads_per_worker`` workers, fewer when
-        ``worker_memory_gb`` each would not fit in memory. With ``workers`` (``--workers N``): that
+        ``worker_memory_gb`` each (else ``model_memory_gb``, what the run's model needs: its
+        ``worker_memory_gb`` key) would not fit in memory. With ``workers`` (``--workers N``): that
         many, sharing the CPUs (``cpus // N`` threads each, at least 1). Memory per worker:
         ``worker_memory_gb``, else an equal share; never more than there is.
         """
@@ -144,18 +145,21 @@ class Resources:
             raise RunCannotStart(f"--workers {workers}: must be at least 1")
         if workers is None:
             workers = max(1, cpus // threads_per_worker)
-            if worker_memory_gb:
-                workers = max(1, min(workers, int(memory_bytes // (worker_memory_gb * GIB))))
+            needed_gb = worker_memory_gb or model_memory_gb
+            if needed_gb:
+                workers = max(1, min(workers, int(memory_bytes // (needed_gb * GIB))))
         threads = max(1, cpus // workers)
         per_worker = int(worker_memory_gb * GIB) if worker_memory_gb else memory_bytes // workers
         return cls(cpus, workers, threads, min(per_worker, memory_bytes))
 
     @classmethod
     def for_this_process(cls, workers: int | None = None, threads_per_worker: int = 1,
-                         worker_memory_gb: float | None = None) -> "Resources":
+                         worker_memory_gb: float | None = None, model_memory_gb: float | None = None
+                         ) -> "Resources":
         """:meth:`plan` with the CPUs and memory this process may use."""
         cpus = usable_cpus()
-        return cls.plan(cpus, usable_memory_bytes(cpus=cpus), workers, threads_per_worker, worker_memory_gb)
+        return cls.plan(cpus, usable_memory_bytes(cpus=cpus), workers, threads_per_worker, worker_memory_gb,
+                        model_memory_gb)
 
     def worker_environment(self, reuse_freed_memory: bool = True) -> dict[str, str]:
         """Variables each worker process starts with, so its libraries use its share of CPUs and,

@@ -144,6 +144,7 @@ class ModelSpec:
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
     body_crop: BodyCropSpec = field(default_factory=BodyCropSpec)
+    worker_memory_gb: float | None = None
     source: str = ""
 
     @property
@@ -202,6 +203,8 @@ def _validate(spec: ModelSpec, path: Path) -> None:
         (spec.fold >= 0, "fold", "must be >= 0"),
         (spec.chunking.max_voxels > 0, "chunking.max_voxels", "must be positive"),
         (spec.chunking.overlap_mm >= 0, "chunking.overlap_mm", "must be >= 0"),
+        (spec.worker_memory_gb is None or spec.worker_memory_gb > 0, "worker_memory_gb",
+         "must be positive (GB), or null"),
         (bool(spec.get_weights) or spec.weights_url is not None, "weights_url",
          "or get_weights must say where the weights come from"),
         (pre.orientation in ORIENTATIONS, "preprocess.orientation", f"must be one of {', '.join(ORIENTATIONS)}"),

@@ -18,6 +18,7 @@ import pytest
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
 from cohort.heap import reuse_environment
+from cohort.segmentation import load_model_spec
 from cohort.flows.clusters import open_client
 from cohort.flows.cuda import check_pinning, gpu_devices, owned_device, worker_visible_devices
 from cohort.flows.resources import (GIB, Resources, cgroup_cpus, cgroup_v1_cpus, cgroup_v2_cpus, slurm_cpus,
@@ -99,6 +100,24 @@ def test_plan_shares_cpus_and_memory() -> None:
     assert Resources.plan(2, memory, workers=6).threads_per_worker == 1
     with pytest.raises(RunCannotStart, match="at least 1"):
         Resources.plan(8, memory, workers=0)
+
+
+def test_the_models_need_caps_the_worker_count_not_the_memory_limit() -> None:
+    """64 cores and 128 GB with a model that needs 12 GB: 10 workers of 6 threads, each with an
+    equal share (12.8 GB) as its limit; an explicit ``worker_memory_gb`` or ``--workers`` wins."""
+    memory = 128 * GIB
+    assert Resources.plan(64, memory, model_memory_gb=12) == Resources(64, 10, 6, memory // 10)
+    assert Resources.plan(64, memory, worker_memory_gb=4, model_memory_gb=12) == Resources(64, 32, 2, 4 * GIB)
+    assert Resources.plan(64, memory, workers=32, model_memory_gb=12).workers == 32
+    assert Resources.plan(2, 24 * GIB, model_memory_gb=load_model_spec("fast").worker_memory_gb).workers == 2
+    assert Resources.plan(4, 8 * GIB, model_memory_gb=100) == Resources(4, 1, 4, 8 * GIB)
+
+
+def test_a_local_cluster_too_small_for_the_model_says_so(caplog) -> None:
+    with caplog.at_level("WARNING", logger="cohort.flows.clusters"):
+        with open_client("local", None, ExecutionConfig(), model_memory_gb=10_000) as client:
+            assert len(client.scheduler_info()["workers"]) == 1
+    assert "less than the 10000 GB the model needs" in caplog.text
 
 
 def test_slurm_memory_allocation_caps_memory() -> None:

@@ -50,6 +50,8 @@ def _write(tmp_path: Path, name: str, **changes) -> Path:
     ({"networks": [{"dataset": "297_total", "classes": "class_map_total_v2.csv"}]}, "networks[0].dataset"),
     ({"chunking": {"max_voxels": 10, "overlap": 5}}, "chunking.overlap"),
     ({"tile_size": 0.5}, "tile_size"),
+    ({"worker_memory_gb": 0}, "worker_memory_gb"),
+    ({"worker_memory_gb": "lots"}, "worker_memory_gb"),
 ])
 def test_bad_entries_name_file_and_key(tmp_path, changes, key):
     path = _write(tmp_path, "mine", **changes)
