@@ -7,7 +7,8 @@ and the small random test network, in one run.
     python benchmarks/bench_pipeline.py --n 8
 
 Prints the processing window of each (first series started to last finished, from the
-``series/`` table: start-up and model load excluded), the ratios, and the mean stage seconds.
+``series/`` table: start-up and model load excluded), the ratios, the mean stage seconds and the
+worker's peak resident memory.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import cohort
 from cohort.manifest import example_manifest
 from cohort.pipeline import STAGES
 from cohort.segmentation import load_model_spec
-from cohort.testing.benchmarks import processing_window, series_manifest
+from cohort.testing.benchmarks import PeakChildMemory, processing_window, series_manifest
 from cohort.testing.weights import build_weights
 
 CLINICAL_SPACING_MM = (0.8, 0.8, 1.5)
@@ -51,7 +52,8 @@ VARIANTS = {
 }
 
 
-def run(ct: Path, n: int, weights: Path, work: Path, name: str, execution: dict[str, object]) -> pd.DataFrame:
+def run(ct: Path, n: int, weights: Path, work: Path, name: str, execution: dict[str, object]
+        ) -> tuple[pd.DataFrame, int]:
     folder = work / name.replace(" ", "_").replace(",", "")
     folder.mkdir()
     copies = [folder / f"ct{index:02d}.nii.gz" for index in range(n)]
@@ -60,9 +62,10 @@ def run(ct: Path, n: int, weights: Path, work: Path, name: str, execution: dict[
     manifest = series_manifest(folder / "scans.csv", copies)
     config = folder / "run.yaml"
     config.write_text("execution:\n" + "".join(f"  {key}: {value}\n" for key, value in execution.items()))
-    summary = cohort.run(manifest, folder / "results", weights=weights, config=config, workers=1)
+    with PeakChildMemory() as memory:
+        summary = cohort.run(manifest, folder / "results", weights=weights, config=config, workers=1)
     assert summary.exit_code == 0, summary.failures
-    return pd.read_parquet(folder / "results" / "series")
+    return pd.read_parquet(folder / "results" / "series"), memory.peak_bytes
 
 
 def window_s(series: pd.DataFrame) -> float:
@@ -80,11 +83,12 @@ def main() -> None:
     ct = clinical_ct(work)
     windows = {}
     for name, execution in VARIANTS.items():
-        series = run(ct, args.n, weights, work, name, execution)
+        series, peak_bytes = run(ct, args.n, weights, work, name, execution)
         windows[name] = window_s(series)
         stages = ", ".join(f"{stage} {series[f'seconds_{stage}'].mean():.2f}" for stage in STAGES)
         print(f"{name}: {args.n} series in {windows[name]:.1f} s "
-              f"({3600 * args.n / windows[name]:.0f} series/h); mean s per series: {stages}")
+              f"({3600 * args.n / windows[name]:.0f} series/h); mean s per series: {stages}; "
+              f"worker peak {peak_bytes / 2 ** 30:.2f} GiB")
     baseline, reused, prefetch = windows.values()
     print(f"heap reused / default heap, one at a time: {baseline / reused:.2f}x")
     print(f"prefetch 1 / prefetch 0, heap reused: {reused / prefetch:.2f}x")
