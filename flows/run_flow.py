@@ -14,6 +14,7 @@ from distributed import Client
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 from prefect.utilities.annotations import quote
 
 from cohort.errors import OutputWriteFailed, RunCannotStart
@@ -56,7 +57,8 @@ def run_cohort_flow(run: PreparedRun, client: Client, on_result: Callable[[Serie
     The caller opens the cluster (:func:`cohort.flows.clusters.open_client`) before it waits for
     the Prefect API, so that the two start together instead of one after the other.
     """
-    outcome = cohort_run(run, client, on_result, stop)
+    state = cohort_run(run, client, on_result, stop, return_state=True)
+    outcome = state.result(raise_on_failure=not state.is_cancelled())  # a bug in the flow raises here
     if isinstance(outcome, StoppedEarly):
         raise outcome.error
     return outcome
@@ -64,11 +66,12 @@ def run_cohort_flow(run: PreparedRun, client: Client, on_result: Callable[[Serie
 
 @flow(name="cohort-run", flow_run_name="{run.run_id}", validate_parameters=False)
 def cohort_run(run: PreparedRun, client: Client, on_result: Callable[[SeriesResult], None] | None = None,
-               stop: StopRequest | None = None) -> RunSummary | StoppedEarly:
+               stop: StopRequest | None = None) -> RunSummary | StoppedEarly | State:
     """Process ``run.plan.todo`` on the requested cluster; return the run's summary.
 
     When ``stop`` is set (SIGINT/SIGTERM) the dispatch ends early, every finished result is
-    still written, and ``stop.in_flight_dropped`` says how many series were dropped.
+    still written, ``stop.in_flight_dropped`` says how many series were dropped, and the flow
+    run ends Cancelled (with the summary as its data), not Completed.
     """
     if stop is not None:
         stop.reclaim()
@@ -84,6 +87,9 @@ def cohort_run(run: PreparedRun, client: Client, on_result: Callable[[SeriesResu
         record_failures(summary)
     logger.info("done %d, failed %d, skipped %d in %.1f s", summary.n_done, summary.n_failed, summary.n_skipped,
                 summary.seconds)
+    if stop is not None and stop.is_set():
+        return Cancelled(message=f"interrupted ({stop.signal.name}): {stop.in_flight_dropped} series in flight "
+                                 "dropped; rerun the same command to resume", data=summary)
     return summary
 
 

@@ -50,7 +50,7 @@ def test_signal_to_the_process_group_stops_saves_and_resumes(stop_signal: signal
     manifest, config = cohort_inputs
     out = tmp_path / "results"
     args = ["run", "--manifest", str(manifest), "--out", str(out), "--config", str(config), "--workers", "2"]
-    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", *args], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", "-v", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=cli_env(None), start_new_session=True)
     deadline = time.monotonic() + 180
     while not list((out / "series").glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
@@ -67,6 +67,8 @@ def test_signal_to_the_process_group_stops_saves_and_resumes(stop_signal: signal
 
     assert process.returncode == exit_code, stderr
     assert "Traceback" not in stderr, stderr
+    assert re.search(r"prefect\.flow_runs: Finished in state Cancelled\(.interrupted", stderr), stderr
+    assert not re.search(r"prefect\.flow_runs: Finished in state Completed", stderr), stderr
     stopped = re.search(rf"interrupted \({stop_signal.name}\); (\d+) series done and saved, (\d+) in flight dropped; "
                         "rerun the same command to resume", stderr.replace("\n", " "))
     assert stopped, stderr
