@@ -44,6 +44,7 @@ from cohort.config import load_run_config
 from cohort.ingest import LabelMap, align_labels, load_ct, load_label_nifti
 from cohort.pipeline import MeasureSettings, measure_series
 from cohort.provenance import LABELS_MODEL
+from cohort.store.layout import missing_table
 
 if TYPE_CHECKING:
     import duckdb
@@ -187,9 +188,8 @@ def open_results(out: PathLike, aging: PathLike | None = None) -> Results:
     ``aging`` defaults to ``<out>/aging``.
     """
     out = Path(out)
-    for table in ("features", "series"):
-        if not any((out / table).glob("*.parquet")):
-            raise FileNotFoundError(f"{out / table}: no Parquet table here; run `cohort run --out {out}` first")
+    if missing := missing_table(out, "features", "series"):
+        raise FileNotFoundError(missing)
     features = pd.read_parquet(out / "features")
     series = _with_covariate_columns(pd.read_parquet(out / "series"))
     aging_dir = Path(aging) if aging is not None else out / AGING_FOLDER

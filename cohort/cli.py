@@ -254,8 +254,10 @@ def review_command(args: argparse.Namespace) -> int:
 
 def _require_tables(results: Path) -> None:
     """Stats need measured series; when every series failed, say why instead of "run first"."""
-    if not any((results / "series").glob("*.parquet")):
-        raise RunCannotStart(f"{results / 'series'}: no Parquet table here; run `cohort run --out {results}` first")
+    from cohort.store.layout import missing_table
+
+    if missing := missing_table(results, "series"):
+        raise RunCannotStart(missing)
     if not any((results / "features").glob("*.parquet")):
         import pandas as pd
 

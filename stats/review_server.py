@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from cohort.errors import RunCannotStart
+from cohort.store.layout import missing_table
 from cohort.stats.overlays import OverlayRequest, ensure_overlays
 from cohort.stats.report import _page, _table
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
@@ -57,8 +58,8 @@ class ReviewSite:
     @classmethod
     def load(cls, results_dir: Path, stats_dir: Path | None = None) -> "ReviewSite":
         results_dir = Path(results_dir)
-        if not any((results_dir / "series").glob("*.parquet")):
-            raise RunCannotStart(f"{results_dir / 'series'}: no Parquet table here; run `cohort run --out {results_dir}` first")
+        if missing := missing_table(results_dir, "series"):
+            raise RunCannotStart(missing)
         series = pd.read_parquet(results_dir / "series")
         features = pd.read_parquet(results_dir / "features")
         zscores_path = Path(stats_dir or results_dir / "aging") / "zscores.parquet"

@@ -72,3 +72,16 @@ def test_a_bad_manifest_raises_what_the_cli_exits_2_for(tmp_path: Path) -> None:
     manifest.write_text("series_id,labels\nx,y\n")
     with pytest.raises(ManifestError, match="required column 'path'"):
         cohort.run(manifest, tmp_path / "out")
+
+
+def test_reading_results_that_are_not_there_says_which_table_and_what_to_run(tmp_path: Path) -> None:
+    from testkit import cohort_cli
+
+    with pytest.raises(FileNotFoundError, match=r"features: no Parquet table here; run `cohort run --out .*` first"):
+        cohort.open_results(tmp_path)
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "part-0.parquet").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"series: no Parquet table here"):
+        cohort.open_results(tmp_path)
+    result = cohort_cli("stats", "--results", str(tmp_path), timeout=120)
+    assert result.returncode == 2 and "series: no Parquet table here" in result.stderr, result.stderr

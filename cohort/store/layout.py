@@ -12,6 +12,15 @@ import zarr
 from cohort.errors import RunCannotStart
 
 
+def missing_table(out: Path, *tables: str) -> str | None:
+    """Why the results under ``out`` cannot be read: the first of ``tables`` (``features``,
+    ``series``) that has no Parquet part yet; None when all have one."""
+    for table in tables:
+        if not any((Path(out) / table).glob("*.parquet")):
+            return f"{Path(out) / table}: no Parquet table here; run `cohort run --out {out}` first"
+    return None
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """Paths of the tables, the label store and the run's own bookkeeping under ``root``."""
