@@ -49,8 +49,10 @@ def measure_structures(
     """
     if hu.shape != labels.shape:
         raise ValueError(f"image {hu.shape} and label map {labels.shape} differ in shape")
-    if _histogram_bins(hu, n_labels) <= MAX_HISTOGRAM_BINS:
-        counts, stats = _statistics_from_histograms(hu, labels, n_labels)
+    value_range = _integer_range(hu)
+    if value_range is not None and (n_labels + 1) * (value_range[1] - value_range[0] + 1) <= MAX_HISTOGRAM_BINS:
+        values = np.arange(value_range[0], value_range[1] + 1, dtype=np.int64)
+        counts, stats = _statistics_from_histograms(hu, labels, n_labels, values)
     else:
         counts, stats = _statistics_from_sorted_groups(hu, labels, n_labels)
     return StructureMeasurements(
@@ -66,20 +68,20 @@ def measure_structures(
     )
 
 
-def _histogram_bins(hu: np.ndarray, n_labels: int) -> float:
+def _integer_range(hu: np.ndarray) -> tuple[int, int] | None:
+    """The image's lowest and highest value; None for a float (or empty) image."""
     if not np.issubdtype(hu.dtype, np.integer) or hu.size == 0:
-        return np.inf
-    return (n_labels + 1) * (int(hu.max()) - int(hu.min()) + 1)
+        return None
+    return int(hu.min()), int(hu.max())
 
 
-def label_value_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of each integer value per label: ``(histograms, values)``, where
-    ``histograms[label, i]`` counts the voxels of ``label`` with value ``values[i]``.
+def label_value_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int, values: np.ndarray) -> np.ndarray:
+    """Counts of each integer value per label: ``histograms[label, i]`` counts the voxels of
+    ``label`` with value ``values[i]`` (``values``: consecutive integers covering ``hu``).
 
     Ids of ``n_labels`` or more share one extra last row, so no bin is ever out of range.
     """
-    lowest = int(hu.min())
-    values = np.arange(lowest, int(hu.max()) + 1, dtype=np.int64)
+    lowest = int(values[0])
     rows = n_labels + 1
     flat = np.zeros(rows * values.size, dtype=np.int64)
     axis = _slowest_axis(hu)
@@ -92,7 +94,7 @@ def label_value_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int) ->
         codes += hu[slab]
         codes -= lowest
         flat += np.bincount(codes.ravel(order="K"), minlength=flat.size)
-    return flat.reshape(rows, values.size)[:n_labels], values
+    return flat.reshape(rows, values.size)[:n_labels]
 
 
 def _slowest_axis(array: np.ndarray) -> int:
@@ -100,8 +102,9 @@ def _slowest_axis(array: np.ndarray) -> int:
     return int(np.argmax(np.abs(array.strides)))
 
 
-def _statistics_from_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    histograms, values = label_value_histograms(hu, labels, n_labels)
+def _statistics_from_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int, values: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    histograms = label_value_histograms(hu, labels, n_labels, values)
     counts = histograms.sum(axis=1)
     stats = np.full((n_labels, 5), np.nan)  # mean, std, p05, median, p95
     present = np.flatnonzero(counts[1:]) + 1  # the background is counted, not measured
