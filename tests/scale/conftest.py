@@ -50,12 +50,15 @@ def slurm_run_config(tmp_path: Path) -> tuple[Path, str, Path]:
 
 @pytest.fixture(scope="session")
 def slow_series(tmp_path_factory) -> tuple[Path, Path]:
-    """A real CT and label map large enough that one series takes seconds (ingest alone ~2 s).
+    """A real CT and label map large enough that one series takes seconds: 4.1-4.5 s alone on
+    one worker of the 2-core machine (ingest 2.5-2.8 s), well past the 1.5 s timeout that
+    test_scale_faults gives it. At 400 slices it took 2.0-2.2 s, and a retry that ran alone
+    sometimes finished inside the timeout.
 
     Kill and timeout tests act on it while it runs: no test hook in cohort's code.
     """
     folder = tmp_path_factory.mktemp("slow")
-    shape = (512, 512, 400)
+    shape = (512, 512, 800)
     ct = np.full(shape, -1000, np.int16)
     ct[100:400, 100:400, 50:350] = 40
     labels = np.zeros(shape, np.uint8)
