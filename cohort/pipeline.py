@@ -137,6 +137,14 @@ def source_key(key: RunKey, fingerprint: str) -> str:
     return digest([key.segmentation_part().digest, fingerprint])
 
 
+def label_map_attributes(series_id: str, model: str, settings: MeasureSettings) -> dict:
+    """What a stored label map says of itself: its series and model, the structure of each id
+    (so that a reader needs no class-map file) and the image's modality."""
+    return {"series_id": series_id, "model": model, "class_map": Path(settings.class_map.source).name,
+            "structures": {str(label): name for label, name in settings.class_map.names.items()},
+            "modality": settings.modality}
+
+
 def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> SeriesResult:
     """Process one manifest row end to end; a problem with the series gives a ``failed`` row.
 
@@ -168,8 +176,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             with timer.stage("store"):
                 try:
                     write_label_map(context.labels_zarr, spec.series_id, label_map,
-                                    {"series_id": spec.series_id, "model": key.model,
-                                     "class_map": Path(context.measure.class_map.source).name}, made_from)
+                                    label_map_attributes(spec.series_id, key.model, context.measure), made_from)
                 except OSError as error:
                     result = failed_result(spec, f"{spec.where}: cannot write its label map to "
                                                  f"{context.labels_zarr}: {error.strerror or error}", attempt, timer,

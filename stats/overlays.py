@@ -3,15 +3,18 @@
 A reviewer judges a segmentation by looking at it. For one series (and optionally one structure
 of interest, drawn thick and filled) :func:`draw_overlay` renders three axial slices (top row)
 and three coronal slices (bottom row) in radiological orientation (patient's right on the left),
-every label's outline in its own colour. The window is soft tissue (W 400 / L 40), or bone
-(W 1800 / L 400) when the structure of interest is a bone.
+every label's outline in its own colour. A CT is shown in the soft-tissue window (W 400 / L 40),
+or the bone window (W 1800 / L 400) when the structure of interest is a bone; an MR, whose
+intensities have no fixed scale, from its 1st to its 99th percentile.
 
 Mosaics are cached under ``results/qc/<series_id>/<structure or "series">.png`` (the
 contract's ``qc/`` folder) and made on demand by :func:`ensure_overlays`, in parallel; nothing
 draws all series of a cohort unless asked to.
 
-The CT is found through the run's own records: the series row's ``manifest_line`` in the
-manifest that ``runs/*.json`` names; the label map is ``labels.zarr/<series_id>``.
+The image is found through the run's own records: the series row's ``manifest_line`` in the
+manifest that ``runs/*.json`` names (with its ``series_uid`` when the row's folder holds several
+DICOM series); the label map is ``labels.zarr/<series_id>``, whose own attributes say which id
+is which structure (models number their structures differently) and the image's modality.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from cohort.config import load_class_map
+from cohort.config import ConfigError, load_class_map
 from cohort.errors import SeriesError
 from cohort.ingest import InputName, load_ct
 from cohort.manifest import load_manifest
-from cohort.store import read_label_map
+from cohort.store import label_map_attributes, read_label_map
 
 log = logging.getLogger(__name__)
 WINDOWS = {"soft tissue": (40.0, 400.0), "bone": (400.0, 1800.0)}
+MR_PERCENTILES = (1.0, 99.0)
+OLDEST_CLASS_MAP = "class_map_total_v2.csv"  # label maps written before cohort recorded their class map
 BONE_WORDS = ("vertebra", "rib", "sacrum", "femur", "hip", "humerus", "scapula", "clavicula", "sternum", "skull")
 WHOLE_SERIES = "series"
 HIGHLIGHT = np.array([1.0, 0.9, 0.0, 1.0])
@@ -56,6 +61,27 @@ class OverlayRequest:
     def thumbnail(self, results_dir: Path) -> Path:
         """The same mosaic at 360 x 240 pixels, for pages listing many series."""
         return self.path(results_dir).with_suffix(".thumb.png")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a series' image is: the manifest row's path and, for a folder holding several DICOM
+    series, the one the row chose."""
+
+    name: InputName
+    series_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The grey-level window of a mosaic: ``level`` and ``width`` in the image's units."""
+
+    level: float
+    width: float
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} L {self.level:g} / W {self.width:g}"
 
 
 @dataclass(frozen=True)
@@ -85,8 +111,8 @@ def ensure_overlays(results_dir: Path, requests: list[OverlayRequest], workers: 
     return [made.get(r) or Overlay(r, r.path(results_dir)) for r in requests]
 
 
-def image_sources(results_dir: Path, series_ids: set[str]) -> dict[str, InputName]:
-    """Where each series' CT is, from the newest run record whose manifest is still readable."""
+def image_sources(results_dir: Path, series_ids: set[str]) -> dict[str, ImageSource]:
+    """Where each series' image is, from the newest run record whose manifest is still readable."""
     import pandas as pd
 
     manifests = _manifests(results_dir)
@@ -96,8 +122,8 @@ def image_sources(results_dir: Path, series_ids: set[str]) -> dict[str, InputNam
     lines = dict(zip(rows["series_id"], rows["manifest_line"])) if "manifest_line" in rows else {}
     for manifest in manifests:
         specs = {s.series_id: s for s in load_manifest(manifest) if s.series_id in series_ids}
-        return {sid: InputName.in_manifest(s.path, s.manifest, s.line) for sid, s in specs.items()
-                if lines.get(sid) in (None, s.line)}
+        return {sid: ImageSource(InputName.in_manifest(s.path, s.manifest, s.line), s.series_uid)
+                for sid, s in specs.items() if lines.get(sid) in (None, s.line)}
     return {}
 
 
@@ -115,19 +141,28 @@ def _manifests(results_dir: Path) -> list[Path]:
     return found
 
 
-def _draw_cached(results_dir: Path, request: OverlayRequest, image: InputName | None) -> Overlay:
+def _draw_cached(results_dir: Path, request: OverlayRequest, image: ImageSource | None) -> Overlay:
+    sid = request.series_id
     if image is None:
-        return Overlay(request, None, f"{request.series_id}: its CT is not in the manifest of any recorded run")
+        return Overlay(request, None, f"{sid}: its image is not in the manifest of any recorded run")
     try:
-        labels = read_label_map(results_dir / "labels.zarr", request.series_id)
-        volume = load_ct(image)
+        labels = read_label_map(results_dir / "labels.zarr", sid)
+        attributes = label_map_attributes(results_dir / "labels.zarr", sid)
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return Overlay(request, None, f"{sid}: no label map in labels.zarr")
+    highlight = None
+    if request.structure is not None:
+        highlight = structure_label(attributes, request.structure)
+        if highlight is None:
+            return Overlay(request, None, f"{sid}: {request.structure!r} is not a structure of its label map")
+    try:
+        volume = load_ct(image.name, series_uid=image.series_uid, modality=None)
     except SeriesError as error:
         return Overlay(request, None, str(error))
-    except (FileNotFoundError, KeyError, ValueError, OSError):
-        return Overlay(request, None, f"{request.series_id}: no label map in labels.zarr")
     if volume.hu.shape != labels.labels.shape:
-        return Overlay(request, None, f"{request.series_id}: label map and CT differ in shape")
-    figure = overlay_figure(volume.hu, labels.labels, volume.affine, _label_of(request.structure))
+        return Overlay(request, None, f"{sid}: label map and image differ in shape")
+    window = display_window(volume.hu, attributes.get("modality", "CT"), highlight)
+    figure = overlay_figure(volume.hu, labels.labels, volume.affine, highlight, window)
     request.path(results_dir).parent.mkdir(parents=True, exist_ok=True)
     for path, dpi in ((request.path(results_dir), FULL_DPI), (request.thumbnail(results_dir), THUMBNAIL_DPI)):
         temporary = path.with_name(f".{path.name}.tmp")
@@ -136,19 +171,51 @@ def _draw_cached(results_dir: Path, request: OverlayRequest, image: InputName | 
     return Overlay(request, request.path(results_dir))
 
 
-def _label_of(structure: str | None) -> tuple[int, str] | None:
-    if structure is None:
-        return None
-    ids = {name: label for label, name in load_class_map("class_map_total_v2.csv").names.items()}
-    return (ids[structure], structure) if structure in ids else None
+def structure_label(attributes: dict, structure: str) -> tuple[int, str] | None:
+    """``(label id, structure)`` in the label map whose attributes are ``attributes``, or ``None``.
+
+    The ids come from the map's own ``structures`` attribute; maps written before cohort recorded
+    it name their class-map file instead, and the oldest name none (they are TotalSegmentator v2).
+
+    >>> structure_label({"structures": {"12": "esophagus"}}, "esophagus")
+    (12, 'esophagus')
+    >>> structure_label({}, "esophagus")
+    (15, 'esophagus')
+    """
+    if "structures" in attributes:
+        names = {name: int(label) for label, name in attributes["structures"].items()}
+    else:
+        try:
+            class_map = load_class_map(attributes.get("class_map", OLDEST_CLASS_MAP))
+        except ConfigError:
+            return None
+        names = {name: label for label, name in class_map.names.items()}
+    return (names[structure], structure) if structure in names else None
+
+
+def display_window(image: np.ndarray, modality: str, highlight: tuple[int, str] | None = None) -> Window:
+    """The window to show ``image`` in: a CT's soft-tissue or bone window (by the highlighted
+    structure), an MR's 1st to 99th percentile of its non-zero voxels.
+
+    >>> str(display_window(np.zeros((2, 2, 2)), "CT", (25, "vertebrae_L4")))
+    'bone L 400 / W 1800'
+    """
+    if modality != "MR":
+        name = "bone" if highlight and highlight[1].startswith(BONE_WORDS) else "soft tissue"
+        return Window(*WINDOWS[name], name)
+    values = image[image > 0]
+    low, high = np.percentile(values, MR_PERCENTILES) if values.size else (0.0, 1.0)
+    high = max(high, low + 1.0)
+    return Window((low + high) / 2, high - low, "1st-99th percentile")
 
 
 def overlay_figure(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
-                   highlight: tuple[int, str] | None = None) -> Figure:
+                   highlight: tuple[int, str] | None = None, window: Window | None = None) -> Figure:
     """The 2 x 3 mosaic (9 x 6 inches) (axial top, coronal bottom) of ``hu`` with ``labels``' contours.
 
     ``highlight`` is ``(label id, name)`` of the structure of interest: its slices are chosen
-    through it, its outline is thick yellow and it is filled.
+    through it, its outline is thick yellow and it is filled. ``window`` defaults to the CT's
+    (:func:`display_window`).
 
     >>> hu = np.full((20, 20, 10), -1000.0); hu[5:15, 5:15, 2:8] = 40.0
     >>> labels = (hu > 0).astype(np.uint8)
@@ -159,7 +226,8 @@ def overlay_figure(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
     target = labels == highlight[0] if highlight else labels > 0
     if not target.any():
         target = np.ones(labels.shape, dtype=bool)
-    level, width = WINDOWS["bone" if highlight and highlight[1].startswith(BONE_WORDS) else "soft tissue"]
+    window = window or display_window(hu, "CT", highlight)
+    level, width = window.level, window.width
     fig = Figure(figsize=(9, 6), facecolor="black")
     axes = fig.subplots(2, 3)
     fig.subplots_adjust(0, 0, 1, 0.93, 0.02, 0.02)
@@ -168,7 +236,7 @@ def overlay_figure(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray,
     for column, y in enumerate(_slices(target, axis=1)):
         _panel(axes[1, column], hu[:, y, :], labels[:, y, :], spacing[2] / spacing[0], highlight, level, width)
     name = highlight[1] if highlight else "all structures"
-    fig.suptitle(f"{name}: axial (top), coronal (bottom); window L {level:g} / W {width:g}", color="white", fontsize=10)
+    fig.suptitle(f"{name}: axial (top), coronal (bottom); window {window}", color="white", fontsize=10)
     return fig
 
 

@@ -5,8 +5,10 @@
 * :func:`qc_by_system`: the share of each QC status per organ system, one bar each.
 
 Organ systems are the five parts TotalSegmentator's ``total`` task is trained in (organs,
-vertebrae, cardiac, muscles, ribs; ``configs/class_map_total_v2_parts.csv``); a structure not
-in that file is ``other``. :func:`save` writes 300 dpi PNG and any of SVG/PDF asked for.
+vertebrae, cardiac, muscles, ribs; ``configs/class_map_total_v2_parts.csv``, then the v3 and
+MR parts files for structures v2 lacks, e.g. ``vertebrae_L6`` and the MR model's
+``intervertebral_discs``); a structure in none of them (e.g. VIBESegmentator's fat
+compartments) is ``other``. :func:`save` writes 300 dpi PNG and any of SVG/PDF asked for.
 """
 
 from __future__ import annotations
@@ -27,9 +29,14 @@ PAPER_DPI = 300
 FORMATS = ("png", "svg", "pdf")
 
 
+PARTS_FILES = ("class_map_total_v2_parts.csv", "class_map_total_v3_parts.csv", "class_map_total_mr_parts.csv")
+
+
 def organ_systems() -> pd.Series:
-    """Structure name -> organ system (the TotalSegmentator model part it belongs to)."""
-    parts = pd.read_csv(config_file("class_map_total_v2_parts.csv"))
+    """Structure name -> organ system (the TotalSegmentator model part it belongs to; the first
+    of :data:`PARTS_FILES` that has it, so the heart stays ``cardiac`` in an MR report although
+    the MR model trains it with the organs)."""
+    parts = pd.concat([pd.read_csv(config_file(name)) for name in PARTS_FILES]).drop_duplicates("structure")
     return pd.Series(parts["part"].str.removeprefix("class_map_part_").to_numpy(), index=parts["structure"])
 
 

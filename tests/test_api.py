@@ -17,7 +17,8 @@ from cohort.manifest import example_manifest
 from cohort.store import OutputLayout, exclusive_output
 from testkit import write_manifest
 
-DOCTEST_MODULES = ["cohort.api", "cohort.segmentation.registry", "cohort.stats.study", "cohort.provenance"]
+DOCTEST_MODULES = ["cohort.api", "cohort.segmentation.registry", "cohort.stats.study", "cohort.provenance",
+                   "cohort.stats.overlays"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

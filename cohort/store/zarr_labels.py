@@ -1,7 +1,8 @@
 """Label maps in one Zarr store, one array per series, so features can be recomputed later.
 
-Each array keeps the voxel grid it was measured on (``affine``, ``spacing_mm`` attributes) and
-the class map that gives its ids meaning; nothing from the image header beyond geometry.
+Each array keeps the voxel grid it was measured on (``affine``, ``spacing_mm`` attributes), the
+class map that gives its ids meaning (``class_map``, and ``structures``: id -> name, so that a
+reader needs no CSV) and the image's ``modality``; nothing from the image header beyond geometry.
 
 An array is written in two steps: voxels first, then the attribute ``complete`` together with
 ``source_key`` (the digest of the model, its weights and the input files that made it). A
@@ -43,6 +44,12 @@ def write_label_map(store: Path, series_id: str, label_map: LabelMap, attributes
         }
     )
     array.attrs.update({"source_key": source_key, "complete": True})
+
+
+def label_map_attributes(store: Path, series_id: str) -> dict:
+    """The attributes of one series' stored label map (``{}`` for maps written before cohort
+    recorded any)."""
+    return dict(zarr.open_array(str(store), path=series_id, mode="r").attrs)
 
 
 def complete_label_map(store: Path, series_id: str, source_key: str, shape: tuple[int, ...]) -> LabelMap | None:

@@ -1,16 +1,23 @@
-"""Overlay mosaics from a real ``cohort run`` over the shipped example CTs and label maps."""
+"""Overlay mosaics from a real ``cohort run`` over the shipped example CTs and label maps, an
+MR run (its own label ids and window) and one series of a DICOM folder holding two."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
 import matplotlib.image
+import nibabel as nib
 import numpy as np
 import pytest
-from testkit import cohort_cli
+from testkit import cohort_cli, write_manifest
 
-from cohort.stats.overlays import OverlayRequest, ensure_overlays
+from cohort.config import load_class_map
+from cohort.ingest import load_ct
+from cohort.stats.overlays import OverlayRequest, display_window, ensure_overlays, structure_label
+from cohort.store import label_map_attributes
+from tests.export.pacs import Patient, Study, example_slices, write_series
 
 YELLOW = np.array([1.0, 0.9, 0.0])
 
@@ -46,10 +53,78 @@ def test_mosaics_are_drawn_cached_and_highlight_the_structure(run_dir: Path) -> 
 
 def test_missing_image_is_a_one_line_reason_without_paths(run_dir: Path, tmp_path: Path) -> None:
     unknown, = ensure_overlays(run_dir, [OverlayRequest("no_such_series")], workers=1)
-    assert unknown.path is None and unknown.problem == "no_such_series: its CT is not in the manifest of any recorded run"
+    assert unknown.path is None and unknown.problem == "no_such_series: its image is not in the manifest of any recorded run"
     copy = tmp_path / "results"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("qc"))
     shutil.rmtree(copy / "labels.zarr" / "example_fast")
     no_labels, = ensure_overlays(copy, [OverlayRequest("example_fast", "spleen")], workers=1)
     assert no_labels.problem == "example_fast: no label map in labels.zarr"
     assert not (copy / "qc" / "example_fast" / "spleen.png").exists()
+
+
+def test_an_unknown_structure_is_a_reason_not_an_unhighlighted_mosaic(run_dir: Path) -> None:
+    unknown, = ensure_overlays(run_dir, [OverlayRequest("example_full", "no_such_organ")], workers=1)
+    assert unknown.path is None and unknown.problem == "example_full: 'no_such_organ' is not a structure of its label map"
+
+
+def _mr_from_example(examples: Path, folder: Path) -> tuple[Path, Path]:
+    """The example CT shifted to positive intensities (what cohort's MR check accepts) and
+    TotalSegmentator's v2 label map renumbered to total_mr's ids (colon: v2 20, total_mr 15)."""
+    ct = nib.load(examples / "example_ct_sm.nii.gz")
+    mr = np.asanyarray(ct.dataobj).astype(np.int16) + 1100
+    mr_ids = {name: label for label, name in load_class_map("class_map_total_mr.csv").names.items()}
+    renumber = np.zeros(256, np.uint8)
+    for label, name in load_class_map("class_map_total_v2.csv").names.items():
+        renumber[label] = mr_ids.get(name, 0)
+    seg = nib.load(examples / "example_seg.nii.gz")
+    labels = renumber[np.asanyarray(seg.dataobj).astype(np.uint8)]
+    nib.save(nib.Nifti1Image(mr, ct.affine), folder / "mr.nii.gz")
+    nib.save(nib.Nifti1Image(labels, seg.affine), folder / "mr_labels.nii.gz")
+    return folder / "mr.nii.gz", folder / "mr_labels.nii.gz"
+
+
+def test_an_mr_label_map_is_drawn_with_its_own_ids_and_an_intensity_window(
+        examples: Path, tmp_path: Path, prefect_server: str) -> None:
+    image, labels = _mr_from_example(examples, tmp_path)
+    manifest = write_manifest(tmp_path / "scans.csv", [{"series_id": "mr1", "path": str(image), "age": 60, "sex": "F",
+                                                         "labels": str(labels)}])
+    out = tmp_path / "results"
+    done = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--model", "total_mr",
+                      api=prefect_server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    attributes = label_map_attributes(out / "labels.zarr", "mr1")
+    assert attributes["modality"] == "MR" and attributes["structures"]["15"] == "colon"
+    assert structure_label(attributes, "colon") == (15, "colon")
+    colon, = ensure_overlays(out, [OverlayRequest("mr1", "colon")], workers=1)
+    assert colon.problem is None
+    assert _yellow(colon.path).sum() > 2000  # v2's id 20 is no structure of this map: nothing would be yellow
+    intensities = load_ct(image, modality=None).hu
+    window = display_window(intensities, "MR")
+    low, high = np.percentile(intensities[intensities > 0], [1, 99])
+    assert (window.level - window.width / 2, window.level + window.width / 2) == pytest.approx((low, high))
+    assert str(display_window(intensities, "CT")) == "soft tissue L 40 / W 400"
+
+
+def test_one_series_of_a_dicom_folder_holding_two_is_drawn(examples: Path, tmp_path: Path,
+                                                           prefect_server: str) -> None:
+    slices = example_slices(examples)
+    folder = tmp_path / "study"
+    study = Study(Patient("DOE^JANE", "PID-1", "19580312"))
+    chosen = write_series(folder, slices, study)
+    write_series(folder, slices[::2], study, thickness=6.0, description="thick reconstruction")
+    volume = load_ct(folder, series_uid=chosen)
+    labels = np.zeros(volume.hu.shape, np.uint8)
+    ids = {name: label for label, name in load_class_map("class_map_total_v2.csv").names.items()}
+    labels[200:300, 200:300, 5:15] = ids["vertebrae_L4"]
+    nib.save(nib.Nifti1Image(labels, volume.affine), tmp_path / "labels.nii.gz")
+    manifest = tmp_path / "scans.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["series_id", "path", "series_uid", "age", "sex", "labels"])
+        writer.writerow(["d1", str(folder), chosen, 70, "M", str(tmp_path / "labels.nii.gz")])
+    out = tmp_path / "results"
+    done = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), api=prefect_server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bone, = ensure_overlays(out, [OverlayRequest("d1", "vertebrae_L4")], workers=1)
+    assert bone.problem is None and _yellow(bone.path).sum() > 500
+

@@ -19,6 +19,7 @@ from cohort.stats import run_stats, write_report
 from cohort.stats.cohort_table import AgeGroups
 from cohort.stats.freshness import check_stats
 from cohort.stats.report import StaleStats, format_p
+from cohort.stats.report_figures import organ_systems
 from cohort.stats.review import rejected
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
@@ -190,3 +191,12 @@ def test_table1_uses_the_study_age_groups(report: Path, results: Path) -> None:
     assert ">78" in study_labels
     page = report.read_text()
     assert "&gt;78" in page and "&gt;=78" not in page
+
+
+def test_organ_systems_cover_v3_and_mr_structures_and_keep_ct_systems_first() -> None:
+    systems = organ_systems()
+    assert systems.index.is_unique
+    assert systems["vertebrae_L6"] == "vertebrae"  # v3 only
+    assert systems["intervertebral_discs"] == "organs"  # MR only
+    assert systems["heart"] == "cardiac" and systems["spleen"] == "organs"
+    assert "subcutaneous_fat" not in systems  # VIBESegmentator: "other"
