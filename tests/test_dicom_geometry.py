@@ -148,3 +148,18 @@ def test_gaps_and_tilt_that_dcm2niix_resamples_are_refused(case, edit, reason, d
     with pytest.raises(SeriesError, match="^series: ") as error:
         load_ct(folder)
     assert reason in str(error.value)
+
+
+def test_a_series_tagged_as_the_other_modality_is_refused_before_its_voxels(slices, tmp_path: Path) -> None:
+    mr = tmp_path / "mr"
+    write_series(mr, slices, STUDY, modality="MR")
+    with pytest.raises(SeriesError, match=r"mr: its DICOM Modality is MR, and the model is for CT \(use an MR model"):
+        load_ct(mr)
+    assert load_ct(mr, modality=None).hu.shape == (512, 512, 8)  # a companion or overlay image is not judged
+    other = tmp_path / "other"
+    write_series(other, slices, STUDY, modality="OT")  # a reformatted series: the intensities decide
+    assert load_ct(other).hu.shape == (512, 512, 8)
+    ct = tmp_path / "ct"
+    write_series(ct, slices, STUDY)
+    with pytest.raises(SeriesError, match=r"its DICOM Modality is CT, and the model is for MR \(use a CT model"):
+        load_ct(ct, modality="MR")

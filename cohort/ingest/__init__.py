@@ -33,7 +33,7 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     name = InputName.of(source)
     declared = None
     if name.path.is_dir():
-        values, affine, declared = read_ct_dicom(name, limits, series_uid)
+        values, affine, declared = read_ct_dicom(name, limits, series_uid, modality)
     elif is_nifti(name.path) or not name.path.exists():
         values, affine = read_nifti_array(name, limits)
     else:

@@ -12,6 +12,10 @@ says so, what would make a volume silently wrong:
   spacing) or uneven spacing (a step off the median by more than ``SPACING_TOLERANCE``);
 - multi-frame (enhanced) images: refused (convert them with dcm2niix first).
 
+A series whose ``Modality`` tag names the other modality than the model's (MR for a CT model,
+CT for an MR model) is refused before a voxel is read; other values (``OT`` after
+reformatting, missing) leave the judgement to the intensity check (``cohort.ingest.checks``).
+
 Pixels are read file by file with SimpleITK/GDCM (which decodes compressed transfer syntaxes),
 each slice with its own RescaleSlope/RescaleIntercept, and stacked in the sorted order; the
 affine is built from the headers. The series is the single series of a folder (GDCM,
@@ -23,7 +27,7 @@ sub-folders, is read exactly. Only voxels and geometry leave this module (patien
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +44,13 @@ from cohort.ingest.padding import Padding, declared_padding
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
                  "NumberOfFrames")
-HEADER_TAGS = GEOMETRY_TAGS + ("SeriesInstanceUID", "SOPInstanceUID", "PixelRepresentation", "BitsAllocated",
+HEADER_TAGS = GEOMETRY_TAGS + ("Modality", "SeriesInstanceUID", "SOPInstanceUID", "PixelRepresentation", "BitsAllocated",
                                "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit")
 GAP_FACTOR = 1.5  # a step this many times the median spacing means missing slices
 SPACING_TOLERANCE = 0.05  # relative deviation of a step from the median spacing still called even
 SPACING_TOLERANCE_MM = 0.01  # absolute floor of that tolerance (positions are rounded in headers)
 ORTHOGONALITY_TOLERANCE = 1e-3  # of the dot product / norms of the orientation vectors
+OTHER_MODALITY = {"CT": ("MR", "an MR model, e.g. --model total_mr"), "MR": ("CT", "a CT model, e.g. --model fast")}
 TILT_TOLERANCE_DEG = 0.1  # angle between the slice normal and the line through the slice positions
 SAME_POSITION_MM = 1e-3
 UNREADABLE = (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError)
@@ -181,15 +186,29 @@ def _fmt(value: tuple) -> str:
 
 
 def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(),
-                  series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray, Padding | None]:
+                  series_uid: str | None = None, modality: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, Padding | None]:
     """The voxels, affine and declared padding of a DICOM series: the single series of a folder,
-    or series ``series_uid`` found anywhere under the folder."""
+    or series ``series_uid`` found anywhere under the folder. ``modality`` is the model's: a
+    series tagged as the other one is refused (:func:`check_declared_modality`)."""
     name = InputName.of(source)
     headers, geometry = series_geometry(name, series_uid)
+    if modality is not None:
+        check_declared_modality(name, headers.values(), modality)
     check_voxel_count(name, geometry.shape, limits)
     slices = [_read_slice(name, file) for file in geometry.files]
     values = np.stack(slices, axis=-1)
     return values, geometry.affine, _declared_padding(headers[geometry.files[0]])
+
+
+def check_declared_modality(name: InputName, headers: Iterable[pydicom.Dataset], modality: str) -> None:
+    """Refuse a series whose ``Modality`` tag is the other of CT and MR than the model's ``modality``."""
+    if modality not in OTHER_MODALITY:
+        return
+    other, suggestion = OTHER_MODALITY[modality]
+    declared = {str(header.get("Modality", "")).strip().upper() for header in headers}
+    if other in declared:
+        raise SeriesError(f"{name}: its DICOM Modality is {other}, and the model is for {modality} (use {suggestion})")
 
 
 def series_geometry(source: Path | InputName,
