@@ -44,3 +44,27 @@ def test_a_table_mixing_ct_and_mr_is_refused(tmp_path: Path) -> None:
     results, _ = _as_mr(tmp_path, mixed=True)
     with pytest.raises(ResultsTableError, match="several modalities"):
         run_stats(results, figures="none")
+
+
+def test_mr_pooling_weights_intensities_and_keeps_what_the_model_measures_whole() -> None:
+    from cohort.config import ConfigError
+    from cohort.stats.pooled import add_pooled_rows, load_pooled_definitions
+
+    features = pd.DataFrame({
+        "series_id": ["s1"] * 3,
+        "structure": ["kidney_left", "kidney_right", "lung_left"],  # total_mr: the left lung is one class
+        "status": ["ok", "fov_truncated", "ok"],
+        "volume_ml": [150.0, 50.0, 1500.0],
+        "mean_hu": [np.nan] * 3,
+        "mean_intensity": [400.0, 800.0, 90.0],
+    })
+    definitions = load_pooled_definitions("pooled_structures.csv")
+    rows = add_pooled_rows(features, definitions).set_index("structure")
+    assert rows.loc["kidney", "mean_intensity"] == pytest.approx((400 * 150 + 800 * 50) / 200)
+    assert rows.loc["kidney", "volume_ml"] == 200 and rows.loc["kidney", "status"] == "fov_truncated"
+    assert np.isnan(rows.loc["kidney", "mean_hu"])
+    assert rows.index.tolist().count("lung_left") == 1 and rows.loc["lung_left", "volume_ml"] == 1500
+    lobe = features.iloc[[2]].assign(structure="lung_upper_lobe_left")
+    with pytest.raises(ConfigError, match="'lung_left' is measured whole and also pooled from measured parts "
+                                          r"\(lung_upper_lobe_left\)"):
+        add_pooled_rows(pd.concat([features, lobe]), definitions)
