@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
+from cohort.config import load_class_map
+
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
     columns = ["series_id", "path", "age", "sex", "labels"]
@@ -66,3 +71,19 @@ def wait_for_health(api_url: str, server: subprocess.Popen, server_output, timeo
                 server.kill()
                 pytest.fail(f"the Prefect server did not start: {server_output()[-2000:]}")
             time.sleep(0.2)
+
+
+def mr_from_example(examples: Path, folder: Path) -> tuple[Path, Path]:
+    """The example CT shifted to positive intensities (what cohort's MR check accepts) and
+    TotalSegmentator's v2 label map renumbered to total_mr's ids (colon: v2 20, total_mr 15)."""
+    ct = nib.load(examples / "example_ct_sm.nii.gz")
+    mr = np.asanyarray(ct.dataobj).astype(np.int16) + 1100
+    mr_ids = {name: label for label, name in load_class_map("class_map_total_mr.csv").names.items()}
+    renumber = np.zeros(256, np.uint8)
+    for label, name in load_class_map("class_map_total_v2.csv").names.items():
+        renumber[label] = mr_ids.get(name, 0)
+    seg = nib.load(examples / "example_seg.nii.gz")
+    labels = renumber[np.asanyarray(seg.dataobj).astype(np.uint8)]
+    nib.save(nib.Nifti1Image(mr, ct.affine), folder / "mr.nii.gz")
+    nib.save(nib.Nifti1Image(labels, seg.affine), folder / "mr_labels.nii.gz")
+    return folder / "mr.nii.gz", folder / "mr_labels.nii.gz"

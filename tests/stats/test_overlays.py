@@ -11,7 +11,7 @@ import matplotlib.image
 import nibabel as nib
 import numpy as np
 import pytest
-from testkit import cohort_cli, write_manifest
+from testkit import cohort_cli, mr_from_example, write_manifest
 
 from cohort.config import load_class_map
 from cohort.ingest import load_ct
@@ -67,25 +67,9 @@ def test_an_unknown_structure_is_a_reason_not_an_unhighlighted_mosaic(run_dir: P
     assert unknown.path is None and unknown.problem == "example_full: 'no_such_organ' is not a structure of its label map"
 
 
-def _mr_from_example(examples: Path, folder: Path) -> tuple[Path, Path]:
-    """The example CT shifted to positive intensities (what cohort's MR check accepts) and
-    TotalSegmentator's v2 label map renumbered to total_mr's ids (colon: v2 20, total_mr 15)."""
-    ct = nib.load(examples / "example_ct_sm.nii.gz")
-    mr = np.asanyarray(ct.dataobj).astype(np.int16) + 1100
-    mr_ids = {name: label for label, name in load_class_map("class_map_total_mr.csv").names.items()}
-    renumber = np.zeros(256, np.uint8)
-    for label, name in load_class_map("class_map_total_v2.csv").names.items():
-        renumber[label] = mr_ids.get(name, 0)
-    seg = nib.load(examples / "example_seg.nii.gz")
-    labels = renumber[np.asanyarray(seg.dataobj).astype(np.uint8)]
-    nib.save(nib.Nifti1Image(mr, ct.affine), folder / "mr.nii.gz")
-    nib.save(nib.Nifti1Image(labels, seg.affine), folder / "mr_labels.nii.gz")
-    return folder / "mr.nii.gz", folder / "mr_labels.nii.gz"
-
-
 def test_an_mr_label_map_is_drawn_with_its_own_ids_and_an_intensity_window(
         examples: Path, tmp_path: Path, prefect_server: str) -> None:
-    image, labels = _mr_from_example(examples, tmp_path)
+    image, labels = mr_from_example(examples, tmp_path)
     manifest = write_manifest(tmp_path / "scans.csv", [{"series_id": "mr1", "path": str(image), "age": 60, "sex": "F",
                                                          "labels": str(labels)}])
     out = tmp_path / "results"

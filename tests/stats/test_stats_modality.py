@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from testkit import cohort_cli, mr_from_example, write_manifest
+
 from cohort.stats import run_stats
 from cohort.stats.cohort_table import ResultsTableError
 from cohort.testing.cohorts import make_cohort
@@ -68,3 +70,21 @@ def test_mr_pooling_weights_intensities_and_keeps_what_the_model_measures_whole(
     with pytest.raises(ConfigError, match="'lung_left' is measured whole and also pooled from measured parts "
                                           r"\(lung_upper_lobe_left\)"):
         add_pooled_rows(pd.concat([features, lobe]), definitions)
+
+
+def test_cohort_stats_and_report_on_a_real_total_mr_run(examples: Path, tmp_path: Path, prefect_server: str) -> None:
+    image, labels = mr_from_example(examples, tmp_path)
+    rows = [{"series_id": f"mr{i:02d}", "path": str(image), "age": 30 + 3 * i, "sex": "MF"[i % 2], "labels": str(labels)}
+            for i in range(16)]
+    manifest = write_manifest(tmp_path / "scans.csv", rows)
+    out = tmp_path / "results"
+    for command in (("run", "--manifest", str(manifest), "--out", str(out), "--model", "total_mr"),
+                    ("stats", "--results", str(out)), ("report", "--results", str(out))):
+        done = cohort_cli(*command, api=prefect_server)
+        assert done.returncode == 0, done.stderr[-2000:]
+    descriptives = pd.read_parquet(out / "aging" / "descriptives.parquet")
+    assert "mean_hu" not in set(descriptives["metric"]) and "mean_intensity" in set(descriptives["metric"])
+    exclusions = pd.read_parquet(out / "aging" / "exclusions.parquet").set_index(["structure", "reason"])["n_series"]
+    assert exclusions["lung_left", "absent"] == 16  # the model's own whole-lung rows (the slab holds no lung)
+    assert exclusions["kidney", "fov_truncated"] == 16  # pooled from the two (cut) kidneys
+    assert "not a CT" not in (out / "report.html").read_text()
