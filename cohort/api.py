@@ -122,16 +122,21 @@ def _command_line() -> str:
     return f"cohort.run() from {sys.argv[0] or 'python'} (pid {os.getpid()})"
 
 
-def measure(ct: PathLike, labels: PathLike, config: PathLike | None = None, series_id: str | None = None
-            ) -> pd.DataFrame:
-    """Measure every structure of one CT with its label map: the ``features/`` rows of that pair.
+def measure(ct: PathLike, labels: PathLike, config: PathLike | None = None, series_id: str | None = None,
+            model: str = "fast") -> pd.DataFrame:
+    """Measure every structure of one image with its label map: the ``features/`` rows of that pair.
 
-    ``ct`` is a NIfTI file or a DICOM series folder, ``labels`` a TotalSegmentator v2 ``total``
-    label map of it (same grid, any axis order); ``config`` a run configuration (its
-    ``measure`` section is used). The rows are exactly those ``cohort run`` writes.
+    ``ct`` is a NIfTI file or a DICOM series folder, ``labels`` a label map of it (same grid, any
+    axis order) numbered as ``model``'s class map (the default, a TotalSegmentator v2 ``total``
+    map; ``model="total_mr"`` for an MR image and its map); ``config`` a run configuration (its
+    ``measure`` section is used). The rows are exactly those ``cohort run --model model`` writes
+    for a manifest row with that ``labels`` column.
     """
-    settings = MeasureSettings.from_config(load_run_config(Path(config) if config else None))
-    volume = load_ct(Path(ct))
+    from cohort.segmentation.registry import load_model_spec
+
+    spec = load_model_spec(model)
+    settings = MeasureSettings.from_config(load_run_config(Path(config) if config else None), spec)
+    volume = load_ct(Path(ct), modality=spec.modality)
     label_map = align_labels(volume, load_label_nifti(Path(labels)))
     name = series_id or _stem(Path(ct))
     return measure_series(name, volume, label_map, LABELS_MODEL, settings).to_pandas()

@@ -11,6 +11,7 @@ import pytest
 
 from testkit import cohort_cli, mr_from_example, write_manifest
 
+import cohort
 from cohort.stats import run_stats
 from cohort.stats.cohort_table import ResultsTableError
 from cohort.testing.cohorts import make_cohort
@@ -88,3 +89,6 @@ def test_cohort_stats_and_report_on_a_real_total_mr_run(examples: Path, tmp_path
     assert exclusions["lung_left", "absent"] == 16  # the model's own whole-lung rows (the slab holds no lung)
     assert exclusions["kidney", "fov_truncated"] == 16  # pooled from the two (cut) kidneys
     assert "not a CT" not in (out / "report.html").read_text()
+    stored = pd.read_parquet(out / "features").query("series_id == 'mr00'").sort_values("label").reset_index(drop=True)
+    measured = cohort.measure(image, labels, series_id="mr00", model="total_mr")  # the notebook path, same rows
+    pd.testing.assert_frame_equal(measured, stored, check_dtype=False)
