@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 
 from cohort.config import config_file
 
-READABLE_METRICS = {"volume_ml": "volume", "mean_hu": "mean HU", "std_hu": "SD of HU", "median_hu": "median HU"}
+READABLE_METRICS = {"volume_ml": "volume", "mean_hu": "mean HU", "std_hu": "SD of HU", "median_hu": "median HU",
+                    "mean_intensity": "mean intensity", "fat_fraction": "fat fraction"}
 STATUS_COLORS = {"ok": "#1f5fa8", "absent": "#b8c4d0", "fov_truncated": "#e6a23c", "below_lower_bound": "#c0392b"}
 STRATUM_NAMES = {"all": "all", "F": "female", "M": "male"}
 PAPER_DPI = 300
