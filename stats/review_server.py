@@ -89,7 +89,8 @@ class ReviewSite:
         rows = self.features[self.features["series_id"] == series_id]
         facts = self.series[self.series["series_id"] == series_id][["series_id", "age", "sex", "status", "error"]]
         back = f"/series/{urllib.parse.quote(series_id)}"
-        table = rows[["structure", "status", "volume_ml", "mean_hu", "lower_bound_ml"]].copy()
+        values = [c for c in ("mean_hu", "mean_intensity", "fat_fraction") if c in rows and rows[c].notna().any()]
+        table = rows[["structure", "status", "volume_ml", *values, "lower_bound_ml"]].copy()  # HU for CT, intensity for MR
         table["decide"] = [self._form(series_id, s, back) for s in table["structure"]]
         flagged = self.queue.flag_rows[self.queue.flag_rows["series_id"] == series_id]
         body = [_table(facts), f"<h2>Whole series</h2>{self._form(series_id, None, back)}",

@@ -14,6 +14,7 @@ from testkit import cohort_cli, mr_from_example, write_manifest
 import cohort
 from cohort.stats import run_stats
 from cohort.stats.cohort_table import ResultsTableError
+from cohort.stats.review_server import ReviewSite
 from cohort.testing.cohorts import make_cohort
 
 
@@ -92,3 +93,5 @@ def test_cohort_stats_and_report_on_a_real_total_mr_run(examples: Path, tmp_path
     stored = pd.read_parquet(out / "features").query("series_id == 'mr00'").sort_values("label").reset_index(drop=True)
     measured = cohort.measure(image, labels, series_id="mr00", model="total_mr")  # the notebook path, same rows
     pd.testing.assert_frame_equal(measured, stored, check_dtype=False)
+    page = ReviewSite.load(out).series_page("mr00")  # the review site's structure table: intensities, no HU
+    assert "<th>mean_intensity</th>" in page and "<th>mean_hu</th>" not in page
