@@ -15,6 +15,7 @@ from cohort.cli import main
 from cohort.errors import ManifestError
 from cohort.manifest import load_manifest, read_manifest
 from testkit import cohort_cli
+from tests.export.pacs import Patient, Study, example_slices, write_series
 
 HEADER = "series_id,path,age,sex,labels,scanner\n"
 
@@ -170,3 +171,28 @@ def test_check_of_an_unreadable_manifest_exits_2(tmp_path: Path) -> None:
 def test_check_of_a_missing_manifest_exits_2(tmp_path: Path, capsys) -> None:
     assert main(["check", "--manifest", str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv: manifest not found" in " ".join(capsys.readouterr().err.split())
+
+
+def test_check_with_a_model_lists_series_tagged_as_the_other_modality(examples: Path, tmp_path: Path) -> None:
+    slices = example_slices(examples)[:4]
+    study = Study(Patient("DOE^JANE", "PID-1", "19580312"))
+    write_series(tmp_path / "mr_alone", slices, study, modality="MR")
+    mixed = tmp_path / "mixed"
+    ct_uid = write_series(mixed, slices, study)
+    mr_uid = write_series(mixed, slices, study, modality="MR", thickness=6.0)
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path,series_uid,age,sex\n"
+                        f"a,mr_alone,,60,F\nb,mixed,{ct_uid},61,M\nc,mixed,{mr_uid},62,F\n")
+    plain = cohort_cli("check", "--manifest", str(manifest))
+    assert plain.returncode == 0, plain.stdout  # without a model the tag is nobody's business
+    result = cohort_cli("check", "--manifest", str(manifest), "--model", "fast")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[:2] == [
+        "scans.csv line 2 (a): mr_alone: its DICOM Modality is MR, and the model is for CT "
+        "(use an MR model, e.g. --model total_mr)",
+        "scans.csv line 4 (c): mixed: its DICOM Modality is MR, and the model is for CT "
+        "(use an MR model, e.g. --model total_mr)"]
+    mr_model = cohort_cli("check", "--manifest", str(manifest), "--model", "total_mr")
+    assert [line.split(":")[0] for line in mr_model.stdout.splitlines()[:-1]] == ["scans.csv line 3 (b)"]
+    unknown = cohort_cli("check", "--manifest", str(manifest), "--model", "no_such_model")
+    assert unknown.returncode == 2 and "unknown model 'no_such_model'" in unknown.stdout + unknown.stderr
