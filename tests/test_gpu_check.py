@@ -33,4 +33,5 @@ def test_gpu_check_cpu_fallback_runs_every_step(tmp_path: Path) -> None:
         assert "not installed" in results["totalsegmentator_fast"]["skipped"]
     else:  # the CPU path keeps TotalSegmentator's arithmetic: every voxel equal on identical weights
         assert results["totalsegmentator_fast"]["voxels_equal_to_cohort"] == [1.0]
+        assert results["totalsegmentator_fast"]["totalsegmentator_rerun_voxels_equal"] == 1.0
     assert "gpu_check summary" in done.stdout
