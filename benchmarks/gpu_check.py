@@ -185,12 +185,20 @@ def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: t
     series = pd.read_parquet(folder / "results" / "series")
     first, last = processing_window(series)
     window = last - first
-    stages = {stage: round(float(series[f"seconds_{stage}"].mean()), 3)
-              for stage in ("ingest", "load_model", "segment", "measure", "store")}
+    stages = ("ingest", "load_model", "segment", "measure", "store")
+    finished = (series["finished_at"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().sort_values()
+    # After the first series is out, the model is loaded and the pipeline full: the steady rate.
+    steady_window = float(finished.iloc[-1] - finished.iloc[0])
+    per_series = [{"series_id": row.series_id, "started_s": round(row.finished_s - row.seconds_total - first, 2),
+                   "finished_s": round(row.finished_s - first, 2),
+                   **{stage: round(float(getattr(row, f"seconds_{stage}") or 0.0), 3) for stage in stages}}
+                  for row in series.assign(finished_s=finished).sort_values("finished_s").itertuples()]
     return {"model": model, "series": len(cts), "prefetch": prefetch, "wall_s": round(wall, 1),
             "window_s": round(window, 2), "series_per_h": round(3600 * len(cts) / window),
-            "busy_fraction": sampler.busy(first, last), "mean_stage_s": stages,
-            "done": int((series["status"] == "done").sum())}
+            "steady_series_per_h": round(3600 * (len(cts) - 1) / steady_window) if steady_window > 0 else None,
+            "busy_fraction": sampler.busy(first, last),
+            "mean_stage_s": {stage: round(float(series[f"seconds_{stage}"].mean()), 3) for stage in stages},
+            "done": int((series["status"] == "done").sum()), "per_series": per_series}
 
 
 def precision_agreement(weights: Path, cts: list[Path], device: torch.device) -> dict:
@@ -261,7 +269,9 @@ def step(results: dict, name: str, out: Path, function, *args) -> None:
     except Exception as error:  # noqa: BLE001 - the check reports every step it can
         results[name] = {"error": f"{type(error).__name__}: {error}"[:4000]}
     results[name]["step_s"] = round(time.perf_counter() - start, 1) if isinstance(results[name], dict) else None
-    log(f"{name}: {json.dumps(results[name])}")
+    shown = {key: value for key, value in results[name].items() if key != "per_series"} if isinstance(results[name], dict) \
+        else results[name]
+    log(f"{name}: {json.dumps(shown)}")
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
 
 
@@ -271,8 +281,9 @@ def summary(results: dict) -> list[str]:
     e2e = results.get("cohort_run_fast", {}).get("series_per_h")
     ts = results.get("totalsegmentator_fast", {}).get("series_per_h")
     if pure and e2e:
+        steady = results["cohort_run_fast"].get("steady_series_per_h")
         lines.append(f"fast: end to end {e2e} series/h = {e2e / pure:.0%} of the network alone ({pure} series/h); "
-                     "targets >= 70 % and >= 720 series/h")
+                     f"after the first series {steady} series/h; targets >= 70 % and >= 720 series/h")
     if e2e and ts:
         lines.append(f"fast: cohort run / TotalSegmentator CLI loop = {e2e / ts:.1f}x ({e2e} vs {ts} series/h); target >= 5x")
     reference = results.get("totalsegmentator_fast", {})
@@ -282,8 +293,9 @@ def summary(results: dict) -> list[str]:
     pure_full = results.get("network_full", {}).get("series_per_h")
     e2e_full = results.get("cohort_run_full", {}).get("series_per_h")
     if pure_full and e2e_full:
+        steady = results["cohort_run_full"].get("steady_series_per_h")
         lines.append(f"full: end to end {e2e_full} series/h = {e2e_full / pure_full:.0%} of the network alone "
-                     f"({pure_full} series/h)")
+                     f"({pure_full} series/h); after the first series {steady} series/h")
     return lines
 
 

@@ -81,6 +81,7 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
         from cohort.driver import BatchWriter, RunRequest, finish_run, prepare_run
         from cohort.flows.clusters import open_client
         from cohort.flows.run_flow import run_cohort_flow
+        from cohort.flows.warmup import warm_up_workers
         from cohort.store import OutputLayout, exclusive_output
 
         request = RunRequest(manifest=manifest, out=out, model=model, weights=weights, config=config,
@@ -93,9 +94,11 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
                 # The cluster starts while the Prefect server (started above) boots; then both are up.
                 model = prepared.context.model
                 with open_client(request.cluster, request.workers, prepared.config.execution,
-                                 model.spec.worker_memory_gb if model else None) as client, \
-                        prefect.connected():
-                    summary = run_cohort_flow(prepared, client, on_result, stop)
+                                 model.spec.worker_memory_gb if model else None) as client:
+                    if prepared.config.execution.load_model_at_start:
+                        warm_up_workers(client, prepared.context, prepared.plan.todo)
+                    with prefect.connected():
+                        summary = run_cohort_flow(prepared, client, on_result, stop)
             else:  # nothing left: no flow, no cluster, so a finished manifest reruns in seconds
                 summary = finish_run(prepared, BatchWriter.for_run(prepared), time.perf_counter())
     if stop.is_set():

@@ -55,6 +55,7 @@ class ExecutionConfig:
     precision: str = "fp16"
     channels_last: bool = False
     reuse_freed_memory: bool = True
+    load_model_at_start: bool = True
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,10 @@ def test_segmented_rows_get_label_maps_on_their_own_grid(model: str, weights: Pa
     plain = read_label_map(out / "labels.zarr", "sm").labels
     mirrored = read_label_map(out / "labels.zarr", "sm_las").labels
     assert (plain == mirrored[::-1]).mean() > 0.999
-    # One worker: the networks are loaded for the first segmented series only.
+    # One worker, which loads the networks once, as it joins (cohort.flows.warmup): only the first
+    # segmented series can have waited for them.
     load = series.loc[segmented, "seconds_load_model"].sort_values()
-    assert load.iloc[-1] > 0.5 and load.iloc[:-1].max() < 0.05, load.to_dict()
+    assert load.iloc[:-1].max() < 0.05, load.to_dict()
 
 
 def _path(manifest: Path, series_id: str) -> Path:
