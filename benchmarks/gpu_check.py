@@ -1,6 +1,6 @@
 """GPU check (issue G): is the network, not cohort, the bottleneck on a GPU node?
 
-    bash benchmarks/gpu_check.sh              # a GPU node: about 5 minutes on one H100
+    bash benchmarks/gpu_check.sh              # a GPU node: about 7 minutes on one H200
     bash benchmarks/gpu_check.sh --cpu        # the CPU fallback that CI runs: tiny sizes, the same steps
 
 Prints, and writes as JSON to ``--out``:
@@ -303,7 +303,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="the CPU fallback: small networks and CTs, 2 series")
     parser.add_argument("--n", type=int, default=None, help="CTs for the end-to-end run (20; 2 with --cpu)")
-    parser.add_argument("--ts-n", type=int, default=None, help="CTs for the TotalSegmentator loop (5; 1 with --cpu)")
+    parser.add_argument("--ts-n", type=int, default=None, help="CTs for the TotalSegmentator loop (3; 1 with --cpu)")
     parser.add_argument("--prefetch", type=int, default=3, help="execution.gpu_prefetch of the cohort run")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
     parser.add_argument("--steps", default="all", help="comma-separated step names to run (default: all)")
@@ -311,7 +311,7 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda:0")
     on_gpu = device.type == "cuda"
     n = args.n or (20 if on_gpu else 2)
-    ts_n = args.ts_n or (5 if on_gpu else 1)
+    ts_n = args.ts_n or (3 if on_gpu else 1)
     size = "real" if on_gpu else "small"
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
