@@ -84,3 +84,53 @@ def test_models_report(fast_weights):
     assert f"weights folder: {fast_weights} (from --weights)" in report
     assert "fast: present" in report
     assert "full: missing" in report and "totalseg_download_weights -t total" in report
+
+
+@pytest.mark.parametrize("trainer, as_base", [
+    ("nnUNetTrainer", True), ("nnUNetTrainerNoMirroring", True), ("nnUNetTrainer_4000epochs_NoMirroring", True),
+    ("nnUNetTrainer_2000epochs_NoMirroring", True),
+    ("nnUNetTrainerBN", False),          # its own build_network_architecture (batch norm)
+    ("nnUNetTrainer_Primus_M", False),   # likewise (a transformer)
+    ("NoSuchTrainer", False)])
+def test_trainers_that_build_their_network_as_the_base_trainer_are_read_from_source(trainer: str, as_base: bool) -> None:
+    from cohort.segmentation.nnunet_folder import builds_network_as_base_trainer
+
+    assert builds_network_as_base_trainer(trainer) is as_base
+
+
+def test_the_network_built_without_the_trainer_is_the_trainers_own(fast_spec, fast_weights) -> None:
+    """Same modules, same parameters, same output as ``build_network_architecture`` of the
+    folder's trainer class (imported here, as nnU-Net would)."""
+    import torch
+
+    from cohort.segmentation.nnunet_folder import build_network, find_trainer_class, plans_manager
+    from cohort.segmentation.weights import network_folder
+
+    folder = network_folder(fast_spec, fast_spec.networks[0], fast_weights)
+    checkpoint = torch.load(folder / "fold_0" / fast_spec.checkpoint, map_location="cpu", weights_only=False)
+    manager, configuration = plans_manager(json.loads((folder / "plans.json").read_text()),
+                                           checkpoint["init_args"]["configuration"])
+    heads = len(json.loads((folder / "dataset.json").read_text())["labels"])
+    ours = build_network(checkpoint["trainer_name"], manager, configuration, 1, heads)
+    theirs = find_trainer_class(checkpoint["trainer_name"]).build_network_architecture(
+        manager, configuration, 1, heads, enable_deep_supervision=False)
+    assert repr(ours) == repr(theirs)
+    ours.load_state_dict(checkpoint["network_weights"])
+    theirs.load_state_dict(checkpoint["network_weights"])
+    image = torch.randn(1, 1, *configuration.patch_size)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(image), theirs.eval()(image))
+
+
+def test_a_worker_loads_a_model_without_nnunets_training_stack(fast_spec, fast_weights) -> None:
+    """A new process that loads the fast model never imports nnU-Net's trainer module (plotting,
+    data loading, evaluation), which took about 2 s of a worker's first load."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cohort.segmentation import get_segmenter, load_model_spec; "
+            f"get_segmenter(load_model_spec('fast'), {str(fast_weights)!r}, 'cpu'); "
+            "print(sorted(m for m in sys.modules if m.startswith('nnunetv2.training.nnUNetTrainer.') or m == 'seaborn'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
