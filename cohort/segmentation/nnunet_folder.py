@@ -1,10 +1,12 @@
 """Read one nnU-Net results folder into the objects nnU-Net's predictor is initialised with.
 
 This does what ``nnUNetPredictor.initialize_from_trained_model_folder`` does (plans, dataset,
-checkpoint, network built by the checkpoint's trainer class) with one difference: nnU-Net finds
+checkpoint, network built by the checkpoint's trainer class) with two differences. nnU-Net finds
 the trainer by importing every trainer module in turn and fails as soon as one optional module
 cannot import (its Primus trainers import ``timm``, which imports ``torchvision``; a PyPI
-torchvision beside a CPU torch wheel raises at import). Here such modules are skipped.
+torchvision beside a CPU torch wheel raises at import); here such modules are skipped. And a
+trainer that builds its network as the base trainer does is read from its source, not imported
+(:func:`build_network`), which keeps nnU-Net's training stack out of every worker.
 """
 
 from __future__ import annotations
