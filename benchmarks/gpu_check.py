@@ -7,7 +7,8 @@ Prints, and writes as JSON to ``--out``:
 
 1. the card, driver, torch and cuDNN;
 2. pure network throughput: weights loaded, inputs preprocessed and already on the device, only the
-   sliding window and the argmax timed (series/h), with and without channels-last;
+   sliding window and the argmax timed (series/h), with and without channels-last; and one whole
+   series' `segment` alone (resampling, prediction, restoring), for comparison with a slot's;
 3. end to end: ``cohort run --cluster cuda`` on clinical-size CTs (0.8 x 0.8 x 1.5 mm, 39 M voxels),
    series/h over the processing window and the device busy fraction sampled with NVML meanwhile;
    the ratio to (2) is the share of the network's speed cohort keeps;
@@ -123,10 +124,16 @@ def network_only(model: str, weights: Path, cts: list[Path], device: torch.devic
     synchronize(device)
     seconds = time.perf_counter() - start
     shape = tuple(inputs[0][0][1].shape[1:])
+    # One whole series alone, after a warm-up: what a slot's `segment` costs with nothing beside it.
+    volume = load_ct(cts[0])
+    segmenter.segment(volume)
+    synchronize(device)
+    alone = segmenter.segment(volume).seconds
     return {"model": model, "series": len(cts), "seconds": round(seconds, 3), "series_per_h": round(3600 * len(cts) / seconds),
             "seconds_per_series": round(seconds / len(cts), 4), "network_input_zyx": shape,
             "channels_last": settings.channels_last, "precision": settings.precision,
-            "load_seconds": round(segmenter.load_seconds, 2)}
+            "load_seconds": round(segmenter.load_seconds, 2),
+            "one_series_segment_s": {stage: round(value, 3) for stage, value in alone.items()}}
 
 
 class BusySampler:

@@ -28,6 +28,7 @@ def test_gpu_check_cpu_fallback_runs_every_step(tmp_path: Path) -> None:
     for name in ("network_fast", "cohort_run_fast", "totalsegmentator_fast"):
         assert "error" not in results[name], results[name]
     assert results["network_fast"]["series_per_h"] > 0
+    assert set(results["network_fast"]["one_series_segment_s"]) == {"resample", "predict", "restore"}
     assert results["cohort_run_fast"]["done"] == results["settings"]["n"]
     per_series = results["cohort_run_fast"]["per_series"]
     assert len(per_series) == results["settings"]["n"] and min(row["started_s"] for row in per_series) == 0.0
