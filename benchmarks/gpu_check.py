@@ -15,7 +15,9 @@ Prints, and writes as JSON to ``--out``:
 4. fp16 (nnU-Net's own autocast) against fp32 and bf16: voxel agreement and time;
 5. TotalSegmentator's CLI, one call per series, on the same files and weights: series/h, the ratio,
    voxel agreement of its label maps with cohort's, and of a second CLI call on the first file with
-   the first (the reference's own run-to-run floor).
+   the first (the reference's own run-to-run floor);
+6. reading, measuring and storing a series in 1, 4 and 8 threads of one process
+   (``benchmarks/bench_slots.py``): whether a worker's slots can overlap these stages.
 
 The weights are random, of TotalSegmentator's real network sizes (``cohort.testing.weights``): the
 forward pass costs what trained weights cost; the labels mean nothing.
@@ -208,6 +210,16 @@ def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: t
             "done": int((series["status"] == "done").sum()), "per_series": per_series}
 
 
+def cpu_stage_threads(cts: list[Path], work: Path, threads: tuple[int, ...]) -> dict:
+    """Seconds per series of reading, measuring and storing (and all three) in 1..N threads of one
+    process, as a worker's slots run them: a stage that does not speed up bounds the slots."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_slots import thread_scaling
+
+    return {name: {f"{count}_threads": seconds for count, seconds in per_series.items()}
+            for name, per_series in thread_scaling(cts[0], work, 8, threads).items()}
+
+
 def precision_agreement(weights: Path, cts: list[Path], device: torch.device) -> dict:
     """fp16 (the default) against fp32 and bf16 on the same series: voxels equal, seconds per series."""
     spec = load_model_spec("fast")
@@ -335,6 +347,7 @@ def main() -> None:
         ("network_fast_channels_last", network_only, "fast", weights, cts[:10], device, DeviceSettings(channels_last=True)),
         ("cohort_run_fast", cohort_run, "fast", weights, cts, work, device, args.prefetch),
         ("totalsegmentator_fast", totalsegmentator_loop, weights, cts[:ts_n], work, device),
+        ("cpu_stage_threads", cpu_stage_threads, cts, work, (1, 4, 8) if on_gpu else (1, 2)),
         ("precision_fast", precision_agreement, weights, cts[:3], device),
         ("network_full", network_only, "full", weights, cts[:4], device, DeviceSettings()),
         ("cohort_run_full", cohort_run, "full", weights, cts[:8], work, device, args.prefetch),

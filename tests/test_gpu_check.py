@@ -25,7 +25,7 @@ def test_gpu_check_cpu_fallback_runs_every_step(tmp_path: Path) -> None:
     done = subprocess.run(["bash", str(SCRIPT), "--cpu"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
-    for name in ("network_fast", "cohort_run_fast", "totalsegmentator_fast"):
+    for name in ("network_fast", "cohort_run_fast", "totalsegmentator_fast", "cpu_stage_threads"):
         assert "error" not in results[name], results[name]
     assert results["network_fast"]["series_per_h"] > 0
     assert set(results["network_fast"]["one_series_segment_s"]) == {"resample", "predict", "restore"}
@@ -33,6 +33,7 @@ def test_gpu_check_cpu_fallback_runs_every_step(tmp_path: Path) -> None:
     per_series = results["cohort_run_fast"]["per_series"]
     assert len(per_series) == results["settings"]["n"] and min(row["started_s"] for row in per_series) == 0.0
     assert results["cohort_run_fast"]["steady_series_per_h"] > 0
+    assert set(results["cpu_stage_threads"]["all three"]) == {"1_threads", "2_threads"}
     if importlib.util.find_spec("totalsegmentator") is None:
         assert "not installed" in results["totalsegmentator_fast"]["skipped"]
     else:  # the CPU path keeps TotalSegmentator's arithmetic: every voxel equal on identical weights
