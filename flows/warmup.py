@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable
+from typing import Sequence
 
 from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -79,7 +79,7 @@ def wait_for_warmup(name: str, timeout_s: float | None = None, dask_worker=None)
     return not thread.is_alive()
 
 
-def warm_up_workers(client: Client, context: RunContext, todo: Iterable[SeriesSpec]) -> ModelWarmup | None:
+def warm_up_workers(client: Client, context: RunContext, todo: Sequence[SeriesSpec]) -> ModelWarmup | None:
     """Start loading the run's model on ``client``'s workers (and on those that join later) when
     some series of ``todo`` will be segmented; None when none will (every row has its labels)."""
     if context.model is None or all(spec.labels is not None for spec in todo):
