@@ -1,6 +1,6 @@
 """GPU check (issue G): is the network, not cohort, the bottleneck on a GPU node?
 
-    bash benchmarks/gpu_check.sh              # a GPU node: about 7 minutes on one H200
+    bash benchmarks/gpu_check.sh              # a GPU node: about 7.5 minutes on one H200
     bash benchmarks/gpu_check.sh --cpu        # the CPU fallback that CI runs: tiny sizes, the same steps
 
 Prints, and writes as JSON to ``--out``:
