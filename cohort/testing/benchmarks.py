@@ -24,7 +24,8 @@ def series_manifest(path: Path, images: list[Path], age: float = 50, sex: str = 
 
 def processing_window(series: pd.DataFrame) -> tuple[float, float]:
     """First series started and last series finished (epoch seconds) of a ``series/`` table: the
-    window the series took, start-up and model load of the run excluded."""
+    window the series took. The run's start-up is outside it; a worker's first model load is
+    inside it wherever a series waited for it (that wait is part of the series' ``seconds_total``)."""
     finished = (series["finished_at"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     return float((finished - series["seconds_total"]).min()), float(finished.max())
 
