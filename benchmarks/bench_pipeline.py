@@ -7,7 +7,7 @@ and the small random test network, in one run.
     python benchmarks/bench_pipeline.py --n 8
 
 Prints the processing window of each (first series started to last finished, from the
-``series/`` table: start-up and model load excluded), the ratios, the mean stage seconds and the
+``series/`` table: start-up excluded, a series' wait for the model load included), the ratios, the mean stage seconds and the
 worker's peak resident memory.
 """
 
