@@ -196,8 +196,9 @@ def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: t
     window = last - first
     stages = ("ingest", "load_model", "segment", "measure", "store")
     finished = (series["finished_at"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().sort_values()
-    # After the first series is out, the model is loaded and the pipeline full: the steady rate.
-    steady_window = float(finished.iloc[-1] - finished.iloc[0])
+    # After the first series is out, the model is loaded and the pipeline full: the steady rate
+    # (finished_at has whole seconds: none for a window of a few series within a second or two).
+    steady_window = float(finished.iloc[-1] - finished.iloc[0]) if len(finished) >= 3 else 0.0
     per_series = [{"series_id": row.series_id, "started_s": round(row.finished_s - row.seconds_total - first, 2),
                    "finished_s": round(row.finished_s - first, 2),
                    **{stage: round(float(getattr(row, f"seconds_{stage}") or 0.0), 3) for stage in stages}}
