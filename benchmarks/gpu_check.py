@@ -1,21 +1,23 @@
 """GPU check (issue G): is the network, not cohort, the bottleneck on a GPU node?
 
-    bash benchmarks/gpu_check.sh              # a GPU node: about 7.5 minutes on one H200
+    bash benchmarks/gpu_check.sh              # a GPU node: about 8 minutes on one H200 (estimated)
     bash benchmarks/gpu_check.sh --cpu        # the CPU fallback that CI runs: tiny sizes, the same steps
 
 Prints, and writes as JSON to ``--out``:
 
 1. the card, driver, torch and cuDNN;
 2. pure network throughput: weights loaded, inputs preprocessed and already on the device, only the
-   sliding window and the argmax timed (series/h), with and without channels-last; and one whole
+   sliding window and the argmax timed (series/h); and one whole
    series' `segment` alone (resampling, prediction, restoring), for comparison with a slot's;
 3. end to end: ``cohort run --cluster cuda`` on clinical-size CTs (0.8 x 0.8 x 1.5 mm, 39 M voxels),
    series/h over the processing window and the device busy fraction sampled with NVML meanwhile;
-   the ratio to (2) is the share of the network's speed cohort keeps;
+   the ratio to (2) is the share of the network's speed cohort keeps; once with one worker process
+   per GPU (``gpu_prefetch`` series beside it) and once with ``--workers-per-gpu`` processes
+   (``execution.workers_per_gpu``, one series beside each), whose CPU stages run in parallel;
 4. fp16 (nnU-Net's own autocast) against fp32 and bf16: voxel agreement and time;
-5. TotalSegmentator's CLI, one call per series, on the same files and weights: series/h, the ratio,
-   voxel agreement of its label maps with cohort's, and of a second CLI call on the first file with
-   the first (the reference's own run-to-run floor);
+5. TotalSegmentator's CLI, one call per series, on the same files and weights: series/h over every
+   call, the ratio, voxel agreement of its label maps with cohort's, and of a second CLI call on the
+   first file with the first (the reference's own run-to-run floor);
 6. reading, measuring and storing a series in 1, 4 and 8 threads of one process
    (``benchmarks/bench_slots.py``): whether a worker's slots can overlap these stages.
 
@@ -174,13 +176,15 @@ class BusySampler:
         return round(float(np.mean(window)) / 100, 3) if window else None
 
 
-def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: torch.device, prefetch: int) -> dict:
+def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: torch.device, prefetch: int,
+               workers_per_gpu: int = 1) -> dict:
     """``cohort run`` through the CLI on ``cts``; the window is first series started to last finished."""
-    folder = work / f"run_{model}_p{prefetch}"
+    folder = work / f"run_{model}_p{prefetch}_w{workers_per_gpu}"
     folder.mkdir()
     manifest = series_manifest(folder / "scans.csv", cts)
     config = folder / "run.yaml"
-    config.write_text(f"execution:\n  prefetch: {prefetch}\n  gpu_prefetch: {prefetch}\n")
+    config.write_text(f"execution:\n  prefetch: {prefetch}\n  gpu_prefetch: {prefetch}\n"
+                      f"  workers_per_gpu: {workers_per_gpu}\n")
     cluster = ["--cluster", "cuda"] if device.type == "cuda" else ["--cluster", "local", "--workers", "1"]
     command = [sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out", str(folder / "results"),
                "--model", model, "--weights", str(weights), "--config", str(config), *cluster]
@@ -203,7 +207,8 @@ def cohort_run(model: str, weights: Path, cts: list[Path], work: Path, device: t
                    "finished_s": round(row.finished_s - first, 2),
                    **{stage: round(float(getattr(row, f"seconds_{stage}") or 0.0), 3) for stage in stages}}
                   for row in series.assign(finished_s=finished).sort_values("finished_s").itertuples()]
-    return {"model": model, "series": len(cts), "prefetch": prefetch, "wall_s": round(wall, 1),
+    return {"model": model, "series": len(cts), "prefetch": prefetch, "workers_per_gpu": workers_per_gpu,
+            "wall_s": round(wall, 1),
             "window_s": round(window, 2), "series_per_h": round(3600 * len(cts) / window),
             "steady_series_per_h": round(3600 * (len(cts) - 1) / steady_window) if steady_window > 0 else None,
             "busy_fraction": sampler.busy(first, last),
@@ -260,12 +265,13 @@ def totalsegmentator_loop(weights: Path, cts: list[Path], work: Path, device: to
         target = work / f"ts_{index:02d}.nii.gz"
         run_totalsegmentator(path, target, env, ["--fast"], ts_device)
         outputs.append(target)
-    seconds = time.perf_counter() - start
     theirs = [np.asanyarray(nib.load(output).dataobj) for output in outputs]
     # The reference against itself: the same file through the CLI again, in a new process (on a GPU,
     # cuDNN's autotuning may pick other fp16 kernels there), is the floor any agreement can reach.
+    # It is one more CLI call of a series, so it counts in the loop's rate.
     again = work / "ts_00_again.nii.gz"
     run_totalsegmentator(cts[0], again, env, ["--fast"], ts_device)
+    seconds = time.perf_counter() - start
     self_agreement = round(float(np.mean(np.asanyarray(nib.load(again).dataobj) == theirs[0])), 6)
     volumes = [load_ct(path) for path in cts]
     agreement = {}
@@ -275,7 +281,8 @@ def totalsegmentator_loop(weights: Path, cts: list[Path], work: Path, device: to
         agreement[name] = [round(float(np.mean(segmenter.segment(volume).label_map.labels == labels)), 6)
                            for volume, labels in zip(volumes, theirs)]
     torch.backends.cudnn.benchmark = True
-    return {"series": len(cts), "seconds": round(seconds, 1), "series_per_h": round(3600 * len(cts) / seconds),
+    return {"series": len(cts), "cli_calls": len(cts) + 1, "seconds": round(seconds, 1),
+            "series_per_h": round(3600 * (len(cts) + 1) / seconds),
             "voxels_equal_to_cohort": agreement["default"], "voxels_equal_by_convolution_setting": agreement,
             "totalsegmentator_rerun_voxels_equal": self_agreement}
 
@@ -310,6 +317,12 @@ def summary(results: dict) -> list[str]:
     if "voxels_equal_to_cohort" in reference:
         lines.append(f"fast: voxels equal to TotalSegmentator's labels, per series: {reference['voxels_equal_to_cohort']}; "
                      f"its own second call on series 1: {reference['totalsegmentator_rerun_voxels_equal']}; target >= 0.999")
+    for model, pure_rate in (("fast", pure), ("full", results.get("network_full", {}).get("series_per_h"))):
+        shared = results.get(f"cohort_run_{model}_shared", {})
+        if pure_rate and shared.get("series_per_h"):
+            lines.append(f"{model}, {shared['workers_per_gpu']} workers on the GPU: end to end {shared['series_per_h']} "
+                         f"series/h = {shared['series_per_h'] / pure_rate:.0%} of the network alone; after the first "
+                         f"series {shared['steady_series_per_h']} series/h")
     pure_full = results.get("network_full", {}).get("series_per_h")
     e2e_full = results.get("cohort_run_full", {}).get("series_per_h")
     if pure_full and e2e_full:
@@ -323,20 +336,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="the CPU fallback: small networks and CTs, 2 series")
     parser.add_argument("--n", type=int, default=None, help="CTs for the end-to-end run (20; 2 with --cpu)")
-    parser.add_argument("--ts-n", type=int, default=None, help="CTs for the TotalSegmentator loop (3; 1 with --cpu)")
+    parser.add_argument("--ts-n", type=int, default=None, help="CTs for the TotalSegmentator loop, each one CLI call, plus a second call on the first (1)")
     parser.add_argument("--prefetch", type=int, default=3, help="execution.gpu_prefetch of the cohort run")
+    parser.add_argument("--workers-per-gpu", type=int, default=4,
+                        help="execution.workers_per_gpu of the *_shared runs (each with gpu_prefetch 1)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/out")))
     parser.add_argument("--steps", default="all", help="comma-separated step names to run (default: all)")
     args = parser.parse_args()
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda:0")
     on_gpu = device.type == "cuda"
     n = args.n or (20 if on_gpu else 2)
-    ts_n = args.ts_n or (3 if on_gpu else 1)
+    ts_n = args.ts_n or 1
     size = "real" if on_gpu else "small"
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    results: dict = {"environment": environment(device), "settings": {"n": n, "ts_n": ts_n, "size": size,
-                                                                       "prefetch": args.prefetch}}
+    results: dict = {"environment": environment(device),
+                     "settings": {"n": n, "ts_n": ts_n, "size": size, "prefetch": args.prefetch,
+                                  "workers_per_gpu": args.workers_per_gpu}}
     log(json.dumps(results["environment"]))
     weights = work / "weights"
     build_weights(load_model_spec("fast"), weights, size, seed=0)
@@ -345,15 +361,17 @@ def main() -> None:
     cts = clinical_cts(work, n, small=not on_gpu)
     steps = [
         ("network_fast", network_only, "fast", weights, cts[:10], device, DeviceSettings()),
-        ("network_fast_channels_last", network_only, "fast", weights, cts[:10], device, DeviceSettings(channels_last=True)),
         ("cohort_run_fast", cohort_run, "fast", weights, cts, work, device, args.prefetch),
+        ("cohort_run_fast_shared", cohort_run, "fast", weights, cts, work, device, 1, args.workers_per_gpu),
         ("totalsegmentator_fast", totalsegmentator_loop, weights, cts[:ts_n], work, device),
         ("cpu_stage_threads", cpu_stage_threads, cts, work, (1, 4, 8) if on_gpu else (1, 2)),
         ("precision_fast", precision_agreement, weights, cts[:3], device),
         ("network_full", network_only, "full", weights, cts[:4], device, DeviceSettings()),
         ("cohort_run_full", cohort_run, "full", weights, cts[:8], work, device, args.prefetch),
+        ("cohort_run_full_shared", cohort_run, "full", weights, cts[:12], work, device, 1, args.workers_per_gpu),
     ]
-    gpu_only = {"network_fast_channels_last", "precision_fast", "network_full", "cohort_run_full"}
+    gpu_only = {"cohort_run_fast_shared", "precision_fast", "network_full", "cohort_run_full",
+                "cohort_run_full_shared"}
     chosen = set(args.steps.split(",")) if args.steps != "all" else {name for name, *_ in steps}
     for name, function, *arguments in steps:
         if name in chosen and (on_gpu or name not in gpu_only):

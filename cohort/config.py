@@ -50,6 +50,7 @@ class ExecutionConfig:
     min_free_gb: float = 1.0
     prefetch: int = 0
     gpu_prefetch: int = 3
+    workers_per_gpu: int = 1
     threads_per_worker: int = 1
     worker_memory_gb: float | None = None
     precision: str = "fp16"

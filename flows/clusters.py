@@ -123,10 +123,13 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
     elif kind == "cuda":
         from cohort.flows.cuda import check_pinning, cuda_cluster
 
-        cluster, devices = cuda_cluster(workers, series_slots(execution, gpu=True), execution.reuse_freed_memory)
-        n = len(devices)
-        start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"dask-cuda did not start {n} GPU worker(s) within "
-                           f"{LOCAL_START_TIMEOUT_S:g} s", after=lambda client: check_pinning(client, devices))
+        per_gpu = execution.workers_per_gpu
+        cluster, devices = cuda_cluster(workers, per_gpu, series_slots(execution, gpu=True),
+                                        execution.reuse_freed_memory)
+        n = len(devices) * per_gpu
+        start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"--cluster cuda did not start {n} GPU worker(s) within "
+                           f"{LOCAL_START_TIMEOUT_S:g} s",
+                           after=lambda client: check_pinning(client, devices, per_gpu))
     elif kind == "slurm":
         from cohort.flows.slurm import (first_workers_needed, load_slurm_config, no_workers_message, slurm_cluster,
                                         unstartable_jobs_check)

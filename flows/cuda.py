@@ -1,20 +1,29 @@
-"""``--cluster cuda``: one Dask worker per visible GPU (``dask_cuda.LocalCUDACluster``).
+"""``--cluster cuda``: Dask workers pinned to the visible GPUs.
 
-dask-cuda starts worker ``i`` with ``CUDA_VISIBLE_DEVICES`` rotated so that its own GPU comes
-first (:func:`worker_visible_devices`); the segmenter uses ``cuda:0``, which in that worker is
-its own GPU. :func:`check_pinning` reads every started worker's variable and stops the run if
-two workers would share a GPU (they would all land on the machine's GPU 0 otherwise).
+One worker per GPU (``execution.workers_per_gpu: 1``, the default) is ``dask_cuda.LocalCUDACluster``:
+it starts worker ``i`` with ``CUDA_VISIBLE_DEVICES`` rotated so that its own GPU comes first
+(:func:`worker_visible_devices`), and pins it to the CPUs of that GPU's NUMA node. With
+``workers_per_gpu: k > 1`` each GPU gets ``k`` worker processes (:func:`shared_gpu_cluster`),
+each seeing only its GPU: a series' CPU stages (reading, nnU-Net's preprocessing, measuring,
+storing) then run in ``k`` interpreters instead of the threads of one, which on an H200 were
+40-60 times the fast network's own time per series (docs/performance.md). The segmenter uses
+``cuda:0``, in every case the worker's own GPU. :func:`check_pinning` reads every started
+worker's variable and stops the run unless each GPU has exactly its share of workers (they
+would all land on the machine's GPU 0 otherwise).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 
 import dask
+from distributed import Nanny, Scheduler, SpecCluster
 
 from cohort.errors import RunCannotStart
 from cohort.flows.resources import Resources, usable_cpus, usable_memory_bytes
+from cohort.signals import WORKER_PRELOAD
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +38,13 @@ def visible_gpus() -> int:
 
 
 def gpu_devices(visible: str | None, gpus: int, workers: int | None) -> list[str]:
-    """The GPU each worker owns, as entries of this process's ``CUDA_VISIBLE_DEVICES`` (ids or
-    UUIDs; ``0..gpus-1`` when it is unset): one per worker, ``--workers N`` takes the first N."""
+    """The GPUs the run uses, as entries of this process's ``CUDA_VISIBLE_DEVICES`` (ids or
+    UUIDs; ``0..gpus-1`` when it is unset): all of them, or the first N with ``--workers N``."""
     devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(gpus)]
     devices = devices[:gpus]
     if workers and workers > len(devices):
         raise RunCannotStart(f"--workers {workers}: only {len(devices)} GPU(s) visible; "
-                             "--cluster cuda runs one worker per GPU")
+                             "--cluster cuda runs on one GPU per --workers")
     return devices[:workers or len(devices)]
 
 
@@ -55,26 +64,45 @@ def _visible_devices() -> str:
     return os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 
-def check_pinning(client: object, devices: list[str]) -> None:
-    """Stop the run unless each worker's ``cuda:0`` is a different one of ``devices``."""
+def check_pinning(client: object, devices: list[str], workers_per_gpu: int = 1) -> None:
+    """Stop the run unless each of ``devices`` is the ``cuda:0`` of exactly ``workers_per_gpu`` workers."""
     seen = client.run(_visible_devices)
-    owned = sorted(owned_device(value) for value in seen.values())
-    if owned != sorted(devices):
-        raise RunCannotStart(f"--cluster cuda: workers are not one per GPU (expected {', '.join(devices)}, the "
-                             f"workers' CUDA_VISIBLE_DEVICES are {', '.join(seen.values()) or 'unset'})")
+    owned = Counter(owned_device(value) for value in seen.values())
+    if owned != Counter({device: workers_per_gpu for device in devices}):
+        raise RunCannotStart(f"--cluster cuda: workers are not {workers_per_gpu} per GPU (expected "
+                             f"{', '.join(devices)}; the workers' CUDA_VISIBLE_DEVICES are "
+                             f"{', '.join(seen.values()) or 'unset'})")
     log.info("GPU workers pinned: %s", ", ".join(f"{worker} -> {value}" for worker, value in seen.items()))
 
 
-def cuda_cluster(workers: int | None, series_slots: int = 1, reuse_freed_memory: bool = True
-                 ) -> tuple[object, list[str]]:
-    """A ``LocalCUDACluster`` with ``workers`` (default: all visible) GPUs, one worker each, and
-    the GPU each worker owns. The CPUs this process may use are shared among the GPU workers
-    (torch threads for pre- and post-processing)."""
-    try:
-        from dask_cuda import LocalCUDACluster
-    except ImportError:
-        raise RunCannotStart("--cluster cuda needs dask-cuda: pip install 'cohort[cuda]' (or use --cluster local)"
-                             ) from None
+def shared_gpu_specs(devices: list[str], workers_per_gpu: int, series_slots: int, memory_limit_bytes: int
+                     ) -> dict[str, dict]:
+    """Dask worker specs of ``workers_per_gpu`` processes per GPU, each seeing only its GPU.
+
+    >>> specs = shared_gpu_specs(["0", "1"], 2, series_slots=2, memory_limit_bytes=2**30)
+    >>> {name: spec["options"]["env"]["CUDA_VISIBLE_DEVICES"] for name, spec in specs.items()}
+    {'gpu0-0': '0', 'gpu0-1': '0', 'gpu1-0': '1', 'gpu1-1': '1'}
+    """
+    return {f"gpu{device}-{copy}": {"cls": Nanny,
+                                    "options": {"nthreads": series_slots, "memory_limit": memory_limit_bytes,
+                                                "host": "127.0.0.1", "env": {"CUDA_VISIBLE_DEVICES": device}}}
+            for device in devices for copy in range(workers_per_gpu)}
+
+
+def shared_gpu_cluster(devices: list[str], workers_per_gpu: int, series_slots: int, resources: Resources
+                       ) -> SpecCluster:
+    """A local cluster of :func:`shared_gpu_specs` workers (no GPU is touched here: the workers
+    open their CUDA context when they load a model). Call inside :meth:`Resources.dask_config`."""
+    return SpecCluster(workers=shared_gpu_specs(devices, workers_per_gpu, series_slots, resources.memory_limit_bytes),
+                       scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}},
+                       silence_logs=logging.ERROR, name="cohort-gpu")
+
+
+def cuda_cluster(workers: int | None, workers_per_gpu: int = 1, series_slots: int = 1,
+                 reuse_freed_memory: bool = True) -> tuple[object, list[str]]:
+    """A cluster on ``workers`` (default: all visible) GPUs with ``workers_per_gpu`` workers each,
+    and the GPUs it uses. The CPUs this process may use are shared among all the workers (torch
+    threads for pre- and post-processing). Only one worker per GPU needs dask-cuda."""
     gpus = visible_gpus()
     if gpus == 0:
         raise RunCannotStart("--cluster cuda: no CUDA GPU is visible to this process "
@@ -82,9 +110,16 @@ def cuda_cluster(workers: int | None, series_slots: int = 1, reuse_freed_memory:
                              "torch.cuda.is_available() is False); use --cluster local on a CPU machine")
     devices = gpu_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus, workers)
     cpus = usable_cpus()
-    resources = Resources.plan(cpus, usable_memory_bytes(cpus=cpus), workers=len(devices))
-    log.info("GPU cluster: %s", resources.describe())
-    with dask.config.set(resources.dask_config(reuse_freed_memory)):
+    resources = Resources.plan(cpus, usable_memory_bytes(cpus=cpus), workers=len(devices) * workers_per_gpu)
+    log.info("GPU cluster: %s on %d GPU(s)", resources.describe(), len(devices))
+    with dask.config.set({**resources.dask_config(reuse_freed_memory), "distributed.worker.preload": [WORKER_PRELOAD]}):
+        if workers_per_gpu > 1:
+            return shared_gpu_cluster(devices, workers_per_gpu, series_slots, resources), devices
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise RunCannotStart("--cluster cuda needs dask-cuda for one worker per GPU: pip install 'cohort[cuda]' "
+                                 "(or execution.workers_per_gpu > 1, or --cluster local)") from None
         cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=series_slots,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",
                                    silence_logs=logging.ERROR)

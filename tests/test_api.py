@@ -18,7 +18,7 @@ from cohort.store import OutputLayout, exclusive_output
 from testkit import write_manifest
 
 DOCTEST_MODULES = ["cohort.api", "cohort.segmentation.registry", "cohort.stats.study", "cohort.provenance",
-                   "cohort.stats.overlays", "cohort.flows.warmup"]
+                   "cohort.stats.overlays", "cohort.flows.warmup", "cohort.flows.cuda"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

@@ -191,7 +191,7 @@ def test_pinning_check_reads_real_workers(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:
         with Client(cluster) as client:
-            with pytest.raises(RunCannotStart, match="not one per GPU"):
+            with pytest.raises(RunCannotStart, match="not 1 per GPU"):
                 check_pinning(client, ["0", "1"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:

@@ -1,0 +1,85 @@
+"""``--cluster cuda`` with several worker processes per GPU (``execution.workers_per_gpu``).
+
+No GPU is needed to check what cohort itself does: which worker sees which GPU, the threads and
+signals each worker gets, and a whole run through such a cluster. Only the GPU count is given
+(``visible_gpus``); the workers are real processes of a real Dask cluster, and on a machine
+without CUDA their segmenter computes on the CPU.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import nibabel as nib
+import pandas as pd
+import pytest
+
+import cohort
+from cohort.config import ExecutionConfig
+from cohort.errors import RunCannotStart
+from cohort.flows import cuda
+from cohort.flows.clusters import open_client
+from cohort.flows.cuda import check_pinning
+from cohort.segmentation import load_model_spec
+from cohort.testing.weights import build_weights
+from testkit import write_manifest
+
+
+def _worker_view() -> tuple[str, str, bool]:
+    import os
+
+    return (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["OMP_NUM_THREADS"],
+            signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+@pytest.fixture()
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda, "visible_gpus", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+
+
+def test_each_gpu_gets_its_share_of_workers_that_see_only_it(two_gpus: None) -> None:
+    with open_client("cuda", None, ExecutionConfig(workers_per_gpu=2)) as client:
+        views = sorted(client.run(_worker_view).values())
+        assert [view[0] for view in views] == ["3", "3", "5", "5"]
+        assert {view[1] for view in views} == {str(max(1, cuda.usable_cpus() // 4))}
+        assert all(view[2] for view in views)  # Ctrl-C stops the run through the driver, not the workers
+        assert sorted(client.nthreads().values()) == [4] * 4  # 1 + gpu_prefetch series slots
+        with pytest.raises(RunCannotStart, match="not 1 per GPU"):
+            check_pinning(client, ["3", "5"])
+        with pytest.raises(RunCannotStart, match="not 2 per GPU"):
+            check_pinning(client, ["3", "4"], 2)
+
+
+def test_workers_flag_picks_the_gpus(two_gpus: None) -> None:
+    with open_client("cuda", 1, ExecutionConfig(workers_per_gpu=3, gpu_prefetch=0)) as client:
+        assert sorted(view[0] for view in client.run(_worker_view).values()) == ["3", "3", "3"]
+
+
+def test_a_run_on_shared_gpu_workers_gives_the_tables_of_a_local_run(
+        tmp_path: Path, examples: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (``visible_gpus`` is replaced here), with cohort's own Prefect server."""
+    monkeypatch.setattr(cuda, "visible_gpus", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    weights = tmp_path / "weights"
+    build_weights(load_model_spec("fast"), weights, "small", seed=5)
+    ct = nib.load(str(examples / "example_ct_sm.nii.gz")).slicer[30:90, 20:80, :]
+    rows = []
+    for index in range(3):
+        nib.save(ct.slicer[:, :, index * 4:], str(tmp_path / f"ct{index}.nii.gz"))
+        rows.append({"series_id": f"s{index}", "path": str(tmp_path / f"ct{index}.nii.gz"), "age": 60 + index,
+                     "sex": "F"})
+    manifest = write_manifest(tmp_path / "scans.csv", rows)
+    config = tmp_path / "run.yaml"
+    config.write_text("execution:\n  workers_per_gpu: 2\n  gpu_prefetch: 1\n")
+
+    shared = cohort.run(manifest, tmp_path / "shared", weights=weights, config=config, cluster="cuda")
+    local = cohort.run(manifest, tmp_path / "local", weights=weights, config=config, workers=1)
+
+    assert (shared.exit_code, shared.n_done, local.n_done) == (0, 3, 3)
+    columns = ["series_id", "structure", "label", "volume_ml", "mean_hu", "p95_hu", "n_voxels", "status"]
+    tables = [pd.read_parquet(tmp_path / name / "features").sort_values(["series_id", "structure"])
+              .reset_index(drop=True) for name in ("shared", "local")]
+    pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
