@@ -79,7 +79,7 @@ def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None)
         image = getattr(spec, column)
         if image is not None:
             found.append((column, _image_problem(InputName.in_manifest(image, spec.manifest, spec.line, column),
-                                                 limits, None, None)))
+                                                 limits, getattr(spec, f"{column}_series_uid"), None)))
     return [Problem(spec.line, spec.series_id, column, reason) for column, reason in found if reason]
 
 

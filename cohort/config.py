@@ -119,6 +119,8 @@ def _coerce(hint: Any, value: Any, source: Path | str, key: str) -> Any:
         if value is None and type(None) in options:
             return None
         hint = next(o for o in options if o is not type(None))
+        if dataclasses.is_dataclass(hint):
+            return from_mapping(hint, value, source, key + ".")
         origin = typing.get_origin(hint)
     if origin in (list, tuple):
         if not isinstance(value, list):

@@ -28,7 +28,8 @@ from pathlib import Path
 from cohort.errors import ManifestError, SeriesError
 
 REQUIRED_COLUMNS = ("series_id", "path")
-OPTIONAL_COLUMNS = ("age", "sex", "labels", "series_uid", "subject_id", "fat", "water")
+OPTIONAL_COLUMNS = ("age", "sex", "labels", "series_uid", "subject_id", "fat", "water", "fat_series_uid",
+                    "water_series_uid")
 IMAGE_COLUMNS = ("fat", "water")  # Dixon companion images: paths, resolved like `labels`
 SERIES_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SERIES_ID_MAX_LENGTH = 128
@@ -54,7 +55,8 @@ class SeriesSpec:
     message and stored as ``manifest_line``. ``covariates`` holds every other column of the
     manifest as ``(column, value)`` pairs in header order, values as text ("" when empty).
     ``fat`` and ``water`` are Dixon images on the grid of ``path`` (with both, fat fractions are
-    measured).
+    measured); ``fat_series_uid`` and ``water_series_uid`` pick their series where they are DICOM
+    folders holding several, as ``series_uid`` does for ``path``.
     """
 
     series_id: str
@@ -69,6 +71,8 @@ class SeriesSpec:
     covariates: tuple[tuple[str, str], ...] = ()
     fat: Path | None = None
     water: Path | None = None
+    fat_series_uid: str | None = None
+    water_series_uid: str | None = None
 
     @property
     def where(self) -> str:
@@ -259,6 +263,8 @@ def _row_to_spec(row: _Row, header: tuple[str, ...], columns: dict[str, int],
         subject_id=cell("subject_id") or None,
         covariates=tuple((name, cell(name)) for name in extra),
         **{column: _resolve(cell(column), manifest) for column in IMAGE_COLUMNS if cell(column)},
+        **{f"{column}_series_uid": cell(f"{column}_series_uid") for column in IMAGE_COLUMNS
+           if cell(f"{column}_series_uid")},
     )
     return spec, problems
 

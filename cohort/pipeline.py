@@ -233,8 +233,8 @@ def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon 
     if spec.fat is None or spec.water is None:
         given, missing = ("fat", "water") if spec.fat is not None else ("water", "fat")
         raise SeriesError(f"{spec.where}: column '{given}' is given without '{missing}'; a fat fraction needs both")
-    images = {column: align_image(volume, load_ct(InputName.in_manifest(path, spec.manifest, spec.line,
-                                                                         column=column), limits, modality=None), column)
+    images = {column: align_image(volume, load_ct(InputName.in_manifest(path, spec.manifest, spec.line, column=column),
+                                                  limits, getattr(spec, f"{column}_series_uid"), modality=None), column)
               for column, path in (("fat", spec.fat), ("water", spec.water))}
     return Dixon(**images)
 

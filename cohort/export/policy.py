@@ -4,18 +4,22 @@ The policy is a YAML file (shipped: ``configs/selection.yaml``; ``--policy FILE`
 validated on load. Each series gets ``selected`` and a one-line ``reason``: the first rule it
 fails (``rule: detail``), or, among the series of a study that pass every rule, ``chosen: ...``
 for the best ``series_per_study`` by the ``tie_break`` order and ``ranked lower: ...`` for
-the others.
+the others. A policy with a ``dixon:`` section (``configs/selection_dixon.yaml``) ranks Dixon
+acquisitions instead of series (:mod:`cohort.export.dixon`): each row is the acquisition's image
+to segment, with its fat and water series as the row's companions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cohort.config import CONFIG_DIR, from_mapping, load_yaml
+from cohort.config import CONFIG_DIR, config_file, from_mapping, load_yaml
 from cohort.errors import ConfigError
+from cohort.export.dixon import ROLES, DixonPolicy, acquisitions, dixon_role
 from cohort.export.series import SeriesSummary
 
 DEFAULT_POLICY = CONFIG_DIR / "selection.yaml"
@@ -43,12 +47,14 @@ class SelectionPolicy:
     kernel_preference: tuple[str, ...] = ()
     tie_break: tuple[str, ...] = ("kernel_preference", "thinnest", "largest_coverage")
     series_per_study: int = 1
+    dixon: DixonPolicy | None = None
     source: str = str(DEFAULT_POLICY)
 
 
 def load_policy(path: Path | None = None) -> SelectionPolicy:
-    """Load and validate ``path`` (default: the shipped ``configs/selection.yaml``)."""
-    source = Path(path) if path else DEFAULT_POLICY
+    """Load and validate ``path`` (default: the shipped ``configs/selection.yaml``; a bare name
+    such as ``selection_dixon.yaml`` that is not a file here is one of the shipped ``configs/``)."""
+    source = config_file(str(path)) if path else DEFAULT_POLICY
     policy = from_mapping(SelectionPolicy, load_yaml(source), source)
     unknown = [key for key in policy.tie_break if key not in TIE_BREAKS]
     if unknown:
@@ -57,20 +63,43 @@ def load_policy(path: Path | None = None) -> SelectionPolicy:
         raise ConfigError(f"{source}: keys 'series_per_study' and 'min_slices' must be at least 1 and 2")
     if policy.slice_thickness_mm.min > policy.slice_thickness_mm.max:
         raise ConfigError(f"{source}: key 'slice_thickness_mm' has min above max")
+    if policy.dixon is not None:
+        _check_dixon(policy.dixon, source)
     return dataclasses.replace(policy, source=str(source))
+
+
+def _check_dixon(dixon: DixonPolicy, source: Path) -> None:
+    if dixon.image not in ROLES:
+        raise ConfigError(f"{source}: key 'dixon.image' must be one of {', '.join(ROLES)}, got {dixon.image!r}")
+    for role in dixon.needed:
+        marks = getattr(dixon, role)
+        if not (marks.image_type or marks.description):
+            raise ConfigError(f"{source}: key 'dixon.{role}' needs 'image_type' or 'description' entries: "
+                              f"a row needs its {role} series")
+        for pattern in marks.description:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ConfigError(f"{source}: key 'dixon.{role}.description' entry {pattern!r} is not a regular "
+                                  f"expression: {error}") from None
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The verdict on one series."""
+    """The verdict on one series. A Dixon row's image lists its ``companions`` (role -> series);
+    a companion names the image it belongs to in ``companion_of`` (and is no row of its own)."""
 
     series: SeriesSummary
     selected: bool
     reason: str
+    companions: tuple[tuple[str, SeriesSummary], ...] = ()
+    companion_of: str | None = None
 
 
 def select(series: list[SeriesSummary], policy: SelectionPolicy) -> list[Choice]:
     """A :class:`Choice` for every series, in the order given."""
+    if policy.dixon is not None:
+        return _select_dixon(series, policy, policy.dixon)
     verdicts = {s.series_uid: first_failed_rule(s, policy) for s in series}
     choices: dict[str, Choice] = {}
     for study in dict.fromkeys(s.study_key for s in series):
@@ -79,6 +108,45 @@ def select(series: list[SeriesSummary], policy: SelectionPolicy) -> list[Choice]
         for place, candidate in enumerate(eligible):
             chosen = place < policy.series_per_study
             choices[candidate.series_uid] = Choice(candidate, chosen, _ranking_reason(candidate, place, eligible, policy))
+    return [choices.get(s.series_uid) or Choice(s, False, verdicts[s.series_uid]) for s in series]
+
+
+def _select_dixon(series: list[SeriesSummary], policy: SelectionPolicy, dixon: DixonPolicy) -> list[Choice]:
+    """Rules per series, then Dixon acquisitions (study x grid) as the candidates a study ranks."""
+    verdicts = {s.series_uid: first_failed_rule(s, policy) for s in series}
+    roles = {s.series_uid: dixon_role(s, dixon) for s in series if verdicts[s.series_uid] is None}
+    for summary in series:
+        if verdicts[summary.series_uid] is None and roles[summary.series_uid] is None:
+            verdicts[summary.series_uid] = (f"dixon: neither ImageType {summary.image_type or 'none'} nor description "
+                                            f"{summary.series_description or 'none'!r} marks a Dixon image")
+    choices: dict[str, Choice] = {}
+    candidates = []
+    for acquisition in acquisitions(series, {uid: role for uid, role in roles.items() if role}):
+        problem = acquisition.problem(dixon)
+        members = [s for by_role in acquisition.series.values() for s in by_role]
+        if problem:
+            choices.update((s.series_uid, Choice(s, False, problem)) for s in members)
+        else:
+            candidates.append(acquisition)
+    for study in dict.fromkeys(a.study_key for a in candidates):
+        ranked = sorted((a for a in candidates if a.study_key == study), key=lambda a: _rank(a.image(dixon), policy))
+        images = [a.image(dixon) for a in ranked]
+        for place, acquisition in enumerate(ranked):
+            chosen = place < policy.series_per_study
+            image = images[place]
+            companions = acquisition.companions()
+            choices[image.series_uid] = Choice(image, chosen, _ranking_reason(image, place, images, policy),
+                                               tuple(companions.items()))
+            verdict = "chosen" if chosen else "ranked lower"
+            for role, companion in companions.items():
+                if companion.series_uid != image.series_uid:
+                    choices[companion.series_uid] = Choice(
+                        companion, chosen, f"{verdict}: the {role} image beside {dixon.image} series "
+                                           f"{image.series_uid}", companion_of=image.series_uid)
+            for role, members in acquisition.series.items():
+                for member in members:
+                    choices.setdefault(member.series_uid, Choice(
+                        member, False, f"dixon: the {role} image is not used (rows take {', '.join(dixon.needed)})"))
     return [choices.get(s.series_uid) or Choice(s, False, verdicts[s.series_uid]) for s in series]
 
 

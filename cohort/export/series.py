@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from cohort.ingest.dicom import GeometryProblem, SliceHeader, slice_geometry
+from cohort.ingest.dicom import GeometryProblem, SliceGeometry, SliceHeader, slice_geometry
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class SeriesSummary:
     series_description: str
     age: float | None
     sex: str
+    grid: str = ""  # the volume's shape and affine: series of one Dixon acquisition share it; "" when not one volume
 
     @property
     def image_type_values(self) -> set[str]:
@@ -64,10 +65,11 @@ def _summary(series_uid: str, rows: list[dict]) -> SeriesSummary:
         rows = list({row["sop_uid"]: row for row in rows}.values())
     column = {name: [row[name] for row in rows] for name in rows[0]}
     thickness = _most_common(column["slice_thickness_mm"])
-    problem, spacing, coverage = None, None, None
+    problem, spacing, coverage, grid = None, None, None, ""
     try:
         geometry = slice_geometry([_slice_header(row) for row in rows])
         spacing, coverage = round(geometry.slice_spacing_mm, 4), round(geometry.z_coverage_mm, 2)
+        grid = _grid(geometry)
     except GeometryProblem as exc:
         problem = str(exc)
     orientation, tilt = _plane(rows[0]["orientation"])
@@ -80,8 +82,14 @@ def _summary(series_uid: str, rows: list[dict]) -> SeriesSummary:
         contrast=_contrast(_most_common(column["contrast_agent"]) or ""), kvp=_most_common(column["kvp"]),
         manufacturer=_most_common(column["manufacturer"]) or "", model=_most_common(column["model"]) or "",
         series_description=_most_common(column["series_description"]) or "", age=_most_common(column["age"]),
-        sex=_most_common(column["sex"]) or "",
+        sex=_most_common(column["sex"]) or "", grid=grid,
     )
+
+
+def _grid(geometry: SliceGeometry) -> str:
+    """Shape and affine to 0.01 mm: equal for the series of one acquisition (Dixon water, fat...)."""
+    affine = " ".join(f"{value:.2f}" for value in np.asarray(geometry.affine)[:3].ravel())
+    return f"{'x'.join(map(str, geometry.shape))} {affine}".replace("-0.00", "0.00")
 
 
 def _slice_header(row: dict) -> SliceHeader:

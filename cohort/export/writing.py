@@ -4,7 +4,9 @@
 and the covariates ``contrast,kvp,kernel,scanner,slice_thickness_mm`` (carried into
 ``series/`` by ``cohort run``). ``path`` is the deepest folder holding every file of the series
 (relative to the manifest's folder when it lies under it) and ``series_uid`` tells ``cohort run``
-which series under it to read. ``scans.index.parquet`` has one row per series found;
+which series under it to read. Rows of a Dixon policy add ``fat``, ``fat_series_uid``, ``water``
+and ``water_series_uid``: the same for the acquisition's fat and water series, whose fat fractions
+``cohort run`` measures. ``scans.index.parquet`` has one row per series found;
 ``scans.unreadable.parquet`` one row per file that is not usable DICOM, with the reason.
 """
 
@@ -18,9 +20,11 @@ import pandas as pd
 
 from cohort.export.policy import Choice
 from cohort.export.pseudonyms import PseudonymKey
+from cohort.export.series import SeriesSummary
 
 MANIFEST_COLUMNS = ("series_id", "path", "age", "sex", "series_uid", "subject_id",
                     "contrast", "kvp", "kernel", "scanner", "slice_thickness_mm")
+DIXON_COLUMNS = ("fat", "fat_series_uid", "water", "water_series_uid")
 
 
 def index_path(manifest: Path) -> Path:
@@ -43,10 +47,12 @@ def series_id(series_uid: str, key: PseudonymKey) -> str:
 
 def write_manifest(choices: list[Choice], manifest: Path, root: Path, key: PseudonymKey) -> int:
     """Write the chosen series as manifest rows; returns how many."""
-    rows = [_manifest_row(choice, manifest, root, key) for choice in choices if choice.selected]
+    chosen = [choice for choice in choices if choice.selected and choice.companion_of is None]
+    rows = [_manifest_row(choice, manifest, root, key) for choice in chosen]
+    columns = MANIFEST_COLUMNS + (DIXON_COLUMNS if any(choice.companions for choice in chosen) else ())
     temporary = manifest.with_name(manifest.name + ".partial")
     with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(temporary, manifest)
@@ -55,17 +61,27 @@ def write_manifest(choices: list[Choice], manifest: Path, root: Path, key: Pseud
 
 def _manifest_row(choice: Choice, manifest: Path, root: Path, key: PseudonymKey) -> dict:
     series = choice.series
-    folder = Path(os.path.abspath(root / series.folder))
-    home = Path(os.path.abspath(manifest)).parent
+    companions = {}
+    for role, companion in choice.companions:
+        companions[role] = _series_folder(companion, manifest, root)
+        companions[f"{role}_series_uid"] = companion.series_uid
     return {
         "series_id": series_id(series.series_uid, key),
-        "path": folder.relative_to(home).as_posix() if folder.is_relative_to(home) else str(folder),
+        "path": _series_folder(series, manifest, root),
         "age": "" if series.age is None else f"{series.age:g}", "sex": series.sex,
         "series_uid": series.series_uid, "subject_id": series.subject_key,
         "contrast": "yes" if series.contrast else "no", "kvp": "" if series.kvp is None else f"{series.kvp:g}",
         "kernel": series.kernel, "scanner": " ".join(filter(None, (series.manufacturer, series.model))),
         "slice_thickness_mm": "" if series.slice_thickness_mm is None else f"{series.slice_thickness_mm:g}",
+        **companions,
     }
+
+
+def _series_folder(series: SeriesSummary, manifest: Path, root: Path) -> str:
+    """The series' folder, relative to the manifest's folder when it lies under it."""
+    folder = Path(os.path.abspath(root / series.folder))
+    home = Path(os.path.abspath(manifest)).parent
+    return folder.relative_to(home).as_posix() if folder.is_relative_to(home) else str(folder)
 
 
 def write_index(choices: list[Choice], manifest: Path, key: PseudonymKey) -> None:

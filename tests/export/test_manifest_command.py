@@ -173,7 +173,8 @@ def test_cohort_check_accepts_the_generated_manifest(made) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("module", ["cohort.export.pseudonyms", "cohort.export.crawl", "cohort.ingest.dicom"])
+@pytest.mark.parametrize("module", ["cohort.export.pseudonyms", "cohort.export.crawl", "cohort.ingest.dicom",
+                                    "cohort.export.dixon"])
 def test_docstring_examples(module: str) -> None:
     import doctest
     import importlib

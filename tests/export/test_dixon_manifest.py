@@ -1,0 +1,177 @@
+"""`cohort manifest` on a Dixon MR export: acquisitions paired by grid, rows with their fat and
+water series, auditable reasons, and `cohort run` measuring a planted fat fraction through them.
+
+The export is written with pydicom from the example's slices (4x fewer pixels per side, 16-bit MR
+signal): each acquisition's in-phase image is the signal s, fat round(0.2 s), water round(0.8 s),
+opposed-phase |water - fat|; so every structure's fat fraction is 0.2 whatever the random network
+labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+from pydicom.uid import ExplicitVRLittleEndian
+
+from cohort.config import CONFIG_DIR
+from cohort.errors import ConfigError
+from cohort.export.policy import load_policy
+from cohort.segmentation import load_model_spec
+from cohort.testing.weights import build_weights
+from tests.export.conftest import JANE, JOHN
+from tests.export.pacs import Patient, Study, example_slices, write_series
+from tests.testkit import cohort_cli
+
+FAT_FRACTION = 0.2
+SIEMENS = {"in_phase": "ORIGINAL\\PRIMARY\\DIXON\\IN_PHASE", "opposed_phase": "ORIGINAL\\PRIMARY\\DIXON\\OPP_PHASE",
+           "water": "DERIVED\\PRIMARY\\DIXON\\WATER", "fat": "DERIVED\\PRIMARY\\DIXON\\FAT"}
+UK_BIOBANK = {"in_phase": "Dixon_BH_17s_in", "opposed_phase": "Dixon_BH_17s_opp", "water": "Dixon_BH_17s_W",
+              "fat": "Dixon_BH_17s_F"}
+ANNE = Patient("ROE^ANNE", "PID-777001", "19660101", sex="F", age="058Y")
+
+
+def mr_slices(examples: Path, role: str) -> list[pydicom.Dataset]:
+    """The example's slices as one Dixon image of ``role``: uncompressed uint16, 4x coarser in-plane."""
+    slices = []
+    for source in example_slices(examples):
+        ds = copy.deepcopy(source)
+        hu = ds.pixel_array[::4, ::4].astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        signal = np.clip(hu + 1000.0, 0.0, 3000.0)
+        fat, water = np.round(FAT_FRACTION * signal), np.round((1 - FAT_FRACTION) * signal)
+        image = {"in_phase": signal, "fat": fat, "water": water, "opposed_phase": np.abs(water - fat)}[role]
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.Rows, ds.Columns = image.shape
+        ds.PixelSpacing = [float(value) * 4 for value in ds.PixelSpacing]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = np.round(image).astype(np.uint16).tobytes()
+        for tag in ("RescaleType", "WindowCenter", "WindowWidth"):
+            if tag in ds:
+                delattr(ds, tag)
+        slices.append(ds)
+    return slices
+
+
+def dixon_series(folder: Path, slices: dict[str, list[pydicom.Dataset]], study: Study, roles: tuple[str, ...],
+                 image_types: dict[str, str] | None = None, descriptions: dict[str, str] | None = None,
+                 count: int = 20) -> dict[str, str]:
+    """One acquisition: a series per role (Siemens ImageType, or UK Biobank descriptions); role -> UID."""
+    return {role: write_series(folder if descriptions else folder / role, slices[role][:count], study, modality="MR",
+                               image_type=(image_types or {}).get(role, "ORIGINAL\\PRIMARY\\M\\ND"),
+                               description=(descriptions or {}).get(role, "t1_vibe_dixon_tra"), kernel="",
+                               thickness=2.0)
+            for role in roles}
+
+
+@pytest.fixture(scope="module")
+def dixon_export(tmp_path_factory, examples: Path) -> tuple[Path, dict[str, dict[str, str]]]:
+    root = tmp_path_factory.mktemp("dixon") / "export"
+    slices = {role: mr_slices(examples, role) for role in SIEMENS}
+    jane, john, anne = Study(JANE), Study(JOHN), Study(ANNE)
+    uids = {
+        # Siemens: a full acquisition, a shorter one (another grid: ranked lower), a localizer
+        "jane": dixon_series(root / "jane" / "station1", slices, jane, tuple(SIEMENS), SIEMENS),
+        "jane_short": dixon_series(root / "jane" / "station2", slices, jane, ("in_phase", "fat", "water"), SIEMENS,
+                                   count=14),
+        "jane_scout": {"localizer": write_series(root / "jane" / "scout", slices["in_phase"][:3], jane, modality="MR",
+                                                 image_type="ORIGINAL\\PRIMARY\\LOCALIZER", kernel="")},
+        # UK Biobank: roles in the descriptions only, all four series in one folder
+        "john": dixon_series(root / "john" / "dixon", slices, john, tuple(SIEMENS), descriptions=UK_BIOBANK),
+        # two water series on one grid: which fat goes with which water cannot be told
+        "anne": dixon_series(root / "anne" / "a", slices, anne, ("in_phase", "fat", "water"), SIEMENS),
+        "anne_again": dixon_series(root / "anne" / "b", slices, anne, ("water",), SIEMENS),
+    }
+    return root, uids
+
+
+def small_series_policy(folder: Path) -> Path:
+    """The shipped Dixon policy with limits for the example's 20 slices of 2 mm."""
+    settings = yaml.safe_load((CONFIG_DIR / "selection_dixon.yaml").read_text())
+    settings.update(min_slices=8, min_z_coverage_mm=15)
+    path = folder / "policy.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture(scope="module")
+def made(dixon_export, tmp_path_factory) -> tuple[Path, list[dict], pd.DataFrame]:
+    root, _ = dixon_export
+    out = tmp_path_factory.mktemp("manifest")
+    key = tmp_path_factory.mktemp("keys") / "pseudonym.key"
+    done = cohort_cli("manifest", "--dicom", str(root), "--out", str(out / "scans.csv"), "--policy",
+                      str(small_series_policy(out)), "--key", str(key), timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with (out / "scans.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return out, rows, pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")
+
+
+def test_each_complete_acquisition_is_a_row_with_its_fat_and_water(made, dixon_export) -> None:
+    out, rows, _ = made
+    _, uids = dixon_export
+    by_image = {row["series_uid"]: row for row in rows}
+    assert set(by_image) == {uids["jane"]["in_phase"], uids["john"]["in_phase"]}
+    jane, john = by_image[uids["jane"]["in_phase"]], by_image[uids["john"]["in_phase"]]
+    assert (jane["fat_series_uid"], jane["water_series_uid"]) == (uids["jane"]["fat"], uids["jane"]["water"])
+    assert (john["fat_series_uid"], john["water_series_uid"]) == (uids["john"]["fat"], uids["john"]["water"])
+    assert Path(jane["path"]).name == "in_phase" and Path(jane["fat"]).name == "fat"
+    assert jane["path"] != jane["fat"] and john["path"] == john["fat"] == john["water"]  # one folder: by UID
+    assert (jane["sex"], john["sex"]) == ("F", "M")
+
+
+def test_every_other_series_says_why(made, dixon_export) -> None:
+    _, _, index = made
+    _, uids = dixon_export
+    reasons = index["reason"].to_dict()
+    assert reasons[uids["jane"]["fat"]] == f"chosen: the fat image beside in_phase series {uids['jane']['in_phase']}"
+    assert index.loc[uids["jane"]["fat"], "selected"] and index.loc[uids["jane"]["water"], "selected"]
+    assert reasons[uids["jane"]["opposed_phase"]] == "dixon: the opposed_phase image is not used (rows take " \
+                                                     "in_phase, fat, water)"
+    assert reasons[uids["jane_short"]["in_phase"]].startswith("ranked lower: rank 2 of 2 eligible in the study")
+    assert reasons[uids["jane_short"]["water"]].startswith("ranked lower: the water image beside")
+    assert reasons[uids["jane_scout"]["localizer"]].startswith("image type:")
+    for role in ("in_phase", "fat", "water"):
+        assert reasons[uids["anne"][role]].startswith("dixon: 2 water series on this grid")
+    assert not index.loc[[uids["anne"]["in_phase"], uids["jane"]["opposed_phase"]], "selected"].any()
+
+
+def test_cohort_check_reads_the_companions_by_their_series_uid(made) -> None:
+    out, _, _ = made
+    result = cohort_cli("check", "--manifest", str(out / "scans.csv"), "--model", "total_mr")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cohort_run_measures_the_planted_fat_fraction(made, tmp_path: Path, prefect_server: str) -> None:
+    out, rows, _ = made
+    weights = tmp_path / "weights"
+    build_weights(load_model_spec("total_mr"), weights, "small", seed=2)
+    results = tmp_path / "results"
+    done = cohort_cli("run", "--manifest", str(out / "scans.csv"), "--out", str(results), "--model", "total_mr",
+                      "--weights", str(weights), "--workers", "1", api=prefect_server, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (pd.read_parquet(results / "series")["status"] == "done").all()
+    features = pd.read_parquet(results / "features")
+    measured = features[features["status"] != "absent"]
+    assert set(measured["series_id"]) == {row["series_id"] for row in rows}
+    assert measured["fat_fraction"].notna().all()
+    assert np.allclose(measured["fat_fraction"], FAT_FRACTION, atol=0.005)
+
+
+def test_a_dixon_policy_is_checked_on_load(tmp_path: Path) -> None:
+    settings = yaml.safe_load((CONFIG_DIR / "selection_dixon.yaml").read_text())
+    assert load_policy(Path("selection_dixon.yaml")).dixon.needed == ("in_phase", "fat", "water")
+    for change, message in [({"image": "t2"}, "key 'dixon.image' must be one of"),
+                            ({"fat": {"image_type": [], "description": []}}, "key 'dixon.fat' needs"),
+                            ({"water": {"description": ["(unclosed"]}}, "'dixon.water.description' entry"),
+                            ({"water": {"colour": ["blue"]}}, "unknown key 'dixon.water.colour'")]:
+        path = tmp_path / "policy.yaml"
+        path.write_text(yaml.safe_dump({**settings, "dixon": {**settings["dixon"], **change}}))
+        with pytest.raises(ConfigError, match=message):
+            load_policy(path)
