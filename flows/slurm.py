@@ -21,9 +21,11 @@ from typing import Any, Callable, Iterator
 
 from cohort.config import config_file, from_mapping, load_yaml
 from cohort.errors import ConfigError, RunCannotStart
+from cohort.flows.job_gpus import PROCESSES_ENV
 
 log = logging.getLogger(__name__)
 DEFAULT_SLURM_CONFIG = "slurm.yaml"
+GPU_PRELOAD = "cohort.flows.job_gpus"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
                           "each Dask worker gets cores / processes threads")
     if config.gpus_per_job < 0:
         raise ConfigError(f"{path}: key 'gpus_per_job' must be 0 or more, got {config.gpus_per_job}")
+    if config.gpus_per_job > config.processes:
+        raise ConfigError(f"{path}: key 'gpus_per_job' ({config.gpus_per_job}) is more than 'processes' "
+                          f"({config.processes}): each worker process computes on one GPU, so "
+                          f"{config.gpus_per_job - config.processes} GPU(s) of every job would sit idle")
     if not 0 <= config.adapt.minimum_jobs <= config.adapt.maximum_jobs or config.adapt.maximum_jobs < 1:
         raise ConfigError(f"{path}: keys 'adapt.minimum_jobs' and 'adapt.maximum_jobs' need "
                           f"0 <= minimum_jobs <= maximum_jobs and maximum_jobs >= 1, got "
@@ -89,7 +95,10 @@ def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True) -> list
 
     share = Resources(config.cores, config.processes, config.cores // config.processes,
                       parse_bytes(config.memory) // config.processes)
-    return [f"export {name}={value}" for name, value in share.worker_environment(reuse_freed_memory).items()]
+    environment = share.worker_environment(reuse_freed_memory)
+    if config.gpus_per_job:
+        environment[PROCESSES_ENV] = str(config.processes)
+    return [f"export {name}={value}" for name, value in environment.items()]
 
 
 def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True) -> dict[str, Any]:
@@ -112,6 +121,8 @@ def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True) -> dict
         "log_directory": config.log_directory,
         "python": config.python or sys.executable,
         "death_timeout": config.death_timeout_s,
+        # each worker process of a GPU job on its own GPU of the job (cohort.flows.job_gpus)
+        "worker_extra_args": ["--preload", GPU_PRELOAD] if config.gpus_per_job else None,
     }
     return {key: value for key, value in kwargs.items() if value is not None}
 

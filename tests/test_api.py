@@ -18,7 +18,8 @@ from cohort.store import OutputLayout, exclusive_output
 from testkit import write_manifest
 
 DOCTEST_MODULES = ["cohort.api", "cohort.segmentation.registry", "cohort.stats.study", "cohort.provenance",
-                   "cohort.stats.overlays", "cohort.flows.warmup", "cohort.flows.cuda"]
+                   "cohort.stats.overlays", "cohort.flows.warmup", "cohort.flows.cuda",
+                   "cohort.flows.job_gpus"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

@@ -83,3 +83,28 @@ def test_a_run_on_shared_gpu_workers_gives_the_tables_of_a_local_run(
     tables = [pd.read_parquet(tmp_path / name / "features").sort_values(["series_id", "structure"])
               .reset_index(drop=True) for name in ("shared", "local")]
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
+
+
+def _job_gpu_view() -> str:
+    import os
+
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+def test_each_worker_of_a_slurm_gpu_job_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job script's preload, in real worker processes named as Dask's worker command names a
+    job's processes, with the CUDA_VISIBLE_DEVICES SLURM gives a job of 2 GPUs."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    from cohort.flows.job_gpus import PROCESSES_ENV
+    from cohort.flows.slurm import GPU_PRELOAD
+
+    env = {"CUDA_VISIBLE_DEVICES": "4,7", PROCESSES_ENV: "2"}
+    workers = {f"cohort-worker-9-{i}": {"cls": Nanny, "options": {"nthreads": 1, "env": env, "preload": [GPU_PRELOAD],
+                                                                  "host": "127.0.0.1"}} for i in range(2)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        named = {client.scheduler_info()["workers"][address]["name"]: gpu
+                 for address, gpu in client.run(_job_gpu_view).items()}
+        assert named == {"cohort-worker-9-0": "4", "cohort-worker-9-1": "7"}

@@ -32,6 +32,7 @@ def test_shipped_slurm_config_loads() -> None:
         ("cores: 4\nprocesses: 3\n", ["key 'processes'", "must divide 'cores'"]),
         ("adapt:\n  minimum_jobs: 5\n  maximum_jobs: 2\n", ["adapt.minimum_jobs", "adapt.maximum_jobs"]),
         ("adapt:\n  maximum_job: 2\n", ["unknown key 'adapt.maximum_job'"]),
+        ("cores: 4\nprocesses: 2\ngpus_per_job: 4\n", ["key 'gpus_per_job' (4)", "2 GPU(s) of every job would sit idle"]),
     ],
 )
 def test_bad_slurm_config_names_file_and_key(tmp_path: Path, text: str, words: list[str]) -> None:
@@ -67,11 +68,14 @@ interface: lo
                  "#SBATCH -t 12:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --qos=long",
                  "#SBATCH --job-name=cohort-worker", "module load cuda/12.4", "--nworkers 2",
                  "export OMP_NUM_THREADS=4", "export COHORT_TORCH_THREADS=4", "export MALLOC_ARENA_MAX=1",
+                 "export COHORT_JOB_PROCESSES=2", "--preload cohort.flows.job_gpus",
                  f"export MALLOC_TRIM_THRESHOLD_={64 * 10 ** 9 // 2 // 4}"):
         assert line in script, (line, script)
     assert script.index("export OMP_NUM_THREADS") < script.index("module load cuda/12.4")
     no_heap = "\n".join(cluster_kwargs(config, reuse_freed_memory=False)["job_script_prologue"])
     assert "OMP_NUM_THREADS=4" in no_heap and "MALLOC" not in no_heap
+    cpu_only = cluster_kwargs(load_slurm_config(str(_write(tmp_path, "cores: 8\nprocesses: 2\n"))))
+    assert "worker_extra_args" not in cpu_only and "COHORT_JOB_PROCESSES" not in str(cpu_only)
     assert job_counts(config, None) == (1, 4) and job_counts(config, 5) == (3, 3)
 
 
