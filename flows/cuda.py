@@ -112,6 +112,9 @@ def cuda_cluster(workers: int | None, workers_per_gpu: int = 1, series_slots: in
     cpus = usable_cpus()
     resources = Resources.plan(cpus, usable_memory_bytes(cpus=cpus), workers=len(devices) * workers_per_gpu)
     log.info("GPU cluster: %s on %d GPU(s)", resources.describe(), len(devices))
+    if resources.workers > cpus:
+        log.warning("%d GPU workers share %d usable CPU(s): their CPU stages will queue for the CPUs "
+                    "(fewer execution.workers_per_gpu)", resources.workers, cpus)
     with dask.config.set({**resources.dask_config(reuse_freed_memory), "distributed.worker.preload": [WORKER_PRELOAD]}):
         if workers_per_gpu > 1:
             return shared_gpu_cluster(devices, workers_per_gpu, series_slots, resources), devices
