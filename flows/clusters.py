@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
-from cohort.flows.resources import GIB, Resources
+from cohort.flows.resources import Resources, warn_if_short_of_memory
 from cohort.signals import WORKER_PRELOAD
 
 CLUSTERS = ("local", "cuda", "slurm")
@@ -107,10 +107,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
         resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb,
                                                model_memory_gb)
         log.info("local cluster: %s", resources.describe())
-        if model_memory_gb and resources.memory_limit_bytes < model_memory_gb * GIB:
-            log.warning("each worker gets %.1f GiB, less than the %.0f GB the model needs on a large CT: large "
-                        "series may run out of memory (fewer --workers, or execution.worker_memory_gb)",
-                        resources.memory_limit_bytes / GIB, model_memory_gb)
+        warn_if_short_of_memory(resources, model_memory_gb, "fewer --workers, or execution.worker_memory_gb")
         with dask.config.set({**resources.dask_config(execution.reuse_freed_memory),
                               "distributed.worker.preload": [WORKER_PRELOAD]}):
             cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),
@@ -125,7 +122,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
 
         per_gpu = execution.workers_per_gpu
         cluster, devices = cuda_cluster(workers, per_gpu, series_slots(execution, gpu=True),
-                                        execution.reuse_freed_memory)
+                                        execution.reuse_freed_memory, model_memory_gb)
         n = len(devices) * per_gpu
         start = StartCheck(n, LOCAL_START_TIMEOUT_S, f"--cluster cuda did not start {n} GPU worker(s) within "
                            f"{LOCAL_START_TIMEOUT_S:g} s",

@@ -22,7 +22,7 @@ import dask
 from distributed import Nanny, Scheduler, SpecCluster
 
 from cohort.errors import RunCannotStart
-from cohort.flows.resources import Resources, usable_cpus, usable_memory_bytes
+from cohort.flows.resources import Resources, usable_cpus, usable_memory_bytes, warn_if_short_of_memory
 from cohort.signals import WORKER_PRELOAD
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,11 @@ def shared_gpu_cluster(devices: list[str], workers_per_gpu: int, series_slots: i
 
 
 def cuda_cluster(workers: int | None, workers_per_gpu: int = 1, series_slots: int = 1,
-                 reuse_freed_memory: bool = True) -> tuple[object, list[str]]:
+                 reuse_freed_memory: bool = True, model_memory_gb: float | None = None) -> tuple[object, list[str]]:
     """A cluster on ``workers`` (default: all visible) GPUs with ``workers_per_gpu`` workers each,
-    and the GPUs it uses. The CPUs this process may use are shared among all the workers (torch
-    threads for pre- and post-processing). Only one worker per GPU needs dask-cuda."""
+    and the GPUs it uses. The CPUs and memory this process may use are shared among all the workers
+    (torch threads for pre- and post-processing; a warning when a share is below ``model_memory_gb``).
+    Only one worker per GPU needs dask-cuda."""
     gpus = visible_gpus()
     if gpus == 0:
         raise RunCannotStart("--cluster cuda: no CUDA GPU is visible to this process "
@@ -112,6 +113,7 @@ def cuda_cluster(workers: int | None, workers_per_gpu: int = 1, series_slots: in
     cpus = usable_cpus()
     resources = Resources.plan(cpus, usable_memory_bytes(cpus=cpus), workers=len(devices) * workers_per_gpu)
     log.info("GPU cluster: %s on %d GPU(s)", resources.describe(), len(devices))
+    warn_if_short_of_memory(resources, model_memory_gb, "fewer execution.workers_per_gpu or GPUs per run")
     if resources.workers > cpus:
         log.warning("%d GPU workers share %d usable CPU(s): their CPU stages will queue for the CPUs "
                     "(fewer execution.workers_per_gpu)", resources.workers, cpus)

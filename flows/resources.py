@@ -9,6 +9,7 @@ source is read by a small function that takes the raw value, so each can be test
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ THREAD_ENV_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THRE
 TORCH_THREADS_ENV = "COHORT_TORCH_THREADS"
 """Read by the segmenter when it loads a model (``torch.set_num_threads``): the worker's share."""
 GIB = 1024 ** 3
+log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -179,3 +181,11 @@ class Resources:
     def describe(self) -> str:
         return (f"{self.workers} worker(s) x {self.threads_per_worker} thread(s) on {self.cpus} usable CPU(s), "
                 f"{self.memory_limit_bytes / GIB:.1f} GiB each")
+
+
+def warn_if_short_of_memory(resources: Resources, model_memory_gb: float | None, remedy: str) -> None:
+    """Log a warning when each worker's memory is below what the run's model needs on a large CT."""
+    if model_memory_gb and resources.memory_limit_bytes < model_memory_gb * GIB:
+        log.warning(
+            "each worker gets %.1f GiB, less than the %.0f GB the model needs on a large CT: large series may "
+            "run out of memory (%s)", resources.memory_limit_bytes / GIB, model_memory_gb, remedy)

@@ -19,7 +19,7 @@ import cohort
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
 from cohort.flows import cuda
-from cohort.flows.clusters import open_client
+from cohort.flows.clusters import open_client, preserved_environment
 from cohort.flows.cuda import check_pinning
 from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
@@ -39,8 +39,9 @@ def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
 
 
-def test_each_gpu_gets_its_share_of_workers_that_see_only_it(two_gpus: None) -> None:
-    with open_client("cuda", None, ExecutionConfig(workers_per_gpu=2)) as client:
+def test_each_gpu_gets_its_share_of_workers_that_see_only_it(two_gpus: None, caplog) -> None:
+    with caplog.at_level("WARNING", logger="cohort.flows"), \
+            open_client("cuda", None, ExecutionConfig(workers_per_gpu=2), model_memory_gb=10_000) as client:
         views = sorted(client.run(_worker_view).values())
         assert [view[0] for view in views] == ["3", "3", "5", "5"]
         assert {view[1] for view in views} == {str(max(1, cuda.usable_cpus() // 4))}
@@ -50,6 +51,7 @@ def test_each_gpu_gets_its_share_of_workers_that_see_only_it(two_gpus: None) -> 
             check_pinning(client, ["3", "5"])
         with pytest.raises(RunCannotStart, match="not 2 per GPU"):
             check_pinning(client, ["3", "4"], 2)
+    assert "less than the 10000 GB the model needs" in caplog.text and "workers_per_gpu" in caplog.text
 
 
 def test_workers_flag_picks_the_gpus(two_gpus: None) -> None:
@@ -103,7 +105,8 @@ def test_each_worker_of_a_slurm_gpu_job_takes_its_own_gpu(monkeypatch: pytest.Mo
     workers = {f"cohort-worker-9-{i}": {"cls": Nanny, "options": {"nthreads": 1, "env": env, "preload": [GPU_PRELOAD],
                                                                   "host": "127.0.0.1"}} for i in range(2)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+    # preserved_environment: nannies write their workers' variables into this process's environment
+    with preserved_environment(), SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         named = {client.scheduler_info()["workers"][address]["name"]: gpu
                  for address, gpu in client.run(_job_gpu_view).items()}

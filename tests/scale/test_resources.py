@@ -114,7 +114,7 @@ def test_the_models_need_caps_the_worker_count_not_the_memory_limit() -> None:
 
 
 def test_a_local_cluster_too_small_for_the_model_says_so(caplog) -> None:
-    with caplog.at_level("WARNING", logger="cohort.flows.clusters"):
+    with caplog.at_level("WARNING", logger="cohort.flows"):
         with open_client("local", None, ExecutionConfig(), model_memory_gb=10_000) as client:
             assert len(client.scheduler_info()["workers"]) == 1
     assert "less than the 10000 GB the model needs" in caplog.text
