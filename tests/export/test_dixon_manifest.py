@@ -175,3 +175,20 @@ def test_a_dixon_policy_is_checked_on_load(tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump({**settings, "dixon": {**settings["dixon"], **change}}))
         with pytest.raises(ConfigError, match=message):
             load_policy(path)
+
+
+def test_the_water_image_can_be_the_one_segmented(dixon_export, tmp_path: Path, tmp_path_factory) -> None:
+    from cohort.export import build_manifest
+
+    root, uids = dixon_export
+    policy = small_series_policy(tmp_path)
+    settings = yaml.safe_load(policy.read_text())
+    settings["dixon"]["image"] = "water"
+    policy.write_text(yaml.safe_dump(settings))
+    build_manifest(root, tmp_path / "scans.csv", policy, key=tmp_path_factory.mktemp("keys") / "k.key")
+    with (tmp_path / "scans.csv").open(newline="") as handle:
+        jane = next(row for row in csv.DictReader(handle) if row["series_uid"] == uids["jane"]["water"])
+    assert jane["water_series_uid"] == jane["series_uid"] and jane["fat_series_uid"] == uids["jane"]["fat"]
+    index = pd.read_parquet(tmp_path / "scans.index.parquet").set_index("series_uid")
+    assert index.loc[uids["jane"]["in_phase"], "reason"] == "dixon: the in_phase image is not used (rows take " \
+                                                            "water, fat)"
