@@ -90,9 +90,14 @@ def test_cuda_cluster_without_gpu_stops_with_a_clear_message(tmp_path: Path, exa
 
 @pytest.mark.gpu
 @pytest.mark.skipif(visible_gpus() == 0, reason="needs a CUDA GPU")
-def test_cuda_cluster_runs_the_example(tmp_path: Path, examples: Path) -> None:
-    pytest.importorskip("dask_cuda")
+@pytest.mark.parametrize("workers_per_gpu", [1, 2])
+def test_cuda_cluster_runs_the_example(tmp_path: Path, examples: Path, workers_per_gpu: int) -> None:
+    if workers_per_gpu == 1:
+        pytest.importorskip("dask_cuda")  # one worker per GPU is dask-cuda's LocalCUDACluster
+    config = tmp_path / "run.yaml"
+    config.write_text(f"execution:\n  workers_per_gpu: {workers_per_gpu}\n")
     out = tmp_path / "r"
-    result = cohort_cli("run", "--manifest", str(examples / "manifest.csv"), "--out", str(out), "--cluster", "cuda")
+    result = cohort_cli("run", "--manifest", str(examples / "manifest.csv"), "--out", str(out), "--cluster", "cuda",
+                        "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert len(list((out / "series").glob("*.parquet"))) >= 1
