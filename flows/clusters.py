@@ -45,6 +45,12 @@ def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
     return 1 + (execution.gpu_prefetch if gpu else execution.prefetch)
 
 
+def local_worker_settings(resources: Resources, reuse_freed_memory: bool) -> dict[str, object]:
+    """Dask settings of the worker processes a cluster starts on this machine (local and GPU
+    clusters): each one's share of CPUs and memory, and the preload that leaves Ctrl-C to the driver."""
+    return {**resources.dask_config(reuse_freed_memory), "distributed.worker.preload": [WORKER_PRELOAD]}
+
+
 @contextmanager
 def open_client(kind: str, workers: int | None, execution: ExecutionConfig,
                 model_memory_gb: float | None = None) -> Iterator[Client]:
@@ -108,8 +114,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
                                                model_memory_gb)
         log.info("local cluster: %s", resources.describe())
         warn_if_short_of_memory(resources, model_memory_gb, "fewer --workers, or execution.worker_memory_gb")
-        with dask.config.set({**resources.dask_config(execution.reuse_freed_memory),
-                              "distributed.worker.preload": [WORKER_PRELOAD]}):
+        with dask.config.set(local_worker_settings(resources, execution.reuse_freed_memory)):
             cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),
                                    processes=True,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",

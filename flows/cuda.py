@@ -22,8 +22,8 @@ import dask
 from distributed import Nanny, Scheduler, SpecCluster
 
 from cohort.errors import RunCannotStart
+from cohort.flows.clusters import local_worker_settings
 from cohort.flows.resources import Resources, usable_cpus, usable_memory_bytes, warn_if_short_of_memory
-from cohort.signals import WORKER_PRELOAD
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def shared_gpu_specs(devices: list[str], workers_per_gpu: int, series_slots: int
 def shared_gpu_cluster(devices: list[str], workers_per_gpu: int, series_slots: int, resources: Resources
                        ) -> SpecCluster:
     """A local cluster of :func:`shared_gpu_specs` workers (no GPU is touched here: the workers
-    open their CUDA context when they load a model). Call inside :meth:`Resources.dask_config`."""
+    open their CUDA context when they load a model). Call inside ``local_worker_settings``."""
     return SpecCluster(workers=shared_gpu_specs(devices, workers_per_gpu, series_slots, resources.memory_limit_bytes),
                        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}},
                        silence_logs=logging.ERROR, name="cohort-gpu")
@@ -117,7 +117,7 @@ def cuda_cluster(workers: int | None, workers_per_gpu: int = 1, series_slots: in
     if resources.workers > cpus:
         log.warning("%d GPU workers share %d usable CPU(s): their CPU stages will queue for the CPUs "
                     "(fewer execution.workers_per_gpu)", resources.workers, cpus)
-    with dask.config.set({**resources.dask_config(reuse_freed_memory), "distributed.worker.preload": [WORKER_PRELOAD]}):
+    with dask.config.set(local_worker_settings(resources, reuse_freed_memory)):
         if workers_per_gpu > 1:
             return shared_gpu_cluster(devices, workers_per_gpu, series_slots, resources), devices
         try:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cohort.config import CONFIG_DIR, config_file, from_mapping, load_yaml
 from cohort.errors import ConfigError
@@ -23,6 +24,7 @@ from cohort.export.dixon import ROLES, DixonPolicy, acquisitions, dixon_role
 from cohort.export.series import SeriesSummary
 
 DEFAULT_POLICY = CONFIG_DIR / "selection.yaml"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,25 @@ def select(series: list[SeriesSummary], policy: SelectionPolicy) -> list[Choice]
         return _select_dixon(series, policy, policy.dixon)
     verdicts = {s.series_uid: first_failed_rule(s, policy) for s in series}
     choices: dict[str, Choice] = {}
-    for study in dict.fromkeys(s.study_key for s in series):
-        eligible = sorted((s for s in series if s.study_key == study and verdicts[s.series_uid] is None),
-                          key=lambda s: _rank(s, policy))
-        for place, candidate in enumerate(eligible):
-            chosen = place < policy.series_per_study
-            choices[candidate.series_uid] = Choice(candidate, chosen, _ranking_reason(candidate, place, eligible, policy))
+    eligible = [s for s in series if verdicts[s.series_uid] is None]
+    for place, candidate, ranked in _ranked_per_study(eligible, lambda s: s, policy):
+        chosen = place < policy.series_per_study
+        choices[candidate.series_uid] = Choice(candidate, chosen, _ranking_reason(candidate, place, ranked, policy))
     return [choices.get(s.series_uid) or Choice(s, False, verdicts[s.series_uid]) for s in series]
+
+
+def _ranked_per_study(candidates: list[T], image: Callable[[T], SeriesSummary], policy: SelectionPolicy
+                      ) -> Iterator[tuple[int, T, list[SeriesSummary]]]:
+    """``(place, candidate, the study's ranked images)`` for each candidate, ranked within its study
+    by the ``tie_break`` order of its ``image`` (a series, or a Dixon acquisition's image series)."""
+    by_study: dict[str, list[T]] = {}
+    for candidate in candidates:
+        by_study.setdefault(image(candidate).study_key, []).append(candidate)
+    for group in by_study.values():
+        ranked = sorted(group, key=lambda candidate: _rank(image(candidate), policy))
+        images = [image(candidate) for candidate in ranked]
+        for place, candidate in enumerate(ranked):
+            yield place, candidate, images
 
 
 def _select_dixon(series: list[SeriesSummary], policy: SelectionPolicy, dixon: DixonPolicy) -> list[Choice]:
@@ -121,32 +135,29 @@ def _select_dixon(series: list[SeriesSummary], policy: SelectionPolicy, dixon: D
                                             f"{summary.series_description or 'none'!r} marks a Dixon image")
     choices: dict[str, Choice] = {}
     candidates = []
-    for acquisition in acquisitions(series, {uid: role for uid, role in roles.items() if role}):
+    for acquisition in acquisitions(series, roles):
         problem = acquisition.problem(dixon)
         members = [s for by_role in acquisition.series.values() for s in by_role]
         if problem:
             choices.update((s.series_uid, Choice(s, False, problem)) for s in members)
         else:
             candidates.append(acquisition)
-    for study in dict.fromkeys(a.study_key for a in candidates):
-        ranked = sorted((a for a in candidates if a.study_key == study), key=lambda a: _rank(a.image(dixon), policy))
-        images = [a.image(dixon) for a in ranked]
-        for place, acquisition in enumerate(ranked):
-            chosen = place < policy.series_per_study
-            image = images[place]
-            companions = acquisition.companions()
-            choices[image.series_uid] = Choice(image, chosen, _ranking_reason(image, place, images, policy),
-                                               tuple(companions.items()))
-            verdict = "chosen" if chosen else "ranked lower"
-            for role, companion in companions.items():
-                if companion.series_uid != image.series_uid:
-                    choices[companion.series_uid] = Choice(
-                        companion, chosen, f"{verdict}: the {role} image beside {dixon.image} series "
-                                           f"{image.series_uid}", companion_of=image.series_uid)
-            for role, members in acquisition.series.items():
-                for member in members:
-                    choices.setdefault(member.series_uid, Choice(
-                        member, False, f"dixon: the {role} image is not used (rows take {', '.join(dixon.needed)})"))
+    for place, acquisition, images in _ranked_per_study(candidates, lambda a: a.image(dixon), policy):
+        chosen = place < policy.series_per_study
+        image = images[place]
+        companions = acquisition.companions()
+        choices[image.series_uid] = Choice(image, chosen, _ranking_reason(image, place, images, policy),
+                                           tuple(companions.items()))
+        verdict = "chosen" if chosen else "ranked lower"
+        for role, companion in companions.items():
+            if companion.series_uid != image.series_uid:
+                choices[companion.series_uid] = Choice(
+                    companion, chosen, f"{verdict}: the {role} image beside {dixon.image} series "
+                                       f"{image.series_uid}", companion_of=image.series_uid)
+        for role, members in acquisition.series.items():
+            for member in members:
+                choices.setdefault(member.series_uid, Choice(
+                    member, False, f"dixon: the {role} image is not used (rows take {', '.join(dixon.needed)})"))
     return [choices.get(s.series_uid) or Choice(s, False, verdicts[s.series_uid]) for s in series]
 
 

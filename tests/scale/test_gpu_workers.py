@@ -87,12 +87,6 @@ def test_a_run_on_shared_gpu_workers_gives_the_tables_of_a_local_run(
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
 
 
-def _job_gpu_view() -> str:
-    import os
-
-    return os.environ["CUDA_VISIBLE_DEVICES"]
-
-
 def test_each_worker_of_a_slurm_gpu_job_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The job script's preload, in real worker processes named as Dask's worker command names a
     job's processes, with the CUDA_VISIBLE_DEVICES SLURM gives a job of 2 GPUs."""
@@ -109,5 +103,5 @@ def test_each_worker_of_a_slurm_gpu_job_takes_its_own_gpu(monkeypatch: pytest.Mo
     with preserved_environment(), SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         named = {client.scheduler_info()["workers"][address]["name"]: gpu
-                 for address, gpu in client.run(_job_gpu_view).items()}
+                 for address, gpu in client.run(cuda._visible_devices).items()}
         assert named == {"cohort-worker-9-0": "4", "cohort-worker-9-1": "7"}
