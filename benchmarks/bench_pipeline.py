@@ -1,8 +1,10 @@
 """Benchmark: one worker strictly one series at a time with the C library's default heap
 (``prefetch: 0``, ``reuse_freed_memory: false``, cohort before issue G), the same with the heap
-keeping freed memory (cohort.heap), and ``prefetch: 1`` on top (a second series read, restored,
-measured and stored beside the one on the network), on clinical-size CTs (0.8 x 0.8 x 1.5 mm)
-and the small random test network, in one run.
+keeping freed memory (cohort.heap), and ``prefetch: 1`` on top (a second series slot: its own
+forward pass on its share of the threads, cohort.segmentation.gate, and its reading, restoring,
+measuring and storing beside the other's), on clinical-size CTs (0.8 x 0.8 x 1.5 mm) and the
+small random test network, in one run; for comparison, the CPUs split into one-thread workers
+instead (each with its own copy of the model).
 
     python benchmarks/bench_pipeline.py --n 8
 
@@ -23,6 +25,7 @@ import pandas as pd
 from scipy import ndimage
 
 import cohort
+from cohort.flows.resources import usable_cpus
 from cohort.manifest import example_manifest
 from cohort.pipeline import STAGES
 from cohort.segmentation import load_model_spec
@@ -50,10 +53,11 @@ VARIANTS = {
     "one at a time, heap reused": {"prefetch": 0, "reuse_freed_memory": "true"},
     "prefetch 1, heap reused": {"prefetch": 1, "reuse_freed_memory": "true"},
 }
+ONE_THREAD_WORKERS = "one-thread workers, one at a time, heap reused"
 
 
-def run(ct: Path, n: int, weights: Path, work: Path, name: str, execution: dict[str, object]
-        ) -> tuple[pd.DataFrame, int]:
+def run(ct: Path, n: int, weights: Path, work: Path, name: str, execution: dict[str, object], workers: int = 1
+        ) -> tuple[pd.DataFrame, PeakChildMemory]:
     folder = work / name.replace(" ", "_").replace(",", "")
     folder.mkdir()
     copies = [folder / f"ct{index:02d}.nii.gz" for index in range(n)]
@@ -63,9 +67,9 @@ def run(ct: Path, n: int, weights: Path, work: Path, name: str, execution: dict[
     config = folder / "run.yaml"
     config.write_text("execution:\n" + "".join(f"  {key}: {value}\n" for key, value in execution.items()))
     with PeakChildMemory() as memory:
-        summary = cohort.run(manifest, folder / "results", weights=weights, config=config, workers=1)
+        summary = cohort.run(manifest, folder / "results", weights=weights, config=config, workers=workers)
     assert summary.exit_code == 0, summary.failures
-    return pd.read_parquet(folder / "results" / "series"), memory.peak_bytes
+    return pd.read_parquet(folder / "results" / "series"), memory
 
 
 def window_s(series: pd.DataFrame) -> float:
@@ -81,18 +85,23 @@ def main() -> None:
     weights = work / "weights"
     build_weights(load_model_spec("fast"), weights, "small", seed=0)
     ct = clinical_ct(work)
+    cpus = usable_cpus()
+    variants = {name: (execution, 1) for name, execution in VARIANTS.items()}
+    variants[ONE_THREAD_WORKERS] = (VARIANTS["one at a time, heap reused"], cpus)
     windows = {}
-    for name, execution in VARIANTS.items():
-        series, peak_bytes = run(ct, args.n, weights, work, name, execution)
+    for name, (execution, workers) in variants.items():
+        series, memory = run(ct, args.n, weights, work, name, execution, workers)
         windows[name] = window_s(series)
         stages = ", ".join(f"{stage} {series[f'seconds_{stage}'].mean():.2f}" for stage in STAGES)
         print(f"{name}: {args.n} series in {windows[name]:.1f} s "
               f"({3600 * args.n / windows[name]:.0f} series/h); mean s per series: {stages}; "
-              f"worker peak {peak_bytes / 2 ** 30:.2f} GiB")
-    baseline, reused, prefetch = windows.values()
+              f"worker peak {memory.peak_bytes / 2 ** 30:.2f} GiB, "
+              f"all its processes {memory.peak_total_bytes / 2 ** 30:.2f} GiB")
+    baseline, reused, prefetch, split = windows.values()
     print(f"heap reused / default heap, one at a time: {baseline / reused:.2f}x")
     print(f"prefetch 1 / prefetch 0, heap reused: {reused / prefetch:.2f}x")
     print(f"prefetch 1 and heap reused / one at a time with the default heap: {baseline / prefetch:.2f}x")
+    print(f"{cpus} one-thread workers / one worker with prefetch 1: {prefetch / split:.2f}x")
 
 
 if __name__ == "__main__":

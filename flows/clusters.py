@@ -38,17 +38,21 @@ def dask_settings(execution: ExecutionConfig) -> dict[str, object]:
 
 
 def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
-    """Dask threads per worker: the series on the network plus ``execution.prefetch`` (GPU
-    workers: ``gpu_prefetch``) prepared ahead (read, resampled, preprocessed) or finishing
-    (restored, measured, stored) beside it. The forward pass itself runs one series at a time
-    per worker (the segmenter's network lock, cohort.segmentation.predictor)."""
+    """Dask threads per worker, on every cluster: the series on the network plus
+    ``execution.prefetch`` (GPU workers, SLURM GPU jobs included: ``gpu_prefetch``) prepared ahead
+    (read, resampled, preprocessed) or finishing (restored, measured, stored) beside it. A GPU runs
+    one forward pass at a time per worker; a CPU worker up to one per slot, on its share of the
+    threads (cohort.segmentation.gate)."""
     return 1 + (execution.gpu_prefetch if gpu else execution.prefetch)
 
 
-def local_worker_settings(resources: Resources, reuse_freed_memory: bool) -> dict[str, object]:
+def local_worker_settings(resources: Resources, reuse_freed_memory: bool, network_passes: int = 1
+                          ) -> dict[str, object]:
     """Dask settings of the worker processes a cluster starts on this machine (local and GPU
-    clusters): each one's share of CPUs and memory, and the preload that leaves Ctrl-C to the driver."""
-    return {**resources.dask_config(reuse_freed_memory), "distributed.worker.preload": [WORKER_PRELOAD]}
+    clusters): each one's share of CPUs and memory, the forward passes it runs at once on a CPU,
+    and the preload that leaves Ctrl-C to the driver."""
+    return {**resources.dask_config(reuse_freed_memory, network_passes),
+            "distributed.worker.preload": [WORKER_PRELOAD]}
 
 
 @contextmanager
@@ -112,9 +116,10 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
     if kind == "local":
         resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb,
                                                model_memory_gb)
-        log.info("local cluster: %s", resources.describe())
+        passes = resources.network_passes(series_slots(execution), model_memory_gb)
+        log.info("local cluster: %s; forward passes at once per worker: %d", resources.describe(), passes)
         warn_if_short_of_memory(resources, model_memory_gb, "fewer --workers, or execution.worker_memory_gb")
-        with dask.config.set(local_worker_settings(resources, execution.reuse_freed_memory)):
+        with dask.config.set(local_worker_settings(resources, execution.reuse_freed_memory, passes)):
             cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),
                                    processes=True,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",
@@ -137,7 +142,8 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
                                         unstartable_jobs_check)
 
         config = load_slurm_config(execution.slurm_config)
-        with slurm_cluster(config, workers, execution.reuse_freed_memory) as cluster:
+        slots = series_slots(execution, gpu=config.gpus_per_job > 0)
+        with slurm_cluster(config, workers, execution.reuse_freed_memory, slots, model_memory_gb) as cluster:
             yield cluster, StartCheck(first_workers_needed(config, workers), config.worker_start_timeout_s,
                                       no_workers_message(config), unstartable_jobs_check(cluster, config))
         return

@@ -24,6 +24,8 @@ from cohort.heap import reuse_environment
 THREAD_ENV_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TORCH_THREADS_ENV = "COHORT_TORCH_THREADS"
 """Read by the segmenter when it loads a model (``torch.set_num_threads``): the worker's share."""
+NETWORK_PASSES_ENV = "COHORT_NETWORK_PASSES"
+"""Read by the segmenter's network gate (cohort.segmentation.gate): forward passes at once on a CPU."""
 GIB = 1024 ** 3
 log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -163,20 +165,37 @@ class Resources:
         return cls.plan(cpus, usable_memory_bytes(cpus=cpus), workers, threads_per_worker, worker_memory_gb,
                         model_memory_gb)
 
-    def worker_environment(self, reuse_freed_memory: bool = True) -> dict[str, str]:
+    def network_passes(self, series_slots: int, model_memory_gb: float | None) -> int:
+        """Forward passes a CPU worker runs at once (cohort.segmentation.gate): one per series slot,
+        as long as each gets a thread of its own and the worker's memory holds what each pass needs
+        (``model_memory_gb``: the model's ``worker_memory_gb``, the peak of one pass on a large CT).
+
+        >>> Resources(cpus=2, workers=1, threads_per_worker=2, memory_limit_bytes=24 * GIB).network_passes(2, 8)
+        2
+        >>> Resources(cpus=16, workers=8, threads_per_worker=2, memory_limit_bytes=8 * GIB).network_passes(2, 8)
+        1
+        """
+        passes = min(series_slots, self.threads_per_worker)
+        if model_memory_gb:
+            passes = min(passes, int(self.memory_limit_bytes // (model_memory_gb * GIB)))
+        return max(1, passes)
+
+    def worker_environment(self, reuse_freed_memory: bool = True, network_passes: int = 1) -> dict[str, str]:
         """Variables each worker process starts with, so its libraries use its share of CPUs and,
-        with ``reuse_freed_memory``, its C heap keeps freed memory (cohort.heap)."""
+        with ``reuse_freed_memory``, its C heap keeps freed memory (cohort.heap); ``network_passes``
+        forward passes at once share its threads on a CPU (:meth:`network_passes`)."""
         threads = str(self.threads_per_worker)
         heap = reuse_environment(self.memory_limit_bytes) if reuse_freed_memory else {}
-        return {**{name: threads for name in THREAD_ENV_VARIABLES}, TORCH_THREADS_ENV: threads, **heap}
+        return {**{name: threads for name in THREAD_ENV_VARIABLES}, TORCH_THREADS_ENV: threads,
+                NETWORK_PASSES_ENV: str(network_passes), **heap}
 
-    def dask_config(self, reuse_freed_memory: bool = True) -> dict[str, str]:
+    def dask_config(self, reuse_freed_memory: bool = True, network_passes: int = 1) -> dict[str, str]:
         """:meth:`worker_environment` as Dask's ``pre-spawn-environ``: set before each worker
         process starts (and restarts), as OpenMP and glibc read them only when they load. Dask's
         own default is 1 thread per worker whatever the worker count, and a heap that returns
         everything it frees (``MALLOC_TRIM_THRESHOLD_`` 64 kB)."""
         return {f"distributed.nanny.pre-spawn-environ.{name}": value
-                for name, value in self.worker_environment(reuse_freed_memory).items()}
+                for name, value in self.worker_environment(reuse_freed_memory, network_passes).items()}
 
     def describe(self) -> str:
         return (f"{self.workers} worker(s) x {self.threads_per_worker} thread(s) on {self.cpus} usable CPU(s), "

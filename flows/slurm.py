@@ -84,25 +84,31 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
     return SlurmConfig(**{**config.__dict__, "source": str(path)})
 
 
-def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True) -> list[str]:
+def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True, series_slots: int = 1,
+                   model_memory_gb: float | None = None) -> list[str]:
     """Job-script lines that give each of a job's ``processes`` workers its share of the job:
     ``cores / processes`` threads for torch, OpenMP and BLAS (the job's affinity would give each
-    worker all of the job's cores) and, with ``reuse_freed_memory``, the heap settings of
-    cohort.heap for ``memory / processes``."""
+    worker all of the job's cores), the forward passes it may run at once on a CPU with
+    ``series_slots`` slots and the model's ``model_memory_gb`` (cohort.segmentation.gate), and,
+    with ``reuse_freed_memory``, the heap settings of cohort.heap for ``memory / processes``."""
     from dask.utils import parse_bytes
 
     from cohort.flows.resources import Resources
 
     share = Resources(config.cores, config.processes, config.cores // config.processes,
                       parse_bytes(config.memory) // config.processes)
-    environment = share.worker_environment(reuse_freed_memory)
+    passes = 1 if config.gpus_per_job else share.network_passes(series_slots, model_memory_gb)
+    environment = share.worker_environment(reuse_freed_memory, passes)
     if config.gpus_per_job:
         environment[PROCESSES_ENV] = str(config.processes)
     return [f"export {name}={value}" for name, value in environment.items()]
 
 
-def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True) -> dict[str, Any]:
-    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for ``config``."""
+def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True, series_slots: int = 1,
+                   model_memory_gb: float | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for ``config``: each worker runs
+    ``series_slots`` series at once (``1 + execution.prefetch``, GPU jobs ``gpu_prefetch``), not
+    dask-jobqueue's one per thread, so a worker's memory holds what it does on a local cluster."""
     directives = [f"--job-name={config.job_name}", *config.job_extra_directives]
     if config.gpus_per_job:
         directives.append(f"--gres=gpu:{config.gpus_per_job}")
@@ -113,7 +119,8 @@ def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True) -> dict
         "processes": config.processes,
         "memory": config.memory,
         "walltime": config.walltime,
-        "job_script_prologue": [*worker_exports(config, reuse_freed_memory), *config.job_script_prologue],
+        "job_script_prologue": [*worker_exports(config, reuse_freed_memory, series_slots, model_memory_gb),
+                                *config.job_script_prologue],
         "job_extra_directives": directives,
         "interface": config.interface,
         "scheduler_options": {"dashboard_address": config.dashboard_address},
@@ -121,8 +128,10 @@ def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True) -> dict
         "log_directory": config.log_directory,
         "python": config.python or sys.executable,
         "death_timeout": config.death_timeout_s,
-        # each worker process of a GPU job on its own GPU of the job (cohort.flows.job_gpus)
-        "worker_extra_args": ["--preload", GPU_PRELOAD] if config.gpus_per_job else None,
+        # the last --nthreads wins over dask-jobqueue's own (cores / processes); each worker process
+        # of a GPU job on its own GPU of the job (cohort.flows.job_gpus)
+        "worker_extra_args": ["--nthreads", str(series_slots),
+                              *(["--preload", GPU_PRELOAD] if config.gpus_per_job else [])],
     }
     return {key: value for key, value in kwargs.items() if value is not None}
 
@@ -136,8 +145,10 @@ def job_counts(config: SlurmConfig, workers: int | None) -> tuple[int, int]:
 
 
 @contextmanager
-def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: bool = True) -> Iterator[object]:
-    """A ``SLURMCluster`` scaled adaptively between the configured (or ``--workers``) bounds.
+def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: bool = True, series_slots: int = 1,
+                  model_memory_gb: float | None = None) -> Iterator[object]:
+    """A ``SLURMCluster`` scaled adaptively between the configured (or ``--workers``) bounds, its
+    workers sized as :func:`cluster_kwargs` says.
 
     Adaptive scaling also replaces jobs that end early (``scancel``, walltime, node failure).
     """
@@ -148,7 +159,7 @@ def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: 
     if config.log_directory:
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
     try:
-        cluster = SLURMCluster(**cluster_kwargs(config, reuse_freed_memory))
+        cluster = SLURMCluster(**cluster_kwargs(config, reuse_freed_memory, series_slots, model_memory_gb))
     except (ValueError, OSError) as error:
         raise RunCannotStart(f"{config.source}: cannot set up the SLURM cluster: {error}") from None
     try:

@@ -297,14 +297,19 @@ def test_gpu_precision_other_than_fp16_is_part_of_the_run_key(reference: Path, i
 
 
 def test_series_slots_per_worker_follow_prefetch() -> None:
+    """A local worker gets 1 + prefetch series slots, and as many forward passes at once as it has
+    threads for them (cohort.segmentation.gate)."""
     from distributed import Client
 
     from cohort.config import ExecutionConfig
     from cohort.flows.clusters import open_client
+    from cohort.flows.resources import usable_cpus
 
     for prefetch in (0, 2):
         with open_client("local", 1, ExecutionConfig(prefetch=prefetch)) as client:
             assert isinstance(client, Client) and list(client.nthreads().values()) == [1 + prefetch]
+            (passes,) = client.run(lambda: os.environ["COHORT_NETWORK_PASSES"]).values()
+            assert int(passes) == min(1 + prefetch, usable_cpus())
 
 
 def test_input_fingerprint_covers_every_file_a_row_reads(tmp_path: Path) -> None:

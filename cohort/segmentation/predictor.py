@@ -11,8 +11,10 @@ A series goes through nnU-Net's own preprocessing (crop to the non-zero box, int
 normalisation from the plans) on the CPU, then its sliding window on the device, and the argmax
 is taken where the logits are: on a GPU only the uint8 labels of the cropped box come back, not
 one float16 map per class (118 × the voxels for TotalSegmentator). Only the sliding window and
-argmax hold the network's lock (:attr:`NetworkPredictor.lock`), so with ``execution.prefetch``
-another series is preprocessed while this one is on the device. The result is what
+argmax pass the worker's network gate (:attr:`NetworkPredictor.gate`, cohort.segmentation.gate):
+on a GPU one series at a time, so with ``execution.gpu_prefetch`` another series is preprocessed
+while this one is on the device; on a CPU up to one pass per series slot, each on its share of
+the threads. The result is what
 ``predict_single_npy_array`` returns (tests/segment/test_segment_parity.py).
 
 All device work of a worker runs on its process's default CUDA stream: nnU-Net feeds tiles from a
@@ -25,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import threading
 import warnings
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import torch
 
 from cohort.segmentation.chunking import plan_chunks, predict_in_chunks
 from cohort.segmentation.device import DeviceSettings
+from cohort.segmentation.gate import NetworkGate
 from cohort.segmentation.nnunet_folder import load_folder
 from cohort.segmentation.registry import ModelSpec
 from cohort.segmentation.weights import model_folds
@@ -46,18 +48,18 @@ AUTOCAST_TYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.f
 class NetworkPredictor:
     """A loaded nnU-Net network folder (``<dataset>/<trainer>__<plans>__<configuration>``).
 
-    ``lock`` serialises the forward passes of every network sharing it (one per process: a worker's
-    series take turns on its device)."""
+    ``gate`` admits the forward passes of every network sharing it (one per process: a worker's
+    series take turns on its GPU, or share its CPU threads)."""
 
     def __init__(self, folder: Path, spec: ModelSpec, device: torch.device,
-                 settings: DeviceSettings = DeviceSettings(), lock: threading.Lock | None = None) -> None:
+                 settings: DeviceSettings = DeviceSettings(), gate: NetworkGate | None = None) -> None:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         self.folder = folder
         self.spec = spec
         self.device = device
         self.settings = settings
-        self.lock = lock or threading.Lock()
+        self.gate = gate or NetworkGate()
         captured = io.StringIO()
         with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
             warnings.filterwarnings("ignore", message="Detected old nnU-Net plans format")
@@ -126,7 +128,7 @@ class NetworkPredictor:
         return torch.from_numpy(data), properties
 
     def forward(self, data: torch.Tensor, properties: dict) -> np.ndarray:
-        """Labels of the preprocessed (cropped) box: sliding window and argmax under the lock.
+        """Labels of the preprocessed (cropped) box: sliding window and argmax inside the gate.
 
         The argmax of the logits is the argmax of nnU-Net's probabilities (softmax is monotonic;
         nnU-Net itself skips it) and ties go to the first class on every device."""
@@ -134,7 +136,7 @@ class NetworkPredictor:
                 tuple(data.shape[1:]) != tuple(properties["shape_after_cropping_and_before_resampling"])):
             return self._labels_converted_by_nnunet(data, properties)
         wide = self._predictor.label_manager.num_segmentation_heads > 256
-        with self.lock, torch.inference_mode():
+        with self.gate, torch.inference_mode():
             logits = self._logits(data)
             labels = logits.argmax(0).to(torch.int16 if wide else torch.uint8)
             del logits
@@ -147,7 +149,7 @@ class NetworkPredictor:
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         predictor = self._predictor
-        with self.lock:
+        with self.gate:
             logits = self._logits(data).cpu()
         properties = {**properties, "shape_before_cropping": properties["shape_after_cropping_and_before_resampling"],
                       "bbox_used_for_cropping": [[0, n] for n in properties["shape_after_cropping_and_before_resampling"]]}

@@ -4,7 +4,8 @@ A worker calls :func:`get_segmenter` for every series; the first call loads the 
 (seconds to tens of seconds for TotalSegmentator's 30 M-parameter networks) and every later
 call returns the same :class:`Segmenter`, so series 2..N pay no load time. Several series may be
 in :meth:`Segmenter.segment` at once (``execution.prefetch``): geometry and nnU-Net's preprocessing
-run side by side, the forward passes take turns on the device.
+run side by side; the forward passes take turns on a GPU and share a CPU's threads
+(:mod:`cohort.segmentation.gate`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cohort.ingest.volume import LabelMap, Volume
 from cohort.segmentation.chunking import ChunkTooLarge, overlap_slices
 from cohort.segmentation.merge import label_lookup, merge_into
 from cohort.segmentation.device import DeviceSettings
+from cohort.segmentation.gate import NetworkGate
 from cohort.segmentation.predictor import NetworkPredictor
 from cohort.segmentation.body_crop import Box, body_box, paste
 from cohort.segmentation.postprocess import clean_label_map
@@ -58,11 +60,11 @@ class Segmenter:
         self.settings = settings
         classes = model_class_map(spec)
         self._networks = []
-        network_lock = threading.Lock()  # one forward pass at a time on this process's device
+        gate = NetworkGate.for_device(device)
         for network in spec.networks:
             folder = network_folder(spec, network, weights_dir)
             try:
-                predictor = NetworkPredictor(folder, spec, device, settings, network_lock)
+                predictor = NetworkPredictor(folder, spec, device, settings, gate)
             except Exception as exc:  # nnU-Net raises anything from KeyError to RuntimeError on a bad folder
                 raise RunCannotStart(f"{folder}: nnU-Net cannot load this network ({type(exc).__name__}: "
                                      f"{exc}); remove the folder and fetch the weights again "
@@ -74,8 +76,8 @@ class Segmenter:
         self.spacing = spec.spacing_mm or first.plans_spacing_xyz
         self.axcodes = network_axcodes(spec, first.dataset_json)
         self.load_seconds = time.perf_counter() - start
-        log.info("loaded model %s (%d networks) on %s in %.1f s", spec.name, len(self._networks), device,
-                 self.load_seconds)
+        log.info("loaded model %s (%d networks) on %s in %.1f s; forward passes at once: %d", spec.name,
+                 len(self._networks), device, self.load_seconds, gate.passes)
 
     @property
     def predictors(self) -> tuple[NetworkPredictor, ...]:

@@ -32,11 +32,13 @@ def processing_window(series: pd.DataFrame) -> tuple[float, float]:
 
 class PeakChildMemory:
     """The largest resident memory of any process started by this one (Dask workers, the Prefect
-    server), sampled every ``interval_s`` while the ``with`` block runs."""
+    server), and the largest sum over all of them, sampled every ``interval_s`` while the ``with``
+    block runs."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.peak_total_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -52,8 +54,12 @@ class PeakChildMemory:
     def _sample(self) -> None:
         me = psutil.Process()
         while not self._stop.wait(self.interval_s):
+            total = 0
             for child in me.children(recursive=True):
                 try:
-                    self.peak_bytes = max(self.peak_bytes, child.memory_info().rss)
+                    resident = child.memory_info().rss
                 except psutil.Error:  # ended between listing and reading
                     continue
+                self.peak_bytes = max(self.peak_bytes, resident)
+                total += resident
+            self.peak_total_bytes = max(self.peak_total_bytes, total)

@@ -97,3 +97,20 @@ def test_scancel_mid_series_retries_it_on_another_job(tmp_path: Path, examples: 
     assert (series["status"] == "done").all() and len(series) == 5
     state = subprocess.run(["scontrol", "show", "job", cancelled], capture_output=True, text=True).stdout
     assert "JobState=CANCELLED" in state
+
+
+def test_a_slurm_worker_runs_as_many_series_as_its_slots(slurm_run_config) -> None:
+    """A job's worker takes ``1 + prefetch`` series at once, not dask-jobqueue's one per thread,
+    and learns how many forward passes it may run at once."""
+    from distributed import Client
+
+    from cohort.flows.slurm import load_slurm_config, slurm_cluster
+
+    run_yaml, _, _ = slurm_run_config
+    slurm_yaml = run_yaml.parent / "slurm.yaml"
+    config = load_slurm_config(str(slurm_yaml))
+    with slurm_cluster(config, workers=1, series_slots=2, model_memory_gb=0.5) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=90)
+        assert list(client.nthreads().values()) == [2]
+        (passes,) = client.run(lambda: os.environ["COHORT_NETWORK_PASSES"]).values()
+        assert passes == "1"  # one thread (cores 1): one pass at a time
