@@ -3,10 +3,12 @@
 keeping freed memory (cohort.heap), and ``prefetch: 1`` on top (a second series slot: its own
 forward pass on its share of the threads, cohort.segmentation.gate, and its reading, restoring,
 measuring and storing beside the other's), on clinical-size CTs (0.8 x 0.8 x 1.5 mm) and the
-small random test network, in one run; for comparison, the CPUs split into one-thread workers
-instead (each with its own copy of the model).
+small random test network (``--size real``: random weights of TotalSegmentator's size), in one
+run; for comparison, the CPUs split into one-thread workers instead (each with its own copy of
+the model).
 
     python benchmarks/bench_pipeline.py --n 8
+    python benchmarks/bench_pipeline.py --n 4 --size real
 
 Prints the processing window of each (first series started to last finished, from the
 ``series/`` table: start-up excluded, a series' wait for the model load included), the ratios, the mean stage seconds and the
@@ -80,10 +82,12 @@ def window_s(series: pd.DataFrame) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--size", choices=("small", "real"), default="small",
+                        help="random weights of the small test network or of TotalSegmentator's real size")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     weights = work / "weights"
-    build_weights(load_model_spec("fast"), weights, "small", seed=0)
+    build_weights(load_model_spec("fast"), weights, args.size, seed=0)
     ct = clinical_ct(work)
     cpus = usable_cpus()
     variants = {name: (execution, 1) for name, execution in VARIANTS.items()}
