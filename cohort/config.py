@@ -49,6 +49,7 @@ class ExecutionConfig:
     slurm_config: str = "slurm.yaml"
     min_free_gb: float = 1.0
     prefetch: int = 0
+    network_passes: int = 1
     gpu_prefetch: int = 3
     workers_per_gpu: int = 1
     threads_per_worker: int = 1

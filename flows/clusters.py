@@ -41,9 +41,15 @@ def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
     """Dask threads per worker, on every cluster: the series on the network plus
     ``execution.prefetch`` (GPU workers, SLURM GPU jobs included: ``gpu_prefetch``) prepared ahead
     (read, resampled, preprocessed) or finishing (restored, measured, stored) beside it. A GPU runs
-    one forward pass at a time per worker; a CPU worker up to one per slot, on its share of the
-    threads (cohort.segmentation.gate)."""
+    one forward pass at a time per worker; a CPU worker up to ``execution.network_passes`` (one by
+    default), each on its share of the threads (cohort.segmentation.gate)."""
     return 1 + (execution.gpu_prefetch if gpu else execution.prefetch)
+
+
+def wanted_passes(execution: ExecutionConfig) -> int:
+    """Forward passes a CPU worker should run at once: ``execution.network_passes``, at most one
+    per series slot (the worker's threads and memory may allow fewer: ``Resources.network_passes``)."""
+    return min(series_slots(execution), execution.network_passes)
 
 
 def local_worker_settings(resources: Resources, reuse_freed_memory: bool, network_passes: int = 1
@@ -116,7 +122,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
     if kind == "local":
         resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb,
                                                model_memory_gb)
-        passes = resources.network_passes(series_slots(execution), model_memory_gb)
+        passes = resources.network_passes(wanted_passes(execution), model_memory_gb)
         log.info("local cluster: %s; forward passes at once per worker: %d", resources.describe(), passes)
         warn_if_short_of_memory(resources, model_memory_gb, "fewer --workers, or execution.worker_memory_gb")
         with dask.config.set(local_worker_settings(resources, execution.reuse_freed_memory, passes)):
@@ -143,7 +149,8 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
 
         config = load_slurm_config(execution.slurm_config)
         slots = series_slots(execution, gpu=config.gpus_per_job > 0)
-        with slurm_cluster(config, workers, execution.reuse_freed_memory, slots, model_memory_gb) as cluster:
+        with slurm_cluster(config, workers, execution.reuse_freed_memory, slots, wanted_passes(execution),
+                           model_memory_gb) as cluster:
             yield cluster, StartCheck(first_workers_needed(config, workers), config.worker_start_timeout_s,
                                       no_workers_message(config), unstartable_jobs_check(cluster, config))
         return

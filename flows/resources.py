@@ -165,17 +165,18 @@ class Resources:
         return cls.plan(cpus, usable_memory_bytes(cpus=cpus), workers, threads_per_worker, worker_memory_gb,
                         model_memory_gb)
 
-    def network_passes(self, series_slots: int, model_memory_gb: float | None) -> int:
-        """Forward passes a CPU worker runs at once (cohort.segmentation.gate): one per series slot,
-        as long as each gets a thread of its own and the worker's memory holds what each pass needs
-        (``model_memory_gb``: the model's ``worker_memory_gb``, the peak of one pass on a large CT).
+    def network_passes(self, wanted: int, model_memory_gb: float | None) -> int:
+        """Forward passes a CPU worker runs at once (cohort.segmentation.gate): ``wanted`` (its
+        ``execution.network_passes``, at most one per series slot), as long as each gets a thread
+        of its own and the worker's memory holds what each pass needs (``model_memory_gb``: the
+        model's ``worker_memory_gb``, the peak of one pass on a large CT).
 
         >>> Resources(cpus=2, workers=1, threads_per_worker=2, memory_limit_bytes=24 * GIB).network_passes(2, 8)
         2
         >>> Resources(cpus=16, workers=8, threads_per_worker=2, memory_limit_bytes=8 * GIB).network_passes(2, 8)
         1
         """
-        passes = min(series_slots, self.threads_per_worker)
+        passes = min(wanted, self.threads_per_worker)
         if model_memory_gb:
             passes = min(passes, int(self.memory_limit_bytes // (model_memory_gb * GIB)))
         return max(1, passes)

@@ -84,20 +84,21 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
     return SlurmConfig(**{**config.__dict__, "source": str(path)})
 
 
-def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True, series_slots: int = 1,
+def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True, network_passes: int = 1,
                    model_memory_gb: float | None = None) -> list[str]:
     """Job-script lines that give each of a job's ``processes`` workers its share of the job:
     ``cores / processes`` threads for torch, OpenMP and BLAS (the job's affinity would give each
-    worker all of the job's cores), the forward passes it may run at once on a CPU with
-    ``series_slots`` slots and the model's ``model_memory_gb`` (cohort.segmentation.gate), and,
-    with ``reuse_freed_memory``, the heap settings of cohort.heap for ``memory / processes``."""
+    worker all of the job's cores), the forward passes it may run at once on a CPU (up to
+    ``network_passes``, as its threads and the model's ``model_memory_gb`` allow;
+    cohort.segmentation.gate), and, with ``reuse_freed_memory``, the heap settings of cohort.heap
+    for ``memory / processes``."""
     from dask.utils import parse_bytes
 
     from cohort.flows.resources import Resources
 
     share = Resources(config.cores, config.processes, config.cores // config.processes,
                       parse_bytes(config.memory) // config.processes)
-    passes = 1 if config.gpus_per_job else share.network_passes(series_slots, model_memory_gb)
+    passes = 1 if config.gpus_per_job else share.network_passes(network_passes, model_memory_gb)
     environment = share.worker_environment(reuse_freed_memory, passes)
     if config.gpus_per_job:
         environment[PROCESSES_ENV] = str(config.processes)
@@ -105,10 +106,11 @@ def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True, series_
 
 
 def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True, series_slots: int = 1,
-                   model_memory_gb: float | None = None) -> dict[str, Any]:
+                   network_passes: int = 1, model_memory_gb: float | None = None) -> dict[str, Any]:
     """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for ``config``: each worker runs
     ``series_slots`` series at once (``1 + execution.prefetch``, GPU jobs ``gpu_prefetch``), not
-    dask-jobqueue's one per thread, so a worker's memory holds what it does on a local cluster."""
+    dask-jobqueue's one per thread, so a worker's memory holds what it does on a local cluster;
+    ``network_passes`` and ``model_memory_gb`` as :func:`worker_exports` says."""
     directives = [f"--job-name={config.job_name}", *config.job_extra_directives]
     if config.gpus_per_job:
         directives.append(f"--gres=gpu:{config.gpus_per_job}")
@@ -119,7 +121,7 @@ def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True, series_
         "processes": config.processes,
         "memory": config.memory,
         "walltime": config.walltime,
-        "job_script_prologue": [*worker_exports(config, reuse_freed_memory, series_slots, model_memory_gb),
+        "job_script_prologue": [*worker_exports(config, reuse_freed_memory, network_passes, model_memory_gb),
                                 *config.job_script_prologue],
         "job_extra_directives": directives,
         "interface": config.interface,
@@ -146,7 +148,7 @@ def job_counts(config: SlurmConfig, workers: int | None) -> tuple[int, int]:
 
 @contextmanager
 def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: bool = True, series_slots: int = 1,
-                  model_memory_gb: float | None = None) -> Iterator[object]:
+                  network_passes: int = 1, model_memory_gb: float | None = None) -> Iterator[object]:
     """A ``SLURMCluster`` scaled adaptively between the configured (or ``--workers``) bounds, its
     workers sized as :func:`cluster_kwargs` says.
 
@@ -159,7 +161,8 @@ def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: 
     if config.log_directory:
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
     try:
-        cluster = SLURMCluster(**cluster_kwargs(config, reuse_freed_memory, series_slots, model_memory_gb))
+        cluster = SLURMCluster(**cluster_kwargs(config, reuse_freed_memory, series_slots, network_passes,
+                                               model_memory_gb))
     except (ValueError, OSError) as error:
         raise RunCannotStart(f"{config.source}: cannot set up the SLURM cluster: {error}") from None
     try:

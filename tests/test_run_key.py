@@ -264,12 +264,14 @@ def test_unusable_out_or_workers_stop_with_exit_2(case: str, inputs: dict[str, P
     assert expected in " ".join(result.stderr.split())
 
 
+@pytest.mark.parametrize("passes", [1, 2])
 def test_prefetch_gives_the_same_tables(reference: Path, inputs: dict[str, Path], tmp_path: Path,
-                                        prefect_server: str) -> None:
-    """``execution.prefetch: 1`` (a second series slot per worker beside the network) and the
-    default (one series at a time) write identical tables."""
+                                        prefect_server: str, passes: int) -> None:
+    """``execution.prefetch: 1`` (a second series slot per worker beside the network), with one
+    forward pass at a time or two at once (on a worker of 2 threads), and the default (one series
+    at a time) write identical tables."""
     config = tmp_path / "prefetch.yaml"
-    config.write_text("execution:\n  prefetch: 1\n")
+    config.write_text(f"execution:\n  prefetch: 1\n  network_passes: {passes}\n")
     out = tmp_path / "prefetch"
     assert _run(inputs, out, prefect_server, "--config", str(config)).returncode == 0
     pd.testing.assert_frame_equal(_features(out), _features(reference))
@@ -297,19 +299,19 @@ def test_gpu_precision_other_than_fp16_is_part_of_the_run_key(reference: Path, i
 
 
 def test_series_slots_per_worker_follow_prefetch() -> None:
-    """A local worker gets 1 + prefetch series slots, and as many forward passes at once as it has
-    threads for them (cohort.segmentation.gate)."""
+    """A local worker gets 1 + prefetch series slots, and ``network_passes`` forward passes at once
+    as far as its slots and threads allow (cohort.segmentation.gate)."""
     from distributed import Client
 
     from cohort.config import ExecutionConfig
     from cohort.flows.clusters import open_client
     from cohort.flows.resources import usable_cpus
 
-    for prefetch in (0, 2):
-        with open_client("local", 1, ExecutionConfig(prefetch=prefetch)) as client:
+    for prefetch, wanted in ((0, 1), (0, 2), (2, 1), (2, 3)):
+        with open_client("local", 1, ExecutionConfig(prefetch=prefetch, network_passes=wanted)) as client:
             assert isinstance(client, Client) and list(client.nthreads().values()) == [1 + prefetch]
             (passes,) = client.run(lambda: os.environ["COHORT_NETWORK_PASSES"]).values()
-            assert int(passes) == min(1 + prefetch, usable_cpus())
+            assert int(passes) == min(wanted, 1 + prefetch, usable_cpus())
 
 
 def test_input_fingerprint_covers_every_file_a_row_reads(tmp_path: Path) -> None:

@@ -3,14 +3,16 @@
 On a GPU they take turns: one pass at a time keeps the device's memory to one series' logits,
 and the other slots read, restore, measure and store meanwhile (``execution.gpu_prefetch``).
 
-On a CPU a forward pass on ``t`` threads runs well below ``t`` times its one-thread speed: every
-layer ends at a barrier where the threads wait for the slowest (nnU-Net's 3-D U-Net on two
-threads: 1.5 times one thread, docs/performance.md). So a CPU worker with several series slots
-(``execution.prefetch``) runs up to one pass per slot at once, each on an equal share of the
-worker's threads: the cores compute convolutions instead of waiting, and the stages outside
-the network fill the gaps. The cluster decides how many passes a worker's memory allows
-(cohort.flows.resources) and says so in ``COHORT_NETWORK_PASSES``; without it, one at a time.
-Labels do not depend on the thread count (tests/segment/test_gate.py).
+On a CPU a small network's forward pass on ``t`` threads may run well below ``t`` times its
+one-thread speed: every layer ends at a barrier where the threads wait for the slowest (the small
+test network on two threads: 1.5 times one thread). A worker with several series slots
+(``execution.prefetch``) may then run up to ``execution.network_passes`` passes at once, each on
+an equal share of its threads, so that the cores compute instead of waiting (1.3x for that
+network on 2 cores). Networks of TotalSegmentator's size scale better and slow each other down
+side by side (0.9x), so one pass at a time is the default (docs/performance.md). The cluster
+decides how many passes a worker's threads and memory allow (cohort.flows.resources) and says so
+in ``COHORT_NETWORK_PASSES``; without it, one at a time. Labels do not depend on the thread count
+(tests/segment/test_gate.py).
 
 >>> before = torch.get_num_threads()
 >>> with NetworkGate(passes=2, threads_each=1):

@@ -12,9 +12,9 @@ normalisation from the plans) on the CPU, then its sliding window on the device,
 is taken where the logits are: on a GPU only the uint8 labels of the cropped box come back, not
 one float16 map per class (118 × the voxels for TotalSegmentator). Only the sliding window and
 argmax pass the worker's network gate (:attr:`NetworkPredictor.gate`, cohort.segmentation.gate):
-on a GPU one series at a time, so with ``execution.gpu_prefetch`` another series is preprocessed
-while this one is on the device; on a CPU up to one pass per series slot, each on its share of
-the threads. The result is what
+one series at a time (on a CPU, ``execution.network_passes`` may allow several, each on its share
+of the threads), so with ``execution.prefetch`` another series is preprocessed while this one is
+on the device. The result is what
 ``predict_single_npy_array`` returns (tests/segment/test_segment_parity.py).
 
 All device work of a worker runs on its process's default CUDA stream: nnU-Net feeds tiles from a

@@ -4,8 +4,8 @@ A worker calls :func:`get_segmenter` for every series; the first call loads the 
 (seconds to tens of seconds for TotalSegmentator's 30 M-parameter networks) and every later
 call returns the same :class:`Segmenter`, so series 2..N pay no load time. Several series may be
 in :meth:`Segmenter.segment` at once (``execution.prefetch``): geometry and nnU-Net's preprocessing
-run side by side; the forward passes take turns on a GPU and share a CPU's threads
-(:mod:`cohort.segmentation.gate`).
+run side by side; the forward passes take turns (on a CPU, ``execution.network_passes`` may let
+several share the threads: :mod:`cohort.segmentation.gate`).
 """
 
 from __future__ import annotations

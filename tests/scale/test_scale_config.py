@@ -79,14 +79,14 @@ interface: lo
     cpu_config = load_slurm_config(str(_write(tmp_path, "cores: 8\nprocesses: 2\nmemory: 64GB\n")))
     cpu_only = cluster_kwargs(cpu_config)
     assert cpu_only["worker_extra_args"] == ["--nthreads", "1"] and "COHORT_JOB_PROCESSES" not in str(cpu_only)
-    # prefetch 1 on 4-thread workers: two forward passes at once, when 32 GB per worker holds two of 8 GB ...
-    wide = cluster_kwargs(cpu_config, series_slots=2, model_memory_gb=8)
+    # network_passes 2 on 4-thread workers: two forward passes at once, when 32 GB per worker holds two of 8 GB ...
+    wide = cluster_kwargs(cpu_config, series_slots=2, network_passes=2, model_memory_gb=8)
     assert wide["worker_extra_args"] == ["--nthreads", "2"]
     assert "export COHORT_NETWORK_PASSES=2" in wide["job_script_prologue"]
     # ... one at a time when it does not, and always one on a GPU
-    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(cpu_config, series_slots=2,
+    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(cpu_config, series_slots=2, network_passes=2,
                                                               model_memory_gb=20)["job_script_prologue"]
-    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(config, series_slots=4,
+    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(config, series_slots=4, network_passes=4,
                                                               model_memory_gb=8)["job_script_prologue"]
     assert job_counts(config, None) == (1, 4) and job_counts(config, 5) == (3, 3)
 

@@ -109,7 +109,8 @@ def test_a_slurm_worker_runs_as_many_series_as_its_slots(slurm_run_config) -> No
     run_yaml, _, _ = slurm_run_config
     slurm_yaml = run_yaml.parent / "slurm.yaml"
     config = load_slurm_config(str(slurm_yaml))
-    with slurm_cluster(config, workers=1, series_slots=2, model_memory_gb=0.5) as cluster, Client(cluster) as client:
+    with slurm_cluster(config, workers=1, series_slots=2, network_passes=2, model_memory_gb=0.5) as cluster, \
+            Client(cluster) as client:
         client.wait_for_workers(1, timeout=90)
         assert list(client.nthreads().values()) == [2]
         (passes,) = client.run(lambda: os.environ["COHORT_NETWORK_PASSES"]).values()
