@@ -8,8 +8,9 @@ one-thread speed: every layer ends at a barrier where the threads wait for the s
 test network on two threads: 1.5 times one thread). A worker with several series slots
 (``execution.prefetch``) may then run up to ``execution.network_passes`` passes at once, each on
 an equal share of its threads, so that the cores compute instead of waiting (1.3x for that
-network on 2 cores). Networks of TotalSegmentator's size scale better and slow each other down
-side by side (0.9x), so one pass at a time is the default (docs/performance.md). The cluster
+network on 2 cores). Networks of TotalSegmentator's size run 1.94x faster on two threads than on
+one, leaving nothing to win back (0.9x), so one pass at a time is the default
+(docs/performance.md; ``benchmarks/bench_passes.py`` measures a network on a machine). The cluster
 decides how many passes a worker's threads and memory allow (cohort.flows.resources) and says so
 in ``COHORT_NETWORK_PASSES``; without it, one at a time. Labels do not depend on the thread count
 (tests/segment/test_gate.py).
