@@ -4,6 +4,7 @@ network size, on the CPU, in one run. Prints series/hour of both, the ratio and 
 per-stage seconds from its own ``series/`` table.
 
     python benchmarks/bench_cohort_run.py --n 20 --workers 2
+    python benchmarks/bench_cohort_run.py --n 8 --workers 1,2     # each worker count, one CLI loop
 
 Needs the ``parity`` extra (TotalSegmentator, installed with -c constraints.txt).
 """
@@ -31,7 +32,7 @@ from cohort.testing.weights import build_weights  # noqa: E402
 
 def run_cohort(series: list[Path], weights: Path, work: Path, workers: int) -> tuple[float, pd.DataFrame]:
     manifest = series_manifest(work / "scans.csv", series)
-    out = work / "results"
+    out = work / f"results_{workers}_workers"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out", str(out),
@@ -42,23 +43,25 @@ def run_cohort(series: list[Path], weights: Path, work: Path, workers: int) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=lambda text: [int(count) for count in text.split(",")], default=[2],
+                        help="cohort's worker count, or several separated by commas (each run on the same files)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_cohort_run_"))
     home = work / "totalseg_home"
     weights = home / "nnunet" / "results"
     build_weights(load_model_spec("fast"), weights, "real", seed=0)
     series = make_series(work, args.n)
-    cohort_wall, table = run_cohort(series, weights, work, args.workers)
+    runs = {workers: run_cohort(series, weights, work, workers) for workers in args.workers}
     cli_wall, _ = bench_cli(home, series, work, ["--fast"])
     n = len(series)
     print(f"{n} series, fast model, real-size random weights, CPU")
-    print(f"cohort run --workers {args.workers}: {cohort_wall:7.1f} s -> {3600 * n / cohort_wall:6.0f} series/hour")
     print(f"TotalSegmentator --fast loop:   {cli_wall:7.1f} s -> {3600 * n / cli_wall:6.0f} series/hour")
-    print(f"ratio: {cli_wall / cohort_wall:.2f}x")
-    stage_sums = {stage: round(float(table[f"seconds_{stage}"].fillna(0).sum()), 1) for stage in STAGES}
-    print(f"cohort seconds per stage, summed over series (both workers): {stage_sums}")
-    print(f"done: {(table['status'] == 'done').sum()} of {n}")
+    for workers, (cohort_wall, table) in runs.items():
+        print(f"cohort run --workers {workers}: {cohort_wall:7.1f} s -> {3600 * n / cohort_wall:6.0f} series/hour, "
+              f"ratio to the CLI loop {cli_wall / cohort_wall:.2f}x")
+        stage_sums = {stage: round(float(table[f"seconds_{stage}"].fillna(0).sum()), 1) for stage in STAGES}
+        print(f"  seconds per stage, summed over series (all workers): {stage_sums}")
+        print(f"  done: {(table['status'] == 'done').sum()} of {n}")
 
 
 if __name__ == "__main__":

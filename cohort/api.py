@@ -79,7 +79,7 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
     with _stop_requests() as stop, prefect_api() as prefect:
         # Prefect (about a second to import), Dask and the cluster start while the server boots.
         from cohort.driver import BatchWriter, RunRequest, finish_run, prepare_run
-        from cohort.flows.clusters import open_client
+        from cohort.flows.clusters import open_client, with_model_threads
         from cohort.flows.run_flow import run_cohort_flow
         from cohort.flows.warmup import warm_up_workers
         from cohort.store import OutputLayout, exclusive_output
@@ -93,7 +93,8 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
             if prepared.plan.todo and not stop.is_set():
                 # The cluster starts while the Prefect server (started above) boots; then both are up.
                 model = prepared.context.model
-                with open_client(request.cluster, request.workers, prepared.config.execution,
+                execution = with_model_threads(prepared.config.execution, model.spec.worker_threads if model else None)
+                with open_client(request.cluster, request.workers, execution,
                                  model.spec.worker_memory_gb if model else None) as client:
                     if prepared.config.execution.load_model_at_start:
                         warm_up_workers(client, prepared.context, prepared.plan.todo)

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="run configuration YAML (default: configs/default.yaml)")
     run.add_argument("--cluster", choices=("local", "cuda", "slurm"), default="local")
     run.add_argument("--workers", type=positive_int,
-                     help="Dask workers (local: default usable CPUs // execution.threads_per_worker)")
+                     help="Dask workers (local: default usable CPUs // threads per worker: "
+                          "execution.threads_per_worker, else the model's worker_threads when segmenting, else 1)")
     run.add_argument("--recompute", choices=("changed",),
                      help="changed: recompute the done rows whose model, weights, measurement settings or input "
                           "files changed (otherwise such a rerun stops and names what changed)")

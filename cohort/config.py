@@ -52,7 +52,7 @@ class ExecutionConfig:
     network_passes: int = 1
     gpu_prefetch: int = 3
     workers_per_gpu: int = 1
-    threads_per_worker: int = 1
+    threads_per_worker: int | None = None
     worker_memory_gb: float | None = None
     precision: str = "fp16"
     channels_last: bool = False

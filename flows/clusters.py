@@ -6,6 +6,7 @@ Dask client wait forever otherwise. ``RunCannotStart`` says what to check.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -50,6 +51,22 @@ def wanted_passes(execution: ExecutionConfig) -> int:
     """Forward passes a CPU worker should run at once: ``execution.network_passes``, at most one
     per series slot (the worker's threads and memory may allow fewer: ``Resources.network_passes``)."""
     return min(series_slots(execution), execution.network_passes)
+
+
+def with_model_threads(execution: ExecutionConfig, model_threads: int | None) -> ExecutionConfig:
+    """``execution`` with ``threads_per_worker`` decided: as configured, else the run's model's
+    ``worker_threads`` (None: nothing is segmented), else 1. A forward pass of TotalSegmentator's
+    networks runs 1.94x faster on two threads than on one, and two one-thread passes side by side
+    slow each other down, so one-thread workers were the slowest way to segment (docs/performance.md).
+
+    >>> with_model_threads(ExecutionConfig(), 2).threads_per_worker
+    2
+    >>> with_model_threads(ExecutionConfig(threads_per_worker=1), 2).threads_per_worker
+    1
+    >>> with_model_threads(ExecutionConfig(), None).threads_per_worker
+    1
+    """
+    return dataclasses.replace(execution, threads_per_worker=execution.threads_per_worker or model_threads or 1)
 
 
 def local_worker_settings(resources: Resources, reuse_freed_memory: bool, network_passes: int = 1
@@ -120,8 +137,8 @@ def wait_for_start(client: Client, start: StartCheck) -> None:
 def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
              model_memory_gb: float | None) -> Iterator[tuple[object, StartCheck]]:
     if kind == "local":
-        resources = Resources.for_this_process(workers, execution.threads_per_worker, execution.worker_memory_gb,
-                                               model_memory_gb)
+        resources = Resources.for_this_process(workers, execution.threads_per_worker or 1,
+                                               execution.worker_memory_gb, model_memory_gb)
         passes = resources.network_passes(wanted_passes(execution), model_memory_gb)
         log.info("local cluster: %s; forward passes at once per worker: %d", resources.describe(), passes)
         warn_if_short_of_memory(resources, model_memory_gb, "fewer --workers, or execution.worker_memory_gb")

@@ -145,6 +145,7 @@ class ModelSpec:
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
     body_crop: BodyCropSpec = field(default_factory=BodyCropSpec)
     worker_memory_gb: float | None = None
+    worker_threads: int = 1
     source: str = ""
 
     @property
@@ -205,6 +206,7 @@ def _validate(spec: ModelSpec, path: Path) -> None:
         (spec.chunking.overlap_mm >= 0, "chunking.overlap_mm", "must be >= 0"),
         (spec.worker_memory_gb is None or spec.worker_memory_gb > 0, "worker_memory_gb",
          "must be positive (GB), or null"),
+        (spec.worker_threads >= 1, "worker_threads", "must be at least 1"),
         (bool(spec.get_weights) or spec.weights_url is not None, "weights_url",
          "or get_weights must say where the weights come from"),
         (pre.orientation in ORIENTATIONS, "preprocess.orientation", f"must be one of {', '.join(ORIENTATIONS)}"),

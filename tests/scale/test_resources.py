@@ -254,3 +254,41 @@ def test_job_larger_than_any_node_fails_fast(tmp_path: Path, examples: Path, slu
     left = subprocess.run(["squeue", "-h", "-n", job_name, "-t", "pending,running"], capture_output=True,
                           text=True, timeout=30).stdout
     assert not left.strip(), left
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 usable CPUs to tell 1 thread per worker from 2")
+def test_a_run_that_segments_gives_each_worker_the_models_threads(tmp_path: Path, examples: Path) -> None:
+    """Without ``execution.threads_per_worker``, workers that segment get the model's
+    ``worker_threads`` (2 for the shipped models); a run of label maps only, one thread each."""
+    import logging
+
+    import cohort
+    from cohort.testing.weights import build_weights
+    from testkit import write_manifest
+
+    class Plans(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    build_weights(load_model_spec("fast"), tmp_path / "weights", "small", seed=0)
+    row = {"series_id": "a", "path": str(examples / "example_ct_sm.nii.gz"), "age": 60, "sex": "F"}
+    plans, logger, handler = {}, logging.getLogger("cohort.flows.clusters"), Plans()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for name, extra in (("segments", {}), ("labelled", {"labels": str(examples / "example_seg_fast.nii.gz")})):
+            manifest = write_manifest(tmp_path / f"{name}.csv", [{**row, **extra}])
+            handler.lines.clear()
+            assert cohort.run(str(manifest), tmp_path / name, weights=tmp_path / "weights").exit_code == 0
+            plans[name] = next(line for line in handler.lines if line.startswith("local cluster:"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    cpus = usable_cpus()
+    assert f"{cpus // 2} worker(s) x 2 thread(s)" in plans["segments"], plans
+    assert f"{cpus} worker(s) x 1 thread(s)" in plans["labelled"], plans
