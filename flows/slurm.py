@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 from cohort.config import config_file, from_mapping, load_yaml
 from cohort.errors import ConfigError, RunCannotStart
 from cohort.flows.job_gpus import PROCESSES_ENV
+from cohort.flows.resources import Resources, warn_if_short_of_memory
 
 log = logging.getLogger(__name__)
 DEFAULT_SLURM_CONFIG = "slurm.yaml"
@@ -84,6 +85,15 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
     return SlurmConfig(**{**config.__dict__, "source": str(path)})
 
 
+def job_share(config: SlurmConfig) -> Resources:
+    """What each of a job's ``processes`` workers gets: ``cores / processes`` threads and
+    ``memory / processes``."""
+    from dask.utils import parse_bytes
+
+    return Resources(config.cores, config.processes, config.cores // config.processes,
+                     parse_bytes(config.memory) // config.processes)
+
+
 def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True, network_passes: int = 1,
                    model_memory_gb: float | None = None) -> list[str]:
     """Job-script lines that give each of a job's ``processes`` workers its share of the job:
@@ -92,12 +102,7 @@ def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True, network
     ``network_passes``, as its threads and the model's ``model_memory_gb`` allow;
     cohort.segmentation.gate), and, with ``reuse_freed_memory``, the heap settings of cohort.heap
     for ``memory / processes``."""
-    from dask.utils import parse_bytes
-
-    from cohort.flows.resources import Resources
-
-    share = Resources(config.cores, config.processes, config.cores // config.processes,
-                      parse_bytes(config.memory) // config.processes)
+    share = job_share(config)
     passes = 1 if config.gpus_per_job else share.network_passes(network_passes, model_memory_gb)
     environment = share.worker_environment(reuse_freed_memory, passes)
     if config.gpus_per_job:
@@ -160,6 +165,8 @@ def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: 
         raise RunCannotStart("--cluster slurm needs dask-jobqueue: pip install 'cohort[slurm]'") from None
     if config.log_directory:
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
+    warn_if_short_of_memory(job_share(config), model_memory_gb,
+                            f"raise 'memory' or lower 'processes' in {config.source}")
     try:
         cluster = SLURMCluster(**cluster_kwargs(config, reuse_freed_memory, series_slots, network_passes,
                                                model_memory_gb))

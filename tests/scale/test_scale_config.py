@@ -20,8 +20,16 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_slurm_config_loads() -> None:
+    """The shipped jobs give each worker what the default model asks for (threads and memory)."""
+    from cohort.flows.resources import GIB
+    from cohort.flows.slurm import job_share
+    from cohort.segmentation import load_model_spec
+
     config = load_slurm_config()
     assert config.cores % config.processes == 0 and config.adapt.maximum_jobs >= 1
+    share, fast = job_share(config), load_model_spec("fast")
+    assert share.threads_per_worker >= fast.worker_threads
+    assert share.memory_limit_bytes >= fast.worker_memory_gb * GIB
 
 
 @pytest.mark.parametrize(
