@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -182,7 +183,22 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0")[1:-1]]
 
 
-def _free_port() -> int:
+def _free_port(port_range: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """A free port of 127.0.0.1 below the kernel's ephemeral range. The server binds it a second
+    or two later, while the Dask cluster starts; a port from the ephemeral range could be handed
+    to one of Dask's sockets meanwhile (seen once in CI: "address already in use")."""
+    try:
+        low = int(port_range.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    below_ephemeral = range(max(1024, low - 12000), low)
+    for port in random.Random().sample(below_ephemeral, min(200, len(below_ephemeral))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
