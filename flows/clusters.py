@@ -27,15 +27,15 @@ LOCAL_START_TIMEOUT_S = 120.0
 log = logging.getLogger(__name__)
 
 
-def dask_settings(execution: ExecutionConfig) -> dict[str, object]:
-    """Scheduler settings of every cohort cluster.
+SCHEDULER_SETTINGS = {"distributed.scheduler.allowed-failures": 0,
+                      "distributed.scheduler.worker-saturation": 1.0}
+"""Scheduler settings of every cohort cluster.
 
-    ``allowed-failures``: a series whose worker dies ``retries + 1`` times fails (KilledWorker).
-    ``worker-saturation`` 1.0: a worker holds only the series it is running, so a worker that
-    dies (or is restarted after a timeout) takes no innocent queued series with it.
-    """
-    return {"distributed.scheduler.allowed-failures": execution.retries,
-            "distributed.scheduler.worker-saturation": 1.0}
+``allowed-failures`` 0: the driver hears of every worker death at once (KilledWorker) and decides
+itself whom it counts against (``flows/dispatch.py``, ``execution.retries``).
+``worker-saturation`` 1.0: a worker holds only the series it is running, so a worker that dies
+(or is restarted after a timeout) takes no innocent queued series with it.
+"""
 
 
 def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
@@ -83,7 +83,7 @@ def open_client(kind: str, workers: int | None, execution: ExecutionConfig,
                 model_memory_gb: float | None = None) -> Iterator[Client]:
     """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit.
     ``model_memory_gb``: what one worker needs for the run's model (none when nothing is segmented)."""
-    with preserved_environment(), dask.config.set(dask_settings(execution)), \
+    with preserved_environment(), dask.config.set(SCHEDULER_SETTINGS), \
             _cluster(kind, workers, execution, model_memory_gb) as (cluster, start):
         with Client(cluster) as client:
             wait_for_start(client, start)

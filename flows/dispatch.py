@@ -8,10 +8,17 @@ scheduler small and the driver's memory flat however long the manifest is.
 Faults, each retried ``execution.retries`` times and then written as a ``failed`` row:
 
 - a worker that dies mid-series (SIGKILL, out of memory, ``scancel`` of its SLURM job): Dask
-  reschedules the series elsewhere and gives up with ``KilledWorker`` (``allowed-failures``);
+  reports ``KilledWorker`` at once (``allowed-failures`` 0) and the driver decides whom the death
+  counts against (:func:`blame`). A series that was alone on the worker, or ran alone
+  (``flows/alone.py``), caused it. Series that died side by side are each retried alone before
+  any of them is charged an attempt; a series that died beside one running alone, or on a worker
+  the driver restarted, is resubmitted as it was;
 - a series running past ``series_timeout_s``: the worker-side :func:`process_with_deadline`
   returns :class:`TimedOut` instead of waiting; the driver restarts that worker (a thread
   cannot be stopped, a process can) and submits the series again.
+
+Every retry runs alone on its worker, so a series that killed one worker takes nothing with it
+the next time.
 """
 
 from __future__ import annotations
@@ -19,16 +26,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from itertools import islice
-from typing import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from itertools import count, islice
+from typing import Callable, Iterable, Iterator
 
 from distributed import Client, Future, get_worker, wait
 from distributed.client import FutureCancelledError
 from distributed.scheduler import KilledWorker
+from distributed.utils import sync
 
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
+from cohort.flows.alone import ALONE_TOPIC, WORKER_ADMISSION
 from cohort.heap import trim_when_above
 from cohort.manifest import SeriesSpec
 from cohort.pipeline import RunContext, SeriesResult, failed_result, process_series
@@ -48,12 +58,32 @@ class TimedOut:
     seconds: float
 
 
-def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, timeout_s: float
-                          ) -> SeriesResult | TimedOut:
+@dataclass(frozen=True)
+class Attempt:
+    """One submission of a series: which attempt it is (deaths it caused and timeouts count) and
+    whether it runs alone on its worker (``flows/alone.py``)."""
+
+    spec: SeriesSpec
+    number: int = 1
+    alone: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerDied:
+    """What the driver learns when a series' worker dies: the task and the worker's address."""
+
+    key: str
+    worker: str
+
+
+def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, timeout_s: float,
+                          alone: bool = False) -> SeriesResult | TimedOut:
     """Run ``process_series`` on a worker, giving up waiting after ``timeout_s`` seconds.
 
     The series runs in its own daemon thread; on timeout it is left behind and the driver
-    restarts this worker process, which ends it.
+    restarts this worker process, which ends it. ``alone``: first wait until no other series
+    runs on this worker, keep them waiting meanwhile, and tell the scheduler when it starts.
+    The deadline starts once the series may run.
     """
     outcome: list[SeriesResult | BaseException] = []
 
@@ -63,10 +93,14 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
         except BaseException as error:  # process_series does not raise; keep a bug visible anyway
             outcome.append(error)
 
-    thread = threading.Thread(target=target, name=f"cohort-series-{spec.series_id}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
     worker = get_worker()
+    with WORKER_ADMISSION.alone() if alone else WORKER_ADMISSION.shared():
+        if alone:  # a round trip, not the batched stream: the record must outlive a SIGKILL a moment later
+            sync(worker.loop, worker.scheduler.log_event, topic=ALONE_TOPIC,
+                 msg={"key": worker.get_current_task(), "worker": worker.address})
+        thread = threading.Thread(target=target, name=f"cohort-series-{spec.series_id}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
     if not outcome:
         return TimedOut(spec.series_id, worker.address, timeout_s)
     if worker.memory_manager.memory_limit:
@@ -78,28 +112,31 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
 
 @dataclass
 class _Window:
-    """The series in flight, and how many attempts each has had (timeouts are counted here).
+    """The series in flight, each with its :class:`Attempt`, and the workers the driver restarted.
 
     Each task carries the (small) run context itself rather than depending on a shared one:
     a dependency makes Dask place tasks beside its data, so one worker's death would also
-    count against series merely waiting there.
+    take series merely waiting there.
     """
 
     client: Client
     context: RunContext
     execution: ExecutionConfig
-    in_flight: dict[Future, tuple[SeriesSpec, int]]
+    in_flight: dict[Future, Attempt] = field(default_factory=dict)
+    restarted: set[str] = field(default_factory=set)
+    serial: Iterator[int] = field(default_factory=count)
 
-    def submit(self, specs: list[SeriesSpec], attempt: int = 1) -> None:
-        """Submit ``specs`` in one message, so that Dask queues them as one group (one per worker)."""
-        if not specs:
+    def submit(self, attempts: list[Attempt]) -> None:
+        """Submit ``attempts`` in one message, so that Dask queues them as one group (one per worker)."""
+        if not attempts:
             return
-        n = len(specs)
-        futures = self.client.map(process_with_deadline, specs, [self.context] * n, [attempt] * n,
-                                  [self.execution.series_timeout_s] * n,
-                                  key=[f"series-{spec.series_id}-{attempt}" for spec in specs], pure=False,
-                                  retries=0)
-        self.in_flight.update((future, (spec, attempt)) for future, spec in zip(futures, specs))
+        n = len(attempts)
+        futures = self.client.map(process_with_deadline, [attempt.spec for attempt in attempts], [self.context] * n,
+                                  [attempt.number for attempt in attempts], [self.execution.series_timeout_s] * n,
+                                  [attempt.alone for attempt in attempts],
+                                  key=[f"series-{attempt.spec.series_id}-{next(self.serial)}" for attempt in attempts],
+                                  pure=False, retries=0)
+        self.in_flight.update(zip(futures, attempts))
 
 
 def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext, execution: ExecutionConfig,
@@ -111,7 +148,7 @@ def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext,
     Once ``stop`` is set (SIGINT/SIGTERM, within a tick) nothing more is submitted and the
     series in flight are cancelled; returns how many were (0 when every spec was processed).
     """
-    window = _Window(client, context, execution, {})
+    window = _Window(client, context, execution)
     queue = iter(specs)
     exhausted = False
     size, sized_at, idle_since = window_size(client, execution), time.monotonic(), None
@@ -123,7 +160,7 @@ def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext,
         if not exhausted and len(window.in_flight) < size:
             batch = list(islice(queue, size - len(window.in_flight)))
             exhausted = len(batch) < size - len(window.in_flight)
-            window.submit(batch)
+            window.submit([Attempt(spec) for spec in batch])
         finished: set[Future] = set()
         if not window.in_flight:
             if exhausted:
@@ -141,13 +178,15 @@ def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext,
             on_idle()
             continue
         for future in finished:
-            spec, attempt = window.in_flight.pop(future)
-            result = _collect(future, spec, attempt, execution)
+            attempt = window.in_flight.pop(future)
+            outcome = _collect(future, attempt)
             future.release()
-            if isinstance(result, TimedOut):
-                result = _after_timeout(window, spec, attempt, result)
-            if result is not None:
-                on_result(result)
+            if isinstance(outcome, TimedOut):
+                outcome = _after_timeout(window, attempt, outcome)
+            elif isinstance(outcome, WorkerDied):
+                outcome = _after_death(window, attempt, outcome)
+            if outcome is not None:
+                on_result(outcome)
 
 
 def window_size(client: Client, execution: ExecutionConfig) -> int:
@@ -169,30 +208,80 @@ def _check_workers(size: int, idle_since: float | None) -> float | None:
     return idle_since
 
 
-def _after_timeout(window: _Window, spec: SeriesSpec, attempt: int, timed_out: TimedOut) -> SeriesResult | None:
-    """Restart the worker that holds the stuck series; retry it or give up with a failed row."""
+def _after_timeout(window: _Window, attempt: Attempt, timed_out: TimedOut) -> SeriesResult | None:
+    """Restart the worker that holds the stuck series; retry it (alone) or give up with a failed row."""
+    spec = attempt.spec
     log.warning("%s: timed out after %g s on %s (attempt %d); restarting that worker", spec.where,
-                timed_out.seconds, timed_out.worker, attempt)
+                timed_out.seconds, timed_out.worker, attempt.number)
+    window.restarted.add(timed_out.worker)
     try:
         window.client.restart_workers([timed_out.worker], timeout=RESTART_TIMEOUT_S, raise_for_error=False)
     except (OSError, TimeoutError, ValueError) as error:  # the worker may already be gone
         log.warning("could not restart %s: %s", timed_out.worker, error)
-    if attempt <= window.execution.retries:
-        window.submit([spec], attempt + 1)
+    if attempt.number <= window.execution.retries:
+        window.submit([Attempt(spec, attempt.number + 1, alone=True)])
         return None
     return failed_result(spec, f"{spec.where}: timed out after {timed_out.seconds:g} s "
-                               f"({attempt} attempt(s); execution.series_timeout_s)", attempt=attempt)
+                               f"({attempt.number} attempt(s); execution.series_timeout_s)", attempt=attempt.number)
 
 
-def _collect(future: Future, spec: SeriesSpec, attempt: int, execution: ExecutionConfig
-             ) -> SeriesResult | TimedOut:
+class Blame(Enum):
+    """Whom a worker's death counts against."""
+
+    CAUSE = "the series died alone, or running alone: it counts as an attempt"
+    SUSPECT = "the series died beside others, none running alone: retry it alone, not counted"
+    BYSTANDER = "another series was running alone, or the driver restarted the worker: resubmit as it was"
+
+
+def blame(client: Client, died: WorkerDied, restarted: set[str]) -> Blame:
+    """Decide from the scheduler's record of the death (the tasks the worker was processing)
+    and of the series that started alone (:data:`ALONE_TOPIC`) whether ``died.key`` killed its worker."""
+    if died.worker in restarted:
+        return Blame.BYSTANDER
+    processing = _processing_at_death(client, died)
+    if processing is None:  # no record left: count it, as Dask's allowed-failures would
+        return Blame.CAUSE
+    ran_alone = {event["key"] for _, event in client.get_events(ALONE_TOPIC) if event["worker"] == died.worker}
+    if died.key in ran_alone or processing == {died.key}:
+        return Blame.CAUSE
+    return Blame.BYSTANDER if ran_alone & processing else Blame.SUSPECT
+
+
+def _processing_at_death(client: Client, died: WorkerDied) -> set[str] | None:
+    for _, event in client.get_events(died.worker):
+        if event.get("action") == "remove-worker" and died.key in event.get("processing-tasks", ()):
+            return set(event["processing-tasks"])
+    return None
+
+
+def _after_death(window: _Window, attempt: Attempt, died: WorkerDied) -> SeriesResult | None:
+    """Resubmit a series whose worker died, or give up with a failed row after ``retries + 1`` deaths it caused."""
+    spec = attempt.spec
+    verdict = blame(window.client, died, window.restarted)
+    if verdict is Blame.BYSTANDER:
+        window.submit([attempt])
+        return None
+    if verdict is Blame.SUSPECT:
+        log.warning("%s: its worker %s died with other series on it; retrying it alone to tell which one killed "
+                    "it (not counted as an attempt)", spec.where, died.worker)
+        window.submit([replace(attempt, alone=True)])
+        return None
+    log.warning("%s: its worker %s died while running it (attempt %d)", spec.where, died.worker, attempt.number)
+    if attempt.number <= window.execution.retries:
+        window.submit([Attempt(spec, attempt.number + 1, alone=True)])
+        return None
+    return failed_result(spec, f"{spec.where}: the worker process died {attempt.number} time(s) while processing it "
+                               "(killed, out of memory, or its SLURM job ended?)", attempt=attempt.number)
+
+
+def _collect(future: Future, attempt: Attempt) -> SeriesResult | TimedOut | WorkerDied:
+    spec = attempt.spec
     try:
         return future.result()
-    except KilledWorker:
-        reason = (f"{spec.where}: the worker process died {execution.retries + 1} time(s) while processing it "
-                  "(killed, out of memory, or its SLURM job ended?)")
+    except KilledWorker as error:
+        return WorkerDied(future.key, error.last_worker.address)
     except FutureCancelledError:
         reason = f"{spec.where}: cancelled"
     except Exception as error:
         reason = f"{spec.where}: {type(error).__name__}: {error}"
-    return failed_result(spec, reason, attempt=attempt + execution.retries)
+    return failed_result(spec, reason, attempt=attempt.number)
