@@ -48,12 +48,12 @@ def with_worker_heap() -> None:
 
 
 def timed_passes(predictor, data, properties, passes: int, threads: int) -> list[float]:
-    """Seconds of each of ``passes`` forward passes started together, each on ``threads`` threads."""
+    """Seconds of each of ``passes`` forward passes started together, each on ``threads`` threads
+    (set by the worker's own gate)."""
+    predictor.gate = NetworkGate(passes, threads_each=threads)
     seconds = [0.0] * passes
 
     def one(index: int) -> None:
-        torch.get_num_threads()  # the thread's first parallel call, before its own count
-        torch.set_num_threads(threads)
         start = time.perf_counter()
         predictor.forward(data, properties)
         seconds[index] = time.perf_counter() - start
@@ -81,7 +81,6 @@ def main() -> None:
     volume = load_ct(clinical_ct(work))
     segmenter = Segmenter(spec, work / "weights", torch.device("cpu"))
     predictor = segmenter.predictors[0]
-    predictor.gate = NetworkGate(passes=args.passes)  # admits them all; each thread keeps its own count
     data, properties = predictor.preprocess(segmenter.model_grid_image(volume), segmenter.spacing)
     timed_passes(predictor, data, properties, 1, threads)  # warm-up: the heap grows to its peak once
     whole, alone, together = [], [], []

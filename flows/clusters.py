@@ -161,13 +161,13 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
                            f"{LOCAL_START_TIMEOUT_S:g} s",
                            after=lambda client: check_pinning(client, devices, per_gpu))
     elif kind == "slurm":
-        from cohort.flows.slurm import (first_workers_needed, load_slurm_config, no_workers_message, slurm_cluster,
-                                        unstartable_jobs_check)
+        from cohort.flows.slurm import (WorkerNeeds, first_workers_needed, load_slurm_config, no_workers_message,
+                                        slurm_cluster, unstartable_jobs_check)
 
         config = load_slurm_config(execution.slurm_config)
-        slots = series_slots(execution, gpu=config.gpus_per_job > 0)
-        with slurm_cluster(config, workers, execution.reuse_freed_memory, slots, wanted_passes(execution),
-                           model_memory_gb) as cluster:
+        needs = WorkerNeeds(series_slots(execution, gpu=config.gpus_per_job > 0), wanted_passes(execution),
+                            model_memory_gb, execution.reuse_freed_memory)
+        with slurm_cluster(config, workers, needs) as cluster:
             yield cluster, StartCheck(first_workers_needed(config, workers), config.worker_start_timeout_s,
                                       no_workers_message(config), unstartable_jobs_check(cluster, config))
         return

@@ -94,28 +94,38 @@ def job_share(config: SlurmConfig) -> Resources:
                      parse_bytes(config.memory) // config.processes)
 
 
-def worker_exports(config: SlurmConfig, reuse_freed_memory: bool = True, network_passes: int = 1,
-                   model_memory_gb: float | None = None) -> list[str]:
+@dataclass(frozen=True)
+class WorkerNeeds:
+    """What a run asks of each SLURM worker: ``series_slots`` series at once (``1 +
+    execution.prefetch``, GPU jobs ``gpu_prefetch``), up to ``network_passes`` forward passes at
+    once on a CPU, ``model_memory_gb`` for one copy of the run's model (None: nothing is
+    segmented), and whether its heap hands freed memory back (``reuse_freed_memory``)."""
+
+    series_slots: int = 1
+    network_passes: int = 1
+    model_memory_gb: float | None = None
+    reuse_freed_memory: bool = True
+
+
+def worker_exports(config: SlurmConfig, needs: WorkerNeeds = WorkerNeeds()) -> list[str]:
     """Job-script lines that give each of a job's ``processes`` workers its share of the job:
     ``cores / processes`` threads for torch, OpenMP and BLAS (the job's affinity would give each
     worker all of the job's cores), the forward passes it may run at once on a CPU (up to
-    ``network_passes``, as its threads and the model's ``model_memory_gb`` allow;
-    cohort.segmentation.gate), and, with ``reuse_freed_memory``, the heap settings of cohort.heap
-    for ``memory / processes``."""
+    ``needs.network_passes``, as its threads and the model's memory allow;
+    cohort.segmentation.gate), and, with ``needs.reuse_freed_memory``, the heap settings of
+    cohort.heap for ``memory / processes``."""
     share = job_share(config)
-    passes = 1 if config.gpus_per_job else share.network_passes(network_passes, model_memory_gb)
-    environment = share.worker_environment(reuse_freed_memory, passes)
+    passes = 1 if config.gpus_per_job else share.network_passes(needs.network_passes, needs.model_memory_gb)
+    environment = share.worker_environment(needs.reuse_freed_memory, passes)
     if config.gpus_per_job:
         environment[PROCESSES_ENV] = str(config.processes)
     return [f"export {name}={value}" for name, value in environment.items()]
 
 
-def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True, series_slots: int = 1,
-                   network_passes: int = 1, model_memory_gb: float | None = None) -> dict[str, Any]:
+def cluster_kwargs(config: SlurmConfig, needs: WorkerNeeds = WorkerNeeds()) -> dict[str, Any]:
     """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for ``config``: each worker runs
-    ``series_slots`` series at once (``1 + execution.prefetch``, GPU jobs ``gpu_prefetch``), not
-    dask-jobqueue's one per thread, so a worker's memory holds what it does on a local cluster;
-    ``network_passes`` and ``model_memory_gb`` as :func:`worker_exports` says."""
+    ``needs.series_slots`` series at once, not dask-jobqueue's one per thread, so a worker's
+    memory holds what it does on a local cluster; its environment as :func:`worker_exports` says."""
     directives = [f"--job-name={config.job_name}", *config.job_extra_directives]
     if config.gpus_per_job:
         directives.append(f"--gres=gpu:{config.gpus_per_job}")
@@ -126,7 +136,7 @@ def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True, series_
         "processes": config.processes,
         "memory": config.memory,
         "walltime": config.walltime,
-        "job_script_prologue": [*worker_exports(config, reuse_freed_memory, network_passes, model_memory_gb),
+        "job_script_prologue": [*worker_exports(config, needs),
                                 *config.job_script_prologue],
         "job_extra_directives": directives,
         "interface": config.interface,
@@ -137,7 +147,7 @@ def cluster_kwargs(config: SlurmConfig, reuse_freed_memory: bool = True, series_
         "death_timeout": config.death_timeout_s,
         # the last --nthreads wins over dask-jobqueue's own (cores / processes); each worker process
         # of a GPU job on its own GPU of the job (cohort.flows.job_gpus)
-        "worker_extra_args": ["--nthreads", str(series_slots),
+        "worker_extra_args": ["--nthreads", str(needs.series_slots),
                               *(["--preload", GPU_PRELOAD] if config.gpus_per_job else [])],
     }
     return {key: value for key, value in kwargs.items() if value is not None}
@@ -152,8 +162,7 @@ def job_counts(config: SlurmConfig, workers: int | None) -> tuple[int, int]:
 
 
 @contextmanager
-def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: bool = True, series_slots: int = 1,
-                  network_passes: int = 1, model_memory_gb: float | None = None) -> Iterator[object]:
+def slurm_cluster(config: SlurmConfig, workers: int | None, needs: WorkerNeeds = WorkerNeeds()) -> Iterator[object]:
     """A ``SLURMCluster`` scaled adaptively between the configured (or ``--workers``) bounds, its
     workers sized as :func:`cluster_kwargs` says.
 
@@ -165,11 +174,10 @@ def slurm_cluster(config: SlurmConfig, workers: int | None, reuse_freed_memory: 
         raise RunCannotStart("--cluster slurm needs dask-jobqueue: pip install 'cohort[slurm]'") from None
     if config.log_directory:
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
-    warn_if_short_of_memory(job_share(config), model_memory_gb,
+    warn_if_short_of_memory(job_share(config), needs.model_memory_gb,
                             f"raise 'memory' or lower 'processes' in {config.source}")
     try:
-        cluster = SLURMCluster(**cluster_kwargs(config, reuse_freed_memory, series_slots, network_passes,
-                                               model_memory_gb))
+        cluster = SLURMCluster(**cluster_kwargs(config, needs))
     except (ValueError, OSError) as error:
         raise RunCannotStart(f"{config.source}: cannot set up the SLURM cluster: {error}") from None
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from cohort.errors import ConfigError
 from cohort.flows.cuda import visible_gpus
-from cohort.flows.slurm import cluster_kwargs, job_counts, load_slurm_config
+from cohort.flows.slurm import WorkerNeeds, cluster_kwargs, job_counts, load_slurm_config
 from testkit import cohort_cli
 
 
@@ -81,21 +81,19 @@ interface: lo
         assert line in script, (line, script)
     assert script.index("export OMP_NUM_THREADS") < script.index("module load cuda/12.4")
     assert script.index("--nthreads 4") < script.index("--nthreads 1")  # the last one is what the worker takes
-    no_heap = "\n".join(cluster_kwargs(config, reuse_freed_memory=False)["job_script_prologue"])
+    no_heap = "\n".join(cluster_kwargs(config, WorkerNeeds(reuse_freed_memory=False))["job_script_prologue"])
     assert "OMP_NUM_THREADS=4" in no_heap and "MALLOC" not in no_heap
     assert kwargs["worker_extra_args"][:2] == ["--nthreads", "1"]  # one series slot (prefetch 0), not 4 threads' worth
     cpu_config = load_slurm_config(str(_write(tmp_path, "cores: 8\nprocesses: 2\nmemory: 64GB\n")))
     cpu_only = cluster_kwargs(cpu_config)
     assert cpu_only["worker_extra_args"] == ["--nthreads", "1"] and "COHORT_JOB_PROCESSES" not in str(cpu_only)
     # network_passes 2 on 4-thread workers: two forward passes at once, when 32 GB per worker holds two of 8 GB ...
-    wide = cluster_kwargs(cpu_config, series_slots=2, network_passes=2, model_memory_gb=8)
+    wide = cluster_kwargs(cpu_config, WorkerNeeds(series_slots=2, network_passes=2, model_memory_gb=8))
     assert wide["worker_extra_args"] == ["--nthreads", "2"]
     assert "export COHORT_NETWORK_PASSES=2" in wide["job_script_prologue"]
     # ... one at a time when it does not, and always one on a GPU
-    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(cpu_config, series_slots=2, network_passes=2,
-                                                              model_memory_gb=20)["job_script_prologue"]
-    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(config, series_slots=4, network_passes=4,
-                                                              model_memory_gb=8)["job_script_prologue"]
+    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(cpu_config, WorkerNeeds(2, 2, model_memory_gb=20))["job_script_prologue"]
+    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(config, WorkerNeeds(4, 4, model_memory_gb=8))["job_script_prologue"]
     assert job_counts(config, None) == (1, 4) and job_counts(config, 5) == (3, 3)
 
 

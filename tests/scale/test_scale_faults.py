@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from testkit import cli_env, cohort_cli, write_manifest
 
@@ -36,13 +37,16 @@ def _config(folder: Path, text: str) -> Path:
     return path
 
 
-def test_series_past_its_timeout_is_retried_then_failed(tmp_path: Path, examples: Path, slow_series,
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_series_past_its_timeout_is_retried_then_failed(prefetch: int, tmp_path: Path, examples: Path, slow_series,
                                                         prefect_server: str) -> None:
+    """With ``prefetch: 1`` the restarted worker takes the series beside the slow one with it:
+    they are resubmitted uncounted (the driver restarted that worker) and done on attempt 1."""
     ct, seg = _copy_slow(slow_series, tmp_path, "slow")
     rows = _small_rows(examples, 6) + [{"series_id": "slow", "path": str(ct), "age": 70, "sex": "F", "labels": str(seg)}]
     manifest = write_manifest(tmp_path / "scans.csv", rows)
     out = tmp_path / "results"
-    config = _config(tmp_path, "  series_timeout_s: 1.5\n  retries: 1\n")
+    config = _config(tmp_path, f"  series_timeout_s: 1.5\n  retries: 1\n  prefetch: {prefetch}\n")
     started = time.monotonic()
     result = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(config),
                         "--workers", "2", api=prefect_server, timeout=240)
@@ -51,7 +55,8 @@ def test_series_past_its_timeout_is_retried_then_failed(tmp_path: Path, examples
     assert series.loc["slow", "status"] == "failed"
     assert "timed out after 1.5 s (2 attempt(s)" in series.loc["slow", "error"]
     assert series.loc["slow", "attempts"] == 2
-    assert (series.drop(index="slow")["status"] == "done").all() and len(series) == 7
+    others = series.drop(index="slow")
+    assert (others["status"] == "done").all() and (others["attempts"] == 1).all() and len(series) == 7
     assert time.monotonic() - started < 200
 
     relaxed = _config(tmp_path, "  series_timeout_s: 600\n")

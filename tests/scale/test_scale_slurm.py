@@ -104,12 +104,12 @@ def test_a_slurm_worker_runs_as_many_series_as_its_slots(slurm_run_config) -> No
     and learns how many forward passes it may run at once."""
     from distributed import Client
 
-    from cohort.flows.slurm import load_slurm_config, slurm_cluster
+    from cohort.flows.slurm import WorkerNeeds, load_slurm_config, slurm_cluster
 
     run_yaml, _, _ = slurm_run_config
     slurm_yaml = run_yaml.parent / "slurm.yaml"
     config = load_slurm_config(str(slurm_yaml))
-    with slurm_cluster(config, workers=1, series_slots=2, network_passes=2, model_memory_gb=0.5) as cluster, \
+    with slurm_cluster(config, workers=1, needs=WorkerNeeds(2, 2, model_memory_gb=0.5)) as cluster, \
             Client(cluster) as client:
         client.wait_for_workers(1, timeout=90)
         assert list(client.nthreads().values()) == [2]
