@@ -271,7 +271,7 @@ def _after_death(window: _Window, attempt: Attempt, died: WorkerDied) -> SeriesR
         window.submit([Attempt(spec, attempt.number + 1, alone=True)])
         return None
     return failed_result(spec, f"{spec.where}: the worker process died {attempt.number} time(s) while processing it "
-                               "(killed, out of memory, or its SLURM job ended?)", attempt=attempt.number)
+                               "alone (killed, out of memory, or its SLURM job ended?)", attempt=attempt.number)
 
 
 def _collect(future: Future, attempt: Attempt) -> SeriesResult | TimedOut | WorkerDied:
