@@ -65,16 +65,14 @@ def test_two_series_alone_take_turns_and_shared_ones_overlap() -> None:
             with lock:
                 inside[0] -= 1
 
-    solos = [threading.Thread(target=enter, args=(admission.alone(),)) for _ in range(2)]
-    for thread in solos:
-        thread.start()
-    for thread in solos:
-        thread.join(5)
-    assert most_inside[0] == 1
-    most_inside[0] = 0
-    together = [threading.Thread(target=enter, args=(admission.shared(),)) for _ in range(3)]
-    for thread in together:
-        thread.start()
-    for thread in together:
-        thread.join(5)
-    assert most_inside[0] == 3
+    def most_at_once(contexts: list) -> int:
+        most_inside[0] = 0
+        threads = [threading.Thread(target=enter, args=(context,)) for context in contexts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        return most_inside[0]
+
+    assert most_at_once([admission.alone(), admission.alone()]) == 1
+    assert most_at_once([admission.shared(), admission.shared(), admission.shared()]) == 3

@@ -85,29 +85,41 @@ def _kill_when_open(paths: dict[str, Path], kills: dict[str, int], holders, dead
     return done
 
 
+def _victim_and_small_series(tmp_path: Path, examples: Path, slow_series, n_small: int) -> tuple[Path, Path, Path]:
+    """A manifest of the slow series (``victim``, first) and ``n_small`` small ones: (victim's CT, manifest, --out)."""
+    ct, seg = _copy_slow(slow_series, tmp_path, "victim")
+    rows = [{"series_id": "victim", "path": str(ct), "age": 70, "sex": "F", "labels": str(seg)},
+            *_small_rows(examples, n_small)]
+    return ct, write_manifest(tmp_path / "scans.csv", rows), tmp_path / "results"
+
+
+def _run_killing(victim: Path, kills: int, manifest: Path, out: Path, config: Path, workers: int, holders,
+                 api: str, timeout_s: float) -> tuple[int, str, int]:
+    """``cohort run`` that SIGKILLs each worker opening ``victim``, up to ``kills`` times.
+    Returns (kills done, the run's output, its exit status)."""
+    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out",
+                                str(out), "--config", str(config), "--workers", str(workers)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(api),
+                               start_new_session=True)
+    try:
+        done = _kill_when_open({"victim": victim}, {"victim": kills}, holders, time.monotonic() + timeout_s, process)
+        output, _ = process.communicate(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return done["victim"], output, process.returncode
+
+
 def test_worker_sigkilled_mid_series(tmp_path: Path, examples: Path, slow_series, holders,
                                      prefect_server: str) -> None:
     """The worker running ``victim`` is SIGKILLed on each of its attempts: the series fails
     with the reason, every other row is done, and a rerun processes exactly ``victim``.
     (A series killed once and done on its retry: the SLURM scancel test.)"""
-    victim = _copy_slow(slow_series, tmp_path, "victim")
-    rows = [{"series_id": "victim", "path": str(victim[0]), "age": 70, "sex": "F", "labels": str(victim[1])},
-            *_small_rows(examples, 12)]
-    manifest = write_manifest(tmp_path / "scans.csv", rows)
-    out = tmp_path / "results"
+    victim, manifest, out = _victim_and_small_series(tmp_path, examples, slow_series, 12)
     config = _config(tmp_path, "  retries: 1\n")
-    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out",
-                                str(out), "--config", str(config), "--workers", "2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=cli_env(prefect_server),
-                               start_new_session=True)
-    try:
-        kills = _kill_when_open({"victim": victim[0]}, {"victim": 2}, holders, time.monotonic() + 180, process)
-        output, _ = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert kills == {"victim": 2}, output
-    assert process.returncode == 1, output
+    kills, output, returncode = _run_killing(victim, 2, manifest, out, config, 2, holders, prefect_server, 180)
+    assert kills == 2, output
+    assert returncode == 1, output
     series = pd.read_parquet(out / "series").set_index("series_id")
     assert series.loc["victim", "status"] == "failed"
     assert "worker process died 2 time(s)" in series.loc["victim", "error"]
@@ -130,25 +142,12 @@ def test_a_worker_death_counts_against_its_culprit_not_the_series_beside_it(
 
     Rarely, the first kill lands between two small series, with ``victim`` alone on the worker:
     that death counts, and ``victim`` fails after 2 kills instead of 3."""
-    victim = _copy_slow(slow_series, tmp_path, "victim")
-    rows = [{"series_id": "victim", "path": str(victim[0]), "age": 70, "sex": "F", "labels": str(victim[1])},
-            *_small_rows(examples, 6)]
-    manifest = write_manifest(tmp_path / "scans.csv", rows)
-    out = tmp_path / "results"
+    victim, manifest, out = _victim_and_small_series(tmp_path, examples, slow_series, 6)
     config = _config(tmp_path, "  retries: 1\n  prefetch: 1\n")
-    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", "run", "--manifest", str(manifest), "--out",
-                                str(out), "--config", str(config), "--workers", "1"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=cli_env(prefect_server),
-                               start_new_session=True)
-    try:
-        kills = _kill_when_open({"victim": victim[0]}, {"victim": 3}, holders, time.monotonic() + 240, process)
-        output, _ = process.communicate(timeout=240)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert kills["victim"] in (2, 3), output
-    assert process.returncode == 1, output
-    if kills["victim"] == 3:
+    kills, output, returncode = _run_killing(victim, 3, manifest, out, config, 1, holders, prefect_server, 240)
+    assert kills in (2, 3), output
+    assert returncode == 1, output
+    if kills == 3:
         assert "died with other series on it; retrying it alone" in " ".join(output.split()), output
     series = pd.read_parquet(out / "series").set_index("series_id")
     assert series.loc["victim", "status"] == "failed"
