@@ -5,7 +5,7 @@ memory, a crash in a library, a SIGKILL) takes every series it was running with 
 of them may be the cause. Counting the death against all of them fails innocent series with
 their culprit; counting it against none retries a culprit forever. So each of them is retried
 *alone*: it waits until the series beside it have finished, nothing starts beside it until it
-is done, and the scheduler is told when it starts (:data:`ALONE_TOPIC`). A worker that dies
+is done, and the scheduler is told when it starts and ends (:data:`ALONE_TOPIC`). A worker that dies
 while it runs alone died of that series. The driver's bookkeeping is in ``dispatch.py``.
 
 >>> admission = Admission()

@@ -95,12 +95,13 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
 
     worker = get_worker()
     with WORKER_ADMISSION.alone() if alone else WORKER_ADMISSION.shared():
-        if alone:  # a round trip, not the batched stream: the record must outlive a SIGKILL a moment later
-            sync(worker.loop, worker.scheduler.log_event, topic=ALONE_TOPIC,
-                 msg={"key": worker.get_current_task(), "worker": worker.address})
+        if alone:
+            _tell_scheduler_alone(worker, running=True)
         thread = threading.Thread(target=target, name=f"cohort-series-{spec.series_id}", daemon=True)
         thread.start()
         thread.join(timeout_s)
+        if alone:
+            _tell_scheduler_alone(worker, running=False)
     if not outcome:
         return TimedOut(spec.series_id, worker.address, timeout_s)
     if worker.memory_manager.memory_limit:
@@ -108,6 +109,16 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+def _tell_scheduler_alone(worker, running: bool) -> None:
+    """Record on the scheduler that this worker's current series starts (ends) running alone.
+
+    A round trip, not the batched stream: a record must be there before the next thing the
+    worker does (a SIGKILL a moment later, a task-finished message), and the end is recorded
+    before any other series may start."""
+    sync(worker.loop, worker.scheduler.log_event, topic=ALONE_TOPIC,
+         msg={"key": worker.get_current_task(), "worker": worker.address, "running": running})
 
 
 @dataclass
@@ -241,10 +252,32 @@ def blame(client: Client, died: WorkerDied, restarted: set[str]) -> Blame:
     processing = _processing_at_death(client, died)
     if processing is None:  # no record left: count it, as Dask's allowed-failures would
         return Blame.CAUSE
-    ran_alone = {event["key"] for _, event in client.get_events(ALONE_TOPIC) if event["worker"] == died.worker}
-    if died.key in ran_alone or processing == {died.key}:
-        return Blame.CAUSE
-    return Blame.BYSTANDER if ran_alone & processing else Blame.SUSPECT
+    alone = running_alone((event for _, event in client.get_events(ALONE_TOPIC)), died.worker)
+    if alone is not None:
+        return Blame.CAUSE if alone == died.key else Blame.BYSTANDER
+    return Blame.CAUSE if processing == {died.key} else Blame.SUSPECT
+
+
+def running_alone(alone_events: Iterable[dict], worker: str) -> str | None:
+    """The task that had started running alone on ``worker`` and not ended, from the scheduler's
+    :data:`ALONE_TOPIC` records in order (at most one: the hold is exclusive). A task's finish may
+    not have reached the scheduler when its worker dies, so the tasks still "processing" there
+    cannot tell a series that ran alone a moment ago from the one running alone now.
+
+    >>> events = [{"worker": "w", "key": "a", "running": True}, {"worker": "w", "key": "a", "running": False},
+    ...           {"worker": "w", "key": "b", "running": True}, {"worker": "v", "key": "c", "running": True}]
+    >>> running_alone(events, "w"), running_alone(events[:2], "w"), running_alone(events, "v")
+    ('b', None, 'c')
+    """
+    current = None
+    for event in alone_events:
+        if event["worker"] != worker:
+            continue
+        if event["running"]:
+            current = event["key"]
+        elif current == event["key"]:
+            current = None
+    return current
 
 
 def _processing_at_death(client: Client, died: WorkerDied) -> set[str] | None:

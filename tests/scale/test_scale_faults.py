@@ -154,4 +154,5 @@ def test_a_worker_death_counts_against_its_culprit_not_the_series_beside_it(
     assert "worker process died 2 time(s)" in series.loc["victim", "error"]
     assert series.loc["victim", "attempts"] == 2
     others = series.drop(index="victim")
-    assert len(others) == 6 and (others["status"] == "done").all() and (others["attempts"] == 1).all(), others
+    assert len(others) == 6 and (others["status"] == "done").all() and (others["attempts"] == 1).all(), \
+        (others[["status", "attempts"]], output)
