@@ -116,9 +116,14 @@ def _tell_scheduler_alone(worker, running: bool) -> None:
 
     A round trip, not the batched stream: a record must be there before the next thing the
     worker does (a SIGKILL a moment later, a task-finished message), and the end is recorded
-    before any other series may start."""
-    sync(worker.loop, worker.scheduler.log_event, topic=ALONE_TOPIC,
-         msg={"key": worker.get_current_task(), "worker": worker.address, "running": running})
+    before any other series may start. A lost record costs the driver only its judgement of a death
+    on this worker (a start it never saw: the cause looks like a suspect and runs alone again; an
+    end: that series is no longer processing there, which :func:`blame` checks)."""
+    try:
+        sync(worker.loop, worker.scheduler.log_event, topic=ALONE_TOPIC,
+             msg={"key": worker.get_current_task(), "worker": worker.address, "running": running})
+    except (OSError, TimeoutError) as error:  # CommClosedError is an OSError
+        log.warning("could not tell the scheduler that a series %s alone: %s", "starts" if running else "ended", error)
 
 
 @dataclass
@@ -253,7 +258,7 @@ def blame(client: Client, died: WorkerDied, restarted: set[str]) -> Blame:
     if processing is None:  # no record left: count it, as Dask's allowed-failures would
         return Blame.CAUSE
     alone = running_alone((event for _, event in client.get_events(ALONE_TOPIC)), died.worker)
-    if alone is not None:
+    if alone in processing:
         return Blame.CAUSE if alone == died.key else Blame.BYSTANDER
     return Blame.CAUSE if processing == {died.key} else Blame.SUSPECT
 
