@@ -82,7 +82,7 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
 
     The series runs in its own daemon thread; on timeout it is left behind and the driver
     restarts this worker process, which ends it. ``alone``: first wait until no other series
-    runs on this worker, keep them waiting meanwhile, and tell the scheduler when it starts.
+    runs on this worker, keep them waiting meanwhile, and tell the scheduler when it starts and ends.
     The deadline starts once the series may run.
     """
     outcome: list[SeriesResult | BaseException] = []
@@ -234,11 +234,17 @@ def _after_timeout(window: _Window, attempt: Attempt, timed_out: TimedOut) -> Se
         window.client.restart_workers([timed_out.worker], timeout=RESTART_TIMEOUT_S, raise_for_error=False)
     except (OSError, TimeoutError, ValueError) as error:  # the worker may already be gone
         log.warning("could not restart %s: %s", timed_out.worker, error)
+    return _retry_alone_or_fail(window, attempt, f"{spec.where}: timed out after {timed_out.seconds:g} s "
+                                                 f"({attempt.number} attempt(s); execution.series_timeout_s)")
+
+
+def _retry_alone_or_fail(window: _Window, attempt: Attempt, reason: str) -> SeriesResult | None:
+    """After a death the series caused, or a timeout: its next attempt (alone, like every retry),
+    or its failed row with ``reason`` once ``retries + 1`` attempts are spent."""
     if attempt.number <= window.execution.retries:
-        window.submit([Attempt(spec, attempt.number + 1, alone=True)])
+        window.submit([Attempt(attempt.spec, attempt.number + 1, alone=True)])
         return None
-    return failed_result(spec, f"{spec.where}: timed out after {timed_out.seconds:g} s "
-                               f"({attempt.number} attempt(s); execution.series_timeout_s)", attempt=attempt.number)
+    return failed_result(attempt.spec, reason, attempt=attempt.number)
 
 
 class Blame(Enum):
@@ -305,11 +311,9 @@ def _after_death(window: _Window, attempt: Attempt, died: WorkerDied) -> SeriesR
         window.submit([replace(attempt, alone=True)])
         return None
     log.warning("%s: its worker %s died while running it (attempt %d)", spec.where, died.worker, attempt.number)
-    if attempt.number <= window.execution.retries:
-        window.submit([Attempt(spec, attempt.number + 1, alone=True)])
-        return None
-    return failed_result(spec, f"{spec.where}: the worker process died {attempt.number} time(s) while processing it "
-                               "alone (killed, out of memory, or its SLURM job ended?)", attempt=attempt.number)
+    return _retry_alone_or_fail(window, attempt, f"{spec.where}: the worker process died {attempt.number} time(s) "
+                                                 "while processing it alone (killed, out of memory, or its SLURM "
+                                                 "job ended?)")
 
 
 def _collect(future: Future, attempt: Attempt) -> SeriesResult | TimedOut | WorkerDied:
