@@ -83,11 +83,30 @@ def open_client(kind: str, workers: int | None, execution: ExecutionConfig,
                 model_memory_gb: float | None = None) -> Iterator[Client]:
     """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit.
     ``model_memory_gb``: what one worker needs for the run's model (none when nothing is segmented)."""
-    with preserved_environment(), dask.config.set(SCHEDULER_SETTINGS), \
+    with preserved_environment(), dask.config.set(SCHEDULER_SETTINGS), _deaths_judged_by_the_driver(), \
             _cluster(kind, workers, execution, model_memory_gb) as (cluster, start):
         with Client(cluster) as client:
             wait_for_start(client, start)
             yield client
+
+
+class _NotKilledWorkerErrors(logging.Filter):
+    """Drops the scheduler's "Task ... marked as failed because N workers died" errors: with
+    ``allowed-failures`` 0 every death reads so, although the driver retries the series
+    (``flows/dispatch.py`` logs what it does instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task %s marked as failed because %d workers died")
+
+
+@contextmanager
+def _deaths_judged_by_the_driver() -> Iterator[None]:
+    scheduler_log, quiet = logging.getLogger("distributed.scheduler"), _NotKilledWorkerErrors()
+    scheduler_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        scheduler_log.removeFilter(quiet)
 
 
 @contextmanager
