@@ -34,3 +34,16 @@ class OutputWriteFailed(RunCannotStart):
 
 class SeriesError(CohortError):
     """One series cannot be processed; the message is a one-line reason naming the file."""
+
+
+class OutOfMemory(SeriesError):
+    """A series ran out of memory (host or device). Beside other series on its worker it is retried
+    alone (``flows/dispatch.py``); alone, it fails with this message."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure: Python's ``MemoryError`` (numpy), torch's
+    ``OutOfMemoryError`` ("CUDA out of memory") or its CPU allocator's "can't allocate memory"."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or \
+        "out of memory" in text or "allocate memory" in text

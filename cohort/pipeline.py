@@ -22,7 +22,7 @@ import pyarrow as pa
 
 import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
-from cohort.errors import SeriesError
+from cohort.errors import OutOfMemory, SeriesError, is_out_of_memory
 from cohort.ingest import InputName, LabelMap, Volume, align_image, align_labels, load_ct, load_label_nifti
 from cohort.manifest import SeriesSpec, Subject, subject_or_empty, validate_subject
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
@@ -109,6 +109,7 @@ class SeriesResult:
     record: SeriesRecord
     features: pa.Table | None = None
     output_failed: bool = False
+    out_of_memory: bool = False
 
     @property
     def series_id(self) -> str:
@@ -184,9 +185,14 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                     return dataclasses.replace(result, output_failed=True)
         with timer.stage("measure"):
             features = measure_series(spec.series_id, volume, label_map, key.model, context.measure, dixon)
+    except OutOfMemory as error:
+        return dataclasses.replace(failed_result(spec, str(error), attempt, timer, started), out_of_memory=True)
     except SeriesError as error:
         return failed_result(spec, str(error), attempt, timer, started)
     except Exception as error:  # a bug or an environment fault must not stop the cohort
+        if is_out_of_memory(error):
+            reason = f"{spec.where}: out of memory ({type(error).__name__}: {error}); give each worker more memory"
+            return dataclasses.replace(failed_result(spec, reason, attempt, timer, started), out_of_memory=True)
         log.exception("unexpected error in %s", spec.where)
         return failed_result(spec, f"{spec.where}: unexpected {type(error).__name__}: {error}", attempt, timer, started)
     record = _series_record(spec, subject, DONE, None, timer, started, attempt).replace(

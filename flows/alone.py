@@ -9,21 +9,35 @@ is done, and the scheduler is told when it starts and ends (:data:`ALONE_TOPIC`)
 while it runs alone died of that series. The driver's bookkeeping is in ``dispatch.py``.
 
 >>> admission = Admission()
->>> with admission.shared():
-...     admission.sharing
-1
->>> with admission.alone():
-...     admission.sharing, admission.running_alone
-(0, True)
+>>> with admission.shared() as first:
+...     with admission.shared() as second:
+...         admission.sharing
+...     first.accompanied, second.accompanied
+2
+(True, True)
+>>> with admission.alone() as seat:
+...     admission.sharing, admission.running_alone, seat.accompanied
+(0, True, False)
+
+The same tells a series that ran out of memory beside others (``accompanied``), which is retried
+alone, from one that ran out of memory by itself.
 """
 
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 ALONE_TOPIC = "cohort-series-alone"
+
+
+@dataclass(eq=False)
+class Seat:
+    """One series' hold on its worker; ``accompanied`` once another series has run beside it."""
+
+    accompanied: bool = False
 
 
 class Admission:
@@ -33,31 +47,41 @@ class Admission:
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self.sharing = 0
+        self._seats: set[Seat] = set()
         self.waiting_alone = 0
         self.running_alone = False
 
+    @property
+    def sharing(self) -> int:
+        """How many series run side by side now."""
+        return len(self._seats)
+
     @contextmanager
-    def shared(self) -> Iterator[None]:
+    def shared(self) -> Iterator[Seat]:
+        seat = Seat()
         with self._changed:
             self._changed.wait_for(lambda: not self.running_alone and not self.waiting_alone)
-            self.sharing += 1
+            if self._seats:
+                seat.accompanied = True
+                for other in self._seats:
+                    other.accompanied = True
+            self._seats.add(seat)
         try:
-            yield
+            yield seat
         finally:
             with self._changed:
-                self.sharing -= 1
+                self._seats.discard(seat)
                 self._changed.notify_all()
 
     @contextmanager
-    def alone(self) -> Iterator[None]:
+    def alone(self) -> Iterator[Seat]:
         with self._changed:
             self.waiting_alone += 1
-            self._changed.wait_for(lambda: not self.running_alone and not self.sharing)
+            self._changed.wait_for(lambda: not self.running_alone and not self._seats)
             self.waiting_alone -= 1
             self.running_alone = True
         try:
-            yield
+            yield Seat()
         finally:
             with self._changed:
                 self.running_alone = False

@@ -13,6 +13,9 @@ Faults, each retried ``execution.retries`` times and then written as a ``failed`
   (``flows/alone.py``), caused it. Series that died side by side are each retried alone before
   any of them is charged an attempt; a series that died beside one running alone, or on a worker
   the driver restarted, is resubmitted as it was;
+- a series that runs out of memory (host or GPU) while other series run beside it on its worker:
+  the worker returns :class:`OutOfMemoryBeside` and the series is retried alone, not counted as an
+  attempt; out of memory alone, it fails with the reason;
 - a series running past ``series_timeout_s``: the worker-side :func:`process_with_deadline`
   returns :class:`TimedOut` instead of waiting; the driver restarts that worker (a thread
   cannot be stopped, a process can) and submits the series again.
@@ -59,6 +62,15 @@ class TimedOut:
 
 
 @dataclass(frozen=True)
+class OutOfMemoryBeside:
+    """What a worker returns for a series that ran out of memory while other series ran beside it."""
+
+    series_id: str
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Attempt:
     """One submission of a series: which attempt it is (deaths it caused and timeouts count) and
     whether it runs alone on its worker (``flows/alone.py``)."""
@@ -77,13 +89,14 @@ class WorkerDied:
 
 
 def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, timeout_s: float,
-                          alone: bool = False) -> SeriesResult | TimedOut:
+                          alone: bool = False) -> SeriesResult | TimedOut | OutOfMemoryBeside:
     """Run ``process_series`` on a worker, giving up waiting after ``timeout_s`` seconds.
 
     The series runs in its own daemon thread; on timeout it is left behind and the driver
     restarts this worker process, which ends it. ``alone``: first wait until no other series
     runs on this worker, keep them waiting meanwhile, and tell the scheduler when it starts and ends.
-    The deadline starts once the series may run.
+    The deadline starts once the series may run. A series out of memory while others ran beside
+    it gives :class:`OutOfMemoryBeside` instead of its failed row.
     """
     outcome: list[SeriesResult | BaseException] = []
 
@@ -94,7 +107,7 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
             outcome.append(error)
 
     worker = get_worker()
-    with WORKER_ADMISSION.alone() if alone else WORKER_ADMISSION.shared():
+    with WORKER_ADMISSION.alone() if alone else WORKER_ADMISSION.shared() as seat:
         if alone:
             _tell_scheduler_alone(worker, running=True)
         thread = threading.Thread(target=target, name=f"cohort-series-{spec.series_id}", daemon=True)
@@ -108,6 +121,8 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
         trim_when_above(worker.memory_manager.memory_limit // 2)  # well below Dask's pause (80 %)
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
+    if outcome[0].out_of_memory and seat.accompanied:
+        return OutOfMemoryBeside(spec.series_id, worker.address, outcome[0].record.error)
     return outcome[0]
 
 
@@ -201,6 +216,8 @@ def run_series(client: Client, specs: Iterable[SeriesSpec], context: RunContext,
                 outcome = _after_timeout(window, attempt, outcome)
             elif isinstance(outcome, WorkerDied):
                 outcome = _after_death(window, attempt, outcome)
+            elif isinstance(outcome, OutOfMemoryBeside):
+                outcome = _after_out_of_memory(window, attempt, outcome)
             if outcome is not None:
                 on_result(outcome)
 
@@ -236,6 +253,14 @@ def _after_timeout(window: _Window, attempt: Attempt, timed_out: TimedOut) -> Se
         log.warning("could not restart %s: %s", timed_out.worker, error)
     return _retry_alone_or_fail(window, attempt, f"{spec.where}: timed out after {timed_out.seconds:g} s "
                                                  f"({attempt.number} attempt(s); execution.series_timeout_s)")
+
+
+def _after_out_of_memory(window: _Window, attempt: Attempt, out_of_memory: OutOfMemoryBeside) -> None:
+    """Retry alone, not counted, a series that ran out of memory beside other series: the memory
+    they held may be what it lacked (a GPU's, shared by the worker's slots)."""
+    log.warning("%s: ran out of memory on %s beside other series; retrying it alone (not counted as an attempt): %s",
+                attempt.spec.where, out_of_memory.worker, out_of_memory.reason)
+    window.submit([replace(attempt, alone=True)])
 
 
 def _retry_alone_or_fail(window: _Window, attempt: Attempt, reason: str) -> SeriesResult | None:
@@ -316,7 +341,7 @@ def _after_death(window: _Window, attempt: Attempt, died: WorkerDied) -> SeriesR
                                                  "job ended?)")
 
 
-def _collect(future: Future, attempt: Attempt) -> SeriesResult | TimedOut | WorkerDied:
+def _collect(future: Future, attempt: Attempt) -> SeriesResult | TimedOut | OutOfMemoryBeside | WorkerDied:
     spec = attempt.spec
     try:
         return future.result()

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from cohort.errors import RunCannotStart, SeriesError
+from cohort.errors import OutOfMemory, RunCannotStart, SeriesError, is_out_of_memory
 from cohort.ingest.volume import LabelMap, Volume
 from cohort.segmentation.chunking import ChunkTooLarge, overlap_slices
 from cohort.segmentation.merge import label_lookup, merge_into
@@ -124,9 +124,9 @@ class Segmenter:
                 raise SeriesError(f"{volume.name}: too large for model {self.spec.name!r} even when chunked "
                                   f"({exc}); raise chunking.max_voxels in {self.spec.source}") from None
             except (MemoryError, RuntimeError) as exc:
-                if not _is_out_of_memory(exc):
+                if not is_out_of_memory(exc):
                     raise
-                raise SeriesError(f"{volume.name}: out of memory predicting {network.dataset} on "
+                raise OutOfMemory(f"{volume.name}: out of memory predicting {network.dataset} on "
                                   f"{image.shape} voxels ({type(exc).__name__}); lower chunking.max_voxels in "
                                   f"{self.spec.source} or give each worker more memory") from None
             merge_into(merged, labels, lut)
@@ -156,12 +156,6 @@ def rescale_intensities(image: np.ndarray, pre: PreprocessSpec) -> np.ndarray:
         return image
     top = float(image.max(initial=0))
     return image * (pre.rescale_max / top) if top > pre.rescale_above else image
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text or \
-        "allocate memory" in text
 
 
 def resolve_device(device: str) -> torch.device:
