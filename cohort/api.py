@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     import duckdb
 
     from cohort.pipeline import SeriesResult
-    from cohort.driver import PreparedRun, RunSummary
+    from cohort.driver import PreparedRun, RunRequest, RunSummary
+    from cohort.flows.prefect_api import PrefectApi
     from cohort.signals import StopRequest
 
 PathLike = str | Path
@@ -77,11 +78,7 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
     from cohort.flows.prefect_api import prefect_api
 
     with _stop_requests() as stop, prefect_api() as prefect:
-        # Prefect (about a second to import), Dask and the cluster start while the server boots.
         from cohort.driver import BatchWriter, RunRequest, finish_run, prepare_run
-        from cohort.flows.clusters import open_client, with_model_threads
-        from cohort.flows.run_flow import run_cohort_flow
-        from cohort.flows.warmup import warm_up_workers
         from cohort.store import OutputLayout, exclusive_output
 
         request = RunRequest(manifest=manifest, out=out, model=model, weights=weights, config=config,
@@ -91,20 +88,32 @@ def run(manifest: PathLike, out: PathLike, model: str = "fast", weights: PathLik
             if on_start is not None:
                 on_start(prepared, prefect.description)
             if prepared.plan.todo and not stop.is_set():
-                # The cluster starts while the Prefect server (started above) boots; then both are up.
-                model = prepared.context.model
-                execution = with_model_threads(prepared.config.execution, model.spec.worker_threads if model else None)
-                with open_client(request.cluster, request.workers, execution,
-                                 model.spec.worker_memory_gb if model else None) as client:
-                    if prepared.config.execution.load_model_at_start:
-                        warm_up_workers(client, prepared.context, prepared.plan.todo)
-                    with prefect.connected():
-                        summary = run_cohort_flow(prepared, client, on_result, stop)
-            else:  # nothing left: no flow, no cluster, so a finished manifest reruns in seconds
+                summary = _run_flow_on_cluster(prepared, request, prefect, on_result, stop)
+            else:  # nothing left: no Prefect, no cluster, so a finished manifest reruns in seconds
                 summary = finish_run(prepared, BatchWriter.for_run(prepared), time.perf_counter())
     if stop.is_set():
         return dataclasses.replace(summary, stopped_by=int(stop.signal), in_flight_dropped=stop.in_flight_dropped)
     return summary
+
+
+def _run_flow_on_cluster(prepared: "PreparedRun", request: "RunRequest", prefect: "PrefectApi",
+                         on_result: Callable[["SeriesResult"], None] | None, stop: "StopRequest") -> "RunSummary":
+    """Start the cluster (while the Prefect server started by :func:`run` boots), then run the flow.
+
+    Prefect, Dask and the flow are imported here (about 1.5 s on the 2-core machine), once the plan
+    says there is work: the server's boot is longer, so a run with work waits no longer for them."""
+    from cohort.flows.clusters import open_client, with_model_threads
+    from cohort.flows.run_flow import run_cohort_flow
+    from cohort.flows.warmup import warm_up_workers
+
+    model = prepared.context.model
+    execution = with_model_threads(prepared.config.execution, model.spec.worker_threads if model else None)
+    with open_client(request.cluster, request.workers, execution,
+                     model.spec.worker_memory_gb if model else None) as client:
+        if prepared.config.execution.load_model_at_start:
+            warm_up_workers(client, prepared.context, prepared.plan.todo)
+        with prefect.connected():
+            return run_cohort_flow(prepared, client, on_result, stop)
 
 
 @contextmanager

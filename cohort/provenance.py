@@ -28,6 +28,7 @@ from typing import Iterable
 LABELS_MODEL = "labels"
 EDGE_BYTES = 4 * 2**20
 STAT_THREADS = 16
+ROWS_PER_STAT_TASK = 64  # a task per row cost more in futures than its stat calls on a local disk
 
 
 def digest(value: object) -> str:
@@ -140,7 +141,9 @@ def input_fingerprint(image: Path, companions: tuple[Path, ...] = ()) -> str:
 def input_fingerprints(rows: Iterable[tuple[Path, tuple[Path, ...]]]) -> list[str]:
     """:func:`input_fingerprint` of many rows, stat calls in threads (network file systems)."""
     rows = list(rows)
-    if len(rows) < 64:
+    if len(rows) < ROWS_PER_STAT_TASK:
         return [input_fingerprint(image, companions) for image, companions in rows]
+    chunks = [rows[start:start + ROWS_PER_STAT_TASK] for start in range(0, len(rows), ROWS_PER_STAT_TASK)]
     with ThreadPoolExecutor(STAT_THREADS) as pool:
-        return list(pool.map(lambda row: input_fingerprint(*row), rows))
+        fingerprinted = pool.map(lambda chunk: [input_fingerprint(*row) for row in chunk], chunks)
+        return [fingerprint for chunk in fingerprinted for fingerprint in chunk]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart, SeriesError
@@ -23,7 +24,8 @@ from cohort.manifest import SeriesSpec, validate_subject
 from cohort.provenance import RunKey, input_fingerprints
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
-from cohort.store.tables import part_files, remove_temporaries, write_part
+from cohort.store.tables import (SERIES_IDS, SERIES_STATUS, part_files, read_part_columns, remove_temporaries,
+                                 write_part)
 from cohort.store.zarr_labels import complete_series_ids
 
 if TYPE_CHECKING:
@@ -68,7 +70,7 @@ def repair(layout: OutputLayout) -> list[Path]:
     for folder in (layout.features, layout.series):
         remove_temporaries(folder)
     for path in part_files(layout.series):
-        if not _readable(path):
+        if not _readable(path, SERIES_STATUS):
             raise RunCannotStart(
                 f"{path}: this part of the ledger cannot be read (truncated or corrupt). Move it aside "
                 f"(`mkdir -p {layout.corrupt} && mv {path} {layout.corrupt}/`): the series it lists are then processed "
@@ -79,16 +81,15 @@ def repair(layout: OutputLayout) -> list[Path]:
     for path in part_files(layout.features):
         if path.name not in committed:
             path.unlink()
-        elif not _readable(path):
+        elif not _readable(path, SERIES_IDS):
             layout.corrupt.mkdir(exist_ok=True)
             set_aside.append(path.rename(layout.corrupt / f"features-{path.name}"))
     return set_aside
 
 
-def _readable(path: Path) -> bool:
+def _readable(path: Path, columns: tuple[str, ...]) -> bool:
     try:
-        pq.read_metadata(path)
-        pq.read_table(path, columns=["series_id"])
+        read_part_columns(path, columns)
     except (OSError, ValueError, pa.ArrowException):
         return False
     return True
@@ -106,7 +107,7 @@ def read_ledger(layout: OutputLayout) -> dict[str, SeriesRecord]:
 def featured_series_ids(layout: OutputLayout) -> set[str]:
     ids: set[str] = set()
     for path in part_files(layout.features):
-        ids.update(pq.read_table(path, columns=["series_id"])["series_id"].unique().to_pylist())
+        ids.update(pc.unique(read_part_columns(path, SERIES_IDS)["series_id"]).to_pylist())
     return ids
 
 
@@ -155,7 +156,7 @@ def _changes(record: SeriesRecord, key: RunKey, fingerprint: str) -> list[str]:
     recorded = RunKey.from_json(record.run_settings)
     if recorded is None:
         changes.append("recorded by an earlier cohort version without a run key")
-    elif recorded.digest != key.digest:
+    elif recorded != key:  # the same as comparing digests, without hashing every row's key
         changes.extend(recorded.differences(key) or ["run settings"])
     if record.input_fingerprint is not None and record.input_fingerprint != fingerprint:
         changes.append("input files (path, size or modification time of the image, labels, fat or water)")
@@ -186,36 +187,40 @@ def drop_superseded_rows(layout: OutputLayout) -> int:
     """Keep only the newest row per ``series_id`` in ``series/``, and in ``features/`` only the
     newest part's rows of series whose newest row is done. Rewrites only the parts concerned.
 
-    Each part's ``series_id`` column (and ``status`` for series parts) is read once."""
+    Each part's ``series_id`` column (and ``status`` for series parts) is read once per process
+    (:func:`read_part_columns`), shared with :func:`repair` and :func:`plan_run`, and decided on per
+    series id (a features part has a row per structure)."""
     series_parts = part_files(layout.series)
-    series_columns = [pq.read_table(path, columns=["series_id", "status"]) for path in series_parts]
-    series_ids = [table["series_id"].to_pylist() for table in series_columns]
+    series_columns = [read_part_columns(path, SERIES_STATUS) for path in series_parts]
     newest_status: dict[str, str] = {}
-    for table, ids in zip(series_columns, series_ids):
-        newest_status.update(zip(ids, table["status"].to_pylist()))
+    for table in series_columns:
+        newest_status.update(zip(table["series_id"].to_pylist(), table["status"].to_pylist()))
+    series_ids = [table["series_id"] for table in series_columns]
     newest_series = _newest_part(series_ids)
     removed = _keep_rows(layout.series, series_parts, series_ids, lambda sid, index: newest_series[sid] == index)
     features_parts = part_files(layout.features)
-    features_ids = [pq.read_table(path, columns=["series_id"])["series_id"].to_pylist() for path in features_parts]
+    features_ids = [read_part_columns(path, SERIES_IDS)["series_id"] for path in features_parts]
     newest_features = _newest_part(features_ids)
     removed += _keep_rows(layout.features, features_parts, features_ids,
                           lambda sid, index: newest_status.get(sid) == "done" and newest_features[sid] == index)
     return removed
 
 
-def _newest_part(ids_per_part: list[list[str]]) -> dict[str, int]:
+def _newest_part(ids_per_part: list[pa.ChunkedArray]) -> dict[str, int]:
     """The index of the last part that holds each series id (parts sort by time)."""
-    return {series_id: index for index, ids in enumerate(ids_per_part) for series_id in ids}
+    return {series_id: index for index, ids in enumerate(ids_per_part) for series_id in pc.unique(ids).to_pylist()}
 
 
-def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[list[str]], keep_row) -> int:
+def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[pa.ChunkedArray], keep_row) -> int:
+    """Rewrite the parts holding a series id that ``keep_row(series_id, part_index)`` drops."""
     removed = 0
     for index, (path, ids) in enumerate(zip(parts, ids_per_part)):
-        keep = [keep_row(series_id, index) for series_id in ids]
-        if all(keep):
+        dropped = [series_id for series_id in pc.unique(ids).to_pylist() if not keep_row(series_id, index)]
+        if not dropped:
             continue
-        removed += keep.count(False)
-        table = pq.read_table(path).filter(pa.array(keep))
+        whole = pq.read_table(path)
+        table = whole.filter(pc.invert(pc.is_in(whole["series_id"], value_set=pa.array(dropped, pa.string()))))
+        removed += whole.num_rows - table.num_rows
         if table.num_rows:
             write_part(folder, path.stem, table)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,6 +101,23 @@ def write_part(folder: Path, name: str, table: pa.Table, metadata: dict[str, str
 def part_files(folder: Path) -> list[Path]:
     """The finished parts of a dataset folder, oldest name first (names sort by time)."""
     return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+SERIES_IDS = ("series_id",)
+SERIES_STATUS = ("series_id", "status")
+
+
+def read_part_columns(path: Path, columns: tuple[str, ...]) -> pa.Table:
+    """``columns`` of one part, read once per version of the file in this process: a run's
+    start-up checks, plans and compacts the same parts (``cohort.store.ledger``). A part is only
+    ever replaced by a rename (:func:`write_part`), which gives it a new inode."""
+    stat = path.stat()
+    return _read_part_columns(str(path), columns, (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=4096)
+def _read_part_columns(path: str, columns: tuple[str, ...], version: tuple[int, int, int]) -> pa.Table:
+    return pq.read_table(path, columns=list(columns))
 
 
 def read_dataset(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
