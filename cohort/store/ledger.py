@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,8 +24,8 @@ from cohort.manifest import SeriesSpec, validate_subject
 from cohort.provenance import RunKey, input_fingerprints
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
-from cohort.store.tables import (SERIES_IDS, SERIES_STATUS, part_files, read_part_columns, remove_temporaries,
-                                 write_part)
+from cohort.store.tables import (SERIES_STATUS, part_files, part_series_ids, read_part_columns,
+                                 remove_temporaries, write_part)
 from cohort.store.zarr_labels import complete_series_ids
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def repair(layout: OutputLayout) -> list[Path]:
     for folder in (layout.features, layout.series):
         remove_temporaries(folder)
     for path in part_files(layout.series):
-        if not _readable(path, SERIES_STATUS):
+        if not _readable(lambda: read_part_columns(path, SERIES_STATUS)):
             raise RunCannotStart(
                 f"{path}: this part of the ledger cannot be read (truncated or corrupt). Move it aside "
                 f"(`mkdir -p {layout.corrupt} && mv {path} {layout.corrupt}/`): the series it lists are then processed "
@@ -81,15 +81,15 @@ def repair(layout: OutputLayout) -> list[Path]:
     for path in part_files(layout.features):
         if path.name not in committed:
             path.unlink()
-        elif not _readable(path, SERIES_IDS):
+        elif not _readable(lambda: part_series_ids(path)):
             layout.corrupt.mkdir(exist_ok=True)
             set_aside.append(path.rename(layout.corrupt / f"features-{path.name}"))
     return set_aside
 
 
-def _readable(path: Path, columns: tuple[str, ...]) -> bool:
+def _readable(read: Callable[[], object]) -> bool:
     try:
-        read_part_columns(path, columns)
+        read()
     except (OSError, ValueError, pa.ArrowException):
         return False
     return True
@@ -107,7 +107,7 @@ def read_ledger(layout: OutputLayout) -> dict[str, SeriesRecord]:
 def featured_series_ids(layout: OutputLayout) -> set[str]:
     ids: set[str] = set()
     for path in part_files(layout.features):
-        ids.update(pc.unique(read_part_columns(path, SERIES_IDS)["series_id"]).to_pylist())
+        ids.update(part_series_ids(path).to_pylist())
     return ids
 
 
@@ -195,27 +195,28 @@ def drop_superseded_rows(layout: OutputLayout) -> int:
     newest_status: dict[str, str] = {}
     for table in series_columns:
         newest_status.update(zip(table["series_id"].to_pylist(), table["status"].to_pylist()))
-    series_ids = [table["series_id"] for table in series_columns]
+    series_ids = [pc.unique(table["series_id"]) for table in series_columns]
     newest_series = _newest_part(series_ids)
     removed = _keep_rows(layout.series, series_parts, series_ids, lambda sid, index: newest_series[sid] == index)
     features_parts = part_files(layout.features)
-    features_ids = [read_part_columns(path, SERIES_IDS)["series_id"] for path in features_parts]
+    features_ids = [part_series_ids(path) for path in features_parts]
     newest_features = _newest_part(features_ids)
     removed += _keep_rows(layout.features, features_parts, features_ids,
                           lambda sid, index: newest_status.get(sid) == "done" and newest_features[sid] == index)
     return removed
 
 
-def _newest_part(ids_per_part: list[pa.ChunkedArray]) -> dict[str, int]:
+def _newest_part(ids_per_part: list[pa.Array]) -> dict[str, int]:
     """The index of the last part that holds each series id (parts sort by time)."""
-    return {series_id: index for index, ids in enumerate(ids_per_part) for series_id in pc.unique(ids).to_pylist()}
+    return {series_id: index for index, ids in enumerate(ids_per_part) for series_id in ids.to_pylist()}
 
 
-def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[pa.ChunkedArray], keep_row) -> int:
-    """Rewrite the parts holding a series id that ``keep_row(series_id, part_index)`` drops."""
+def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[pa.Array], keep_row) -> int:
+    """Rewrite the parts holding a series id (of ``ids_per_part``, distinct ids per part) that
+    ``keep_row(series_id, part_index)`` drops."""
     removed = 0
     for index, (path, ids) in enumerate(zip(parts, ids_per_part)):
-        dropped = [series_id for series_id in pc.unique(ids).to_pylist() if not keep_row(series_id, index)]
+        dropped = [series_id for series_id in ids.to_pylist() if not keep_row(series_id, index)]
         if not dropped:
             continue
         whole = pq.read_table(path)

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 FEATURES_SCHEMA = pa.schema(
@@ -103,7 +104,6 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
 
-SERIES_IDS = ("series_id",)
 SERIES_STATUS = ("series_id", "status")
 
 
@@ -111,13 +111,28 @@ def read_part_columns(path: Path, columns: tuple[str, ...]) -> pa.Table:
     """``columns`` of one part, read once per version of the file in this process: a run's
     start-up checks, plans and compacts the same parts (``cohort.store.ledger``). A part is only
     ever replaced by a rename (:func:`write_part`), which gives it a new inode."""
+    return _read_part_columns(str(path), columns, _version(path))
+
+
+def part_series_ids(path: Path) -> pa.Array:
+    """The distinct series ids of one part, read once per version of the file like
+    :func:`read_part_columns`; only these are kept (a features part has a row per structure)."""
+    return _part_series_ids(str(path), _version(path))
+
+
+def _version(path: Path) -> tuple[int, int, int]:
     stat = path.stat()
-    return _read_part_columns(str(path), columns, (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 @lru_cache(maxsize=4096)
 def _read_part_columns(path: str, columns: tuple[str, ...], version: tuple[int, int, int]) -> pa.Table:
     return pq.read_table(path, columns=list(columns))
+
+
+@lru_cache(maxsize=4096)
+def _part_series_ids(path: str, version: tuple[int, int, int]) -> pa.Array:
+    return pc.unique(pq.read_table(path, columns=["series_id"])["series_id"])
 
 
 def read_dataset(folder: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
