@@ -65,7 +65,6 @@ class TimedOut:
 class OutOfMemoryBeside:
     """What a worker returns for a series that ran out of memory while other series ran beside it."""
 
-    series_id: str
     worker: str
     reason: str
 
@@ -122,7 +121,7 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     if outcome[0].out_of_memory and seat.accompanied:
-        return OutOfMemoryBeside(spec.series_id, worker.address, outcome[0].record.error)
+        return OutOfMemoryBeside(worker.address, outcome[0].record.error)
     return outcome[0]
 
 

@@ -24,8 +24,8 @@ from cohort.manifest import SeriesSpec, validate_subject
 from cohort.provenance import RunKey, input_fingerprints
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
-from cohort.store.tables import (SERIES_STATUS, part_files, part_series_ids, read_part_columns,
-                                 remove_temporaries, write_part)
+from cohort.store.tables import (part_files, part_series_ids, part_series_status, remove_temporaries,
+                                 write_part)
 from cohort.store.zarr_labels import complete_series_ids
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def repair(layout: OutputLayout) -> list[Path]:
     for folder in (layout.features, layout.series):
         remove_temporaries(folder)
     for path in part_files(layout.series):
-        if not _readable(lambda: read_part_columns(path, SERIES_STATUS)):
+        if not _readable(lambda: part_series_status(path)):
             raise RunCannotStart(
                 f"{path}: this part of the ledger cannot be read (truncated or corrupt). Move it aside "
                 f"(`mkdir -p {layout.corrupt} && mv {path} {layout.corrupt}/`): the series it lists are then processed "
@@ -188,10 +188,10 @@ def drop_superseded_rows(layout: OutputLayout) -> int:
     newest part's rows of series whose newest row is done. Rewrites only the parts concerned.
 
     Each part's ``series_id`` column (and ``status`` for series parts) is read once per process
-    (:func:`read_part_columns`), shared with :func:`repair` and :func:`plan_run`, and decided on per
-    series id (a features part has a row per structure)."""
+    (:func:`part_series_status`, :func:`part_series_ids`), shared with :func:`repair` and
+    :func:`plan_run`, and decided on per series id (a features part has a row per structure)."""
     series_parts = part_files(layout.series)
-    series_columns = [read_part_columns(path, SERIES_STATUS) for path in series_parts]
+    series_columns = [part_series_status(path) for path in series_parts]
     newest_status: dict[str, str] = {}
     for table in series_columns:
         newest_status.update(zip(table["series_id"].to_pylist(), table["status"].to_pylist()))

@@ -104,19 +104,17 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
 
-SERIES_STATUS = ("series_id", "status")
-
-
-def read_part_columns(path: Path, columns: tuple[str, ...]) -> pa.Table:
-    """``columns`` of one part, read once per version of the file in this process: a run's
-    start-up checks, plans and compacts the same parts (``cohort.store.ledger``). A part is only
-    ever replaced by a rename (:func:`write_part`), which gives it a new inode."""
-    return _read_part_columns(str(path), columns, _version(path))
+def part_series_status(path: Path) -> pa.Table:
+    """The ``series_id`` and ``status`` columns of one ``series/`` part, read once per version of
+    the file in this process: a run's start-up checks and compacts the same parts
+    (``cohort.store.ledger``). A part is only ever replaced by a rename (:func:`write_part`), which
+    gives it a new inode."""
+    return _part_series_status(str(path), _version(path))
 
 
 def part_series_ids(path: Path) -> pa.Array:
     """The distinct series ids of one part, read once per version of the file like
-    :func:`read_part_columns`; only these are kept (a features part has a row per structure)."""
+    :func:`part_series_status`; only these are kept (a features part has a row per structure)."""
     return _part_series_ids(str(path), _version(path))
 
 
@@ -126,8 +124,8 @@ def _version(path: Path) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=4096)
-def _read_part_columns(path: str, columns: tuple[str, ...], version: tuple[int, int, int]) -> pa.Table:
-    return pq.read_table(path, columns=list(columns))
+def _part_series_status(path: str, version: tuple[int, int, int]) -> pa.Table:
+    return pq.read_table(path, columns=["series_id", "status"])
 
 
 @lru_cache(maxsize=4096)
