@@ -21,16 +21,28 @@ while it runs alone died of that series. The driver's bookkeeping is in ``dispat
 
 The same tells a series that ran out of memory beside others (``accompanied``), which is retried
 alone, from one that ran out of memory by itself.
+
+Several worker processes may compute on one GPU (``execution.workers_per_gpu`` > 1, SLURM jobs
+with more processes than GPUs). Their series share the GPU's memory, so there *alone* means alone
+on the GPU: :class:`SharedGpu` holds the GPU's other processes back too.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import os
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 ALONE_TOPIC = "cohort-series-alone"
+SHARED_GPU_ENV = "COHORT_SHARED_GPU"
+"""Set in each worker process that computes on a GPU together with others: the path (without
+suffix) of that GPU's lock files, the same for all of them (:func:`shared_gpu_path`)."""
 
 
 @dataclass(eq=False)
@@ -43,9 +55,13 @@ class Seat:
 class Admission:
     """Who may run on this worker now: any number of series side by side (:meth:`shared`), or
     one alone (:meth:`alone`). A series waiting to run alone goes first: no shared series starts
-    while it waits, so it waits at most for the ones already running."""
+    while it waits, so it waits at most for the ones already running. With ``gpu``, the same holds
+    across the worker processes on that GPU, and every series that runs side by side there counts
+    as ``accompanied``: the other processes' series, and the GPU memory their allocators keep, may
+    be what it lacked."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpu: SharedGpu | None = None) -> None:
+        self.gpu = gpu
         self._changed = threading.Condition()
         self._seats: set[Seat] = set()
         self.waiting_alone = 0
@@ -61,13 +77,14 @@ class Admission:
         seat = Seat()
         with self._changed:
             self._changed.wait_for(lambda: not self.running_alone and not self.waiting_alone)
-            if self._seats:
+            if self._seats or self.gpu is not None:
                 seat.accompanied = True
                 for other in self._seats:
                     other.accompanied = True
             self._seats.add(seat)
         try:
-            yield seat
+            with self.gpu.shared() if self.gpu is not None else _nothing():
+                yield seat
         finally:
             with self._changed:
                 self._seats.discard(seat)
@@ -81,12 +98,126 @@ class Admission:
             self.waiting_alone -= 1
             self.running_alone = True
         try:
-            yield Seat()
+            with self.gpu.alone() if self.gpu is not None else _nothing():
+                yield Seat()
         finally:
             with self._changed:
                 self.running_alone = False
                 self._changed.notify_all()
 
 
-WORKER_ADMISSION = Admission()
-"""The admission of this worker process (each Dask worker is its own process)."""
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+class SharedGpu:
+    """A reader-writer lock across the worker processes that compute on one GPU: series run side
+    by side (:meth:`shared`) or one alone (:meth:`alone`), whichever process runs them.
+
+    Two files under ``path``, locked with ``flock(2)``, a lock per open file, so each series holds
+    its own and the kernel drops those of a process that dies (a killed worker never blocks its
+    GPU): ``.room``, shared by the series running side by side and exclusive for one alone; and
+    ``.turnstile``, held exclusively by a series waiting to run alone, which keeps later series out
+    so that it waits only for those already running. Every process lets go of the GPU memory its
+    allocator keeps cached when it sees a series waiting to run alone, so that series gets it.
+
+    >>> import tempfile
+    >>> gpu = SharedGpu(Path(tempfile.mkdtemp()) / "gpu-0")
+    >>> with gpu.shared(), gpu.shared():
+    ...     gpu.alone_waiting()
+    False
+    >>> with gpu.alone():
+    ...     gpu.alone_waiting()
+    True
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.room = path.with_name(path.name + ".room")
+        self.turnstile = path.with_name(path.name + ".turnstile")
+
+    @classmethod
+    def from_environment(cls) -> SharedGpu | None:
+        """The GPU this worker process shares (:data:`SHARED_GPU_ENV`), or None."""
+        path = os.environ.get(SHARED_GPU_ENV)
+        return cls(path) if path else None
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        turnstile = _open(self.turnstile)
+        try:
+            try:
+                fcntl.flock(turnstile, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # a series waits to run alone: wait behind it, without cached memory
+                release_cached_gpu_memory()
+                fcntl.flock(turnstile, fcntl.LOCK_SH)
+            room = _locked(self.room, fcntl.LOCK_SH)
+        finally:
+            os.close(turnstile)
+        try:
+            yield
+        finally:
+            os.close(room)
+            if self.alone_waiting():
+                release_cached_gpu_memory()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        turnstile = _locked(self.turnstile, fcntl.LOCK_EX)
+        try:
+            room = _locked(self.room, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                os.close(room)
+        finally:
+            os.close(turnstile)
+
+    def alone_waiting(self) -> bool:
+        """Whether a series waits to run alone on this GPU, or runs alone."""
+        turnstile = _open(self.turnstile)
+        try:
+            fcntl.flock(turnstile, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(turnstile)
+
+
+def shared_gpu_path(directory: str | Path, device: str) -> str:
+    """The lock path (:data:`SHARED_GPU_ENV`) of ``device`` (an entry of ``CUDA_VISIBLE_DEVICES``)
+    for the workers that share ``directory``, one per run (local) or job (SLURM)."""
+    return str(Path(directory) / f"gpu-{device}")
+
+
+def release_cached_gpu_memory() -> None:
+    """Give the GPU memory that torch's allocator keeps for reuse back to the device (nothing
+    without CUDA in use in this process)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _open(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _locked(path: Path, operation: int) -> int:
+    descriptor = _open(path)
+    try:
+        fcntl.flock(descriptor, operation)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+@functools.cache
+def worker_admission() -> Admission:
+    """The admission of this worker process (each Dask worker is its own process), across the
+    processes of its GPU when it shares one. Made on first use, after a SLURM worker's preload
+    has chosen its GPU (``job_gpus.py``)."""
+    return Admission(SharedGpu.from_environment())

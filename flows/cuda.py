@@ -6,7 +6,8 @@ it starts worker ``i`` with ``CUDA_VISIBLE_DEVICES`` rotated so that its own GPU
 ``workers_per_gpu: k > 1`` each GPU gets ``k`` worker processes (:func:`shared_gpu_cluster`),
 each seeing only its GPU: a series' CPU stages (reading, nnU-Net's preprocessing, measuring,
 storing) then run in ``k`` interpreters instead of the threads of one, which on an H200 were
-40-60 times the fast network's own time per series (docs/performance.md). The segmenter uses
+40-60 times the fast network's own time per series (docs/performance.md); a series retried alone
+holds the GPU's other workers back too (``flows/alone.py``). The segmenter uses
 ``cuda:0``, in every case the worker's own GPU. :func:`check_pinning` reads every started
 worker's variable and stops the run unless each GPU has exactly its share of workers (they
 would all land on the machine's GPU 0 otherwise).
@@ -16,12 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+import weakref
 from collections import Counter
 
 import dask
 from distributed import Nanny, Scheduler, SpecCluster
 
 from cohort.errors import RunCannotStart
+from cohort.flows.alone import SHARED_GPU_ENV, shared_gpu_path
 from cohort.flows.clusters import local_worker_settings
 from cohort.flows.resources import Resources, usable_cpus, usable_memory_bytes, warn_if_short_of_memory
 
@@ -75,27 +80,37 @@ def check_pinning(client: object, devices: list[str], workers_per_gpu: int = 1) 
     log.info("GPU workers pinned: %s", ", ".join(f"{worker} -> {value}" for worker, value in seen.items()))
 
 
-def shared_gpu_specs(devices: list[str], workers_per_gpu: int, series_slots: int, memory_limit_bytes: int
-                     ) -> dict[str, dict]:
-    """Dask worker specs of ``workers_per_gpu`` processes per GPU, each seeing only its GPU.
+def shared_gpu_specs(devices: list[str], workers_per_gpu: int, series_slots: int, memory_limit_bytes: int,
+                     lock_directory: str) -> dict[str, dict]:
+    """Dask worker specs of ``workers_per_gpu`` processes per GPU, each seeing only its GPU, and
+    the GPU's lock under ``lock_directory`` (a series alone there holds the GPU's other workers
+    back: ``flows/alone.py``).
 
-    >>> specs = shared_gpu_specs(["0", "1"], 2, series_slots=2, memory_limit_bytes=2**30)
+    >>> specs = shared_gpu_specs(["0", "1"], 2, series_slots=2, memory_limit_bytes=2**30, lock_directory="/run/x")
     >>> {name: spec["options"]["env"]["CUDA_VISIBLE_DEVICES"] for name, spec in specs.items()}
     {'gpu0-0': '0', 'gpu0-1': '0', 'gpu1-0': '1', 'gpu1-1': '1'}
+    >>> specs["gpu1-0"]["options"]["env"][SHARED_GPU_ENV]
+    '/run/x/gpu-1'
     """
     return {f"gpu{device}-{copy}": {"cls": Nanny,
                                     "options": {"nthreads": series_slots, "memory_limit": memory_limit_bytes,
-                                                "host": "127.0.0.1", "env": {"CUDA_VISIBLE_DEVICES": device}}}
+                                                "host": "127.0.0.1",
+                                                "env": {"CUDA_VISIBLE_DEVICES": device,
+                                                        SHARED_GPU_ENV: shared_gpu_path(lock_directory, device)}}}
             for device in devices for copy in range(workers_per_gpu)}
 
 
 def shared_gpu_cluster(devices: list[str], workers_per_gpu: int, series_slots: int, resources: Resources
                        ) -> SpecCluster:
     """A local cluster of :func:`shared_gpu_specs` workers (no GPU is touched here: the workers
-    open their CUDA context when they load a model). Call inside ``local_worker_settings``."""
-    return SpecCluster(workers=shared_gpu_specs(devices, workers_per_gpu, series_slots, resources.memory_limit_bytes),
-                       scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}},
-                       silence_logs=logging.ERROR, name="cohort-gpu")
+    open their CUDA context when they load a model), with a lock directory of its own, removed
+    with the cluster. Call inside ``local_worker_settings``."""
+    lock_directory = tempfile.mkdtemp(prefix="cohort-gpu-locks-")
+    specs = shared_gpu_specs(devices, workers_per_gpu, series_slots, resources.memory_limit_bytes, lock_directory)
+    cluster = SpecCluster(workers=specs, silence_logs=logging.ERROR, name="cohort-gpu",
+                          scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}})
+    weakref.finalize(cluster, shutil.rmtree, lock_directory, ignore_errors=True)
+    return cluster
 
 
 def cuda_cluster(workers: int | None, workers_per_gpu: int = 1, series_slots: int = 1,

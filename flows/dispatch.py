@@ -41,7 +41,7 @@ from distributed.utils import sync
 
 from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
-from cohort.flows.alone import ALONE_TOPIC, WORKER_ADMISSION
+from cohort.flows.alone import ALONE_TOPIC, worker_admission
 from cohort.heap import trim_when_above
 from cohort.manifest import SeriesSpec
 from cohort.pipeline import RunContext, SeriesResult, failed_result, process_series
@@ -106,7 +106,8 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
             outcome.append(error)
 
     worker = get_worker()
-    with WORKER_ADMISSION.alone() if alone else WORKER_ADMISSION.shared() as seat:
+    admission = worker_admission()
+    with admission.alone() if alone else admission.shared() as seat:
         if alone:
             _tell_scheduler_alone(worker, running=True)
         thread = threading.Thread(target=target, name=f"cohort-series-{spec.series_id}", daemon=True)

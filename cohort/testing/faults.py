@@ -4,18 +4,24 @@ A CPU does not raise an out-of-memory error the way a GPU does when the series o
 together need more than the device has; these networks raise torch's own ``OutOfMemoryError``
 (the exception CUDA's allocator raises) in a real nnU-Net forward pass instead. A model folder
 uses one through its plans, as nnU-Net names any architecture: :func:`use_network_class`.
+With :data:`FORWARD_LOG_ENV` set, :class:`OutOfMemoryUnlessAlone` appends each forward pass to
+that file, so a test can check what ran beside what, across processes.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 import warnings
 from pathlib import Path
 
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from cohort.flows.alone import WORKER_ADMISSION
+from cohort.flows.alone import worker_admission
+
+FORWARD_LOG_ENV = "COHORT_TEST_FORWARD_LOG"
 
 
 class OutOfMemoryBesideOthers(PlainConvUNet):
@@ -23,7 +29,7 @@ class OutOfMemoryBesideOthers(PlainConvUNet):
     series is running on its worker."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if WORKER_ADMISSION.sharing > 1:
+        if worker_admission().sharing > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
                                          "(test network: another series runs on this worker)")
         return super().forward(x)
@@ -34,6 +40,24 @@ class OutOfMemoryAlways(PlainConvUNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (test network: always)")
+
+
+class OutOfMemoryUnlessAlone(PlainConvUNet):
+    """The test network on a GPU with room for one series: out of memory unless the series runs
+    alone. Each pass, failed or not, is a line ``pid start end alone`` (monotonic clock, the same in
+    every process) of the file named by :data:`FORWARD_LOG_ENV`, if set."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alone, start = worker_admission().running_alone, time.monotonic()
+        try:
+            if not alone:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
+                                             "(test network: the series does not run alone)")
+            return super().forward(x)
+        finally:
+            if os.environ.get(FORWARD_LOG_ENV):
+                with open(os.environ[FORWARD_LOG_ENV], "a") as log:
+                    log.write(f"{os.getpid()} {start} {time.monotonic()} {int(alone)}\n")
 
 
 def use_network_class(folders: list[Path], network_class: type[PlainConvUNet]) -> None:

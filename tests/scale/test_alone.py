@@ -1,12 +1,17 @@
 """The admission that lets a retried series run alone on its worker (flows/alone.py): it waits
-for the series already running, holds back those that arrive after it, and lets them go after."""
+for the series already running, holds back those that arrive after it, and lets them go after;
+on a GPU shared by several worker processes, the same across the processes (real processes)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
-from cohort.flows.alone import Admission
+from cohort.flows.alone import Admission, SharedGpu
 
 
 def _wait_until(condition, timeout_s: float = 5.0) -> None:
@@ -76,3 +81,76 @@ def test_two_series_alone_take_turns_and_shared_ones_overlap() -> None:
 
     assert most_at_once([admission.alone(), admission.alone()]) == 1
     assert most_at_once([admission.shared(), admission.shared(), admission.shared()]) == 3
+
+
+def _note(log: Path, line: str) -> None:
+    with open(log, "a") as file:
+        file.write(line + "\n")
+
+
+def _series_in_process(lock: Path, log: Path, name: str, alone: bool, release=None) -> None:
+    """One series in its own process: ``name start`` and ``name end`` in ``log``."""
+    gpu = SharedGpu(lock)
+    with gpu.alone() if alone else gpu.shared():
+        _note(log, f"{name} start")
+        if release is not None:
+            release.wait(10)
+        else:
+            time.sleep(0.05)
+        _note(log, f"{name} end")
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_a_series_alone_on_a_shared_gpu_holds_back_the_other_processes(tmp_path: Path) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    lock, log, release = tmp_path / "locks" / "gpu-0", tmp_path / "order.txt", spawn.Event()
+    gpu = SharedGpu(lock)
+
+    def start(name: str, alone: bool, release=None):
+        process = spawn.Process(target=_series_in_process, args=(lock, log, name, alone, release))
+        process.start()
+        return process
+
+    running = start("running", False, release)
+    _wait_until(lambda: _lines(log) == ["running start"], 30)
+    solo = start("alone", True)
+    _wait_until(gpu.alone_waiting, 30)
+    later = start("later", False)
+    time.sleep(1.0)  # a new process needs about this long to import and reach the lock
+    assert _lines(log) == ["running start"]
+    release.set()
+    for process in (running, solo, later):
+        process.join(30)
+        assert process.exitcode == 0
+    assert _lines(log) == ["running start", "running end", "alone start", "alone end", "later start", "later end"]
+    assert not gpu.alone_waiting()
+
+
+def test_a_killed_process_does_not_keep_its_gpu_held(tmp_path: Path) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    lock, log, never = tmp_path / "gpu-0", tmp_path / "order.txt", spawn.Event()
+    holder = spawn.Process(target=_series_in_process, args=(lock, log, "killed", False, never))
+    holder.start()
+    _wait_until(lambda: _lines(log) == ["killed start"], 30)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    entered = threading.Event()
+
+    def alone() -> None:
+        with SharedGpu(lock).alone():
+            entered.set()
+
+    threading.Thread(target=alone, daemon=True).start()
+    assert entered.wait(10)
+
+
+def test_on_a_shared_gpu_every_series_beside_others_counts_as_accompanied(tmp_path: Path) -> None:
+    """Alone in its own process, a series may still lack the memory of another process's series."""
+    admission = Admission(SharedGpu(tmp_path / "gpu-0"))
+    with admission.shared() as seat:
+        assert admission.sharing == 1 and seat.accompanied
+    with admission.alone() as seat:
+        assert not seat.accompanied
