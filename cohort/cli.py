@@ -6,12 +6,15 @@ Exit codes: 0 every row done; 1 some rows failed; 2 the run could not start.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -106,6 +109,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@contextmanager
+def writing_to(out: Path) -> Iterator[None]:
+    """Turn a failure to write ``out`` (disk full, quota, read-only, permissions) into exit 2 with
+    the reason and the path, for the commands whose driver writes its outputs itself."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        raise OutputWriteFailed(f"{error.strerror or error} while writing {error.filename or out}; what was "
+                                "written before is incomplete: free space (or choose a folder you can write to) "
+                                "and run the command again") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,19 +253,27 @@ def _print_summary(summary, wall_seconds: float) -> None:
 
 def stats_command(args: argparse.Namespace) -> int:
     from cohort import stats
+    from cohort.store.layout import check_writable_folder
 
     _require_tables(args.results)
-    run = stats.run_stats(args.results, args.out, args.config, figures=args.figures, preset=args.preset)
+    out = args.out or args.results / "aging"
+    check_writable_folder(out)
+    with writing_to(out):
+        run = stats.run_stats(args.results, args.out, args.config, figures=args.figures, preset=args.preset)
     console.print(run.describe(), highlight=False, soft_wrap=True)
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     from cohort import stats
+    from cohort.store.layout import check_writable_folder
 
     _require_tables(args.results)
-    path = stats.write_report(args.results, args.out, stats_dir=args.stats, strict=args.strict,
-                              figure_formats=args.figure_formats)
+    out = args.out or args.results / "report.html"
+    check_writable_folder(out.parent, label=f"--out {out}")
+    with writing_to(out):
+        path = stats.write_report(args.results, args.out, stats_dir=args.stats, strict=args.strict,
+                                  figure_formats=args.figure_formats)
     console.print(f"report: {path}")
     return 0
 
@@ -310,8 +338,10 @@ def status_command(args: argparse.Namespace) -> int:
 def manifest_command(args: argparse.Namespace) -> int:
     """Crawl a DICOM export with a progress bar, write the manifest and print what was found."""
     from cohort.export import build_manifest
+    from cohort.store.layout import check_writable_folder
 
-    with Progress(TextColumn("headers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    check_writable_folder(args.out.parent, label=f"--out {args.out}")
+    with writing_to(args.out), Progress(TextColumn("headers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as display:
         bar = display.add_task("headers", total=None)
         summary = build_manifest(args.dicom, args.out, args.policy, args.key, args.workers,

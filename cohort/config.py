@@ -149,7 +149,28 @@ def load_run_config(path: Path | None = None) -> RunConfig:
     if config.execution.precision not in PRECISIONS:
         raise ConfigError(f"{source}: key 'execution.precision' must be one of {', '.join(PRECISIONS)}, "
                           f"got {config.execution.precision!r}")
-    return dataclasses.replace(config, source=str(source))
+    measure = dataclasses.replace(config.measure, **{key: _named_file(getattr(config.measure, key), source, f"measure.{key}")
+                                                     for key in ("class_map", "lower_bounds")})
+    execution = dataclasses.replace(config.execution, slurm_config=_named_file(config.execution.slurm_config, source,
+                                                                               "execution.slurm_config"))
+    return dataclasses.replace(config, measure=measure, execution=execution, source=str(source))
+
+
+def _named_file(name: str | None, source: Path, key: str) -> str | None:
+    """A file named by a config: an absolute path, or a relative one found beside the config
+    file, in the working folder, or among the shipped ``configs/`` (in that order; the shipped
+    name is kept as it is). A name found nowhere stops the run here, naming the file and key."""
+    if name is None:
+        return None
+    places = [Path(name)] if Path(name).is_absolute() else [source.parent / name, Path.cwd() / name]
+    for place in places:
+        if place.is_file():
+            return str(place.absolute())
+    if not Path(name).is_absolute() and (CONFIG_DIR / name).is_file():
+        return name
+    raise ConfigError(f"{source}: key '{key}': file {name!r} not found (looked "
+                      + (f"beside {source}, in {Path.cwd()} and in cohort's configs/)" if not Path(name).is_absolute()
+                         else "there)"))
 
 
 ZERO_ALLOWED = ("retries", "border_voxels", "prefetch", "gpu_prefetch")

@@ -22,7 +22,7 @@ from cohort.stats.study import ALL, AgingResults
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"cohort.aging"
-PARQUET_ONLY = ("zscores", "centiles")  # one row per subject (or age and centile): CSV would be large and slow
+NOT_TESTABLE = "not testable here (too few series, age groups or distinct values)"
 
 
 def provenance(results: AgingResults, inputs: dict[str, str] | None = None) -> dict[str, object]:
@@ -34,7 +34,7 @@ def provenance(results: AgingResults, inputs: dict[str, str] | None = None) -> d
 
 
 def write_tables(results: AgingResults, out_dir: Path, inputs: dict[str, str] | None = None) -> list[Path]:
-    """Write every table as ``<name>.parquet`` and ``<name>.csv`` (Parquet only: ``PARQUET_ONLY``); returns the Parquet paths."""
+    """Write every table as ``<name>.parquet`` and ``<name>.csv`` (same rows and columns); returns the Parquet paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = json.dumps(provenance(results, inputs)).encode()
     paths = []
@@ -42,8 +42,7 @@ def write_tables(results: AgingResults, out_dir: Path, inputs: dict[str, str] | 
         table = pa.Table.from_pandas(frame, preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: metadata})
         pq.write_table(table, out_dir / f"{name}.parquet")
-        if name not in PARQUET_ONLY:
-            frame.to_csv(out_dir / f"{name}.csv", index=False)
+        frame.to_csv(out_dir / f"{name}.csv", index=False)
         paths.append(out_dir / f"{name}.parquet")
     (out_dir / "provenance.json").write_text(json.dumps(provenance(results, inputs), indent=2) + "\n")
     log.info("tables: %s", ", ".join(p.stem for p in paths))
@@ -67,14 +66,25 @@ def strongest_effects(results: AgingResults, top_n: int) -> pd.DataFrame:
                   "epsilon_squared", "median_youngest", "median_oldest"]]
 
 
+def testable(tests: pd.DataFrame) -> pd.Series:
+    """Whether each test could be computed: its ``p`` is a number.
+
+    With too few series, one age group or constant values ``p`` is NaN and ``significant`` False,
+    which says nothing either way, so counts of agreement must leave such rows out.
+    """
+    return tests["p"].notna()
+
+
 def agreement_with_paper(quartile_tests: pd.DataFrame) -> pd.DataFrame:
     """Kruskal-Wallis significance here vs in the paper's Table S1, for pairs both have.
 
-    One row per combination of ``paper_significant`` and ``significant`` with its count.
+    One row per combination of ``testable``, ``paper_significant`` and ``significant`` with its
+    count; a pair not ``testable`` here (see :func:`testable`) is neither agreement nor disagreement.
     """
-    tests = quartile_tests[quartile_tests["stratum"] == ALL][["structure", "metric", "significant"]]
+    tests = quartile_tests[quartile_tests["stratum"] == ALL]
+    tests = tests.assign(testable=testable(tests))[["structure", "metric", "testable", "significant"]]
     both = tests.astype({"structure": str, "metric": str}).merge(paper_kruskal_p(), on=["structure", "metric"])
-    return both.groupby(["paper_significant", "significant"]).size().rename("n").reset_index()
+    return both.groupby(["testable", "paper_significant", "significant"]).size().rename("n").reset_index()
 
 
 def write_summary(results: AgingResults, out_dir: Path) -> Path:
@@ -89,8 +99,7 @@ def summary_lines(results: AgingResults) -> list[str]:
     config, groups = results.config, results.age_groups
     corr = results.correlations[results.correlations["stratum"] == ALL] if len(results.correlations) else None
     kw = results.quartile_tests[results.quartile_tests["stratum"] == ALL] if len(results.quartile_tests) else None
-    n_pairs, n_corr = (0, 0) if corr is None else (len(corr), int(corr["significant"].sum()))
-    n_kw = 0 if kw is None else int(kw["significant"].sum())
+    n_corr = 0 if corr is None else int(corr["significant"].sum())
     excluded = results.exclusions.groupby("reason")["n_series"].max()
     effects = strongest_effects(results, config.summary_top_n) if n_corr else pd.DataFrame()
     return [
@@ -104,7 +113,7 @@ def summary_lines(results: AgingResults) -> list[str]:
         (f"- Preset `{config.preset}`; adults {config.age_range[0]:g}-{config.age_range[1]:g} years; "
          f"one scan per subject ({config.repeated_scans}); age groups ({config.age_groups.method}): "
          f"{', '.join(groups.labels)} years."),
-        f"- Spearman significant: {n_corr} of {n_pairs} structure-metric pairs; Kruskal-Wallis significant: {n_kw}.",
+        _significance_line(corr, kw),
         f"- Multiplicity: {family_text(config)}",
         *(_agreement_lines(results.quartile_tests, config.alpha) if kw is not None else []),
         *selection_lines(results.selection),
@@ -156,14 +165,34 @@ def _stratified_lines(results: AgingResults, effects: pd.DataFrame) -> list[str]
     return ["", "## The same effects by sex, adjusted for sex, and per decade", "", *_markdown_table(table)]
 
 
+def _significance_line(corr: pd.DataFrame | None, kw: pd.DataFrame | None) -> str:
+    """Spearman and Kruskal-Wallis significant among the testable pairs, and how many pairs were not testable."""
+    (r_significant, r_tested, r_untested), (kw_significant, kw_tested, kw_untested) = _counts(corr), _counts(kw)
+    return (f"- Spearman significant: {r_significant} of {r_tested} testable structure-metric pairs; "
+            f"Kruskal-Wallis significant: {kw_significant} of {kw_tested}; "
+            f"{NOT_TESTABLE}: Spearman {r_untested}, Kruskal-Wallis {kw_untested}.")
+
+
+def _counts(tests: pd.DataFrame | None) -> tuple[int, int, int]:
+    """Significant, testable and not testable rows of ``tests`` (all 0 when there is no table)."""
+    if tests is None:
+        return 0, 0, 0
+    tested = testable(tests)
+    return int(tests["significant"].sum()), int(tested.sum()), int((~tested).sum())
+
+
 def _agreement_lines(quartile_tests: pd.DataFrame, alpha: float) -> list[str]:
-    """One line comparing Kruskal-Wallis significance with the paper's Table S1 (p < 0.0001 there)."""
-    counts = agreement_with_paper(quartile_tests).set_index(["paper_significant", "significant"])["n"]
-    if counts.empty:
+    """One line comparing Kruskal-Wallis significance with the paper's Table S1 (p < 0.0001 there);
+    pairs not testable here are counted apart, the four agreement counts are of testable pairs only."""
+    agreement = agreement_with_paper(quartile_tests)
+    if agreement.empty:
         return []
+    n_untestable = int(agreement.loc[~agreement["testable"], "n"].sum())
+    counts = agreement[agreement["testable"]].set_index(["paper_significant", "significant"])["n"]
     n = {key: int(counts.get(key, 0)) for key in [(True, True), (True, False), (False, True), (False, False)]}
     line = (f"- Kruskal-Wallis vs the paper's Table S1 (paper: p < 0.0001; here: p < {alpha:g}), "
-            f"{sum(n.values())} structure-metric pairs in both: significant in both {n[True, True]}, "
+            f"{sum(n.values()) + n_untestable} structure-metric pairs in both: {NOT_TESTABLE} {n_untestable}; "
+            f"of the {sum(n.values())} testable: significant in both {n[True, True]}, "
             f"only in the paper {n[True, False]}, only here {n[False, True]}, in neither {n[False, False]}.")
     return [line]
 

@@ -12,16 +12,25 @@ A static report cannot write files, so the review page is served by Python's own
 
 Then ``cohort stats`` excludes rejected rows (reason ``rejected_in_review``) and ``cohort report``
 warns that the stats are stale until it is rerun.
+
+Any web page open in the reviewer's browser can send a form to 127.0.0.1, so a decision is only taken
+from this server's own pages: every form carries a token drawn when the site is loaded, a POST must
+send it back and must not come from another origin (``Origin``, else ``Referer``), the redirect after
+it stays on this site, no page may be framed by another site, and a request naming another host
+(DNS rebinding: a foreign name resolving to 127.0.0.1) is refused.
 """
 
 from __future__ import annotations
 
 import getpass
+import hmac
 import html
 import logging
+import secrets
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,9 +46,10 @@ from cohort.stats.triage import ReviewQueue, review_queue
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
+LOCAL_NAMES = (HOST, "localhost")
 FORM = """<form method="post" action="/decide" class="decide">
 <input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">
-<input type="hidden" name="back" value="{back}">
+<input type="hidden" name="back" value="{back}"><input type="hidden" name="token" value="{token}">
 <input name="reviewer" value="{reviewer}" size="8" aria-label="reviewer" required>
 <input name="comment" placeholder="why" size="28" aria-label="comment">
 <button name="decision" value="accept">accept</button> <button name="decision" value="reject">reject</button></form>"""
@@ -54,6 +64,7 @@ class ReviewSite:
     features: pd.DataFrame
     queue: ReviewQueue
     reviewer: str
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)  # in every form: POSTs are ours
 
     @classmethod
     def load(cls, results_dir: Path, stats_dir: Path | None = None) -> "ReviewSite":
@@ -115,7 +126,12 @@ class ReviewSite:
 
     def _form(self, series_id: str, structure: str | None, back: str) -> str:
         return FORM.format(series_id=html.escape(series_id), structure=html.escape(structure or ""),
-                           back=html.escape(back), reviewer=html.escape(self.reviewer))
+                           back=html.escape(back), reviewer=html.escape(self.reviewer),
+                           token=html.escape(self.token))
+
+    def token_matches(self, form: dict[str, str]) -> bool:
+        """Whether ``form`` sends back this site's token (compared in constant time: no guessing it piecewise)."""
+        return hmac.compare_digest(form.get("token", "").encode(), self.token.encode())
 
     def overlay_png(self, series_id: str, name: str) -> bytes | None:
         """The cached (or newly drawn) mosaic ``name`` of a known series and structure, else None."""
@@ -147,11 +163,41 @@ class ReviewSite:
         return decision
 
 
+def local_authorities(port: int) -> set[str]:
+    """The ``Host`` values a browser sends for this server: 127.0.0.1 or localhost with ``port``."""
+    return {f"{name}:{port}" for name in LOCAL_NAMES} | (set(LOCAL_NAMES) if port == 80 else set())
+
+
+def same_origin(headers: Message, port: int) -> bool:
+    """Whether a POST comes from a page of this server, as far as the browser says: its ``Origin``, or
+    without one its ``Referer``, must be http://127.0.0.1:``port`` or http://localhost:``port``. A
+    request with neither (browsers send ``Origin`` with every form POST) is left to the token."""
+    origin = headers.get("Origin") or headers.get("Referer")
+    if origin is None:
+        return True
+    parts = urllib.parse.urlsplit(origin)
+    return parts.scheme == "http" and parts.netloc.lower() in local_authorities(port)
+
+
+def local_path(back: str) -> str:
+    """``back`` if it is a path on this site, else ``/``: the redirect after a decision must not leave it.
+
+    ``//host/x`` and ``/\\host`` are other sites to a browser, and it drops tabs and newlines before
+    reading a URL, so only a printable ASCII path (as the pages write it) with no scheme or host passes."""
+    parts = urllib.parse.urlsplit(back)
+    if (back.startswith("/") and back[1:2] not in ("/", "\\") and not parts.scheme and not parts.netloc
+            and back.isascii() and back.isprintable()):
+        return back
+    return "/"
+
+
 def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
     """An HTTP server for ``site`` on 127.0.0.1:``port`` (0: a free port; see ``server_address``)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if not self._host_is_local():
+                return
             path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
             if path == "/":
                 return self._send(site.index_page().encode(), "text/html; charset=utf-8")
@@ -167,24 +213,51 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
             self.send_error(HTTPStatus.NOT_FOUND)
 
         def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)  # read before any answer, so that a refusal is not cut off by a reset
+            if not self._host_is_local():
+                return
             if self.path != "/decide":
                 return self.send_error(HTTPStatus.NOT_FOUND)
-            length = int(self.headers.get("Content-Length", 0))
-            form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
+            if not same_origin(self.headers, self.server.server_address[1]):
+                return self._refuse(HTTPStatus.FORBIDDEN, "refused: the request comes from another site")
+            form = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
+            if not site.token_matches(form):
+                return self._refuse(HTTPStatus.FORBIDDEN, "refused: missing or wrong token (reload the review page)")
             try:
                 site.decide(form)
             except ValueError as error:
                 return self.send_error(HTTPStatus.BAD_REQUEST, str(error))
-            back = form.get("back", "/")
             self.send_response(HTTPStatus.SEE_OTHER)
-            self.send_header("Location", back if back.startswith("/") else "/")
+            self.send_header("Location", local_path(form.get("back", "/")))
             self.end_headers()
+
+        def _host_is_local(self) -> bool:
+            """Whether the request names this server as its host; if not, it is refused (421) here: a page
+            of a foreign name that resolves to 127.0.0.1 (DNS rebinding) must not read or post to ours."""
+            host = (self.headers.get("Host") or "").lower()
+            if host in local_authorities(self.server.server_address[1]):
+                return True
+            self._refuse(HTTPStatus.MISDIRECTED_REQUEST, "refused: this server only answers to 127.0.0.1 or localhost")
+            return False
+
+        def _refuse(self, status: HTTPStatus, message: str) -> None:
+            """Answer ``status`` with a one-line plain-text ``message``; nothing of the request is written."""
+            log.warning("review: %s %s: %s", self.command, self.path, message)
+            body = (message + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def _send(self, body: bytes, content_type: str) -> None:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Frame-Options", "DENY")  # no other site may frame a page and steer clicks on it
+            self.send_header("Content-Security-Policy", "frame-ancestors 'none'")
             self.end_headers()
             self.wfile.write(body)
 

@@ -12,7 +12,7 @@ from cohort.stats.config import load_aging_config, with_figures
 from cohort.stats.figures import draw_figures
 from cohort.stats.freshness import input_state
 from cohort.stats.methods import write_methods
-from cohort.stats.outputs import write_summary, write_tables
+from cohort.stats.outputs import testable, write_summary, write_tables
 from cohort.stats.study import ALL, run_study
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,14 @@ class StatsRun:
     n_tests: int
     n_significant: int
     seconds: float
+    n_not_testable: int = 0
 
     def describe(self) -> str:
         """A few lines for the command line."""
+        untested = f" ({self.n_not_testable} not testable here: too few series)" if self.n_not_testable else ""
         return (f"aging study: {self.n_subjects} of {self.n_series} series used, "
-                f"{self.n_significant} of {self.n_tests} structure-metric correlations significant, "
-                f"{self.seconds:.1f} s\n"
+                f"{self.n_significant} of {self.n_tests} testable structure-metric correlations significant"
+                f"{untested}, {self.seconds:.1f} s\n"
                 f"tables, {len(self.figures)} figures, summary.md and methods.md in {self.out_dir}")
 
 
@@ -63,13 +65,13 @@ def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path 
     figures = draw_figures(results, out_dir / "figures")
     summary = write_summary(results, out_dir)
     write_methods(results, out_dir)
-    overall = results.correlations[results.correlations["stratum"] == ALL] if len(results.correlations) else None
+    overall = results.correlations[results.correlations["stratum"] == ALL]
+    tested = overall[testable(overall)] if len(overall) else overall
     run = StatsRun(
         out_dir=out_dir, tables=tuple(paths), figures=tuple(figures), summary=summary,
         n_series=len(tables.series), n_subjects=int(results.table.values["series_id"].nunique()),
-        n_tests=0 if overall is None else len(overall),
-        n_significant=0 if overall is None else int(overall["significant"].sum()),
-        seconds=time.perf_counter() - start,
+        n_tests=len(tested), n_significant=int(tested["significant"].sum()) if len(tested) else 0,
+        n_not_testable=len(overall) - len(tested), seconds=time.perf_counter() - start,
     )
     log.info("%s", run.describe())
     return run

@@ -1,5 +1,7 @@
 """Cases from a hostile review, each through the real CLI: writes that fail mid-run stop the run
-with one message, and a run whose every row failed is explained by `cohort stats`/`report`."""
+with one message, and a run whose every row failed is explained by `cohort stats`/`report`;
+outputs on a read-only or full file system (real tmpfs mounts, as root) and config files that
+name a missing file stop with exit 2 and the reason, never a traceback."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from testkit import cli_env, cohort_cli, write_manifest
+from testkit import cli_env, cohort_cli, mounted_tmpfs, write_manifest
 
 
 def test_writes_failing_mid_run_stop_with_one_message(tmp_path: Path, examples: Path, prefect_server: str) -> None:
@@ -51,3 +54,57 @@ def test_stats_and_report_explain_a_run_whose_rows_all_failed(tmp_path: Path, pr
         assert result.returncode == 2, result.stderr
         assert "no series in" in message and "2 failed" in message and "file not found" in message
         assert "run `cohort run" not in message.split("Fix the inputs")[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, examples: Path) -> Path:
+    folder = tmp_path_factory.mktemp("finished")
+    manifest = write_manifest(folder / "scans.csv", [
+        {"series_id": f"s{i}", "path": str(examples / "example_ct_sm.nii.gz"), "age": 40 + 15 * i,
+         "sex": "MF"[i % 2], "labels": str(examples / "example_seg_fast.nii.gz")} for i in range(3)])
+    assert cohort_cli("run", "--manifest", str(manifest), "--out", str(folder / "results")).returncode == 0
+    return folder / "results"
+
+
+@pytest.mark.parametrize("mount", ["ro", "size=200k"])
+def test_stats_report_and_manifest_on_an_unwritable_or_full_file_system_exit_2(
+        mount: str, finished_run: Path, tmp_path: Path, examples: Path) -> None:
+    with mounted_tmpfs(tmp_path / "mnt", mount) as target:
+        commands = {"stats": ["stats", "--results", str(finished_run), "--out", str(target / "aging")],
+                    "report": ["report", "--results", str(finished_run), "--out", str(target / "report.html")]}
+        if mount == "ro":  # a manifest is a few hundred bytes: it fits a small file system
+            commands["manifest"] = ["manifest", "--dicom", str(examples / "example_ct_dicom"),
+                                    "--out", str(target / "scans.csv")]
+        for name, command in commands.items():
+            result = cohort_cli(*command)
+            message = " ".join(result.stderr.split())
+            assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr)
+            expected = "(a read-only file system)" if mount == "ro" else "No space left on device while writing"
+            assert f"cohort {name}:" in message and expected in message and str(target) in message, message
+
+
+def test_a_config_naming_a_missing_file_stops_with_the_key_and_a_file_beside_it_is_found(
+        tmp_path: Path, finished_run: Path) -> None:
+    from cohort.config import CONFIG_DIR
+
+    manifest = tmp_path / "scans.csv"
+    shutil.copy(finished_run.parent / "scans.csv", manifest)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "missing.yaml").write_text("measure:\n  lower_bounds: nope.csv\n")
+    result = cohort_cli("run", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--config",
+                        str(configs / "missing.yaml"))
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "key 'measure.lower_bounds': file 'nope.csv' not found" in message
+    measured = pd.read_parquet(finished_run / "features")
+    bounds = pd.read_csv(CONFIG_DIR / "lower_bounds_v2.csv")
+    whole = bounds[bounds["structure"].isin(measured.query("status == 'ok'")["structure"])]["structure"].iloc[0]
+    bounds.loc[bounds["structure"] == whole, "lower_bound_ml"] = 100_000  # now below its bound in every series
+    bounds.to_csv(configs / "strict_bounds.csv", index=False)
+    (configs / "beside.yaml").write_text("measure:\n  lower_bounds: strict_bounds.csv\n")
+    result = cohort_cli("run", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--config",
+                        str(configs / "beside.yaml"), cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    features = pd.read_parquet(tmp_path / "out" / "features")
+    assert (features[features["structure"] == whole]["status"] == "below_lower_bound").all()

@@ -6,7 +6,9 @@ import csv
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
@@ -87,3 +89,18 @@ def mr_from_example(examples: Path, folder: Path) -> tuple[Path, Path]:
     nib.save(nib.Nifti1Image(mr, ct.affine), folder / "mr.nii.gz")
     nib.save(nib.Nifti1Image(labels, seg.affine), folder / "mr_labels.nii.gz")
     return folder / "mr.nii.gz", folder / "mr_labels.nii.gz"
+
+
+@contextmanager
+def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at ``where`` (root only; the test is skipped where mounting is not allowed)."""
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        import pytest
+
+        pytest.skip("needs root and mount(8) for a read-only or a small file system")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -21,6 +21,29 @@ def missing_table(out: Path, *tables: str) -> str | None:
     return None
 
 
+def check_writable_folder(folder: Path, min_free_gb: float = 0.0, label: str | None = None) -> None:
+    """Stop before any work when ``folder`` (existing, or to be made) is a file, cannot be
+    written (permissions, a read-only file system), or has less than ``min_free_gb`` free;
+    ``label`` names it in the message (default: ``--out <folder>``)."""
+    folder = Path(folder)
+    label = label or f"--out {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise RunCannotStart(f"{label}: {folder} is a file, not a folder; give a folder for the results")
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "a read-only file system" if _read_only_mount(existing) else "permission denied"
+        raise RunCannotStart(f"{label}: cannot write in {existing} ({reason}); "
+                             "choose a folder you can write to")
+    free_gb = shutil.disk_usage(existing).free / 1e9
+    if free_gb < min_free_gb:
+        raise RunCannotStart(f"{label}: only {free_gb:.2f} GB free on its file system "
+                             f"(execution.min_free_gb = {min_free_gb:g}); free space or choose another folder")
+
+
+def _read_only_mount(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """Paths of the tables, the label store and the run's own bookkeeping under ``root``."""
@@ -55,16 +78,7 @@ class OutputLayout:
 
     def check_writable(self, min_free_gb: float) -> None:
         """Stop before any work when ``root`` is not a folder we can write to or is nearly full."""
-        if self.root.exists() and not self.root.is_dir():
-            raise RunCannotStart(f"--out {self.root} is a file, not a folder; give a folder for the results")
-        existing = next(parent for parent in (self.root, *self.root.parents) if parent.exists())
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise RunCannotStart(f"--out {self.root}: cannot write in {existing} (permission denied); "
-                                 "choose a folder you can write to")
-        free_gb = shutil.disk_usage(existing).free / 1e9
-        if free_gb < min_free_gb:
-            raise RunCannotStart(f"--out {self.root}: only {free_gb:.2f} GB free on its file system "
-                                 f"(execution.min_free_gb = {min_free_gb:g}); free space or choose another folder")
+        check_writable_folder(self.root, min_free_gb)
 
     def create(self) -> None:
         """Make every folder and the Zarr group before workers start (workers creating the

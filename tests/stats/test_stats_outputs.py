@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -13,29 +14,29 @@ import pytest
 from cohort.errors import ConfigError
 from cohort.stats import run_stats
 from cohort.stats.cohort_table import ResultsTableError
-from cohort.stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects
+from cohort.stats.config import load_aging_config
+from cohort.stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects, summary_lines
 from cohort.stats.paper import paper_kruskal_p
-from cohort.stats.study import AgingResults
+from cohort.stats.study import AgingResults, run_study
 from cohort.testing.cohorts import make_cohort
 
 TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "adjusted", "trends", "exclusions",
           "selection")
+PER_SUBJECT_TABLES = ("zscores", "centiles")
 CORRELATION_COLUMNS = ["stratum", "structure", "metric", "n", "spearman_r", "p", "ci_low", "ci_high", "family_size",
                        "p_bonferroni", "p_fdr", "significant"]
 
 
-def test_run_stats_writes_every_table_twice(small_results_dir: Path, tmp_path: Path) -> None:
+def test_run_stats_writes_every_table_as_parquet_and_an_equal_csv(small_results_dir: Path, tmp_path: Path) -> None:
     run = run_stats(small_results_dir, tmp_path / "aging")
     assert run.out_dir == tmp_path / "aging" and run.n_series == 600 and run.n_tests == 26  # 12 + pooled kidney, x 2
-    for name in TABLES:
+    for name in (*TABLES, *PER_SUBJECT_TABLES):
         parquet = pd.read_parquet(tmp_path / "aging" / f"{name}.parquet")
-        csv = pd.read_csv(tmp_path / "aging" / f"{name}.csv")
-        assert len(parquet) == len(csv) > 0 and list(parquet.columns) == list(csv.columns)
+        assert len(parquet) > 0 and (tmp_path / "aging" / f"{name}.csv").exists(), name
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "aging" / f"{name}.csv"), parquet, check_dtype=False,
+                                      check_categorical=False, check_exact=True, obj=name)
     metadata = json.loads(pq.read_schema(tmp_path / "aging" / "correlations.parquet").metadata[METADATA_KEY])
     assert metadata["config"]["alpha"] == 0.05 and metadata["age_group_edges"] == [41.0, 59.0, 78.0]
-    for name in ("zscores", "centiles"):  # one row per subject: Parquet only
-        assert len(pd.read_parquet(tmp_path / "aging" / f"{name}.parquet")) > 0
-        assert not (tmp_path / "aging" / f"{name}.csv").exists()
     assert "Theil-Sen" in (tmp_path / "aging" / "methods.md").read_text()
 
 
@@ -83,6 +84,35 @@ def test_summary_compares_with_the_papers_table_s1(results: AgingResults) -> Non
     effects = effects[effects["structure"].isin(set(paper_kruskal_p()["structure"]))]  # pooled rows: not in Table S1
     assert len(effects) == 8 and (effects["paper_kruskal_p"] == "< 0.0001").all()
     assert effects.set_index("structure").loc["aorta", "paper_r"] == 0.64
+
+
+def test_agreement_with_paper_counts_untestable_pairs_apart() -> None:
+    """A NaN p (too few series or age groups) is neither agreement nor disagreement with Table S1."""
+    tests = pd.DataFrame({
+        "stratum": ["all", "all", "all", "all", "F"],
+        "structure": ["aorta", "aorta", "urinary_bladder", "pancreas", "pancreas"],
+        "metric": ["volume_ml", "mean_hu", "volume_ml", "volume_ml", "volume_ml"],
+        "p": [np.nan, 1e-6, np.nan, 0.3, np.nan],
+        "significant": [False, True, False, False, False],
+    })
+    agreement = agreement_with_paper(tests).set_index(["testable", "paper_significant", "significant"])["n"]
+    assert agreement.to_dict() == {(False, True, False): 1, (False, False, False): 1,  # aorta volume, bladder volume
+                                   (True, True, True): 1, (True, True, False): 1}  # aorta HU, pancreas volume
+
+
+def test_summary_reports_pairs_not_testable_here() -> None:
+    """Subjects all under 41: one age group, so no Kruskal-Wallis p, while Spearman is testable."""
+    small = make_cohort(n_subjects=50, n_structures=8, seed=1)
+    young = small.series[small.series["age"] < 41]
+    results = run_study(small.features[small.features["series_id"].isin(young["series_id"])], young,
+                        load_aging_config(preset="paper"))
+    assert results.quartile_tests["p"].isna().all() and results.correlations["p"].notna().all()
+    text = "\n".join(summary_lines(results))
+    not_testable = "not testable here (too few series, age groups or distinct values)"
+    assert (f"Spearman significant: 0 of 16 testable structure-metric pairs; Kruskal-Wallis significant: 0 of 0; "
+            f"{not_testable}: Spearman 0, Kruskal-Wallis 16.") in text
+    assert (f"16 structure-metric pairs in both: {not_testable} 16; of the 0 testable: significant in both 0, "
+            "only in the paper 0, only here 0, in neither 0.") in text
 
 
 def test_table_s1_kruskal_p_has_the_papers_exceptions() -> None:

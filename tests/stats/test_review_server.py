@@ -1,0 +1,140 @@
+"""``cohort review`` takes a decision only from its own pages, over a real HTTP server on 127.0.0.1.
+
+Any page open in the reviewer's browser can POST a form to 127.0.0.1 (no CORS preflight), so a
+decision needs the token of the page's forms and no foreign ``Origin``/``Referer``; the redirect
+after it stays on the site; and a request naming another host (DNS rebinding) is refused.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cohort.stats.review_server import ReviewSite, make_server
+from cohort.stats.review_store import read_decisions
+from cohort.testing.cohorts import make_cohort
+
+EVIL = "http://evil.example.com"
+
+
+@dataclass(frozen=True)
+class Review:
+    """A running review server: its port, results folder, one series it knows and its forms' token."""
+
+    port: int
+    results_dir: Path
+    series_id: str
+    token: str
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                form: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        """``method path`` as a browser would send it (Host 127.0.0.1:port unless ``headers`` say otherwise)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        body = urllib.parse.urlencode(form) if form is not None else None
+        sent = {"Host": f"127.0.0.1:{self.port}", **(headers or {})}
+        if body is not None:
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        connection.request(method, path, body=body, headers=sent)
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response
+
+    def decide(self, headers: dict[str, str] | None = None, **fields: str) -> http.client.HTTPResponse:
+        """POST /decide: a reject of the whole series, with ``fields`` added or overriding."""
+        form = {"series_id": self.series_id, "structure": "", "decision": "reject", "reviewer": "tester",
+                "comment": "", "back": "/", **fields}
+        return self.request("POST", "/decide", headers, form)
+
+    def decisions(self) -> pd.DataFrame:
+        return read_decisions(self.results_dir)
+
+
+@pytest.fixture(scope="module")
+def review(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Review]:
+    results_dir = make_cohort(n_subjects=40, n_structures=3, seed=5).write(tmp_path_factory.mktemp("review"))
+    site = ReviewSite.load(results_dir)
+    server = make_server(site, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Review(server.server_address[1], results_dir, str(site.features["series_id"].iloc[0]), site.token)
+    server.shutdown()
+    server.server_close()
+
+
+def _page(review: Review, path: str) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", review.port, timeout=30)
+    connection.request("GET", path)  # http.client sends Host 127.0.0.1:port, as a browser does
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("X-Frame-Options") == "DENY"
+    text = response.read().decode()
+    connection.close()
+    return text
+
+
+def test_every_form_of_the_pages_carries_the_token(review: Review) -> None:
+    for path in ("/", f"/series/{urllib.parse.quote(review.series_id)}"):
+        page = _page(review, path)
+        forms = re.findall(r"<form .*?</form>", page, flags=re.DOTALL)
+        assert forms and all(f'<input type="hidden" name="token" value="{review.token}">' in form for form in forms)
+    assert len(review.token) >= 32
+
+
+def test_a_forged_post_without_the_token_is_refused_and_writes_nothing(review: Review) -> None:
+    before = review.decisions()
+    for headers, token in (({"Origin": EVIL}, None), ({}, None), ({}, "x" * 43), ({}, "é"),
+                           ({"Origin": review.origin}, review.token[:-1])):
+        response = review.decide(headers, **({} if token is None else {"token": token}))
+        assert response.status == 403, (headers, token)
+    pd.testing.assert_frame_equal(review.decisions(), before)
+
+
+def test_a_post_from_another_origin_is_refused_even_with_the_token(review: Review) -> None:
+    before = review.decisions()
+    for headers in ({"Origin": EVIL}, {"Origin": "null"}, {"Origin": f"https://127.0.0.1:{review.port}"},
+                    {"Origin": f"http://127.0.0.1:{review.port + 1}"}, {"Referer": f"{EVIL}/page"},
+                    {"Referer": f"http://127.0.0.1:{review.port}@evil.example.com/"}):
+        assert review.decide(headers, token=review.token).status == 403, headers
+    pd.testing.assert_frame_equal(review.decisions(), before)
+
+
+def test_a_same_origin_post_with_the_token_is_taken(review: Review) -> None:
+    before = len(review.decisions())
+    back = f"/series/{urllib.parse.quote(review.series_id)}"
+    for headers in ({"Origin": review.origin}, {"Origin": f"http://localhost:{review.port}"},
+                    {"Referer": f"{review.origin}{back}"}, {}):
+        response = review.decide(headers, token=review.token, back=back, comment=f"via {headers}")
+        assert (response.status, response.getheader("Location")) == (303, back), headers
+    decisions = review.decisions()
+    assert len(decisions) == before + 4
+    assert decisions.iloc[-1][["series_id", "decision", "reviewer"]].tolist() == [review.series_id, "reject", "tester"]
+
+
+@pytest.mark.parametrize("back", ["//evil.example.com/x", "/\\evil.example.com", "http://evil.example.com/",
+                                  "/\t/evil.example.com", "/\r\nSet-Cookie: a=b", "", "series/x"])
+def test_the_redirect_after_a_decision_stays_on_the_site(review: Review, back: str) -> None:
+    response = review.decide({"Origin": review.origin}, token=review.token, back=back)
+    assert (response.status, response.getheader("Location")) == (303, "/")
+    assert response.getheader("Set-Cookie") is None
+
+
+def test_a_request_naming_another_host_is_refused(review: Review) -> None:
+    before = review.decisions()
+    for host in ("evil.example.com", f"evil.example.com:{review.port}", f"127.0.0.1:{review.port + 1}"):
+        assert review.request("GET", "/", {"Host": host}).status == 421, host
+        rebound = {"Host": host, "Origin": f"http://{host}"}  # a rebinding page is same-origin with itself
+        assert review.decide(rebound, token=review.token).status == 421, host
+    pd.testing.assert_frame_equal(review.decisions(), before)
+    assert review.request("GET", "/", {"Host": f"localhost:{review.port}"}).status == 200
