@@ -1,11 +1,14 @@
 """``cohort check``: every problem of a manifest in one pass, without doing any work.
 
 The structural problems and the age/sex rules come from :mod:`cohort.manifest` (the same code
-``cohort run`` applies, so the two never disagree); this module adds cheap looks at the files a
-row names: present, readable header, 3-D, and the header checks of ``cohort.ingest.nifti``
-(an uncompressed file long enough for the voxels its header claims, the voxel limit) and, given
-the model's modality, DICOM series tagged as the other one (``cohort.ingest.dicom``). Nothing
-is segmented and nothing is written.
+``cohort run`` applies, so the two never disagree); this module adds looks at the files a row
+names, from their headers, through the functions the run itself calls: NIfTI files present,
+readable, 3-D, within the header checks of ``cohort.ingest.nifti`` (an uncompressed file long
+enough for the voxels its header claims, the voxel limit) and gzipped ones not cut short; DICOM
+folders found as the run finds its series (``cohort.ingest.dicom.series_geometry``: one series
+per folder unless ``series_uid`` names one, slices forming one volume) and, given the model's
+modality, not tagged as the other one; label maps and Dixon images on the image's grid
+(``cohort.ingest.checks.grid_transform``). Nothing is segmented and nothing is written.
 
 Messages never show an absolute input path: files are named as ``cohort.ingest`` names them
 (:class:`~cohort.ingest.names.InputName`): relative to the manifest's folder when they lie
@@ -14,6 +17,9 @@ under it, else as ``<path of line N>`` (or ``<labels of line N>``).
 
 from __future__ import annotations
 
+import gzip
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +28,17 @@ import pydicom
 
 from cohort.config import IngestConfig, load_run_config
 from cohort.errors import SeriesError
+from cohort.ingest.checks import grid_transform
 from cohort.ingest.dicom import check_declared_modality, series_geometry
+from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
-from cohort.ingest.nifti import READ_ERRORS, check_header, is_nifti
+from cohort.ingest.nifti import READ_ERRORS, check_header, igzip, is_nifti
+from cohort.ingest.volume import Grid
 from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, read_manifest, subject_problems
+
+FILE_COLUMNS = ("path", "labels", *IMAGE_COLUMNS)  # the image first: the others are judged on its grid
+GZIP_ISIZE_BYTES = 4  # a gzip member's last field: its inflated size mod 2**32
+INFLATE_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -70,76 +83,129 @@ def check_manifest(path: str | Path, modality: str | None = None) -> ManifestRep
 
 
 def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None) -> list[Problem]:
-    found = [("path", _image_problem(InputName.in_manifest(spec.path, spec.manifest, spec.line, "path"), limits,
-                                     spec.series_uid, modality))]
-    if spec.labels is not None:
-        labels = InputName.in_manifest(spec.labels, spec.manifest, spec.line, "labels")
-        found.append(("labels", _nifti_problem(labels, limits)))
-    for column in IMAGE_COLUMNS:  # Dixon fat/water images
-        image = getattr(spec, column)
-        if image is not None:
-            found.append((column, _image_problem(InputName.in_manifest(image, spec.manifest, spec.line, column),
-                                                 limits, getattr(spec, f"{column}_series_uid"), None)))
-    return [Problem(spec.line, spec.series_id, column, reason) for column, reason in found if reason]
-
-
-def _image_problem(name: InputName, limits: IngestConfig, series_uid: str | None,
-                   modality: str | None) -> str | None:
-    """What ``cohort run`` reads (``cohort.ingest.load_ct``): a DICOM series folder (with a
-    ``series_uid``: that series anywhere under it, its geometry checked from the headers), else NIfTI."""
-    if name.path.is_dir() and series_uid:
+    """The problems of the files a row names: each read as far as its headers, as ``cohort run``
+    reads it, and the label map and Dixon images on the image's grid (``cohort.ingest.checks``)."""
+    names = {column: InputName.in_manifest(getattr(spec, column), spec.manifest, spec.line, column)
+             for column in FILE_COLUMNS if getattr(spec, column) is not None}
+    image: Grid | None = None
+    found: list[Problem] = []
+    for column, name in names.items():
         try:
-            headers, _ = series_geometry(name, series_uid)
-            if modality is not None:
-                check_declared_modality(name, headers.values(), modality)
+            grid = _header_grid(spec, column, name, limits, modality)
+            if column == "path":
+                image = grid
+            elif image is not None:
+                grid_transform(image, names["path"].shown, grid.shape, grid.affine, name.shown,
+                               "label map" if column == "labels" else f"{column} image")
         except SeriesError as error:
-            return str(error)
-        return None
+            found.append(Problem(spec.line, spec.series_id, column, str(error)))
+    return found
+
+
+def _header_grid(spec: SeriesSpec, column: str, name: InputName, limits: IngestConfig,
+                 modality: str | None) -> Grid:
+    """The grid of the file in ``column``, read as the run reads it: the label map as NIfTI, the
+    image (judged against ``modality``) and Dixon images as ``cohort.ingest.load_ct`` does."""
+    if column == "labels":
+        return _nifti_grid(name, limits)
+    if column == "path":
+        return _image_grid(name, limits, spec.series_uid, modality)
+    return _image_grid(name, limits, getattr(spec, f"{column}_series_uid"), None)
+
+
+def _image_grid(name: InputName, limits: IngestConfig, series_uid: str | None, modality: str | None) -> Grid:
+    """What ``cohort run`` reads (``cohort.ingest.load_ct``): a DICOM series folder, else NIfTI."""
     if name.path.is_dir():
-        return _dicom_folder_problem(name, modality)
+        return _dicom_grid(name, limits, series_uid, modality)
     if name.path.exists() and not is_nifti(name.path):
-        return f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder"
-    return _nifti_problem(name, limits)
+        raise SeriesError(f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
+    return _nifti_grid(name, limits)
 
 
-def _nifti_problem(name: InputName, limits: IngestConfig) -> str | None:
-    """The header checks of ``cohort.ingest.nifti`` (length of an uncompressed file, voxel limit)
-    and its 3-D rule, without reading a voxel."""
+def _nifti_grid(name: InputName, limits: IngestConfig) -> Grid:
+    """The header checks of ``cohort.ingest.nifti`` (length of an uncompressed file, voxel limit),
+    its 3-D rule and the length of a gzip stream (:func:`_check_gzip_length`), without reading a voxel."""
     if not name.path.is_file():
-        return f"{name}: {'is a folder, not a NIfTI file' if name.path.is_dir() else 'file not found'}"
+        raise SeriesError(f"{name}: {'is a folder, not a NIfTI file' if name.path.is_dir() else 'file not found'}")
     try:
         image = nib.load(str(name.path))
         if not isinstance(image, nib.Nifti1Image):
-            return f"{name}: is {type(image).__name__}, not NIfTI"
+            raise SeriesError(f"{name}: is {type(image).__name__}, not NIfTI")
         check_header(name, image, limits)
-    except SeriesError as error:
-        return str(error)
+        if name.path.name.lower().endswith(".gz"):
+            _check_gzip_length(name, image)
     except READ_ERRORS as error:
         lines = str(error).strip().splitlines()
-        return f"{name}: cannot read the NIfTI header ({name.scrub(lines[0] if lines else type(error).__name__)})"
-    shape = tuple(image.shape)
+        raise SeriesError(f"{name}: cannot read the NIfTI header "
+                          f"({name.scrub(lines[0] if lines else type(error).__name__)})") from None
+    shape = tuple(int(n) for n in image.shape)
     while len(shape) > 3 and shape[-1] == 1:  # as ingest squeezes trailing single dimensions
         shape = shape[:-1]
     if len(shape) != 3 or min(shape) < 2:
-        return f"{name}: image has shape {tuple(image.shape)}; a 3-D volume is needed"
-    return None
+        raise SeriesError(f"{name}: image has shape {tuple(image.shape)}; a 3-D volume is needed")
+    return Grid(shape, image.affine)
 
 
-def _dicom_folder_problem(name: InputName, modality: str | None) -> str | None:
-    """At least one file of the folder must be DICOM that pydicom reads (pixels not read), and
-    not tagged as the other modality than ``modality``."""
+def _check_gzip_length(name: InputName, image: nib.Nifti1Image) -> None:
+    """Raise when a gzipped NIfTI's stream breaks off before the voxels its header describes (a cut
+    download or copy: nibabel reads the header of such a file, and the run fails on its voxels).
+
+    A gzip file ends with ISIZE, its last member's inflated size mod 2**32. A file as nibabel or
+    ISA-L write it is one member holding exactly the header's bytes, so a match settles it from the
+    header and 4 bytes. A mismatch proves nothing by itself: a cut file ends in compressed data (any
+    number, often larger than needed), a multi-member file (bgzip, concatenated members) ends with
+    its last member's size, bytes may follow the voxels. Only then is the stream inflated, counted
+    and dropped, up to the bytes needed: no valid file is flagged, and a cut one is missed only when
+    its last 4 bytes happen to equal the size needed (a chance of 1 in 2**32).
+    """
+    dtype = image.header.get_data_dtype()
+    needed = int(image.dataobj.offset) + math.prod(int(n) for n in image.shape) * dtype.itemsize
+    with name.path.open("rb") as file:
+        file.seek(-GZIP_ISIZE_BYTES, os.SEEK_END)
+        isize = int.from_bytes(file.read(GZIP_ISIZE_BYTES), "little")
+    if isize != needed % 2 ** 32 and not _inflates_to(name.path, needed):
+        raise SeriesError(
+            f"{name}: truncated or damaged (its gzip stream breaks off before the {needed:,} bytes its header "
+            f"needs: shape {'x'.join(str(int(n)) for n in image.shape)} of {dtype})"
+        )
+
+
+def _inflates_to(path: Path, needed: int) -> bool:
+    """Whether the gzip file at ``path`` inflates to at least ``needed`` bytes, every member read as
+    the run reads it (ISA-L where installed), in chunks that are counted and dropped."""
+    count = 0
+    try:
+        with (igzip or gzip).open(path, "rb") as stream:
+            while count < needed and (chunk := stream.read(min(INFLATE_CHUNK_BYTES, needed - count))):
+                count += len(chunk)
+    except READ_ERRORS:  # a cut or corrupt stream
+        return False
+    return count >= needed
+
+
+def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None, modality: str | None) -> Grid:
+    """The series' grid by the run's own discovery (``cohort.ingest.dicom.series_geometry``: the
+    folder's single series, or series ``series_uid`` under it; its slices checked), from headers
+    only, within the voxel limit and, given ``modality``, not tagged as the other one."""
+    if series_uid is None:
+        _check_has_dicom(name)
+    headers, geometry = series_geometry(name, series_uid)
+    if modality is not None:
+        check_declared_modality(name, headers.values(), modality)
+    check_voxel_count(name, geometry.shape, limits)
+    return Grid(tuple(int(n) for n in geometry.shape), geometry.affine)
+
+
+def _check_has_dicom(name: InputName) -> None:
+    """Raise unless a file of the folder is DICOM that pydicom reads (pixels not read): a plainer
+    reason for an empty or foreign folder than "no DICOM series found"."""
     files = sorted(p for p in name.path.iterdir() if p.is_file())
     for file in files:
         try:
-            header = pydicom.dcmread(file, stop_before_pixels=True)
+            pydicom.dcmread(file, stop_before_pixels=True)
         except Exception:  # any parse failure means "not readable DICOM"; the next file may be
             continue
-        try:
-            if modality is not None:
-                check_declared_modality(name, [header], modality)
-        except SeriesError as error:
-            return str(error)
-        return None
+        return
     if not files:
-        return f"{name}: folder holds no files (no DICOM series)"
-    return f"{name}: none of the folder's {len(files)} files is readable DICOM"
+        raise SeriesError(f"{name}: folder holds no files (no DICOM series)")
+    raise SeriesError(f"{name}: none of the folder's {len(files)} files is readable DICOM")

@@ -12,7 +12,8 @@ import pytest
 
 from cohort.check import check_manifest
 from cohort.cli import main
-from cohort.errors import ManifestError
+from cohort.errors import ManifestError, SeriesError
+from cohort.ingest import InputName, align_labels, load_ct, load_label_nifti
 from cohort.manifest import load_manifest, read_manifest
 from testkit import cohort_cli
 from tests.export.pacs import Patient, Study, example_slices, write_series
@@ -196,3 +197,108 @@ def test_check_with_a_model_lists_series_tagged_as_the_other_modality(examples: 
     assert [line.split(":")[0] for line in mr_model.stdout.splitlines()[:-1]] == ["scans.csv line 3 (b)"]
     unknown = cohort_cli("check", "--manifest", str(manifest), "--model", "no_such_model")
     assert unknown.returncode == 2 and "unknown model 'no_such_model'" in unknown.stdout + unknown.stderr
+
+
+def _check_lines(manifest: Path) -> list[str]:
+    """The problem lines of ``cohort check --manifest manifest`` (the real command); exit code 1 asserted."""
+    result = cohort_cli("check", "--manifest", str(manifest), timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    return result.stdout.strip().splitlines()[:-1]
+
+
+def _run_label_error(manifest: Path, line: int, image: str, labels: str) -> str:
+    """The reason ``cohort run`` gives for line ``line`` whose ``labels`` lie on another grid than ``image``."""
+    with pytest.raises(SeriesError) as refused:
+        align_labels(load_ct(InputName.in_manifest(manifest.parent / image, manifest, line)),
+                     load_label_nifti(InputName.in_manifest(manifest.parent / labels, manifest, line, "labels")))
+    return str(refused.value)
+
+
+def test_check_finds_a_folder_of_two_dicom_series_with_no_series_uid(examples: Path, tmp_path: Path) -> None:
+    slices = example_slices(examples)[:4]
+    study = Study(Patient("DOE^JANE", "PID-1", "19580312"))
+    mixed = tmp_path / "mixed"
+    thick = write_series(mixed, slices[::2], study, thickness=6.0)
+    write_series(mixed, slices, study)
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text(f"series_id,path,series_uid\nboth,mixed,\nnamed,mixed,{thick}\n")
+    with pytest.raises(SeriesError) as refused:  # as `cohort run` reads line 2, before any pixel
+        load_ct(InputName.in_manifest(mixed, manifest, 2))
+    run = str(refused.value)
+    assert "mixed: folder holds 2 DICOM series; name one in the manifest's series_uid column" in run
+    assert _check_lines(manifest) == [f"scans.csv line 2 (both): {run}"]  # the named series is clean
+
+
+def test_check_finds_a_label_map_on_another_grid(examples: Path, tmp_path: Path) -> None:
+    shutil.copy(examples / "example_ct_sm.nii.gz", tmp_path / "ct.nii.gz")
+    seg = nib.load(examples / "example_seg.nii.gz")
+    labels = np.asanyarray(seg.dataobj)
+    shifted = seg.affine.copy()
+    shifted[:3, 3] += 4.0
+    nib.save(nib.Nifti1Image(labels[..., :20], seg.affine), tmp_path / "short.nii.gz")
+    nib.save(nib.Nifti1Image(labels, shifted), tmp_path / "shifted.nii.gz")
+    to_pls = nib.orientations.ornt_transform(nib.io_orientation(seg.affine), nib.orientations.axcodes2ornt("PLS"))
+    nib.save(seg.as_reoriented(to_pls), tmp_path / "reoriented.nii.gz")  # the same grid, axes swapped and flipped
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path,labels\nshort,ct.nii.gz,short.nii.gz\nshifted,ct.nii.gz,shifted.nii.gz\n"
+                        "reoriented,ct.nii.gz,reoriented.nii.gz\n")
+    runs = [_run_label_error(manifest, line, "ct.nii.gz", labels) for line, labels in ((2, "short.nii.gz"),
+                                                                                         (3, "shifted.nii.gz"))]
+    assert "label map shape (122, 101, 20) does not match image shape (122, 101, 30) (ct.nii.gz)" in runs[0]
+    assert "label map affine does not match the image's (ct.nii.gz)" in runs[1]
+    assert _check_lines(manifest) == [f"scans.csv line 2 (short): {runs[0]}", f"scans.csv line 3 (shifted): {runs[1]}"]
+
+
+def test_check_finds_a_dixon_image_on_another_grid(tmp_path: Path) -> None:
+    for name, shape in (("in_phase", (8, 8, 6)), ("fat", (8, 8, 6)), ("water", (8, 8, 5))):
+        _nifti(tmp_path / f"{name}.nii.gz", shape)
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path,fat,water\nmr,in_phase.nii.gz,fat.nii.gz,water.nii.gz\n")
+    assert _check_lines(manifest) == [
+        ("scans.csv line 2 (mr): water.nii.gz: water image shape (8, 8, 5) does not match image shape (8, 8, 6) "
+         "(in_phase.nii.gz)")]
+
+
+def test_check_finds_a_truncated_gzipped_nifti(examples: Path, tmp_path: Path) -> None:
+    whole = (examples / "example_ct_sm.nii.gz").read_bytes()
+    for size in (200_000, len(whole) - 312):  # the last 4 bytes are then compressed data, not the size field
+        (tmp_path / f"cut_{size}.nii.gz").write_bytes(whole[:size])
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text(f"series_id,path\na,cut_200000.nii.gz\nb,cut_{len(whole) - 312}.nii.gz\n")
+    assert _check_lines(manifest) == [
+        (f"scans.csv line {line} ({row}): cut_{size}.nii.gz: truncated or damaged (its gzip stream breaks off before "
+         "the 739,672 bytes its header needs: shape 122x101x30 of int16)")
+        for line, row, size in ((2, "a", 200_000), (3, "b", len(whole) - 312))]
+
+
+def test_check_passes_a_nifti_gzipped_by_nibabel(tmp_path: Path) -> None:
+    values = np.random.default_rng(0).integers(-1024, 2000, (40, 30, 20), dtype=np.int16)
+    nib.save(nib.Nifti1Image(values, np.diag([0.8, 0.8, 2.5, 1])), tmp_path / "ct.nii.gz")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path\nct,ct.nii.gz\n")
+    result = cohort_cli("check", "--manifest", str(manifest), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "scans.csv: 1 rows, no problems found"
+
+
+def test_check_passes_isal_and_multi_member_gzip(examples: Path, tmp_path: Path) -> None:
+    """Files ISA-L writes (one member, or threaded), several gzip members (the last one's size field is not the
+    header's size) and bytes after the voxels: all whole, none flagged."""
+    igzip = pytest.importorskip("isal.igzip")
+    igzip_threaded = pytest.importorskip("isal.igzip_threaded")
+    nifti = gzip.decompress((examples / "example_ct_sm.nii.gz").read_bytes())
+    (tmp_path / "isal.nii.gz").write_bytes(igzip.compress(nifti))
+    with igzip_threaded.open(tmp_path / "isal_threads.nii.gz", "wb", threads=2, block_size=1 << 16) as stream:
+        stream.write(nifti)
+    block = 1 << 16
+    members = [igzip.compress(nifti[start:start + block]) for start in range(0, len(nifti), block)]
+    (tmp_path / "members.nii.gz").write_bytes(b"".join(members))  # as bgzip writes: the last member is small
+    (tmp_path / "trailing.nii.gz").write_bytes(gzip.compress(nifti + b"\x00" * 64))  # bytes after the voxels
+    rows = ["isal", "isal_threads", "members", "trailing"]
+    for row in rows:
+        with gzip.open(tmp_path / f"{row}.nii.gz") as stream:  # each inflates to the file, trailing bytes aside
+            assert stream.read()[:len(nifti)] == nifti
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path\n" + "".join(f"{row},{row}.nii.gz\n" for row in rows))
+    result = cohort_cli("check", "--manifest", str(manifest), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 
 from cohort.errors import SeriesError
-from cohort.ingest.volume import LabelMap, Volume
+from cohort.ingest.volume import Grid, LabelMap, Volume
 
 AIR_HU_CEILING = -200.0
 HU_RANGE = (-4096.0, 40000.0)
@@ -98,21 +98,35 @@ def align_image(volume: Volume, image: Volume, role: str) -> np.ndarray:
 
 
 def _on_grid(volume: Volume, array: np.ndarray, affine: np.ndarray, name: str, what: str) -> np.ndarray:
+    transform = grid_transform(volume.grid, volume.name, array.shape, affine, name, what)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(array, transform))
+
+
+def grid_transform(grid: Grid, grid_name: str, shape: tuple[int, ...], affine: np.ndarray, name: str,
+                   what: str) -> np.ndarray:
+    """The axis flips and permutation (a nibabel orientation) that put a ``what`` of ``shape`` and
+    ``affine`` on ``grid`` (the image ``grid_name``), or a :class:`SeriesError` when none does.
+
+    Shapes and affines suffice, so ``cohort check`` applies the rule of :func:`align_labels` from
+    headers alone, with the run's tolerance and wording.
+    """
+    shape = tuple(int(n) for n in shape)
     transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(volume.affine)
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(grid.affine)
     )
-    moved = nib.orientations.apply_orientation(array, transform)
-    moved_affine = affine @ nib.orientations.inv_ornt_aff(transform, array.shape)
-    if moved.shape != volume.hu.shape:
+    order = np.argsort(transform[:, 0])  # as nibabel.orientations.apply_orientation permutes the axes
+    moved_shape = tuple(shape[axis] for axis in order) + shape[len(order):]
+    moved_affine = affine @ nib.orientations.inv_ornt_aff(transform, shape)
+    if moved_shape != grid.shape:
         raise SeriesError(
-            f"{name}: {what} shape {array.shape} does not match "
-            f"image shape {volume.hu.shape} ({volume.name})"
+            f"{name}: {what} shape {shape} does not match "
+            f"image shape {grid.shape} ({grid_name})"
         )
-    if not np.allclose(volume.affine, moved_affine, atol=AFFINE_TOLERANCE_MM):
+    if not np.allclose(grid.affine, moved_affine, atol=AFFINE_TOLERANCE_MM):
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         raise SeriesError(
-            f"{name}: {what} affine does not match the image's ({volume.name}): "
-            f"spacing {np.round(spacing, 3).tolist()} vs {np.round(volume.grid.spacing, 3).tolist()}, "
-            f"origin {np.round(moved_affine[:3, 3], 2).tolist()} vs {np.round(volume.affine[:3, 3], 2).tolist()}"
+            f"{name}: {what} affine does not match the image's ({grid_name}): "
+            f"spacing {np.round(spacing, 3).tolist()} vs {np.round(grid.spacing, 3).tolist()}, "
+            f"origin {np.round(moved_affine[:3, 3], 2).tolist()} vs {np.round(grid.affine[:3, 3], 2).tolist()}"
         )
-    return np.ascontiguousarray(moved)
+    return transform
