@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import math
 import re
@@ -37,6 +38,9 @@ SHOWN_SERIES_ID_LENGTH = 60  # in messages; longer ids are cut
 # Names a Zarr store (v2 or v3) keeps for its own metadata next to the arrays named by series_id.
 RESERVED_SERIES_IDS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata"})
 SEXES = {"m": "M", "male": "M", "f": "F", "female": "F"}
+NEITHER_SEX = frozenset({"o", "other", "u", "unknown"})  # DICOM's O, and U: kept, with no sex
+MISSING_VALUES = frozenset({"na", "n/a", "#n/a", "nan", "none", "null"})  # as R, Excel and pandas write "missing"
+CLOSE_NAME_RATIO = 0.8  # difflib ratio at which a column name reads as a typo of a known one
 MAX_AGE_YEARS = 130
 DAYS_PER_YEAR = 365.25
 DICOM_AGE = re.compile(r"^(\d{3})([DWMY])$", re.IGNORECASE)
@@ -215,11 +219,17 @@ def _decode(manifest: Path) -> str:
 
 
 def _header_problems(header: tuple[str, ...]) -> list[Problem]:
+    separator = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs")) if len(header) == 1
+                      and sep in header[0]), None)
+    if separator:
+        return [Problem(1, None, None, f"the header is one column '{header[0][:80]}': the file separates its "
+                                       f"values with {separator}; save it as CSV with commas")]
     problems = []
     for column in REQUIRED_COLUMNS:
         if column not in header:
             problems.append(Problem(1, None, column, f"required column '{column}' is missing "
                                                      f"(found: {', '.join(c for c in header if c) or 'no names'})"))
+    problems.extend(_misspelt_column_problems(header))
     for name in dict.fromkeys(header):
         positions = [i + 1 for i, c in enumerate(header) if c == name]
         if not name:
@@ -227,6 +237,24 @@ def _header_problems(header: tuple[str, ...]) -> list[Problem]:
         elif len(positions) > 1:
             problems.append(Problem(1, None, name, f"column '{name}' appears {len(positions)} times in the header "
                                                    f"(columns {', '.join(map(str, positions))}); keep one"))
+    return problems
+
+
+def _misspelt_column_problems(header: tuple[str, ...]) -> list[Problem]:
+    """A column that is no known column but reads like one (``lables``, ``Sex``, ``subject id``)
+    would silently become a covariate while the column it was meant to be stays empty; name it."""
+    known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+    problems = []
+    for name in dict.fromkeys(header):
+        if not name or name in known:
+            continue
+        folded = re.sub(r"[\s-]+", "_", name.strip().casefold())
+        close = [column for column in known if column == folded] or \
+            difflib.get_close_matches(folded, known, n=1, cutoff=CLOSE_NAME_RATIO)
+        if close:
+            problems.append(Problem(1, None, name, f"column '{name}' is not one of cohort's columns but reads like "
+                                                   f"'{close[0]}': rename it to '{close[0]}' (or, if it is a "
+                                                   "covariate of its own, to a name less like it)"))
     return problems
 
 
@@ -313,7 +341,7 @@ def parse_age(text: str) -> float | None:
 
     Raises ``ValueError`` with the reason; ``None`` for an empty cell.
     """
-    if not text:
+    if not text or text.strip().casefold() in MISSING_VALUES:
         return None
     dicom = DICOM_AGE.match(text)
     try:
@@ -326,13 +354,16 @@ def parse_age(text: str) -> float | None:
 
 
 def parse_sex(text: str) -> str | None:
-    """``M`` or ``F`` from ``M``/``F``/``male``/``female`` in any case; ``None`` for an empty cell."""
-    if not text:
+    """``M`` or ``F`` from ``M``/``F``/``male``/``female`` in any case; ``None`` for an empty cell,
+    a missing value (``NA``...) and for neither (DICOM's ``O``, ``U``, ``other``, ``unknown``: the row
+    is measured, and the study's per-sex strata leave it out)."""
+    folded = text.strip().casefold()
+    if not folded or folded in MISSING_VALUES or folded in NEITHER_SEX:
         return None
     try:
-        return SEXES[text.strip().casefold()]
+        return SEXES[folded]
     except KeyError:
-        raise ValueError(f"sex {text!r} is not M or F (nor male or female)") from None
+        raise ValueError(f"sex {text!r} is not M or F (nor male, female, or O/U for neither)") from None
 
 
 def subject_problems(spec: SeriesSpec) -> list[Problem]:

@@ -25,7 +25,7 @@ def _refusal(manifest: Path) -> str:
 
 @pytest.mark.parametrize(("text", "years"), [
     ("065Y", 65.0), ("030M", 2.5), ("012W", 12 * 7 / 365.25), ("005D", 5 / 365.25), ("064y", 64.0),
-    ("64", 64.0), ("71.5", 71.5), ("", None),
+    ("64", 64.0), ("71.5", 71.5), ("", None), ("NA", None), ("nan", None), ("#N/A", None),
 ])
 def test_ages_as_numbers_and_dicom_age_strings(tmp_path: Path, text: str, years: float | None) -> None:
     spec, = load_manifest(_write(tmp_path, f"series_id,path,age\ns1,a.nii.gz,{text}\n"))
@@ -34,7 +34,7 @@ def test_ages_as_numbers_and_dicom_age_strings(tmp_path: Path, text: str, years:
 
 @pytest.mark.parametrize(("text", "words"), [
     ("sixty", ["age 'sixty'", "not a number"]), ("65", None), ("131Y", ["age '131Y'", "outside 0-130"]),
-    ("65 Y", ["age '65 Y'", "not a number"]), ("06Y", ["age '06Y'", "not a number"]), ("nan", ["outside"]),
+    ("65 Y", ["age '65 Y'", "not a number"]), ("06Y", ["age '06Y'", "not a number"]), ("inf", ["outside"]),
 ])
 def test_bad_ages_fail_the_row_naming_line_and_value(tmp_path: Path, text: str, words: list[str] | None) -> None:
     spec, = load_manifest(_write(tmp_path, f"series_id,path,age\n\ns1,a.nii.gz,{text}\n"))
@@ -48,13 +48,14 @@ def test_bad_ages_fail_the_row_naming_line_and_value(tmp_path: Path, text: str, 
 
 
 @pytest.mark.parametrize(("text", "sex"), [("M", "M"), ("f", "F"), ("male", "M"), (" Female ", "F"),
-                                           ("MALE", "M"), ("", None)])
+                                           ("MALE", "M"), ("", None), ("O", None), ("u", None),
+                                           ("Unknown", None), ("other", None), ("NA", None)])
 def test_sexes_in_letters_or_words(tmp_path: Path, text: str, sex: str | None) -> None:
     spec, = load_manifest(_write(tmp_path, f'series_id,path,sex\ns1,a.nii.gz,"{text}"\n'))
     assert validate_subject(spec).sex == sex
 
 
-@pytest.mark.parametrize("text", ["X", "other", "mal", "0"])
+@pytest.mark.parametrize("text", ["X", "W", "mal", "0"])
 def test_other_sexes_fail_the_row(tmp_path: Path, text: str) -> None:
     spec, = load_manifest(_write(tmp_path, f"series_id,path,sex\ns1,a.nii.gz,{text}\n"))
     with pytest.raises(SeriesError, match=f"line 2 \\(s1\\): sex '{text}' is not M or F"):
@@ -107,6 +108,26 @@ def test_duplicated_header_column_stops_cohort_run(tmp_path: Path, capsys) -> No
     message = " ".join(capsys.readouterr().err.split())
     assert "scans.csv line 1" in message and "column 'path' appears 2 times" in message
     assert not (out / "series").exists() or not any((out / "series").iterdir())
+
+
+@pytest.mark.parametrize(("header", "meant"), [("lables", "labels"), ("Sex", "sex"), ("subject id", "subject_id"),
+                                               ("Series-UID", "series_uid"), ("seriesid", "series_id")])
+def test_a_column_named_like_a_known_one_is_refused_not_taken_as_a_covariate(
+        tmp_path: Path, header: str, meant: str) -> None:
+    message = _refusal(_write(tmp_path, f'series_id,path,"{header}"\ns1,a.nii.gz,x\n'))
+    assert f"column '{header}' is not one of cohort's columns but reads like '{meant}'" in message
+
+
+def test_covariates_unlike_cohort_columns_are_kept(tmp_path: Path) -> None:
+    spec, = load_manifest(_write(tmp_path, "series_id,path,kvp,kernel,scanner,contrast,bmi,site\n"
+                                           "s1,a.nii.gz,120,B30f,X,venous,24,A\n"))
+    assert [name for name, _ in spec.covariates] == ["kvp", "kernel", "scanner", "contrast", "bmi", "site"]
+
+
+@pytest.mark.parametrize(("separator", "name"), [(";", "semicolons"), ("\t", "tabs")])
+def test_a_file_separated_by_semicolons_or_tabs_says_so(tmp_path: Path, separator: str, name: str) -> None:
+    message = _refusal(_write(tmp_path, f"series_id{separator}path{separator}age\ns1{separator}a.nii.gz{separator}50\n"))
+    assert f"separates its values with {name}; save it as CSV with commas" in message
 
 
 def test_unnamed_header_column_is_refused(tmp_path: Path) -> None:
