@@ -108,8 +108,8 @@ def _run_flow_on_cluster(prepared: "PreparedRun", request: "RunRequest", prefect
 
     model = prepared.context.model
     execution = with_model_threads(prepared.config.execution, model.spec.worker_threads if model else None)
-    with open_client(request.cluster, request.workers, execution,
-                     model.spec.worker_memory_gb if model else None) as client:
+    with open_client(request.cluster, request.workers, execution, model.spec.worker_memory_gb if model else None,
+                     series=len(prepared.plan.todo)) as client:
         if prepared.config.execution.load_model_at_start:
             warm_up_workers(client, prepared.context, prepared.plan.todo)
         with prefect.connected():

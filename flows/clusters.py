@@ -80,11 +80,12 @@ def local_worker_settings(resources: Resources, reuse_freed_memory: bool, networ
 
 @contextmanager
 def open_client(kind: str, workers: int | None, execution: ExecutionConfig,
-                model_memory_gb: float | None = None) -> Iterator[Client]:
+                model_memory_gb: float | None = None, series: int | None = None) -> Iterator[Client]:
     """A Dask client on a fresh cluster of ``kind`` with at least one worker; closed on exit.
-    ``model_memory_gb``: what one worker needs for the run's model (none when nothing is segmented)."""
+    ``model_memory_gb``: what one worker needs for the run's model (none when nothing is segmented);
+    ``series``: how many the run processes (a local cluster starts no more workers)."""
     with preserved_environment(), dask.config.set(SCHEDULER_SETTINGS), _deaths_judged_by_the_driver(), \
-            _cluster(kind, workers, execution, model_memory_gb) as (cluster, start):
+            _cluster(kind, workers, execution, model_memory_gb, series) as (cluster, start):
         with Client(cluster) as client:
             wait_for_start(client, start)
             yield client
@@ -152,12 +153,31 @@ def wait_for_start(client: Client, start: StartCheck) -> None:
         return
 
 
+def local_resources(workers: int | None, execution: ExecutionConfig, model_memory_gb: float | None,
+                     series: int | None) -> Resources:
+    """The local cluster's shape (:meth:`Resources.plan`), with no more workers than the CPUs this
+    process may use (more would only take turns on them: ``--workers 64`` on 2 CPUs started 64
+    processes for 2 series, 8x slower) nor than the ``series`` to process (an idle worker costs
+    only its start-up)."""
+    def plan(count: int | None) -> Resources:
+        return Resources.for_this_process(count, execution.threads_per_worker or 1, execution.worker_memory_gb,
+                                          model_memory_gb)
+
+    resources = plan(workers)
+    if workers is not None and workers > resources.cpus:
+        log.warning("--workers %d: this process may use %d CPU(s); starting %d local worker(s)", workers,
+                    resources.cpus, resources.cpus)
+        resources = plan(resources.cpus)
+    if series is not None and 0 < series < resources.workers:
+        resources = plan(series)
+    return resources
+
+
 @contextmanager
 def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
-             model_memory_gb: float | None) -> Iterator[tuple[object, StartCheck]]:
+             model_memory_gb: float | None, series: int | None = None) -> Iterator[tuple[object, StartCheck]]:
     if kind == "local":
-        resources = Resources.for_this_process(workers, execution.threads_per_worker or 1,
-                                               execution.worker_memory_gb, model_memory_gb)
+        resources = local_resources(workers, execution, model_memory_gb, series)
         passes = resources.network_passes(wanted_passes(execution), model_memory_gb)
         log.info("local cluster: %s; forward passes at once per worker: %d", resources.describe(), passes)
         warn_if_short_of_memory(resources, model_memory_gb, "fewer --workers, or execution.worker_memory_gb")

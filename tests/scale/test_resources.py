@@ -19,7 +19,7 @@ from cohort.config import ExecutionConfig
 from cohort.errors import RunCannotStart
 from cohort.heap import reuse_environment
 from cohort.segmentation import load_model_spec
-from cohort.flows.clusters import open_client
+from cohort.flows.clusters import local_resources, open_client
 from cohort.flows.cuda import check_pinning, gpu_devices, owned_device, worker_visible_devices
 from cohort.flows.resources import (GIB, Resources, cgroup_cpus, cgroup_v1_cpus, cgroup_v2_cpus, slurm_cpus,
                                     usable_cpus, usable_memory_bytes)
@@ -259,7 +259,8 @@ def test_job_larger_than_any_node_fails_fast(tmp_path: Path, examples: Path, slu
 @pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 usable CPUs to tell 1 thread per worker from 2")
 def test_a_run_that_segments_gives_each_worker_the_models_threads(tmp_path: Path, examples: Path) -> None:
     """Without ``execution.threads_per_worker``, workers that segment get the model's
-    ``worker_threads`` (2 for the shipped models); a run of label maps only, one thread each."""
+    ``worker_threads`` (2 for the shipped models); a run of label maps only, one thread each
+    (as many series as CPUs: a local cluster starts no more workers than series)."""
     import logging
 
     import cohort
@@ -282,7 +283,8 @@ def test_a_run_that_segments_gives_each_worker_the_models_threads(tmp_path: Path
     logger.setLevel(logging.INFO)
     try:
         for name, extra in (("segments", {}), ("labelled", {"labels": str(examples / "example_seg_fast.nii.gz")})):
-            manifest = write_manifest(tmp_path / f"{name}.csv", [{**row, **extra}])
+            manifest = write_manifest(tmp_path / f"{name}.csv", [{**row, **extra, "series_id": f"s{index}"}
+                                                                  for index in range(usable_cpus())])
             handler.lines.clear()
             assert cohort.run(str(manifest), tmp_path / name, weights=tmp_path / "weights").exit_code == 0
             plans[name] = next(line for line in handler.lines if line.startswith("local cluster:"))
@@ -292,3 +294,13 @@ def test_a_run_that_segments_gives_each_worker_the_models_threads(tmp_path: Path
     cpus = usable_cpus()
     assert f"{cpus // 2} worker(s) x 2 thread(s)" in plans["segments"], plans
     assert f"{cpus} worker(s) x 1 thread(s)" in plans["labelled"], plans
+
+
+def test_a_local_cluster_starts_no_more_workers_than_cpus_or_series(caplog) -> None:
+    cpus = usable_cpus()
+    with caplog.at_level("WARNING", logger="cohort.flows"):
+        many = local_resources(64 * cpus, ExecutionConfig(), None, None)
+    assert many.workers == cpus and f"this process may use {cpus} CPU(s)" in caplog.text
+    assert local_resources(None, ExecutionConfig(), None, 1).workers == 1
+    assert local_resources(64 * cpus, ExecutionConfig(), None, 1).workers == 1
+    assert local_resources(None, ExecutionConfig(), None, 10_000).workers == cpus  # threads_per_worker 1
