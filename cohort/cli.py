@@ -243,9 +243,8 @@ def _print_summary(summary, wall_seconds: float) -> None:
                   f"in {wall_seconds:.1f} s ({summary.seconds:.1f} s in the flow)", highlight=False, soft_wrap=True)
     for name, path in (("features", "features"), ("series", "series"), ("label maps", "labels.zarr")):
         console.print(f"  {name + ':':12s}{summary.out / path}", highlight=False, soft_wrap=True)
-    for failure in summary.failures[:MAX_FAILURES_LISTED]:
-        console.print(f"  [red]failed[/] line {failure.manifest_line}: {escape(failure.error or '')}", highlight=False,
-                      soft_wrap=True)
+    for failure in sorted(summary.failures, key=lambda record: record.manifest_line)[:MAX_FAILURES_LISTED]:
+        console.print(f"  [red]failed[/] {escape(failure.failure())}", highlight=False, soft_wrap=True)
     if summary.n_failed > MAX_FAILURES_LISTED:
         console.print(f"  ... and {summary.n_failed - MAX_FAILURES_LISTED} more: see {summary.out / 'series'} "
                       "(status == 'failed')")

@@ -180,7 +180,6 @@ class BatchWriter:
             self.n_done += 1
         else:
             self.failures.append(result)
-            log.warning("failed: %s", result.record.error)
 
     def stop_on_write_failure(self, reason: str | None) -> None:
         raise OutputWriteFailed(f"{reason}; stopped. {self.n_parts} batch(es) were committed before; free space "

@@ -105,7 +105,7 @@ def _process(run: PreparedRun, client: Client, writer: BatchWriter, logger, on_r
         if on_result is not None:
             on_result(result)
         if not result.done:
-            logger.warning("series failed: %s", result.record.error)
+            logger.warning("series failed: %s", result.record.failure())
         flush_if_due()
 
     def flush_if_due() -> None:

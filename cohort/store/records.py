@@ -8,6 +8,7 @@ table is made from records by :func:`series_table`, whose schema is
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,6 +59,19 @@ class SeriesRecord:
     @property
     def done(self) -> bool:
         return self.status == DONE
+
+    def failure(self) -> str:
+        """``line N (series_id): reason``, for a failed row on the console; a reason that already
+        starts with where it is (``scans.csv line N (series_id): ...``) does not say it twice.
+
+        >>> SeriesRecord("b", "failed", 3, error="scans.csv line 3 (b): sex 'W' is not M or F").failure()
+        "line 3 (b): sex 'W' is not M or F"
+        >>> SeriesRecord("a", "failed", 2, error="a.nii.gz: file not found").failure()
+        'line 2 (a): a.nii.gz: file not found'
+        """
+        where = f"line {self.manifest_line} ({self.series_id})"
+        reason = re.sub(rf"^.*? {re.escape(where)}: ", "", self.error or "", count=1)
+        return f"{where}: {reason}"
 
     def replace(self, **changes: object) -> "SeriesRecord":
         return dataclasses.replace(self, **changes)

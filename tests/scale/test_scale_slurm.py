@@ -54,7 +54,7 @@ def test_slurm_run_gives_the_local_tables(tmp_path: Path, examples: Path, slurm_
     slurm = cohort_cli("run", "--manifest", str(manifest), "--out", str(tmp_path / "slurm"), "--config",
                        str(run_yaml), "--cluster", "slurm", api=prefect_server, timeout=240)
     assert local.returncode == 1 and slurm.returncode == 1, slurm.stderr
-    assert "failed line 8: <path of line 8>: file not found" in slurm.stderr  # no absolute input path
+    assert "failed line 8 (broken): <path of line 8>: file not found" in slurm.stderr  # no absolute input path
     for mine, reference in zip(_tables(tmp_path / "slurm"), _tables(tmp_path / "local")):
         pd.testing.assert_frame_equal(mine, reference)
     jobs = _jobs(job_name)
