@@ -335,7 +335,8 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def manifest_command(args: argparse.Namespace) -> int:
-    """Crawl a DICOM export with a progress bar, write the manifest and print what was found."""
+    """Crawl a DICOM export with a progress bar, write the manifest and print what was found;
+    exit 1 when no series was chosen (the manifest would have no rows)."""
     from cohort.export import build_manifest
     from cohort.store.layout import check_writable_folder
 
@@ -347,7 +348,7 @@ def manifest_command(args: argparse.Namespace) -> int:
                                  on_progress=lambda done, total: display.update(bar, completed=done, total=total))
     console.print("[bold]cohort manifest:[/] " + "\n".join(summary.describe(args.out)), highlight=False,
                   soft_wrap=True)
-    return 0
+    return summary.exit_code
 
 
 COMMANDS = {"run": run_command, "stats": stats_command, "report": report_command, "review": review_command,

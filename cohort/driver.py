@@ -48,6 +48,8 @@ class RunRequest:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        # absolute: the run's record names it, and `cohort report` finds the images through it from any folder
+        object.__setattr__(self, "manifest", self.manifest.absolute())
         if self.workers is not None and self.workers < 1:
             raise RunCannotStart(f"--workers {self.workers}: give a number of Dask workers >= 1")
         if self.recompute is not None and self.recompute not in RECOMPUTE_CHOICES:

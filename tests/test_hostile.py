@@ -108,3 +108,21 @@ def test_a_config_naming_a_missing_file_stops_with_the_key_and_a_file_beside_it_
     assert result.returncode == 0, result.stderr
     features = pd.read_parquet(tmp_path / "out" / "features")
     assert (features[features["structure"] == whole]["status"] == "below_lower_bound").all()
+
+
+def test_a_report_made_from_another_folder_finds_the_images_of_a_run_started_with_a_relative_manifest(
+        tmp_path: Path, examples: Path) -> None:
+    import json
+
+    inputs, elsewhere = tmp_path / "inputs", tmp_path / "elsewhere"
+    inputs.mkdir()
+    elsewhere.mkdir()
+    write_manifest(inputs / "scans.csv", [{"series_id": "a", "path": str(examples / "example_ct_sm.nii.gz"), "age": 50,
+                                           "sex": "F", "labels": str(examples / "example_seg_fast.nii.gz")}])
+    results = tmp_path / "results"
+    assert cohort_cli("run", "--manifest", "scans.csv", "--out", str(results), cwd=str(inputs)).returncode == 0
+    record, = (results / "runs").glob("*.json")
+    assert json.loads(record.read_text())["request"]["manifest"] == str(inputs / "scans.csv")
+    report = cohort_cli("report", "--results", str(results), cwd=str(elsewhere))
+    assert report.returncode == 0, report.stderr
+    assert "not in the manifest of any recorded run" not in (results / "report.html").read_text()

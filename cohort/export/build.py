@@ -22,6 +22,8 @@ from cohort.export.writing import (
     write_unreadable,
 )
 
+MAX_REASONS_SHOWN = 5
+
 
 @dataclass(frozen=True)
 class ManifestSummary:
@@ -34,6 +36,13 @@ class ManifestSummary:
     rejected: dict[str, int]  # rule -> series rejected by it (ranked lower included)
     n_unreadable: int
     crawl: Crawl
+    reasons: dict[str, int]  # reason -> series not chosen for it, most common first
+
+    @property
+    def exit_code(self) -> int:
+        """1 when nothing was chosen: a manifest without rows is no success, and scripts that
+        chain ``cohort manifest`` and ``cohort run`` must stop there; else 0."""
+        return 0 if self.n_chosen else 1
 
     def describe(self, manifest: Path) -> list[str]:
         """The summary ``cohort manifest`` prints: found, chosen, rejected by rule, unreadable, changes."""
@@ -46,6 +55,21 @@ class ManifestSummary:
             lines.append(f"  unreadable files: {self.n_unreadable} (listed in {unreadable_path(manifest)})")
         lines.append(f"  files: {len(crawled.files)}, headers read: {crawled.n_read} ({crawled.n_new} new, "
                      f"{crawled.n_changed} changed), {crawled.n_removed} gone since the last crawl")
+        return lines + ([] if self.n_chosen else self._nothing_chosen(manifest))
+
+    def _nothing_chosen(self, manifest: Path) -> list[str]:
+        """The warning of an empty manifest: why nothing was chosen, most common reason first (the
+        series' reasons; without any series, the files')."""
+        if not len(self.crawl.files):
+            return [f"  warning: nothing chosen, {manifest.name} has no rows: the export folder holds no files"]
+        units, counts, listed = ("series", "series"), list(self.reasons.items()), index_path(manifest)
+        if not self.n_series:
+            units, listed = ("file", "files"), unreadable_path(manifest)
+            counts = Counter(self.crawl.files["error"].dropna()).most_common()
+        lines = [f"  warning: nothing chosen, {manifest.name} has no rows; why, most common first:"]
+        lines += [f"    {count} {units[count != 1]}: {reason}" for reason, count in counts[:MAX_REASONS_SHOWN]]
+        if len(counts) > MAX_REASONS_SHOWN:
+            lines.append(f"    ... and {len(counts) - MAX_REASONS_SHOWN} more (see {listed})")
         return lines
 
 
@@ -64,12 +88,14 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
                                                     cache_path(manifest)))
     outputs |= {path.with_name(path.name + ".partial") for path in outputs}
     crawled = crawl(dicom, cache_path(manifest), secret, workers or len(os.sched_getaffinity(0)), outputs, on_progress)
-    series = summarise(crawled.files)
+    series = summarise(crawled.files, dicom)
     choices = select(series, selection)
     n_chosen = write_manifest(choices, manifest, dicom, secret)
     write_index(choices, manifest, secret)
     n_unreadable = write_unreadable(crawled.files, manifest)
+    reasons = Counter(choice.reason for choice in choices if not choice.selected)
     rejected = Counter(choice.reason.split(":", 1)[0] for choice in choices if not choice.selected)
     return ManifestSummary(n_series=len(series), n_studies=len({s.study_key for s in series}),
                            n_subjects=len({s.subject_key for s in series}), n_chosen=n_chosen,
-                           rejected=dict(rejected.most_common()), n_unreadable=n_unreadable, crawl=crawled)
+                           rejected=dict(rejected.most_common()), n_unreadable=n_unreadable, crawl=crawled,
+                           reasons=dict(reasons.most_common()))

@@ -3,7 +3,10 @@
 Only headers are read (pydicom, ``stop_before_pixels``, the tags of :data:`TAGS`). Identifying
 fields never leave a worker: the patient ID and StudyInstanceUID become keyed pseudonyms
 (``cohort.export.pseudonyms``) and the birth date becomes an age. A file that is not DICOM,
-is truncated or has no SeriesInstanceUID gets an ``error`` instead of header fields.
+is truncated, or has no SeriesInstanceUID and is no image (a DICOMDIR, a report) gets an
+``error`` instead of header fields. An image without a SeriesInstanceUID (anonymisers blank
+UIDs) gets ``series_uid`` "": ``cohort.export.series`` reads the images of one folder without a
+UID as one series, as ``cohort run`` does.
 
 The rows are kept in a cache table (Parquet, beside the index): a rerun stats every file and
 reads again only those that are new or whose size or mtime changed; the cache is dropped when
@@ -18,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pyarrow as pa
@@ -31,16 +34,18 @@ from cohort.export.pseudonyms import PseudonymKey
 from cohort.ingest.dicom import UNREADABLE
 from cohort.manifest import DAYS_PER_YEAR, parse_age
 
-TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "PatientID", "PatientAge", "PatientBirthDate",
-        "PatientSex", "StudyDate", "SeriesDate", "AcquisitionDate", "Modality", "ImageType", "ImagePositionPatient",
-        "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames", "BitsAllocated",
-        "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP", "Manufacturer",
-        "ManufacturerModelName", "SeriesDescription")
+TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientAge",
+        "PatientBirthDate", "PatientSex", "StudyDate", "SeriesDate", "AcquisitionDate", "Modality", "ImageType",
+        "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
+        "BitsAllocated", "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP",
+        "Manufacturer", "ManufacturerModelName", "SeriesDescription")
 FILE_COLUMNS = ("file", "size", "mtime_ns")
 ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item closing compressed pixels
 CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
+FORMAT_METADATA = b"cohort.crawl_format"
+FORMAT = b"2"  # 2: images without a SeriesInstanceUID are rows, no longer errors (older caches are read again)
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,9 @@ HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "subjec
                   "series_description")
 
 
-def read_header(path: str, key: PseudonymKey) -> dict:
-    """One file's header row (``error`` set, and nothing else, when it is not a usable DICOM file)."""
+def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
+    """One file's header row (``error`` set, and nothing else, when it is not a usable DICOM file);
+    ``folder`` (relative to the export root) stands in for missing UIDs (:func:`study_identity`)."""
     try:
         with open(path, "rb") as handle:
             header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=list(TAGS))
@@ -119,11 +125,11 @@ def read_header(path: str, key: PseudonymKey) -> dict:
         return {"error": f"unreadable ({type(exc).__name__})"}
     if problem:
         return {"error": problem}
-    series_uid = str(header.get("SeriesInstanceUID") or "").strip()
-    if not series_uid:
-        return {"error": "no SeriesInstanceUID"}
-    study = str(header.get("StudyInstanceUID") or "").strip() or series_uid
-    patient = str(header.get("PatientID") or "").strip()
+    series_uid = _text(header, "SeriesInstanceUID")
+    if not series_uid and header.get("Rows") is None:
+        return {"error": "no SeriesInstanceUID (not an image)"}
+    study = study_identity(header, folder)
+    patient = _text(header, "PatientID")
     try:
         return {
             "series_uid": series_uid, "sop_uid": str(header.get("SOPInstanceUID") or ""),
@@ -142,6 +148,21 @@ def read_header(path: str, key: PseudonymKey) -> dict:
         }
     except (TypeError, ValueError) as exc:
         return {"error": f"malformed header value ({type(exc).__name__})"}
+
+
+def study_identity(header: pydicom.Dataset, folder: str) -> str:
+    """What ``study_key`` is made of: the StudyInstanceUID; else the SeriesInstanceUID (the series
+    is its own study); for an image with neither, its FrameOfReferenceUID (the series of one scan
+    share it, so they are ranked against each other), else its folder: a blank UID never makes the
+    files of several folders one study (nor, without a PatientID, one subject).
+
+    >>> blank = pydicom.Dataset.from_json({"0020000D": {"vr": "UI"}, "0020000E": {"vr": "UI"}})
+    >>> study_identity(blank, "A/ct"), study_identity(blank, "B/ct") != study_identity(blank, "A/ct")
+    ('folder:A/ct', True)
+    """
+    series_uid = _text(header, "SeriesInstanceUID")
+    frame = _text(header, "FrameOfReferenceUID")
+    return _text(header, "StudyInstanceUID") or series_uid or (f"frame:{frame}" if frame else f"folder:{folder}")
 
 
 def _truncation(header: pydicom.Dataset, handle) -> str | None:
@@ -224,7 +245,8 @@ def _read_chunk(root: str, files: list[str], key: PseudonymKey) -> list[dict]:
     validation = pydicom.config.settings.reading_validation_mode
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
-        return [{"file": file, **read_header(os.path.join(root, file), key)} for file in files]
+        return [{"file": file, **read_header(os.path.join(root, file), key, PurePosixPath(file).parent.as_posix())}
+                for file in files]
     finally:
         pydicom.config.settings.reading_validation_mode = validation
 
@@ -252,19 +274,22 @@ def _empty() -> pd.DataFrame:
 
 
 def _read_cache(cache: Path, key: PseudonymKey) -> pd.DataFrame:
-    """The cached rows, or none when there is no cache, it is unreadable or made with another key."""
+    """The cached rows, or none when there is no cache, it is unreadable, made with another key or
+    by an older crawl (whose rows would miss what this one reads)."""
     try:
         table = pq.read_table(cache)
     except (OSError, pa.ArrowException):
         return _empty()
-    if (table.schema.metadata or {}).get(KEY_METADATA) != key.fingerprint.encode():
+    metadata = table.schema.metadata or {}
+    if metadata.get(KEY_METADATA) != key.fingerprint.encode() or metadata.get(FORMAT_METADATA) != FORMAT:
         return _empty()
     return table.to_pandas()
 
 
 def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey) -> None:
     table = pa.Table.from_pandas(files, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_METADATA: key.fingerprint.encode()})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_METADATA: key.fingerprint.encode(),
+                                           FORMAT_METADATA: FORMAT})
     partial_file = cache.with_name(cache.name + ".partial")
     pq.write_table(table, partial_file)
     os.replace(partial_file, cache)

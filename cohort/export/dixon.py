@@ -99,10 +99,11 @@ class Acquisition:
 
 
 def acquisitions(series: list[SeriesSummary], roles: dict[str, str]) -> list[Acquisition]:
-    """The series with a role grouped by study and grid, in the order of their first series."""
+    """The series with a role (``roles``: series identity -> role) grouped by study and grid, in the
+    order of their first series."""
     grouped: dict[tuple[str, str], dict[str, list[SeriesSummary]]] = {}
     for summary in series:
-        role = roles.get(summary.series_uid)
+        role = roles.get(summary.identity)
         if role is not None:
             grouped.setdefault((summary.study_key, summary.grid), {}).setdefault(role, []).append(summary)
     return [Acquisition(study, grid, by_role) for (study, grid), by_role in grouped.items()]

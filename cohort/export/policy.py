@@ -89,7 +89,7 @@ def _check_dixon(dixon: DixonPolicy, source: Path) -> None:
 @dataclass(frozen=True)
 class Choice:
     """The verdict on one series. A Dixon row's image lists its ``companions`` (role -> series);
-    a companion names the image it belongs to in ``companion_of`` (and is no row of its own)."""
+    a companion names the image it belongs to in ``companion_of`` (its ``identity``; no row of its own)."""
 
     series: SeriesSummary
     selected: bool
@@ -102,13 +102,13 @@ def select(series: list[SeriesSummary], policy: SelectionPolicy) -> list[Choice]
     """A :class:`Choice` for every series, in the order given."""
     if policy.dixon is not None:
         return _select_dixon(series, policy, policy.dixon)
-    verdicts = {s.series_uid: first_failed_rule(s, policy) for s in series}
+    verdicts = {s.identity: first_failed_rule(s, policy) for s in series}
     choices: dict[str, Choice] = {}
-    eligible = [s for s in series if verdicts[s.series_uid] is None]
+    eligible = [s for s in series if verdicts[s.identity] is None]
     for place, candidate, ranked in _ranked_per_study(eligible, lambda s: s, policy):
         chosen = place < policy.series_per_study
-        choices[candidate.series_uid] = Choice(candidate, chosen, _ranking_reason(candidate, place, ranked, policy))
-    return [choices.get(s.series_uid) or Choice(s, False, verdicts[s.series_uid]) for s in series]
+        choices[candidate.identity] = Choice(candidate, chosen, _ranking_reason(candidate, place, ranked, policy))
+    return [choices.get(s.identity) or Choice(s, False, verdicts[s.identity]) for s in series]
 
 
 def _ranked_per_study(candidates: list[T], image: Callable[[T], SeriesSummary], policy: SelectionPolicy
@@ -127,38 +127,38 @@ def _ranked_per_study(candidates: list[T], image: Callable[[T], SeriesSummary], 
 
 def _select_dixon(series: list[SeriesSummary], policy: SelectionPolicy, dixon: DixonPolicy) -> list[Choice]:
     """Rules per series, then Dixon acquisitions (study x grid) as the candidates a study ranks."""
-    verdicts = {s.series_uid: first_failed_rule(s, policy) for s in series}
-    roles = {s.series_uid: dixon_role(s, dixon) for s in series if verdicts[s.series_uid] is None}
+    verdicts = {s.identity: first_failed_rule(s, policy) for s in series}
+    roles = {s.identity: dixon_role(s, dixon) for s in series if verdicts[s.identity] is None}
     for summary in series:
-        if verdicts[summary.series_uid] is None and roles[summary.series_uid] is None:
-            verdicts[summary.series_uid] = (f"dixon: neither ImageType {summary.image_type or 'none'} nor description "
-                                            f"{summary.series_description or 'none'!r} marks a Dixon image")
+        if verdicts[summary.identity] is None and roles[summary.identity] is None:
+            verdicts[summary.identity] = (f"dixon: neither ImageType {summary.image_type or 'none'} nor description "
+                                          f"{summary.series_description or 'none'!r} marks a Dixon image")
     choices: dict[str, Choice] = {}
     candidates = []
     for acquisition in acquisitions(series, roles):
         problem = acquisition.problem(dixon)
         members = [s for by_role in acquisition.series.values() for s in by_role]
         if problem:
-            choices.update((s.series_uid, Choice(s, False, problem)) for s in members)
+            choices.update((s.identity, Choice(s, False, problem)) for s in members)
         else:
             candidates.append(acquisition)
     for place, acquisition, images in _ranked_per_study(candidates, lambda a: a.image(dixon), policy):
         chosen = place < policy.series_per_study
         image = images[place]
         companions = acquisition.companions()
-        choices[image.series_uid] = Choice(image, chosen, _ranking_reason(image, place, images, policy),
+        choices[image.identity] = Choice(image, chosen, _ranking_reason(image, place, images, policy),
                                            tuple(companions.items()))
         verdict = "chosen" if chosen else "ranked lower"
         for role, companion in companions.items():
-            if companion.series_uid != image.series_uid:
-                choices[companion.series_uid] = Choice(
-                    companion, chosen, f"{verdict}: the {role} image beside {dixon.image} series "
-                                       f"{image.series_uid}", companion_of=image.series_uid)
+            if companion.identity != image.identity:
+                choices[companion.identity] = Choice(
+                    companion, chosen, f"{verdict}: the {role} image beside {dixon.image} {image.label}",
+                    companion_of=image.identity)
         for role, members in acquisition.series.items():
             for member in members:
-                choices.setdefault(member.series_uid, Choice(
+                choices.setdefault(member.identity, Choice(
                     member, False, f"dixon: the {role} image is not used (rows take {', '.join(dixon.needed)})"))
-    return [choices.get(s.series_uid) or Choice(s, False, verdicts[s.series_uid]) for s in series]
+    return [choices.get(s.identity) or Choice(s, False, verdicts[s.identity]) for s in series]
 
 
 def first_failed_rule(series: SeriesSummary, policy: SelectionPolicy) -> str | None:
@@ -206,7 +206,7 @@ TIE_BREAKS: dict[str, Callable[[SeriesSummary, SelectionPolicy], float]] = {
 
 
 def _rank(series: SeriesSummary, policy: SelectionPolicy) -> tuple:
-    return (*(TIE_BREAKS[name](series, policy) for name in policy.tie_break), series.series_uid)
+    return (*(TIE_BREAKS[name](series, policy) for name in policy.tie_break), series.identity)
 
 
 def _ranking_reason(series: SeriesSummary, place: int, eligible: list[SeriesSummary], policy: SelectionPolicy) -> str:

@@ -4,7 +4,8 @@
 and the covariates ``contrast,kvp,kernel,scanner,slice_thickness_mm`` (carried into
 ``series/`` by ``cohort run``). ``path`` is the deepest folder holding every file of the series
 (relative to the manifest's folder when it lies under it) and ``series_uid`` tells ``cohort run``
-which series under it to read. Rows of a Dixon policy add ``fat``, ``fat_series_uid``, ``water``
+which series under it to read; it is empty for a folder's images without a UID, which the run
+reads as the folder's one series. Rows of a Dixon policy add ``fat``, ``fat_series_uid``, ``water``
 and ``water_series_uid``: the same for the acquisition's fat and water series, whose fat fractions
 ``cohort run`` measures. ``scans.index.parquet`` has one row per series found;
 ``scans.unreadable.parquet`` one row per file that is not usable DICOM, with the reason.
@@ -41,8 +42,9 @@ def cache_path(manifest: Path) -> Path:
     return manifest.with_name(manifest.stem + ".crawl.parquet")
 
 
-def series_id(series_uid: str, key: PseudonymKey) -> str:
-    return key.pseudonym("ser", series_uid)
+def series_id(series: SeriesSummary, key: PseudonymKey) -> str:
+    """The pseudonym of the series' identity: of its UID, else of its study key and folder."""
+    return key.pseudonym("ser", series.identity)
 
 
 def write_manifest(choices: list[Choice], manifest: Path, root: Path, key: PseudonymKey) -> int:
@@ -66,7 +68,7 @@ def _manifest_row(choice: Choice, manifest: Path, root: Path, key: PseudonymKey)
         companions[role] = _series_folder(companion, manifest, root)
         companions[f"{role}_series_uid"] = companion.series_uid
     return {
-        "series_id": series_id(series.series_uid, key),
+        "series_id": series_id(series, key),
         "path": _series_folder(series, manifest, root),
         "age": "" if series.age is None else f"{series.age:g}", "sex": series.sex,
         "series_uid": series.series_uid, "subject_id": series.subject_key,
@@ -85,12 +87,13 @@ def _series_folder(series: SeriesSummary, manifest: Path, root: Path) -> str:
 
 
 def write_index(choices: list[Choice], manifest: Path, key: PseudonymKey) -> None:
-    """One row per series found, with ``selected`` and ``reason``."""
+    """One row per series found, with ``selected`` and ``reason``; ``series_uid`` is null for a
+    folder's images without a UID, which its ``folder`` names."""
     rows = []
     for choice in sorted(choices, key=lambda c: (c.series.subject_key, c.series.study_key, not c.selected, c.reason)):
         series = choice.series
         rows.append({
-            "series_id": series_id(series.series_uid, key), "series_uid": series.series_uid,
+            "series_id": series_id(series, key), "series_uid": series.series_uid or None,
             "study_key": series.study_key, "subject_id": series.subject_key, "folder": series.folder,
             "modality": series.modality, "image_type": series.image_type, "orientation": series.orientation,
             "tilt_from_axial_deg": series.tilt_from_axial_deg, "slice_thickness_mm": series.slice_thickness_mm,
@@ -100,7 +103,8 @@ def write_index(choices: list[Choice], manifest: Path, key: PseudonymKey) -> Non
             "series_description": series.series_description, "age": series.age, "sex": series.sex or None,
             "selected": choice.selected, "reason": choice.reason,
         })
-    _write_parquet(pd.DataFrame(rows, columns=INDEX_COLUMNS), index_path(manifest))
+    # a string column even when every series lacks a UID (all null would be typed null)
+    _write_parquet(pd.DataFrame(rows, columns=INDEX_COLUMNS).astype({"series_uid": "string"}), index_path(manifest))
 
 
 INDEX_COLUMNS = ("series_id", "series_uid", "study_key", "subject_id", "folder", "modality", "image_type",

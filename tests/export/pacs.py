@@ -87,3 +87,26 @@ def rotate_in_plane(degrees: float) -> Edit:
                                       float(-np.sin(angle)), float(np.cos(angle)), 0.0]
 
     return edit
+
+
+def without_uids(frame_of_reference: str) -> Edit:
+    """An anonymiser's output, as the shipped example is: Series, Study and SOP Instance UIDs blank
+    (the file meta keeps its instance UID), patient ID, name and birth date blank, age and sex
+    kept; ``frame_of_reference`` is the scan's FrameOfReferenceUID (the series of one scan share it)."""
+
+    def edit(ds: pydicom.Dataset, k: int) -> None:
+        ds.SeriesInstanceUID = ds.StudyInstanceUID = ds.SOPInstanceUID = ""
+        ds.PatientID = ds.PatientName = ds.PatientBirthDate = ""
+        ds.FrameOfReferenceUID = frame_of_reference
+
+    return edit
+
+
+def combined(*edits: Edit) -> Edit:
+    """The ``edits`` applied in turn."""
+
+    def edit(ds: pydicom.Dataset, k: int) -> None:
+        for each in edits:
+            each(ds, k)
+
+    return edit
