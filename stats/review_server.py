@@ -163,20 +163,34 @@ class ReviewSite:
         return decision
 
 
-def local_authorities(port: int) -> set[str]:
-    """The ``Host`` values a browser sends for this server: 127.0.0.1 or localhost with ``port``."""
-    return {f"{name}:{port}" for name in LOCAL_NAMES} | (set(LOCAL_NAMES) if port == 80 else set())
+def names_this_machine(authority: str) -> bool:
+    """Whether a ``Host`` value (or an origin's ``host[:port]``) names this machine: 127.0.0.1 or
+    localhost, on any port, since a reviewer on a cluster often reaches the page through an SSH
+    tunnel to another local port (``ssh -L 9000:127.0.0.1:8799``). A foreign name resolving to
+    127.0.0.1 (DNS rebinding) does not.
+
+    >>> names_this_machine("127.0.0.1:8799"), names_this_machine("localhost:9000"), names_this_machine("LOCALHOST")
+    (True, True, True)
+    >>> names_this_machine("evil.example.com:8799"), names_this_machine("127.0.0.1:8799@evil.example.com")
+    (False, False)
+    """
+    parts = urllib.parse.urlsplit(f"//{authority}")
+    try:
+        parts.port  # noqa: B018 (raises for a malformed port)
+    except ValueError:
+        return False
+    return not parts.username and not parts.password and (parts.hostname or "") in LOCAL_NAMES
 
 
-def same_origin(headers: Message, port: int) -> bool:
-    """Whether a POST comes from a page of this server, as far as the browser says: its ``Origin``, or
-    without one its ``Referer``, must be http://127.0.0.1:``port`` or http://localhost:``port``. A
+def same_origin(headers: Message) -> bool:
+    """Whether a POST comes from a page of this machine's server, as far as the browser says: its
+    ``Origin``, or without one its ``Referer``, must be http:// on 127.0.0.1 or localhost. A
     request with neither (browsers send ``Origin`` with every form POST) is left to the token."""
     origin = headers.get("Origin") or headers.get("Referer")
     if origin is None:
         return True
     parts = urllib.parse.urlsplit(origin)
-    return parts.scheme == "http" and parts.netloc.lower() in local_authorities(port)
+    return parts.scheme == "http" and names_this_machine(parts.netloc)
 
 
 def local_path(back: str) -> str:
@@ -219,7 +233,7 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
                 return
             if self.path != "/decide":
                 return self.send_error(HTTPStatus.NOT_FOUND)
-            if not same_origin(self.headers, self.server.server_address[1]):
+            if not same_origin(self.headers):
                 return self._refuse(HTTPStatus.FORBIDDEN, "refused: the request comes from another site")
             form = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
             if not site.token_matches(form):
@@ -236,7 +250,7 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
             """Whether the request names this server as its host; if not, it is refused (421) here: a page
             of a foreign name that resolves to 127.0.0.1 (DNS rebinding) must not read or post to ours."""
             host = (self.headers.get("Host") or "").lower()
-            if host in local_authorities(self.server.server_address[1]):
+            if names_this_machine(host):
                 return True
             self._refuse(HTTPStatus.MISDIRECTED_REQUEST, "refused: this server only answers to 127.0.0.1 or localhost")
             return False

@@ -20,7 +20,8 @@ from testkit import write_manifest
 DOCTEST_MODULES = ["cohort.api", "cohort.segmentation.registry", "cohort.stats.study", "cohort.provenance",
                    "cohort.stats.overlays", "cohort.flows.warmup", "cohort.flows.cuda",
                    "cohort.flows.job_gpus", "cohort.segmentation.gate", "cohort.flows.resources",
-                   "cohort.flows.clusters", "cohort.flows.alone", "cohort.flows.dispatch", "cohort.store.records"]
+                   "cohort.flows.clusters", "cohort.flows.alone", "cohort.flows.dispatch", "cohort.store.records",
+                   "cohort.stats.review_server"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

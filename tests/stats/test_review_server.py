@@ -104,7 +104,7 @@ def test_a_forged_post_without_the_token_is_refused_and_writes_nothing(review: R
 def test_a_post_from_another_origin_is_refused_even_with_the_token(review: Review) -> None:
     before = review.decisions()
     for headers in ({"Origin": EVIL}, {"Origin": "null"}, {"Origin": f"https://127.0.0.1:{review.port}"},
-                    {"Origin": f"http://127.0.0.1:{review.port + 1}"}, {"Referer": f"{EVIL}/page"},
+                    {"Origin": f"http://evil.example.com:{review.port}"}, {"Referer": f"{EVIL}/page"},
                     {"Referer": f"http://127.0.0.1:{review.port}@evil.example.com/"}):
         assert review.decide(headers, token=review.token).status == 403, headers
     pd.testing.assert_frame_equal(review.decisions(), before)
@@ -113,12 +113,13 @@ def test_a_post_from_another_origin_is_refused_even_with_the_token(review: Revie
 def test_a_same_origin_post_with_the_token_is_taken(review: Review) -> None:
     before = len(review.decisions())
     back = f"/series/{urllib.parse.quote(review.series_id)}"
+    tunnel = "localhost:9000"  # ssh -L 9000:127.0.0.1:PORT from the reviewer's machine
     for headers in ({"Origin": review.origin}, {"Origin": f"http://localhost:{review.port}"},
-                    {"Referer": f"{review.origin}{back}"}, {}):
+                    {"Referer": f"{review.origin}{back}"}, {}, {"Host": tunnel, "Origin": f"http://{tunnel}"}):
         response = review.decide(headers, token=review.token, back=back, comment=f"via {headers}")
         assert (response.status, response.getheader("Location")) == (303, back), headers
     decisions = review.decisions()
-    assert len(decisions) == before + 4
+    assert len(decisions) == before + 5
     assert decisions.iloc[-1][["series_id", "decision", "reviewer"]].tolist() == [review.series_id, "reject", "tester"]
 
 
@@ -132,9 +133,10 @@ def test_the_redirect_after_a_decision_stays_on_the_site(review: Review, back: s
 
 def test_a_request_naming_another_host_is_refused(review: Review) -> None:
     before = review.decisions()
-    for host in ("evil.example.com", f"evil.example.com:{review.port}", f"127.0.0.1:{review.port + 1}"):
+    for host in ("evil.example.com", f"evil.example.com:{review.port}", f"127.0.0.1.evil.example.com:{review.port}"):
         assert review.request("GET", "/", {"Host": host}).status == 421, host
         rebound = {"Host": host, "Origin": f"http://{host}"}  # a rebinding page is same-origin with itself
         assert review.decide(rebound, token=review.token).status == 421, host
     pd.testing.assert_frame_equal(review.decisions(), before)
-    assert review.request("GET", "/", {"Host": f"localhost:{review.port}"}).status == 200
+    for host in (f"localhost:{review.port}", "localhost:9000", "127.0.0.1:9000"):  # the last two: an SSH tunnel
+        assert review.request("GET", "/", {"Host": host}).status == 200, host
