@@ -14,7 +14,9 @@ is accounted for per structure, with one reason, the first that applies:
 6. ``not_measured``: the series finished but has no row for this structure;
 7. ``rejected_in_review``: the newest reviewer decision for the row is ``reject`` (``review.py``);
 8. the QC status of the row when it is not in ``include_statuses`` (``absent``,
-   ``fov_truncated``, ``below_lower_bound``);
+   ``fov_truncated``, ``below_lower_bound``), where a measured row whose ``volume_ml`` is
+   below its ``lower_bound_ml`` counts as ``below_lower_bound`` whatever its status says
+   (:func:`study_status`);
 9. otherwise ``included``.
 """
 
@@ -40,7 +42,7 @@ FEATURE_COLUMNS = ("series_id", "structure", "status")
 SERIES_COLUMNS = ("series_id", "age", "sex", "status")
 INCLUDED, SERIES_FAILED, NO_AGE, NOT_MEASURED = "included", "series_failed", "no_age", "not_measured"
 NOT_IN_MANIFEST, OUTSIDE_AGE_RANGE, REPEATED_SCAN = "not_in_manifest", "outside_age_range", "repeated_scan"
-REJECTED_IN_REVIEW = "rejected_in_review"
+REJECTED_IN_REVIEW, BELOW_LOWER_BOUND = "rejected_in_review", "below_lower_bound"
 SERIES_REASONS = (NOT_IN_MANIFEST, SERIES_FAILED, NO_AGE, OUTSIDE_AGE_RANGE, REPEATED_SCAN)
 
 
@@ -136,10 +138,38 @@ def _read_dataset(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return table
 
 
+def below_lower_bound(features: pd.DataFrame) -> pd.Series:
+    """Whether each row is a failed segmentation by the paper's rule: measured, with a volume below its bound.
+
+    The features' ``status`` cannot say so alone: QC checks the image border first, so a
+    structure both cut by the field of view and below its bound is ``fov_truncated`` there.
+    Rows without a bound (null ``lower_bound_ml``, or no such column) and ``absent`` rows are
+    never below it.
+
+    >>> below_lower_bound(pd.DataFrame({"status": ["fov_truncated", "ok", "absent", "ok"],
+    ...     "volume_ml": [1.0, 9.0, 0.0, 1.0], "lower_bound_ml": [5.0, 5.0, 5.0, None]})).tolist()
+    [True, False, False, False]
+    """
+    if "lower_bound_ml" not in features.columns:
+        return pd.Series(False, index=features.index)
+    volume = pd.to_numeric(features["volume_ml"], errors="coerce")
+    bound = pd.to_numeric(features["lower_bound_ml"], errors="coerce")
+    return volume.lt(bound).fillna(False).astype(bool) & (features["status"] != "absent")
+
+
+def study_status(features: pd.DataFrame) -> pd.Series:
+    """The QC status the study applies: the features' ``status``, ``below_lower_bound`` where :func:`below_lower_bound`.
+
+    Applied before pooling, so a pooled row (worst status of its parts) fails with a failed part.
+    """
+    return features["status"].where(~below_lower_bound(features), BELOW_LOWER_BOUND)
+
+
 def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig,
                       review: pd.DataFrame | None = None) -> StudyTable:
     """Join features with age, sex and covariates, apply the exclusions and cut the age groups."""
     series = _prepared_series(series, config)
+    features = features.assign(status=study_status(features))
     features = add_pooled_rows(features, load_pooled_definitions(config.pooled_structures))
     orphans = ~features["series_id"].isin(series["series_id"])
     if orphans.any():

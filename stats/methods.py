@@ -1,34 +1,64 @@
 """``methods.md``: a methods paragraph that states exactly what this run did, ready for a manuscript.
 
-Every sentence is built from the resolved configuration and the study's own counts, so the
-text cannot drift from the numbers; citations are listed at the end.
+Every sentence is built from the resolved configuration and the study's own tables, so the
+text cannot drift from the numbers. A method that did not run is neither described nor cited:
+the references are those the text cites, numbered in the order it first cites them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import scipy
 import statsmodels
 
-from cohort.stats.config import AgingConfig
+from cohort.stats.cohort_table import INCLUDED, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups
+from cohort.stats.config import STATUSES
 from cohort.stats.outputs import family_text
 from cohort.stats.study import ALL, AgingResults
+from cohort.stats.trends import is_ratio_scale
 
-REFERENCES = (
-    ("[1] Wasserthal J, Breit H-C, Meyer MT, et al. TotalSegmentator: Robust Segmentation of 104 Anatomic "
-     "Structures in CT Images. Radiology: Artificial Intelligence 2023;5(5):e230024."),
-    (f"[2] Virtanen P, Gommers R, Oliphant TE, et al. SciPy 1.0: fundamental algorithms for scientific computing "
-     f"in Python. Nature Methods 2020;17:261-272 (version {scipy.__version__} used)."),
-    (f"[3] Seabold S, Perktold J. statsmodels: Econometric and statistical modeling with Python. Proceedings of "
-     f"the 9th Python in Science Conference 2010 (version {statsmodels.__version__} used)."),
-    ("[4] Benjamini Y, Hochberg Y. Controlling the false discovery rate. J R Stat Soc B 1995;57:289-300."),
-    ("[5] Efron B, Tibshirani RJ. An Introduction to the Bootstrap. Chapman & Hall 1993."),
-    ("[6] Sen PK. Estimates of the regression coefficient based on Kendall's tau. JASA 1968;63:1379-1389."),
-    ("[7] Cole TJ, Green PJ. Smoothing reference centile curves: the LMS method and penalized likelihood. "
-     "Stat Med 1992;11:1305-1319."),
-    ("[8] Cleveland WS. Robust locally weighted regression and smoothing scatterplots. JASA 1979;74:829-836."),
-)
+REFERENCES = {
+    "paper": ("Wasserthal J, Breit H-C, Meyer MT, et al. TotalSegmentator: Robust Segmentation of 104 Anatomic "
+              "Structures in CT Images. Radiology: Artificial Intelligence 2023;5(5):e230024."),
+    "scipy": (f"Virtanen P, Gommers R, Oliphant TE, et al. SciPy 1.0: fundamental algorithms for scientific "
+              f"computing in Python. Nature Methods 2020;17:261-272 (version {scipy.__version__} used)."),
+    "statsmodels": (f"Seabold S, Perktold J. statsmodels: Econometric and statistical modeling with Python. "
+                    f"Proceedings of the 9th Python in Science Conference 2010 "
+                    f"(version {statsmodels.__version__} used)."),
+    "benjamini_hochberg": ("Benjamini Y, Hochberg Y. Controlling the false discovery rate. "
+                           "J R Stat Soc B 1995;57:289-300."),
+    "bootstrap": "Efron B, Tibshirani RJ. An Introduction to the Bootstrap. Chapman & Hall 1993.",
+    "sen": "Sen PK. Estimates of the regression coefficient based on Kendall's tau. JASA 1968;63:1379-1389.",
+    "lms": ("Cole TJ, Green PJ. Smoothing reference centile curves: the LMS method and penalized likelihood. "
+            "Stat Med 1992;11:1305-1319."),
+    "lowess": "Cleveland WS. Robust locally weighted regression and smoothing scatterplots. JASA 1979;74:829-836.",
+}
+# The exclusion reasons of the ``exclusions`` table in words, in the order the table applies them.
+REASON_TEXT = {
+    "not_in_manifest": "no longer in the manifest", "series_failed": "series failed processing",
+    "no_age": "no age", "outside_age_range": "age outside the range", "repeated_scan": "repeated scan",
+    "not_measured": "not measured", REJECTED_IN_REVIEW: "rejected in review", "absent": "absent",
+    "fov_truncated": "cut off by the field of view", "below_lower_bound": "volume below the lower bound",
+}
+
+
+class Citations:
+    """The references cited so far, numbered in the order of their first citation."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def __call__(self, key: str) -> str:
+        """``[n]`` for the reference ``key`` (a key of ``REFERENCES``), numbering it on first use."""
+        if key not in self.keys:
+            self.keys.append(key)
+        return f"[{self.keys.index(key) + 1}]"
+
+    def lines(self) -> list[str]:
+        """The cited references, one line each."""
+        return [f"[{number}] {REFERENCES[key]}" for number, key in enumerate(self.keys, start=1)]
 
 
 def write_methods(results: AgingResults, out_dir: Path) -> Path:
@@ -40,36 +70,90 @@ def write_methods(results: AgingResults, out_dir: Path) -> Path:
 
 def methods_lines(results: AgingResults) -> list[str]:
     """The Markdown lines of ``methods.md``."""
-    config = results.config
-    values = results.table.values
-    n_subjects = values["series_id"].nunique()
-    paragraphs = [_cohort(results, n_subjects), _tests(results), _extras(config)]
+    config, cite = results.config, Citations()
+    paragraphs = [_cohort(results, cite), _tests(results, cite), _extras(results, cite)]
     return ["# Methods (generated by `cohort stats`)", "",
             f"Configuration: preset `{config.preset}`, file `{Path(config.source).name}`.", "",
             *[p for paragraph in paragraphs if paragraph for p in (paragraph, "")],
-            "## References", "", *REFERENCES]
+            "## References", "", *cite.lines()]
 
 
-def _cohort(results: AgingResults, n_subjects: int) -> str:
-    config, groups = results.config, results.age_groups
+def _cohort(results: AgingResults, cite: Citations) -> str:
+    config = results.config
     excluded = results.exclusions.groupby("reason")["n_series"].max()
-    statuses = ", ".join(config.include_statuses)
     repeat = {"first": "the first scan (youngest age) of each subject was used",
               "last": "the last scan (oldest age) of each subject was used",
               "mean": "measurements of a subject's repeated scans were averaged"}[config.repeated_scans]
+    reviewed = " Structures a reviewer rejected were also excluded." if excluded.get(REJECTED_IN_REVIEW, 0) else ""
+    pooled = (" Left/right structures were also pooled (volumes summed, attenuation volume-weighted)."
+              if config.pooled_structures else "")
     return (f"Volume (ml) and mean attenuation (HU) of each segmented structure were analysed against age as in "
-            f"the TotalSegmentator aging study [1]. Series were included when processing succeeded and the age lay "
-            f"within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
-            f"A structure was excluded for a subject when its quality-control status was not {statuses} "
-            f"(a volume below the anatomical lower bound of [1], Table S1, marks a failed segmentation"
-            f"{'' if 'fov_truncated' in config.include_statuses else '; structures touching the image border were also excluded'})"
-            f"{', or when a reviewer rejected it' if excluded.get('rejected_in_review', 0) else ''}. "
-            f"{n_subjects} subjects entered; {excluded.get('series_failed', 0)} series failed processing and "
-            f"{excluded.get('no_age', 0)} had no age. Subjects were grouped by age into {', '.join(groups.labels)} "
-            f"years. Left/right structures were also pooled (volumes summed, attenuation volume-weighted).")
+            f"the TotalSegmentator aging study {cite('paper')}. Series were included when processing succeeded and "
+            f"the age lay within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
+            f"{qc_rule(config.include_statuses, cite)}{reviewed} "
+            f"{results.table.values['series_id'].nunique()} subjects entered; {excluded.get('series_failed', 0)} "
+            f"series failed processing and {excluded.get('no_age', 0)} had no age. "
+            f"{exclusion_counts(results.exclusions, bool(config.pooled_structures))} "
+            f"{age_group_text(results.age_groups, config.age_groups.method)}{pooled}")
 
 
-def _tests(results: AgingResults) -> str:
+def qc_rule(include_statuses: tuple[str, ...], cite: Citations) -> str:
+    """The quality-control exclusion rule in words, from the statuses that enter.
+
+    >>> qc_rule(("ok", "fov_truncated"), Citations())  # doctest: +NORMALIZE_WHITESPACE
+    'A structure was excluded for a subject when its quality-control status was neither ok nor fov_truncated:
+    when it was absent (no voxel segmented) or its volume was below the anatomical lower bound of [1], Table S1
+    (a failed segmentation, whatever its status); structures cut off by the field of view were otherwise kept.'
+    """
+    excluded = [s for s in STATUSES if s not in include_statuses]
+    if not excluded:
+        return "No structure was excluded for its quality-control status."
+    what = {"ok": "it passed every quality-control check", "absent": "it was absent (no voxel segmented)",
+            "fov_truncated": "it was cut off by the field of view (touching the image border)",
+            "below_lower_bound": (f"its volume was below the anatomical lower bound of {cite('paper')}, Table S1 "
+                                  "(a failed segmentation, whatever its status)")}
+    kept = ("; structures cut off by the field of view were otherwise kept"
+            if "fov_truncated" in include_statuses and "below_lower_bound" in excluded else "")
+    return (f"A structure was excluded for a subject when its quality-control status was "
+            f"{_none_of(list(include_statuses))}: when {_join([what[s] for s in excluded], 'or')}{kept}.")
+
+
+def exclusion_counts(exclusions: pd.DataFrame, pooled: bool) -> str:
+    """How many structure measurements (series x structure) each reason excluded, and how many entered."""
+    totals = exclusions.groupby("reason")["n_series"].sum()
+    order = [*SERIES_REASONS, "not_measured", REJECTED_IN_REVIEW, *STATUSES]
+    counts = [f"{REASON_TEXT.get(reason, reason)} {int(totals[reason]):,}" for reason in dict.fromkeys(order)
+              if totals.get(reason, 0) > 0]
+    structures = exclusions["structure"].nunique()
+    which = f"{structures} structures{', pooled left/right rows included' if pooled else ''}"
+    return (f"Of {int(totals.sum()):,} structure measurements (each series x each of {which}), "
+            f"{int(totals.get(INCLUDED, 0)):,} entered the analysis; excluded by reason: "
+            f"{', '.join(counts) if counts else 'none'}.")
+
+
+def age_group_text(groups: AgeGroups, method: str) -> str:
+    """The age groups as intervals, saying which group an age equal to a cut point joins.
+
+    >>> paper_groups = AgeGroups.from_edges((41, 59, 78), (True, True, False))
+    >>> age_group_text(paper_groups, "paper")  # doctest: +NORMALIZE_WHITESPACE
+    'Subjects were grouped by age into <41, 41-59, 59-78, >78 years: age < 41, 41 ≤ age < 59, 59 ≤ age ≤ 78 and
+    age > 78 (an age equal to a cut point joined the older group at 41 and 59, the younger group at 78).'
+    """
+    edges = [f"{edge:g}" for edge in groups.edges]
+    below = ["≤" if older else "<" for older in groups.to_older]  # edge (op) age: the group above the edge
+    above = ["<" if older else "≤" for older in groups.to_older]  # age (op) edge: the group below it
+    intervals = [f"age {above[0]} {edges[0]}",
+                 *(f"{edges[i]} {below[i]} age {above[i + 1]} {edges[i + 1]}" for i in range(len(edges) - 1)),
+                 f"age {'≥' if groups.to_older[-1] else '>'} {edges[-1]}"]
+    sides = [(side, [e for e, older in zip(edges, groups.to_older) if older == (side == "older")])
+             for side in ("older", "younger")]
+    where = ", ".join(f"the {side} group at {_join(at, 'and')}" for side, at in sides if at)
+    source = " (this cohort's age quartiles)" if method == "cohort_quartiles" else ""
+    return (f"Subjects were grouped by age into {', '.join(groups.labels)} years{source}: {_join(intervals, 'and')} "
+            f"(an age equal to a cut point joined {where}).")
+
+
+def _tests(results: AgingResults, cite: Citations) -> str:
     config = results.config
     corr = results.correlations[results.correlations["stratum"] == ALL]
     strata = " Every test was repeated within women and within men." if config.stratify_by_sex else ""
@@ -79,33 +163,88 @@ def _tests(results: AgingResults) -> str:
             f"measured with Spearman's rank correlation; the four age groups were compared with the Kruskal-Wallis "
             f"test (effect size epsilon squared) and pairwise with the Wilcoxon rank-sum (Mann-Whitney U) test "
             f"(rank-biserial correlation, median difference){pairs}, over {len(corr)} structure-metric pairs. "
-            f"Multiplicity: {family_text(config)}{strata} All tests used SciPy [2]; corrections used "
-            f"statsmodels [3]{' and the Benjamini-Hochberg procedure [4]' if config.multiplicity == 'fdr_bh' else ''}.")
+            f"{sample_sizes(results)} Multiplicity: {family_text(config)}{strata} All tests used SciPy "
+            f"{cite('scipy')}; corrections used statsmodels {cite('statsmodels')}"
+            f"{_fdr_citation(config.multiplicity, cite)}.")
 
 
-def _extras(config: AgingConfig) -> str:
+def _fdr_citation(multiplicity: str, cite: Citations) -> str:
+    """The Benjamini-Hochberg citation when its adjusted p decides significance (cited where the text reaches it)."""
+    return f" and the Benjamini-Hochberg procedure {cite('benjamini_hochberg')}" if multiplicity == "fdr_bh" else ""
+
+
+def sample_sizes(results: AgingResults) -> str:
+    """The range of n (subjects per structure and metric) of every analysis that ran."""
+    config, corr = results.config, results.correlations
+    parts = [f"{_range(corr.loc[corr['stratum'] == ALL, 'n'])} for the correlation and group tests"]
+    if config.stratify_by_sex:
+        parts += [f"{_range(corr.loc[corr['stratum'] == sex, 'n'])} within {who}"
+                  for sex, who in (("F", "women"), ("M", "men"))]
+    if config.runs("adjusted"):
+        parts.append(f"{_range(results.adjusted['n'])} for the adjusted correlations")
+    if config.runs("trends"):
+        parts.append(f"{_range(results.trends['n_used'])} values per Theil-Sen slope")
+    if config.runs("normative"):
+        parts.append(f"{_range(results.zscores.groupby(['structure', 'metric', 'sex']).size())} per normative fit "
+                     "(one sex)")
+    return f"Sample sizes (n per structure and metric): {_join(parts, 'and')}."
+
+
+def _range(n: pd.Series) -> str:
+    """``n = 310-365`` (or ``n = 365`` when all agree; ``no sample`` when empty)."""
+    if n.empty:
+        return "no sample"
+    low, high = int(n.min()), int(n.max())
+    return f"n = {low:,}" if low == high else f"n = {low:,}-{high:,}"
+
+
+def _extras(results: AgingResults, cite: Citations) -> str:
+    config = results.config
     parts = []
     level = f"{100 * config.bootstrap.confidence:g} %"
     if config.runs("intervals"):
         parts.append(f"{level} confidence intervals for Spearman's r_s, epsilon squared and the median differences "
-                     f"are percentile bootstrap intervals [5] from {config.bootstrap.n_resamples} resamples of "
-                     f"subjects (seed {config.bootstrap.seed}).")
+                     f"are percentile bootstrap intervals {cite('bootstrap')} from {config.bootstrap.n_resamples} "
+                     f"resamples of subjects (seed {config.bootstrap.seed}).")
     if config.runs("adjusted"):
         covariates = ", ".join(["sex", *config.covariates])
         parts.append(f"Partial Spearman correlations of each metric with age were adjusted for {covariates} "
                      f"(residuals of rank regressions), with t-test p-values and Fisher-z {level} intervals.")
     if config.runs("trends"):
-        low, high = config.trends.reference_ages
-        parts.append(f"Change per decade is the Theil-Sen slope [6] with Sen's {level} interval (a random subsample "
-                     f"of {config.trends.max_subjects} subjects where a sample is larger), also as a percentage of the "
-                     f"median of subjects aged {low:g} to under {high:g} years.")
+        parts.append(_trend_text(results, cite, level))
     if config.runs("normative"):
         parts.append(f"Normative centile curves per structure, metric and sex follow an LMS-style location-scale "
-                     f"model [7]: median and median absolute deviation over age by quantile regression (statsmodels) "
-                     f"on a natural cubic spline with {config.normative.spline_df} degrees of freedom, volumes on the "
-                     f"log scale; measurements with |z| > {config.normative.outlier_z:g} were flagged as outliers.")
-    if config.figures.curve == "lowess":
-        parts.append("Figures show LOWESS curves [8] of each metric over age.")
-    return " ".join(parts) if parts else ""
+                     f"model {cite('lms')}: median and median absolute deviation over age by quantile regression "
+                     f"(statsmodels) on a natural cubic spline with {config.normative.spline_df} degrees of freedom, "
+                     f"volumes on the log scale; measurements with |z| > {config.normative.outlier_z:g} were flagged "
+                     "as outliers.")
+    if config.figures.curve == "lowess" and config.figures.which in ("top", "all"):
+        parts.append(f"Figures show LOWESS curves {cite('lowess')} of each metric over age.")
+    return " ".join(parts)
 
 
+def _trend_text(results: AgingResults, cite: Citations, level: str) -> str:
+    """Theil-Sen slopes: subsampling as it happened, and the percentage only for ratio-scale metrics."""
+    config, trends = results.config, results.trends
+    low, high = config.trends.reference_ages
+    subsampled = int((trends["n_used"] < trends["n"]).sum())
+    ratio = [m for m in config.metrics if is_ratio_scale(m)]
+    percent = (f", for {', '.join(ratio)} also as a percentage of the median of subjects aged {low:g} to under "
+               f"{high:g} years (not for metrics without a true zero, such as HU)" if ratio else "")
+    return (f"Change per decade is the Theil-Sen slope {cite('sen')} with Sen's {level} interval, computed on a "
+            f"seeded random subsample of {config.trends.max_subjects} subjects where a sample was larger "
+            f"({subsampled} of {len(trends)} samples){percent}.")
+
+
+def _none_of(statuses: list[str]) -> str:
+    """``not ok``, ``neither ok nor fov_truncated``, ``none of ok, absent and fov_truncated``."""
+    if len(statuses) == 1:
+        return f"not {statuses[0]}"
+    if len(statuses) == 2:
+        return f"neither {statuses[0]} nor {statuses[1]}"
+    return f"none of {_join(statuses, 'and')}"
+
+
+def _join(items: list[str], word: str) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"

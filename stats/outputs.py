@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cohort.stats.config import AgingConfig
-from cohort.stats.paper import PAPER_SPEARMAN, paper_kruskal_p
+from cohort.stats.paper import paper_kruskal_p, paper_spearman
 from cohort.stats.study import ALL, AgingResults
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def strongest_effects(results: AgingResults, top_n: int) -> pd.DataFrame:
     first, last = results.age_groups.labels[0], results.age_groups.labels[-1]
     medians = medians[[first, last]].rename(columns={first: "median_youngest", last: "median_oldest"}).reset_index()
     table = corr.merge(kw, on=keys, how="left").merge(medians, on=keys, how="left")
-    paper = [PAPER_SPEARMAN.get((s, m), np.nan) for s, m in zip(table["structure"], table["metric"])]
+    reference = paper_spearman(set(results.correlations["structure"].astype(str)))
+    paper = [reference.get((s, m), np.nan) for s, m in zip(table["structure"], table["metric"])]
     table = table.assign(paper_r=paper).merge(paper_kruskal_p(), on=["structure", "metric"], how="left")
     return table[["structure", "metric", "n", "spearman_r", "p", "paper_r", "kruskal_p", "paper_kruskal_p",
                   "epsilon_squared", "median_youngest", "median_oldest"]]
@@ -108,8 +109,9 @@ def summary_lines(results: AgingResults) -> list[str]:
         (f"- Subjects with an included measurement: {results.table.values['series_id'].nunique()}; "
          f"series failed: {excluded.get('series_failed', 0)}, without age: {excluded.get('no_age', 0)} "
          "(per-structure exclusions in `exclusions`)."),
-        (f"- Included QC statuses: {', '.join(config.include_statuses)}; alpha = {config.alpha:g}; "
-         f"configuration: `{config.source}`."),
+        (f"- Included QC statuses: {', '.join(config.include_statuses)}{_bound_note(config)}; "
+         f"alpha = {config.alpha:g}; "
+         f"configuration: `{Path(config.source).name}`."),
         (f"- Preset `{config.preset}`; adults {config.age_range[0]:g}-{config.age_range[1]:g} years; "
          f"one scan per subject ({config.repeated_scans}); age groups ({config.age_groups.method}): "
          f"{', '.join(groups.labels)} years."),
@@ -123,6 +125,13 @@ def summary_lines(results: AgingResults) -> list[str]:
         *(_markdown_table(effects) if len(effects) else ["No significant age effect."]),
         *_stratified_lines(results, effects),
     ]
+
+
+def _bound_note(config: AgingConfig) -> str:
+    """Why an included status can still be excluded: a volume below the lower bound fails whatever the status."""
+    if "below_lower_bound" in config.include_statuses:
+        return ""
+    return " (a volume below its lower bound is excluded whatever its status)"
 
 
 def family_text(config: AgingConfig) -> str:

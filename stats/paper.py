@@ -2,11 +2,14 @@
 
 Headline Spearman correlations with age, per v2 structure and metric, for comparing the
 directions and rough sizes a cohort finds. The paper reports some structures once for both
-sides (e.g. "gluteus minimus"); both v2 sides get that value. The Kruskal-Wallis p-values of
+sides (e.g. "gluteus minimus", "kidney"); that value belongs to the pooled row of both sides
+(``pooled.py``), and only a study without that pooled row compares each side with it. The Kruskal-Wallis p-values of
 the paper's Table S1 come from cohort's ``configs/lower_bounds_v2.csv`` (mapped to v2 names).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import pandas as pd
 
@@ -28,12 +31,32 @@ _BOTH_SIDES = {
     ("iliac_artery", "volume_ml"): 0.33,
 }
 
-PAPER_SPEARMAN: dict[tuple[str, str], float] = {
+_ONE_STRUCTURE = {
     ("aorta", "volume_ml"): 0.64,
     ("vertebrae_L4", "mean_hu"): -0.55,
     ("pancreas", "volume_ml"): -0.49,
-    **{(f"{name}_{side}", metric): r for (name, metric), r in _BOTH_SIDES.items() for side in ("left", "right")},
 }
+
+
+def paper_spearman(structures: Collection[str]) -> dict[tuple[str, str], float]:
+    """The paper's headline r_s by (structure, metric) for a study of ``structures``.
+
+    A both-sides value goes on the pooled row (``kidney``) when the study has it, not on the
+    sides: a side's r_s is a different quantity. Without the pooled row (``pooled_structures: ""``)
+    each side carries it, as the nearest comparison there is.
+
+    >>> paper_spearman({"kidney", "kidney_left", "kidney_right"})["kidney", "volume_ml"]
+    -0.49
+    >>> ("kidney_left", "volume_ml") in paper_spearman({"kidney", "kidney_left"})
+    False
+    >>> paper_spearman({"kidney_left", "kidney_right"})["kidney_left", "volume_ml"]
+    -0.49
+    """
+    values = dict(_ONE_STRUCTURE)
+    for (name, metric), r in _BOTH_SIDES.items():
+        names = [name] if name in structures else [f"{name}_{side}" for side in ("left", "right")]
+        values.update({(each, metric): r for each in names})
+    return values
 
 
 def paper_kruskal_p() -> pd.DataFrame:

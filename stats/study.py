@@ -25,14 +25,14 @@ from cohort.stats.config import AgingConfig, load_aging_config
 from cohort.stats.descriptives import Description, Normality, describe, ks_normality
 from cohort.stats.multiplicity import with_multiplicity
 from cohort.stats.normative import fit_normative
-from cohort.stats.trends import Trend, theil_sen_trend
+from cohort.stats.trends import Trend, is_ratio_scale, theil_sen_trend
 
 log = logging.getLogger(__name__)
 KEYS = ["stratum", "structure", "metric"]
 ALL = "all"
 SEXES = ("F", "M")
 MIN_SAMPLES_PER_WORKER = 32
-UNITS = {"volume_ml": "ml"}
+UNITS = {"volume_ml": "ml", "fat_fraction": "fraction"}
 ZSCORE_COLUMNS = {"series_id": "string", "structure": "string", "metric": "string", "sex": "string", "age": "float64",
                   "value": "float64", "z": "float64", "outlier": "bool"}
 CENTILE_COLUMNS = {"structure": "string", "metric": "string", "sex": "string", "age": "float64", "centile": "float64",
@@ -236,13 +236,23 @@ def _analyse(rows: _Rows, sample: Sample, groups: AgeGroups, config: AgingConfig
                                     "median_difference_ci_high": ci.high})
     if config.runs("trends"):
         trend = theil_sen_trend(sample.age, values, config.trends, config.bootstrap.confidence,
-                                bootstrap.generator(config.bootstrap, _seed_key(sample, "trend")))
-        rows.trends.append({**key, "unit": UNITS.get(sample.metric, "HU"), **dataclasses.asdict(trend)})
+                                bootstrap.generator(config.bootstrap, _seed_key(sample, "trend")),
+                                is_ratio_scale(sample.metric))
+        rows.trends.append({**key, "unit": unit(sample.metric), **dataclasses.asdict(trend)})
     if sample.stratum == ALL and config.runs("adjusted"):
         partial = partial_spearman(sample.age, values, sample.design, config.bootstrap.confidence)
         rows.adjusted.append({**key, "covariates": sample.design_names, **dataclasses.asdict(partial)})
     if sample.stratum == ALL and config.runs("normative"):
         _normative(rows, sample, config)
+
+
+def unit(metric: str) -> str:
+    """The unit of ``metric``'s values: ml, fraction, HU, or arbitrary units for MR intensities (never HU).
+
+    >>> unit("volume_ml"), unit("std_hu"), unit("mean_intensity")
+    ('ml', 'HU', 'a.u.')
+    """
+    return UNITS.get(metric, "a.u." if metric.endswith("_intensity") else "HU")
 
 
 def _seed_key(sample: Sample, purpose: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cohort.stats.cohort_table import AgeGroups
+from cohort.stats.cohort_table import AgeGroups, study_status
 
 NO_AGE = "no age"
 ALL = "all"
@@ -59,7 +59,8 @@ def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: Ag
     """Counts per ``reason`` and ``level`` (series or measurement), by age group and by sex.
 
     Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (whole series); measurement
-    level: every QC status of the ``features`` rows (``ok`` included, for the denominators).
+    level: every QC status of the ``features`` rows (``ok`` included, for the denominators), as the
+    study applies it: a row below its lower bound counts as ``below_lower_bound`` (:func:`study_status`).
     """
     frame = series.assign(age_group=age_group_column(series, groups), sex=series["sex"].fillna("unknown"))
     reasons = pd.Series(pd.NA, index=frame.index, dtype="object")
@@ -70,7 +71,7 @@ def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: Ag
     reasons[frame["status"] != "done"] = "series_failed"
     series_level = frame.assign(reason=reasons, level="series").dropna(subset=["reason"])
     keys = frame[["series_id", "age_group", "sex"]]
-    measured = features[["series_id", "status"]].merge(keys, on="series_id").rename(columns={"status": "reason"})
+    measured = features[["series_id"]].assign(reason=study_status(features)).merge(keys, on="series_id")
     rows = pd.concat([series_level[["reason", "level", "age_group", "sex"]], measured.assign(level="measurement")])
     by_group = pd.crosstab([rows["level"], rows["reason"]], rows["age_group"])
     by_sex = pd.crosstab([rows["level"], rows["reason"]], rows["sex"]).add_prefix("sex ")

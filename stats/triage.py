@@ -4,7 +4,8 @@ At thousands of scans nobody looks at every overlay. Four short lists point to t
 matter, each row with its reason and values:
 
 * :func:`flagged_series`: series with the most flagged structures, where a flag is a structure
-  ``below_lower_bound`` or *unexpectedly absent* (absent although both its neighbours in the
+  below its lower bound (by volume, whatever its status: a structure cut by the field of view
+  and below its bound has status ``fov_truncated``) or *unexpectedly absent* (absent although both its neighbours in the
   class map, e.g. L2 and L4 around L3, are present in that series: the scan covers the region,
   so the structure should be there), or a z-score outlier of ``cohort stats``;
 * :func:`suspicious_structures`: structures most often below their lower bound or unexpectedly absent;
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from cohort.stats.cohort_table import study_status
 
 BELOW = "below_lower_bound"
 ABSENT = "absent"
@@ -41,8 +44,11 @@ def unexpected_absences(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def flags(features: pd.DataFrame, zscores: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per flagged series and structure: ``reason`` and the measured ``volume_ml``."""
-    below = features.loc[features["status"] == BELOW, ["series_id", "structure", "volume_ml", "lower_bound_ml"]]
+    """One row per flagged series and structure: ``reason`` and the measured ``volume_ml``.
+
+    ``below_lower_bound`` flags the rows the study excludes as such (:func:`study_status`).
+    """
+    below = features.loc[study_status(features) == BELOW, ["series_id", "structure", "volume_ml", "lower_bound_ml"]]
     parts = [below.assign(reason=BELOW),
              unexpected_absences(features)[["series_id", "structure"]].assign(reason="absent (neighbours present)")]
     if zscores is not None and len(zscores):

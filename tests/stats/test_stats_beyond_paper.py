@@ -13,9 +13,9 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from cohort.stats import bootstrap
-from cohort.stats.config import load_aging_config
+from cohort.stats.config import METRICS, load_aging_config
 from cohort.stats.study import AgingResults, run_study
-from cohort.stats.trends import age_curve
+from cohort.stats.trends import age_curve, is_ratio_scale
 from cohort.testing.cohorts import cohort_from_values
 
 DEFAULT = dataclasses.replace(load_aging_config(), workers=1)
@@ -156,3 +156,65 @@ def test_outlier_threshold_is_configurable() -> None:
                      normative=dataclasses.replace(DEFAULT.normative, outlier_z=limit)).zscores
               .query("metric == 'mean_hu'")["outlier"].sum() for limit in (2.0, 3.0)]
     assert counts[0] > counts[1] > 0
+
+
+def test_pct_per_decade_only_for_metrics_with_a_true_zero() -> None:
+    """HU is an interval scale (0 = water by convention): +0.3 HU per decade at a median of -40 HU is not
+    "-0.75 % per decade", so ``pct_per_decade`` is NaN for HU while the slope stays (checked with scipy)."""
+    rng = np.random.default_rng(9)
+    age = rng.uniform(18, 100, 600)
+    hu = -40 + 0.03 * age + rng.normal(0, 3, 600)  # a fat-like structure: negative HU, rising slowly
+    volume = 20 + 0.1 * age + rng.normal(0, 2, 600)
+    results = _study(age, np.where(rng.random(600) < 0.5, "M", "F"),
+                     {("thyroid_gland", "mean_hu"): hu, ("thyroid_gland", "volume_ml"): volume}, analyses=("trends",))
+    trends = results.trends.query("stratum == 'all'").set_index("metric")
+    young = (age >= 18) & (age < 30)
+    assert trends.loc["mean_hu", "slope_per_decade"] == pytest.approx(10 * sps.theilslopes(hu, age).slope, rel=1e-12)
+    assert trends.loc["mean_hu", "reference_median"] == pytest.approx(np.median(hu[young]))
+    assert trends.loc["mean_hu", "reference_median"] < 0 < trends.loc["mean_hu", "slope_per_decade"]
+    assert np.isnan(trends.loc["mean_hu", "pct_per_decade"]) and trends.loc["mean_hu", "unit"] == "HU"
+    assert trends.loc["volume_ml", "pct_per_decade"] == pytest.approx(
+        100 * 10 * sps.theilslopes(volume, age).slope / np.median(volume[young]), rel=1e-12)
+    assert {m for m in METRICS if is_ratio_scale(m)} == {"volume_ml", "std_hu", "fat_fraction"}
+
+
+def test_trends_say_how_many_values_the_slope_used() -> None:
+    """Above ``trends.max_subjects`` Theil-Sen runs on a seeded subsample: ``n`` is the sample, ``n_used`` the
+    subsample, and the slope is scipy's on exactly that subsample."""
+    rng = np.random.default_rng(10)
+    n = 1500
+    age = rng.uniform(18, 100, n)
+    volume = 400 + 2.5 * age + rng.normal(0, 40, n)
+    results = _study(age, np.where(np.arange(n) % 2, "M", "F"), {("aorta", "volume_ml"): volume}, analyses=("trends",))
+    trends = results.trends.query("metric == 'volume_ml'").set_index("stratum")
+    assert list(results.trends.columns[:6]) == ["stratum", "structure", "metric", "unit", "n", "n_used"]
+    assert (trends.loc["all", "n"], trends.loc["all", "n_used"]) == (n, DEFAULT.trends.max_subjects)
+    assert (trends.loc[["F", "M"], "n_used"] == trends.loc[["F", "M"], "n"]).all()  # 750 each: no subsample
+    rng_all = bootstrap.generator(DEFAULT.bootstrap, "all|aorta|volume_ml|trend")
+    chosen = np.sort(rng_all.choice(n, DEFAULT.trends.max_subjects, replace=False))
+    fit = sps.theilslopes(volume[chosen], age[chosen], alpha=0.95)
+    assert trends.loc["all", "slope_per_decade"] == pytest.approx(10 * fit.slope, rel=1e-12)
+    assert trends.loc["all", "slope_ci_high"] == pytest.approx(10 * fit.high_slope, rel=1e-12)
+
+
+def test_the_normative_median_curve_is_the_exact_least_absolute_deviation_fit() -> None:
+    """The median curve solves min sum |y - X b| exactly (up to 1e-5 on the fitted values): checked
+    against the same problem as a linear programme solved by scipy's HiGHS, at a small and a large n."""
+    import patsy
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix, hstack, identity
+
+    from cohort.stats.normative import fit_normative
+
+    rng = np.random.default_rng(7)
+    for n in (150, 2_000):
+        age = rng.uniform(18, 90, n)
+        volume = 300 + 2 * age + rng.gamma(2, 30, n)
+        fit = fit_normative(age, volume, "volume_ml", DEFAULT.normative)
+        basis = np.asarray(patsy.dmatrix(f"cr(age, df={DEFAULT.normative.spline_df}, constraints='center')",
+                                         {"age": age}))
+        p = basis.shape[1]
+        exact = linprog(np.r_[np.zeros(p), np.ones(2 * n)], A_eq=hstack([csr_matrix(basis), identity(n), -identity(n)]),
+                        b_eq=np.log(volume), bounds=[(None, None)] * p + [(0, None)] * (2 * n), method="highs")
+        median, _ = fit.median_and_scale(age)
+        assert np.abs(median - basis @ exact.x[:p]).max() < 1e-4, n

@@ -14,7 +14,7 @@ import pytest
 from cohort.errors import ConfigError
 from cohort.stats import run_stats
 from cohort.stats.cohort_table import ResultsTableError
-from cohort.stats.config import load_aging_config
+from cohort.stats.config import STATS_DIR, load_aging_config
 from cohort.stats.outputs import METADATA_KEY, agreement_with_paper, strongest_effects, summary_lines
 from cohort.stats.paper import paper_kruskal_p
 from cohort.stats.study import AgingResults, run_study
@@ -138,3 +138,29 @@ def test_figures_argument_overrides_the_config(tmp_path: Path) -> None:
     assert len(run_stats(results, tmp_path / "out", figures="overview").figures) == 1
     with pytest.raises(ConfigError, match="figures: 'some'"):
         run_stats(results, tmp_path / "out", figures="some")
+
+
+def test_paper_r_of_both_sides_is_on_the_pooled_row(tmp_path: Path) -> None:
+    """The paper reports kidney volume (r_s = -0.49) for both kidneys together: that is the pooled ``kidney``
+    row's comparison, not each side's; only a study without the pooled row compares the sides with it."""
+    cohort = make_cohort(n_subjects=600, n_structures=12, seed=3)
+    paper = dataclasses.replace(load_aging_config(preset="paper"), workers=1)
+    effects = strongest_effects(run_study(cohort.features, cohort.series, paper), 50).set_index(["structure", "metric"])
+    assert effects.loc[("kidney", "volume_ml"), "paper_r"] == -0.49
+    assert np.isnan(effects.loc[("kidney_left", "volume_ml"), "paper_r"])
+    assert effects.loc[("aorta", "volume_ml"), "paper_r"] == 0.64
+    unpooled = run_study(cohort.features, cohort.series, dataclasses.replace(paper, pooled_structures=""))
+    effects = strongest_effects(unpooled, 50).set_index(["structure", "metric"])
+    assert effects.loc[("kidney_left", "volume_ml"), "paper_r"] == -0.49
+
+
+def test_summary_names_the_configuration_file_not_its_folder(small_results_dir: Path, tmp_path: Path) -> None:
+    """A user's --config path would show their directories: summary.md names the file, as methods.md does."""
+    private = tmp_path / "home" / "someone" / "project"
+    private.mkdir(parents=True)
+    (private / "my-aging.yaml").write_text("preset: paper\nfigures: {which: none}\n")
+    run = run_stats(small_results_dir, tmp_path / "aging", private / "my-aging.yaml")
+    text = run.summary.read_text()
+    assert "configuration: `my-aging.yaml`" in text and "someone" not in text
+    preset = run_stats(small_results_dir, tmp_path / "preset", preset="paper", figures="none").summary.read_text()
+    assert "configuration: `paper.yaml`" in preset and str(STATS_DIR) not in preset

@@ -172,3 +172,31 @@ def test_cli_preset_paper_and_a_covariate_config(tmp_path: Path) -> None:
     config.write_text("covariates: [contrast]\n")
     missing = cohort_cli("stats", "--results", str(results_dir), "--config", str(config))
     assert missing.returncode == 2 and "covariate 'contrast'" in missing.stderr + missing.stdout
+
+
+def test_a_volume_below_its_bound_is_excluded_whatever_its_status() -> None:
+    """QC checks the image border first, so a structure cut by the field of view AND below its bound is
+    ``fov_truncated`` in features/: the study still excludes it as a failed segmentation (the paper's
+    rule), in both presets, counts it under ``below_lower_bound``, and fails the pooled row with it."""
+    cohort = make_cohort(n_subjects=300, n_structures=12, seed=4)  # kidney_left and kidney_right: a pooled kidney
+    features = cohort.features.copy()
+    with_age = features["series_id"].isin(cohort.series.loc[cohort.series["age"].notna(), "series_id"])
+    truncated = features.index[(features["status"] == "fov_truncated") & (features["structure"] == "kidney_left")
+                               & with_age]
+    planted = truncated[:5]
+    assert len(planted) == 5
+    features.loc[planted, "volume_ml"] = 0.5 * features.loc[planted, "lower_bound_ml"]
+    ids = set(features.loc[planted, "series_id"])
+    kept = run_study(cohort.features, cohort.series, PAPER).table.values.query("structure == 'kidney'")
+    assert kept["series_id"].isin(ids).any()  # the pooled kidney of a truncated side enters the paper preset
+    for config, was in ((PAPER, "included"), (DEFAULT, "fov_truncated")):
+        before = run_study(cohort.features, cohort.series, config).exclusions.set_index(["structure", "reason"])
+        after = run_study(features, cohort.series, config)
+        counts = after.exclusions.set_index(["structure", "reason"])["n_series"]
+        before = before["n_series"]
+        assert counts["kidney_left", "below_lower_bound"] == before["kidney_left", "below_lower_bound"] + 5
+        assert counts["kidney_left", was] == before["kidney_left", was] - 5
+        used = after.table.values
+        assert not used.loc[used["structure"].isin(["kidney_left", "kidney"]), "series_id"].isin(ids).any()
+        assert after.correlations.query("stratum == 'all' and structure == 'kidney_left' and metric == 'volume_ml'"
+                                        )["n"].iloc[0] == counts["kidney_left", "included"]

@@ -23,7 +23,7 @@ from cohort.stats.report_figures import organ_systems
 from cohort.stats.review import rejected
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
-from cohort.stats.triage import flags, flagged_series, unexpected_absences
+from cohort.stats.triage import flagged_series, flags, suspicious_structures, unexpected_absences
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 GROUPS = AgeGroups.from_edges((41, 59, 78))
@@ -200,3 +200,20 @@ def test_organ_systems_cover_v3_and_mr_structures_and_keep_ct_systems_first() ->
     assert systems["intervertebral_discs"] == "organs"  # MR only
     assert systems["heart"] == "cardiac" and systems["spleen"] == "organs"
     assert "subcutaneous_fat" not in systems  # VIBESegmentator: "other"
+
+
+def test_below_bound_lists_count_truncated_structures_below_their_bound(results: Path) -> None:
+    """"Structures most often below their lower bound" counts rows by volume: a structure cut by the field
+    of view and below its bound (status ``fov_truncated`` on disk) is one; so do the flags and Table 1's
+    exclusions, as the study excludes it."""
+    features = pd.read_parquet(results / "features")
+    series = pd.read_parquet(results / "series")
+    planted = features.index[features["status"] == "fov_truncated"][:7]
+    features.loc[planted, "volume_ml"] = 0.5 * features.loc[planted, "lower_bound_ml"]
+    below = (features["status"] == "below_lower_bound").sum() + 7
+    flag_rows = flags(features, None)
+    assert (flag_rows["reason"] == "below_lower_bound").sum() == below
+    assert suspicious_structures(features, flag_rows, 100)["below_lower_bound"].sum() == below
+    table = exclusions_by_group(series, features, GROUPS).set_index(["level", "reason"])
+    assert table.loc[("measurement", "below_lower_bound"), "total"] == below
+    assert table.loc[("measurement", "fov_truncated"), "total"] == (features["status"] == "fov_truncated").sum() - 7
