@@ -82,8 +82,9 @@ def kruskal(samples: list[np.ndarray]) -> GroupTest:
 def pairwise(samples: list[np.ndarray], correction: str) -> list[PairTest]:
     """Mann-Whitney U for every pair of groups (six for four groups), p corrected over the pairs.
 
-    ``correction`` is a ``statsmodels`` ``multipletests`` method, or ``none`` when the study's
-    threshold is already corrected (the paper's p < 0.0001) and ``p_adjusted`` is the raw p.
+    ``correction`` is a ``statsmodels`` ``multipletests`` method, or ``none``: ``p_adjusted`` is the
+    raw p, judged at the study's threshold (the paper preset: cohort's reading of the paper's
+    p < 0.0001, docs/aging-study.md, which names ``bonferroni`` as the other reading).
     """
     raw = [_mann_whitney(samples, a, b) for a, b in itertools.combinations(range(len(samples)), 2)]
     tested = [i for i, t in enumerate(raw) if not np.isnan(t[1])]

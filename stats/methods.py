@@ -16,7 +16,7 @@ import statsmodels
 from cohort.stats.cohort_table import INCLUDED, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups
 from cohort.stats.config import STATUSES
 from cohort.stats.outputs import family_text
-from cohort.stats.study import ALL, AgingResults
+from cohort.stats.study import ALL, AgingResults, unit
 from cohort.stats.trends import is_ratio_scale
 
 REFERENCES = {
@@ -87,7 +87,8 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
     reviewed = " Structures a reviewer rejected were also excluded." if excluded.get(REJECTED_IN_REVIEW, 0) else ""
     pooled = (" Left/right structures were also pooled (volumes summed, attenuation volume-weighted)."
               if config.pooled_structures else "")
-    return (f"Volume (ml) and mean attenuation (HU) of each segmented structure were analysed against age as in "
+    metrics = ", ".join(metric_words(metric) for metric in config.metrics)
+    return (f"{metrics[0].upper()}{metrics[1:]} of each segmented structure were analysed against age as in "
             f"the TotalSegmentator aging study {cite('paper')}. Series were included when processing succeeded and "
             f"the age lay within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
             f"{qc_rule(config.include_statuses, cite)}{reviewed} "
@@ -95,6 +96,22 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
             f"series failed processing and {excluded.get('no_age', 0)} had no age. "
             f"{exclusion_counts(results.exclusions, bool(config.pooled_structures))} "
             f"{age_group_text(results.age_groups, config.age_groups.method)}{pooled}")
+
+
+def metric_words(metric: str) -> str:
+    """A metric as a methods section names it, with its unit (MR intensities never in HU).
+
+    >>> metric_words("volume_ml"), metric_words("mean_hu"), metric_words("p95_intensity")
+    ('volume (ml)', 'mean attenuation (HU)', '95th percentile of signal intensity (a.u.)')
+    """
+    statistic, _, quantity = metric.partition("_")
+    if metric in ("volume_ml", "fat_fraction"):
+        words = metric.replace("_ml", "").replace("_", " ")
+    else:
+        kind = {"hu": "attenuation", "intensity": "signal intensity"}[quantity]
+        words = {"mean": f"mean {kind}", "median": f"median {kind}", "std": f"standard deviation of {kind}",
+                 "p05": f"5th percentile of {kind}", "p95": f"95th percentile of {kind}"}[statistic]
+    return f"{words} ({'0-1' if unit(metric) == 'fraction' else unit(metric)})"
 
 
 def qc_rule(include_statuses: tuple[str, ...], cite: Citations) -> str:

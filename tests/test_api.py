@@ -21,7 +21,7 @@ DOCTEST_MODULES = ["cohort.api", "cohort.segmentation.registry", "cohort.stats.s
                    "cohort.stats.overlays", "cohort.flows.warmup", "cohort.flows.cuda",
                    "cohort.flows.job_gpus", "cohort.segmentation.gate", "cohort.flows.resources",
                    "cohort.flows.clusters", "cohort.flows.alone", "cohort.flows.dispatch", "cohort.store.records",
-                   "cohort.stats.review_server"]
+                   "cohort.stats.review_server", "cohort.stats.methods"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)
