@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -182,6 +183,20 @@ class BatchWriter:
             self.n_done += 1
         else:
             self.failures.append(result)
+        self.publish_unflushed()
+
+    def publish_unflushed(self) -> None:
+        """Tell ``cohort status`` which series finished since the last part (``layout.unflushed``):
+        at most a batch of ids, replaced atomically. Advisory: a failure to write it is ignored
+        (the parts, not this file, are the results; a stopped run's file is not read)."""
+        rows = [[r.record.series_id, r.record.status,
+                 r.record.finished_at.isoformat() if r.record.finished_at else None] for r in self.pending]
+        partial = self.layout.unflushed.with_name(self.layout.unflushed.name + ".partial")
+        try:
+            partial.write_text(json.dumps({"run_id": self.run_id, "series": rows}))
+            os.replace(partial, self.layout.unflushed)
+        except OSError:
+            pass
 
     def stop_on_write_failure(self, reason: str | None) -> None:
         raise OutputWriteFailed(f"{reason}; stopped. {self.n_parts} batch(es) were committed before; free space "
@@ -212,6 +227,7 @@ class BatchWriter:
             self.stop_on_write_failure(f"cannot write {self.layout.root}: {error.strerror or error}")
         self.n_parts += 1
         self.pending = []
+        self.publish_unflushed()
 
 
 @dataclass(frozen=True)

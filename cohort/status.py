@@ -1,9 +1,11 @@
 """``cohort status``: how far a run under ``--out`` is, read from what the run leaves on disk.
 
-Nothing talks to the running process: the ``series/`` parts say what is done and failed (written
-per batch, so counts trail the run by at most ``execution.flush_interval_s``), the newest
-``runs/*.json`` says how many series the manifest has, and the ``.cohort.lock`` flock, held by a
-live ``cohort run`` only (the kernel drops it when the process dies), says whether one runs.
+Nothing talks to the running process: the ``series/`` parts say what is done and failed, and
+while a run is live its ``.cohort.unflushed.json`` adds the series it finished since its last part
+(parts are written per batch); the newest ``runs/*.json`` says how many series the manifest has,
+and the ``.cohort.lock`` flock, held by a live ``cohort run`` only (the kernel drops it when the
+process dies), says whether one runs. A stopped run's unflushed series are not counted: they are
+lost with it, and its rerun does them again.
 """
 
 from __future__ import annotations
@@ -83,15 +85,28 @@ def run_status(out: Path, now: datetime | None = None) -> RunStatus:
                              "give the --out folder of a `cohort run`")
     record = _read_record(records[-1]) if records else {}
     run_id = record.get("run_id")
+    running, holder = _lock_holder(layout.lock)
     statuses = _latest_statuses(parts)
     finished = [time for path in parts if run_id and path.name.startswith(f"part-{run_id}-")
                 for time in pq.read_table(path, columns=["finished_at"])["finished_at"].to_pylist() if time]
-    running, holder = _lock_holder(layout.lock)
+    if running:
+        for series_id, status, finished_at in _unflushed(layout.unflushed, run_id):
+            statuses[series_id] = status
+            if finished_at:
+                finished.append(datetime.fromisoformat(finished_at))
+    counts = list(statuses.values())
     return RunStatus(out=layout.root, running=running, holder=holder, run_id=run_id,
                      started=datetime.fromtimestamp(records[-1].stat().st_mtime, timezone.utc) if records else None,
-                     n_series=int(record.get("n_series", len(statuses))), n_done=statuses.count("done"),
-                     n_failed=statuses.count("failed"), n_this_run=len(finished),
+                     n_series=int(record.get("n_series", len(counts))), n_done=counts.count("done"),
+                     n_failed=counts.count("failed"), n_this_run=len(finished),
                      last_finished=max(finished) if finished else None, now=now or datetime.now(timezone.utc))
+
+
+def _unflushed(path: Path, run_id: str | None) -> list[tuple[str, str, str | None]]:
+    """The series the live run ``run_id`` finished since its last part (none if the file is
+    another run's, missing or being replaced)."""
+    record = _read_record(path) if path.is_file() else {}
+    return [tuple(row) for row in record.get("series", [])] if run_id and record.get("run_id") == run_id else []
 
 
 def _read_record(path: Path) -> dict:
@@ -101,7 +116,7 @@ def _read_record(path: Path) -> dict:
         return {}
 
 
-def _latest_statuses(parts: list[Path]) -> list[str]:
+def _latest_statuses(parts: list[Path]) -> dict[str, str]:
     """The newest status of each series still in the manifest (parts are named in time order;
     a failed row and its later retry both stay on disk until the run ends)."""
     latest: dict[str, str] = {}
@@ -115,7 +130,7 @@ def _latest_statuses(parts: list[Path]) -> list[str]:
                 latest.pop(series_id, None)
             else:
                 latest[series_id] = status
-    return list(latest.values())
+    return latest
 
 
 def _lock_holder(lock: Path) -> tuple[bool, str | None]:

@@ -77,6 +77,28 @@ def test_running_run_gives_an_eta(results: Path) -> None:
     assert not run_status(results, now=now).running, "the flock is gone once the run ends"
 
 
+def test_a_live_run_counts_the_series_it_finished_since_its_last_part(results: Path) -> None:
+    """What ``BatchWriter`` publishes after each series (``.cohort.unflushed.json``) counts while the
+    run holds the folder; once it stops, those series were never written and are not counted."""
+    from cohort.driver import BatchWriter
+    from cohort.pipeline import SeriesResult
+    from cohort.store.records import SeriesRecord
+
+    layout = OutputLayout(results)
+    writer = BatchWriter(layout, RUN_ID, batch_size=50, flush_interval_s=60)
+    for series_id, status, minute in (("s8", "done", 6), ("s9", "failed", 7)):
+        writer.add(SeriesResult(SeriesRecord(series_id, status, 9, finished_at=STARTED + timedelta(minutes=minute))))
+    now = STARTED + timedelta(minutes=10)
+    with exclusive_output(layout.lock, "cohort run --manifest scans.csv --out results"):
+        live = run_status(results, now=now)
+    assert (live.n_done, live.n_failed, live.n_remaining, live.n_this_run) == (9, 1, 0, 7)
+    assert (run_status(results, now=now).n_done, run_status(results, now=now).n_remaining) == (8, 2)  # stopped
+    (layout.runs / "20261126T090000-new000.json").write_text(json.dumps({"run_id": "20261126T090000-new000",
+                                                                         "n_series": 10}))
+    with exclusive_output(layout.lock, "cohort run --manifest scans.csv --out results"):
+        assert run_status(results, now=now).n_done == 8, "another run's unflushed series do not count"
+
+
 def test_folder_without_results_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunCannotStart, match="no cohort results"):
         run_status(tmp_path)

@@ -67,6 +67,11 @@ class OutputLayout:
         return self.root / ".cohort.lock"
 
     @property
+    def unflushed(self) -> Path:
+        """The running run's finished series not yet in a Parquet part, for ``cohort status``."""
+        return self.root / ".cohort.unflushed.json"
+
+    @property
     def corrupt(self) -> Path:
         """Unreadable parts set aside on start (outside the datasets, so readers never see them)."""
         return self.root / "corrupt"
