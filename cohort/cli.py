@@ -115,9 +115,13 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 
 @contextmanager
-def writing_to(out: Path) -> Iterator[None]:
-    """Turn a failure to write ``out`` (disk full, quota, read-only, permissions) into exit 2 with
-    the reason and the path, for the commands whose driver writes its outputs itself."""
+def writing_to(out: Path, folder: Path | None = None) -> Iterator[None]:
+    """For the commands whose driver writes its outputs itself: stop before any work unless
+    ``folder`` (default: ``out``, a folder) can be written, then turn a failure to write ``out``
+    (disk full, quota, read-only, permissions) into exit 2 with the reason and the path."""
+    from cohort.store.layout import check_writable_folder
+
+    check_writable_folder(folder or out, label=f"--out {out}")
     try:
         yield
     except OSError as error:
@@ -252,11 +256,9 @@ def _print_summary(summary, wall_seconds: float) -> None:
 
 def stats_command(args: argparse.Namespace) -> int:
     from cohort import stats
-    from cohort.store.layout import check_writable_folder
 
     _require_tables(args.results)
     out = args.out or args.results / "aging"
-    check_writable_folder(out)
     with writing_to(out):
         run = stats.run_stats(args.results, args.out, args.config, figures=args.figures, preset=args.preset)
     console.print(run.describe(), highlight=False, soft_wrap=True)
@@ -265,12 +267,10 @@ def stats_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     from cohort import stats
-    from cohort.store.layout import check_writable_folder
 
     _require_tables(args.results)
     out = args.out or args.results / "report.html"
-    check_writable_folder(out.parent, label=f"--out {out}")
-    with writing_to(out):
+    with writing_to(out, out.parent):
         path = stats.write_report(args.results, args.out, stats_dir=args.stats, strict=args.strict,
                                   figure_formats=args.figure_formats)
     console.print(f"report: {path}")
@@ -338,10 +338,8 @@ def manifest_command(args: argparse.Namespace) -> int:
     """Crawl a DICOM export with a progress bar, write the manifest and print what was found;
     exit 1 when no series was chosen (the manifest would have no rows)."""
     from cohort.export import build_manifest
-    from cohort.store.layout import check_writable_folder
 
-    check_writable_folder(args.out.parent, label=f"--out {args.out}")
-    with writing_to(args.out), Progress(TextColumn("headers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with writing_to(args.out, args.out.parent), Progress(TextColumn("headers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as display:
         bar = display.add_task("headers", total=None)
         summary = build_manifest(args.dicom, args.out, args.policy, args.key, args.workers,

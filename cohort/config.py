@@ -162,15 +162,16 @@ def _named_file(name: str | None, source: Path, key: str) -> str | None:
     name is kept as it is). A name found nowhere stops the run here, naming the file and key."""
     if name is None:
         return None
-    places = [Path(name)] if Path(name).is_absolute() else [source.parent / name, Path.cwd() / name]
+    if Path(name).is_absolute():
+        places, looked = [Path(name)], "there"
+    else:
+        places, looked = [source.parent / name, Path.cwd() / name], f"beside {source}, in {Path.cwd()} and in cohort's configs/"
     for place in places:
         if place.is_file():
             return str(place.absolute())
     if not Path(name).is_absolute() and (CONFIG_DIR / name).is_file():
         return name
-    raise ConfigError(f"{source}: key '{key}': file {name!r} not found (looked "
-                      + (f"beside {source}, in {Path.cwd()} and in cohort's configs/)" if not Path(name).is_absolute()
-                         else "there)"))
+    raise ConfigError(f"{source}: key '{key}': file {name!r} not found (looked {looked})")
 
 
 ZERO_ALLOWED = ("retries", "border_voxels", "prefetch", "gpu_prefetch")

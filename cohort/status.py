@@ -105,7 +105,7 @@ def run_status(out: Path, now: datetime | None = None) -> RunStatus:
 def _unflushed(path: Path, run_id: str | None) -> list[tuple[str, str, str | None]]:
     """The series the live run ``run_id`` finished since its last part (none if the file is
     another run's, missing or being replaced)."""
-    record = _read_record(path) if path.is_file() else {}
+    record = _read_record(path)
     return [tuple(row) for row in record.get("series", [])] if run_id and record.get("run_id") == run_id else []
 
 

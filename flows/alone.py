@@ -34,7 +34,7 @@ import functools
 import os
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -83,7 +83,7 @@ class Admission:
                     other.accompanied = True
             self._seats.add(seat)
         try:
-            with self.gpu.shared() if self.gpu is not None else _nothing():
+            with self.gpu.shared() if self.gpu is not None else nullcontext():
                 yield seat
         finally:
             with self._changed:
@@ -98,17 +98,12 @@ class Admission:
             self.waiting_alone -= 1
             self.running_alone = True
         try:
-            with self.gpu.alone() if self.gpu is not None else _nothing():
+            with self.gpu.alone() if self.gpu is not None else nullcontext():
                 yield Seat()
         finally:
             with self._changed:
                 self.running_alone = False
                 self._changed.notify_all()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 class SharedGpu:

@@ -164,13 +164,11 @@ def local_resources(workers: int | None, execution: ExecutionConfig, model_memor
                                           model_memory_gb)
 
     resources = plan(workers)
+    useful = min(resources.workers, resources.cpus, series or resources.workers)
     if workers is not None and workers > resources.cpus:
         log.warning("--workers %d: this process may use %d CPU(s); starting %d local worker(s)", workers,
-                    resources.cpus, resources.cpus)
-        resources = plan(resources.cpus)
-    if series is not None and 0 < series < resources.workers:
-        resources = plan(series)
-    return resources
+                    resources.cpus, useful)
+    return resources if useful == resources.workers else plan(useful)
 
 
 @contextmanager

@@ -36,12 +36,17 @@ def job_gpu(worker_name: str, processes: int, visible: str) -> str | None:
     >>> job_gpu("cohort-worker-3-3", 4, "4,7"), job_gpu("cohort-worker-12", 1, "4,7"), job_gpu("x-1", 2, "")
     ('7', '4', None)
     """
-    devices = [device.strip() for device in visible.split(",") if device.strip()]
+    devices = job_devices(visible)
     if not devices:
         return None
     suffix = re.search(r"-(\d+)$", worker_name)
     index = int(suffix.group(1)) if processes > 1 and suffix else 0
     return devices[index % len(devices)]
+
+
+def job_devices(visible: str) -> list[str]:
+    """The entries of a job's ``CUDA_VISIBLE_DEVICES`` (ids or UUIDs), in order."""
+    return [device.strip() for device in visible.split(",") if device.strip()]
 
 
 def job_lock_directory(job_id: str) -> Path:
@@ -60,5 +65,5 @@ def dask_setup(worker) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     log.info("worker %s computes on GPU %s of its job", worker.name, device)
     job = os.environ.get("SLURM_JOB_ID")
-    if job and processes > len([entry for entry in visible.split(",") if entry.strip()]):
+    if job and processes > len(job_devices(visible)):
         os.environ[SHARED_GPU_ENV] = shared_gpu_path(job_lock_directory(job), device)
