@@ -87,7 +87,8 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
     reviewed = " Structures a reviewer rejected were also excluded." if excluded.get(REJECTED_IN_REVIEW, 0) else ""
     pooled = (" Left/right structures were also pooled (volumes summed, attenuation volume-weighted)."
               if config.pooled_structures else "")
-    metrics = ", ".join(metric_words(metric) for metric in config.metrics)
+    words = [metric_words(metric) for metric in config.metrics]
+    metrics = " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
     return (f"{metrics[0].upper()}{metrics[1:]} of each segmented structure were analysed against age as in "
             f"the TotalSegmentator aging study {cite('paper')}. Series were included when processing succeeded and "
             f"the age lay within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
