@@ -27,7 +27,7 @@ from markdown_it import MarkdownIt
 
 from cohort.errors import RunCannotStart
 from cohort.stats import report_figures as figures
-from cohort.stats.cohort_table import AgeGroups
+from cohort.stats.cohort_table import AgeGroups, study_status
 from cohort.stats.config import load_aging_config
 from cohort.stats.freshness import StatsState, check_stats
 from cohort.stats.overlays import OverlayRequest, ensure_overlays
@@ -194,7 +194,9 @@ def failures_html(series: pd.DataFrame) -> str:
 
 
 def qc_html(features: pd.DataFrame, figure_dir: Path, formats: tuple[str, ...]) -> str:
-    """QC statuses by organ system (figure) and per structure (collapsed table)."""
+    """QC statuses by organ system (figure) and per structure (collapsed table), as the study
+    applies them: a structure below its lower bound counts there whatever its stored status."""
+    features = features.assign(status=study_status(features))
     fig = figures.qc_by_system(features)
     figures.save(fig, figure_dir / "qc_by_system", formats)
     counts = pd.crosstab(features["structure"], features["status"])

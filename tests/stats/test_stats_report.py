@@ -18,7 +18,7 @@ from testkit import cohort_cli
 from cohort.stats import run_stats, write_report
 from cohort.stats.cohort_table import AgeGroups
 from cohort.stats.freshness import check_stats
-from cohort.stats.report import StaleStats, format_p
+from cohort.stats.report import StaleStats, format_p, qc_html
 from cohort.stats.report_figures import organ_systems
 from cohort.stats.review import rejected
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
@@ -57,6 +57,19 @@ def test_report_is_self_contained_and_complete(report: Path) -> None:
     assert {p.name for p in figures.iterdir()} == {"correlation_heatmap.png", "correlation_heatmap.svg",
                                                    "qc_by_system.png", "qc_by_system.svg"}
     assert matplotlib.image.imread(figures / "correlation_heatmap.png").shape[1] > 1500  # 300 dpi
+
+
+def test_qc_overview_counts_statuses_as_the_study_applies_them(tmp_path: Path) -> None:
+    """A structure cut by the field of view and below its lower bound is stored ``fov_truncated``
+    (the border is checked first) but excluded as below its bound: the QC overview says so."""
+    features = pd.DataFrame({"series_id": ["a", "b", "c"], "structure": ["liver"] * 3,
+                             "status": ["fov_truncated", "fov_truncated", "ok"],
+                             "volume_ml": [10.0, 900.0, 1500.0], "lower_bound_ml": [500.0] * 3})
+    text = qc_html(features, tmp_path, ("png",))
+    table = text.split("<details>")[-1]
+    header = re.findall(r"<th>(\w*)</th>", table.split("<tbody>")[0])
+    cells = re.findall(r"<td>(\w+)</td>", table.split("<tbody>")[1])
+    assert dict(zip(header[1:], cells)) == {"structure": "liver", "below_lower_bound": "1", "fov_truncated": "1", "ok": "1"}
 
 
 def test_missing_stats_say_not_computed_and_nothing_is_run(results: Path, tmp_path: Path) -> None:
