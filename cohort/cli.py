@@ -233,8 +233,14 @@ def _plan_notes(plan) -> list[str]:
         notes.append(f"{len(plan.changed)} done series recomputed (--recompute changed)")
     if plan.redo:
         notes.append(f"{len(plan.redo)} done series redone: their features or label map were missing")
+    if plan.moved:
+        notes.append(f"{len(plan.moved)} done series whose files moved or were touched, contents unchanged: kept")
+    if plan.inputs_gone:
+        notes.append(f"{len(plan.inputs_gone)} done series whose input files are gone: kept as they are "
+                     f"(e.g. {plan.inputs_gone[0].where})")
     if plan.metadata_updates:
-        notes.append(f"{len(plan.metadata_updates)} rows updated from manifest edits (age, sex, covariates, line)")
+        what = "manifest edits (age, sex, covariates, line)" + (", moved files" if plan.moved else "")
+        notes.append(f"{len(plan.metadata_updates)} rows updated in place from {what}")
     if plan.not_in_manifest:
         notes.append(f"{len(plan.not_in_manifest)} series in the results are not in this manifest: kept, marked "
                      "in_manifest = false, left out of the aging study")

@@ -149,6 +149,8 @@ def _record_run(run: PreparedRun, specs: list[SeriesSpec]) -> None:
         "n_recomputed": len(run.plan.changed) if run.request.recompute else 0,
         "n_redone": len(run.plan.redo),
         "n_metadata_updates": len(run.plan.metadata_updates),
+        "n_moved": len(run.plan.moved),
+        "n_inputs_gone": len(run.plan.inputs_gone),
         "not_in_manifest": len(run.plan.not_in_manifest),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -28,7 +28,7 @@ from cohort.manifest import SeriesSpec, Subject, subject_or_empty, validate_subj
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
-from cohort.provenance import LABELS_MODEL, RunKey, digest, input_fingerprint, measurement_digest
+from cohort.provenance import LABELS_MODEL, RunKey, digest, input_content, input_fingerprint, measurement_digest
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
 from cohort.store.tables import FEATURES_SCHEMA
@@ -133,9 +133,10 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def source_key(key: RunKey, fingerprint: str) -> str:
-    """What a stored label map depends on: the model part of the run key and the input files."""
-    return digest([key.segmentation_part().digest, fingerprint])
+def source_key(key: RunKey, content: str | None) -> str:
+    """What a stored label map depends on: the model part of the run key and the input files'
+    content (not their paths: a label map stays valid when its files move)."""
+    return digest([key.segmentation_part().digest, content])
 
 
 def label_map_attributes(series_id: str, model: str, settings: MeasureSettings) -> dict:
@@ -161,8 +162,9 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             volume = load_ct(InputName.in_manifest(spec.path, spec.manifest, spec.line), context.ingest,
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)
+            content = input_content(spec.path, spec.companions)
             key = context.run_key(spec)
-            made_from = source_key(key, fingerprint)
+            made_from = source_key(key, content)
             label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)
             reused = label_map is not None
             if label_map is None and spec.labels is not None:
@@ -200,7 +202,8 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         orientation=volume.grid.orientation, measure_spacing_mm=spacing_text(volume.grid.spacing),
         n_structures_ok=int(sum(status == OK for status in features["status"].to_pylist())),
         reused_label_map=reused, seconds_segment=0.0 if reused else timer.seconds.get("segment"),
-        run_key=key.digest, run_settings=key.to_json(), input_fingerprint=fingerprint)
+        run_key=key.digest, run_settings=key.to_json(), input_fingerprint=fingerprint,
+        input_content=content)
     return SeriesResult(record, features)
 
 

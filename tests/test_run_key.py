@@ -120,6 +120,8 @@ def test_other_weights_are_refused(reference: Path, inputs: dict[str, Path], tmp
 
 
 def test_changed_input_file_is_refused(inputs: dict[str, Path], tmp_path: Path, prefect_server: str) -> None:
+    """Rewriting a file with its own bytes (a new modification time) keeps the row; other bytes
+    of the same size are refused, named as a change of content."""
     shutil.copy(inputs["folder"] / "ct.nii.gz", tmp_path / "ct.nii.gz")
     shutil.copy(inputs["folder"] / "seg.nii.gz", tmp_path / "seg.nii.gz")
     manifest = write_manifest(tmp_path / "scans.csv", [{"series_id": "labelled", "path": "ct.nii.gz",
@@ -127,12 +129,78 @@ def test_changed_input_file_is_refused(inputs: dict[str, Path], tmp_path: Path, 
     out = tmp_path / "results"
     assert _run(inputs, out, prefect_server, manifest=manifest).returncode == 0
     time.sleep(0.01)
-    (tmp_path / "seg.nii.gz").write_bytes((tmp_path / "seg.nii.gz").read_bytes())  # rewritten: new mtime
+    seg = tmp_path / "seg.nii.gz"
+    seg.write_bytes(seg.read_bytes())  # rewritten: new mtime
+    touched = _run(inputs, out, prefect_server, manifest=manifest)
+    assert touched.returncode == 0, touched.stderr
+    assert "1 done series whose files moved or were touched, contents unchanged: kept" in " ".join(touched.stderr.split())
+    labels = nib.load(str(seg))
+    data = labels.get_fdata().astype("uint8")
+    data[0, 0, 0] = 1 if data[0, 0, 0] != 1 else 2
+    nib.save(nib.Nifti1Image(data, labels.affine, labels.header), str(tmp_path / "edited.nii"))
+    seg.write_bytes(__import__("gzip").compress((tmp_path / "edited.nii").read_bytes()))
     result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 2
     message = " ".join(result.stderr.split())
-    assert "input files (path, size or modification time of the image, labels, fat or water): 1 series" in message
+    assert "input file contents (image, labels, fat or water): 1 series" in message
     assert "scans.csv line 2 (labelled)" in message
+
+
+def test_moved_inputs_keep_their_rows_and_label_maps(reference: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                     prefect_server: str) -> None:
+    """Scratch to archive: the same files under other paths (and, copied without their times, other
+    modification times) keep every row, and a later recompute still reuses the stored label maps."""
+    out = _copy(reference, tmp_path)
+    before_series, before_features = _series(out), _features(out)
+    archive, copied = tmp_path / "archive", tmp_path / "copied"
+    for folder, copy in ((archive, shutil.copy2), (copied, shutil.copy)):
+        folder.mkdir()
+        for name in ("crop_a.nii.gz", "crop_b.nii.gz", "ct.nii.gz", "seg.nii.gz"):
+            copy(inputs["folder"] / name, folder / name)
+        (folder / "scans.csv").write_text(inputs["manifest"].read_text())
+        moved = _run(inputs, out, prefect_server, manifest=folder / "scans.csv")
+        assert moved.returncode == 0, moved.stderr
+        message = " ".join(moved.stderr.split())
+        assert "0 series to process, 3 already done" in message
+        assert "3 done series whose files moved or were touched, contents unchanged: kept" in message
+        again = _run(inputs, out, prefect_server, manifest=folder / "scans.csv")
+        assert "files moved" not in again.stderr and "0 series to process" in " ".join(again.stderr.split())
+    series = _series(out)
+    assert (series["input_fingerprint"] != before_series["input_fingerprint"]).all()
+    pd.testing.assert_series_equal(series["input_content"], before_series["input_content"])
+    pd.testing.assert_frame_equal(_features(out), before_features)
+
+    config = tmp_path / "border2.yaml"
+    config.write_text("measure:\n  border_voxels: 2\n")
+    recomputed = _run(inputs, out, prefect_server, "--config", str(config), "--recompute", "changed",
+                      manifest=copied / "scans.csv")
+    assert recomputed.returncode == 0, recomputed.stderr
+    assert _series(out)["reused_label_map"].all()
+
+
+def test_done_rows_whose_inputs_are_gone_are_kept(reference: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                  prefect_server: str) -> None:
+    """A purged scratch folder loses nothing already measured: the rows stay as they are, said
+    on the console; only a change of settings, which would need the files, is refused."""
+    out = _copy(reference, tmp_path)
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    for name in ("crop_a.nii.gz", "crop_b.nii.gz", "ct.nii.gz", "seg.nii.gz"):
+        shutil.copy2(inputs["folder"] / name, folder / name)
+    (folder / "scans.csv").write_text(inputs["manifest"].read_text())
+    (folder / "crop_b.nii.gz").unlink()
+    before = _features(out)
+    kept = _run(inputs, out, prefect_server, manifest=folder / "scans.csv")
+    assert kept.returncode == 0, kept.stderr
+    message = " ".join(kept.stderr.split())
+    assert "0 series to process, 3 already done" in message
+    assert "1 done series whose input files are gone: kept as they are (e.g. scans.csv line 3 (crop_b))" in message
+    pd.testing.assert_frame_equal(_features(out), before)
+    config = tmp_path / "border2.yaml"
+    config.write_text("measure:\n  border_voxels: 2\n")
+    refused = _run(inputs, out, prefect_server, "--config", str(config), manifest=folder / "scans.csv")
+    assert refused.returncode == 2
+    assert "input files gone (the row cannot be recomputed): 1 series" in " ".join(refused.stderr.split())
 
 
 def test_manifest_edits_update_rows_without_recomputing(reference: Path, inputs: dict[str, Path], tmp_path: Path,
@@ -151,6 +219,23 @@ def test_manifest_edits_update_rows_without_recomputing(reference: Path, inputs:
     assert series.loc["crop_b", "finished_at"] == before.loc["crop_b", "finished_at"]
     assert not series.loc["labelled", "in_manifest"] and series.loc[SEGMENTED, "in_manifest"].all()
     assert len(series) == 3 and set(_features(out)["series_id"]) == {"crop_a", "crop_b", "labelled"}
+
+
+def test_manifest_edits_of_every_row_keep_the_features(reference: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                      prefect_server: str) -> None:
+    """When every row of a run's part is rewritten by manifest edits, its features stay (they
+    used to be removed with the emptied part, and measured again by the next run)."""
+    out = _copy(reference, tmp_path)
+    text = inputs["manifest"].read_text().replace(",60,M", ",61,M").replace(",70,F", ",71,F").replace(",50,F", ",51,F")
+    manifest = inputs["folder"] / "every_row_edited.csv"
+    manifest.write_text(text)
+    before = _features(out)
+    for _ in range(2):
+        result = _run(inputs, out, prefect_server, manifest=manifest)
+        assert result.returncode == 0, result.stderr
+        assert "0 series to process, 3 already done" in " ".join(result.stderr.split())
+    assert list(_series(out)["age"]) == [61.0, 71.0, 51.0]  # sorted by id: crop_a, crop_b, labelled
+    pd.testing.assert_frame_equal(_features(out), before)
 
 
 def test_sigkill_before_commit_reuses_stored_label_maps(inputs: dict[str, Path], reference: Path, tmp_path: Path,

@@ -5,7 +5,8 @@ start a run checks what the ledger claims against what is on disk (every part re
 features of every done row present, its label map complete) and redoes what is missing. A
 done row is only kept when it was made with this run's key from the same input files
 (:mod:`cohort.provenance`); otherwise the run refuses, naming what changed, unless the user asks
-to recompute the changed rows.
+to recompute the changed rows. Files that moved or were touched with their content unchanged
+keep their rows, and so do rows whose files are gone (there is nothing to recompute them from).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart, SeriesError
 from cohort.manifest import SeriesSpec, validate_subject
-from cohort.provenance import RunKey, input_fingerprints
+from cohort.provenance import RunKey, input_contents, input_fingerprints
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
 from cohort.store.tables import (part_files, part_series_ids, part_series_status, remove_temporaries,
@@ -48,7 +49,9 @@ class Plan:
 
     ``todo`` includes ``redo`` (done rows whose features or label map went missing) and, when
     recomputing, ``changed``. ``metadata_updates`` are done rows whose manifest fields (age, sex,
-    covariates, line, membership) were edited: rewritten in place, not recomputed.
+    covariates, line, membership) were edited, or whose files ``moved`` (same content, other
+    paths or times): rewritten in place, not recomputed. ``inputs_gone`` are done rows whose
+    files cannot be read any more: kept as they are.
     """
 
     todo: list[SeriesSpec]
@@ -57,6 +60,25 @@ class Plan:
     redo: list[SeriesSpec] = field(default_factory=list)
     metadata_updates: list[SeriesRecord] = field(default_factory=list)
     not_in_manifest: list[str] = field(default_factory=list)
+    moved: list[SeriesSpec] = field(default_factory=list)
+    inputs_gone: list[SeriesSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    """How a done row's input files compare with what it was made from."""
+
+    fingerprint: str
+    content: str | None = None  # read only when the fingerprint changed
+
+    def state(self, record: SeriesRecord) -> str:
+        if record.input_fingerprint in (None, self.fingerprint):
+            return "same"
+        if record.input_content is None:
+            return "changed"  # recorded before contents were; its change cannot be told apart
+        if self.content is None:
+            return "gone"
+        return "moved" if self.content == record.input_content else "changed"
 
 
 def repair(layout: OutputLayout) -> list[Path]:
@@ -118,17 +140,18 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
 
     ledger = read_ledger(layout)
     done = {sid for sid, record in ledger.items() if record.done}
-    intact = done & featured_series_ids(layout) & complete_series_ids(layout.labels_zarr)
-    done_specs = [spec for spec in specs if spec.series_id in done]
-    fingerprints = dict(zip((s.series_id for s in done_specs),
-                            input_fingerprints((s.path, s.companions) for s in done_specs)))
-    todo, already_done, changed, redo, updates = [], [], [], [], []
+    featured = done & featured_series_ids(layout)
+    intact = featured & complete_series_ids(layout.labels_zarr)
+    inputs = _check_inputs([spec for spec in specs if spec.series_id in done], ledger)
+    todo, already_done, changed, redo, updates, moved, gone = [], [], [], [], [], [], []
     for spec in specs:
         record = ledger.get(spec.series_id)
         if spec.series_id not in done:
             todo.append(spec)
             continue
-        changes = _changes(record, context.run_key(spec), fingerprints[spec.series_id])
+        check = inputs[spec.series_id]
+        state = check.state(record)
+        changes = _changes(record, context.run_key(spec), state)
         try:
             fields = manifest_fields(spec, validate_subject(spec))
         except SeriesError:
@@ -138,28 +161,47 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
             changed.append(ChangedRow(spec, tuple(changes)))
             if recompute_changed:
                 todo.append(spec)
-        elif spec.series_id not in intact:
+        elif spec.series_id not in (featured if state == "gone" else intact):  # gone: keep what is measured
             redo.append(spec)
             todo.append(spec)
         else:
             already_done.append(spec)
+            if state == "moved":
+                moved.append(spec)
+                fields["input_fingerprint"] = check.fingerprint
+            elif state == "gone":
+                gone.append(spec)
             if any(getattr(record, name) != value for name, value in fields.items()):
                 updates.append(record.replace(**fields))
     listed = {spec.series_id for spec in specs}
     not_in_manifest = sorted(sid for sid in ledger if sid not in listed)
     updates += [ledger[sid].replace(in_manifest=False) for sid in not_in_manifest if ledger[sid].in_manifest]
-    return Plan(todo, already_done, changed, redo, updates, not_in_manifest)
+    return Plan(todo, already_done, changed, redo, updates, not_in_manifest, moved, gone)
 
 
-def _changes(record: SeriesRecord, key: RunKey, fingerprint: str) -> list[str]:
+def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord]) -> dict[str, InputCheck]:
+    """Every done row's input fingerprint, and its content where the fingerprint changed."""
+    ids = [spec.series_id for spec in done_specs]
+    fingerprints = dict(zip(ids, input_fingerprints((s.path, s.companions) for s in done_specs)))
+    differing = [spec for spec in done_specs if ledger[spec.series_id].input_content is not None
+                 and ledger[spec.series_id].input_fingerprint != fingerprints[spec.series_id]]
+    contents = dict(zip((s.series_id for s in differing), input_contents((s.path, s.companions) for s in differing)))
+    return {sid: InputCheck(fingerprints[sid], contents.get(sid)) for sid in ids}
+
+
+def _changes(record: SeriesRecord, key: RunKey, input_state: str) -> list[str]:
     changes = []
     recorded = RunKey.from_json(record.run_settings)
     if recorded is None:
         changes.append("recorded by an earlier cohort version without a run key")
     elif recorded != key:  # the same as comparing digests, without hashing every row's key
         changes.extend(recorded.differences(key) or ["run settings"])
-    if record.input_fingerprint is not None and record.input_fingerprint != fingerprint:
+    if input_state == "changed" and record.input_content is None:
         changes.append("input files (path, size or modification time of the image, labels, fat or water)")
+    elif input_state == "changed":
+        changes.append("input file contents (image, labels, fat or water)")
+    elif input_state == "gone" and changes:
+        changes.append("input files gone (the row cannot be recomputed)")
     return changes
 
 
@@ -197,12 +239,15 @@ def drop_superseded_rows(layout: OutputLayout) -> int:
         newest_status.update(zip(table["series_id"].to_pylist(), table["status"].to_pylist()))
     series_ids = [pc.unique(table["series_id"]) for table in series_columns]
     newest_series = _newest_part(series_ids)
-    removed = _keep_rows(layout.series, series_parts, series_ids, lambda sid, index: newest_series[sid] == index)
     features_parts = part_files(layout.features)
     features_ids = [part_series_ids(path) for path in features_parts]
     newest_features = _newest_part(features_ids)
-    removed += _keep_rows(layout.features, features_parts, features_ids,
-                          lambda sid, index: newest_status.get(sid) == "done" and newest_features[sid] == index)
+    removed = _keep_rows(layout.features, features_parts, features_ids,
+                         lambda sid, index: newest_status.get(sid) == "done" and newest_features[sid] == index)
+    # A series part whose rows were all superseded (by manifest edits) stays, empty, while its
+    # features part holds rows: :func:`repair` keeps a features part only beside its series part.
+    removed += _keep_rows(layout.series, series_parts, series_ids, lambda sid, index: newest_series[sid] == index,
+                          keep_empty=lambda path: (layout.features / path.name).exists())
     return removed
 
 
@@ -211,9 +256,10 @@ def _newest_part(ids_per_part: list[pa.Array]) -> dict[str, int]:
     return {series_id: index for index, ids in enumerate(ids_per_part) for series_id in ids.to_pylist()}
 
 
-def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[pa.Array], keep_row) -> int:
+def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[pa.Array], keep_row,
+               keep_empty: Callable[[Path], bool] = lambda path: False) -> int:
     """Rewrite the parts holding a series id (of ``ids_per_part``, distinct ids per part) that
-    ``keep_row(series_id, part_index)`` drops."""
+    ``keep_row(series_id, part_index)`` drops; a part left empty is removed unless ``keep_empty``."""
     removed = 0
     for index, (path, ids) in enumerate(zip(parts, ids_per_part)):
         dropped = [series_id for series_id in ids.to_pylist() if not keep_row(series_id, index)]
@@ -222,7 +268,7 @@ def _keep_rows(folder: Path, parts: list[Path], ids_per_part: list[pa.Array], ke
         whole = pq.read_table(path)
         table = whole.filter(pc.invert(pc.is_in(whole["series_id"], value_set=pa.array(dropped, pa.string()))))
         removed += whole.num_rows - table.num_rows
-        if table.num_rows:
+        if table.num_rows or keep_empty(path):
             write_part(folder, path.stem, table)
         else:
             path.unlink()

@@ -55,6 +55,7 @@ class SeriesRecord:
     input_fingerprint: str | None = None
     series_uid: str | None = None
     covariates: tuple[tuple[str, str], ...] = ()
+    input_content: str | None = None
 
     @property
     def done(self) -> bool:

@@ -80,11 +80,12 @@ SERIES_SCHEMA = pa.schema(
         ("input_fingerprint", pa.string()),
         ("series_uid", pa.string()),
         ("covariates", pa.map_(pa.string(), pa.string())),
+        ("input_content", pa.string()),
     ]
 )
 """One row per manifest row. ``run_key`` (digest of ``run_settings``, a JSON of
-:class:`cohort.provenance.RunKey`) and ``input_fingerprint`` say what the row was made with and
-from; ``in_manifest`` is false for a series the current manifest no longer lists (kept, left out
+:class:`cohort.provenance.RunKey`) and ``input_fingerprint`` (paths, sizes, times) and
+``input_content`` (the bytes) say what the row was made with and from; ``in_manifest`` is false for a series the current manifest no longer lists (kept, left out
 of the study); ``covariates`` holds the manifest's extra columns."""
 
 

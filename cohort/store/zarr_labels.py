@@ -5,7 +5,7 @@ class map that gives its ids meaning (``class_map``, and ``structures``: id -> n
 reader needs no CSV) and the image's ``modality``; nothing from the image header beyond geometry.
 
 An array is written in two steps: voxels first, then the attribute ``complete`` together with
-``source_key`` (the digest of the model, its weights and the input files that made it). A
+``source_key`` (the digest of the model, its weights and the content of the input files that made it). A
 series whose array is complete and whose key is still the same need not be segmented again:
 after a kill, or when only the measurement settings changed, it is measured from here.
 """
