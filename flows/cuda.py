@@ -28,6 +28,7 @@ from distributed import Nanny, Scheduler, SpecCluster
 from cohort.errors import RunCannotStart
 from cohort.flows.alone import SHARED_GPU_ENV, shared_gpu_path
 from cohort.flows.clusters import local_worker_settings
+from cohort.flows.job_gpus import listed_devices
 from cohort.flows.resources import Resources, usable_cpus, usable_memory_bytes, warn_if_short_of_memory
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def visible_gpus() -> int:
 def gpu_devices(visible: str | None, gpus: int, workers: int | None) -> list[str]:
     """The GPUs the run uses, as entries of this process's ``CUDA_VISIBLE_DEVICES`` (ids or
     UUIDs; ``0..gpus-1`` when it is unset): all of them, or the first N with ``--workers N``."""
-    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(gpus)]
+    devices = listed_devices(visible) if visible else [str(i) for i in range(gpus)]
     devices = devices[:gpus]
     if workers and workers > len(devices):
         raise RunCannotStart(f"--workers {workers}: only {len(devices)} GPU(s) visible; "

@@ -36,7 +36,7 @@ def job_gpu(worker_name: str, processes: int, visible: str) -> str | None:
     >>> job_gpu("cohort-worker-3-3", 4, "4,7"), job_gpu("cohort-worker-12", 1, "4,7"), job_gpu("x-1", 2, "")
     ('7', '4', None)
     """
-    devices = job_devices(visible)
+    devices = listed_devices(visible)
     if not devices:
         return None
     suffix = re.search(r"-(\d+)$", worker_name)
@@ -44,8 +44,12 @@ def job_gpu(worker_name: str, processes: int, visible: str) -> str | None:
     return devices[index % len(devices)]
 
 
-def job_devices(visible: str) -> list[str]:
-    """The entries of a job's ``CUDA_VISIBLE_DEVICES`` (ids or UUIDs), in order."""
+def listed_devices(visible: str) -> list[str]:
+    """The entries of a ``CUDA_VISIBLE_DEVICES`` value (ids or UUIDs), in order.
+
+    >>> listed_devices("GPU-1a2b, 3,")
+    ['GPU-1a2b', '3']
+    """
     return [device.strip() for device in visible.split(",") if device.strip()]
 
 
@@ -65,5 +69,5 @@ def dask_setup(worker) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     log.info("worker %s computes on GPU %s of its job", worker.name, device)
     job = os.environ.get("SLURM_JOB_ID")
-    if job and processes > len(job_devices(visible)):
+    if job and processes > len(listed_devices(visible)):
         os.environ[SHARED_GPU_ENV] = shared_gpu_path(job_lock_directory(job), device)
