@@ -154,6 +154,8 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # records propagated from Prefect's and Dask's loggers too
+        if not verbose:  # the summary lists failures; Prefect's own warnings reach its API, not the console
+            handler.addFilter(lambda record: record.levelno >= logging.ERROR or not record.name.startswith("prefect"))
     # Dask reports a connection that its own shutdown closed at INFO, with a traceback: not news to a user
     logging.getLogger("distributed.batched").setLevel(logging.WARNING)
 
