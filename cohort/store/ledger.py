@@ -11,6 +11,7 @@ keep their rows, and so do rows whose files are gone (there is nothing to recomp
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from cohort.pipeline import RunContext
 
 MAX_LISTED = 5
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,9 @@ def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord])
     fingerprints = dict(zip(ids, input_fingerprints((s.path, s.companions) for s in done_specs)))
     differing = [spec for spec in done_specs if ledger[spec.series_id].input_content is not None
                  and ledger[spec.series_id].input_fingerprint != fingerprints[spec.series_id]]
+    if differing:
+        log.warning("%d done series have input files under other paths or with other times: reading them once "
+                    "to compare their contents", len(differing))
     contents = dict(zip((s.series_id for s in differing), input_contents((s.path, s.companions) for s in differing)))
     return {sid: InputCheck(fingerprints[sid], contents.get(sid)) for sid in ids}
 
