@@ -85,7 +85,7 @@ def check_manifest(path: str | Path, modality: str | None = None) -> ManifestRep
 def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None) -> list[Problem]:
     """The problems of the files a row names: each read as far as its headers, as ``cohort run``
     reads it, and the label map and Dixon images on the image's grid (``cohort.ingest.checks``)."""
-    names = {column: InputName.in_manifest(getattr(spec, column), spec.manifest, spec.line, column)
+    names = {column: InputName.in_manifest(getattr(spec, column), spec.line, column)
              for column in FILE_COLUMNS if getattr(spec, column) is not None}
     image: Grid | None = None
     found: list[Problem] = []

@@ -159,7 +159,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         subject = validate_subject(spec)
         with timer.stage("ingest"):
             fingerprint = input_fingerprint(spec.path, spec.companions)
-            volume = load_ct(InputName.in_manifest(spec.path, spec.manifest, spec.line), context.ingest,
+            volume = load_ct(InputName.in_manifest(spec.path, spec.line), context.ingest,
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)
             content = input_content(spec.path, spec.companions)
@@ -169,7 +169,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             reused = label_map is not None
             if label_map is None and spec.labels is not None:
                 label_map = align_labels(volume, load_label_nifti(
-                    InputName.in_manifest(spec.labels, spec.manifest, spec.line, column="labels"), context.ingest))
+                    InputName.in_manifest(spec.labels, spec.line, column="labels"), context.ingest))
         if label_map is None:
             with timer.stage("load_model"):
                 segmenter = load_segmenter(context.model, context.device, context.device_settings)
@@ -192,11 +192,12 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
     except SeriesError as error:
         return failed_result(spec, str(error), attempt, timer, started)
     except Exception as error:  # a bug or an environment fault must not stop the cohort
+        problem = scrub_input_paths(spec, f"{type(error).__name__}: {error}")  # an OSError names its file
         if is_out_of_memory(error):
-            reason = f"{spec.where}: out of memory ({type(error).__name__}: {error}); give each worker more memory"
+            reason = f"{spec.where}: out of memory ({problem}); give each worker more memory"
             return dataclasses.replace(failed_result(spec, reason, attempt, timer, started), out_of_memory=True)
         log.exception("unexpected error in %s", spec.where)
-        return failed_result(spec, f"{spec.where}: unexpected {type(error).__name__}: {error}", attempt, timer, started)
+        return failed_result(spec, f"{spec.where}: unexpected {problem}", attempt, timer, started)
     record = _series_record(spec, subject, DONE, None, timer, started, attempt).replace(
         model=key.model, shape=tuple(volume.hu.shape), spacing_mm=tuple(volume.grid.spacing),
         orientation=volume.grid.orientation, measure_spacing_mm=spacing_text(volume.grid.spacing),
@@ -205,6 +206,15 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         run_key=key.digest, run_settings=key.to_json(), input_fingerprint=fingerprint,
         input_content=content)
     return SeriesResult(record, features)
+
+
+def scrub_input_paths(spec: SeriesSpec, text: str) -> str:
+    """``text`` with the row's input paths replaced by their names in the manifest (``<path of line N>``)."""
+    columns = [("path", spec.path), *zip(("labels", "fat", "water"), (spec.labels, spec.fat, spec.water))]
+    for column, path in columns:
+        if path is not None:
+            text = InputName.in_manifest(path, spec.line, column).scrub(text)
+    return text
 
 
 def load_segmenter(model: ResolvedModel | None, device: str, settings: DeviceSettings):
@@ -242,7 +252,7 @@ def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon 
     if spec.fat is None or spec.water is None:
         given, missing = ("fat", "water") if spec.fat is not None else ("water", "fat")
         raise SeriesError(f"{spec.where}: column '{given}' is given without '{missing}'; a fat fraction needs both")
-    images = {column: align_image(volume, load_ct(InputName.in_manifest(path, spec.manifest, spec.line, column=column),
+    images = {column: align_image(volume, load_ct(InputName.in_manifest(path, spec.line, column=column),
                                                   limits, getattr(spec, f"{column}_series_uid"), modality=None), column)
               for column, path in (("fat", spec.fat), ("water", spec.water))}
     return Dixon(**images)

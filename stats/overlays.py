@@ -122,7 +122,7 @@ def image_sources(results_dir: Path, series_ids: set[str]) -> dict[str, ImageSou
     lines = dict(zip(rows["series_id"], rows["manifest_line"])) if "manifest_line" in rows else {}
     for manifest in manifests:
         specs = {s.series_id: s for s in load_manifest(manifest) if s.series_id in series_ids}
-        return {sid: ImageSource(InputName.in_manifest(s.path, s.manifest, s.line), s.series_uid)
+        return {sid: ImageSource(InputName.in_manifest(s.path, s.line), s.series_uid)
                 for sid, s in specs.items() if lines.get(sid) in (None, s.line)}
     return {}
 

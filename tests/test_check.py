@@ -84,17 +84,17 @@ def broken(tmp_path: Path, examples: Path) -> tuple[Path, dict[int, list[str]], 
         1: ["column 'scanner' appears 2 times"],
         4: ["(bad_age)", "age 'sixty\\nfive'", "not a number"],
         6: ["(bad_sex)", "sex 'X' is not M or F"],
-        7: ["(missing)", "images/nope.nii.gz: file not found"],
-        8: ["(flat)", "images/flat.nii.gz: image has shape (8, 8); a 3-D volume is needed"],
-        9: ["(cut)", "images/cut.nii: file is 3,000 bytes, header says 8,544 (shape 16x16x16", "truncated?"],
-        10: ["(garbage)", "images/garbage.nii.gz: cannot read the NIfTI header"],
-        11: ["(text)", "images/notes.txt: neither a NIfTI file"],
-        12: ["(not_dicom)", "not_dicom: none of the folder's 1 files is readable DICOM"],
-        13: ["(empty_dicom)", "empty_dicom: folder holds no files"],
+        7: ["(missing)", "<path of line 7>: file not found"],
+        8: ["(flat)", "<path of line 8>: image has shape (8, 8); a 3-D volume is needed"],
+        9: ["(cut)", "<path of line 9>: file is 3,000 bytes, header says 8,544 (shape 16x16x16", "truncated?"],
+        10: ["(garbage)", "<path of line 10>: cannot read the NIfTI header"],
+        11: ["(text)", "<path of line 11>: neither a NIfTI file"],
+        12: ["(not_dicom)", "<path of line 12>: none of the folder's 1 files is readable DICOM"],
+        13: ["(empty_dicom)", "<path of line 13>: folder holds no files"],
         14: ["(outside)", "<labels of line 14>: file not found"],
         15: ["(good)", "duplicates line 2"],
-        16: ["(zarr.json)", "Zarr keeps for its own metadata", "age 'abc'", "images/cut.nii: file is 3,000 bytes"],
-        19: ["(huge)", "images/huge.nii.gz", "more than ingest.max_voxels"],
+        16: ["(zarr.json)", "Zarr keeps for its own metadata", "age 'abc'", "<labels of line 16>: file is 3,000 bytes"],
+        19: ["(huge)", "<path of line 19>", "more than ingest.max_voxels"],
         17: ["300 characters long"],
     }
     return manifest, expected, tmp_path
@@ -153,7 +153,7 @@ def test_load_manifest_and_check_agree(broken) -> None:
     assert {p.column for p in report.problems} == {"age", "sex", "path", "labels"}
 
 
-def test_file_outside_the_manifest_folder_is_named_by_its_line(broken, tmp_path: Path) -> None:
+def test_files_are_named_by_their_line_wherever_they_are(broken, tmp_path: Path) -> None:
     manifest, _, _ = broken
     outside = manifest.with_name("outside.csv")
     outside.write_text(f"series_id,path\ns1,{tmp_path}/nowhere.nii.gz\ns2,../nowhere.nii.gz\n")
@@ -189,9 +189,9 @@ def test_check_with_a_model_lists_series_tagged_as_the_other_modality(examples: 
     result = cohort_cli("check", "--manifest", str(manifest), "--model", "fast")
     assert result.returncode == 1
     assert result.stdout.splitlines()[:2] == [
-        "scans.csv line 2 (a): mr_alone: its DICOM Modality is MR, and the model is for CT "
+        "scans.csv line 2 (a): <path of line 2>: its DICOM Modality is MR, and the model is for CT "
         "(use an MR model, e.g. --model total_mr)",
-        "scans.csv line 4 (c): mixed: its DICOM Modality is MR, and the model is for CT "
+        "scans.csv line 4 (c): <path of line 4>: its DICOM Modality is MR, and the model is for CT "
         "(use an MR model, e.g. --model total_mr)"]
     mr_model = cohort_cli("check", "--manifest", str(manifest), "--model", "total_mr")
     assert [line.split(":")[0] for line in mr_model.stdout.splitlines()[:-1]] == ["scans.csv line 3 (b)"]
@@ -209,8 +209,8 @@ def _check_lines(manifest: Path) -> list[str]:
 def _run_label_error(manifest: Path, line: int, image: str, labels: str) -> str:
     """The reason ``cohort run`` gives for line ``line`` whose ``labels`` lie on another grid than ``image``."""
     with pytest.raises(SeriesError) as refused:
-        align_labels(load_ct(InputName.in_manifest(manifest.parent / image, manifest, line)),
-                     load_label_nifti(InputName.in_manifest(manifest.parent / labels, manifest, line, "labels")))
+        align_labels(load_ct(InputName.in_manifest(manifest.parent / image, line)),
+                     load_label_nifti(InputName.in_manifest(manifest.parent / labels, line, "labels")))
     return str(refused.value)
 
 
@@ -223,9 +223,9 @@ def test_check_finds_a_folder_of_two_dicom_series_with_no_series_uid(examples: P
     manifest = tmp_path / "scans.csv"
     manifest.write_text(f"series_id,path,series_uid\nboth,mixed,\nnamed,mixed,{thick}\n")
     with pytest.raises(SeriesError) as refused:  # as `cohort run` reads line 2, before any pixel
-        load_ct(InputName.in_manifest(mixed, manifest, 2))
+        load_ct(InputName.in_manifest(mixed, 2))
     run = str(refused.value)
-    assert "mixed: folder holds 2 DICOM series; name one in the manifest's series_uid column" in run
+    assert "<path of line 2>: folder holds 2 DICOM series; name one in the manifest's series_uid column" in run
     assert _check_lines(manifest) == [f"scans.csv line 2 (both): {run}"]  # the named series is clean
 
 
@@ -244,8 +244,8 @@ def test_check_finds_a_label_map_on_another_grid(examples: Path, tmp_path: Path)
                         "reoriented,ct.nii.gz,reoriented.nii.gz\n")
     runs = [_run_label_error(manifest, line, "ct.nii.gz", labels) for line, labels in ((2, "short.nii.gz"),
                                                                                          (3, "shifted.nii.gz"))]
-    assert "label map shape (122, 101, 20) does not match image shape (122, 101, 30) (ct.nii.gz)" in runs[0]
-    assert "label map affine does not match the image's (ct.nii.gz)" in runs[1]
+    assert "label map shape (122, 101, 20) does not match image shape (122, 101, 30) (<path of line 2>)" in runs[0]
+    assert "label map affine does not match the image's (<path of line 3>)" in runs[1]
     assert _check_lines(manifest) == [f"scans.csv line 2 (short): {runs[0]}", f"scans.csv line 3 (shifted): {runs[1]}"]
 
 
@@ -255,8 +255,8 @@ def test_check_finds_a_dixon_image_on_another_grid(tmp_path: Path) -> None:
     manifest = tmp_path / "scans.csv"
     manifest.write_text("series_id,path,fat,water\nmr,in_phase.nii.gz,fat.nii.gz,water.nii.gz\n")
     assert _check_lines(manifest) == [
-        ("scans.csv line 2 (mr): water.nii.gz: water image shape (8, 8, 5) does not match image shape (8, 8, 6) "
-         "(in_phase.nii.gz)")]
+        ("scans.csv line 2 (mr): <water of line 2>: water image shape (8, 8, 5) does not match image shape (8, 8, 6) "
+         "(<path of line 2>)")]
 
 
 def test_check_finds_a_truncated_gzipped_nifti(examples: Path, tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_check_finds_a_truncated_gzipped_nifti(examples: Path, tmp_path: Path) -
     manifest = tmp_path / "scans.csv"
     manifest.write_text(f"series_id,path\na,cut_200000.nii.gz\nb,cut_{len(whole) - 312}.nii.gz\n")
     assert _check_lines(manifest) == [
-        (f"scans.csv line {line} ({row}): cut_{size}.nii.gz: truncated or damaged (its gzip stream breaks off before "
+        (f"scans.csv line {line} ({row}): <path of line {line}>: truncated or damaged (its gzip stream breaks off before "
          "the 739,672 bytes its header needs: shape 122x101x30 of int16)")
         for line, row, size in ((2, "a", 200_000), (3, "b", len(whole) - 312))]
 

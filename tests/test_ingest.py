@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import re
 import time
 import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -19,7 +21,7 @@ from cohort.ingest import InputName, align_labels, load_ct, load_label_nifti
 from cohort.ingest.padding import AIR_HU
 from cohort.measurement import measure_structures
 
-CT, LABELS = "example_ct_sm.nii.gz", "example_seg_fast.nii.gz"
+CT, LABELS, DICOM = "example_ct_sm.nii.gz", "example_seg_fast.nii.gz", "example_ct_dicom"
 N_LABELS = 118
 
 
@@ -200,10 +202,11 @@ def _patient_inputs(folder: Path, examples: Path) -> dict[str, Path]:
 
 
 def test_errors_do_not_show_patient_folders(tmp_path: Path, examples: Path) -> None:
+    """Manifest rows are named by column and line, even when the manifest sits above the export
+    (``site/scans.csv`` and ``site/export/DOE_JOHN_12345/``, as ``cohort manifest`` writes it)."""
     inputs = _patient_inputs(tmp_path / "export" / PATIENT, examples)
-    manifest = tmp_path / "manifests" / "scans.csv"
     for line, path in enumerate(inputs.values(), start=2):
-        message = _error(InputName.in_manifest(path, manifest, line))
+        message = _error(InputName.in_manifest(path, line))
         assert message.startswith(f"<path of line {line}>: "), message
         assert PATIENT not in message and str(tmp_path) not in message, message
     for path in inputs.values():  # without a manifest (library use): only the last component
@@ -213,19 +216,28 @@ def test_errors_do_not_show_patient_folders(tmp_path: Path, examples: Path) -> N
     labels = nib.load(str(examples / LABELS))
     cropped = tmp_path / "export" / PATIENT / "labels.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(labels.dataobj)[:, :, :20], labels.affine), str(cropped))
-    label_map = load_label_nifti(InputName.in_manifest(cropped, manifest, 7, column="labels"))
+    label_map = load_label_nifti(InputName.in_manifest(cropped, 7, column="labels"))
     with pytest.raises(SeriesError) as caught:
         align_labels(load_ct(examples / CT), label_map)
     assert str(caught.value).startswith("<labels of line 7>: label map shape") and PATIENT not in str(caught.value)
 
 
-def test_inputs_under_the_manifest_folder_are_named_relative_to_it(tmp_path: Path, examples: Path) -> None:
-    inputs = _patient_inputs(tmp_path / "study" / "scans", examples)
-    manifest = tmp_path / "study" / "scans.csv"
-    for line, (case, path) in enumerate(inputs.items(), start=2):
-        message = _error(InputName.in_manifest(path, manifest, line))
-        assert message.startswith(f"scans/{path.name}: "), message
-        assert str(tmp_path) not in message, (case, message)
+def test_a_damaged_dicom_file_is_named_by_its_place_not_its_name(tmp_path: Path, examples: Path) -> None:
+    """Exports name DICOM files by their SOP instance UID (the shipped example does), and some
+    vendors' UIDs carry the date of the scan: errors say which file by its place in the series."""
+    folder = tmp_path / "export" / PATIENT / "series2"
+    folder.mkdir(parents=True)
+    series_uid = generate_uid()
+    for source in sorted((examples / DICOM).iterdir()):  # the example's UIDs were removed: give it some
+        dataset = pydicom.dcmread(source)
+        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = series_uid, generate_uid()
+        dataset.save_as(folder / f"CT.{dataset.SOPInstanceUID}")
+    files = sorted(folder.iterdir())
+    damaged = files[len(files) // 2]
+    damaged.write_bytes(damaged.read_bytes()[:-4000])
+    message = _error(InputName.in_manifest(folder, 4), series_uid=series_uid)
+    assert re.match(rf"<path of line 4> \(slice \d+ of {len(files)}\): cannot read DICOM pixels", message), message
+    assert damaged.name not in message and PATIENT not in message and str(tmp_path) not in message, message
 
 
 @pytest.mark.parametrize("scaled", [False, True])
@@ -247,3 +259,17 @@ def test_gzip_read_by_isal_equals_nibabels_own(tmp_path: Path, examples: Path, m
     assert fast.dtype == slow.dtype and (fast.dtype.kind == "f") is scaled
     np.testing.assert_array_equal(fast, slow)
     np.testing.assert_array_equal(fast_affine, slow_affine)
+
+
+def test_unexpected_errors_name_inputs_by_their_line(tmp_path: Path) -> None:
+    """An unforeseen error (an ``OSError`` names its file) is stored without the row's paths."""
+    from cohort.manifest import load_manifest
+    from cohort.pipeline import scrub_input_paths
+
+    export = tmp_path / "export" / PATIENT
+    export.mkdir(parents=True)
+    (tmp_path / "scans.csv").write_text(f"series_id,path,labels\ns,export/{PATIENT}/ct.nii.gz,export/{PATIENT}/seg.nii.gz\n")
+    (spec,) = load_manifest(tmp_path / "scans.csv")
+    text = f"PermissionError: [Errno 13] Permission denied: '{export / 'seg.nii.gz'}' (read from {export / 'ct.nii.gz'})"
+    assert scrub_input_paths(spec, text) == ("PermissionError: [Errno 13] Permission denied: '<labels of line 2>' "
+                                             "(read from <path of line 2>)")

@@ -80,7 +80,7 @@ def test_example_manifest_gives_the_contractresult_tables(tmp_path: Path, exampl
 def test_rerun_skips_done_rows_and_keepsresult_tables(reference_run, small_batches: Path, prefect_server: str) -> None:
     manifest, out, first = reference_run
     assert first.returncode == 1, first.stderr  # the broken row
-    assert "missing.nii.gz" in first.stderr
+    assert "failed line 14 (broken): <path of line 14>: file not found" in first.stderr
     features, series = result_tables(out)
     assert len(series) == 13 and (series["status"] == "done").sum() == 12
     parts = sorted(p.name for p in (out / "features").iterdir())

@@ -16,6 +16,7 @@ the pseudonym key changed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -32,20 +33,20 @@ from pydicom.uid import UID
 
 from cohort.export.pseudonyms import PseudonymKey
 from cohort.ingest.dicom import UNREADABLE
-from cohort.manifest import DAYS_PER_YEAR, parse_age
+from cohort.manifest import parse_age
 
 TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientAge",
         "PatientBirthDate", "PatientSex", "StudyDate", "SeriesDate", "AcquisitionDate", "Modality", "ImageType",
         "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
         "BitsAllocated", "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP",
-        "Manufacturer", "ManufacturerModelName", "SeriesDescription")
+        "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientName")
 FILE_COLUMNS = ("file", "size", "mtime_ns")
 ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item closing compressed pixels
 CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
-FORMAT = b"2"  # 2: images without a SeriesInstanceUID are rows, no longer errors (older caches are read again)
+FORMAT = b"3"  # 3: ages in completed years, descriptions without the patient's name (older caches are read again)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
             "slice_thickness_mm": _number(header, "SliceThickness"),
             "kernel": "\\".join(_values(header, "ConvolutionKernel")), "contrast_agent": _text(header, "ContrastBolusAgent"),
             "kvp": _number(header, "KVP"), "manufacturer": _text(header, "Manufacturer"),
-            "model": _text(header, "ManufacturerModelName"), "series_description": _text(header, "SeriesDescription"),
+            "model": _text(header, "ManufacturerModelName"), "series_description": _free_text(header, "SeriesDescription"),
         }
     except (TypeError, ValueError) as exc:
         return {"error": f"malformed header value ({type(exc).__name__})"}
@@ -181,10 +182,15 @@ def _truncation(header: pydicom.Dataset, handle) -> str | None:
 
 
 def age_years(header: pydicom.Dataset) -> float | None:
-    """PatientAge (``064Y``, ``018M``...), else birth date to study (or series, acquisition) date.
+    """PatientAge (``064Y``, ``018M``...), else birth date to study (or series, acquisition) date
+    in completed years (completed months below one year), as PatientAge would say it: an age in
+    days would give the birth date back to anyone who knows the scan's date.
 
     >>> age_years(pydicom.Dataset.from_json({"00101010": {"vr": "AS", "Value": ["018M"]}}))
     1.5
+    >>> age_years(pydicom.Dataset.from_json({"00100030": {"vr": "DA", "Value": ["19580312"]},
+    ...                                      "00080020": {"vr": "DA", "Value": ["20221208"]}}))
+    64.0
     """
     try:
         age = parse_age(_text(header, "PatientAge"))
@@ -197,7 +203,8 @@ def age_years(header: pydicom.Dataset) -> float | None:
                     if d), None)
     if birth is None or scanned is None or scanned < birth:
         return None
-    return round((scanned - birth).days / DAYS_PER_YEAR, 2)
+    months = (scanned.year - birth.year) * 12 + scanned.month - birth.month - (scanned.day < birth.day)
+    return float(months // 12) if months >= 12 else round(months / 12, 2)
 
 
 def _date(text: str) -> date | None:
@@ -210,6 +217,22 @@ def _date(text: str) -> date | None:
 def _sex(header: pydicom.Dataset) -> str:
     sex = _text(header, "PatientSex").upper()
     return sex if sex in ("M", "F") else ""
+
+
+def _free_text(header: pydicom.Dataset, tag: str) -> str:
+    """A free-text field with the patient's name parts and ID starred out: operators type them into
+    series descriptions.
+
+    >>> header = pydicom.Dataset.from_json({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+    ...                                     "0008103E": {"vr": "LO", "Value": ["CT Body 3.0 DOE_JANE Doedel"]}})
+    >>> _free_text(header, "SeriesDescription")
+    'CT Body 3.0 *_* Doedel'
+    """
+    text = _text(header, tag)
+    names = {part for part in re.split(r"[\^\s,]+", _text(header, "PatientName")) if len(part) >= 2}
+    for identifier in sorted(names | {_text(header, "PatientID")} - {""}, key=len, reverse=True):
+        text = re.sub(rf"(?<![^\W_]){re.escape(identifier)}(?![^\W_])", "*", text, flags=re.IGNORECASE)
+    return text
 
 
 def _text(header: pydicom.Dataset, tag: str) -> str:

@@ -196,7 +196,9 @@ def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(
     if modality is not None:
         check_declared_modality(name, headers.values(), modality)
     check_voxel_count(name, geometry.shape, limits)
-    slices = [_read_slice(name, file) for file in geometry.files]
+    count = len(geometry.files)
+    slices = [_read_slice(name, name.child(file, f"slice {index} of {count}")) for index, file in
+              enumerate(geometry.files, 1)]
     values = np.stack(slices, axis=-1)
     return values, geometry.affine, _declared_padding(headers[geometry.files[0]])
 
@@ -228,7 +230,9 @@ def series_geometry(source: Path | InputName,
 def _series_headers(name: InputName, series_uid: str | None) -> dict[str, pydicom.Dataset]:
     """File -> header of every file of the series (one per SOPInstanceUID)."""
     if series_uid is None:
-        return {file: _read_header(name, file) for file in _single_series_files(name)}
+        files = _single_series_files(name)
+        return {file: _read_header(name.child(file, f"file {index} of {len(files)}")) for index, file in
+                enumerate(files, 1)}
     headers: dict[str, pydicom.Dataset] = {}
     instances: set[str] = set()
     for file in sorted(_files_under(name.path)):
@@ -262,21 +266,21 @@ def _single_series_files(name: InputName) -> list[str]:
     return list(files)
 
 
-def _read_header(name: InputName, file: str) -> pydicom.Dataset:
+def _read_header(file: InputName) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(file, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+        return pydicom.dcmread(file.path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
     except UNREADABLE as exc:
-        reason = name.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise SeriesError(f"{name.child(Path(file).name)}: cannot read DICOM header ({reason})") from None
+        reason = file.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise SeriesError(f"{file}: cannot read DICOM header ({reason})") from None
 
 
-def _read_slice(name: InputName, file: str) -> np.ndarray:
+def _read_slice(folder: InputName, file: InputName) -> np.ndarray:
     """One slice in (x, y) order, rescaled with its own RescaleSlope/RescaleIntercept (GDCM applies them)."""
     try:
-        image = sitk.ReadImage(file)
+        image = sitk.ReadImage(str(file.path))
     except RuntimeError as exc:
-        reason = name.scrub(str(exc).strip().splitlines()[-1])
-        raise SeriesError(f"{name.child(Path(file).name)}: cannot read DICOM pixels ({reason})") from None
+        reason = folder.scrub(file.scrub(str(exc).strip().splitlines()[-1]))
+        raise SeriesError(f"{file}: cannot read DICOM pixels ({reason})") from None
     return sitk.GetArrayFromImage(image).reshape(image.GetSize()[1], image.GetSize()[0]).T
 
 

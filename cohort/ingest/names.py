@@ -1,16 +1,16 @@
 """How ingest messages name an input file: never by its absolute path.
 
-Folders of clinical exports are often named after the patient (``DOE_JOHN_12345/``), and the
-``error`` column of ``series/`` travels further than the images do. So every
-:class:`~cohort.errors.SeriesError` raised in ``cohort.ingest`` names its input as:
+Folders and files of clinical exports are often named after the patient (``DOE_JOHN_12345/``)
+or by DICOM UIDs, and the ``error`` column of ``series/`` travels further than the images do (the
+report, the Prefect server). So every :class:`~cohort.errors.SeriesError` raised in
+``cohort.ingest`` names its input as:
 
-- the path relative to the manifest's folder, when the input lies under it
-  (``scans/ct_017.nii.gz``): what the manifest's author wrote there, or its equivalent;
-- otherwise ``<path of line 12>`` (or ``<labels of line 12>``): the manifest column and CSV
-  line, which find the file without saying where it is;
+- ``<path of line 12>`` (or ``<labels of line 12>``) for a manifest row: the manifest column and
+  CSV line, which find the file without saying where it is, not even relative to the manifest;
 - a bare :class:`~pathlib.Path` (library use, no manifest) by its last component only.
 
-A file inside a DICOM folder is appended to the folder's name: ``<path of line 12>/IM0001``.
+A file inside a DICOM folder is named by its place in the series: ``<path of line 12> (slice 7
+of 20)``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ class InputName:
     shown: str
 
     @classmethod
-    def in_manifest(cls, path: Path, manifest: Path, line: int, column: str = "path") -> "InputName":
-        """The name of the file in ``column`` of CSV ``line`` of ``manifest``."""
-        absolute = Path(os.path.abspath(path))
-        folder = Path(os.path.abspath(manifest)).parent
-        if absolute.is_relative_to(folder) and absolute != folder:
-            return cls(path, absolute.relative_to(folder).as_posix())
+    def in_manifest(cls, path: Path, line: int, column: str = "path") -> "InputName":
+        """The name of the file in ``column`` of CSV ``line`` of the manifest.
+
+        >>> str(InputName.in_manifest(Path("/exports/DOE_JOHN_12345/ct.nii.gz"), 12))
+        '<path of line 12>'
+        """
         return cls(path, f"<{column} of line {line}>")
 
     @classmethod
@@ -44,9 +44,13 @@ class InputName:
         path = Path(source)
         return cls(path, path.name or "<input>")
 
-    def child(self, name: str) -> str:
-        """How to show file ``name`` inside this input (a DICOM folder)."""
-        return f"{self.shown}/{name}"
+    def child(self, file: str, place: str) -> "InputName":
+        """File ``file`` of this input (a DICOM folder), shown by its ``place`` in the series.
+
+        >>> InputName(Path("/x/DOE"), "<path of line 3>").child("/x/DOE/CT.1.2.840.9", "slice 7 of 20").shown
+        '<path of line 3> (slice 7 of 20)'
+        """
+        return InputName(Path(file), f"{self.shown} ({place})")
 
     def scrub(self, text: str) -> str:
         """``text`` (a library's error message) with every spelling of this path replaced by ``shown``."""

@@ -51,7 +51,8 @@ def pacs_export(tmp_path_factory, examples: Path) -> Export:
         "localizer": write_series(root / "A" / "scout", slices[:2], first, image_type="ORIGINAL\\PRIMARY\\LOCALIZER"),
         "derived": write_series(root / "A" / "mixed", slices, first, image_type="DERIVED\\SECONDARY\\AXIAL"),
         "thick": write_series(root / "A" / "mixed", slices[::2], first, thickness=5.0),
-        "bone": write_series(root / "A" / "ct_bone", slices, first, kernel="Br64f"),
+        "bone": write_series(root / "A" / "ct_bone", slices, first, kernel="Br64f",  # typed in by an operator
+                             description="CT Body Doe Jane PID-493817"),
         "split": write_series([root / "B" / "series_part1", root / "B" / "series_part2"], slices, repeat),
         "gap": write_series(root / "C" / "ct", slices[:10] + slices[11:], other),
         "mr": write_series(root / "C" / "mr", slices, other, modality="MR"),

@@ -79,7 +79,7 @@ def test_manifest_picks_one_series_per_study_with_reasons(made, pacs_export: Exp
     assert set(rows) == {"soft", "split"}
     assert rows["soft"]["path"] == str(pacs_export.root / "A" / "ct_soft")
     assert rows["split"]["path"] == str(pacs_export.root / "B")  # split over B/series_part1 and B/series_part2
-    assert rows["soft"]["age"] == "64.74"  # 1958-03-12 to 2022-12-08, no PatientAge
+    assert rows["soft"]["age"] == "64"  # 1958-03-12 to 2022-12-08, no PatientAge: completed years
     assert rows["split"]["age"] == "65"  # PatientAge 065Y
     assert rows["soft"]["sex"] == rows["split"]["sex"] == "F"
     assert rows["soft"]["subject_id"] == rows["split"]["subject_id"]  # a repeat study of one person

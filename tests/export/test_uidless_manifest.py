@@ -96,7 +96,7 @@ def test_each_folder_of_images_without_uid_is_one_candidate_series(made, export:
                  "`cohort run` cannot read them apart (move them to a folder of their own)",
         "odd": AS_ONE.format(n=19) + "`cohort run` reads 20 files of the folder as its series, not these 19 "
                                      f"(1 differ, e.g. {max((export / 'odd').iterdir()).name})",
-        "raw": AS_ONE.format(n=20) + "raw/no_preamble.dcm: cannot read DICOM header (File is missing DICOM File "
+        "raw": AS_ONE.format(n=20) + "raw (file 21 of 21): cannot read DICOM header (File is missing DICOM File "
                                      "Meta Information header or the 'DICM' prefix is missing from the header. Use "
                                      "force=True to force reading.)",
     }
@@ -129,7 +129,7 @@ def test_the_run_reads_each_row_as_the_series_the_index_describes(made, examples
     specs = load_manifest(out / "scans.csv")
     assert len(specs) == 3 and sum(spec.series_uid is None for spec in specs) == 2
     for spec in specs:
-        volume = load_ct(InputName.in_manifest(spec.path, spec.manifest, spec.line), series_uid=spec.series_uid)
+        volume = load_ct(InputName.in_manifest(spec.path, spec.line), series_uid=spec.series_uid)
         assert volume.hu.shape == reference.hu.shape == (512, 512, 20)
         assert np.array_equal(volume.hu, reference.hu) and np.allclose(volume.affine, reference.affine)
     assert cohort_cli("check", "--manifest", str(out / "scans.csv")).returncode == 0

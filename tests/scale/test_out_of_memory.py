@@ -75,7 +75,7 @@ def test_out_of_memory_alone_fails_that_series_only(crops, prefect_server: str) 
     series = pd.read_parquet(out / "series").set_index("series_id")
     assert series.loc["labelled", "status"] == "done"
     assert series.loc["crop0", "status"] == "failed" and series.loc["crop0", "attempts"] == 1
-    assert "crop0.nii.gz: out of memory predicting" in series.loc["crop0", "error"]
+    assert "<path of line 2>: out of memory predicting" in series.loc["crop0", "error"]
     assert "lower chunking.max_voxels" in series.loc["crop0", "error"]
 
 
