@@ -311,6 +311,7 @@ def _series_record(spec: SeriesSpec, subject: Subject, status: str, error: str |
                    started: float, attempt: int) -> SeriesRecord:
     return SeriesRecord(
         series_id=spec.series_id, status=status, error=error, attempts=attempt,
+        **{column: getattr(spec, column) for column in SERIES_UID_COLUMNS},
         **manifest_fields(spec, subject),
         worker=socket.gethostname(), cohort_version=cohort.__version__, nnunet_version=_nnunet_version(),
         finished_at=datetime.now(timezone.utc).replace(microsecond=0),
@@ -319,10 +320,14 @@ def _series_record(spec: SeriesSpec, subject: Subject, status: str, error: str |
     )
 
 
+SERIES_UID_COLUMNS = {"series_uid": "path", "fat_series_uid": "fat", "water_series_uid": "water"}  # -> its path column
+
+
 def manifest_fields(spec: SeriesSpec, subject: Subject) -> dict[str, object]:
-    """The ``series/`` fields that come from the manifest row (rewritten in place when edited)."""
+    """The ``series/`` fields that come from the manifest row and are rewritten in place when edited
+    (not ``series_uid``: another series is another input, :func:`cohort.store.ledger.plan_run`)."""
     return {"subject_id": spec.subject_id, "age": subject.age, "sex": subject.sex, "manifest_line": spec.line,
-            "series_uid": spec.series_uid, "covariates": spec.covariates, "in_manifest": True}
+            "covariates": spec.covariates, "in_manifest": True}
 
 
 def _nnunet_version() -> str | None:

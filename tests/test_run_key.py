@@ -221,6 +221,34 @@ def test_manifest_edits_update_rows_without_recomputing(reference: Path, inputs:
     assert len(series) == 3 and set(_features(out)["series_id"]) == {"crop_a", "crop_b", "labelled"}
 
 
+def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: Path, tmp_path: Path,
+                                            prefect_server: str) -> None:
+    """A folder holding two series: the row's ``series_uid`` says which one it is, so editing it
+    is a change of input (refused), not a manifest edit rewritten in place."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "two_series"
+    folder.mkdir()
+    uids = [generate_uid(), generate_uid()]
+    for source in sorted((examples / "example_ct_dicom").iterdir()):
+        for uid in uids:
+            dataset = pydicom.dcmread(source)
+            dataset.SeriesInstanceUID, dataset.SOPInstanceUID = uid, generate_uid()
+            dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
+    shutil.copy(examples / "example_seg_dicom.nii.gz", tmp_path / "seg.nii.gz")
+    manifest = tmp_path / "scans.csv"
+    out = tmp_path / "results"
+    for uid in uids:
+        manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,{uid},seg.nii.gz,60,F\n")
+        result = _run(inputs, out, prefect_server, manifest=manifest)
+        if uid == uids[0]:
+            assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "series_uid (another DICOM series under the row's path): 1 series" in " ".join(result.stderr.split())
+    assert _series(out).loc["ct", "series_uid"] == uids[0]
+
+
 def test_manifest_edits_of_every_row_keep_the_features(reference: Path, inputs: dict[str, Path], tmp_path: Path,
                                                       prefect_server: str) -> None:
     """When every row of a run's part is rewritten by manifest edits, its features stay (they

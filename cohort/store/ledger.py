@@ -153,7 +153,7 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
             continue
         check = inputs[spec.series_id]
         state = check.state(record)
-        changes = _changes(record, context.run_key(spec), state)
+        changes = _changes(record, context.run_key(spec), state) + _other_series(record, spec)
         try:
             fields = manifest_fields(spec, validate_subject(spec))
         except SeriesError:
@@ -192,6 +192,16 @@ def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord])
                     "to compare their contents", len(differing))
     contents = dict(zip((s.series_id for s in differing), input_contents((s.path, s.companions) for s in differing)))
     return {sid: InputCheck(fingerprints[sid], contents.get(sid)) for sid in ids}
+
+
+def _other_series(record: SeriesRecord, spec: SeriesSpec) -> list[str]:
+    """The ``*series_uid`` columns edited since the row was made: another series is another input.
+    (Rows made before ``input_content`` was recorded kept ``series_uid`` only.)"""
+    from cohort.pipeline import SERIES_UID_COLUMNS
+
+    columns = list(SERIES_UID_COLUMNS) if record.input_content is not None else ["series_uid"]
+    return [f"{column} (another DICOM series under the row's {SERIES_UID_COLUMNS[column]})"
+            for column in columns if getattr(record, column) != getattr(spec, column)]
 
 
 def _changes(record: SeriesRecord, key: RunKey, input_state: str) -> list[str]:

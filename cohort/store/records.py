@@ -56,6 +56,8 @@ class SeriesRecord:
     series_uid: str | None = None
     covariates: tuple[tuple[str, str], ...] = ()
     input_content: str | None = None
+    fat_series_uid: str | None = None
+    water_series_uid: str | None = None
 
     @property
     def done(self) -> bool:

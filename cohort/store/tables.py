@@ -81,6 +81,8 @@ SERIES_SCHEMA = pa.schema(
         ("series_uid", pa.string()),
         ("covariates", pa.map_(pa.string(), pa.string())),
         ("input_content", pa.string()),
+        ("fat_series_uid", pa.string()),
+        ("water_series_uid", pa.string()),
     ]
 )
 """One row per manifest row. ``run_key`` (digest of ``run_settings``, a JSON of
