@@ -8,7 +8,7 @@ mixed in one table and a changed input file is never silently kept:
   ``labels`` for a precomputed label map) and the measurement settings (class map, lower
   bounds, border rule);
 - the **input fingerprint** of a row: path, size and modification time of the image file (every
-  file of a DICOM folder) and of its companions (precomputed label map, Dixon fat and water), a
+  file under a DICOM folder) and of its companions (precomputed label map, Dixon fat and water), a
   check that costs one ``stat`` per file;
 - the **input content** of a row: a digest of the same files' bytes, wherever they are. When the
   fingerprint of a done row changed, a rerun compares contents: equal contents mean the files
@@ -121,9 +121,10 @@ def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int) 
 
 
 def input_files(image: Path, companions: tuple[Path, ...] = ()) -> list[Path]:
-    """The files a row reads: the image (or every file of its DICOM folder) and its companions
-    (label map, Dixon fat and water images)."""
-    files = sorted(p for p in image.iterdir() if p.is_file()) if image.is_dir() else [image]
+    """The files a row reads: the image (or every file under its DICOM folder, subfolders
+    included: a series split over ``B/part1`` and ``B/part2`` has ``path`` ``B``) and its
+    companions (label map, Dixon fat and water images)."""
+    files = sorted(p for p in image.rglob("*") if p.is_file()) if image.is_dir() else [image]
     return files + list(companions)
 
 

@@ -430,6 +430,19 @@ def test_series_slots_per_worker_follow_prefetch() -> None:
             assert int(passes) == min(wanted, 1 + prefetch, usable_cpus())
 
 
+def test_input_fingerprint_and_content_cover_files_in_subfolders(tmp_path: Path) -> None:
+    """A series split over two subfolders (``path`` is their parent): a change in either is seen."""
+    from cohort.provenance import input_content, input_fingerprint
+
+    for part in ("part1", "part2"):
+        (tmp_path / "B" / part).mkdir(parents=True)
+        (tmp_path / "B" / part / "IM0001").write_bytes(b"slice")
+    before = input_fingerprint(tmp_path / "B"), input_content(tmp_path / "B")
+    (tmp_path / "B" / "part2" / "IM0001").write_bytes(b"other")
+    after = input_fingerprint(tmp_path / "B"), input_content(tmp_path / "B")
+    assert before[0] != after[0] and before[1] != after[1]
+
+
 def test_input_fingerprint_covers_every_file_a_row_reads(tmp_path: Path) -> None:
     from cohort.manifest import load_manifest
     from cohort.provenance import input_fingerprint
