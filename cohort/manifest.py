@@ -83,6 +83,13 @@ class SeriesSpec:
         return f"{self.manifest.name} line {self.line} ({self.series_id})"
 
     @property
+    def sources(self) -> tuple[tuple[Path, str | None], ...]:
+        """What the row reads, as (path, DICOM series under it): image, label map, fat, water."""
+        given = ((self.path, self.series_uid), (self.labels, None), (self.fat, self.fat_series_uid),
+                 (self.water, self.water_series_uid))
+        return tuple((path, series_uid) for path, series_uid in given if path is not None)
+
+    @property
     def companions(self) -> tuple[Path, ...]:
         """The files read beside the image: label map and Dixon fat/water images, where given."""
         return tuple(path for path in (self.labels, self.fat, self.water) if path is not None)

@@ -162,7 +162,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             volume = load_ct(InputName.in_manifest(spec.path, spec.line), context.ingest,
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)
-            content = input_content(spec.path, spec.companions)
+            content = input_content(spec.sources)
             key = context.run_key(spec)
             made_from = source_key(key, content)
             label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)

@@ -148,28 +148,37 @@ def input_fingerprint(image: Path, companions: tuple[Path, ...] = ()) -> str:
     return digest([stat(path) for path in files])
 
 
-def input_content(image: Path, companions: tuple[Path, ...] = ()) -> str | None:
-    """Digest of the bytes a row reads, whatever the files' paths, names and times (None when a
-    file cannot be read). SHA-256 runs at about 2 GB/s on a current core: a series just read
-    for ingest hashes from the page cache in tens of milliseconds.
+UNREADABLE_CONTENT = "unreadable"
+
+
+def input_content(sources: Iterable[tuple[Path, str | None]]) -> str | None:
+    """Digest of the bytes a row reads, whatever the files' paths, names and times: of each
+    (path, series UID) of :attr:`cohort.manifest.SeriesSpec.sources`, the file, or the files of
+    the DICOM series under the folder (not the other series or files beside it). None when a
+    file is gone; :data:`UNREADABLE_CONTENT` when the files are there but hold no such series.
+    SHA-256 runs at about 2 GB/s on a current core: a series just read for ingest hashes from
+    the page cache in tens of milliseconds.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     dicom = Path(folder, "series")
-    ...     dicom.mkdir()
-    ...     _ = Path(dicom, "1.dcm").write_bytes(b"slice 1"); _ = Path(dicom, "2.dcm").write_bytes(b"slice 2")
-    ...     before = input_content(dicom)
-    ...     _ = Path(dicom, "2.dcm").rename(Path(dicom, "0.dcm")); moved = dicom.rename(Path(folder, "archive"))
-    ...     before == input_content(moved), input_content(Path(folder, "gone")) is None
+    ...     image, labels = Path(folder, "ct.nii.gz"), Path(folder, "seg.nii.gz")
+    ...     _ = image.write_bytes(b"voxels"); _ = labels.write_bytes(b"labels")
+    ...     before = input_content([(image, None), (labels, None)])
+    ...     moved = image.rename(Path(folder, "archived.nii.gz"))
+    ...     before == input_content([(moved, None), (labels, None)]), input_content([(image, None)]) is None
     (True, True)
     """
+    from cohort.errors import SeriesError
+    from cohort.ingest.dicom import series_files
+
     try:
-        files = input_files(image, companions)
-        digests = [file_digest(path) for path in files]
-    except OSError:
+        groups = [sorted(file_digest(Path(file)) for file in (series_files(path, series_uid) if path.is_dir() else [path]))
+                  for path, series_uid in sources]
+    except FileNotFoundError:
         return None
-    images = len(digests) - len(companions)
-    return digest([sorted(digests[:images]), digests[images:]])
+    except (OSError, SeriesError):
+        return UNREADABLE_CONTENT
+    return digest(groups)
 
 
 Row = tuple[Path, tuple[Path, ...]]
@@ -180,14 +189,14 @@ def input_fingerprints(rows: Iterable[Row]) -> list[str]:
     return _in_threads(input_fingerprint, list(rows))
 
 
-def input_contents(rows: Iterable[Row]) -> list[str | None]:
-    """:func:`input_content` of many rows, reads in threads (network file systems)."""
-    return _in_threads(input_content, list(rows))
+def input_contents(rows: Iterable[tuple[tuple[Path, str | None], ...]]) -> list[str | None]:
+    """:func:`input_content` of many rows' sources, reads in threads (network file systems)."""
+    return _in_threads(input_content, [(sources,) for sources in rows])
 
 
-def _in_threads(function, rows: list[Row]) -> list:
+def _in_threads(function, rows: list[tuple]) -> list:
     if len(rows) < ROWS_PER_STAT_TASK:
-        return [function(image, companions) for image, companions in rows]
+        return [function(*row) for row in rows]
     chunks = [rows[start:start + ROWS_PER_STAT_TASK] for start in range(0, len(rows), ROWS_PER_STAT_TASK)]
     with ThreadPoolExecutor(STAT_THREADS) as pool:
         done = pool.map(lambda chunk: [function(*row) for row in chunk], chunks)

@@ -224,7 +224,8 @@ def test_manifest_edits_update_rows_without_recomputing(reference: Path, inputs:
 def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: Path, tmp_path: Path,
                                             prefect_server: str) -> None:
     """A folder holding two series: the row's ``series_uid`` says which one it is, so editing it
-    is a change of input (refused), not a manifest edit rewritten in place."""
+    is a change of input (refused), not a manifest edit rewritten in place; and what happens to
+    the other series, or to a file beside them, leaves the row's content as it was."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -239,11 +240,17 @@ def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: 
     shutil.copy(examples / "example_seg_dicom.nii.gz", tmp_path / "seg.nii.gz")
     manifest = tmp_path / "scans.csv"
     out = tmp_path / "results"
-    for uid in uids:
-        manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,{uid},seg.nii.gz,60,F\n")
-        result = _run(inputs, out, prefect_server, manifest=manifest)
-        if uid == uids[0]:
-            assert result.returncode == 0, result.stderr
+    manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,{uids[0]},seg.nii.gz,60,F\n")
+    assert _run(inputs, out, prefect_server, manifest=manifest).returncode == 0
+    (folder / "notes.txt").write_text("exported by the PACS")
+    other = next(path for path in sorted(folder.iterdir()) if path.suffix == ".dcm"
+                 and pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID == uids[1])
+    other.write_bytes(other.read_bytes()[:-1000])
+    kept = _run(inputs, out, prefect_server, manifest=manifest)
+    assert kept.returncode == 0, kept.stderr
+    assert "1 done series whose files moved or were touched, contents unchanged: kept" in " ".join(kept.stderr.split())
+    manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,{uids[1]},seg.nii.gz,60,F\n")
+    result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 2, result.stderr
     assert "series_uid (another DICOM series under the row's path): 1 series" in " ".join(result.stderr.split())
     assert _series(out).loc["ct", "series_uid"] == uids[0]
@@ -430,16 +437,26 @@ def test_series_slots_per_worker_follow_prefetch() -> None:
             assert int(passes) == min(wanted, 1 + prefetch, usable_cpus())
 
 
-def test_input_fingerprint_and_content_cover_files_in_subfolders(tmp_path: Path) -> None:
-    """A series split over two subfolders (``path`` is their parent): a change in either is seen."""
+def test_input_fingerprint_and_content_cover_files_in_subfolders(examples: Path, tmp_path: Path) -> None:
+    """A series split over two subfolders (``path`` is their parent, ``series_uid`` names it): a
+    change in either is seen."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
     from cohort.provenance import input_content, input_fingerprint
 
-    for part in ("part1", "part2"):
-        (tmp_path / "B" / part).mkdir(parents=True)
-        (tmp_path / "B" / part / "IM0001").write_bytes(b"slice")
-    before = input_fingerprint(tmp_path / "B"), input_content(tmp_path / "B")
-    (tmp_path / "B" / "part2" / "IM0001").write_bytes(b"other")
-    after = input_fingerprint(tmp_path / "B"), input_content(tmp_path / "B")
+    uid = generate_uid()
+    for index, source in enumerate(sorted((examples / "example_ct_dicom").iterdir())):
+        dataset = pydicom.dcmread(source)
+        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = uid, generate_uid()
+        part = tmp_path / "B" / f"part{1 + index % 2}"
+        part.mkdir(parents=True, exist_ok=True)
+        dataset.save_as(part / f"IM{index:04d}")
+    sources = [(tmp_path / "B", uid)]
+    before = input_fingerprint(tmp_path / "B"), input_content(sources)
+    changed = tmp_path / "B" / "part2" / "IM0003"
+    changed.write_bytes(changed.read_bytes()[:-2] + b"\x01\x02")
+    after = input_fingerprint(tmp_path / "B"), input_content(sources)
     assert before[0] != after[0] and before[1] != after[1]
 
 

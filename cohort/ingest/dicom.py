@@ -252,6 +252,13 @@ def _files_under(folder: Path) -> list[str]:
     return [os.path.join(root, file) for root, _, files in os.walk(folder) for file in files]
 
 
+def series_files(source: Path | InputName, series_uid: str | None = None) -> list[str]:
+    """The files of the series :func:`read_ct_dicom` reads (headers only): those of ``series_uid``
+    under the folder, else the folder's one series as GDCM groups it."""
+    name = InputName.of(source)
+    return list(_series_headers(name, series_uid)) if series_uid else _single_series_files(name)
+
+
 def _single_series_files(name: InputName) -> list[str]:
     folder = str(name.path)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)

@@ -190,7 +190,7 @@ def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord])
     if differing:
         log.warning("%d done series have input files under other paths or with other times: reading them once "
                     "to compare their contents", len(differing))
-    contents = dict(zip((s.series_id for s in differing), input_contents((s.path, s.companions) for s in differing)))
+    contents = dict(zip((s.series_id for s in differing), input_contents(s.sources for s in differing)))
     return {sid: InputCheck(fingerprints[sid], contents.get(sid)) for sid in ids}
 
 
