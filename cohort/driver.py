@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from cohort.provenance import RunKey
 from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.registry import ModelSpec, load_model_spec, model_class_map
 from cohort.store.records import SeriesRecord, series_table
-from cohort.store import (OutputLayout, Plan, drop_superseded_rows, plan_run, refuse_changed, repair,
+from cohort.store import (OutputLayout, Plan, drop_superseded_rows, new_run_id, plan_run, refuse_changed, repair,
                           write_metadata_updates, write_part)
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     plan = plan_run(specs, layout, context, recompute_changed=request.recompute == "changed")
     if request.recompute != "changed":
         refuse_changed(plan, layout.root)
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id(layout)
     write_metadata_updates(layout, run_id, plan.metadata_updates)
     prepared = PreparedRun(request, config, layout, context, plan, run_id)
     _record_run(prepared, specs)

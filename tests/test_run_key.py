@@ -256,6 +256,23 @@ def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: 
     assert _series(out).loc["ct", "series_uid"] == uids[0]
 
 
+def test_a_run_after_one_whose_clock_was_ahead_still_writes_the_newest_rows(
+        reference: Path, inputs: dict[str, Path], tmp_path: Path, prefect_server: str) -> None:
+    """Parts are ordered by name: an earlier run stamped by a clock ahead of this one (local time
+    in Tokyo, then a run in UTC; a DST fall-back; another node) must not make this run's rows the
+    older ones, or its manifest edits and retried rows would be dropped."""
+    out = _copy(reference, tmp_path)
+    for folder in (out / "series", out / "features"):
+        for part in folder.glob("part-*.parquet"):
+            part.rename(part.with_name("part-29991231T235959-" + part.name.split("-", 2)[2]))
+    manifest = inputs["folder"] / "clock_edited.csv"
+    manifest.write_text(inputs["manifest"].read_text().replace(",60,M", ",62,M"))
+    for _ in range(2):
+        assert _run(inputs, out, prefect_server, manifest=manifest).returncode == 0
+    assert _series(out).loc["crop_a", "age"] == 62.0
+    assert sorted(p.name for p in (out / "series").iterdir())[-1].startswith("part-30000101T000000-")
+
+
 def test_manifest_edits_of_every_row_keep_the_features(reference: Path, inputs: dict[str, Path], tmp_path: Path,
                                                       prefect_server: str) -> None:
     """When every row of a run's part is rewritten by manifest edits, its features stay (they

@@ -12,8 +12,11 @@ keep their rows, and so do rows whose files are gone (there is nothing to recomp
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from cohort.pipeline import RunContext
 
 MAX_LISTED = 5
+RUN_STAMP = "%Y%m%dT%H%M%S"
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +85,22 @@ class InputCheck:
         if self.content is None:
             return "gone"
         return "moved" if self.content == record.input_content else "changed"
+
+
+def new_run_id(layout: OutputLayout) -> str:
+    """``<UTC time>-<random>``, after every part already written under ``layout``.
+
+    Parts are ordered by name, newest last: an id from a clock behind an earlier run's (local
+    time in another time zone, a DST fall-back, another node's clock) would make this run's rows
+    older than that run's, and its new rows would lose to the old ones. So the time is UTC and,
+    where a part has a later one, a second after that part's.
+    """
+    stamp = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+    written = [datetime.strptime(match.group(1), RUN_STAMP) for folder in (layout.series, layout.features)
+               for path in part_files(folder) if (match := re.match(r"part-(\d{8}T\d{6})-", path.name))]
+    if written and max(written) >= stamp:
+        stamp = max(written) + timedelta(seconds=1)
+    return f"{stamp.strftime(RUN_STAMP)}-{uuid.uuid4().hex[:6]}"
 
 
 def repair(layout: OutputLayout) -> list[Path]:
