@@ -240,9 +240,10 @@ def _plan_notes(plan) -> list[str]:
     if plan.inputs_gone:
         notes.append(f"{len(plan.inputs_gone)} done series whose input files are gone: kept as they are "
                      f"(e.g. {plan.inputs_gone[0].where})")
-    if plan.metadata_updates:
+    edited = [record for record in plan.metadata_updates if record.in_manifest]  # the others: below
+    if edited:
         what = "manifest edits (age, sex, covariates, line)" + (", moved files" if plan.moved else "")
-        notes.append(f"{len(plan.metadata_updates)} rows updated in place from {what}")
+        notes.append(f"{len(edited)} rows updated in place from {what}")
     if plan.not_in_manifest:
         notes.append(f"{len(plan.not_in_manifest)} series in the results are not in this manifest: kept, marked "
                      "in_manifest = false, left out of the aging study")

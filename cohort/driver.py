@@ -91,8 +91,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     context = RunContext(labels_zarr=layout.labels_zarr, measure=measure, model=model, ingest=config.ingest,
                          device_settings=device_settings)
     plan = plan_run(specs, layout, context, recompute_changed=request.recompute == "changed")
-    if request.recompute != "changed":
-        refuse_changed(plan, layout.root)
+    refuse_changed(plan, layout.root, recompute_changed=request.recompute == "changed")
     run_id = new_run_id(layout)
     write_metadata_updates(layout, run_id, plan.metadata_updates)
     prepared = PreparedRun(request, config, layout, context, plan, run_id)

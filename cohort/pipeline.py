@@ -196,7 +196,8 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         if is_out_of_memory(error):
             reason = f"{spec.where}: out of memory ({problem}); give each worker more memory"
             return dataclasses.replace(failed_result(spec, reason, attempt, timer, started), out_of_memory=True)
-        log.exception("unexpected error in %s", spec.where)
+        log.error("unexpected error in %s: %s", spec.where, problem)
+        log.debug("traceback of the unexpected error in %s", spec.where, exc_info=True)  # may name input paths
         return failed_result(spec, f"{spec.where}: unexpected {problem}", attempt, timer, started)
     record = _series_record(spec, subject, DONE, None, timer, started, attempt).replace(
         model=key.model, shape=tuple(volume.hu.shape), spacing_mm=tuple(volume.grid.spacing),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,8 +138,8 @@ def input_fingerprint(image: Path, companions: tuple[Path, ...] = ()) -> str:
     def stat(path: Path) -> tuple[str, int, int]:
         try:
             status = path.stat()
-        except OSError:
-            return (str(path.resolve()), -1, -1)
+        except OSError:  # missing, or a symlink loop (which resolve() would raise on)
+            return (os.path.abspath(path), -1, -1)
         return (str(path.resolve()), status.st_size, status.st_mtime_ns)
 
     try:

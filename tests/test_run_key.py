@@ -198,9 +198,63 @@ def test_done_rows_whose_inputs_are_gone_are_kept(reference: Path, inputs: dict[
     pd.testing.assert_frame_equal(_features(out), before)
     config = tmp_path / "border2.yaml"
     config.write_text("measure:\n  border_voxels: 2\n")
-    refused = _run(inputs, out, prefect_server, "--config", str(config), manifest=folder / "scans.csv")
-    assert refused.returncode == 2
-    assert "input files gone (the row cannot be recomputed): 1 series" in " ".join(refused.stderr.split())
+    for recompute in ((), ("--recompute", "changed")):  # recomputing would turn it into a failure
+        refused = _run(inputs, out, prefect_server, "--config", str(config), *recompute, manifest=folder / "scans.csv")
+        assert refused.returncode == 2, refused.stderr
+        message = " ".join(refused.stderr.split())
+        assert "1 series done earlier" in message and "can be neither kept as they are nor recomputed" in message
+        assert "input files gone or unreadable: the row cannot be recomputed: 1 series" in message
+        pd.testing.assert_frame_equal(_features(out), before)
+    for leftover in (folder / "crop_a.nii.gz", folder / "ct.nii.gz"):
+        leftover.unlink()
+    (folder / "crop_a.nii.gz").symlink_to("loop.nii.gz")  # a symlink loop is as good as gone
+    (folder / "loop.nii.gz").symlink_to("crop_a.nii.gz")
+    (folder / "ct.nii.gz").mkdir()  # the image is now an empty folder
+    kept = _run(inputs, out, prefect_server, manifest=folder / "scans.csv")
+    assert kept.returncode == 0, kept.stderr
+    assert "3 done series whose input files are gone: kept as they are" in " ".join(kept.stderr.split())
+    pd.testing.assert_frame_equal(_features(out), before)
+
+
+def test_a_series_uid_filled_in_later_for_the_same_series_keeps_the_row(
+        inputs: dict[str, Path], examples: Path, tmp_path: Path, prefect_server: str) -> None:
+    """A manifest made again by ``cohort manifest`` names the folder's one series by its UID: the
+    same bytes, so the row stands and records the UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "one_series"
+    folder.mkdir()
+    uid = generate_uid()
+    for source in sorted((examples / "example_ct_dicom").iterdir()):
+        dataset = pydicom.dcmread(source)
+        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = uid, generate_uid()
+        dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
+    shutil.copy(examples / "example_seg_dicom.nii.gz", tmp_path / "seg.nii.gz")
+    manifest, out = tmp_path / "scans.csv", tmp_path / "results"
+    for named in ("", uid):
+        manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,one_series,{named},seg.nii.gz,60,F\n")
+        result = _run(inputs, out, prefect_server, manifest=manifest)
+        assert result.returncode == 0, result.stderr
+    assert "0 series to process, 1 already done" in " ".join(result.stderr.split())
+    assert _series(out).loc["ct", "series_uid"] == uid
+
+
+def test_an_age_no_longer_valid_stops_the_run_and_keeps_the_row(reference: Path, inputs: dict[str, Path],
+                                                                 tmp_path: Path, prefect_server: str) -> None:
+    """Recomputing cannot mend an age: the run says to fix the manifest, with or without
+    ``--recompute changed``, and the measurements stay."""
+    out = _copy(reference, tmp_path)
+    before = _features(out)
+    manifest = inputs["folder"] / "bad_age.csv"
+    manifest.write_text(inputs["manifest"].read_text().replace(",60,M", ",sixty,M"))
+    for recompute in ((), ("--recompute", "changed")):
+        refused = _run(inputs, out, prefect_server, *recompute, manifest=manifest)
+        assert refused.returncode == 2, refused.stderr
+        message = " ".join(refused.stderr.split())
+        assert "age 'sixty' is not a number" in message and "fix the manifest row: 1 series" in message
+        assert "bad_age.csv line 2 (crop_a)" in message
+    pd.testing.assert_frame_equal(_features(out), before)
 
 
 def test_manifest_edits_update_rows_without_recomputing(reference: Path, inputs: dict[str, Path], tmp_path: Path,
@@ -249,6 +303,9 @@ def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: 
     kept = _run(inputs, out, prefect_server, manifest=manifest)
     assert kept.returncode == 0, kept.stderr
     assert "1 done series whose files moved or were touched, contents unchanged: kept" in " ".join(kept.stderr.split())
+    manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,,seg.nii.gz,60,F\n")
+    blank = _run(inputs, out, prefect_server, "--recompute", "changed", manifest=manifest)  # two series: which?
+    assert blank.returncode == 2 and "can be neither kept as they are nor recomputed" in blank.stderr
     manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,{uids[1]},seg.nii.gz,60,F\n")
     result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 2, result.stderr

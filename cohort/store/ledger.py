@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart, SeriesError
 from cohort.manifest import SeriesSpec, validate_subject
-from cohort.provenance import RunKey, input_contents, input_fingerprints
+from cohort.provenance import UNREADABLE_CONTENT, RunKey, input_contents, input_fingerprints
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
 from cohort.store.tables import (part_files, part_series_ids, part_series_status, remove_temporaries,
@@ -56,8 +56,10 @@ class Plan:
     ``todo`` includes ``redo`` (done rows whose features or label map went missing) and, when
     recomputing, ``changed``. ``metadata_updates`` are done rows whose manifest fields (age, sex,
     covariates, line, membership) were edited, or whose files ``moved`` (same content, other
-    paths or times): rewritten in place, not recomputed. ``inputs_gone`` are done rows whose
-    files cannot be read any more: kept as they are.
+    paths, times or series UIDs): rewritten in place, not recomputed. ``inputs_gone`` are done
+    rows whose files cannot be read any more: kept as they are. ``blocked`` rows can be neither
+    kept nor recomputed (gone files under changed settings, an age or sex no longer valid): the
+    run stops, whatever ``--recompute`` says, and nothing of them is lost.
     """
 
     todo: list[SeriesSpec]
@@ -68,21 +70,25 @@ class Plan:
     not_in_manifest: list[str] = field(default_factory=list)
     moved: list[SeriesSpec] = field(default_factory=list)
     inputs_gone: list[SeriesSpec] = field(default_factory=list)
+    blocked: list[ChangedRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class InputCheck:
-    """How a done row's input files compare with what it was made from."""
+    """How a done row's inputs compare with what it was made from: ``same``; ``moved`` (other
+    paths, times or series UIDs, same bytes: the row stands); ``changed``; ``gone`` (files
+    missing, or no longer holding a readable series: nothing to recompute from)."""
 
     fingerprint: str
-    content: str | None = None  # read only when the fingerprint changed
+    content: str | None = None  # read only where the fingerprint or a series UID changed
+    other_series: tuple[str, ...] = ()  # the *series_uid columns edited since
 
     def state(self, record: SeriesRecord) -> str:
-        if record.input_fingerprint in (None, self.fingerprint):
+        if record.input_fingerprint in (None, self.fingerprint) and not self.other_series:
             return "same"
         if record.input_content is None:
             return "changed"  # recorded before contents were; its change cannot be told apart
-        if self.content is None:
+        if self.content in (None, UNREADABLE_CONTENT):
             return "gone"
         return "moved" if self.content == record.input_content else "changed"
 
@@ -165,7 +171,7 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
     featured = done & featured_series_ids(layout)
     intact = featured & complete_series_ids(layout.labels_zarr)
     inputs = _check_inputs([spec for spec in specs if spec.series_id in done], ledger)
-    todo, already_done, changed, redo, updates, moved, gone = [], [], [], [], [], [], []
+    todo, already_done, changed, redo, updates, moved, gone, blocked = [], [], [], [], [], [], [], []
     for spec in specs:
         record = ledger.get(spec.series_id)
         if spec.series_id not in done:
@@ -173,13 +179,15 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
             continue
         check = inputs[spec.series_id]
         state = check.state(record)
-        changes = _changes(record, context.run_key(spec), state) + _other_series(record, spec)
+        changes = _changes(record, context.run_key(spec), state, check.other_series)
         try:
             fields = manifest_fields(spec, validate_subject(spec))
-        except SeriesError:
-            changes.append("age or sex no longer valid")
-            fields = {}
-        if changes:
+        except SeriesError as error:
+            blocked.append(ChangedRow(spec, (f"{error.args[0].split(': ', 1)[-1]}: fix the manifest row",)))
+            continue
+        if changes and state == "gone":
+            blocked.append(ChangedRow(spec, (*changes, "input files gone or unreadable: the row cannot be recomputed")))
+        elif changes:
             changed.append(ChangedRow(spec, tuple(changes)))
             if recompute_changed:
                 todo.append(spec)
@@ -190,7 +198,8 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
             already_done.append(spec)
             if state == "moved":
                 moved.append(spec)
-                fields["input_fingerprint"] = check.fingerprint
+                fields.update(input_fingerprint=check.fingerprint,
+                              **{column: getattr(spec, column) for column in check.other_series})
             elif state == "gone":
                 gone.append(spec)
             if any(getattr(record, name) != value for name, value in fields.items()):
@@ -198,60 +207,73 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
     listed = {spec.series_id for spec in specs}
     not_in_manifest = sorted(sid for sid in ledger if sid not in listed)
     updates += [ledger[sid].replace(in_manifest=False) for sid in not_in_manifest if ledger[sid].in_manifest]
-    return Plan(todo, already_done, changed, redo, updates, not_in_manifest, moved, gone)
+    return Plan(todo, already_done, changed, redo, updates, not_in_manifest, moved, gone, blocked)
 
 
 def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord]) -> dict[str, InputCheck]:
-    """Every done row's input fingerprint, and its content where the fingerprint changed."""
-    ids = [spec.series_id for spec in done_specs]
-    fingerprints = dict(zip(ids, input_fingerprints((s.path, s.companions) for s in done_specs)))
-    differing = [spec for spec in done_specs if ledger[spec.series_id].input_content is not None
-                 and ledger[spec.series_id].input_fingerprint != fingerprints[spec.series_id]]
-    if differing:
-        log.warning("%d done series have input files under other paths or with other times: reading them once "
-                    "to compare their contents", len(differing))
-    contents = dict(zip((s.series_id for s in differing), input_contents(s.sources for s in differing)))
-    return {sid: InputCheck(fingerprints[sid], contents.get(sid)) for sid in ids}
-
-
-def _other_series(record: SeriesRecord, spec: SeriesSpec) -> list[str]:
-    """The ``*series_uid`` columns edited since the row was made: another series is another input.
-    (Rows made before ``input_content`` was recorded kept ``series_uid`` only.)"""
+    """Every done row's input fingerprint, and its content where the fingerprint or a series UID
+    changed (rows that recorded their content only)."""
     from cohort.pipeline import SERIES_UID_COLUMNS
 
-    columns = list(SERIES_UID_COLUMNS) if record.input_content is not None else ["series_uid"]
-    return [f"{column} (another DICOM series under the row's {SERIES_UID_COLUMNS[column]})"
-            for column in columns if getattr(record, column) != getattr(spec, column)]
+    ids = [spec.series_id for spec in done_specs]
+    fingerprints = dict(zip(ids, input_fingerprints((s.path, s.companions) for s in done_specs)))
+    other_series = {}
+    for spec in done_specs:
+        record = ledger[spec.series_id]
+        columns = SERIES_UID_COLUMNS if record.input_content is not None else ["series_uid"]  # older rows: this one
+        other_series[spec.series_id] = tuple(c for c in columns if getattr(record, c) != getattr(spec, c))
+    differing = [spec for spec in done_specs if ledger[spec.series_id].input_content is not None and (
+        ledger[spec.series_id].input_fingerprint != fingerprints[spec.series_id] or other_series[spec.series_id])]
+    if differing:
+        log.warning("%d done series have input files under other paths, with other times or series UIDs: reading "
+                    "them once to compare their contents", len(differing))
+    contents = dict(zip((s.series_id for s in differing), input_contents(s.sources for s in differing)))
+    return {sid: InputCheck(fingerprints[sid], contents.get(sid), other_series[sid]) for sid in ids}
 
 
-def _changes(record: SeriesRecord, key: RunKey, input_state: str) -> list[str]:
+def _changes(record: SeriesRecord, key: RunKey, input_state: str, other_series: tuple[str, ...]) -> list[str]:
+    from cohort.pipeline import SERIES_UID_COLUMNS
+
     changes = []
     recorded = RunKey.from_json(record.run_settings)
     if recorded is None:
         changes.append("recorded by an earlier cohort version without a run key")
     elif recorded != key:  # the same as comparing digests, without hashing every row's key
         changes.extend(recorded.differences(key) or ["run settings"])
-    if input_state == "changed" and record.input_content is None:
+    if input_state in ("changed", "gone") and other_series:
+        changes.extend(f"{column} (another DICOM series under the row's {SERIES_UID_COLUMNS[column]})"
+                       for column in other_series)
+    elif input_state == "changed" and record.input_content is None:
         changes.append("input files (path, size or modification time of the image, labels, fat or water)")
     elif input_state == "changed":
         changes.append("input file contents (image, labels, fat or water)")
-    elif input_state == "gone" and changes:
-        changes.append("input files gone (the row cannot be recomputed)")
     return changes
 
 
-def refuse_changed(plan: Plan, out: Path) -> None:
-    """Stop the run (exit 2) when done rows would be mixed with rows made another way."""
-    if not plan.changed:
+def refuse_changed(plan: Plan, out: Path, recompute_changed: bool = False) -> None:
+    """Stop the run (exit 2) when done rows would be mixed with rows made another way (unless
+    they are to be recomputed), or can be neither kept nor recomputed."""
+    if plan.blocked:
+        lines = [f"{len(plan.blocked)} series done earlier in {out} can be neither kept as they are nor recomputed "
+                 "(their measurements stay in the tables):"]
+        lines += _listed(plan.blocked)
+        lines.append("To proceed: restore their files or fix their manifest rows; or leave them out of the manifest "
+                     "(their rows stay, marked in_manifest = false, out of the study); or write to a new --out.")
+        raise RunCannotStart("\n".join(lines))
+    if not plan.changed or recompute_changed:
         return
-    counts = Counter(change for row in plan.changed for change in row.changes)
     lines = [f"{len(plan.changed)} series done earlier in {out} would now be made differently; "
              "their rows would be mixed with new ones:"]
-    lines += [f"  {change}: {n} series" for change, n in counts.most_common()]
-    lines += [f"  e.g. {row.spec.where}: {'; '.join(row.changes)}" for row in plan.changed[:MAX_LISTED]]
+    lines += _listed(plan.changed)
     lines.append("To proceed: `--recompute changed` recomputes just those rows (label maps are reused where only "
                  "the measurement changed), or write to a new --out.")
     raise RunCannotStart("\n".join(lines))
+
+
+def _listed(rows: list[ChangedRow]) -> list[str]:
+    counts = Counter(change for row in rows for change in row.changes)
+    return ([f"  {change}: {n} series" for change, n in counts.most_common()]
+            + [f"  e.g. {row.spec.where}: {'; '.join(row.changes)}" for row in rows[:MAX_LISTED]])
 
 
 def write_metadata_updates(layout: OutputLayout, run_id: str, updates: list[SeriesRecord]) -> None:
