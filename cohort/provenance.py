@@ -7,7 +7,7 @@ mixed in one table and a changed input file is never silently kept:
 - the **run key** of a row: the model (name, its YAML and class map, the weights' fingerprint;
   ``labels`` for a precomputed label map) and the measurement settings (class map, lower
   bounds, border rule);
-- the **input fingerprint** of a row: path, size and modification time of the image file (every
+- the **input fingerprint** of a row: path, size, modification and status-change time of the image file (every
   file under a DICOM folder) and of its companions (precomputed label map, Dixon fat and water), a
   check that costs one ``stat`` per file;
 - the **input content** of a row: a digest of the same files' bytes, wherever they are. When the
@@ -129,18 +129,23 @@ def input_files(image: Path, companions: tuple[Path, ...] = ()) -> list[Path]:
     return files + list(companions)
 
 
-def input_fingerprint(image: Path, companions: tuple[Path, ...] = ()) -> str:
-    """Digest of path, size and modification time of every file a row reads.
+def input_fingerprint(image: Path, companions: tuple[Path, ...] = (), status_change: bool = True) -> str:
+    """Digest of path, size, modification time and status-change time of every file a row reads.
 
-    A missing file is part of the fingerprint too (as missing), so that a row whose file comes
-    back is noticed.
+    The status-change time (``st_ctime``) cannot be set back by anyone: two files of one size and
+    one modification time (unpacked from one archive, or synced with ``rsync -t``) swapped with
+    ``mv`` keep their paths, sizes and modification times, not their status-change times, so the
+    swap is noticed (and the contents compared). ``status_change=False`` gives the fingerprint of
+    rows recorded before it counted. A missing file is part of the fingerprint too (as
+    missing), so that a row whose file comes back is noticed.
     """
-    def stat(path: Path) -> tuple[str, int, int]:
+    def stat(path: Path) -> tuple:
         try:
             status = path.stat()
         except OSError:  # missing, or a symlink loop (which resolve() would raise on)
             return (os.path.abspath(path), -1, -1)
-        return (str(path.resolve()), status.st_size, status.st_mtime_ns)
+        times = (status.st_mtime_ns, status.st_ctime_ns) if status_change else (status.st_mtime_ns,)
+        return (str(path.resolve()), status.st_size, *times)
 
     try:
         files = input_files(image, companions)
@@ -182,11 +187,9 @@ def input_content(sources: Iterable[tuple[Path, str | None]]) -> str | None:
     return digest(groups)
 
 
-Row = tuple[Path, tuple[Path, ...]]
-
-
-def input_fingerprints(rows: Iterable[Row]) -> list[str]:
-    """:func:`input_fingerprint` of many rows, stat calls in threads (network file systems)."""
+def input_fingerprints(rows: Iterable[tuple[Path, tuple[Path, ...], bool]]) -> list[str]:
+    """:func:`input_fingerprint` of many rows (image, companions, status_change), stat calls in
+    threads (network file systems)."""
     return _in_threads(input_fingerprint, list(rows))
 
 

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -144,6 +145,29 @@ def test_changed_input_file_is_refused(inputs: dict[str, Path], tmp_path: Path, 
     message = " ".join(result.stderr.split())
     assert "input file contents (image, labels, fat or water): 1 series" in message
     assert "scans.csv line 2 (labelled)" in message
+
+
+def test_swapped_files_of_one_size_and_time_are_refused(inputs: dict[str, Path], examples: Path, tmp_path: Path,
+                                                       prefect_server: str) -> None:
+    """Two uncompressed images of one size with one modification time (as unpacked from one
+    archive) swapped with ``mv``: paths, sizes and times are as before, their status-change times
+    are not, so the contents are compared and the swap refused."""
+    ct = nib.load(str(examples / "example_ct_sm.nii.gz"))
+    data = np.asanyarray(ct.dataobj).astype(np.int16)
+    for name, offset in (("a.nii", 0), ("b.nii", 100)):
+        nib.save(nib.Nifti1Image(data + offset, ct.affine), str(tmp_path / name))
+        os.utime(tmp_path / name, ns=(1_700_000_000 * 10**9,) * 2)
+    shutil.copy(examples / "example_seg_fast.nii.gz", tmp_path / "seg.nii.gz")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path,labels,age,sex\na,a.nii,seg.nii.gz,60,F\nb,b.nii,seg.nii.gz,61,M\n")
+    out = tmp_path / "results"
+    assert _run(inputs, out, prefect_server, manifest=manifest).returncode == 0
+    (tmp_path / "a.nii").rename(tmp_path / "swap.nii")
+    (tmp_path / "b.nii").rename(tmp_path / "a.nii")
+    (tmp_path / "swap.nii").rename(tmp_path / "b.nii")
+    refused = _run(inputs, out, prefect_server, manifest=manifest)
+    assert refused.returncode == 2, refused.stderr
+    assert "input file contents (image, labels, fat or water): 2 series" in " ".join(refused.stderr.split())
 
 
 def test_moved_inputs_keep_their_rows_and_label_maps(reference: Path, inputs: dict[str, Path], tmp_path: Path,
@@ -303,7 +327,7 @@ def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: 
     kept = _run(inputs, out, prefect_server, manifest=manifest)
     assert kept.returncode == 0, kept.stderr
     assert "1 done series whose files moved or were touched, contents unchanged: kept" in " ".join(kept.stderr.split())
-    manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,,seg.nii.gz,60,F\n")
+    manifest.write_text("series_id,path,series_uid,labels,age,sex\nct,two_series,,seg.nii.gz,60,F\n")
     blank = _run(inputs, out, prefect_server, "--recompute", "changed", manifest=manifest)  # two series: which?
     assert blank.returncode == 2 and "can be neither kept as they are nor recomputed" in blank.stderr
     manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,two_series,{uids[1]},seg.nii.gz,60,F\n")

@@ -216,7 +216,8 @@ def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord])
     from cohort.pipeline import SERIES_UID_COLUMNS
 
     ids = [spec.series_id for spec in done_specs]
-    fingerprints = dict(zip(ids, input_fingerprints((s.path, s.companions) for s in done_specs)))
+    fingerprints = dict(zip(ids, input_fingerprints(  # status-change times count for rows that recorded contents
+        (s.path, s.companions, ledger[s.series_id].input_content is not None) for s in done_specs)))
     other_series = {}
     for spec in done_specs:
         record = ledger[spec.series_id]
