@@ -255,26 +255,22 @@ def refuse_changed(plan: Plan, out: Path, recompute_changed: bool = False) -> No
     """Stop the run (exit 2) when done rows would be mixed with rows made another way (unless
     they are to be recomputed), or can be neither kept nor recomputed."""
     if plan.blocked:
-        lines = [f"{len(plan.blocked)} series done earlier in {out} can be neither kept as they are nor recomputed "
-                 "(their measurements stay in the tables):"]
-        lines += _listed(plan.blocked)
-        lines.append("To proceed: restore their files or fix their manifest rows; or leave them out of the manifest "
-                     "(their rows stay, marked in_manifest = false, out of the study); or write to a new --out.")
-        raise RunCannotStart("\n".join(lines))
-    if not plan.changed or recompute_changed:
-        return
-    lines = [f"{len(plan.changed)} series done earlier in {out} would now be made differently; "
-             "their rows would be mixed with new ones:"]
-    lines += _listed(plan.changed)
-    lines.append("To proceed: `--recompute changed` recomputes just those rows (label maps are reused where only "
-                 "the measurement changed), or write to a new --out.")
-    raise RunCannotStart("\n".join(lines))
+        _refuse(plan.blocked, f"series done earlier in {out} can be neither kept as they are nor recomputed (their "
+                "measurements stay in the tables):",
+                "To proceed: restore their files or fix their manifest rows; or leave them out of the manifest (their "
+                "rows stay, marked in_manifest = false, out of the study); or write to a new --out.")
+    if plan.changed and not recompute_changed:
+        _refuse(plan.changed, f"series done earlier in {out} would now be made differently; their rows would be "
+                "mixed with new ones:",
+                "To proceed: `--recompute changed` recomputes just those rows (label maps are reused where only the "
+                "measurement changed), or write to a new --out.")
 
 
-def _listed(rows: list[ChangedRow]) -> list[str]:
+def _refuse(rows: list[ChangedRow], what: str, advice: str) -> None:
     counts = Counter(change for row in rows for change in row.changes)
-    return ([f"  {change}: {n} series" for change, n in counts.most_common()]
-            + [f"  e.g. {row.spec.where}: {'; '.join(row.changes)}" for row in rows[:MAX_LISTED]])
+    lines = [f"{len(rows)} {what}", *(f"  {change}: {n} series" for change, n in counts.most_common()),
+             *(f"  e.g. {row.spec.where}: {'; '.join(row.changes)}" for row in rows[:MAX_LISTED]), advice]
+    raise RunCannotStart("\n".join(lines))
 
 
 def write_metadata_updates(layout: OutputLayout, run_id: str, updates: list[SeriesRecord]) -> None:
