@@ -40,7 +40,8 @@ def test_flow_run_task_runs_and_failures_are_recorded(tmp_path: Path, examples: 
         assert len(task_runs) >= 2 and all(t.name.startswith("write-batch") for t in task_runs)
         assert all(t.state.is_completed() for t in task_runs)
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
-        assert any("series failed" in log.message and "missing.nii.gz" in log.message for log in logs)
+        failures = [log.message for log in logs if "series failed" in log.message]
+        assert failures == ["series failed: line 5 (broken): <path of line 5>: file not found"]  # no input path
         assert any("Dask dashboard: http://" in log.message for log in logs)
         artifacts = client.read_artifacts()
         assert any(a.key == "failed-series" and a.flow_run_id == flow_run.id for a in artifacts)
