@@ -32,6 +32,9 @@ REQUIRED_COLUMNS = ("series_id", "path")
 OPTIONAL_COLUMNS = ("age", "sex", "labels", "series_uid", "subject_id", "fat", "water", "fat_series_uid",
                     "water_series_uid")
 IMAGE_COLUMNS = ("fat", "water")  # Dixon companion images: paths, resolved like `labels`
+INPUT_COLUMNS = {"path": "series_uid", "labels": None, "fat": "fat_series_uid", "water": "water_series_uid"}
+"""The columns naming a file or folder a row reads, each with the column naming the DICOM series under it."""
+SERIES_UID_COLUMNS = {uid: column for column, uid in INPUT_COLUMNS.items() if uid}  # series UID column -> its path column
 SERIES_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SERIES_ID_MAX_LENGTH = 128
 SHOWN_SERIES_ID_LENGTH = 60  # in messages; longer ids are cut
@@ -85,9 +88,8 @@ class SeriesSpec:
     @property
     def sources(self) -> tuple[tuple[Path, str | None], ...]:
         """What the row reads, as (path, DICOM series under it): image, label map, fat, water."""
-        given = ((self.path, self.series_uid), (self.labels, None), (self.fat, self.fat_series_uid),
-                 (self.water, self.water_series_uid))
-        return tuple((path, series_uid) for path, series_uid in given if path is not None)
+        return tuple((getattr(self, column), getattr(self, uid) if uid else None)
+                     for column, uid in INPUT_COLUMNS.items() if getattr(self, column) is not None)
 
     @property
     def companions(self) -> tuple[Path, ...]:

@@ -24,7 +24,7 @@ import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
 from cohort.errors import OutOfMemory, SeriesError, is_out_of_memory
 from cohort.ingest import InputName, LabelMap, Volume, align_image, align_labels, load_ct, load_label_nifti
-from cohort.manifest import SeriesSpec, Subject, subject_or_empty, validate_subject
+from cohort.manifest import INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subject, subject_or_empty, validate_subject
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
@@ -211,10 +211,9 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
 
 def scrub_input_paths(spec: SeriesSpec, text: str) -> str:
     """``text`` with the row's input paths replaced by their names in the manifest (``<path of line N>``)."""
-    columns = [("path", spec.path), *zip(("labels", "fat", "water"), (spec.labels, spec.fat, spec.water))]
-    for column, path in columns:
-        if path is not None:
-            text = InputName.in_manifest(path, spec.line, column).scrub(text)
+    for column in INPUT_COLUMNS:
+        if getattr(spec, column) is not None:
+            text = InputName.in_manifest(getattr(spec, column), spec.line, column).scrub(text)
     return text
 
 
@@ -319,9 +318,6 @@ def _series_record(spec: SeriesSpec, subject: Subject, status: str, error: str |
         seconds_total=time.perf_counter() - started,
         **{f"seconds_{stage}": timer.seconds.get(stage) for stage in STAGES},
     )
-
-
-SERIES_UID_COLUMNS = {"series_uid": "path", "fat_series_uid": "fat", "water_series_uid": "water"}  # -> its path column
 
 
 def manifest_fields(spec: SeriesSpec, subject: Subject) -> dict[str, object]:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart, SeriesError
-from cohort.manifest import SeriesSpec, validate_subject
+from cohort.manifest import SERIES_UID_COLUMNS, SeriesSpec, validate_subject
 from cohort.provenance import UNREADABLE_CONTENT, RunKey, input_contents, input_fingerprints
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
@@ -86,8 +86,8 @@ class InputCheck:
     def state(self, record: SeriesRecord) -> str:
         if record.input_fingerprint in (None, self.fingerprint) and not self.other_series:
             return "same"
-        if record.input_content is None:
-            return "changed"  # recorded before contents were; its change cannot be told apart
+        if not record.records_content:
+            return "changed"  # its change cannot be told apart
         if self.content in (None, UNREADABLE_CONTENT):
             return "gone"
         return "moved" if self.content == record.input_content else "changed"
@@ -213,17 +213,15 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
 def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord]) -> dict[str, InputCheck]:
     """Every done row's input fingerprint, and its content where the fingerprint or a series UID
     changed (rows that recorded their content only)."""
-    from cohort.pipeline import SERIES_UID_COLUMNS
-
     ids = [spec.series_id for spec in done_specs]
-    fingerprints = dict(zip(ids, input_fingerprints(  # status-change times count for rows that recorded contents
-        (s.path, s.companions, ledger[s.series_id].input_content is not None) for s in done_specs)))
+    fingerprints = dict(zip(ids, input_fingerprints(
+        (s.path, s.companions, ledger[s.series_id].records_content) for s in done_specs)))
     other_series = {}
     for spec in done_specs:
         record = ledger[spec.series_id]
-        columns = SERIES_UID_COLUMNS if record.input_content is not None else ["series_uid"]  # older rows: this one
+        columns = SERIES_UID_COLUMNS if record.records_content else ["series_uid"]  # older rows: this one
         other_series[spec.series_id] = tuple(c for c in columns if getattr(record, c) != getattr(spec, c))
-    differing = [spec for spec in done_specs if ledger[spec.series_id].input_content is not None and (
+    differing = [spec for spec in done_specs if ledger[spec.series_id].records_content and (
         ledger[spec.series_id].input_fingerprint != fingerprints[spec.series_id] or other_series[spec.series_id])]
     if differing:
         log.warning("%d done series have input files under other paths, with other times or series UIDs: reading "
@@ -233,8 +231,6 @@ def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord])
 
 
 def _changes(record: SeriesRecord, key: RunKey, input_state: str, other_series: tuple[str, ...]) -> list[str]:
-    from cohort.pipeline import SERIES_UID_COLUMNS
-
     changes = []
     recorded = RunKey.from_json(record.run_settings)
     if recorded is None:
@@ -244,7 +240,7 @@ def _changes(record: SeriesRecord, key: RunKey, input_state: str, other_series: 
     if input_state in ("changed", "gone") and other_series:
         changes.extend(f"{column} (another DICOM series under the row's {SERIES_UID_COLUMNS[column]})"
                        for column in other_series)
-    elif input_state == "changed" and record.input_content is None:
+    elif input_state == "changed" and not record.records_content:
         changes.append("input files (path, size or modification time of the image, labels, fat or water)")
     elif input_state == "changed":
         changes.append("input file contents (image, labels, fat or water)")

@@ -63,6 +63,12 @@ class SeriesRecord:
     def done(self) -> bool:
         return self.status == DONE
 
+    @property
+    def records_content(self) -> bool:
+        """Made by a version that records ``input_content``, and with it the status-change times
+        in ``input_fingerprint`` and the fat and water series UIDs."""
+        return self.input_content is not None
+
     def failure(self) -> str:
         """``line N (series_id): reason``, for a failed row on the console; a reason that already
         starts with where it is (``scans.csv line N (series_id): ...``) does not say it twice.
