@@ -28,7 +28,8 @@ from cohort.manifest import INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subje
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
-from cohort.provenance import LABELS_MODEL, RunKey, digest, input_content, input_fingerprint, measurement_digest
+from cohort.provenance import (LABELS_MODEL, RunKey, digest, input_content, input_fingerprint, measurement_digest,
+                               series_uid_digest)
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
 from cohort.store.tables import FEATURES_SCHEMA
@@ -311,7 +312,7 @@ def _series_record(spec: SeriesSpec, subject: Subject, status: str, error: str |
                    started: float, attempt: int) -> SeriesRecord:
     return SeriesRecord(
         series_id=spec.series_id, status=status, error=error, attempts=attempt,
-        **{column: getattr(spec, column) for column in SERIES_UID_COLUMNS},
+        **{column: series_uid_digest(getattr(spec, column)) for column in SERIES_UID_COLUMNS},
         **manifest_fields(spec, subject),
         worker=socket.gethostname(), cohort_version=cohort.__version__, nnunet_version=_nnunet_version(),
         finished_at=datetime.now(timezone.utc).replace(microsecond=0),

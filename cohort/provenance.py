@@ -43,6 +43,23 @@ def digest(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+UID_DIGEST_PREFIX = "sha256:"
+
+
+def series_uid_digest(uid: str | None) -> str | None:
+    """What ``series/`` records of a manifest's series UID: a digest, enough to notice that a
+    rerun names another series under the same path. A DICOM UID can carry the institution's
+    root, the scanner's serial number and the acquisition time, and looks the series up in the
+    PACS: results keep none of that (the manifest links a ``series_id`` to its series)."""
+    return None if uid is None else UID_DIGEST_PREFIX + hashlib.sha256(uid.encode()).hexdigest()[:16]
+
+
+def same_series_uid(recorded: str | None, uid: str | None) -> bool:
+    """Whether a ``series/`` row's recorded series UID is the manifest's ``uid``: its digest, or
+    the UID itself in rows written before results kept only digests."""
+    return recorded == series_uid_digest(uid) or (recorded is not None and recorded == uid)
+
+
 def file_digest(path: Path) -> str:
     """Digest of a file's bytes (read in blocks: an image of gigabytes costs no memory)."""
     sha = hashlib.sha256()

@@ -99,7 +99,7 @@ def test_one_series_of_a_mixed_folder_and_a_split_series(slices, tmp_path: Path)
     whole = tmp_path / "whole"
     write_series(whole, slices, STUDY)
     assert_matches_reference(volume, dcm2niix(whole, tmp_path / "ref_whole")[0])
-    with pytest.raises(SeriesError, match="no file of DICOM series 1.2.3 under the folder"):
+    with pytest.raises(SeriesError, match="no file under the folder is of the DICOM series the manifest names"):
         load_ct(study, series_uid="1.2.3")
 
 

@@ -158,19 +158,25 @@ PATIENT = {"PatientName": "DOE^JANE^Q", "PatientID": "PID-493817", "PatientBirth
 
 
 def test_outputs_hold_no_patient_data(tmp_path: Path, examples: Path, prefect_server: str) -> None:
+    """Nor the series' DICOM UIDs, which carry the institution's root and the acquisition time and
+    look the series up in the PACS: ``series/`` keeps a digest of the manifest's ``series_uid``."""
     dicom = tmp_path / "identified_dicom"
     dicom.mkdir()
+    uids = {"SeriesInstanceUID": "1.2.826.0.1.3680043.2.1125.1958031207", "StudyInstanceUID": "1.2.826.0.1.77321"}
     for source in (examples / "example_ct_dicom").iterdir():
         dataset = pydicom.dcmread(source)
-        for keyword, value in PATIENT.items():
+        for keyword, value in {**PATIENT, **uids}.items():
             setattr(dataset, keyword, value)
         dataset.save_as(dicom / source.name)
     out = tmp_path / "results"
     manifest = write_manifest(tmp_path / "scans.csv", [
-        {"series_id": "ct1", "path": str(dicom), "age": 57, "sex": "F",
+        {"series_id": "ct1", "path": str(dicom), "series_uid": uids["SeriesInstanceUID"], "age": 57, "sex": "F",
          "labels": str(examples / "example_seg_dicom.nii.gz")}])
     assert cohort_cli("run", "--manifest", str(manifest), "--out", str(out), api=prefect_server).returncode == 0
-    secrets = [*PATIENT.values(), "DOE^JANE", "19580312"]
+    secrets = [*PATIENT.values(), *uids.values(), "DOE^JANE", "19580312"]
+    tables = pd.concat([pd.read_parquet(out / "series").astype(str), pd.read_parquet(out / "features").astype(str)])
+    for secret in secrets:
+        assert not tables.apply(lambda column: column.str.contains(secret, regex=False)).any().any(), secret
     files = [path for path in out.rglob("*") if path.is_file()]
     assert any(path.suffix == ".parquet" for path in files) and any("zarr" in str(path) for path in files)
     for path in files:

@@ -19,8 +19,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from cohort.provenance import series_uid_digest
 from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
 from testkit import cli_env, cohort_cli, mounted_tmpfs, write_manifest
@@ -261,7 +264,14 @@ def test_a_series_uid_filled_in_later_for_the_same_series_keeps_the_row(
         result = _run(inputs, out, prefect_server, manifest=manifest)
         assert result.returncode == 0, result.stderr
     assert "0 series to process, 1 already done" in " ".join(result.stderr.split())
-    assert _series(out).loc["ct", "series_uid"] == uid
+    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uid)
+    part, table = next((part, table) for part in (out / "series").glob("*.parquet")  # as written before results
+                       if (table := pq.read_table(part)).num_rows)                   # kept only digests
+    pq.write_table(table.set_column(table.schema.get_field_index("series_uid"), "series_uid", pa.array([uid])), part)
+    older = _run(inputs, out, prefect_server, manifest=manifest)
+    assert older.returncode == 0 and "0 series to process, 1 already done" in " ".join(older.stderr.split())
+    assert "contents unchanged" not in older.stderr, older.stderr
+    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uid)  # and keeps its digest from now on
 
 
 def test_an_age_no_longer_valid_stops_the_run_and_keeps_the_row(reference: Path, inputs: dict[str, Path],
@@ -334,7 +344,7 @@ def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: 
     result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 2, result.stderr
     assert "series_uid (another DICOM series under the row's path): 1 series" in " ".join(result.stderr.split())
-    assert _series(out).loc["ct", "series_uid"] == uids[0]
+    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uids[0])
 
 
 def test_a_run_after_one_whose_clock_was_ahead_still_writes_the_newest_rows(

@@ -18,6 +18,7 @@ from cohort.config import load_class_map
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
     columns = ["series_id", "path", "age", "sex", "labels"]
+    columns += list(dict.fromkeys(key for row in rows for key in row if key not in columns))
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -240,11 +240,12 @@ def _series_headers(name: InputName, series_uid: str | None) -> dict[str, pydico
             header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
         except UNREADABLE:
             continue  # files of no series, or of another: not this series' business
-        if str(header.get("SeriesInstanceUID", "")) == series_uid and header.get("SOPInstanceUID") not in instances:
-            instances.add(header.get("SOPInstanceUID"))
+        instance = str(header.get("SOPInstanceUID", ""))
+        if str(header.get("SeriesInstanceUID", "")) == series_uid and not (instance and instance in instances):
+            instances.add(instance)  # a file copied twice under the folder counts once
             headers[file] = header
     if not headers:
-        raise SeriesError(f"{name}: no file of DICOM series {series_uid} under the folder")
+        raise SeriesError(f"{name}: no file under the folder is of the DICOM series the manifest names")
     return headers
 
 

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart, SeriesError
 from cohort.manifest import SERIES_UID_COLUMNS, SeriesSpec, validate_subject
-from cohort.provenance import UNREADABLE_CONTENT, RunKey, input_contents, input_fingerprints
+from cohort.provenance import (UID_DIGEST_PREFIX, UNREADABLE_CONTENT, RunKey, input_contents, input_fingerprints,
+                               same_series_uid, series_uid_digest)
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
 from cohort.store.tables import (part_files, part_series_ids, part_series_status, remove_temporaries,
@@ -196,10 +197,10 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
             todo.append(spec)
         else:
             already_done.append(spec)
+            fields.update(_series_uid_fields(record, spec, check.other_series if state == "moved" else ()))
             if state == "moved":
                 moved.append(spec)
-                fields.update(input_fingerprint=check.fingerprint,
-                              **{column: getattr(spec, column) for column in check.other_series})
+                fields.update(input_fingerprint=check.fingerprint)
             elif state == "gone":
                 gone.append(spec)
             if any(getattr(record, name) != value for name, value in fields.items()):
@@ -208,6 +209,14 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
     not_in_manifest = sorted(sid for sid in ledger if sid not in listed)
     updates += [ledger[sid].replace(in_manifest=False) for sid in not_in_manifest if ledger[sid].in_manifest]
     return Plan(todo, already_done, changed, redo, updates, not_in_manifest, moved, gone, blocked)
+
+
+def _series_uid_fields(record: SeriesRecord, spec: SeriesSpec, other_series: tuple[str, ...]) -> dict[str, str | None]:
+    """The series UID digests a kept row records anew: where the manifest names other UIDs for the
+    same contents, and where an earlier cohort version recorded the UID itself."""
+    in_clear = [column for column in SERIES_UID_COLUMNS
+                if getattr(record, column) and not getattr(record, column).startswith(UID_DIGEST_PREFIX)]
+    return {column: series_uid_digest(getattr(spec, column)) for column in (*other_series, *in_clear)}
 
 
 def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord]) -> dict[str, InputCheck]:
@@ -220,7 +229,8 @@ def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord])
     for spec in done_specs:
         record = ledger[spec.series_id]
         columns = SERIES_UID_COLUMNS if record.records_content else ["series_uid"]  # older rows: this one
-        other_series[spec.series_id] = tuple(c for c in columns if getattr(record, c) != getattr(spec, c))
+        other_series[spec.series_id] = tuple(c for c in columns
+                                             if not same_series_uid(getattr(record, c), getattr(spec, c)))
     differing = [spec for spec in done_specs if ledger[spec.series_id].records_content and (
         ledger[spec.series_id].input_fingerprint != fingerprints[spec.series_id] or other_series[spec.series_id])]
     if differing:
