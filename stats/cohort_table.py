@@ -12,7 +12,8 @@ is accounted for per structure, with one reason, the first that applies:
    (``repeated_scans: first | last``; with ``mean`` the later scans' included rows are
    averaged into the first and counted here);
 6. ``not_measured``: the series finished but has no row for this structure;
-7. ``rejected_in_review``: the newest reviewer decision for the row is ``reject`` (``review.py``);
+7. ``rejected_in_review``: the newest reviewer decision for the row is ``reject`` (``review.py``), or,
+   for a pooled row, for one of its parts;
 8. the QC status of the row when it is not in ``include_statuses`` (``absent``,
    ``fov_truncated``, ``below_lower_bound``), where a measured row whose ``volume_ml`` is
    below its ``lower_bound_ml`` counts as ``below_lower_bound`` whatever its status says
@@ -33,7 +34,7 @@ import pandas as pd
 
 from cohort.errors import RunCannotStart
 from cohort.stats.config import STATUSES, AgingConfig
-from cohort.stats.pooled import add_pooled_rows, load_pooled_definitions
+from cohort.stats.pooled import add_pooled_rows, applicable_definitions, load_pooled_definitions
 from cohort.stats.review import load_review, rejected
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     """Join features with age, sex and covariates, apply the exclusions and cut the age groups."""
     series = _prepared_series(series, config)
     features = features.assign(status=study_status(features))
-    features = add_pooled_rows(features, load_pooled_definitions(config.pooled_structures))
+    pooled = applicable_definitions(load_pooled_definitions(config.pooled_structures), set(features["structure"]))
+    features = add_pooled_rows(features, pooled)
     orphans = ~features["series_id"].isin(series["series_id"])
     if orphans.any():
         log.warning("features: %d rows of series missing from series/ are ignored", int(orphans.sum()))
@@ -180,7 +182,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     if rows.duplicated(["series_id", "structure"]).any():
         raise ResultsTableError("features: several rows for one series_id and structure; "
                                 "the table is corrupt, rerun `cohort run`")
-    rows["reason"] = _row_reasons(rows, config, review)
+    rows["reason"] = _row_reasons(rows, config, review, pooled)
     groups = _age_groups(series.loc[series["reason"].isin([INCLUDED, REPEATED_SCAN]), "age"].to_numpy(float), config)
     rows, values = _one_row_per_subject(rows, config)
     structures = sorted(features["structure"].unique())
@@ -236,11 +238,26 @@ def _with_covariates(series: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFra
     return series
 
 
-def _row_reasons(rows: pd.DataFrame, config: AgingConfig, review: pd.DataFrame | None) -> np.ndarray:
-    rejected_rows = rejected(review, rows) if review is not None else np.zeros(len(rows), dtype=bool)
+def _row_reasons(rows: pd.DataFrame, config: AgingConfig, review: pd.DataFrame | None,
+                 pooled: pd.DataFrame) -> np.ndarray:
+    rejected_rows = rejected(review, rows) | _part_rejected(review, rows, pooled)
     status = rows["status"].to_numpy(dtype=object)
     return np.where(rejected_rows, REJECTED_IN_REVIEW,
                     np.where(rows["status"].isin(config.include_statuses), INCLUDED, status))
+
+
+def _part_rejected(review: pd.DataFrame | None, rows: pd.DataFrame, pooled: pd.DataFrame) -> np.ndarray:
+    """Per row: is it a pooled row (``pooled``: ``pooled, structure`` pairs) with a part a reviewer rejected?
+
+    A pooled kidney enters only where both kidneys would; a rejected ``kidney_left`` must not
+    re-enter the study inside it.
+    """
+    keys = rows[["series_id", "structure"]].reset_index(drop=True).rename_axis("row").reset_index()
+    parts = keys.merge(pooled.rename(columns={"structure": "part", "pooled": "structure"}), on="structure")
+    hit = np.zeros(len(rows), dtype=bool)
+    part_keys = parts[["series_id", "part"]].rename(columns={"part": "structure"})
+    hit[parts.loc[rejected(review, part_keys), "row"].to_numpy()] = True
+    return hit
 
 
 def _one_row_per_subject(rows: pd.DataFrame, config: AgingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -136,6 +136,22 @@ def test_rejected_review_decisions_are_excluded(tmp_path: Path) -> None:
     assert corr["pancreas", "volume_ml"] == exclusions["pancreas", "included"]
 
 
+def test_a_part_rejected_in_review_takes_its_pooled_row_out() -> None:
+    """A reviewer's reject of ``kidney_left`` must not come back inside the pooled kidney (sum of both sides)."""
+    n = 40
+    rng = np.random.default_rng(2)
+    cohort = cohort_from_values(rng.uniform(20, 90, n), np.array(["F", "M"] * 20), {
+        ("kidney_left", "volume_ml"): rng.uniform(100, 200, n), ("kidney_right", "volume_ml"): rng.uniform(100, 200, n)})
+    review = pd.DataFrame({"series_id": ["S00003"], "structure": ["kidney_left"], "decision": ["reject"],
+                           "reviewer": ["ab"], "comment": ["leak"],
+                           "decided_at": pd.to_datetime(["2026-11-20"], utc=True)})
+    results = run_study(cohort.features, cohort.series, PAPER, review)
+    used = results.table.values
+    assert not used.loc[used["structure"].isin(["kidney_left", "kidney"]), "series_id"].eq("S00003").any()
+    reasons = results.exclusions.query("structure == 'kidney'").set_index("reason")["n_series"]
+    assert reasons["rejected_in_review"] == 1 and reasons["included"] == n - 1
+
+
 def test_selection_table_shows_who_qc_removed() -> None:
     rng = np.random.default_rng(3)
     ages = rng.uniform(18, 100, 400)
