@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cohort.stats.cohort_table import load_results, metrics_of_the_model
+from cohort.stats.cohort_table import load_results
 from cohort.stats.config import load_aging_config, with_figures
 from cohort.stats.figures import draw_figures
 from cohort.stats.freshness import input_state
@@ -59,7 +59,6 @@ def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path 
     out_dir = Path(out_dir) if out_dir else results_dir / "aging"
     inputs = input_state(results_dir)  # before reading: rows added meanwhile make the stats stale, not silently newer
     tables = load_results(results_dir)
-    config = metrics_of_the_model(tables.features, config)
     results = run_study(tables.features, tables.series, config, tables.review)
     paths = write_tables(results, out_dir, inputs)
     figures = draw_figures(results, out_dir / "figures")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cohort.stats import age_tests, bootstrap
 from cohort.stats.adjusted import PartialCorrelation, encode_covariates, partial_spearman
-from cohort.stats.cohort_table import AgeGroups, StudyTable, build_study_table
+from cohort.stats.cohort_table import AgeGroups, StudyTable, build_study_table, metrics_of_the_model
 from cohort.stats.config import AgingConfig, load_aging_config
 from cohort.stats.descriptives import Description, Normality, describe, ks_normality
 from cohort.stats.multiplicity import with_multiplicity
@@ -106,6 +106,10 @@ def run_study(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig 
               review: pd.DataFrame | None = None) -> AgingResults:
     """Run every test of the aging study on ``features`` and ``series`` (``review``: reviewers' decisions).
 
+    The configured metrics become those the run's model measured (MR: intensities, never HU), and
+    a table of several modalities is refused (:func:`metrics_of_the_model`), from a notebook as from
+    ``cohort stats``.
+
     >>> from cohort.testing.cohorts import make_cohort
     >>> cohort = make_cohort(n_subjects=400, n_structures=8, seed=1)
     >>> results = run_study(cohort.features, cohort.series, load_aging_config(preset="paper"))
@@ -113,7 +117,7 @@ def run_study(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig 
     >>> bool(aorta.spearman_r.iloc[0] > 0.4)
     True
     """
-    config = config or load_aging_config()
+    config = metrics_of_the_model(features, config or load_aging_config())
     table = build_study_table(features, series, config, review)
     rows = _analyse_all(samples(table, config), table.age_groups, config)
     log.info("aging study: %d stratum-structure-metric samples", len(rows.correlations))

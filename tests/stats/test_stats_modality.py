@@ -50,6 +50,22 @@ def test_a_table_mixing_ct_and_mr_is_refused(tmp_path: Path) -> None:
         run_stats(results, figures="none")
 
 
+def test_run_study_from_a_notebook_refuses_mixed_modalities_and_studies_mr_intensities(tmp_path: Path) -> None:
+    """``run_study`` (the documented notebook entry point) applies the same modality rules as ``run_stats``:
+    CT and MR volumes are never pooled silently, and an MR table is studied in intensities, not in empty HU."""
+    from cohort.stats.config import load_aging_config
+    from cohort.stats.study import run_study
+
+    _, mixed = _as_mr(tmp_path / "mixed", mixed=True)
+    series = make_cohort(n_subjects=300, n_structures=3, seed=11).series
+    with pytest.raises(ResultsTableError, match="several modalities"):
+        run_study(mixed, series, load_aging_config(preset="paper"))
+    _, mr = _as_mr(tmp_path / "mr")
+    correlations = run_study(mr, series, load_aging_config(preset="paper")).correlations
+    assert set(correlations["metric"]) == {"volume_ml", "mean_intensity", "fat_fraction"}
+    assert (correlations["n"] > 0).all()
+
+
 def test_mr_pooling_weights_intensities_and_keeps_what_the_model_measures_whole() -> None:
     from cohort.config import ConfigError
     from cohort.stats.pooled import add_pooled_rows, load_pooled_definitions
