@@ -34,12 +34,14 @@ class PartialCorrelation:
 def encode_covariates(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
     """Columns of ``frame`` as a numeric design (NaN where missing): numbers as they are, text as dummies.
 
-    >>> encode_covariates(pd.DataFrame({"sex": ["F", "M", None], "kvp": ["100", "120", "120"]}), ("sex", "kvp")).tolist()
-    [[0.0, 100.0], [1.0, 120.0], [nan, 120.0]]
+    An empty manifest cell (``""``, as ``cohort run`` stores it) is missing, not a category of its own.
+
+    >>> encode_covariates(pd.DataFrame({"sex": ["F", "M", None], "kvp": ["100", "120", " "]}), ("sex", "kvp")).tolist()
+    [[0.0, 100.0], [1.0, 120.0], [nan, nan]]
     """
     columns = []
     for name in names:
-        column = frame[name]
+        column = _blank_as_missing(frame[name])
         numeric = pd.to_numeric(column, errors="coerce")
         if numeric.notna().sum() == column.notna().sum():
             columns.append(numeric.to_numpy(dtype=float)[:, None])
@@ -50,6 +52,12 @@ def encode_covariates(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray
         dummies[column.isna().to_numpy()] = np.nan
         columns.append(dummies)
     return np.hstack(columns) if columns else np.empty((len(frame), 0))
+
+
+def _blank_as_missing(column: pd.Series) -> pd.Series:
+    """``column`` with empty or blank text cells as missing values."""
+    blank = column.astype("string").str.strip().eq("").fillna(False).astype(bool)
+    return column.mask(blank)
 
 
 def partial_spearman(age: np.ndarray, values: np.ndarray, design: np.ndarray, confidence: float) -> PartialCorrelation:

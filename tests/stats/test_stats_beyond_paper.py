@@ -87,6 +87,26 @@ def test_a_sex_difference_in_a_cohort_of_younger_men_is_not_an_age_effect_after_
     assert adjusted["p"] == pytest.approx(ols.pvalues[1], rel=1e-6)
 
 
+def test_an_empty_covariate_cell_is_missing_and_a_numeric_covariate_stays_numeric() -> None:
+    """``cohort run`` stores an empty manifest cell as ``""``: the row is left out of the adjustment and
+    ``kvp`` stays a number, so the partial correlation's p equals statsmodels' OLS of the ranks."""
+    rng = np.random.default_rng(9)
+    n = 300
+    age, kvp = rng.uniform(18, 100, n), rng.choice([80.0, 100.0, 120.0, 140.0], n)
+    sex = np.where(rng.random(n) < 0.5, "M", "F")
+    hu = 60 - 0.3 * kvp + 0.2 * age + rng.normal(0, 5, n)
+    cells = kvp.astype(int).astype(str).astype(object)
+    cells[:3] = ""
+    cohort = cohort_from_values(age, sex, {("liver", "mean_hu"): hu}, covariates={"kvp": cells})
+    config = dataclasses.replace(DEFAULT, covariates=("kvp",), analyses=("adjusted",))
+    row = run_study(cohort.features, cohort.series, config).adjusted.query("metric == 'mean_hu'").iloc[0]
+    keep = np.arange(n) >= 3
+    design = np.column_stack([np.ones(n - 3), sps.rankdata(age[keep]), sex[keep] == "M", sps.rankdata(kvp[keep])])
+    ols = sm.OLS(sps.rankdata(hu[keep]), design.astype(float)).fit()
+    assert row["n"] == n - 3
+    assert row["p"] == pytest.approx(ols.pvalues[1], rel=1e-6)
+
+
 def test_p_fdr_and_p_bonferroni_cover_the_family_of_structures_and_metrics() -> None:
     rng = np.random.default_rng(4)
     age = rng.uniform(18, 100, 300)
