@@ -38,6 +38,8 @@ def encode_covariates(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray
 
     >>> encode_covariates(pd.DataFrame({"sex": ["F", "M", None], "kvp": ["100", "120", " "]}), ("sex", "kvp")).tolist()
     [[0.0, 100.0], [1.0, 120.0], [nan, nan]]
+    >>> encode_covariates(pd.DataFrame({"sex": ["F", None, "F"]}), ("sex",)).tolist()
+    [[0.0], [nan], [0.0]]
     """
     columns = []
     for name in names:
@@ -47,8 +49,9 @@ def encode_covariates(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray
             columns.append(numeric.to_numpy(dtype=float)[:, None])
             continue
         levels = sorted(column.dropna().astype(str).unique())
-        dummies = np.stack([column.astype(str).eq(level).to_numpy(float) for level in levels[1:]], axis=1) \
-            if len(levels) > 1 else np.empty((len(column), 0))
+        # one level: a constant column (no information, absorbed by the intercept) that still marks the missing rows
+        dummies = np.stack([column.astype(str).eq(level).to_numpy(float) for level in levels[1:]]
+                           or [np.zeros(len(column))], axis=1)
         dummies[column.isna().to_numpy()] = np.nan
         columns.append(dummies)
     return np.hstack(columns) if columns else np.empty((len(frame), 0))

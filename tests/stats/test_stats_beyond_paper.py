@@ -107,6 +107,15 @@ def test_an_empty_covariate_cell_is_missing_and_a_numeric_covariate_stays_numeri
     assert row["p"] == pytest.approx(ols.pvalues[1], rel=1e-6)
 
 
+def test_rows_without_sex_are_left_out_of_the_adjustment_also_when_one_sex_is_known() -> None:
+    """With one known sex and some missing, as with both sexes known, rows without sex are not adjusted for it."""
+    rng = np.random.default_rng(4)
+    age = rng.uniform(18, 100, 150)
+    for sex in (np.array(["F", "M", None] * 50, dtype=object), np.array(["F", "F", None] * 50, dtype=object)):
+        row = _study(age, sex, {("liver", "volume_ml"): rng.normal(100, 10, 150)}, analyses=("adjusted",)).adjusted
+        assert row.query("metric == 'volume_ml'")["n"].iloc[0] == 100
+
+
 def test_p_fdr_and_p_bonferroni_cover_the_family_of_structures_and_metrics() -> None:
     rng = np.random.default_rng(4)
     age = rng.uniform(18, 100, 300)
