@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from cohort.errors import SeriesError
@@ -163,3 +164,24 @@ def test_a_series_tagged_as_the_other_modality_is_refused_before_its_voxels(slic
     write_series(ct, slices, STUDY)
     with pytest.raises(SeriesError, match=r"its DICOM Modality is CT, and the model is for MR \(use a CT model"):
         load_ct(ct, modality="MR")
+
+
+def _enhanced(ds: pydicom.Dataset, k: int) -> None:
+    """An enhanced CT as scanners write it: every frame in one file, positions in per-frame groups only."""
+    ds.NumberOfFrames = 8
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        delattr(ds, keyword)
+
+
+def test_an_enhanced_ct_of_one_file_is_refused_as_multi_frame(slices, tmp_path: Path) -> None:
+    """One file holding all frames is named for what it is, not "1 slice", with or without a series_uid."""
+    folder = tmp_path / "enhanced"
+    uid = write_series(folder, slices[:1], STUDY, edit=_enhanced)
+    for series_uid in (None, uid):
+        with pytest.raises(SeriesError) as error:
+            load_ct(folder, series_uid=series_uid)
+        assert str(error.value).startswith("enhanced: multi-frame (enhanced) image with 8 frames in one file"), \
+            str(error.value)
+    with pytest.raises(SeriesError, match=r"^single: series has 1 slice\(s\); a 3-D volume is needed"):
+        write_series(tmp_path / "single", slices[:1], STUDY)
+        load_ct(tmp_path / "single")

@@ -115,11 +115,11 @@ def slice_geometry(slices: Sequence[SliceHeader]) -> SliceGeometry:
     Traceback (most recent call last):
     cohort.ingest.dicom.GeometryProblem: missing slice(s): a gap of 4 mm between positions 4 and 8 mm where the spacing is 2 mm
     """
+    frames = max((s.frames for s in slices), default=1)
+    if frames > 1:  # before the count: an enhanced CT is one file holding every slice
+        raise GeometryProblem(_multi_frame_reason(frames))
     if len(slices) < 2:
         raise GeometryProblem(f"series has {len(slices)} slice(s); a 3-D volume is needed")
-    frames = max(s.frames for s in slices)
-    if frames > 1:
-        raise GeometryProblem(_multi_frame_reason(frames))
     for field, what in (("rows", "size"), ("columns", "size"), ("pixel_spacing", "pixel spacing")):
         values = sorted({getattr(s, field) for s in slices})
         if len(values) > 1:
@@ -268,10 +268,7 @@ def _single_series_files(name: InputName) -> list[str]:
     if len(series_ids) > 1:
         raise SeriesError(f"{name}: folder holds {len(series_ids)} DICOM series; name one in the manifest's "
                           "series_uid column (`cohort manifest` does), or give each series its own folder")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_ids[0])
-    if len(files) < 2:
-        raise SeriesError(f"{name}: DICOM series has {len(files)} slice(s); a 3-D volume is needed")
-    return list(files)
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_ids[0]))
 
 
 def _read_header(file: InputName) -> pydicom.Dataset:
