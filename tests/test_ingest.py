@@ -240,6 +240,24 @@ def test_a_damaged_dicom_file_is_named_by_its_place_not_its_name(tmp_path: Path,
     assert damaged.name not in message and PATIENT not in message and str(tmp_path) not in message, message
 
 
+def test_a_damaged_end_slice_is_not_silently_dropped_from_a_folder_series(tmp_path: Path, examples: Path) -> None:
+    """Without a series_uid the folder's series is grouped by GDCM, which leaves out a file it cannot
+    read: a damaged top or bottom slice left no gap, and the volume came out one slice short."""
+    folder = tmp_path / "export" / PATIENT / "series"
+    folder.mkdir(parents=True)
+    series_uid = generate_uid()
+    for source in sorted((examples / DICOM).iterdir()):
+        dataset = pydicom.dcmread(source)
+        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = series_uid, generate_uid()
+        dataset.save_as(folder / f"CT.{dataset.SOPInstanceUID}")
+    (folder / "notes.txt").write_text("not DICOM, not the series'")
+    top = max(folder.glob("CT.*"), key=lambda file: float(pydicom.dcmread(file).ImagePositionPatient[2]))
+    top.write_bytes(top.read_bytes()[:-4000])
+    message = _error(InputName.in_manifest(folder, 4))
+    assert message.startswith("<path of line 4> (slice 20 of 20): cannot read DICOM pixels"), message
+    assert top.name not in message and PATIENT not in message and str(tmp_path) not in message, message
+
+
 @pytest.mark.parametrize("scaled", [False, True])
 def test_gzip_read_by_isal_equals_nibabels_own(tmp_path: Path, examples: Path, monkeypatch, scaled: bool) -> None:
     """ISA-L's stream gives the very voxels (scaling applied) that nibabel's gzip gives."""

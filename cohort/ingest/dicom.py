@@ -19,9 +19,10 @@ reformatting, missing) leave the judgement to the intensity check (``cohort.inge
 Pixels are read file by file with SimpleITK/GDCM (which decodes compressed transfer syntaxes),
 each slice with its own RescaleSlope/RescaleIntercept, and stacked in the sorted order; the
 affine is built from the headers. The series is the single series of a folder (GDCM,
-non-recursive) or, when a ``series_uid`` is given, every file under the folder, recursively,
-whose SeriesInstanceUID is that one: so a folder holding several series, or a series split over
-sub-folders, is read exactly. Only voxels and geometry leave this module (patient data stays).
+non-recursive, plus the images of that series GDCM skips, truncated or damaged: they are refused
+by their place in the series, never silently left out) or, when a ``series_uid`` is given, every
+file under the folder, recursively, whose SeriesInstanceUID is that one: so a folder holding
+several series, or a series split over sub-folders, is read exactly. Only voxels and geometry leave this module (patient data stays).
 """
 
 from __future__ import annotations
@@ -268,7 +269,29 @@ def _single_series_files(name: InputName) -> list[str]:
     if len(series_ids) > 1:
         raise SeriesError(f"{name}: folder holds {len(series_ids)} DICOM series; name one in the manifest's "
                           "series_uid column (`cohort manifest` does), or give each series its own folder")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_ids[0]))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_ids[0]))
+    return files + _skipped_images(name.path, files)
+
+
+def _skipped_images(folder: Path, grouped: list[str]) -> list[str]:
+    """The folder's other images of the series of ``grouped`` (pydicom reads their header, GDCM
+    could not read them: truncated or damaged pixel data). GDCM leaves them out of the series
+    without a word; returned, they are read with the rest and refused by their place in the series,
+    instead of silently missing (a slice at either end) or called a gap."""
+    uid = str(pydicom.dcmread(grouped[0], stop_before_pixels=True,
+                              specific_tags=["SeriesInstanceUID"]).get("SeriesInstanceUID", ""))
+    known = {os.path.realpath(file) for file in grouped}
+    skipped = []
+    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+        if not entry.is_file() or os.path.realpath(entry.path) in known:
+            continue
+        try:
+            header = pydicom.dcmread(entry.path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Rows"])
+        except UNREADABLE:
+            continue  # not DICOM: no file of the series
+        if header.get("Rows") is not None and str(header.get("SeriesInstanceUID", "")) == uid:
+            skipped.append(entry.path)
+    return skipped
 
 
 def _read_header(file: InputName) -> pydicom.Dataset:
