@@ -135,8 +135,10 @@ def test_padding_does_not_make_an_mr_look_like_ct(tmp_path: Path, examples: Path
     assert "every voxel is padding" in _error(tmp_path / "empty.nii.gz")
 
 
-def _write_ct_series(folder: Path, stored: np.ndarray, padding_tags: dict[str, int]) -> Path:
-    """A CT series as real DICOM files: ``stored`` is (z, y, x) int16 with RescaleIntercept -1024."""
+def _write_ct_series(folder: Path, stored: np.ndarray, padding_tags: dict[str, int],
+                     intercepts: tuple[int, ...] = (-1024,)) -> Path:
+    """A CT series as real DICOM files: ``stored`` is (z, y, x) int16; slice k has RescaleIntercept
+    ``intercepts[k % len(intercepts)]``."""
     folder.mkdir(parents=True)
     study, series = generate_uid(), generate_uid()
     for k, pixels in enumerate(stored):
@@ -153,7 +155,7 @@ def _write_ct_series(folder: Path, stored: np.ndarray, padding_tags: dict[str, i
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.RescaleIntercept, ds.RescaleSlope = intercepts[k % len(intercepts)], 1
         for key, value in padding_tags.items():
             setattr(ds, key, value)
         ds.PixelData = pixels.astype("<i2").tobytes()
@@ -182,6 +184,21 @@ def test_dicom_pixel_padding_range_is_masked(tmp_path: Path) -> None:
     measured = measure_structures(volume.hu, organ, volume.grid.voxel_volume_ml, 2)
     assert measured.mean_hu[1] == pytest.approx(hu_xyz[organ == 1].mean())
     assert measured.p05_hu[1] == pytest.approx(np.percentile(hu_xyz[organ == 1], 5))
+
+
+def test_dicom_pixel_padding_is_masked_on_slices_of_another_rescale(tmp_path: Path) -> None:
+    """PixelPaddingValue is a stored value: with per-slice RescaleIntercept it is another HU value on
+    every other slice; masked by the first slice's rescale only, -2000 HU stayed in those slices."""
+    hu = np.full((6, 32, 32), -1000, np.int16)
+    hu[:, 8:24, 8:24] = 40
+    outside = np.zeros(hu.shape, bool)
+    outside[:, :4, :] = True
+    intercepts = (-1024, -1000)
+    stored = np.stack([np.where(outside[k], -1000, hu[k] - intercepts[k % 2]) for k in range(6)]).astype(np.int16)
+    volume = load_ct(_write_ct_series(tmp_path / "series", stored, {"PixelPaddingValue": -1000}, intercepts))
+    outside_xyz = np.transpose(outside, (2, 1, 0))
+    assert np.all(volume.hu[outside_xyz] == AIR_HU), np.unique(volume.hu[outside_xyz])
+    assert np.array_equal(volume.hu[~outside_xyz], np.transpose(hu, (2, 1, 0))[~outside_xyz])
 
 
 PATIENT = "DOE_JOHN_12345"

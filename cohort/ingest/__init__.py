@@ -31,14 +31,15 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     is the model's: a CT must hold Hounsfield units, an MR must not look like a CT.
     """
     name = InputName.of(source)
-    declared = None
+    padded = None
     if name.path.is_dir():
-        values, affine, declared = read_ct_dicom(name, limits, series_uid, modality)
+        values, affine, padded = read_ct_dicom(name, limits, series_uid, modality)
     elif is_nifti(name.path) or not name.path.exists():
         values, affine = read_nifti_array(name, limits)
     else:
         raise SeriesError(f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
-    padded = padding_mask(values, declared or detect_padding(values))
+    if padded is None:  # none declared (a DICOM header can): the corners tell
+        padded = padding_mask(values, detect_padding(values))
     if modality is not None:  # None: a companion image (Dixon fat/water), judged through its series
         check_modality(Volume(hu=values, affine=affine, source=name.path, name=name.shown), modality, padded)
     return Volume(hu=as_hu_array(fill_padding(values, padded)), affine=affine, source=name.path, name=name.shown)

@@ -40,7 +40,7 @@ from cohort.config import IngestConfig
 from cohort.errors import SeriesError
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
-from cohort.ingest.padding import Padding, declared_padding
+from cohort.ingest.padding import Padding, declared_padding, padding_mask
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
@@ -188,10 +188,11 @@ def _fmt(value: tuple) -> str:
 
 def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(),
                   series_uid: str | None = None, modality: str | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, Padding | None]:
-    """The voxels, affine and declared padding of a DICOM series: the single series of a folder,
-    or series ``series_uid`` found anywhere under the folder. ``modality`` is the model's: a
-    series tagged as the other one is refused (:func:`check_declared_modality`)."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The voxels, affine and declared padding (a mask, None when no slice declares any) of a DICOM
+    series: the single series of a folder, or series ``series_uid`` found anywhere under the folder.
+    ``modality`` is the model's: a series tagged as the other one is refused
+    (:func:`check_declared_modality`)."""
     name = InputName.of(source)
     headers, geometry = series_geometry(name, series_uid)
     if modality is not None:
@@ -201,7 +202,22 @@ def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(
     slices = [_read_slice(name, name.child(file, f"slice {index} of {count}")) for index, file in
               enumerate(geometry.files, 1)]
     values = np.stack(slices, axis=-1)
-    return values, geometry.affine, _declared_padding(headers[geometry.files[0]])
+    return values, geometry.affine, _declared_padding_mask(values, [headers[file] for file in geometry.files])
+
+
+def _declared_padding_mask(values: np.ndarray, headers: Sequence[pydicom.Dataset]) -> np.ndarray | None:
+    """The voxels each slice declares padding, by its own header: a padding value is a stored
+    value, so with per-slice RescaleSlope/RescaleIntercept it is another HU value on every slice
+    (the first slice's HU value would miss the padding of the others). None when no slice declares any."""
+    paddings = [_declared_padding(header) for header in headers]
+    if all(padding is None for padding in paddings):
+        return None
+    mask = np.zeros(values.shape, dtype=bool)
+    for k, padding in enumerate(paddings):
+        padded = padding_mask(values[..., k], padding)
+        if padded is not None:
+            mask[..., k] = padded
+    return mask
 
 
 def check_declared_modality(name: InputName, headers: Iterable[pydicom.Dataset], modality: str) -> None:
