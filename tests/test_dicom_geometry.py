@@ -119,6 +119,9 @@ REFUSED = {
                           "slices differ in orientation"),
     "not orthogonal": ({"edit": set_value("ImageOrientationPatient", lambda k: [1, 0, 0, 0.2, 0.98, 0])},
                        "orientation vectors are not orthogonal unit vectors (at 78.5 deg)"),
+    "rescale missing on one slice": ({"edit": lambda ds, k: (delattr(ds, "RescaleSlope"), delattr(ds, "RescaleIntercept"))
+                                      if k == 4 else None},
+                                     "slice(s) 5 of 8 have no RescaleSlope/RescaleIntercept and the others have"),
     "multi-frame": ({"edit": lambda ds, k: setattr(ds, "NumberOfFrames", 3) if k == 0 else None},
                     "multi-frame (enhanced) image with 3 frames in one file; cohort reads single-frame series only"),
 }

@@ -10,7 +10,9 @@ says so, what would make a volume silently wrong:
 - gantry tilt (slices stacked at an angle to their normal): refused, not resampled;
 - two slices at one position, a missing slice (a gap above ``GAP_FACTOR`` x the median
   spacing) or uneven spacing (a step off the median by more than ``SPACING_TOLERANCE``);
-- multi-frame (enhanced) images: refused (convert them with dcm2niix first).
+- multi-frame (enhanced) images: refused (convert them with dcm2niix first);
+- (:func:`series_geometry`) slices without RescaleSlope/RescaleIntercept beside slices with: their
+  values would be in stored units, the others' in HU.
 
 A series whose ``Modality`` tag names the other modality than the model's (MR for a CT model,
 CT for an MR model) is refused before a voxel is read; other values (``OT`` after
@@ -239,9 +241,23 @@ def series_geometry(source: Path | InputName,
         raise SeriesError(f"{name}: folder not found")
     headers = _series_headers(name, series_uid)
     try:
-        return headers, slice_geometry([SliceHeader.of(header, file) for file, header in headers.items()])
+        geometry = slice_geometry([SliceHeader.of(header, file) for file, header in headers.items()])
+        _check_rescale_declared([headers[file] for file in geometry.files])
     except GeometryProblem as problem:
         raise SeriesError(f"{name}: {problem}") from None
+    return headers, geometry
+
+
+def _check_rescale_declared(headers: Sequence[pydicom.Dataset]) -> None:
+    """Refuse a series where some slices declare RescaleSlope/RescaleIntercept and others do not:
+    GDCM reads the latter in stored units, so one volume would mix HU and raw values (a slice 1024
+    too bright, silently)."""
+    bare = [index for index, header in enumerate(headers, 1)
+            if header.get("RescaleSlope") is None and header.get("RescaleIntercept") is None]
+    if bare and len(bare) < len(headers):
+        raise GeometryProblem(f"slice(s) {', '.join(map(str, bare[:3]))}{' ...' if len(bare) > 3 else ''} of "
+                              f"{len(headers)} have no RescaleSlope/RescaleIntercept and the others have: their "
+                              "values would not be in the others' units; refused")
 
 
 def _series_headers(name: InputName, series_uid: str | None) -> dict[str, pydicom.Dataset]:
