@@ -112,6 +112,8 @@ def _positions(offsets: dict[int, float]):
 REFUSED = {
     "uneven spacing": ({"edit": _positions({5: 0.4})}, "uneven slice spacing (1.6 to 2.4 mm)"),
     "duplicate position": ({"edit": _positions({5: 2.0})}, "2 slices share one position"),
+    "series written twice": ({"edit": lambda ds, k: _positions({k: -2.0 * (k % 2)})(ds, k)},
+                             "8 slices share 4 positions"),
     "mixed pixel spacing": ({"edit": lambda ds, k: setattr(ds, "PixelSpacing", [0.8, 0.8] if k == 4 else ds.PixelSpacing)},
                             "slices differ in pixel spacing (mm: 0.8x0.8, 0.976562x0.976562)"),
     "mixed size": ({"edit": lambda ds, k: setattr(ds, "Rows", 256 if k == 4 else 512)}, "slices differ in size (rows x columns: 256x512, 512x512)"),

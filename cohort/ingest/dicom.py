@@ -171,9 +171,11 @@ def _check_orthonormal(row: np.ndarray, column: np.ndarray) -> None:
 
 
 def _check_spacing(steps: np.ndarray, along: np.ndarray) -> None:
-    same = int((steps < SAME_POSITION_MM).sum())
-    if same:
-        raise GeometryProblem(f"{same + 1} slices share one position (duplicated slices or two series with one UID)")
+    same = np.flatnonzero(steps < SAME_POSITION_MM)
+    if len(same):
+        n_slices = len(set(same) | set(same + 1))
+        shared = "one position" if n_slices == len(same) + 1 else f"{n_slices - len(same)} positions"
+        raise GeometryProblem(f"{n_slices} slices share {shared} (duplicated slices or two series with one UID)")
     median = float(np.median(steps))
     widest = int(np.argmax(steps))
     if steps[widest] > GAP_FACTOR * median:

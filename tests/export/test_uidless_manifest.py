@@ -91,7 +91,7 @@ def test_each_folder_of_images_without_uid_is_one_candidate_series(made, export:
         "p2/ct_bone": "ranked lower: rank 2 of 2 eligible in the study, 1 kept (kernel Br64f, 3 mm, 40 mm coverage)",
         "planes": AS_ONE.format(n=40) + "slices differ in orientation (ImageOrientationPatient); one series must "
                                         "have one",
-        "kernels": AS_ONE.format(n=40) + "21 slices share one position (duplicated slices or two series with one UID)",
+        "kernels": AS_ONE.format(n=40) + "40 slices share 20 positions (duplicated slices or two series with one UID)",
         "mixed": "geometry: 10 files without SeriesInstanceUID in one folder lie beside 1 series with one; "
                  "`cohort run` cannot read them apart (move them to a folder of their own)",
         "odd": AS_ONE.format(n=19) + "`cohort run` reads 20 files of the folder as its series, not these 19 "
