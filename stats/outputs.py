@@ -117,7 +117,7 @@ def summary_lines(results: AgingResults) -> list[str]:
          f"{', '.join(groups.labels)} years."),
         _significance_line(corr, kw),
         f"- Multiplicity: {family_text(config)}",
-        *(_agreement_lines(results.quartile_tests, config.alpha) if kw is not None else []),
+        *(_agreement_lines(results.quartile_tests, config) if kw is not None else []),
         *selection_lines(results.selection),
         "",
         f"## Strongest age effects (top {config.summary_top_n} by |r_s|, significant only)",
@@ -134,10 +134,14 @@ def _bound_note(config: AgingConfig) -> str:
     return " (a volume below its lower bound is excluded whatever its status)"
 
 
+DECIDING_P = {"none": "the raw p-value", "bonferroni": "the Bonferroni-adjusted p (`p_bonferroni`)",
+              "fdr_bh": "the Benjamini-Hochberg FDR-adjusted p (`p_fdr`)"}
+"""The p-value that decides ``significant``, by ``multiplicity`` setting."""
+
+
 def family_text(config: AgingConfig) -> str:
     """One sentence naming the family of tests and the p-value that decides significance."""
-    deciding = {"none": "the raw p-value", "bonferroni": "the Bonferroni-adjusted p (`p_bonferroni`)",
-                "fdr_bh": "the Benjamini-Hochberg FDR-adjusted p (`p_fdr`)"}[config.multiplicity]
+    deciding = DECIDING_P[config.multiplicity]
     pairs = ("" if config.pairwise_correction == "none" else
              f"; the six age-group pairs are first corrected together ({config.pairwise_correction}, `p_adjusted`)")
     return (f"significance is {deciding} < {config.alpha:g}; the family is every test of one table within one stratum "
@@ -190,7 +194,7 @@ def _counts(tests: pd.DataFrame | None) -> tuple[int, int, int]:
     return int(tests["significant"].sum()), int(tested.sum()), int((~tested).sum())
 
 
-def _agreement_lines(quartile_tests: pd.DataFrame, alpha: float) -> list[str]:
+def _agreement_lines(quartile_tests: pd.DataFrame, config: AgingConfig) -> list[str]:
     """One line comparing Kruskal-Wallis significance with the paper's Table S1 (p < 0.0001 there);
     pairs not testable here are counted apart, the four agreement counts are of testable pairs only."""
     agreement = agreement_with_paper(quartile_tests)
@@ -199,7 +203,8 @@ def _agreement_lines(quartile_tests: pd.DataFrame, alpha: float) -> list[str]:
     n_untestable = int(agreement.loc[~agreement["testable"], "n"].sum())
     counts = agreement[agreement["testable"]].set_index(["paper_significant", "significant"])["n"]
     n = {key: int(counts.get(key, 0)) for key in [(True, True), (True, False), (False, True), (False, False)]}
-    line = (f"- Kruskal-Wallis vs the paper's Table S1 (paper: p < 0.0001; here: p < {alpha:g}), "
+    line = (f"- Kruskal-Wallis vs the paper's Table S1 (paper: p < 0.0001; here: {DECIDING_P[config.multiplicity]} "
+            f"< {config.alpha:g}), "
             f"{sum(n.values()) + n_untestable} structure-metric pairs in both: {NOT_TESTABLE} {n_untestable}; "
             f"of the {sum(n.values())} testable: significant in both {n[True, True]}, "
             f"only in the paper {n[True, False]}, only here {n[False, True]}, in neither {n[False, False]}.")

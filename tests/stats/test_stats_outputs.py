@@ -164,3 +164,11 @@ def test_summary_names_the_configuration_file_not_its_folder(small_results_dir: 
     assert "configuration: `my-aging.yaml`" in text and "someone" not in text
     preset = run_stats(small_results_dir, tmp_path / "preset", preset="paper", figures="none").summary.read_text()
     assert "configuration: `paper.yaml`" in preset and str(STATS_DIR) not in preset
+
+
+def test_summary_names_the_p_value_that_decides_agreement_with_table_s1(small_results_dir: Path, tmp_path: Path) -> None:
+    """Significance here is decided by the configured p (the default: FDR-adjusted), so the Table S1
+    line must not say the raw p."""
+    lines = run_stats(small_results_dir, tmp_path / "aging", figures="none").summary.read_text().splitlines()
+    line = next(line for line in lines if line.startswith("- Kruskal-Wallis vs the paper's Table S1"))
+    assert "here: the Benjamini-Hochberg FDR-adjusted p (`p_fdr`) < 0.05" in line, line
