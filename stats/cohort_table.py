@@ -183,7 +183,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
         raise ResultsTableError("features: several rows for one series_id and structure; "
                                 "the table is corrupt, rerun `cohort run`")
     rows["reason"] = _row_reasons(rows, config, review, pooled)
-    groups = _age_groups(series.loc[series["reason"].isin([INCLUDED, REPEATED_SCAN]), "age"].to_numpy(float), config)
+    groups = _age_groups(_subject_ages(series, config), config)
     rows, values = _one_row_per_subject(rows, config)
     structures = sorted(features["structure"].unique())
     exclusions = _exclusions(rows, series, structures, config)
@@ -271,6 +271,16 @@ def _one_row_per_subject(rows: pd.DataFrame, config: AgingConfig) -> tuple[pd.Da
     means = ordered.groupby(["subject_id", "structure"], sort=False)[["age", *config.metrics]].transform("mean")
     averaged = ordered.assign(**{c: means[c] for c in means.columns})
     return rows, averaged[~later]
+
+
+def _subject_ages(series: pd.DataFrame, config: AgingConfig) -> np.ndarray:
+    """One age per subject of the study, that of the scan that stands for the subject (with
+    ``repeated_scans: mean``, the first, into which the later ones are averaged): cohort quartiles
+    split subjects, not scans, so a subject scanned ten times does not move the cut points."""
+    included = series["reason"] == INCLUDED
+    if config.repeated_scans == "mean":
+        included &= series["order"] == 0
+    return series.loc[included, "age"].to_numpy(float)
 
 
 def _age_groups(ages: np.ndarray, config: AgingConfig) -> AgeGroups:

@@ -143,6 +143,23 @@ def test_cohort_quartiles_split_subjects_evenly() -> None:
     assert sizes.min() > 0.22 * sizes.sum()
 
 
+@pytest.mark.parametrize("repeated_scans", ["first", "mean"])
+def test_cohort_quartiles_count_each_subject_once(repeated_scans: str) -> None:
+    """Ten old subjects scanned 30 times each would pull the cut points up if scans were counted."""
+    cohort = make_cohort(n_subjects=400, n_structures=4, seed=6)
+    old = cohort.series[(cohort.series["status"] == "done") & (cohort.series["age"] > 85)].head(10)
+    repeats = pd.concat([old.assign(series_id=old["series_id"] + f"_r{k}", age=old["age"] + k / 10)
+                         for k in range(1, 30)])
+    features = pd.concat([cohort.features, *(cohort.features[cohort.features["series_id"] == sid].assign(
+        series_id=rid) for sid, rid in zip(repeats["series_id"].str.split("_r").str[0], repeats["series_id"]))])
+    base = dataclasses.replace(PAPER, repeated_scans=repeated_scans, workers=1)
+    config = dataclasses.replace(base, age_groups=dataclasses.replace(PAPER.age_groups, method="cohort_quartiles"))
+    results = run_study(features, pd.concat([cohort.series, repeats]), config)
+    done = cohort.series[(cohort.series["status"] == "done") & cohort.series["age"].notna()]
+    in_range = done["age"].between(*config.age_range)
+    assert results.age_groups.edges == pytest.approx(tuple(np.quantile(done.loc[in_range, "age"], [0.25, 0.5, 0.75])))
+
+
 def test_sex_strata_are_analysed_separately() -> None:
     small = make_cohort(n_subjects=800, n_structures=9, seed=5)
     config = dataclasses.replace(PAPER, stratify_by_sex=True, workers=1)
