@@ -101,7 +101,7 @@ class ReviewSite:
         facts = self.series[self.series["series_id"] == series_id][["series_id", "age", "sex", "status", "error"]]
         back = f"/series/{urllib.parse.quote(series_id)}"
         values = [c for c in ("mean_hu", "mean_intensity", "fat_fraction") if c in rows and rows[c].notna().any()]
-        table = rows[["structure", "status", "volume_ml", *values, "lower_bound_ml"]].copy()  # HU for CT, intensity for MR
+        table = _escaped(rows[["structure", "status", "volume_ml", *values, "lower_bound_ml"]])  # HU for CT, intensity for MR
         table["decide"] = [self._form(series_id, s, back) for s in table["structure"]]
         flagged = self.queue.flag_rows[self.queue.flag_rows["series_id"] == series_id]
         body = [_table(facts), f"<h2>Whole series</h2>{self._form(series_id, None, back)}",
@@ -161,6 +161,16 @@ class ReviewSite:
         log.info("review: %s %s %s by %s", decision.decision, decision.series_id, structure or "(series)",
                  decision.reviewer)
         return decision
+
+
+def _escaped(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its text cells HTML-escaped: a table rendered with ``escape=False`` (for its cells of
+    form markup) must not run a structure name of a custom class map as markup on a page that holds the token.
+
+    >>> _escaped(pd.DataFrame({"structure": ["<img src=x>"], "volume_ml": [1.5]})).values.tolist()
+    [['&lt;img src=x&gt;', 1.5]]
+    """
+    return frame.apply(lambda column: column.map(lambda value: html.escape(value) if isinstance(value, str) else value))
 
 
 def names_this_machine(authority: str) -> bool:

@@ -7,12 +7,13 @@ after it stays on the site; and a request naming another host (DNS rebinding) is
 
 from __future__ import annotations
 
+import html
 import http.client
 import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -140,3 +141,16 @@ def test_a_request_naming_another_host_is_refused(review: Review) -> None:
     pd.testing.assert_frame_equal(review.decisions(), before)
     for host in (f"localhost:{review.port}", "localhost:9000", "127.0.0.1:9000"):  # the last two: an SSH tunnel
         assert review.request("GET", "/", {"Host": host}).status == 200, host
+
+
+def test_a_structure_name_is_shown_as_text_not_run_as_markup(tmp_path: Path) -> None:
+    """A custom class map may name a structure anything; on the series page, which holds the token, a
+    name is text: markup in it would run as this site's script and could post decisions."""
+    cohort = make_cohort(n_subjects=10, n_structures=3, seed=5, n_failed_series=0, n_without_age=0)
+    hostile = '<img src=x onerror="document.title=1">'
+    renamed = cohort.features["structure"].iloc[0]
+    features = cohort.features.assign(structure=cohort.features["structure"].replace(renamed, hostile))
+    results_dir = replace(cohort, features=features).write(tmp_path / "results")
+    site = ReviewSite.load(results_dir)
+    page = site.series_page(str(features["series_id"].iloc[0]))
+    assert hostile not in page and html.escape(hostile) in page
