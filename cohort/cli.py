@@ -289,6 +289,7 @@ def report_command(args: argparse.Namespace) -> int:
 def review_command(args: argparse.Namespace) -> int:
     from cohort.stats.review_server import serve
 
+    _require_tables(args.results)
     serve(args.results, args.port, args.stats)
     return 0
 

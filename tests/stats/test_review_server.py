@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cohort.cli import main
 from cohort.stats.review_server import ReviewSite, make_server
 from cohort.stats.review_store import read_decisions
 from cohort.testing.cohorts import make_cohort
@@ -154,3 +155,14 @@ def test_a_structure_name_is_shown_as_text_not_run_as_markup(tmp_path: Path) -> 
     site = ReviewSite.load(results_dir)
     page = site.series_page(str(features["series_id"].iloc[0]))
     assert hostile not in page and html.escape(hostile) in page
+
+
+def test_review_of_a_run_where_every_series_failed_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``cohort run`` writes no features/ part when nothing was measured: exit 2 with the failures' reasons,
+    as ``cohort report`` gives, not a KeyError traceback."""
+    results_dir = make_cohort(n_subjects=4, n_structures=3, seed=5, n_failed_series=4).write(tmp_path / "results")
+    for part in (results_dir / "features").glob("*.parquet"):
+        part.unlink()
+    assert main(["review", "--results", str(results_dir), "--port", "0"]) == 2
+    assert "no series in" in capsys.readouterr().err
+
