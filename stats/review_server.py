@@ -293,8 +293,13 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
 
 def serve(results_dir: Path, port: int = 8765, stats_dir: Path | None = None,
           ready: threading.Event | None = None) -> None:
-    """Serve the review pages until interrupted (Ctrl-C)."""
-    server = make_server(ReviewSite.load(results_dir, stats_dir), port)
+    """Serve the review pages until interrupted (Ctrl-C); a port that cannot be had stops with a message."""
+    site = ReviewSite.load(results_dir, stats_dir)
+    try:
+        server = make_server(site, port)
+    except OSError as error:
+        raise RunCannotStart(f"cannot listen on {HOST}:{port} ({error.strerror or error}); another `cohort review` "
+                             "may be running there: pass another --port (0: any free port)") from None
     print(f"review: http://{HOST}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
     if ready is not None:
         ready.set()

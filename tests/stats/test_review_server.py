@@ -166,3 +166,7 @@ def test_review_of_a_run_where_every_series_failed_says_why(tmp_path: Path, caps
     assert main(["review", "--results", str(results_dir), "--port", "0"]) == 2
     assert "no series in" in capsys.readouterr().err
 
+
+def test_review_on_a_port_in_use_says_so(review: Review, capsys: pytest.CaptureFixture) -> None:
+    assert main(["review", "--results", str(review.results_dir), "--port", str(review.port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{review.port}" in capsys.readouterr().err
