@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from cohort.errors import ConfigError
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 T = TypeVar("T")
+# A structure name becomes a file name (results/qc/<series_id>/<structure>.png) and page text: TotalSegmentator's
+# own names (snake_case) pass; a path separator or markup would leave qc/ or run as HTML.
+STRUCTURE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,9 @@ def load_class_map(name: str) -> ClassMap:
         label = _parse_number(row["label"], int, path, line, "label")
         if label < 1 or label in names:
             raise ConfigError(f"{path}: line {line}: key 'label' {label} must be a unique id >= 1")
+        if not STRUCTURE_PATTERN.match(row["structure"]):
+            raise ConfigError(f"{path}: line {line}: key 'structure' {row['structure']!r} must start with a letter "
+                              "or digit and hold only letters, digits, '.', '_' and '-' (it names files in qc/)")
         names[label] = row["structure"]
     if not names:
         raise ConfigError(f"{path}: no classes")

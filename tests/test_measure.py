@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cohort.config import load_class_map
+from cohort.errors import ConfigError
 from cohort.ingest import align_labels, load_ct, load_label_nifti
 from cohort.measurement import features, measure_structures
 
@@ -122,3 +123,14 @@ def test_lower_bounds_mapping_covers_v2_names() -> None:
         rows = list(csv.DictReader(handle))
     assert [r["structure"] for r in rows] == [class_map.names[i] for i in sorted(class_map.names)]
     assert all(r["note"] for r in rows)
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "kidney/left", '<img src=x onerror="alert(1)">', ".hidden"])
+def test_a_structure_name_that_would_leave_qc_or_be_markup_is_refused(tmp_path: Path, name: str) -> None:
+    """A structure name becomes ``results/qc/<series_id>/<structure>.png`` and text on the report and review
+    pages: a custom class map naming one with a path separator or markup is refused on load, naming file and line."""
+    path = tmp_path / "class_map_custom.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("label", "structure"), (1, "liver"), (2, name)])
+    with pytest.raises(ConfigError, match=r"class_map_custom.csv: line 3: key 'structure'"):
+        load_class_map(str(path))
