@@ -237,15 +237,20 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
             self.send_error(HTTPStatus.NOT_FOUND)
 
         def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length", 0))
-            body = self.rfile.read(length)  # read before any answer, so that a refusal is not cut off by a reset
+            length = self.headers.get("Content-Length", "0")
+            if not length.isdigit():  # a request no browser sends: a one-line answer, not a traceback or a read to EOF
+                return self._refuse(HTTPStatus.BAD_REQUEST, "refused: Content-Length is not a byte count")
+            body = self.rfile.read(int(length))  # read before any answer, so that a refusal is not cut off by a reset
             if not self._host_is_local():
                 return
             if self.path != "/decide":
                 return self.send_error(HTTPStatus.NOT_FOUND)
             if not same_origin(self.headers):
                 return self._refuse(HTTPStatus.FORBIDDEN, "refused: the request comes from another site")
-            form = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
+            try:
+                form = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
+            except UnicodeDecodeError:
+                return self._refuse(HTTPStatus.BAD_REQUEST, "refused: the form is not UTF-8")
             if not site.token_matches(form):
                 return self._refuse(HTTPStatus.FORBIDDEN, "refused: missing or wrong token (reload the review page)")
             try:

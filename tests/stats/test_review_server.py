@@ -170,3 +170,17 @@ def test_review_of_a_run_where_every_series_failed_says_why(tmp_path: Path, caps
 def test_review_on_a_port_in_use_says_so(review: Review, capsys: pytest.CaptureFixture) -> None:
     assert main(["review", "--results", str(review.results_dir), "--port", str(review.port)]) == 2
     assert f"cannot listen on 127.0.0.1:{review.port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("headers, body", [({"Content-Length": "abc"}, b""), ({}, b"comment=\xff\xfe")])
+def test_a_malformed_post_is_a_one_line_400_not_a_traceback(review: Review, headers: dict[str, str], body: bytes) -> None:
+    before = review.decisions()
+    connection = http.client.HTTPConnection("127.0.0.1", review.port, timeout=30)
+    connection.putrequest("POST", "/decide")
+    for name, value in {"Content-Length": str(len(body)), "Origin": review.origin, **headers}.items():
+        connection.putheader(name, value)
+    connection.endheaders(body)
+    response = connection.getresponse()
+    assert response.status == 400 and response.read().decode().startswith("refused: ")
+    connection.close()
+    pd.testing.assert_frame_equal(review.decisions(), before)
