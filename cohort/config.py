@@ -248,7 +248,14 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str
         for column in required:
             if column not in (reader.fieldnames or []):
                 raise ConfigError(f"{path}: line 1: required column '{column}' is missing")
-        return [(line, {k: (v or "").strip() for k, v in row.items()}) for line, row in enumerate(reader, start=2)]
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if None in row:  # DictReader keeps the values beyond the header under the key None
+                n_columns = len(reader.fieldnames)
+                raise ConfigError(f"{path}: line {line}: row has {n_columns + len(row[None])} values but the header "
+                                  f"names {n_columns} columns (a value with an unquoted comma?)")
+            rows.append((line, {k: (v or "").strip() for k, v in row.items()}))
+        return rows
 
 
 def _parse_number(text: str, kind: type, path: Path, line: int, key: str) -> Any:
