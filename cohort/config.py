@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import re
 import types
 import typing
@@ -243,19 +244,30 @@ def load_lower_bounds(name: str, class_map: ClassMap) -> np.ndarray:
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        for column in required:
-            if column not in (reader.fieldnames or []):
-                raise ConfigError(f"{path}: line 1: required column '{column}' is missing")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if None in row:  # DictReader keeps the values beyond the header under the key None
-                n_columns = len(reader.fieldnames)
-                raise ConfigError(f"{path}: line {line}: row has {n_columns + len(row[None])} values but the header "
-                                  f"names {n_columns} columns (a value with an unquoted comma?)")
-            rows.append((line, {k: (v or "").strip() for k, v in row.items()}))
-        return rows
+    reader = csv.DictReader(io.StringIO(config_text(path), newline=""))
+    for column in required:
+        if column not in (reader.fieldnames or []):
+            raise ConfigError(f"{path}: line 1: required column '{column}' is missing")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if None in row:  # DictReader keeps the values beyond the header under the key None
+            n_columns = len(reader.fieldnames)
+            raise ConfigError(f"{path}: line {line}: row has {n_columns + len(row[None])} values but the header "
+                              f"names {n_columns} columns (a value with an unquoted comma?)")
+        rows.append((line, {k: (v or "").strip() for k, v in row.items()}))
+    return rows
+
+
+def config_text(path: Path) -> str:
+    """A config file's text: UTF-8, with or without the byte-order mark Excel writes; else a
+    ConfigError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: line {line}: the file is not UTF-8 (byte 0x{data[error.start]:02x}); "
+                          "save it as UTF-8") from None
 
 
 def _parse_number(text: str, kind: type, path: Path, line: int, key: str) -> Any:

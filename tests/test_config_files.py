@@ -25,3 +25,24 @@ def test_lower_bounds_row_with_more_values_than_columns_names_the_line(tmp_path:
     bounds.write_text("structure,lower_bound_ml\nspleen,40,ml\n")
     with pytest.raises(ConfigError, match=r"bounds.csv: line 2: row has 3 values"):
         load_lower_bounds(str(bounds), load_class_map(str(classes)))
+
+
+def test_class_map_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "classes.csv"
+    path.write_bytes(b"\xef\xbb\xbflabel,structure\r\n1,spleen\r\n2,kidney_right\r\n")
+    assert load_class_map(str(path)).names == {1: "spleen", 2: "kidney_right"}
+
+
+def test_part_class_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    from cohort.segmentation.registry import NetworkSpec, network_classes
+
+    path = tmp_path / "parts.csv"
+    path.write_bytes(b"\xef\xbb\xbfpart,dataset,part_label,structure\norgans,Dataset291_x,1,spleen\n")
+    assert network_classes(NetworkSpec(dataset="Dataset291_x", classes=str(path), part="organs")) == {1: "spleen"}
+
+
+def test_class_map_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "classes.csv"
+    path.write_bytes(b"label,structure\n1,spleen\n2,M\xfcller\n")
+    with pytest.raises(ConfigError, match=r"classes.csv: line 3: the file is not UTF-8 \(byte 0xfc\)"):
+        load_class_map(str(path))

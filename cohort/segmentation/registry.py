@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cohort.config import (CONFIG_DIR, ClassMap, config_file, from_mapping, load_class_map, load_lower_bounds,
-                           load_yaml)
+from cohort.config import (CONFIG_DIR, ClassMap, config_file, config_text, from_mapping, load_class_map,
+                           load_lower_bounds, load_yaml)
 from cohort.errors import ConfigError
 from cohort.provenance import digest, file_digest
 
@@ -250,8 +251,7 @@ def network_classes(network: NetworkSpec) -> dict[int, str]:
     path = config_file(network.classes)
     if not path.is_file():
         raise ConfigError(f"{path}: class file of network {network.dataset} not found")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(config_text(path), newline="")))
     try:
         names = {int(row["part_label"]): row["structure"].strip() for row in rows if row["part"] == network.part}
     except (KeyError, ValueError):
