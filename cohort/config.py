@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import re
 import types
 import typing
@@ -187,8 +188,9 @@ def _check_positive(config: RunConfig, source: Path) -> None:
         for f in dataclasses.fields(getattr(config, section)):
             value = getattr(getattr(config, section), f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                    value < (0 if f.name in ZERO_ALLOWED else 1e-9):
+                    not (math.isfinite(value) and value >= (0 if f.name in ZERO_ALLOWED else 1e-9)):
                 lowest = ">= 0" if f.name in ZERO_ALLOWED else "positive"
+                lowest += "" if math.isfinite(value) else " and finite"
                 raise ConfigError(f"{source}: key '{section}.{f.name}' must be {lowest}, got {value!r}")
 
 

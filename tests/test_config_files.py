@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cohort.config import load_class_map, load_lower_bounds
+from cohort.config import load_class_map, load_lower_bounds, load_run_config
 from cohort.errors import ConfigError
 
 
@@ -46,3 +46,15 @@ def test_class_map_not_utf8_names_file_and_line(tmp_path: Path) -> None:
     path.write_bytes(b"label,structure\n1,spleen\n2,M\xfcller\n")
     with pytest.raises(ConfigError, match=r"classes.csv: line 3: the file is not UTF-8 \(byte 0xfc\)"):
         load_class_map(str(path))
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", ["series_timeout_s", "flush_interval_s", "min_free_gb", "worker_memory_gb"])
+def test_run_config_refuses_numbers_that_are_not_finite(tmp_path: Path, key: str, value: str) -> None:
+    # YAML's .nan passed every "must be positive" comparison; each series then failed with a bare
+    # "ValueError: Invalid value NaN" (.inf: "OverflowError: timestamp out of range") instead of the
+    # run stopping on the config
+    path = tmp_path / "run.yaml"
+    path.write_text(f"execution:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"run.yaml: key 'execution.{key}' must be positive and finite"):
+        load_run_config(path)
