@@ -58,3 +58,12 @@ def test_run_config_refuses_numbers_that_are_not_finite(tmp_path: Path, key: str
     path.write_text(f"execution:\n  {key}: {value}\n")
     with pytest.raises(ConfigError, match=rf"run.yaml: key 'execution.{key}' must be positive and finite"):
         load_run_config(path)
+
+
+def test_run_config_that_is_a_folder_or_not_utf8_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read the config file \(Is a directory\)"):
+        load_run_config(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"execution:\n  # Gr\xf6\xdfe\n  batch_size: 10\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: line 2: the file is not UTF-8"):
+        load_run_config(path)
