@@ -67,3 +67,23 @@ def test_run_config_that_is_a_folder_or_not_utf8_names_the_file(tmp_path: Path) 
     path.write_bytes(b"execution:\n  # Gr\xf6\xdfe\n  batch_size: 10\n")
     with pytest.raises(ConfigError, match=r"run.yaml: line 2: the file is not UTF-8"):
         load_run_config(path)
+
+
+@pytest.mark.parametrize(("line", "replacement", "key"), [
+    ("class_map: class_map_total_v2.csv", "class_map: my_classes.csv", "class_map"),
+    ("lower_bounds: lower_bounds_v2.csv", "lower_bounds: my_bounds.csv", "lower_bounds"),
+    ("    classes: class_map_total_v2.csv", "    classes: my_classes.csv", "networks[0].classes"),
+])
+def test_model_file_naming_a_missing_csv_names_the_model_file_and_key(tmp_path: Path, line: str, replacement: str,
+                                                                       key: str) -> None:
+    # the message named only "<cohort>/configs/my_classes.csv: file not found": neither the model
+    # file that asked for it nor its key, and a folder the user never wrote it to
+    from cohort.segmentation.registry import MODELS_DIR, load_model_spec
+
+    text = (MODELS_DIR / "fast.yaml").read_text()
+    assert line in text
+    model = tmp_path / "fast.yaml"
+    model.write_text(text.replace(line, replacement, 1))
+    with pytest.raises(ConfigError) as error:
+        load_model_spec(str(model))
+    assert str(error.value).startswith(f"{model}: key '{key}': file '{replacement.split()[-1]}' not found"), error.value

@@ -229,6 +229,12 @@ def _validate(spec: ModelSpec, path: Path) -> None:
                               "dataset folder name like Dataset297_Name (or a pattern like Dataset100_*)")
         if network.sha256 is not None and not SHA256_PATTERN.match(network.sha256):
             raise ConfigError(f"{path}: key 'networks[{i}].sha256' must be 64 hexadecimal digits")
+    files = [("class_map", spec.class_map), ("lower_bounds", spec.lower_bounds),
+             *((f"networks[{i}].classes", network.classes) for i, network in enumerate(spec.networks))]
+    for key, name in files:
+        if name is not None and not config_file(name).is_file():
+            raise ConfigError(f"{path}: key '{key}': file {name!r} not found (looked beside {path.name}, in the "
+                              "working folder and in cohort's configs/)")
     model_classes = load_class_map(spec.class_map)
     structures = set(model_classes.names.values())
     for key, names in (("postprocess.min_component_ml_by_class", post.min_component_ml_by_class),
