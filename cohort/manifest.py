@@ -354,6 +354,8 @@ def parse_age(text: str) -> float | None:
         return None
     dicom = DICOM_AGE.match(text)
     try:
+        if not text.isascii() or "_" in text:  # float() reads "4_5" as 45 and other scripts' digits
+            raise ValueError(text)
         age = int(dicom[1]) * YEARS_PER_DICOM_AGE_UNIT[dicom[2].upper()] if dicom else float(text)
     except ValueError:
         raise ValueError(f"age {text!r} is not a number of years nor a DICOM age like '065Y'") from None

@@ -35,6 +35,8 @@ def test_ages_as_numbers_and_dicom_age_strings(tmp_path: Path, text: str, years:
 @pytest.mark.parametrize(("text", "words"), [
     ("sixty", ["age 'sixty'", "not a number"]), ("65", None), ("131Y", ["age '131Y'", "outside 0-130"]),
     ("65 Y", ["age '65 Y'", "not a number"]), ("06Y", ["age '06Y'", "not a number"]), ("inf", ["outside"]),
+    ("6_5", ["age '6_5'", "not a number"]), ("\u0666\u0665", ["not a number"]),
+    ("\u0660\u0666\u0665Y", ["not a number"]),
 ])
 def test_bad_ages_fail_the_row_naming_line_and_value(tmp_path: Path, text: str, words: list[str] | None) -> None:
     spec, = load_manifest(_write(tmp_path, f"series_id,path,age\n\ns1,a.nii.gz,{text}\n"))
