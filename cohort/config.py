@@ -28,6 +28,7 @@ T = TypeVar("T")
 # A structure name becomes a file name (results/qc/<series_id>/<structure>.png) and page text: TotalSegmentator's
 # own names (snake_case) pass; a path separator or markup would leave qc/ or run as HTML.
 STRUCTURE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+YAML11_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ def _coerce(hint: Any, value: Any, source: Path | str, key: str) -> Any:
         return dict(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and YAML11_EXPONENT.match(value):
+        return float(value)  # 1e-3: a number in YAML 1.2 and JSON, a string to PyYAML (YAML 1.1 wants 1.0e-3)
     if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not
                        (hint is int and isinstance(value, bool))):
         return value

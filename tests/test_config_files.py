@@ -87,3 +87,19 @@ def test_model_file_naming_a_missing_csv_names_the_model_file_and_key(tmp_path: 
     with pytest.raises(ConfigError) as error:
         load_model_spec(str(model))
     assert str(error.value).startswith(f"{model}: key '{key}': file '{replacement.split()[-1]}' not found"), error.value
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-3", 0.001), ("5E0", 5.0), ("2.5e+1", 25.0), ("1.0e-3", 0.001)])
+def test_float_keys_take_numbers_in_exponent_notation(tmp_path: Path, text: str, value: float) -> None:
+    # PyYAML reads 1e-3 (a number in YAML 1.2 and JSON) as a string: the run refused it with the
+    # baffling "key 'execution.min_free_gb' must be float, got '1e-3'"
+    path = tmp_path / "run.yaml"
+    path.write_text(f"execution:\n  min_free_gb: {text}\n")
+    assert load_run_config(path).execution.min_free_gb == pytest.approx(value)
+
+
+def test_int_keys_still_refuse_text(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("execution:\n  batch_size: 1e2\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: key 'execution.batch_size' must be int, got '1e2'"):
+        load_run_config(path)
