@@ -169,6 +169,8 @@ def read_manifest(path: str | Path) -> ParsedManifest:
     header, rows = _read_table(manifest)
     columns = {name: index for index, name in enumerate(header) if header.count(name) == 1 and name}
     problems = _header_problems(header)
+    if not rows:  # a run would finish "0 done" and name tables it never wrote
+        problems.append(Problem(1, None, None, "the manifest has a header but no rows"))
     specs: list[SeriesSpec] = []
     for row in rows:
         spec, row_problems = _row_to_spec(row, header, columns, manifest)

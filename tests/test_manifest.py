@@ -112,6 +112,13 @@ def test_duplicated_header_column_stops_cohort_run(tmp_path: Path, capsys) -> No
     assert not (out / "series").exists() or not any((out / "series").iterdir())
 
 
+def test_a_manifest_without_rows_stops_cohort_run(tmp_path: Path, capsys) -> None:
+    """Not "0 done" with paths to tables that were never written."""
+    manifest = _write(tmp_path, "series_id,path,age,sex\n\n")
+    assert main(["run", "--manifest", str(manifest), "--out", str(tmp_path / "results")]) == 2
+    assert "scans.csv line 1: the manifest has a header but no rows" in " ".join(capsys.readouterr().err.split())
+
+
 @pytest.mark.parametrize(("header", "meant"), [("lables", "labels"), ("Sex", "sex"), ("subject id", "subject_id"),
                                                ("Series-UID", "series_uid"), ("seriesid", "series_id")])
 def test_a_column_named_like_a_known_one_is_refused_not_taken_as_a_covariate(
