@@ -83,10 +83,28 @@ class RunConfig:
     source: str = str(DEFAULT_CONFIG)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: YAML says
+    keys are unique, and PyYAML would silently keep the later value (a ``batch_size`` edited
+    near the top of a file whose old line further down still wins)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {lines[key]})",
+                    key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     try:
-        data = yaml.safe_load(config_text(path))
+        data = yaml.load(config_text(path), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:  # a folder, no permission
@@ -240,11 +258,20 @@ def load_lower_bounds(name: str, class_map: ClassMap) -> np.ndarray:
     path = config_file(name)
     by_name = {v: k for k, v in class_map.names.items()}
     bounds = np.full(class_map.n_labels, np.nan)
+    seen: dict[str, int] = {}
     for line, row in _read_csv(path, ("structure", "lower_bound_ml")):
-        if row["structure"] not in by_name:
-            raise ConfigError(f"{path}: line {line}: key 'structure' {row['structure']!r} is not in {class_map.source}")
+        structure = row["structure"]
+        if structure not in by_name:
+            raise ConfigError(f"{path}: line {line}: key 'structure' {structure!r} is not in {class_map.source}")
+        if structure in seen:  # the later row would silently win
+            raise ConfigError(f"{path}: line {line}: structure {structure!r} already has a row (line {seen[structure]})")
+        seen[structure] = line
         if row["lower_bound_ml"]:
-            bounds[by_name[row["structure"]]] = _parse_number(row["lower_bound_ml"], float, path, line, "lower_bound_ml")
+            bound = _parse_number(row["lower_bound_ml"], float, path, line, "lower_bound_ml")
+            if not (math.isfinite(bound) and bound >= 0):
+                raise ConfigError(f"{path}: line {line}: key 'lower_bound_ml' must be a finite volume >= 0 ml "
+                                  f"(empty: no bound), got {row['lower_bound_ml']!r}")
+            bounds[by_name[structure]] = bound
     return bounds
 
 

@@ -27,6 +27,21 @@ def test_lower_bounds_row_with_more_values_than_columns_names_the_line(tmp_path:
         load_lower_bounds(str(bounds), load_class_map(str(classes)))
 
 
+@pytest.mark.parametrize(("rows", "message"), [
+    ("spleen,-5\n", r"bounds.csv: line 2: key 'lower_bound_ml' must be a finite volume >= 0 ml"),
+    ("spleen,nan\n", r"bounds.csv: line 2: key 'lower_bound_ml' must be a finite volume >= 0 ml"),
+    ("spleen,40\nliver,300\nspleen,4\n", r"bounds.csv: line 4: structure 'spleen' already has a row \(line 2\)"),
+])
+def test_lower_bounds_refuse_values_no_volume_can_be_below_and_repeated_rows(tmp_path: Path, rows: str,
+                                                                            message: str) -> None:
+    classes = tmp_path / "classes.csv"
+    classes.write_text("label,structure\n1,spleen\n2,liver\n")
+    bounds = tmp_path / "bounds.csv"
+    bounds.write_text("structure,lower_bound_ml\n" + rows)
+    with pytest.raises(ConfigError, match=message):
+        load_lower_bounds(str(bounds), load_class_map(str(classes)))
+
+
 def test_class_map_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     path = tmp_path / "classes.csv"
     path.write_bytes(b"\xef\xbb\xbflabel,structure\r\n1,spleen\r\n2,kidney_right\r\n")
@@ -102,4 +117,13 @@ def test_int_keys_still_refuse_text(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("execution:\n  batch_size: 1e2\n")
     with pytest.raises(ConfigError, match=r"run.yaml: key 'execution.batch_size' must be int, got '1e2'"):
+        load_run_config(path)
+
+
+def test_a_key_given_twice_in_a_yaml_config_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the later value without a word; an edit near the top would silently lose."""
+    path = tmp_path / "run.yaml"
+    path.write_text("execution:\n  batch_size: 4\n  prefetch: 0\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: invalid YAML: key 'batch_size' appears twice in one mapping "
+                                          r"\(first on line 2\)\s+in .*line 4"):
         load_run_config(path)
