@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("name", help="a model of configs/models/ (see `cohort models`) or a model YAML file")
     download.add_argument("--weights", type=Path, dest="download_weights", metavar="DIR",
                           help="weights folder (default: where `cohort models` looks)")
-    download.add_argument("--mirror", metavar="URL", help="base URL serving the same archive file names (offline mirror, cache)")
+    download.add_argument("--mirror", metavar="URL", help="base URL or folder serving the same archive file names (offline mirror, cache)")
 
     check = commands.add_parser("check", help="every problem of a manifest in one pass, no work done")
     check.add_argument("--manifest", type=Path, required=True)

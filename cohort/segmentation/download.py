@@ -90,6 +90,8 @@ def fetch(url: str, folder: Path, progress: Progress) -> Path:
             if isinstance(error, urllib.error.HTTPError) and error.code != 416:
                 raise DownloadFailed(f"{url}: HTTP {error.code} {error.reason}") from None
             reason = getattr(error, "reason", None) or error
+            if url.startswith("file:"):  # a mirror folder: no connection to lose, a retry would fail alike
+                raise DownloadFailed(f"{url}: {getattr(reason, 'strerror', None) or reason}") from None
             log.warning("%s: connection lost after %d bytes (%s); resuming (attempt %d of %d)", name,
                         part.stat().st_size if part.exists() else 0, reason, attempt, MAX_ATTEMPTS)
             time.sleep(RETRY_WAIT_S * attempt)
@@ -109,8 +111,8 @@ def _fetch_once(url: str, part: Path, name: str, progress: Progress) -> bool:
         raise
     with response:
         total = _total_size(response, have)
-        if response.status == 200 and have:
-            have = 0  # the server ignored the range: start again
+        if response.status != 206 and have:
+            have = 0  # the server ignored the range (a file: URL always does): start again
         with part.open("r+b" if have else "wb") as handle:
             handle.seek(have)
             handle.truncate()

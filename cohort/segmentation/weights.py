@@ -153,13 +153,14 @@ def _read_json(path: Path) -> dict | str:
 
 def archive_url(spec: ModelSpec, network: NetworkSpec, mirror: str | None = None) -> str:
     """The release archive of one network: ``weights_url`` filled in (``{dataset}``, ``{dataset_id}``);
-    with ``mirror``, the same file name under that base URL instead."""
+    with ``mirror``, the same file name under that base URL (or local folder: a ``file:`` URL) instead."""
     if spec.weights_url is None:
         raise RunCannotStart(f"model {spec.name!r} has no weights_url in {spec.source}; "
                              f"get its weights with: {'; '.join(spec.get_weights)}")
     url = spec.weights_url.format(dataset=network.dataset, dataset_id=network.dataset_id)
     if mirror:
-        return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
+        base = mirror if "://" in mirror else Path(mirror).resolve().as_uri()
+        return base.rstrip("/") + "/" + url.rsplit("/", 1)[-1]
     return url
 
 

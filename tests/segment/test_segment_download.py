@@ -167,3 +167,21 @@ def test_missing_server_file_and_missing_model_name_the_fix(server, tmp_path):
     spec = load_model_spec("vibeseg")
     with pytest.raises(Exception, match=f"cohort models download vibeseg --weights {tmp_path}"):
         check_model_ready(spec, tmp_path)
+
+
+def test_a_mirror_folder_installs_the_model_and_a_file_it_lacks_fails_at_once(tmp_path):
+    """``--mirror`` may be a folder (an offline copy on a cluster's shared disk): read from it, and a
+    file missing there is named in one line, not retried as a lost connection."""
+    spec = load_model_spec("fast")
+    name, data, _ = _zip_weights(spec, tmp_path)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    weights = tmp_path / "weights"
+    missing = cohort_cli("models", "download", "fast", "--weights", str(weights), "--mirror", str(mirror))
+    assert missing.returncode == 2 and "No such file or directory" in missing.stderr, missing.stderr
+    assert "attempt" not in missing.stderr
+    (mirror / name).write_bytes(data)
+    (weights / ".downloads" / f"{name}.part").write_bytes(data[:1000])  # a file: URL ignores a Range request
+    result = cohort_cli("models", "download", "fast", "--weights", str(weights), "--mirror", str(mirror))
+    assert result.returncode == 0, result.stderr
+    check_model_ready(spec, weights)
