@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart
+from cohort.store.tables import replace_durably
 
 DECISIONS = ("accept", "reject")
 REVIEW_FILE = "review.parquet"
@@ -66,7 +67,7 @@ def append_decision(results_dir: Path, decision: Decision) -> Path:
         table = pa.concat_tables([pq.read_table(path).cast(REVIEW_SCHEMA), new]) if path.exists() else new
         temporary = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, temporary)
-        temporary.replace(path)
+        replace_durably(temporary, path)  # the one file holding every decision: never left empty
     return path
 
 

@@ -98,8 +98,22 @@ def write_part(folder: Path, name: str, table: pa.Table, metadata: dict[str, str
     target = folder / f"{name}.parquet"
     temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"
     pq.write_table(table, temporary, compression="zstd")
-    os.replace(temporary, target)
+    replace_durably(temporary, target)
     return target
+
+
+def replace_durably(temporary: Path, target: Path) -> None:
+    """Rename a finished ``temporary`` file to ``target`` so that a power loss leaves the old file
+    or the whole new one: the data reach the disk before the rename, the rename before return
+    (without the flushes, a journal may keep the rename and lose the data: an empty file)."""
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def part_files(folder: Path) -> list[Path]:
