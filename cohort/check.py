@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import pydicom
 from cohort.config import IngestConfig, load_run_config
 from cohort.errors import SeriesError
 from cohort.ingest.checks import grid_transform
-from cohort.ingest.dicom import check_declared_modality, series_geometry
+from cohort.ingest.dicom import check_declared_modality, series_geometry, truncated_pixel_data
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import READ_ERRORS, check_header, igzip, is_nifti
@@ -193,7 +194,18 @@ def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None, m
     if modality is not None:
         check_declared_modality(name, headers.values(), modality)
     check_voxel_count(name, geometry.shape, limits)
+    _check_whole_slices(name, geometry.files, headers)
     return Grid(tuple(int(n) for n in geometry.shape), geometry.affine)
+
+
+def _check_whole_slices(name: InputName, files: Sequence[str], headers: dict[str, pydicom.Dataset]) -> None:
+    """Raise for the first file of the series whose pixel data is cut short (a copy interrupted:
+    its header is whole), by its place in the series, as the run would fail on it."""
+    for index, file in enumerate(files, 1):
+        with open(file, "rb") as handle:
+            problem = truncated_pixel_data(headers[file], handle)
+        if problem:
+            raise SeriesError(f"{name.child(file, f'slice {index} of {len(files)}')}: {problem}")
 
 
 def _check_has_dicom(name: InputName) -> None:

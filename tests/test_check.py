@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from cohort.check import check_manifest
@@ -302,3 +303,17 @@ def test_check_passes_isal_and_multi_member_gzip(examples: Path, tmp_path: Path)
     manifest.write_text("series_id,path\n" + "".join(f"{row},{row}.nii.gz\n" for row in rows))
     result = cohort_cli("check", "--manifest", str(manifest), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("series_uid", [False, True])
+def test_check_finds_a_dicom_slice_cut_short(examples: Path, tmp_path: Path, series_uid: bool) -> None:
+    """Its header is whole, so only the file's size tells; the run would fail on that slice."""
+    slices = example_slices(examples)[:6]
+    folder = tmp_path / "series"
+    uid = write_series(folder, slices, Study(Patient("DOE^JANE", "PID-1", "19580312")))
+    files = sorted(folder.iterdir(), key=lambda file: float(pydicom.dcmread(file).ImagePositionPatient[2]))
+    files[2].write_bytes(files[2].read_bytes()[:-5000])
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text(f"series_id,path,series_uid\nct,series,{uid if series_uid else ''}\n")
+    (line,) = _check_lines(manifest)
+    assert line == "scans.csv line 2 (ct): <path of line 2> (slice 3 of 6): truncated (compressed pixel data has no end)"

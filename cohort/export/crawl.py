@@ -29,10 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 import pydicom.config
-from pydicom.uid import UID
 
 from cohort.export.pseudonyms import PseudonymKey
-from cohort.ingest.dicom import UNREADABLE
+from cohort.ingest.dicom import UNREADABLE, truncated_pixel_data
 from cohort.manifest import parse_age
 
 TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientAge",
@@ -41,7 +40,6 @@ TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfRefer
         "BitsAllocated", "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP",
         "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientName")
 FILE_COLUMNS = ("file", "size", "mtime_ns")
-ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item closing compressed pixels
 CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
@@ -119,7 +117,7 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
     try:
         with open(path, "rb") as handle:
             header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=list(TAGS))
-            problem = _truncation(header, handle)
+            problem = truncated_pixel_data(header, handle)
     except pydicom.errors.InvalidDicomError:
         return {"error": "not DICOM (no DICM prefix)"}
     except UNREADABLE as exc:
@@ -164,21 +162,6 @@ def study_identity(header: pydicom.Dataset, folder: str) -> str:
     series_uid = _text(header, "SeriesInstanceUID")
     frame = _text(header, "FrameOfReferenceUID")
     return _text(header, "StudyInstanceUID") or series_uid or (f"frame:{frame}" if frame else f"folder:{folder}")
-
-
-def _truncation(header: pydicom.Dataset, handle) -> str | None:
-    """Why the pixel data that follows the header cannot be whole, or None (cheap: size and tail only)."""
-    size = os.fstat(handle.fileno()).st_size
-    if header.get("Rows") is None:
-        return None  # not an image (a report, a DICOMDIR): its series is judged as a whole
-    syntax = UID(getattr(header.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-    if syntax.is_compressed:
-        handle.seek(max(0, size - len(ENCAPSULATED_END)))
-        return None if handle.read() == ENCAPSULATED_END else "truncated (compressed pixel data has no end)"
-    frames = int(header.get("NumberOfFrames") or 1)
-    needed = (int(header.Rows) * int(header.get("Columns") or 0) * int(header.get("BitsAllocated") or 16) // 8
-              * int(header.get("SamplesPerPixel") or 1) * frames)
-    return None if size >= needed else f"truncated ({size} bytes, pixel data alone needs {needed})"
 
 
 def age_years(header: pydicom.Dataset) -> float | None:

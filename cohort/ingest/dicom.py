@@ -33,10 +33,12 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.uid import UID
 
 from cohort.config import IngestConfig
 from cohort.errors import SeriesError
@@ -45,10 +47,12 @@ from cohort.ingest.names import InputName
 from cohort.ingest.padding import Padding, declared_padding, padding_mask
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item closing compressed pixels
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
                  "NumberOfFrames")
 HEADER_TAGS = GEOMETRY_TAGS + ("Modality", "SeriesInstanceUID", "SOPInstanceUID", "PixelRepresentation", "BitsAllocated",
-                               "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit")
+                               "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit",
+                               "SamplesPerPixel")
 GAP_FACTOR = 1.5  # a step this many times the median spacing means missing slices
 SPACING_TOLERANCE = 0.05  # relative deviation of a step from the median spacing still called even
 SPACING_TOLERANCE_MM = 0.01  # absolute floor of that tolerance (positions are rounded in headers)
@@ -222,6 +226,24 @@ def _declared_padding_mask(values: np.ndarray, headers: Sequence[pydicom.Dataset
         if padded is not None:
             mask[..., k] = padded
     return mask
+
+
+def truncated_pixel_data(header: pydicom.Dataset, handle: BinaryIO) -> str | None:
+    """Why the pixel data after ``header`` (read from the open file ``handle``) cannot be whole, or
+    None. Cheap, from the file's size and, when compressed, its last bytes: `cohort manifest` and
+    `cohort check` judge files by their headers, and a file cut short (a copy interrupted) has a
+    whole header."""
+    size = os.fstat(handle.fileno()).st_size
+    if header.get("Rows") is None:
+        return None  # not an image (a report, a DICOMDIR): its series is judged as a whole
+    syntax = UID(getattr(header.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    if syntax.is_compressed:
+        handle.seek(max(0, size - len(ENCAPSULATED_END)))
+        return None if handle.read() == ENCAPSULATED_END else "truncated (compressed pixel data has no end)"
+    frames = int(header.get("NumberOfFrames") or 1)
+    needed = (int(header.Rows) * int(header.get("Columns") or 0) * int(header.get("BitsAllocated") or 16) // 8
+              * int(header.get("SamplesPerPixel") or 1) * frames)
+    return None if size >= needed else f"truncated ({size} bytes, pixel data alone needs {needed})"
 
 
 def check_declared_modality(name: InputName, headers: Iterable[pydicom.Dataset], modality: str) -> None:
