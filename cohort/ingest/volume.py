@@ -23,7 +23,14 @@ class Grid:
 
     @property
     def voxel_volume_ml(self) -> float:
-        return float(np.prod(self.spacing)) / 1000.0
+        """Volume of one voxel: the absolute determinant of the affine's 3x3 part (mm^3 / 1000).
+
+        For the orthogonal grids of most scans this is the product of the spacings, as
+        TotalSegmentator computes it; for a sheared grid (a gantry-tilted CT written to NIfTI
+        without tilt correction) the product of the column norms overstates it by 1/cos(tilt),
+        while the determinant stays the physical volume of the parallelepiped a voxel fills.
+        """
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
 
     @property
     def orientation(self) -> str:
