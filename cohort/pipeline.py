@@ -267,7 +267,7 @@ def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: s
     Dixon images each structure gets its ``fat_fraction``.
     """
     measured = measure_structures(volume.hu, label_map.labels, volume.grid.voxel_volume_ml,
-                                  settings.class_map.n_labels, settings.border_voxels)
+                                  settings.class_map.n_labels, settings.border_voxels, volume.outside_fov)
     check_label_ids(label_map, measured, settings.class_map)
     status = qc_status(measured, settings.lower_bounds_ml)
     ids = np.array(sorted(settings.class_map.names))

@@ -147,3 +147,27 @@ def test_voxel_volume_of_a_sheared_grid_is_its_determinant() -> None:
     grid = Grid((4, 4, 4), affine)
     assert grid.voxel_volume_ml == pytest.approx(0.8 * 0.8 * 2.0 / 1000)
     assert Grid((4, 4, 4), np.diag([-0.8, 0.8, 2.0, 1.0])).voxel_volume_ml == pytest.approx(0.8 * 0.8 * 2.0 / 1000)
+
+
+def test_structure_cut_by_a_circular_field_of_view_is_fov_truncated(tmp_path: Path) -> None:
+    """A patient wider than the reconstruction circle is cut along the circle, away from the
+    image faces: a structure ending at the padding (here at 45 degrees, 7 voxels from every
+    face) is cut off by the field of view just as one at a face, and must not be ``ok``."""
+    import nibabel as nib
+
+    from cohort.measurement import qc_status
+
+    n = 64
+    x, y = np.mgrid[:n, :n] - (n - 1) / 2
+    inside = np.hypot(x, y) <= n / 2 - 0.5
+    hu = np.full((n, n, 20), -3024, np.int16)  # padding outside the circle
+    hu[inside] = 40
+    hu[30:34, 30:34] = -1000
+    nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / "ct.nii.gz")
+    volume = load_ct(tmp_path / "ct.nii.gz")
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[inside & (x > 12) & (y > 12) & (np.abs(x - y) < 6), 4:-4] = 1  # reaches the circle
+    labels[inside & (np.hypot(x, y) < 8), 4:-4] = 2  # well inside the field
+    measured = measure_structures(volume.hu, labels, volume.grid.voxel_volume_ml, 3,
+                                  outside_fov=volume.outside_fov)
+    assert qc_status(measured, np.full(3, np.nan))[1:].tolist() == ["fov_truncated", "ok"]

@@ -42,4 +42,5 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
         padded = padding_mask(values, detect_padding(values))
     if modality is not None:  # None: a companion image (Dixon fat/water), judged through its series
         check_modality(Volume(hu=values, affine=affine, source=name.path, name=name.shown), modality, padded)
-    return Volume(hu=as_hu_array(fill_padding(values, padded)), affine=affine, source=name.path, name=name.shown)
+    return Volume(hu=as_hu_array(fill_padding(values, padded)), affine=affine, source=name.path, name=name.shown,
+                  outside_fov=padded)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +41,18 @@ class Grid:
 class Volume:
     """A CT series: Hounsfield units in (x, y, z) array order, as the file stores them.
 
-    Padding outside the scan field is already air (-1024, see ``cohort.ingest.padding``).
-    ``name`` is how messages show ``source`` (see ``cohort.ingest.names``): never its
-    absolute path; it defaults to the last component of ``source``.
+    Padding outside the scan field is already air (-1024, see ``cohort.ingest.padding``);
+    ``outside_fov`` keeps where it was (None: no padding), so that a structure cut off by a
+    circular reconstruction field is known as cut off. ``name`` is how messages show
+    ``source`` (see ``cohort.ingest.names``): never its absolute path; it defaults to the last
+    component of ``source``.
     """
 
     hu: np.ndarray
     affine: np.ndarray
     source: Path
     name: str = ""
+    outside_fov: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 PERCENTILES = (5.0, 50.0, 95.0)
 SLAB_VOXELS = 4_000_000
@@ -39,9 +40,13 @@ class StructureMeasurements:
 
 
 def measure_structures(
-    hu: np.ndarray, labels: np.ndarray, voxel_volume_ml: float, n_labels: int, border_voxels: int = 3
+    hu: np.ndarray, labels: np.ndarray, voxel_volume_ml: float, n_labels: int, border_voxels: int = 3,
+    outside_fov: np.ndarray | None = None,
 ) -> StructureMeasurements:
     """Measure label ids ``0 .. n_labels-1`` of ``labels`` over the image values ``hu``.
+
+    ``outside_fov`` (the image's padding, None: none) is an edge of the field of view like the
+    volume's faces: see :func:`labels_touching_border`.
 
     ``std_hu`` is the population standard deviation; percentiles use linear interpolation
     (numpy's default). Labels with no voxel get ``n_voxels == 0`` and NaN statistics; ids of
@@ -63,7 +68,7 @@ def measure_structures(
         p05_hu=stats[:, 2],
         median_hu=stats[:, 3],
         p95_hu=stats[:, 4],
-        touches_border=labels_touching_border(labels, n_labels, border_voxels),
+        touches_border=labels_touching_border(labels, n_labels, border_voxels, outside_fov),
         largest_label=int(labels.max()) if labels.size else 0,
     )
 
@@ -161,10 +166,14 @@ def _group_statistics(values: np.ndarray) -> list[float]:
     return [mean, std, *np.percentile(values, PERCENTILES)]
 
 
-def labels_touching_border(labels: np.ndarray, n_labels: int, border_voxels: int) -> np.ndarray:
-    """True for every label with a voxel within ``border_voxels`` of any face of the volume.
+def labels_touching_border(labels: np.ndarray, n_labels: int, border_voxels: int,
+                           outside_fov: np.ndarray | None = None) -> np.ndarray:
+    """True for every label with a voxel within ``border_voxels`` of any face of the volume, or
+    of a voxel of ``outside_fov`` (the padding around a circular reconstruction field).
 
-    This is TotalSegmentator's rule for a structure cut off by the field of view.
+    The faces are TotalSegmentator's rule for a structure cut off by the field of view. A CT's
+    field is often the circle inscribed in the image: a patient wider than it is cut along the
+    circle, mostly away from the faces, and the cut structures border the padding instead.
     """
     touching = np.zeros(n_labels, dtype=bool)
     if border_voxels <= 0:
@@ -172,5 +181,8 @@ def labels_touching_border(labels: np.ndarray, n_labels: int, border_voxels: int
     b = border_voxels
     for slab in (labels[:b], labels[-b:], labels[:, :b], labels[:, -b:], labels[:, :, :b], labels[:, :, -b:]):
         touching |= np.bincount(slab.reshape(-1), minlength=n_labels)[:n_labels] > 0
+    if outside_fov is not None and outside_fov.any():
+        near = ndimage.maximum_filter(outside_fov.view(np.uint8), size=2 * b + 1, mode="constant").view(bool)
+        touching |= np.bincount(labels[near], minlength=n_labels)[:n_labels] > 0
     touching[0] = False
     return touching
