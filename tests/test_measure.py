@@ -171,3 +171,14 @@ def test_structure_cut_by_a_circular_field_of_view_is_fov_truncated(tmp_path: Pa
     measured = measure_structures(volume.hu, labels, volume.grid.voxel_volume_ml, 3,
                                   outside_fov=volume.outside_fov)
     assert qc_status(measured, np.full(3, np.nan))[1:].tolist() == ["fov_truncated", "ok"]
+
+
+def test_fat_fraction_ignores_negative_signals_and_stays_in_0_1() -> None:
+    """A padded voxel (-1024 in both images after ingest) in a mask made the whole structure NaN;
+    a negative water signal made a fraction of 2.5. Negative signals are no signal."""
+    from cohort.measurement.fat_fraction import fat_fractions
+
+    labels = np.array([[[1, 1, 1, 2, 2]]])
+    fat = np.array([[[10.0, 10.0, -1024.0, 5.0, 0.0]]])
+    water = np.array([[[90.0, 90.0, -1024.0, -3.0, 0.0]]])
+    assert fat_fractions(fat, water, labels, 3)[1:].tolist() == [0.1, 1.0]

@@ -7,6 +7,12 @@ a voxelwise fraction anywhere in [0, 1] (or undefined), which the mean would wei
 voxel; the ratio of sums weighs each voxel by its signal, so such voxels barely count. Where
 the signal is uniform (a homogeneous organ) both definitions agree.
 
+Signals below zero count as zero: Dixon fat and water images are magnitudes, so a negative
+voxel is noise of a scaled image or padding outside the field of view (set to -1024 on
+ingest, ``cohort.ingest.padding``). Summed as they are, one padded voxel in a mask made its
+total negative (a NaN fraction) and a negative water signal gave fractions above 1; clipped,
+every fraction lies in [0, 1].
+
 >>> import numpy as np
 >>> labels = np.array([[[1, 1, 2, 0]]]); water = np.array([[[3.0, 6.0, 1.0, 9.0]]])
 >>> fat = np.array([[[1.0, 2.0, 1.0, 9.0]]])
@@ -25,10 +31,15 @@ def fat_fractions(fat: np.ndarray, water: np.ndarray, labels: np.ndarray, n_labe
     flat = labels.reshape(-1)
     inside = (flat > 0) & (flat < n_labels)
     ids = flat[inside]
-    fat_sum = np.bincount(ids, weights=fat.reshape(-1)[inside].astype(np.float64), minlength=n_labels)
-    water_sum = np.bincount(ids, weights=water.reshape(-1)[inside].astype(np.float64), minlength=n_labels)
+    fat_sum = np.bincount(ids, weights=_signal(fat, inside), minlength=n_labels)
+    water_sum = np.bincount(ids, weights=_signal(water, inside), minlength=n_labels)
     total = fat_sum + water_sum
     fractions = np.full(n_labels, np.nan)
     np.divide(fat_sum, total, out=fractions, where=total > 0)
     fractions[0] = np.nan
     return fractions
+
+
+def _signal(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The image's voxels where ``inside`` (flat), as float64 with negatives (noise, padding) at 0."""
+    return np.maximum(image.reshape(-1)[inside].astype(np.float64), 0.0)
