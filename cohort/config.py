@@ -39,6 +39,10 @@ class MeasureConfig:
     class_map: str | None = None
     lower_bounds: str | None = None
     border_voxels: int = 3
+    fov_edge: str = "faces_and_padding"
+
+
+FOV_EDGES = ("faces", "faces_and_padding")  # measure.fov_edge: where a structure counts as cut off (fov_truncated)
 
 
 PRECISIONS = ("fp16", "bf16", "fp32")  # execution.precision: the GPU forward pass (cohort.segmentation.device)
@@ -175,9 +179,10 @@ def load_run_config(path: Path | None = None) -> RunConfig:
     source = Path(path) if path else DEFAULT_CONFIG
     config = from_mapping(RunConfig, load_yaml(source), source)
     _check_positive(config, source)
-    if config.execution.precision not in PRECISIONS:
-        raise ConfigError(f"{source}: key 'execution.precision' must be one of {', '.join(PRECISIONS)}, "
-                          f"got {config.execution.precision!r}")
+    for key, value, allowed in (("execution.precision", config.execution.precision, PRECISIONS),
+                                ("measure.fov_edge", config.measure.fov_edge, FOV_EDGES)):
+        if value not in allowed:
+            raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
     measure = dataclasses.replace(config.measure, **{key: _named_file(getattr(config.measure, key), source, f"measure.{key}")
                                                      for key in ("class_map", "lower_bounds")})
     execution = dataclasses.replace(config.execution, slurm_config=_named_file(config.execution.slurm_config, source,

@@ -54,6 +54,7 @@ class MeasureSettings:
     border_voxels: int
     digest: str = ""
     modality: str = "CT"
+    padding_is_edge: bool = True  # measure.fov_edge: faces_and_padding
 
     @classmethod
     def from_config(cls, config: RunConfig, model: "ModelSpec | None" = None) -> "MeasureSettings":
@@ -68,9 +69,11 @@ class MeasureSettings:
         bounds_name = config.measure.lower_bounds or (None if config.measure.class_map else model.lower_bounds)
         bounds_name = bounds_name or NO_LOWER_BOUNDS
         class_map = load_class_map(class_map_name)
-        key = measurement_digest(config_file(class_map_name), config_file(bounds_name), config.measure.border_voxels)
+        key = measurement_digest(config_file(class_map_name), config_file(bounds_name), config.measure.border_voxels,
+                                 config.measure.fov_edge)
         return cls(class_map, load_lower_bounds(bounds_name, class_map), config.measure.border_voxels,
-                   key if model.is_ct else digest([key, model.modality]), model.modality)
+                   key if model.is_ct else digest([key, model.modality]), model.modality,
+                   config.measure.fov_edge == "faces_and_padding")
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,8 @@ def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: s
     Dixon images each structure gets its ``fat_fraction``.
     """
     measured = measure_structures(volume.hu, label_map.labels, volume.grid.voxel_volume_ml,
-                                  settings.class_map.n_labels, settings.border_voxels, volume.outside_fov)
+                                  settings.class_map.n_labels, settings.border_voxels,
+                                  volume.outside_fov if settings.padding_is_edge else None)
     check_label_ids(label_map, measured, settings.class_map)
     status = qc_status(measured, settings.lower_bounds_ml)
     ids = np.array(sorted(settings.class_map.names))

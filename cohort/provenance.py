@@ -128,14 +128,22 @@ class RunKey:
         if self.precision != newer.precision:
             changes.append(f"execution.precision {self.precision or 'fp16'} -> {newer.precision or 'fp16'}")
         if self.measurement != newer.measurement:
-            changes.append("measurement settings (--config measure.*: class map, lower bounds or border rule)")
+            changes.append("measurement settings (--config measure.*: class map, lower bounds or border rule; or "
+                           "cohort's measurement rules, provenance.MEASUREMENT_RULES)")
         return changes
 
 
-def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int) -> str:
+MEASUREMENT_RULES = 2
+"""Version of how cohort measures, in the run key so that rows measured by other rules are not
+mixed with new ones: 2 = voxel volume from the affine's determinant (sheared grids), the padding
+around a circular field as an edge of the field of view (``measure.fov_edge``), fat fractions of
+non-negative signals."""
+
+
+def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int, fov_edge: str) -> str:
     """The measurement settings' part of the run key: file contents, not file names."""
     return digest({"class_map": file_digest(class_map), "lower_bounds": file_digest(lower_bounds),
-                   "border_voxels": border_voxels})
+                   "border_voxels": border_voxels, "fov_edge": fov_edge, "rules": MEASUREMENT_RULES})
 
 
 def input_files(image: Path, companions: tuple[Path, ...] = ()) -> list[Path]:

@@ -182,3 +182,45 @@ def test_fat_fraction_ignores_negative_signals_and_stays_in_0_1() -> None:
     fat = np.array([[[10.0, 10.0, -1024.0, 5.0, 0.0]]])
     water = np.array([[[90.0, 90.0, -1024.0, -3.0, 0.0]]])
     assert fat_fractions(fat, water, labels, 3)[1:].tolist() == [0.1, 1.0]
+
+
+def test_fov_edge_setting_chooses_the_rule_and_is_part_of_the_run_key(tmp_path: Path) -> None:
+    """``measure.fov_edge: faces`` keeps TotalSegmentator's rule; the two settings never share rows."""
+    import dataclasses
+
+    import nibabel as nib
+
+    from cohort.config import load_run_config
+    from cohort.ingest.volume import LabelMap
+    from cohort.pipeline import MeasureSettings, measure_series
+
+    n = 64
+    x, y = np.mgrid[:n, :n] - (n - 1) / 2
+    inside = np.hypot(x, y) <= n / 2 - 0.5
+    hu = np.full((n, n, 20), -3024, np.int16)
+    hu[inside] = 40
+    hu[..., 9][~inside] = -2000  # the field's padding read with another value on one slice: the general path
+    nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / "ct.nii.gz")
+    volume = load_ct(tmp_path / "ct.nii.gz")
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[inside & (x > 12) & (y > 12) & (np.abs(x - y) < 6), 4:-4] = 1  # spleen, reaching the circle
+    config = load_run_config()
+    statuses, digests = {}, set()
+    for edge in ("faces_and_padding", "faces"):
+        settings = MeasureSettings.from_config(dataclasses.replace(
+            config, measure=dataclasses.replace(config.measure, fov_edge=edge)))
+        table = measure_series("ct", volume, LabelMap(labels, volume.affine, tmp_path / "labels"), "labels",
+                               settings).to_pandas()
+        statuses[edge] = table.set_index("structure").loc["spleen", "status"]
+        digests.add(settings.digest)
+    assert statuses == {"faces_and_padding": "fov_truncated", "faces": "below_lower_bound"}
+    assert len(digests) == 2
+
+
+def test_fov_edge_must_be_a_known_rule(tmp_path: Path) -> None:
+    from cohort.config import load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("measure:\n  fov_edge: circle\n")
+    with pytest.raises(ConfigError, match="run.yaml: key 'measure.fov_edge' must be one of faces, faces_and_padding"):
+        load_run_config(path)

@@ -182,7 +182,21 @@ def labels_touching_border(labels: np.ndarray, n_labels: int, border_voxels: int
     for slab in (labels[:b], labels[-b:], labels[:, :b], labels[:, -b:], labels[:, :, :b], labels[:, :, -b:]):
         touching |= np.bincount(slab.reshape(-1), minlength=n_labels)[:n_labels] > 0
     if outside_fov is not None and outside_fov.any():
-        near = ndimage.maximum_filter(outside_fov.view(np.uint8), size=2 * b + 1, mode="constant").view(bool)
-        touching |= np.bincount(labels[near], minlength=n_labels)[:n_labels] > 0
+        near = _labels_near(labels, outside_fov, b).reshape(-1)
+        touching |= np.bincount(near[near != 0], minlength=n_labels)[:n_labels] > 0  # mostly air: 0
     touching[0] = False
     return touching
+
+
+def _labels_near(labels: np.ndarray, mask: np.ndarray, distance: int) -> np.ndarray:
+    """The labels of the voxels within ``distance`` (in each axis) of a voxel of ``mask``.
+
+    A reconstruction field is usually the same in every slice: then one slice's mask is dilated
+    (milliseconds) instead of the volume's (0.8 s for 512 x 512 x 300), with the same result.
+    """
+    size = 2 * distance + 1
+    if np.array_equal(mask.all(axis=-1), mask.any(axis=-1)):
+        near = ndimage.maximum_filter(mask[..., 0].astype(np.uint8), size=size, mode="constant").astype(bool)
+    else:
+        near = ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant").view(bool)
+    return labels[near]
