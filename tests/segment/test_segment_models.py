@@ -5,15 +5,19 @@ dataset.json, nearest resampling, post-processing) and the body crop are checked
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from cohort.errors import RunCannotStart
 from cohort.ingest import Volume
 from cohort.segmentation import check_model_ready, get_segmenter, known_models, load_model_spec
 from cohort.segmentation.body_crop import body_box
 from cohort.segmentation.postprocess import clean_label_map
+from cohort.segmentation.segmenter import Segmenter
 from cohort.segmentation.registry import BodyCropSpec, PostprocessSpec, model_class_map
 from cohort.segmentation.weights import model_folds, network_folder
 from cohort.testing.images import synthetic_image
@@ -123,3 +127,17 @@ def test_body_crop_runs_in_the_segmenter_and_leaves_air_unlabelled(weights):
     outside = np.ones(SHAPE, dtype=bool)
     outside[box] = False
     assert labels.shape == SHAPE and not labels[outside].any()
+
+
+def test_a_fold_of_another_network_stops_the_load_not_every_series(weights, tmp_path):
+    """Folds after the first are loaded only in the forward pass: one from another network must
+    fail the model load (run cannot start), naming the fold, not every series."""
+    spec = load_model_spec("vibeseg")
+    copy = tmp_path / "weights"
+    shutil.copytree(weights("vibeseg"), copy)
+    build_weights(load_model_spec("total_mr_fast"), tmp_path / "other", "small", seed=3)
+    other = next((tmp_path / "other").rglob("checkpoint_final.pth"))
+    fold_1 = network_folder(spec, spec.networks[0], copy) / "fold_1" / spec.checkpoint
+    shutil.copyfile(other, fold_1)
+    with pytest.raises(RunCannotStart, match=r"fold_1/checkpoint_final.pth does not fit the network"):
+        Segmenter(spec, copy, torch.device("cpu"))
