@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def _folder_problem(spec: ModelSpec, network: NetworkSpec, folder: Path) -> str:
         checkpoint = folder / f"fold_{fold}" / spec.checkpoint
         if not checkpoint.is_file() or checkpoint.stat().st_size == 0:
             return f"no checkpoint {checkpoint}"
+        problem = _checkpoint_problem(checkpoint)
+        if problem:
+            return problem
     plans = _read_json(folder / "plans.json")
     if isinstance(plans, str):
         return plans
@@ -112,6 +116,22 @@ def _folder_problem(spec: ModelSpec, network: NetworkSpec, folder: Path) -> str:
         return f"{folder / 'plans.json'} has no configuration {spec.configuration!r}"
     problem = _spacing_problem(spec, configuration.get("spacing"), folder / "plans.json")
     return problem or _classes_problem(network, folder / "dataset.json")
+
+
+def _checkpoint_problem(path: Path) -> str:
+    """Whether ``path`` is a whole PyTorch checkpoint, read from its zip directory only (cheap).
+
+    ``torch.save`` writes a zip archive whose directory is at the end of the file: a copy or
+    download cut short has none, and torch would fail on it only when a worker loads the model,
+    after the run has started, once for every series."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"{path} is not a complete PyTorch checkpoint (truncated or corrupt: {exc})"
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        return f"{path} is not a PyTorch checkpoint (no data.pkl in the archive)"
+    return ""
 
 
 def _spacing_problem(spec: ModelSpec, spacing_zyx: object, path: Path) -> str:

@@ -49,6 +49,11 @@ def _break_checkpoint(spec, weights):
     checkpoint_path(spec, spec.networks[0], weights).unlink()
 
 
+def _truncate_checkpoint(spec, weights):
+    path = checkpoint_path(spec, spec.networks[0], weights)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
 def _break_classes(spec, weights):
     path = network_folder(spec, spec.networks[0], weights) / "dataset.json"
     data = json.loads(path.read_text())
@@ -67,6 +72,7 @@ def _break_trainer_folder(spec, weights):
 
 @pytest.mark.parametrize("damage, expected", [
     (_break_checkpoint, "no checkpoint .*fold_0/checkpoint_final.pth"),
+    (_truncate_checkpoint, "fold_0/checkpoint_final.pth is not a complete PyTorch checkpoint"),
     (_break_classes, "dataset.json labels differ from class_map_total_v2.csv"),
     (_break_plans, "cannot read .*plans.json"),
     (_break_trainer_folder, "no folder nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres"),
