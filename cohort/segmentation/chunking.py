@@ -57,10 +57,16 @@ def overlap_slices(overlap_mm: float, spacing_z: float) -> int:
 
 
 def predict_in_chunks(image: np.ndarray, chunks: list[Chunk], predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Run ``predict`` on every chunk's slab of ``image`` and keep each chunk's own slices."""
-    labels = np.zeros(image.shape, dtype=np.uint8)
-    for chunk in chunks:
-        part = predict(image[:, :, chunk.start:chunk.stop])
+    """Run ``predict`` on every chunk's slab of ``image`` and keep each chunk's own slices.
+
+    The labels keep the dtype ``predict`` returns: uint16 for a network of more than 256 classes."""
+    parts = (predict(image[:, :, chunk.start:chunk.stop]) for chunk in chunks)
+    labels = None
+    for chunk, part in zip(chunks, parts):
+        if labels is None:
+            labels = np.zeros(image.shape, dtype=part.dtype)
         labels[:, :, chunk.keep_start:chunk.keep_stop] = part[:, :, chunk.keep_start - chunk.start:
                                                               chunk.keep_stop - chunk.start]
+    if labels is None:
+        raise ValueError("no chunks to predict")
     return labels

@@ -38,3 +38,12 @@ def test_stitching_a_local_prediction_equals_the_whole():
     chunks = plan_chunks(image.shape, 7 * 5 * 15, 4)
     assert len(chunks) > 3
     assert np.array_equal(predict_in_chunks(image, chunks, local), local(image))
+
+
+@pytest.mark.parametrize("max_voxels", [10_000, 4 * 4 * 4])
+def test_labels_above_255_are_kept(max_voxels):
+    """A network of more than 256 classes returns uint16 labels: stitching must not wrap them."""
+    image = np.zeros((4, 4, 12), dtype=np.int32)
+    wide = lambda slab: np.full(slab.shape, 300, dtype=np.uint16)
+    labels = predict_in_chunks(image, plan_chunks(image.shape, max_voxels, 1), wide)
+    assert labels.dtype == np.uint16 and np.all(labels == 300)
