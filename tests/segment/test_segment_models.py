@@ -118,6 +118,17 @@ def test_body_crop_box_holds_the_body_and_drops_the_air():
     assert image[box].size < 0.7 * image.size
 
 
+def test_body_crop_keeps_every_part_of_a_body_split_by_air():
+    """Two legs (or an arm apart from the trunk) are separate components: neither may be cut off;
+    a speck of noise does not widen the box."""
+    image = np.full((200, 100, 10), -1000)
+    image[10:60, 20:80, :] = 40      # right leg: 30 ml
+    image[120:190, 20:80, :] = 40    # left leg: 42 ml
+    image[195, 95, 5] = 100          # a speck
+    box = body_box(image, (1.0, 1.0, 1.0), BodyCropSpec(enabled=True, margin_mm=2))
+    assert box == (slice(8, 192), slice(18, 82), slice(0, 10))
+
+
 def test_body_crop_runs_in_the_segmenter_and_leaves_air_unlabelled(weights):
     spec = load_model_spec("fastest")
     cropped = dataclasses.replace(spec, body_crop=BodyCropSpec(enabled=True, margin_mm=6))
