@@ -9,8 +9,9 @@ UIDs) gets ``series_uid`` "": ``cohort.export.series`` reads the images of one f
 UID as one series, as ``cohort run`` does.
 
 The rows are kept in a cache table (Parquet, beside the index): a rerun stats every file and
-reads again only those that are new or whose size or mtime changed; the cache is dropped when
-the pseudonym key changed.
+reads again only those that are new or whose size or mtime changed, and those it could not open
+(``unreadable (...)``: permissions or a network file system, fixed without touching the file);
+the cache is dropped when the pseudonym key changed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
+RETRIED_ERROR = "unreadable ("  # not the file's content: read again on every crawl
 FORMAT = b"3"  # 3: ages in completed years, descriptions without the patient's name (older caches are read again)
 
 
@@ -68,7 +70,8 @@ def crawl(root: Path, cache: Path, key: PseudonymKey, workers: int = 1, exclude:
     if known is not None:
         stamps = known[["size", "mtime_ns"]]
         joined = listed.join(stamps, on="file", rsuffix="_cached")
-        unchanged = (joined["size"] == joined["size_cached"]) & (joined["mtime_ns"] == joined["mtime_ns_cached"])
+        unchanged = ((joined["size"] == joined["size_cached"]) & (joined["mtime_ns"] == joined["mtime_ns_cached"])
+                     & ~joined["file"].isin(_retried(previous)))
         n_new = int(joined["size_cached"].isna().sum())
         reused = previous[previous["file"].isin(set(listed["file"][unchanged.to_numpy()]))]
         todo = listed[~unchanged.to_numpy()]
@@ -82,6 +85,13 @@ def crawl(root: Path, cache: Path, key: PseudonymKey, workers: int = 1, exclude:
     files = files.sort_values("file", ignore_index=True)
     _write_cache(files, cache, key)
     return Crawl(files=files, n_read=len(todo), n_new=n_new, n_changed=len(todo) - n_new, n_removed=n_removed)
+
+
+def _retried(previous: pd.DataFrame) -> set[str]:
+    """The cached files whose error was opening them, not their content: a chmod or a remount
+    fixes that without changing their size or mtime."""
+    errors = previous["error"].fillna("").astype(str)
+    return set(previous["file"][errors.str.startswith(RETRIED_ERROR)])
 
 
 def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFrame:

@@ -1,0 +1,39 @@
+"""The crawl cache (``cohort.export.crawl``): which files a rerun reads again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import cohort.export.crawl as crawl_module
+from cohort.export.crawl import crawl
+from cohort.export.pseudonyms import PseudonymKey
+from tests.export.conftest import JANE
+from tests.export.pacs import Study, example_slices, write_series
+
+KEY = PseudonymKey(b"k" * 32)
+
+
+def test_a_file_that_could_not_be_opened_is_read_again_on_the_next_crawl(examples: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError (permissions, a network file system) is no property of the file: fixing it
+    (chmod changes no size or mtime) must not leave the file unreadable in every later crawl."""
+    root, cache = tmp_path / "export", tmp_path / "scans.crawl.parquet"
+    write_series(root / "ct", example_slices(examples)[:3], Study(JANE))
+    denied = sorted((root / "ct").iterdir())[0]
+    real_open = open
+
+    def refusing_open(path, *args, **kwargs):
+        if Path(path) == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(crawl_module, "open", refusing_open, raising=False)
+        first = crawl(root, cache, KEY)
+    assert first.files["error"].tolist().count("unreadable (PermissionError)") == 1
+
+    again = crawl(root, cache, KEY)
+    assert again.files["error"].isna().all(), again.files[["file", "error"]]
+    assert (again.n_read, again.n_new, again.n_changed) == (1, 0, 1)
