@@ -46,7 +46,7 @@ PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers 
 KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "unreadable ("  # not the file's content: read again on every crawl
-FORMAT = b"3"  # 3: ages in completed years, descriptions without the patient's name (older caches are read again)
+FORMAT = b"4"  # 3: ages in completed years, descriptions without the name; 4: every name part (older: read again)
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,8 @@ def _free_text(header: pydicom.Dataset, tag: str) -> str:
     'CT Body 3.0 *_* Doedel'
     """
     text = _text(header, tag)
-    names = {part for part in re.split(r"[\^\s,]+", _text(header, "PatientName")) if len(part) >= 2}
+    # name parts: components (^), groups (=: alphabetic, ideographic, phonetic), hyphenated and other words
+    names = {part for part in re.split(r"[\W_]+", _text(header, "PatientName")) if len(part) >= 2}
     for identifier in sorted(names | {_text(header, "PatientID")} - {""}, key=len, reverse=True):
         text = re.sub(rf"(?<![^\W_]){re.escape(identifier)}(?![^\W_])", "*", text, flags=re.IGNORECASE)
     return text
