@@ -109,6 +109,8 @@ def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFra
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
+            elif entry.is_symlink() and entry.is_dir():  # not followed (nor by `cohort run`): a row, with why
+                rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), -1, -1))
             elif entry.is_file() and entry.path not in skipped:
                 stat = entry.stat()
                 rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), stat.st_size, stat.st_mtime_ns))
@@ -124,6 +126,9 @@ HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "subjec
 def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
     """One file's header row (``error`` set, and nothing else, when it is not a usable DICOM file);
     ``folder`` (relative to the export root) stands in for missing UIDs (:func:`study_identity`)."""
+    if os.path.isdir(path):
+        what = "a link to a folder, not followed: crawl its target" if os.path.islink(path) else "a folder"
+        return {"error": f"unreadable ({what})"}
     try:
         with open(path, "rb") as handle:
             header = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=list(TAGS))

@@ -37,3 +37,15 @@ def test_a_file_that_could_not_be_opened_is_read_again_on_the_next_crawl(example
     again = crawl(root, cache, KEY)
     assert again.files["error"].isna().all(), again.files[["file", "error"]]
     assert (again.n_read, again.n_new, again.n_changed) == (1, 0, 1)
+
+
+def test_a_linked_folder_is_listed_as_not_followed(examples: Path, tmp_path: Path) -> None:
+    """A symbolic link to a folder is not crawled (``cohort run`` does not follow it either), but
+    never silently: its series would be missing from the index without a word."""
+    elsewhere, root = tmp_path / "elsewhere", tmp_path / "export"
+    write_series(elsewhere / "ct", example_slices(examples)[:3], Study(JANE))
+    root.mkdir()
+    (root / "ct_link").symlink_to(elsewhere / "ct", target_is_directory=True)
+    files = crawl(root, tmp_path / "scans.crawl.parquet", KEY).files
+    assert files[["file", "error"]].to_dict("records") == [
+        {"file": "ct_link", "error": "unreadable (a link to a folder, not followed: crawl its target)"}]
