@@ -37,6 +37,7 @@ class ManifestSummary:
     n_unreadable: int
     crawl: Crawl
     reasons: dict[str, int]  # reason -> series not chosen for it, most common first
+    new_key: Path | None = None  # the pseudonym key this run created: every pseudonym is new
 
     @property
     def exit_code(self) -> int:
@@ -55,6 +56,9 @@ class ManifestSummary:
             lines.append(f"  unreadable files: {self.n_unreadable} (listed in {unreadable_path(manifest)})")
         lines.append(f"  files: {len(crawled.files)}, headers read: {crawled.n_read} ({crawled.n_new} new, "
                      f"{crawled.n_changed} changed), {crawled.n_removed} gone since the last crawl")
+        if self.new_key:  # a mistyped --key or a lost key would otherwise change every pseudonym unnoticed
+            lines.append(f"  new pseudonym key created: {self.new_key}; series_id and subject_id match no export "
+                         "made with another key (keep and back it up; a key given by mistake: delete it)")
         return lines + ([] if self.n_chosen else self._nothing_chosen(manifest))
 
     def _nothing_chosen(self, manifest: Path) -> list[str]:
@@ -83,7 +87,9 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
         raise RunCannotStart(f"{manifest}: the manifest must be a .csv file")
     selection = load_policy(policy)
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    secret = load_or_create_key(key_path(key), manifest.parent)
+    key_file = key_path(key)
+    created = not key_file.exists()
+    secret = load_or_create_key(key_file, manifest.parent)
     outputs = frozenset(path.resolve() for path in (manifest, index_path(manifest), unreadable_path(manifest),
                                                     cache_path(manifest)))
     outputs |= {path.with_name(path.name + ".partial") for path in outputs}
@@ -98,4 +104,4 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
     return ManifestSummary(n_series=len(series), n_studies=len({s.study_key for s in series}),
                            n_subjects=len({s.subject_key for s in series}), n_chosen=n_chosen,
                            rejected=dict(rejected.most_common()), n_unreadable=n_unreadable, crawl=crawled,
-                           reasons=dict(reasons.most_common()))
+                           reasons=dict(reasons.most_common()), new_key=key_file if created else None)

@@ -49,3 +49,17 @@ def test_a_linked_folder_is_listed_as_not_followed(examples: Path, tmp_path: Pat
     files = crawl(root, tmp_path / "scans.crawl.parquet", KEY).files
     assert files[["file", "error"]].to_dict("records") == [
         {"file": "ct_link", "error": "unreadable (a link to a folder, not followed: crawl its target)"}]
+
+
+def test_a_new_pseudonym_key_is_announced(examples: Path, tmp_path: Path) -> None:
+    """A mistyped ``--key`` or a lost default key makes a new key, hence new ``series_id`` and
+    ``subject_id`` for every series: the summary says so on that run, and only on that one."""
+    from cohort.export import build_manifest
+
+    root, key = tmp_path / "export", tmp_path / "keys" / "typo.key"
+    write_series(root / "ct", example_slices(examples)[:3], Study(JANE))
+    first = build_manifest(root, tmp_path / "out" / "scans.csv", key=key)
+    assert first.new_key == key
+    assert any(f"new pseudonym key created: {key}" in line for line in first.describe(tmp_path / "out" / "scans.csv"))
+    again = build_manifest(root, tmp_path / "out" / "scans.csv", key=key)
+    assert again.new_key is None and not any("new pseudonym key" in line for line in again.describe(key))
