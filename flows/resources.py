@@ -143,7 +143,10 @@ class Resources:
         ``worker_memory_gb`` each (else ``model_memory_gb``, what the run's model needs: its
         ``worker_memory_gb`` key) would not fit in memory. With ``workers`` (``--workers N``): that
         many, sharing the CPUs (``cpus // N`` threads each, at least 1). Memory per worker:
-        ``worker_memory_gb``, else an equal share; never more than there is.
+        ``worker_memory_gb``, else an equal share; never more than there is, all workers together
+        (``--workers N`` with a ``worker_memory_gb`` that N workers cannot all have gets the equal
+        share, with a warning: limits above the memory would let the kernel's OOM killer, not
+        Dask's restart at 95 %, end the workers).
         """
         if workers is not None and workers < 1:
             raise RunCannotStart(f"--workers {workers}: must be at least 1")
@@ -153,8 +156,14 @@ class Resources:
             if needed_gb:
                 workers = max(1, min(workers, int(memory_bytes // (needed_gb * GIB))))
         threads = max(1, cpus // workers)
-        per_worker = int(worker_memory_gb * GIB) if worker_memory_gb else memory_bytes // workers
-        return cls(cpus, workers, threads, min(per_worker, memory_bytes))
+        share = memory_bytes // workers
+        if worker_memory_gb and worker_memory_gb * GIB > share:
+            if workers > 1:
+                log.warning("%d workers x execution.worker_memory_gb %g GB do not fit in %.1f GiB: each worker "
+                            "gets %.1f GiB (fewer --workers to give each more)", workers, worker_memory_gb,
+                            memory_bytes / GIB, share / GIB)
+            return cls(cpus, workers, threads, share)
+        return cls(cpus, workers, threads, int(worker_memory_gb * GIB) if worker_memory_gb else share)
 
     @classmethod
     def for_this_process(cls, workers: int | None = None, threads_per_worker: int = 1,

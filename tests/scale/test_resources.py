@@ -102,6 +102,17 @@ def test_plan_shares_cpus_and_memory() -> None:
         Resources.plan(8, memory, workers=0)
 
 
+def test_explicit_workers_never_get_more_memory_than_there_is(caplog) -> None:
+    """``--workers 4`` with ``worker_memory_gb: 8`` on 16 GiB: the limits summed to 32 GiB, so
+    the kernel's OOM killer, not Dask's restart at 95 %, ended workers. Each gets the equal share."""
+    with caplog.at_level("WARNING", logger="cohort.flows"):
+        resources = Resources.plan(16, 16 * GIB, workers=4, worker_memory_gb=8)
+    assert resources == Resources(16, 4, 4, 4 * GIB)
+    assert "do not fit in 16.0 GiB" in caplog.text
+    assert Resources.plan(16, 16 * GIB, workers=2, worker_memory_gb=8) == Resources(16, 2, 8, 8 * GIB)
+    assert Resources.plan(16, 16 * GIB, workers=2, worker_memory_gb=3) == Resources(16, 2, 8, 3 * GIB)
+
+
 def test_the_models_need_caps_the_worker_count_not_the_memory_limit() -> None:
     """64 cores and 128 GB with a model that needs 12 GB: 10 workers of 6 threads, each with an
     equal share (12.8 GB) as its limit; an explicit ``worker_memory_gb`` or ``--workers`` wins."""
