@@ -69,6 +69,7 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
     for key in ("cores", "processes"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{path}: key '{key}' must be at least 1, got {getattr(config, key)}")
+    _check_memory(config.memory, path)
     if config.cores % config.processes:
         raise ConfigError(f"{path}: key 'processes' ({config.processes}) must divide 'cores' ({config.cores}): "
                           "each Dask worker gets cores / processes threads")
@@ -83,6 +84,19 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
                           f"0 <= minimum_jobs <= maximum_jobs and maximum_jobs >= 1, got "
                           f"{config.adapt.minimum_jobs} and {config.adapt.maximum_jobs}")
     return SlurmConfig(**{**config.__dict__, "source": str(path)})
+
+
+def _check_memory(memory: str, path: Path) -> None:
+    """Stop on a ``memory`` that dask-jobqueue cannot read (``16GiB``, ``64GB`` and ``500MB`` are
+    fine): it is only parsed when the cluster starts, where ``ValueError`` gave a traceback."""
+    from dask.utils import parse_bytes
+
+    try:
+        size = parse_bytes(memory)
+    except (ValueError, TypeError):
+        size = 0
+    if size <= 0:
+        raise ConfigError(f"{path}: key 'memory' must be a size such as 16GiB or 64GB, got {memory!r}")
 
 
 def job_share(config: SlurmConfig) -> Resources:

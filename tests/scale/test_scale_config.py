@@ -40,6 +40,8 @@ def test_shipped_slurm_config_loads() -> None:
         ("cores: 4\nprocesses: 3\n", ["key 'processes'", "must divide 'cores'"]),
         ("adapt:\n  minimum_jobs: 5\n  maximum_jobs: 2\n", ["adapt.minimum_jobs", "adapt.maximum_jobs"]),
         ("adapt:\n  maximum_job: 2\n", ["unknown key 'adapt.maximum_job'"]),
+        ("memory: lots\n", ["key 'memory'", "16GiB", "'lots'"]),
+        ("memory: 0GB\n", ["key 'memory'", "'0GB'"]),
         ("cores: 4\nprocesses: 2\ngpus_per_job: 4\n", ["key 'gpus_per_job' (4)", "2 GPU(s) of every job would sit idle"]),
     ],
 )
