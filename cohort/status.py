@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,7 +88,7 @@ def run_status(out: Path, now: datetime | None = None) -> RunStatus:
     run_id = record.get("run_id")
     running, holder = _lock_holder(layout.lock)
     statuses = _latest_statuses(parts)
-    finished = [time for path in parts if run_id and path.name.startswith(f"part-{run_id}-")
+    finished = [time for path in parts if run_id and _processed_by(path, run_id)
                 for time in pq.read_table(path, columns=["finished_at"])["finished_at"].to_pylist() if time]
     if running:
         for series_id, status, finished_at in _unflushed(layout.unflushed, run_id):
@@ -100,6 +101,17 @@ def run_status(out: Path, now: datetime | None = None) -> RunStatus:
                      n_series=int(record.get("n_series", len(counts))), n_done=counts.count("done"),
                      n_failed=counts.count("failed"), n_this_run=len(finished),
                      last_finished=max(finished) if finished else None, now=now or datetime.now(timezone.utc))
+
+
+def _processed_by(part: Path, run_id: str) -> bool:
+    """Whether ``part`` holds series that run ``run_id`` processed: its numbered batches
+    (``part-<run_id>-00000.parquet``), not its ``part-<run_id>-manifest.parquet``, which only
+    rewrites manifest edits (age, sex, ``in_manifest``) of rows done by earlier runs.
+
+    >>> _processed_by(Path("part-r1-00003.parquet"), "r1"), _processed_by(Path("part-r1-manifest.parquet"), "r1")
+    (True, False)
+    """
+    return re.fullmatch(rf"part-{re.escape(run_id)}-\d+\.parquet", part.name) is not None
 
 
 def _unflushed(path: Path, run_id: str | None) -> list[tuple[str, str, str | None]]:

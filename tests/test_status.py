@@ -66,6 +66,18 @@ def test_stopped_run_counts_and_rate(results: Path) -> None:
     assert "stopped" in text and "8 done, 0 failed, 2 remaining of 10" in text and "rerun" in text
 
 
+def test_rows_rewritten_for_manifest_edits_are_not_finished_by_this_run(results: Path) -> None:
+    """A run whose manifest edits age or sex of done rows (or drops rows) rewrites them into
+    ``part-<run_id>-manifest``: those series were done by earlier runs, so they neither count as
+    finished by this run nor feed its rate and ETA (they made "3 finished by this run" of one)."""
+    layout = OutputLayout(results)
+    yesterday = STARTED - timedelta(days=1)
+    write_part(layout.series, f"part-{RUN_ID}-manifest", _rows([(f"s{i}", "done", yesterday) for i in range(3)]))
+    status = run_status(results)
+    assert (status.n_done, status.n_this_run) == (8, 5)
+    assert status.rate_per_min == pytest.approx(1.0)
+
+
 def test_running_run_gives_an_eta(results: Path) -> None:
     now = STARTED + timedelta(minutes=10)
     with exclusive_output(OutputLayout(results).lock, "cohort run --manifest scans.csv --out results"):
