@@ -79,9 +79,11 @@ def load_slurm_config(name: str = DEFAULT_SLURM_CONFIG) -> SlurmConfig:
         raise ConfigError(f"{path}: key 'gpus_per_job' ({config.gpus_per_job}) is more than 'processes' "
                           f"({config.processes}): each worker process computes on one GPU, so "
                           f"{config.gpus_per_job - config.processes} GPU(s) of every job would sit idle")
-    if not 0 <= config.adapt.minimum_jobs <= config.adapt.maximum_jobs or config.adapt.maximum_jobs < 1:
+    if not 1 <= config.adapt.minimum_jobs <= config.adapt.maximum_jobs:
+        # 0 would submit no job at all: the run waits for a first worker before it submits any
+        # series, and adaptive scaling asks for jobs only once series wait
         raise ConfigError(f"{path}: keys 'adapt.minimum_jobs' and 'adapt.maximum_jobs' need "
-                          f"0 <= minimum_jobs <= maximum_jobs and maximum_jobs >= 1, got "
+                          f"1 <= minimum_jobs <= maximum_jobs (with 0 jobs no worker ever starts), got "
                           f"{config.adapt.minimum_jobs} and {config.adapt.maximum_jobs}")
     return SlurmConfig(**{**config.__dict__, "source": str(path)})
 

@@ -39,6 +39,8 @@ def test_shipped_slurm_config_loads() -> None:
         ("cores: four\n", ["key 'cores'", "must be int"]),
         ("cores: 4\nprocesses: 3\n", ["key 'processes'", "must divide 'cores'"]),
         ("adapt:\n  minimum_jobs: 5\n  maximum_jobs: 2\n", ["adapt.minimum_jobs", "adapt.maximum_jobs"]),
+        ("adapt:\n  minimum_jobs: 0\n  maximum_jobs: 2\n", ["adapt.minimum_jobs", "1 <= minimum_jobs",
+                                                            "no worker ever starts"]),
         ("adapt:\n  maximum_job: 2\n", ["unknown key 'adapt.maximum_job'"]),
         ("memory: lots\n", ["key 'memory'", "16GiB", "'lots'"]),
         ("memory: 0GB\n", ["key 'memory'", "'0GB'"]),
