@@ -44,8 +44,8 @@ class SlurmConfig:
     queue: str | None = None
     account: str | None = None
     cores: int = 4
-    processes: int = 4
-    memory: str = "16GB"
+    processes: int = 2  # as configs/slurm.yaml: 2 threads and 8 GB each, what the fast model needs
+    memory: str = "16GiB"
     gpus_per_job: int = 0
     walltime: str = "04:00:00"
     job_name: str = "cohort-worker"

@@ -123,3 +123,13 @@ def test_cuda_cluster_runs_the_example(tmp_path: Path, examples: Path, workers_p
                         "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert len(list((out / "series").glob("*.parquet"))) >= 1
+
+
+def test_a_slurm_file_that_leaves_keys_out_gets_the_shipped_files_values(tmp_path: Path) -> None:
+    """A user's file with only ``queue`` must not silently get 4 one-thread workers per job."""
+    import dataclasses
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("queue: gpu\n")
+    shipped = dataclasses.replace(load_slurm_config(), queue="gpu", source=str(path))
+    assert load_slurm_config(str(path)) == shipped
