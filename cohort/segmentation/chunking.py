@@ -2,7 +2,8 @@
 
 nnU-Net holds one logit map per class for the whole input, so memory grows with the number of
 voxels. A volume above the model's ``chunking.max_voxels`` is cut along z into slabs; each slab
-is predicted with ``overlap_mm`` of context on both sides and only its own slab is kept.
+is predicted with ``overlap_mm`` of context on both sides and only its own slab is kept (the
+predictor cuts the image it has preprocessed whole, so normalisation is the whole image's).
 TotalSegmentator cuts into 3 chunks with a 20-voxel margin above 512·512·900 voxels; Salimi et
 al. (2025) found that a 5 cm overlap reproduced the unsplit prediction (Dice > 0.996).
 """

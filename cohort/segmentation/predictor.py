@@ -101,13 +101,32 @@ class NetworkPredictor:
             self._parameters_loaded = True
 
     def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
-        """Labels (uint8, x, y, z) of an int32 image on the model grid, z-chunked if it is large."""
-        chunks = plan_chunks(image.shape, self.spec.chunking.max_voxels, overlap)
-        return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
+        """Labels (uint8, x, y, z) of an int32 image on the model grid.
+
+        The whole image is preprocessed at once, so nnU-Net's crop and intensity normalisation see
+        all of it (an MR network's z-score is the image's mean and deviation, not a chunk's); only
+        the sliding window of a large image runs in overlapping z-chunks of the preprocessed image.
+        Networks whose labels nnU-Net converts (regions, or logits resampled to another grid) are
+        chunked before preprocessing instead."""
+        data, properties = self.preprocess(image, spacing)
+        max_voxels = self.spec.chunking.max_voxels
+        if self._converted_by_nnunet(data, properties):
+            chunks = plan_chunks(image.shape, max_voxels, overlap)
+            if len(chunks) > 1:
+                return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
+            return self._uncropped(self._labels_converted_by_nnunet(data, properties), properties)
+        z = list(self._predictor.plans_manager.transpose_forward).index(0)  # the image's z in nnU-Net's axes
+        planes = data[0].movedim(z, -1)
+        cropped = predict_in_chunks(planes, plan_chunks(tuple(planes.shape), max_voxels, overlap),
+                                    lambda slab: np.moveaxis(self._argmax_labels(slab.movedim(-1, z)[None].contiguous()), z, -1))
+        return self._uncropped(np.moveaxis(cropped, -1, z), properties)
 
     def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         data, properties = self.preprocess(image, spacing)
-        cropped = self.forward(data, properties)
+        return self._uncropped(self.forward(data, properties), properties)
+
+    def _uncropped(self, cropped: np.ndarray, properties: dict) -> np.ndarray:
+        """The labels of nnU-Net's cropped box put back on the whole image, as (x, y, z)."""
         labels = np.zeros(properties["shape_before_cropping"], dtype=cropped.dtype)
         box = tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])
         labels[box] = cropped
@@ -132,9 +151,17 @@ class NetworkPredictor:
 
         The argmax of the logits is the argmax of nnU-Net's probabilities (softmax is monotonic;
         nnU-Net itself skips it) and ties go to the first class on every device."""
-        if (self._predictor.label_manager.has_regions or
-                tuple(data.shape[1:]) != tuple(properties["shape_after_cropping_and_before_resampling"])):
+        if self._converted_by_nnunet(data, properties):
             return self._labels_converted_by_nnunet(data, properties)
+        return self._argmax_labels(data)
+
+    def _converted_by_nnunet(self, data: torch.Tensor, properties: dict) -> bool:
+        """Region-based networks, or data nnU-Net resampled (a model spacing that is not its plans')."""
+        return (self._predictor.label_manager.has_regions or
+                tuple(data.shape[1:]) != tuple(properties["shape_after_cropping_and_before_resampling"]))
+
+    def _argmax_labels(self, data: torch.Tensor) -> np.ndarray:
+        """Sliding window over ``data`` (c, ...) and argmax, inside the gate."""
         wide = self._predictor.label_manager.num_segmentation_heads > 256
         with self.gate, torch.inference_mode():
             logits = self._logits(data)

@@ -116,3 +116,28 @@ def test_predictor_equals_nnunets_predict_single_npy_array(fast_spec, fast_weigh
     theirs = predictor._predictor.predict_single_npy_array(data, {"spacing": list(reversed(spacing))}, None, None, False)
     assert ours.shape == image.shape
     assert np.array_equal(ours, np.asarray(theirs).transpose(2, 1, 0))
+
+
+def test_chunks_of_an_mr_image_see_the_whole_images_normalisation(tmp_path, example_sm):
+    """An MR network's z-score is the image's: every chunk the sliding window reads is a slab of the
+    whole image preprocessed at once, not a chunk normalised by its own mean and deviation."""
+    from cohort.segmentation.registry import load_model_spec
+    from cohort.testing.weights import build_weights
+
+    spec = load_model_spec("total_mr_fast")
+    build_weights(spec, tmp_path, "small", seed=3)
+    chunked_spec = dataclasses.replace(spec, chunking=ChunkSpec(max_voxels=10_000, overlap_mm=9))
+    segmenter = Segmenter(chunked_spec, tmp_path, resolve_device("cpu"))
+    (predictor,) = segmenter.predictors
+    rng = np.random.default_rng(0)
+    image = (np.linspace(0, 400, 30)[None, None, :] + rng.normal(0, 20, (24, 20, 30))).astype(np.int32)
+    whole, _ = predictor.preprocess(image, segmenter.spacing)
+    seen = []
+    original = predictor._logits
+    predictor._logits = lambda data: seen.append(data.clone()) or original(data)
+    labels = predictor.predict(image, segmenter.spacing, overlap=2)
+    assert labels.shape == image.shape and len(seen) >= 2
+    for data in seen:  # each slab is found, value for value, in the whole image's preprocessed z range
+        matches = [start for start in range(whole.shape[1] - data.shape[1] + 1)
+                   if torch.equal(whole[:, start:start + data.shape[1]], data)]
+        assert matches, "a chunk was normalised on its own"
