@@ -176,6 +176,9 @@ class BatchWriter:
     def add(self, result: SeriesResult) -> None:
         if result.output_failed:
             self.stop_on_write_failure(result.record.error)
+        if result.model_failed:
+            raise RunCannotStart(f"the model could not be loaded on a worker: {result.record.error}; stopped "
+                                 "before failing every series alike (fix the weights, then rerun to resume)")
         if not self.pending:
             self.oldest = time.monotonic()
         self.pending.append(result)

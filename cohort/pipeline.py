@@ -22,7 +22,7 @@ import pyarrow as pa
 
 import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
-from cohort.errors import OutOfMemory, SeriesError, is_out_of_memory
+from cohort.errors import OutOfMemory, RunCannotStart, SeriesError, is_out_of_memory
 from cohort.ingest import InputName, LabelMap, Volume, align_image, align_labels, load_ct, load_label_nifti
 from cohort.manifest import INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subject, subject_or_empty, validate_subject
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
@@ -114,6 +114,7 @@ class SeriesResult:
     features: pa.Table | None = None
     output_failed: bool = False
     out_of_memory: bool = False
+    model_failed: bool = False  # the model could not be loaded: every series would fail alike
 
     @property
     def series_id(self) -> str:
@@ -176,7 +177,11 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                     InputName.in_manifest(spec.labels, spec.line, column="labels"), context.ingest))
         if label_map is None:
             with timer.stage("load_model"):
-                segmenter = load_segmenter(context.model, context.device, context.device_settings)
+                try:
+                    segmenter = load_segmenter(context.model, context.device, context.device_settings)
+                except RunCannotStart as error:  # a broken weights folder: not this series' failure
+                    return dataclasses.replace(failed_result(spec, str(error), attempt, timer, started),
+                                               model_failed=True)
             with timer.stage("segment"):
                 label_map = segmenter.segment(volume).label_map
         if not reused:

@@ -82,6 +82,8 @@ def cohort_run(run: PreparedRun, client: Client, on_result: Callable[[SeriesResu
         summary = _process(run, client, writer, logger, on_result, stop)
     except RunCannotStart as error:
         logger.info("stopped early: %s", error)
+        if writer.pending and not isinstance(error, OutputWriteFailed):  # keep what finished before the stop
+            write_batch(quote(writer))
         return StoppedEarly(error)
     if summary.failures:
         record_failures(summary)

@@ -86,3 +86,34 @@ def test_missing_weights_stop_the_run_with_instructions(tmp_path: Path, examples
     message = " ".join(result.stderr.split())
     assert "Dataset297_TotalSegmentator_total_3mm_1559subj" in message and "totalseg_download_weights" in message
     assert not (tmp_path / "r" / "series").exists() or not any((tmp_path / "r" / "series").iterdir())
+
+
+def test_weights_that_do_not_fit_the_network_stop_the_run_and_keep_finished_rows(
+        weights: Path, tmp_path: Path, examples: Path, prefect_server: str) -> None:
+    """A checkpoint of another network passes the folder check (its files are all there) and fails
+    only where the network is built: the run stops (exit 2) naming it, rather than failing every
+    series with the same error, and rows finished before the stop are kept."""
+    import shutil
+
+    from cohort.segmentation.weights import network_folder
+
+    spec = load_model_spec("fast")
+    copy = tmp_path / "weights"
+    build_weights(spec, copy, "small", seed=3)
+    build_weights(load_model_spec("total_mr_fast"), tmp_path / "other", "small", seed=3)
+    checkpoint = network_folder(spec, spec.networks[0], copy) / "fold_0" / spec.checkpoint
+    shutil.copyfile(next((tmp_path / "other").rglob(spec.checkpoint)), checkpoint)
+    manifest = write_manifest(tmp_path / "scans.csv", [
+        {"series_id": "labelled", "path": str(examples / "example_ct_sm.nii.gz"), "age": 64, "sex": "M",
+         "labels": str(examples / "example_seg_fast.nii.gz")},
+        *({"series_id": f"ct{i}", "path": str(examples / "example_ct_sm.nii.gz"), "age": 64, "sex": "M"}
+          for i in range(3))])
+    out = tmp_path / "results"
+    result = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--weights", str(copy),
+                        "--workers", "1", api=prefect_server)
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr
+    assert "the model could not be loaded on a worker" in message and "stopped before failing every series" in message
+    parts = list((out / "series").glob("*.parquet"))
+    statuses = pd.read_parquet(out / "series").set_index("series_id")["status"].to_dict() if parts else {}
+    assert statuses in ({"labelled": "done"}, {}), statuses  # no series failed for the model (labelled: if done)
