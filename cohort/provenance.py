@@ -122,7 +122,8 @@ class RunKey:
         if self.model != newer.model:
             changes.append(f"model {self.model} -> {newer.model}")
         elif self.model_config != newer.model_config:
-            changes.append(f"model configuration of {newer.model} (its YAML or class map)")
+            changes.append(f"model configuration of {newer.model} (its YAML or class map; or cohort's segmentation "
+                           "rules, registry.SEGMENTATION_RULES)")
         if self.weights != newer.weights and self.model == newer.model:
             changes.append(f"weights of {newer.model}")
         if self.precision != newer.precision:

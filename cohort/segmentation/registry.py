@@ -108,8 +108,8 @@ class PostprocessSpec:
 class BodyCropSpec:
     """Optional first pass for CT models: crop to the body before the main network.
 
-    The body is the largest connected component of voxels above ``threshold_hu``; the image is
-    cut to its bounding box plus ``margin_mm`` and the label map pasted back (outside: background).
+    The body is the connected components of voxels above ``threshold_hu`` of at least 10 ml (and
+    the largest one); the image is cut to their bounding box plus ``margin_mm`` and the label map pasted back (outside: background).
     See docs/models.md for why a threshold and not TotalSegmentator's ``body`` network.
     """
 
@@ -272,8 +272,18 @@ def model_class_map(spec: ModelSpec) -> ClassMap:
     return load_class_map(spec.class_map)
 
 
+SEGMENTATION_RULES = {"body_crop": 2, "chunked_normalisation": 2}
+"""Versions of how cohort segments where they changed label maps, in the key of the models they
+apply to (other models keep their keys and label maps): ``body_crop`` 2 = every part of a body
+split by air, not only the largest (CT models with ``body_crop.enabled``); ``chunked_normalisation``
+2 = a z-chunked image is normalised whole, not chunk by chunk (MR models: a z-score per image)."""
+
+
 def model_config_digest(spec: ModelSpec) -> str:
     """Digest of what defines ``spec`` besides its weights: its YAML (pre- and post-processing, body
-    crop included), class map and network class files."""
+    crop included), class map and network class files, and the :data:`SEGMENTATION_RULES` that
+    apply to it."""
     files = [spec.source, spec.class_map, *(network.classes for network in spec.networks)]
-    return digest([file_digest(config_file(name)) for name in files])
+    rules = {name: version for name, version in SEGMENTATION_RULES.items()
+             if (name == "body_crop" and spec.body_crop.enabled) or (name == "chunked_normalisation" and not spec.is_ct)}
+    return digest([file_digest(config_file(name)) for name in files] + ([rules] if rules else []))

@@ -18,7 +18,9 @@ from cohort.segmentation import check_model_ready, get_segmenter, known_models, 
 from cohort.segmentation.body_crop import body_box
 from cohort.segmentation.postprocess import clean_label_map
 from cohort.segmentation.segmenter import Segmenter
-from cohort.segmentation.registry import BodyCropSpec, PostprocessSpec, model_class_map
+from cohort.config import config_file
+from cohort.provenance import digest, file_digest
+from cohort.segmentation.registry import BodyCropSpec, PostprocessSpec, model_class_map, model_config_digest
 from cohort.segmentation.weights import model_folds, network_folder
 from cohort.testing.images import synthetic_image
 from cohort.testing.weights import build_weights
@@ -127,6 +129,21 @@ def test_body_crop_keeps_every_part_of_a_body_split_by_air():
     image[195, 95, 5] = 100          # a speck
     box = body_box(image, (1.0, 1.0, 1.0), BodyCropSpec(enabled=True, margin_mm=2))
     assert box == (slice(8, 192), slice(18, 82), slice(0, 10))
+
+
+def test_models_whose_label_maps_the_segmentation_rules_changed_get_another_key():
+    """Label maps made before the body crop kept every part of a body (or before an MR image was
+    normalised whole when chunked) are not reused by a rerun as if made today: those models' keys
+    are not their files' digests alone. Other models keep their keys, label maps and rows."""
+    def files_only(spec):
+        return digest([file_digest(config_file(name))
+                       for name in (spec.source, spec.class_map, *(network.classes for network in spec.networks))])
+
+    fast = load_model_spec("fast")
+    cropped = dataclasses.replace(fast, body_crop=BodyCropSpec(enabled=True))
+    assert model_config_digest(fast) == files_only(fast)
+    assert model_config_digest(cropped) != files_only(cropped)
+    assert model_config_digest(load_model_spec("total_mr")) != files_only(load_model_spec("total_mr"))
 
 
 def test_body_crop_runs_in_the_segmenter_and_leaves_air_unlabelled(weights):
