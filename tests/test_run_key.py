@@ -274,6 +274,38 @@ def test_a_series_uid_filled_in_later_for_the_same_series_keeps_the_row(
     assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uid)  # and keeps its digest from now on
 
 
+def test_a_row_recorded_with_its_series_uid_in_clear_gets_the_digest_when_it_leaves_the_manifest(
+        inputs: dict[str, Path], examples: Path, tmp_path: Path, prefect_server: str) -> None:
+    """A row of an earlier version that a rerun keeps but no longer lists (in_manifest false) has
+    no manifest UID to match: it is kept with the digest of the UID it recorded, not the UID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "one_series"
+    folder.mkdir()
+    uid = generate_uid()
+    for source in sorted((examples / "example_ct_dicom").iterdir()):
+        dataset = pydicom.dcmread(source)
+        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = uid, generate_uid()
+        dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
+    shutil.copy(examples / "example_seg_dicom.nii.gz", tmp_path / "seg.nii.gz")
+    manifest, out = tmp_path / "scans.csv", tmp_path / "results"
+    other = "other,one_series,,seg.nii.gz,50,M\n"
+    manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,one_series,{uid},seg.nii.gz,60,F\n{other}")
+    assert _run(inputs, out, prefect_server, manifest=manifest).returncode == 0
+    part, table = next((part, table) for part in (out / "series").glob("*.parquet")  # as written before results
+                       if (table := pq.read_table(part)).num_rows)                   # kept only digests
+    uids = [uid if series_id == "ct" else None for series_id in table["series_id"].to_pylist()]
+    pq.write_table(table.set_column(table.schema.get_field_index("series_uid"), "series_uid", pa.array(uids)), part)
+    manifest.write_text(f"series_id,path,series_uid,labels,age,sex\n{other}")
+    result = _run(inputs, out, prefect_server, manifest=manifest)
+    assert result.returncode == 0, result.stderr
+    series = _series(out)
+    assert not series.loc["ct", "in_manifest"] and series.loc["ct", "series_uid"] == series_uid_digest(uid)
+    assert not any(uid in str(value) for part in (out / "series").glob("*.parquet")
+                   for value in pq.read_table(part)["series_uid"].to_pylist())
+
+
 def test_an_age_no_longer_valid_stops_the_run_and_keeps_the_row(reference: Path, inputs: dict[str, Path],
                                                                  tmp_path: Path, prefect_server: str) -> None:
     """Recomputing cannot mend an age: the run says to fix the manifest, with or without

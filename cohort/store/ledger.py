@@ -207,7 +207,8 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
                 updates.append(record.replace(**fields))
     listed = {spec.series_id for spec in specs}
     not_in_manifest = sorted(sid for sid in ledger if sid not in listed)
-    updates += [ledger[sid].replace(in_manifest=False) for sid in not_in_manifest if ledger[sid].in_manifest]
+    updates += [ledger[sid].replace(in_manifest=False, **_uids_in_clear_digested(ledger[sid]))
+                for sid in not_in_manifest if ledger[sid].in_manifest or _uids_in_clear_digested(ledger[sid])]
     return Plan(todo, already_done, changed, redo, updates, not_in_manifest, moved, gone, blocked)
 
 
@@ -217,6 +218,13 @@ def _series_uid_fields(record: SeriesRecord, spec: SeriesSpec, other_series: tup
     in_clear = [column for column in SERIES_UID_COLUMNS
                 if getattr(record, column) and not getattr(record, column).startswith(UID_DIGEST_PREFIX)]
     return {column: series_uid_digest(getattr(spec, column)) for column in (*other_series, *in_clear)}
+
+
+def _uids_in_clear_digested(record: SeriesRecord) -> dict[str, str]:
+    """A row that left the manifest has no manifest UIDs to digest: the digests of those an earlier
+    cohort version recorded in clear (none where it holds digests already)."""
+    return {column: series_uid_digest(value) for column in SERIES_UID_COLUMNS
+            if (value := getattr(record, column)) and not value.startswith(UID_DIGEST_PREFIX)}
 
 
 def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord]) -> dict[str, InputCheck]:
