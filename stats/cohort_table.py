@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.errors import RunCannotStart
+from cohort.provenance import RunKey
 from cohort.stats.config import STATUSES, AgingConfig
 from cohort.stats.pooled import add_pooled_rows, applicable_definitions, load_pooled_definitions
 from cohort.stats.review import load_review, rejected
@@ -102,7 +103,23 @@ def load_results(results_dir: Path) -> ResultTables:
     """Read ``features/``, ``series/`` and (when present) ``review.parquet`` from a ``cohort run`` folder."""
     features = _read_dataset(Path(results_dir) / "features", FEATURE_COLUMNS)
     series = _read_dataset(Path(results_dir) / "series", SERIES_COLUMNS)
+    _check_measured_alike(series, Path(results_dir))
     return ResultTables(features=features, series=series, review=load_review(Path(results_dir)))
+
+
+def _check_measured_alike(series: pd.DataFrame, results_dir: Path) -> None:
+    """Refuse rows of the study measured by different settings or rules: left by a ``--recompute
+    changed`` that was stopped, or a folder of an earlier cohort version not yet recomputed (their
+    volumes and statuses would be pooled as if measured alike)."""
+    if "run_settings" not in series.columns:
+        return
+    studied = series[(series["status"] == "done") & series.get("in_manifest", True)]
+    keys = {key.measurement for key in map(RunKey.from_json, studied["run_settings"].dropna()) if key is not None}
+    if len(keys) > 1:
+        raise ResultsTableError(f"series: the done rows were measured by {len(keys)} different measurement settings "
+                                "or rules (a stopped `cohort run --recompute changed`, or an earlier cohort version); "
+                                f"rerun `cohort run --manifest ... --out {results_dir} --recompute changed` so that "
+                                "every row is measured alike")
 
 
 def metrics_of_the_model(features: pd.DataFrame, config: AgingConfig) -> AgingConfig:

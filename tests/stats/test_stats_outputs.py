@@ -172,3 +172,23 @@ def test_summary_names_the_p_value_that_decides_agreement_with_table_s1(small_re
     lines = run_stats(small_results_dir, tmp_path / "aging", figures="none").summary.read_text().splitlines()
     line = next(line for line in lines if line.startswith("- Kruskal-Wallis vs the paper's Table S1"))
     assert "here: the Benjamini-Hochberg FDR-adjusted p (`p_fdr`) < 0.05" in line, line
+
+
+def test_rows_measured_by_different_settings_are_refused(small_results_dir: Path, tmp_path: Path) -> None:
+    """A stopped ``--recompute changed`` leaves rows of two measurement rules: not one study."""
+    import json
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(small_results_dir, results)
+    series = pd.read_parquet(results / "series")
+    key = {"model": "fast", "model_config": "a", "weights": "b"}
+    series["run_settings"] = [json.dumps({**key, "measurement": "old" if i % 3 else "new"}) for i in range(len(series))]
+    for part in (results / "series").glob("*.parquet"):
+        part.unlink()
+    series.to_parquet(results / "series" / "part-0.parquet")
+    with pytest.raises(ResultsTableError, match="measured by 2 different measurement settings or rules"):
+        run_stats(results, tmp_path / "aging")
+    series["run_settings"] = json.dumps({**key, "measurement": "new"})
+    series.to_parquet(results / "series" / "part-0.parquet")
+    assert run_stats(results, tmp_path / "aging", figures="none").summary.exists()
