@@ -243,20 +243,33 @@ def test_done_rows_whose_inputs_are_gone_are_kept(reference: Path, inputs: dict[
     pd.testing.assert_frame_equal(_features(out), before)
 
 
-def test_a_series_uid_filled_in_later_for_the_same_series_keeps_the_row(
-        inputs: dict[str, Path], examples: Path, tmp_path: Path, prefect_server: str) -> None:
-    """A manifest made again by ``cohort manifest`` names the folder's one series by its UID: the
-    same bytes, so the row stands and records the UID."""
+def _one_uid_series(examples: Path, folder: Path) -> str:
+    """The example DICOM series written into ``folder`` under a new SeriesInstanceUID (returned)."""
     import pydicom
     from pydicom.uid import generate_uid
 
-    folder = tmp_path / "one_series"
     folder.mkdir()
     uid = generate_uid()
     for source in sorted((examples / "example_ct_dicom").iterdir()):
         dataset = pydicom.dcmread(source)
         dataset.SeriesInstanceUID, dataset.SOPInstanceUID = uid, generate_uid()
         dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
+    return uid
+
+
+def _record_uids_in_clear(out: Path, uids: dict[str, str]) -> None:
+    """Rewrite the ``series/`` part holding the rows as an earlier cohort wrote it: the UIDs in clear."""
+    part, table = next((part, table) for part in (out / "series").glob("*.parquet")
+                       if (table := pq.read_table(part)).num_rows)
+    column = [uids.get(series_id) for series_id in table["series_id"].to_pylist()]
+    pq.write_table(table.set_column(table.schema.get_field_index("series_uid"), "series_uid", pa.array(column)), part)
+
+
+def test_a_series_uid_filled_in_later_for_the_same_series_keeps_the_row(
+        inputs: dict[str, Path], examples: Path, tmp_path: Path, prefect_server: str) -> None:
+    """A manifest made again by ``cohort manifest`` names the folder's one series by its UID: the
+    same bytes, so the row stands and records the UID."""
+    uid = _one_uid_series(examples, tmp_path / "one_series")
     shutil.copy(examples / "example_seg_dicom.nii.gz", tmp_path / "seg.nii.gz")
     manifest, out = tmp_path / "scans.csv", tmp_path / "results"
     for named in ("", uid):
@@ -265,9 +278,7 @@ def test_a_series_uid_filled_in_later_for_the_same_series_keeps_the_row(
         assert result.returncode == 0, result.stderr
     assert "0 series to process, 1 already done" in " ".join(result.stderr.split())
     assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uid)
-    part, table = next((part, table) for part in (out / "series").glob("*.parquet")  # as written before results
-                       if (table := pq.read_table(part)).num_rows)                   # kept only digests
-    pq.write_table(table.set_column(table.schema.get_field_index("series_uid"), "series_uid", pa.array([uid])), part)
+    _record_uids_in_clear(out, {"ct": uid})
     older = _run(inputs, out, prefect_server, manifest=manifest)
     assert older.returncode == 0 and "0 series to process, 1 already done" in " ".join(older.stderr.split())
     assert "contents unchanged" not in older.stderr, older.stderr
@@ -278,25 +289,13 @@ def test_a_row_recorded_with_its_series_uid_in_clear_gets_the_digest_when_it_lea
         inputs: dict[str, Path], examples: Path, tmp_path: Path, prefect_server: str) -> None:
     """A row of an earlier version that a rerun keeps but no longer lists (in_manifest false) has
     no manifest UID to match: it is kept with the digest of the UID it recorded, not the UID."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    folder = tmp_path / "one_series"
-    folder.mkdir()
-    uid = generate_uid()
-    for source in sorted((examples / "example_ct_dicom").iterdir()):
-        dataset = pydicom.dcmread(source)
-        dataset.SeriesInstanceUID, dataset.SOPInstanceUID = uid, generate_uid()
-        dataset.save_as(folder / f"{dataset.SOPInstanceUID}.dcm")
+    uid = _one_uid_series(examples, tmp_path / "one_series")
     shutil.copy(examples / "example_seg_dicom.nii.gz", tmp_path / "seg.nii.gz")
     manifest, out = tmp_path / "scans.csv", tmp_path / "results"
     other = "other,one_series,,seg.nii.gz,50,M\n"
     manifest.write_text(f"series_id,path,series_uid,labels,age,sex\nct,one_series,{uid},seg.nii.gz,60,F\n{other}")
     assert _run(inputs, out, prefect_server, manifest=manifest).returncode == 0
-    part, table = next((part, table) for part in (out / "series").glob("*.parquet")  # as written before results
-                       if (table := pq.read_table(part)).num_rows)                   # kept only digests
-    uids = [uid if series_id == "ct" else None for series_id in table["series_id"].to_pylist()]
-    pq.write_table(table.set_column(table.schema.get_field_index("series_uid"), "series_uid", pa.array(uids)), part)
+    _record_uids_in_clear(out, {"ct": uid})
     manifest.write_text(f"series_id,path,series_uid,labels,age,sex\n{other}")
     result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 0, result.stderr
