@@ -179,7 +179,9 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             with timer.stage("load_model"):
                 try:
                     segmenter = load_segmenter(context.model, context.device, context.device_settings)
-                except RunCannotStart as error:  # a broken weights folder: not this series' failure
+                except RunCannotStart as error:  # weights that do not fit: not this series' failure
+                    if is_out_of_memory(error):
+                        raise  # a crowded GPU at load: retried as out of memory, below
                     return dataclasses.replace(failed_result(spec, str(error), attempt, timer, started),
                                                model_failed=True)
             with timer.stage("segment"):

@@ -138,7 +138,8 @@ MEASUREMENT_RULES = 2
 """Version of how cohort measures, in the run key so that rows measured by other rules are not
 mixed with new ones: 2 = voxel volume from the affine's determinant (sheared grids), the padding
 around a circular field as an edge of the field of view (``measure.fov_edge``), fat fractions of
-non-negative signals."""
+non-negative signals; the same day's ingest fix (DICOM padding masked slice by slice) reaches the
+measurements of a recomputed row through it, while its stored label map is reused."""
 
 
 def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int, fov_edge: str) -> str:

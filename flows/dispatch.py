@@ -2,7 +2,7 @@
 
 Why not one Prefect task per series: routing each task run through Dask costs about 100 ms
 per series and 80 KB of driver memory (docs/performance.md); plain Dask futures cost a few
-milliseconds. Submitting a sliding window (workers x ``max_in_flight_per_worker``) keeps the
+milliseconds. Submitting a sliding window (worker threads x ``max_in_flight_per_worker``) keeps the
 scheduler small and the driver's memory flat however long the manifest is.
 
 Faults, each retried ``execution.retries`` times and then written as a ``failed`` row:

@@ -83,7 +83,10 @@ def cohort_run(run: PreparedRun, client: Client, on_result: Callable[[SeriesResu
     except RunCannotStart as error:
         logger.info("stopped early: %s", error)
         if writer.pending and not isinstance(error, OutputWriteFailed):  # keep what finished before the stop
-            write_batch(quote(writer))
+            failed = write_batch(quote(writer))
+            if failed is not None:
+                error = RunCannotStart(f"{error}; the series finished before the stop could not be written either: "
+                                       f"{failed}")
         return StoppedEarly(error)
     if summary.failures:
         record_failures(summary)

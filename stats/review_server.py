@@ -102,7 +102,7 @@ class ReviewSite:
         back = f"/series/{urllib.parse.quote(series_id)}"
         values = [c for c in ("mean_hu", "mean_intensity", "fat_fraction") if c in rows and rows[c].notna().any()]
         table = _escaped(rows[["structure", "status", "volume_ml", *values, "lower_bound_ml"]])  # HU for CT, intensity for MR
-        table["decide"] = [self._form(series_id, s, back) for s in table["structure"]]
+        table["decide"] = [self._form(series_id, s, back) for s in rows["structure"]]  # _form escapes them itself
         flagged = self.queue.flag_rows[self.queue.flag_rows["series_id"] == series_id]
         body = [_table(facts), f"<h2>Whole series</h2>{self._form(series_id, None, back)}",
                 self._image(series_id, None)]

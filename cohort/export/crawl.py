@@ -10,7 +10,7 @@ UID as one series, as ``cohort run`` does.
 
 The rows are kept in a cache table (Parquet, beside the index): a rerun stats every file and
 reads again only those that are new or whose size or mtime changed, and those it could not open
-(``unreadable (...)``: permissions or a network file system, fixed without touching the file);
+(``cannot open (...)``: permissions or a network file system, fixed without touching the file);
 the cache is dropped when the pseudonym key changed.
 """
 
@@ -45,7 +45,7 @@ CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
-RETRIED_ERROR = "unreadable ("  # not the file's content: read again on every crawl
+RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
 FORMAT = b"4"  # 3: ages in completed years, descriptions without the name; 4: every name part (older: read again)
 
 
@@ -135,6 +135,8 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
             problem = truncated_pixel_data(header, handle)
     except pydicom.errors.InvalidDicomError:
         return {"error": "not DICOM (no DICM prefix)"}
+    except OSError as exc:  # not the file's content: permissions, a network file system
+        return {"error": f"{RETRIED_ERROR}{type(exc).__name__})"}
     except UNREADABLE as exc:
         return {"error": f"unreadable ({type(exc).__name__})"}
     if problem:

@@ -101,25 +101,29 @@ class NetworkPredictor:
             self._parameters_loaded = True
 
     def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
-        """Labels (uint8, x, y, z) of an int32 image on the model grid.
+        """Labels (x, y, z; uint8, uint16 above 256 classes) of an int32 image on the model grid.
 
         The whole image is preprocessed at once, so nnU-Net's crop and intensity normalisation see
         all of it (an MR network's z-score is the image's mean and deviation, not a chunk's); only
         the sliding window of a large image runs in overlapping z-chunks of the preprocessed image.
-        Networks whose labels nnU-Net converts (regions, or logits resampled to another grid) are
-        chunked before preprocessing instead."""
-        data, properties = self.preprocess(image, spacing)
+        Networks whose labels nnU-Net converts (regions, or logits resampled to the plans' grid) are
+        chunked before preprocessing instead, so each chunk is normalised on its own there."""
         max_voxels = self.spec.chunking.max_voxels
-        if self._converted_by_nnunet(data, properties):
+        if self._predictor.label_manager.has_regions or self._resampled_by_nnunet(spacing):
             chunks = plan_chunks(image.shape, max_voxels, overlap)
-            if len(chunks) > 1:
-                return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
-            return self._uncropped(self._labels_converted_by_nnunet(data, properties), properties)
+            return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
+        data, properties = self.preprocess(image, spacing)
         z = list(self._predictor.plans_manager.transpose_forward).index(0)  # the image's z in nnU-Net's axes
         planes = data[0].movedim(z, -1)
         cropped = predict_in_chunks(planes, plan_chunks(tuple(planes.shape), max_voxels, overlap),
                                     lambda slab: np.moveaxis(self._argmax_labels(slab.movedim(-1, z)[None].contiguous()), z, -1))
         return self._uncropped(np.moveaxis(cropped, -1, z), properties)
+
+    def _resampled_by_nnunet(self, spacing: tuple[float, float, float]) -> bool:
+        """Whether nnU-Net's preprocessing resamples an image of ``spacing`` (x, y, z) to its plans'."""
+        zyx = (spacing[2], spacing[1], spacing[0])
+        transposed = [zyx[axis] for axis in self._predictor.plans_manager.transpose_forward]
+        return not np.allclose(transposed, self._predictor.configuration_manager.spacing)
 
     def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         data, properties = self.preprocess(image, spacing)

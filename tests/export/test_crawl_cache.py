@@ -32,7 +32,7 @@ def test_a_file_that_could_not_be_opened_is_read_again_on_the_next_crawl(example
     with monkeypatch.context() as patched:
         patched.setattr(crawl_module, "open", refusing_open, raising=False)
         first = crawl(root, cache, KEY)
-    assert first.files["error"].tolist().count("unreadable (PermissionError)") == 1
+    assert first.files["error"].tolist().count("cannot open (PermissionError)") == 1
 
     again = crawl(root, cache, KEY)
     assert again.files["error"].isna().all(), again.files[["file", "error"]]

@@ -155,6 +155,8 @@ def test_a_structure_name_is_shown_as_text_not_run_as_markup(tmp_path: Path) -> 
     site = ReviewSite.load(results_dir)
     page = site.series_page(str(features["series_id"].iloc[0]))
     assert hostile not in page and html.escape(hostile) in page
+    # escaped once: the form posts the name itself back, so that the decision applies to its rows
+    assert f'name="structure" value="{html.escape(hostile)}"' in page
 
 
 def test_review_of_a_run_where_every_series_failed_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
