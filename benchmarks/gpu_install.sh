@@ -98,7 +98,7 @@ compile_s = time.perf_counter() - started
 MODULES = """cohort cohort.cli cohort.api cohort.driver cohort.pipeline cohort.flows.run_flow cohort.flows.clusters
 cohort.flows.prefect_server cohort.flows.cuda cohort.segmentation.segmenter cohort.testing.weights cohort.testing.parity
 cohort.ingest.dicom cohort.store
-numpy scipy pandas pyarrow torch SimpleITK nibabel pydicom zarr numcodecs dask distributed dask_cuda
+numpy scipy pandas pyarrow torch SimpleITK nibabel pydicom zarr numcodecs dask distributed
 nnunetv2 nnunetv2.inference.predict_from_raw_data batchgenerators batchgeneratorsv2 acvl_utils
 dynamic_network_architectures blosc2 cc3d
 prefect prefect.flows prefect.server.api.server uvicorn fastapi starlette sqlalchemy aiosqlite alembic
@@ -115,10 +115,11 @@ if failed:
     for line in failed:
         print("  " + line, file=sys.stderr)
     sys.exit(1)
-try:
+try:  # only the one-worker-per-GPU runs need it; the rest of the check runs without
     from dask_cuda import LocalCUDACluster  # noqa: F401
 except Exception as error:
-    sys.exit(f"gpu_install: FAILED: from dask_cuda import LocalCUDACluster: {error!r}")
+    print(f"gpu_install: WARNING: from dask_cuda import LocalCUDACluster: {error!r}; the cohort_run_* steps "
+          "with one worker per GPU will fail, the others run", file=sys.stderr)
 
 # Bundled packages whose requirements the machine does not meet (a warning: the device's own
 # versions are used for everything not bundled).

@@ -30,6 +30,7 @@ from cohort.flows.alone import SHARED_GPU_ENV, shared_gpu_path
 from cohort.flows.clusters import local_worker_settings
 from cohort.flows.job_gpus import listed_devices
 from cohort.flows.resources import Resources, usable_cpus, usable_memory_bytes, warn_if_short_of_memory
+from cohort.signals import WORKER_PRELOAD
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,9 @@ def cuda_cluster(workers: int | None, workers_per_gpu: int = 1, series_slots: in
         except ImportError:
             raise RunCannotStart("--cluster cuda needs dask-cuda for one worker per GPU: pip install 'cohort[cuda]' "
                                  "(or execution.workers_per_gpu > 1, or --cluster local)") from None
+        # dask-cuda passes its workers an explicit preload list, so the config's preload (Ctrl-C left
+        # to the driver) must be given here too; dask-cuda appends its own after it
         cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=series_slots,
                                    memory_limit=resources.memory_limit_bytes, dashboard_address="127.0.0.1:0",
-                                   silence_logs=logging.ERROR)
+                                   silence_logs=logging.ERROR, preload=[WORKER_PRELOAD])
     return cluster, devices

@@ -39,11 +39,12 @@ def totalsegmentator_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_totalsegmentator(ct: Path, out: Path, env: dict[str, str], options: list[str], device: str = "cpu") -> None:
+def run_totalsegmentator(ct: Path, out: Path, env: dict[str, str], options: list[str], device: str = "cpu",
+                         timeout_s: float | None = None) -> None:
     """``TotalSegmentator -i ct -o out --ml -d <device> <options>`` (``device``: ``cpu`` or ``gpu``);
-    raises with its output on failure."""
+    raises with its output on failure, or ``subprocess.TimeoutExpired`` after ``timeout_s``."""
     command = [*totalsegmentator_command(), "-i", str(ct), "-o", str(out), "--ml", "-d", device, *options]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 

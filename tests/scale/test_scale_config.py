@@ -133,3 +133,19 @@ def test_a_slurm_file_that_leaves_keys_out_gets_the_shipped_files_values(tmp_pat
     path.write_text("queue: gpu\n")
     shipped = dataclasses.replace(load_slurm_config(), queue="gpu", source=str(path))
     assert load_slurm_config(str(path)) == shipped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(visible_gpus() == 0, reason="needs a CUDA GPU")
+def test_dask_cuda_workers_leave_ctrl_c_to_the_driver() -> None:
+    """dask-cuda gives its workers an explicit preload list, which hides the config's: the one
+    worker per GPU must still ignore SIGINT and SIGTERM (the driver stops them)."""
+    pytest.importorskip("dask_cuda")
+    import signal
+
+    from cohort.config import ExecutionConfig
+    from cohort.flows.clusters import open_client
+
+    with open_client("cuda", None, ExecutionConfig(workers_per_gpu=1)) as client:
+        ignored = client.run(lambda: all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)))
+    assert ignored and all(ignored.values()), ignored

@@ -102,6 +102,10 @@ def test_gpu_labels_agree_with_the_cpu(fast_spec, fast_weights, example_sm) -> N
         gpu = get_segmenter(fast_spec, fast_weights, "cuda:0", DeviceSettings(precision)).segment(example_sm)
         assert gpu.label_map.labels.dtype == cpu.dtype and gpu.label_map.labels.shape == cpu.shape
         assert (gpu.label_map.labels == cpu).mean() >= 0.99, precision
+    chunked = dataclasses.replace(fast_spec, chunking=ChunkSpec(max_voxels=122 * 101 * 12, overlap_mm=9))
+    cpu = Segmenter(chunked, fast_weights, resolve_device("cpu")).segment(example_sm).label_map.labels
+    gpu = Segmenter(chunked, fast_weights, resolve_device("cuda:0")).segment(example_sm).label_map.labels
+    assert (gpu == cpu).mean() >= 0.99, "z-chunks of the preprocessed image on the device"
 
 
 @pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (3.6, 3.6, 3.6)], ids=["plans_spacing", "other_spacing"])
