@@ -39,14 +39,16 @@ TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfRefer
         "PatientBirthDate", "PatientSex", "StudyDate", "SeriesDate", "AcquisitionDate", "Modality", "ImageType",
         "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
         "BitsAllocated", "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP",
-        "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientName")
+        "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientName", "OtherPatientIDs",
+        "AccessionNumber")
 FILE_COLUMNS = ("file", "size", "mtime_ns")
 CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
-FORMAT = b"4"  # 3: ages in completed years, descriptions without the name; 4: every name part (older: read again)
+FORMAT = b"5"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
+# other patient IDs and accession number too (older: read again)
 
 
 @dataclass(frozen=True)
@@ -220,20 +222,38 @@ def _sex(header: pydicom.Dataset) -> str:
 
 
 def _free_text(header: pydicom.Dataset, tag: str) -> str:
-    """A free-text field with the patient's name parts and ID starred out: operators type them into
-    series descriptions.
+    """A free-text field with the patient's name parts, IDs (PatientID, OtherPatientIDs), the
+    accession number and the birth date (as operators write dates) starred out: operators type
+    them into series descriptions.
 
     >>> header = pydicom.Dataset.from_json({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
     ...                                     "0008103E": {"vr": "LO", "Value": ["CT Body 3.0 DOE_JANE Doedel"]}})
     >>> _free_text(header, "SeriesDescription")
     'CT Body 3.0 *_* Doedel'
+    >>> header.PatientBirthDate, header.AccessionNumber = "19580312", "A-77"
+    >>> header.SeriesDescription = "CT 12.03.1958 1958-03-12 12/3/58 A-77 3.0"
+    >>> _free_text(header, "SeriesDescription")
+    'CT * * * * 3.0'
     """
     text = _text(header, tag)
     # name parts: components (^), groups (=: alphabetic, ideographic, phonetic), hyphenated and other words
     names = {part for part in re.split(r"[\W_]+", _text(header, "PatientName")) if len(part) >= 2}
-    for identifier in sorted(names | {_text(header, "PatientID")} - {""}, key=len, reverse=True):
+    identifiers = {_text(header, "PatientID"), _text(header, "AccessionNumber"), *_values(header, "OtherPatientIDs")}
+    for identifier in sorted(names | identifiers - {""}, key=len, reverse=True):
         text = re.sub(rf"(?<![^\W_]){re.escape(identifier)}(?![^\W_])", "*", text, flags=re.IGNORECASE)
+    birth = _date(_text(header, "PatientBirthDate"))
+    if birth is not None:
+        text = re.sub(rf"(?<![^\W_])(?:{_date_pattern(birth)})(?![^\W_])", "*", text)
     return text
+
+
+def _date_pattern(day: date) -> str:
+    """``day`` as people write it: year first (``19580312``, ``1958-03-12``), day first (``12.03.1958``,
+    ``12/3/58``) or month first (``03/12/1958``), with ``-``, ``.``, ``/`` or a space, leading zeros optional."""
+    y, yy, m, d = f"{day.year:04d}", f"{day.year % 100:02d}", f"0?{day.month}", f"0?{day.day}"
+    year, sep = f"(?:{y}|{yy})", r"[-./ ]"
+    return "|".join((f"{y}{day.month:02d}{day.day:02d}", f"{y}{sep}{m}{sep}{d}", f"{d}{sep}{m}{sep}{year}",
+                     f"{m}{sep}{d}{sep}{year}"))
 
 
 def _text(header: pydicom.Dataset, tag: str) -> str:
