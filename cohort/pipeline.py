@@ -216,7 +216,8 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         n_structures_ok=int(sum(status == OK for status in features["status"].to_pylist())),
         reused_label_map=reused, seconds_segment=0.0 if reused else timer.seconds.get("segment"),
         run_key=key.digest, run_settings=key.to_json(), input_fingerprint=fingerprint,
-        input_content=content)
+        input_content=content, **{column: series_uid_digest(getattr(spec, column), content)
+                                   for column in SERIES_UID_COLUMNS})
     return SeriesResult(record, features)
 
 
@@ -323,7 +324,6 @@ def _series_record(spec: SeriesSpec, subject: Subject, status: str, error: str |
                    started: float, attempt: int) -> SeriesRecord:
     return SeriesRecord(
         series_id=spec.series_id, status=status, error=error, attempts=attempt,
-        **{column: series_uid_digest(getattr(spec, column)) for column in SERIES_UID_COLUMNS},
         **manifest_fields(spec, subject),
         worker=socket.gethostname(), cohort_version=cohort.__version__, nnunet_version=_nnunet_version(),
         finished_at=datetime.now(timezone.utc).replace(microsecond=0),

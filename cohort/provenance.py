@@ -23,6 +23,7 @@ hash of gigabytes of checkpoints would.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -43,21 +44,27 @@ def digest(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-UID_DIGEST_PREFIX = "sha256:"
+UID_DIGEST_PREFIX = "hmac:"
 
 
-def series_uid_digest(uid: str | None) -> str | None:
-    """What ``series/`` records of a manifest's series UID: a digest, enough to notice that a
-    rerun names another series under the same path. A DICOM UID can carry the institution's
-    root, the scanner's serial number and the acquisition time, and looks the series up in the
-    PACS: results keep none of that (the manifest links a ``series_id`` to its series)."""
-    return None if uid is None else UID_DIGEST_PREFIX + hashlib.sha256(uid.encode()).hexdigest()[:16]
+def series_uid_digest(uid: str | None, content: str | None) -> str | None:
+    """What ``series/`` records of a manifest's series UID: a digest keyed with the row's
+    ``input_content``, enough to notice that a rerun names another series under the same path.
+
+    A DICOM UID can carry the institution's root, the scanner's serial number and the acquisition
+    time, and looks the series up in the PACS; a plain hash of it would still link a results row
+    to its series for anyone holding a list of UIDs (another release of the same images, a RIS).
+    Keyed with the digest of the series' bytes, it links only for a holder of those very bytes,
+    who could match ``input_content`` anyway. None without a UID or a content digest."""
+    if uid is None or not content or content == UNREADABLE_CONTENT:
+        return None
+    return UID_DIGEST_PREFIX + hmac.new(content.encode(), uid.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def same_series_uid(recorded: str | None, uid: str | None) -> bool:
-    """Whether a ``series/`` row's recorded series UID is the manifest's ``uid``: its digest, or
-    the UID itself in rows written before results kept only digests."""
-    return recorded == series_uid_digest(uid) or (recorded is not None and recorded == uid)
+def same_series_uid(recorded: str | None, uid: str | None, content: str | None) -> bool:
+    """Whether a ``series/`` row's recorded series UID is the manifest's ``uid``: its digest (keyed
+    with the row's recorded ``content``), or the UID itself in rows of versions that kept it."""
+    return recorded == series_uid_digest(uid, content) or (recorded is not None and recorded == uid)
 
 
 def file_digest(path: Path) -> str:

@@ -277,12 +277,13 @@ def test_a_series_uid_filled_in_later_for_the_same_series_keeps_the_row(
         result = _run(inputs, out, prefect_server, manifest=manifest)
         assert result.returncode == 0, result.stderr
     assert "0 series to process, 1 already done" in " ".join(result.stderr.split())
-    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uid)
+    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uid, _series(out).loc["ct", "input_content"])
     _record_uids_in_clear(out, {"ct": uid})
     older = _run(inputs, out, prefect_server, manifest=manifest)
     assert older.returncode == 0 and "0 series to process, 1 already done" in " ".join(older.stderr.split())
     assert "contents unchanged" not in older.stderr, older.stderr
-    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uid)  # and keeps its digest from now on
+    kept = _series(out).loc["ct"]
+    assert kept["series_uid"] == series_uid_digest(uid, kept["input_content"])  # and keeps its digest from now on
 
 
 def test_a_row_recorded_with_its_series_uid_in_clear_gets_the_digest_when_it_leaves_the_manifest(
@@ -300,7 +301,8 @@ def test_a_row_recorded_with_its_series_uid_in_clear_gets_the_digest_when_it_lea
     result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 0, result.stderr
     series = _series(out)
-    assert not series.loc["ct", "in_manifest"] and series.loc["ct", "series_uid"] == series_uid_digest(uid)
+    assert not series.loc["ct", "in_manifest"]
+    assert series.loc["ct", "series_uid"] == series_uid_digest(uid, series.loc["ct", "input_content"])
     assert not any(uid in str(value) for part in (out / "series").glob("*.parquet")
                    for value in pq.read_table(part)["series_uid"].to_pylist())
 
@@ -375,7 +377,7 @@ def test_another_series_uid_is_another_input(inputs: dict[str, Path], examples: 
     result = _run(inputs, out, prefect_server, manifest=manifest)
     assert result.returncode == 2, result.stderr
     assert "series_uid (another DICOM series under the row's path): 1 series" in " ".join(result.stderr.split())
-    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uids[0])
+    assert _series(out).loc["ct", "series_uid"] == series_uid_digest(uids[0], _series(out).loc["ct", "input_content"])
 
 
 def test_a_run_after_one_whose_clock_was_ahead_still_writes_the_newest_rows(

@@ -217,13 +217,14 @@ def _series_uid_fields(record: SeriesRecord, spec: SeriesSpec, other_series: tup
     same contents, and where an earlier cohort version recorded the UID itself."""
     in_clear = [column for column in SERIES_UID_COLUMNS
                 if getattr(record, column) and not getattr(record, column).startswith(UID_DIGEST_PREFIX)]
-    return {column: series_uid_digest(getattr(spec, column)) for column in (*other_series, *in_clear)}
+    return {column: series_uid_digest(getattr(spec, column), record.input_content)
+            for column in (*other_series, *in_clear)}
 
 
 def _uids_in_clear_digested(record: SeriesRecord) -> dict[str, str]:
     """A row that left the manifest has no manifest UIDs to digest: the digests of those an earlier
     cohort version recorded in clear (none where it holds digests already)."""
-    return {column: series_uid_digest(value) for column in SERIES_UID_COLUMNS
+    return {column: series_uid_digest(value, record.input_content) for column in SERIES_UID_COLUMNS
             if (value := getattr(record, column)) and not value.startswith(UID_DIGEST_PREFIX)}
 
 
@@ -238,7 +239,8 @@ def _check_inputs(done_specs: list[SeriesSpec], ledger: dict[str, SeriesRecord])
         record = ledger[spec.series_id]
         columns = SERIES_UID_COLUMNS if record.records_content else ["series_uid"]  # older rows: this one
         other_series[spec.series_id] = tuple(c for c in columns
-                                             if not same_series_uid(getattr(record, c), getattr(spec, c)))
+                                             if not same_series_uid(getattr(record, c), getattr(spec, c),
+                                                                    record.input_content))
     differing = [spec for spec in done_specs if ledger[spec.series_id].records_content and (
         ledger[spec.series_id].input_fingerprint != fingerprints[spec.series_id] or other_series[spec.series_id])]
     if differing:
