@@ -136,9 +136,9 @@ def test_padding_does_not_make_an_mr_look_like_ct(tmp_path: Path, examples: Path
 
 
 def _write_ct_series(folder: Path, stored: np.ndarray, padding_tags: dict[str, int],
-                     intercepts: tuple[int, ...] = (-1024,)) -> Path:
+                     intercepts: tuple[int, ...] = (-1024,), modality: str = "CT") -> Path:
     """A CT series as real DICOM files: ``stored`` is (z, y, x) int16; slice k has RescaleIntercept
-    ``intercepts[k % len(intercepts)]``."""
+    ``intercepts[k % len(intercepts)]`` (``modality``: the Modality tag)."""
     folder.mkdir(parents=True)
     study, series = generate_uid(), generate_uid()
     for k, pixels in enumerate(stored):
@@ -149,7 +149,7 @@ def _write_ct_series(folder: Path, stored: np.ndarray, padding_tags: dict[str, i
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = "CT", study, series, k + 1
+        ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = modality, study, series, k + 1
         ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * k], [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 2.0
         ds.Rows, ds.Columns = pixels.shape
@@ -199,6 +199,20 @@ def test_dicom_pixel_padding_is_masked_on_slices_of_another_rescale(tmp_path: Pa
     outside_xyz = np.transpose(outside, (2, 1, 0))
     assert np.all(volume.hu[outside_xyz] == AIR_HU), np.unique(volume.hu[outside_xyz])
     assert np.array_equal(volume.hu[~outside_xyz], np.transpose(hu, (2, 1, 0))[~outside_xyz])
+
+
+def test_an_mr_series_declaring_padding_gets_no_signal_there_not_ct_air(tmp_path: Path) -> None:
+    """An MR series may declare PixelPaddingValue 0 (its background): those voxels become 0, not
+    -1024 HU, which fed the MR network and every structure's intensities a CT's air value."""
+    signal = np.zeros((6, 32, 32), np.int16)
+    signal[:, 8:24, 8:24] = 300 + np.arange(16, dtype=np.int16)
+    folder = _write_ct_series(tmp_path / "mr", signal, {"PixelPaddingValue": 0}, (0,), modality="MR")
+    volume = load_ct(folder, modality="MR")
+    assert volume.hu.min() == 0 and np.array_equal(volume.hu, np.transpose(signal, (2, 1, 0)))
+    organ = np.zeros(volume.hu.shape, np.uint8)
+    organ[6:26, 6:26, :] = 1  # reaches into the background
+    measured = measure_structures(volume.hu, organ, volume.grid.voxel_volume_ml, 2)
+    assert measured.mean_hu[1] == pytest.approx(np.transpose(signal, (2, 1, 0))[organ == 1].mean())
 
 
 PATIENT = "DOE_JOHN_12345"

@@ -15,7 +15,7 @@ from cohort.ingest.checks import align_image, align_labels, check_is_ct, check_m
 from cohort.ingest.dicom import read_ct_dicom
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import as_hu_array, is_nifti, load_label_nifti, read_nifti_array
-from cohort.ingest.padding import detect_padding, fill_padding, padding_mask
+from cohort.ingest.padding import AIR_HU, NO_SIGNAL, detect_padding, fill_padding, padding_mask
 from cohort.ingest.volume import Grid, LabelMap, Volume
 
 __all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_image", "align_labels", "check_is_ct", "check_modality",
@@ -42,5 +42,6 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
         padded = padding_mask(values, detect_padding(values))
     if modality is not None:  # None: a companion image (Dixon fat/water), judged through its series
         check_modality(Volume(hu=values, affine=affine, source=name.path, name=name.shown), modality, padded)
-    return Volume(hu=as_hu_array(fill_padding(values, padded)), affine=affine, source=name.path, name=name.shown,
-                  outside_fov=padded)
+    fill = NO_SIGNAL if modality == "MR" else AIR_HU  # an MR's padding is no signal, never CT air
+    return Volume(hu=as_hu_array(fill_padding(values, padded, fill)), affine=affine, source=name.path,
+                  name=name.shown, outside_fov=padded)

@@ -10,7 +10,10 @@ Padded voxels are therefore left out of the "is it CT" check and then set to air
 Air is what the networks see there anyway: TotalSegmentator/nnU-Net clip CT intensities to
 their training percentiles (about -1000 at the low end) before normalising, so padding and air
 are the same input to the model, and an air value keeps every later stage (resampling,
-measurement) free of extreme numbers.
+measurement) free of extreme numbers. In an MR (an MR model's image) padding is set to 0, no
+signal, instead: MR magnitudes are never negative, and -1024 would enter the networks' z-score
+normalisation and every ``*_intensity`` of a structure that reaches a padded voxel (an MR series
+may declare PixelPaddingValue 0, its background).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 AIR_HU = -1024
+NO_SIGNAL = 0  # an MR's padding: magnitude images have no negative values
 PADDING_CEILING_HU = -1500.0  # no reconstructed voxel lies this far below air (-1000 HU)
 
 
@@ -67,11 +71,12 @@ def padding_mask(values: np.ndarray, padding: Padding | None) -> np.ndarray | No
     return mask if mask.any() else None
 
 
-def fill_padding(values: np.ndarray, padded: np.ndarray | None) -> np.ndarray:
-    """``values`` with the padded voxels set to air (in place where the dtype holds -1024)."""
+def fill_padding(values: np.ndarray, padded: np.ndarray | None, fill: int = AIR_HU) -> np.ndarray:
+    """``values`` with the padded voxels set to ``fill`` (air; an MR's :data:`NO_SIGNAL`), in place
+    where the dtype holds it."""
     if padded is None:
         return values
-    if values.dtype.kind == "u":
+    if values.dtype.kind == "u" and fill < 0:
         values = values.astype(np.int32)
-    values[padded] = AIR_HU
+    values[padded] = fill
     return values
