@@ -35,7 +35,7 @@ from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import READ_ERRORS, check_header, igzip, is_nifti
 from cohort.ingest.volume import Grid
-from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, read_manifest, subject_problems
+from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, dixon_problem, read_manifest, subject_problems
 
 FILE_COLUMNS = ("path", "labels", *IMAGE_COLUMNS)  # the image first: the others are judged on its grid
 GZIP_ISIZE_BYTES = 4  # a gzip member's last field: its inflated size mod 2**32
@@ -100,6 +100,9 @@ def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None)
                                "label map" if column == "labels" else f"{column} image")
         except SeriesError as error:
             found.append(Problem(spec.line, spec.series_id, column, str(error)))
+    dixon = dixon_problem(spec)
+    if dixon:
+        found.append(Problem(spec.line, spec.series_id, "fat" if spec.fat is not None else "water", dixon))
     return found
 
 

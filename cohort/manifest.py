@@ -390,6 +390,22 @@ def subject_problems(spec: SeriesSpec) -> list[Problem]:
     return problems
 
 
+def dixon_problem(spec: SeriesSpec) -> str | None:
+    """Why the row's Dixon columns cannot give a fat fraction, from the manifest alone, or None:
+    one of ``fat`` and ``water`` without the other, or both naming one image (the same file, or the
+    same series of one folder), which gave every structure a fat fraction of 0.5 without a word."""
+    if spec.fat is None and spec.water is None:
+        return None
+    if spec.fat is None or spec.water is None:
+        given, missing = ("fat", "water") if spec.fat is not None else ("water", "fat")
+        return f"column '{given}' is given without '{missing}'; a fat fraction needs both"
+    if spec.fat.resolve() == spec.water.resolve() and spec.fat_series_uid == spec.water_series_uid:
+        return ("columns 'fat' and 'water' name the same image"
+                f"{' (the same fat_series_uid and water_series_uid)' if spec.fat_series_uid else ''}; a fat "
+                "fraction needs the acquisition's fat image and its water image")
+    return None
+
+
 def validate_subject(spec: SeriesSpec) -> Subject:
     """Parse age and sex of one row, raising :class:`SeriesError` naming the row."""
     problems = subject_problems(spec)

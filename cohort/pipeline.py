@@ -24,7 +24,8 @@ import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
 from cohort.errors import OutOfMemory, RunCannotStart, SeriesError, is_out_of_memory
 from cohort.ingest import InputName, LabelMap, Volume, align_image, align_labels, load_ct, load_label_nifti
-from cohort.manifest import INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subject, subject_or_empty, validate_subject
+from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subject, dixon_problem, subject_or_empty,
+                             validate_subject)
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
@@ -261,9 +262,9 @@ def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon 
     """The row's ``fat`` and ``water`` images on the series' grid; None when the row gives neither."""
     if spec.fat is None and spec.water is None:
         return None
-    if spec.fat is None or spec.water is None:
-        given, missing = ("fat", "water") if spec.fat is not None else ("water", "fat")
-        raise SeriesError(f"{spec.where}: column '{given}' is given without '{missing}'; a fat fraction needs both")
+    problem = dixon_problem(spec)
+    if problem:
+        raise SeriesError(f"{spec.where}: {problem}")
     images = {column: align_image(volume, load_ct(InputName.in_manifest(path, spec.line, column=column),
                                                   limits, getattr(spec, f"{column}_series_uid"), modality=None), column)
               for column, path in (("fat", spec.fat), ("water", spec.water))}

@@ -90,6 +90,28 @@ def test_cohort_check_names_a_missing_dixon_image(tmp_path):
     assert [(p.column, p.series_id) for p in report.problems] == [("fat", "s1")]
 
 
+def test_dixon_columns_naming_one_image_or_one_without_the_other_fail_the_row_and_the_check(tmp_path):
+    """fat and water naming the same image gave every structure a fat fraction of 0.5, silently;
+    `cohort check` did not name a row with one of the two columns."""
+    from cohort.config import IngestConfig
+    from cohort.manifest import read_manifest
+    from cohort.pipeline import load_dixon
+
+    image = synthetic_image("MR", SHAPE, (2.0, 2.0, 3.0))
+    nib.save(image, str(tmp_path / "mr.nii.gz"))
+    nib.save(image, str(tmp_path / "water.nii.gz"))
+    (tmp_path / "scans.csv").write_text("series_id,path,fat,water\ns1,mr.nii.gz,water.nii.gz,./water.nii.gz\n"
+                                        "s2,mr.nii.gz,,water.nii.gz\ns3,mr.nii.gz,mr.nii.gz,water.nii.gz\n")
+    report = check_manifest(tmp_path / "scans.csv")
+    assert [(p.series_id, p.column) for p in report.problems] == [("s1", "fat"), ("s2", "water")]
+    assert "name the same image" in report.problems[0].reason
+    assert "'water' is given without 'fat'" in report.problems[1].reason
+    specs = read_manifest(tmp_path / "scans.csv").specs
+    volume = _volume("MR")
+    with pytest.raises(SeriesError, match=r"line 2 \(s1\): columns 'fat' and 'water' name the same image"):
+        load_dixon(specs[0], volume, IngestConfig())
+
+
 @pytest.mark.parametrize("name", ["cohort.measurement.fat_fraction", "cohort.segmentation.postprocess",
                                   "cohort.segmentation.body_crop", "cohort.testing.images"])
 def test_docstring_examples_run(name: str) -> None:
