@@ -122,6 +122,12 @@ def _check_measured_alike(series: pd.DataFrame, results_dir: Path) -> None:
                                 "every row is measured alike")
 
 
+def measures_intensities(metrics: tuple[str, ...]) -> bool:
+    """An MR study: signal intensities, no Hounsfield units and no anatomical lower bounds (the
+    paper's Table S1 is of CT volumes)."""
+    return any(metric.endswith("_intensity") for metric in metrics)
+
+
 def metrics_of_the_model(features: pd.DataFrame, config: AgingConfig) -> AgingConfig:
     """The configured metrics that the run's model measured: MR rows have intensities, never HU.
 

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy
 import statsmodels
 
-from cohort.stats.cohort_table import INCLUDED, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups
+from cohort.stats.cohort_table import INCLUDED, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups, measures_intensities
 from cohort.stats.config import STATUSES
 from cohort.stats.outputs import family_text
 from cohort.stats.study import ALL, AgingResults, unit
@@ -85,14 +85,15 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
               "last": "the last scan (oldest age) of each subject was used",
               "mean": "measurements of a subject's repeated scans were averaged"}[config.repeated_scans]
     reviewed = " Structures a reviewer rejected were also excluded." if excluded.get(REJECTED_IN_REVIEW, 0) else ""
-    pooled = (" Left/right structures were also pooled (volumes summed, attenuation volume-weighted)."
-              if config.pooled_structures else "")
+    mr = measures_intensities(config.metrics)
+    pooled = (f" Left/right structures were also pooled (volumes summed, "
+              f"{'signal intensity' if mr else 'attenuation'} volume-weighted)." if config.pooled_structures else "")
     words = [metric_words(metric) for metric in config.metrics]
     metrics = " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
     return (f"{metrics[0].upper()}{metrics[1:]} of each segmented structure were analysed against age as in "
             f"the TotalSegmentator aging study {cite('paper')}. Series were included when processing succeeded and "
             f"the age lay within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
-            f"{qc_rule(config.include_statuses, cite)}{reviewed} "
+            f"{qc_rule(config.include_statuses, cite, has_bounds=not mr)}{reviewed} "
             f"{results.table.values['series_id'].nunique()} subjects entered; {excluded.get('series_failed', 0)} "
             f"series failed processing and {excluded.get('no_age', 0)} had no age. "
             f"{exclusion_counts(results.exclusions, bool(config.pooled_structures))} "
@@ -115,15 +116,16 @@ def metric_words(metric: str) -> str:
     return f"{words} ({'0-1' if unit(metric) == 'fraction' else unit(metric)})"
 
 
-def qc_rule(include_statuses: tuple[str, ...], cite: Citations) -> str:
-    """The quality-control exclusion rule in words, from the statuses that enter.
+def qc_rule(include_statuses: tuple[str, ...], cite: Citations, has_bounds: bool = True) -> str:
+    """The quality-control exclusion rule in words, from the statuses that enter (``has_bounds``
+    False: the model has no lower bounds, an MR model, so that rule is not named).
 
     >>> qc_rule(("ok", "fov_truncated"), Citations())  # doctest: +NORMALIZE_WHITESPACE
     'A structure was excluded for a subject when its quality-control status was neither ok nor fov_truncated:
     when it was absent (no voxel segmented) or its volume was below the anatomical lower bound of [1], Table S1
     (a failed segmentation, whatever its status); structures cut off by the field of view were otherwise kept.'
     """
-    excluded = [s for s in STATUSES if s not in include_statuses]
+    excluded = [s for s in STATUSES if s not in include_statuses and (has_bounds or s != "below_lower_bound")]
     if not excluded:
         return "No structure was excluded for its quality-control status."
     what = {"ok": "it passed every quality-control check", "absent": "it was absent (no voxel segmented)",

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cohort.stats.cohort_table import measures_intensities
 from cohort.stats.config import AgingConfig
 from cohort.stats.paper import paper_kruskal_p, paper_spearman
 from cohort.stats.study import ALL, AgingResults
@@ -117,7 +118,8 @@ def summary_lines(results: AgingResults) -> list[str]:
          f"{', '.join(groups.labels)} years."),
         _significance_line(corr, kw),
         f"- Multiplicity: {family_text(config)}",
-        *(_agreement_lines(results.quartile_tests, config) if kw is not None else []),
+        *(_agreement_lines(results.quartile_tests, config)
+          if kw is not None and not measures_intensities(config.metrics) else []),  # Table S1: CT
         *selection_lines(results.selection),
         "",
         f"## Strongest age effects (top {config.summary_top_n} by |r_s|, significant only)",

@@ -42,6 +42,10 @@ def test_mr_results_are_studied_in_intensities_and_fat_fraction(tmp_path: Path) 
     used = pd.read_parquet(results / "aging" / "descriptives.parquet")
     assert "mean_hu" not in set(used["metric"])
     assert row["spearman_r"] > 0.5  # the planted rise with age
+    methods = (results / "aging" / "methods.md").read_text()
+    summary = (results / "aging" / "summary.md").read_text()
+    assert "Table S1" not in methods and "attenuation" not in methods  # CT's rules, not an MR study's
+    assert "Table S1" not in summary
 
 
 def test_a_table_mixing_ct_and_mr_is_refused(tmp_path: Path) -> None:
