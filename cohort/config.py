@@ -96,12 +96,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         lines: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, typing.Hashable) and key in lines:
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML's own constructor refuses it
+            if key in lines:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping (first on line {lines[key]})",
                     key_node.start_mark)
-            if isinstance(key, typing.Hashable):
-                lines[key] = key_node.start_mark.line + 1
+            lines[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
 

@@ -158,19 +158,20 @@ def load_folder(folder: Path, folds: list[int], checkpoint_name: str) -> LoadedF
     inputs = determine_num_input_channels(manager, configuration, dataset_json)
     heads = manager.get_label_manager(dataset_json).num_segmentation_heads
     network = build_network(checkpoint["trainer_name"], manager, configuration, inputs, heads)
-    check_folds_fit(network, folder, folds, checkpoint_name, [c["network_weights"] for c in checkpoints])
-    network.load_state_dict(checkpoint["network_weights"])
-    return LoadedFolder(network, manager, configuration, [c["network_weights"] for c in checkpoints], dataset_json,
+    parameters = [c["network_weights"] for c in checkpoints]
+    load_every_fold(network, folder, folds, checkpoint_name, parameters)
+    return LoadedFolder(network, manager, configuration, parameters, dataset_json,
                         checkpoint["trainer_name"], checkpoint.get("inference_allowed_mirroring_axes"))
 
 
-def check_folds_fit(network: torch.nn.Module, folder: Path, folds: list[int], checkpoint_name: str,
+def load_every_fold(network: torch.nn.Module, folder: Path, folds: list[int], checkpoint_name: str,
                     parameters: list[dict]) -> None:
-    """Raise ``ValueError`` naming the fold whose weights do not fit ``network``.
+    """Load each fold's weights into ``network``, the first fold's last (the network keeps them);
+    raise ``ValueError`` naming a fold whose weights do not fit.
 
     The predictor loads the other folds' weights only during a series' forward pass: a fold
     of another network (other classes or channels) would pass the load and fail every series."""
-    for fold, weights in zip(folds, parameters):
+    for fold, weights in reversed(list(zip(folds, parameters))):
         try:
             network.load_state_dict(weights)
         except RuntimeError as exc:

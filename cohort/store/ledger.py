@@ -207,18 +207,19 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
                 updates.append(record.replace(**fields))
     listed = {spec.series_id for spec in specs}
     not_in_manifest = sorted(sid for sid in ledger if sid not in listed)
-    updates += [ledger[sid].replace(in_manifest=False, **_uids_in_clear_digested(ledger[sid]))
-                for sid in not_in_manifest if ledger[sid].in_manifest or _uids_in_clear_digested(ledger[sid])]
+    for sid in not_in_manifest:
+        digested = _uids_in_clear_digested(ledger[sid])
+        if ledger[sid].in_manifest or digested:
+            updates.append(ledger[sid].replace(in_manifest=False, **digested))
     return Plan(todo, already_done, changed, redo, updates, not_in_manifest, moved, gone, blocked)
 
 
 def _series_uid_fields(record: SeriesRecord, spec: SeriesSpec, other_series: tuple[str, ...]) -> dict[str, str | None]:
-    """The series UID digests a kept row records anew: where the manifest names other UIDs for the
-    same contents, and where an earlier cohort version recorded the UID itself."""
-    in_clear = [column for column in SERIES_UID_COLUMNS
-                if getattr(record, column) and not getattr(record, column).startswith(UID_DIGEST_PREFIX)]
-    return {column: series_uid_digest(getattr(spec, column), record.input_content)
-            for column in (*other_series, *in_clear)}
+    """The series UID digests a kept row records anew: where an earlier cohort version recorded the
+    UID itself (the manifest's, since the row is kept), and where the manifest names other UIDs for
+    the same contents."""
+    return {**_uids_in_clear_digested(record),
+            **{column: series_uid_digest(getattr(spec, column), record.input_content) for column in other_series}}
 
 
 def _uids_in_clear_digested(record: SeriesRecord) -> dict[str, str]:
