@@ -47,12 +47,13 @@ from cohort.stats.triage import ReviewQueue, review_queue
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 LOCAL_NAMES = (HOST, "localhost")
-FORM = """<form method="post" action="/decide" class="decide">
-<input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">
-<input type="hidden" name="back" value="{back}"><input type="hidden" name="token" value="{token}">
-<input name="reviewer" value="{reviewer}" size="8" aria-label="reviewer" required>
-<input name="comment" placeholder="why" size="28" aria-label="comment">
-<button name="decision" value="accept">accept</button> <button name="decision" value="reject">reject</button></form>"""
+FORM = " ".join((  # one line: in a table cell pandas would show a newline as a literal "\n"
+    '<form method="post" action="/decide" class="decide">',
+    '<input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">',
+    '<input type="hidden" name="back" value="{back}"><input type="hidden" name="token" value="{token}">',
+    '<input name="reviewer" value="{reviewer}" size="8" aria-label="reviewer" required>',
+    '<input name="comment" placeholder="why" size="28" aria-label="comment">',
+    '<button name="decision" value="accept">accept</button> <button name="decision" value="reject">reject</button></form>'))
 
 
 @dataclass(frozen=True)

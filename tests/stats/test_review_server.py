@@ -157,6 +157,7 @@ def test_a_structure_name_is_shown_as_text_not_run_as_markup(tmp_path: Path) -> 
     assert hostile not in page and html.escape(hostile) in page
     # escaped once: the form posts the name itself back, so that the decision applies to its rows
     assert f'name="structure" value="{html.escape(hostile)}"' in page
+    assert "\\n<input" not in page  # the forms' line breaks are not shown as text in their cells
 
 
 def test_review_of_a_run_where_every_series_failed_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
