@@ -8,7 +8,8 @@ enough for the voxels its header claims, the voxel limit) and gzipped ones not c
 folders found as the run finds its series (``cohort.ingest.dicom.series_geometry``: one series
 per folder unless ``series_uid`` names one, slices forming one volume) and, given the model's
 modality, not tagged as the other one; label maps and Dixon images on the image's grid
-(``cohort.ingest.checks.grid_transform``). Nothing is segmented and nothing is written.
+(``cohort.ingest.checks.grid_transform``) and Dixon images of the image's study and scan
+(``cohort.ingest.checks.check_same_scan``). Nothing is segmented and nothing is written.
 
 Messages never show an absolute input path: files are named as ``cohort.ingest`` names them
 (:class:`~cohort.ingest.names.InputName`): relative to the manifest's folder when they lie
@@ -29,12 +30,12 @@ import pydicom
 
 from cohort.config import IngestConfig, load_run_config
 from cohort.errors import SeriesError
-from cohort.ingest.checks import grid_transform
-from cohort.ingest.dicom import check_declared_modality, series_geometry, truncated_pixel_data
+from cohort.ingest.checks import check_same_scan, grid_transform
+from cohort.ingest.dicom import check_declared_modality, series_geometry, series_origin, truncated_pixel_data
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import READ_ERRORS, check_header, igzip, is_nifti
-from cohort.ingest.volume import Grid
+from cohort.ingest.volume import Grid, ScanOrigin
 from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, dixon_problem, read_manifest, subject_problems
 
 FILE_COLUMNS = ("path", "labels", *IMAGE_COLUMNS)  # the image first: the others are judged on its grid
@@ -89,13 +90,16 @@ def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None)
     names = {column: InputName.in_manifest(getattr(spec, column), spec.line, column)
              for column in FILE_COLUMNS if getattr(spec, column) is not None}
     image: Grid | None = None
+    image_origin: ScanOrigin | None = None
     found: list[Problem] = []
     for column, name in names.items():
         try:
-            grid = _header_grid(spec, column, name, limits, modality)
+            grid, origin = _header_grid(spec, column, name, limits, modality)
             if column == "path":
-                image = grid
+                image, image_origin = grid, origin
             elif image is not None:
+                if column != "labels":
+                    check_same_scan(names["path"].shown, image_origin, name.shown, origin, column)
                 grid_transform(image, names["path"].shown, grid.shape, grid.affine, name.shown,
                                "label map" if column == "labels" else f"{column} image")
         except SeriesError as error:
@@ -107,23 +111,25 @@ def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None)
 
 
 def _header_grid(spec: SeriesSpec, column: str, name: InputName, limits: IngestConfig,
-                 modality: str | None) -> Grid:
-    """The grid of the file in ``column``, read as the run reads it: the label map as NIfTI, the
-    image (judged against ``modality``) and Dixon images as ``cohort.ingest.load_ct`` does."""
+                 modality: str | None) -> tuple[Grid, ScanOrigin | None]:
+    """The grid of the file in ``column`` and, for a DICOM series, its study and scan; read as the
+    run reads it: the label map as NIfTI, the image (judged against ``modality``) and Dixon images
+    as ``cohort.ingest.load_ct`` does."""
     if column == "labels":
-        return _nifti_grid(name, limits)
+        return _nifti_grid(name, limits), None
     if column == "path":
         return _image_grid(name, limits, spec.series_uid, modality)
     return _image_grid(name, limits, getattr(spec, f"{column}_series_uid"), None)
 
 
-def _image_grid(name: InputName, limits: IngestConfig, series_uid: str | None, modality: str | None) -> Grid:
+def _image_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
+                modality: str | None) -> tuple[Grid, ScanOrigin | None]:
     """What ``cohort run`` reads (``cohort.ingest.load_ct``): a DICOM series folder, else NIfTI."""
     if name.path.is_dir():
         return _dicom_grid(name, limits, series_uid, modality)
     if name.path.exists() and not is_nifti(name.path):
         raise SeriesError(f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
-    return _nifti_grid(name, limits)
+    return _nifti_grid(name, limits), None
 
 
 def _nifti_grid(name: InputName, limits: IngestConfig) -> Grid:
@@ -187,7 +193,8 @@ def _inflates_to(path: Path, needed: int) -> bool:
     return count >= needed
 
 
-def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None, modality: str | None) -> Grid:
+def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
+                modality: str | None) -> tuple[Grid, ScanOrigin]:
     """The series' grid by the run's own discovery (``cohort.ingest.dicom.series_geometry``: the
     folder's single series, or series ``series_uid`` under it; its slices checked), from headers
     only, within the voxel limit and, given ``modality``, not tagged as the other one."""
@@ -198,7 +205,7 @@ def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None, m
         check_declared_modality(name, headers.values(), modality)
     check_voxel_count(name, geometry.shape, limits)
     _check_whole_slices(name, geometry.files, headers)
-    return Grid(tuple(int(n) for n in geometry.shape), geometry.affine)
+    return Grid(tuple(int(n) for n in geometry.shape), geometry.affine), series_origin(headers.values())
 
 
 def _check_whole_slices(name: InputName, files: Sequence[str], headers: dict[str, pydicom.Dataset]) -> None:

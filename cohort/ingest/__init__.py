@@ -31,9 +31,10 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     is the model's: a CT must hold Hounsfield units, an MR must not look like a CT.
     """
     name = InputName.of(source)
-    padded = None
+    padded = origin = None
     if name.path.is_dir():
-        values, affine, padded = read_ct_dicom(name, limits, series_uid, modality)
+        series = read_ct_dicom(name, limits, series_uid, modality)
+        values, affine, padded, origin = series.values, series.affine, series.padded, series.origin
     elif is_nifti(name.path) or not name.path.exists():
         values, affine = read_nifti_array(name, limits)
     else:
@@ -44,4 +45,4 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
         check_modality(Volume(hu=values, affine=affine, source=name.path, name=name.shown), modality, padded)
     fill = NO_SIGNAL if modality == "MR" else AIR_HU  # an MR's padding is no signal, never CT air
     return Volume(hu=as_hu_array(fill_padding(values, padded, fill)), affine=affine, source=name.path,
-                  name=name.shown, outside_fov=padded)
+                  name=name.shown, outside_fov=padded, origin=origin)

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 
 from cohort.errors import SeriesError
-from cohort.ingest.volume import Grid, LabelMap, Volume
+from cohort.ingest.volume import Grid, LabelMap, ScanOrigin, Volume
 
 AIR_HU_CEILING = -200.0
 HU_RANGE = (-4096.0, 40000.0)
@@ -93,8 +93,21 @@ def align_labels(volume: Volume, label_map: LabelMap) -> LabelMap:
 
 def align_image(volume: Volume, image: Volume, role: str) -> np.ndarray:
     """The voxels of a companion ``image`` (``role``: e.g. Dixon ``fat``) on ``volume``'s grid, by the
-    same rule as :func:`align_labels`: reoriented without interpolation, or an error."""
+    same rule as :func:`align_labels`: reoriented without interpolation, or an error; also an error
+    when both are DICOM series of different studies or scans (:func:`check_same_scan`)."""
+    check_same_scan(volume.name, volume.origin, image.name, image.origin, role)
     return _on_grid(volume, image.hu, image.affine, image.name, f"{role} image")
+
+
+def check_same_scan(image_name: str, image_origin: ScanOrigin | None, name: str, origin: ScanOrigin | None,
+                    role: str) -> None:
+    """Refuse a companion image (``role``) of another study or scan than the image it goes with: a
+    Dixon fat image of last year's visit, reconstructed on the same grid, would otherwise pass
+    every geometric check and give fat fractions of two visits."""
+    problem = image_origin.mismatch(origin) if image_origin and origin else None
+    if problem:
+        raise SeriesError(f"{name}: {role} image is {problem} than the image ({image_name}); "
+                          "a row's images must come from one scan")
 
 
 def _on_grid(volume: Volume, array: np.ndarray, affine: np.ndarray, name: str, what: str) -> np.ndarray:

@@ -12,7 +12,9 @@ says so, what would make a volume silently wrong:
   spacing) or uneven spacing (a step off the median by more than ``SPACING_TOLERANCE``);
 - multi-frame (enhanced) images: refused (convert them with dcm2niix first);
 - (:func:`series_geometry`) slices without RescaleSlope/RescaleIntercept beside slices with: their
-  values would be in stored units, the others' in HU.
+  values would be in stored units, the others' in HU;
+- (:func:`series_origin`) slices of several studies or frames of reference under one series UID:
+  two scans mixed into one volume.
 
 A series whose ``Modality`` tag names the other modality than the model's (MR for a CT model,
 CT for an MR model) is refused before a voxel is read; other values (``OT`` after
@@ -24,7 +26,9 @@ affine is built from the headers. The series is the single series of a folder (G
 non-recursive, plus the images of that series GDCM skips, truncated or damaged: they are refused
 by their place in the series, never silently left out) or, when a ``series_uid`` is given, every
 file under the folder, recursively, whose SeriesInstanceUID is that one: so a folder holding
-several series, or a series split over sub-folders, is read exactly. Only voxels and geometry leave this module (patient data stays).
+several series, or a series split over sub-folders, is read exactly. Only voxels, geometry and
+digests of the study and frame of reference UIDs (:class:`~cohort.ingest.volume.ScanOrigin`) leave
+this module (patient data stays).
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ from cohort.errors import SeriesError
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
 from cohort.ingest.padding import Padding, declared_padding, padding_mask
+from cohort.ingest.volume import ScanOrigin
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item closing compressed pixels
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
                  "NumberOfFrames")
-HEADER_TAGS = GEOMETRY_TAGS + ("Modality", "SeriesInstanceUID", "SOPInstanceUID", "PixelRepresentation", "BitsAllocated",
+HEADER_TAGS = GEOMETRY_TAGS + ("Modality", "SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID",
+                               "FrameOfReferenceUID", "PixelRepresentation", "BitsAllocated",
                                "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit",
                                "SamplesPerPixel")
 GAP_FACTOR = 1.5  # a step this many times the median spacing means missing slices
@@ -194,12 +200,21 @@ def _fmt(value: tuple) -> str:
     return "x".join(f"{v:g}" for v in value)
 
 
+@dataclass(frozen=True)
+class DicomSeries:
+    """What :func:`read_ct_dicom` reads: voxels (x, y, z), RAS affine, declared padding (a mask,
+    None when no slice declares any) and where the series was acquired."""
+
+    values: np.ndarray
+    affine: np.ndarray
+    padded: np.ndarray | None
+    origin: ScanOrigin
+
+
 def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(),
-                  series_uid: str | None = None, modality: str | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The voxels, affine and declared padding (a mask, None when no slice declares any) of a DICOM
-    series: the single series of a folder, or series ``series_uid`` found anywhere under the folder.
-    ``modality`` is the model's: a series tagged as the other one is refused
+                  series_uid: str | None = None, modality: str | None = None) -> DicomSeries:
+    """A DICOM series: the single series of a folder, or series ``series_uid`` found anywhere under
+    the folder. ``modality`` is the model's: a series tagged as the other one is refused
     (:func:`check_declared_modality`)."""
     name = InputName.of(source)
     headers, geometry = series_geometry(name, series_uid)
@@ -210,7 +225,8 @@ def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(
     slices = [_read_slice(name, name.child(file, f"slice {index} of {count}")) for index, file in
               enumerate(geometry.files, 1)]
     values = np.stack(slices, axis=-1)
-    return values, geometry.affine, _declared_padding_mask(values, [headers[file] for file in geometry.files])
+    return DicomSeries(values, geometry.affine, _declared_padding_mask(values, [headers[file] for file in geometry.files]),
+                       series_origin(headers.values()))
 
 
 def _declared_padding_mask(values: np.ndarray, headers: Sequence[pydicom.Dataset]) -> np.ndarray | None:
@@ -267,9 +283,25 @@ def series_geometry(source: Path | InputName,
     try:
         geometry = slice_geometry([SliceHeader.of(header, file) for file, header in headers.items()])
         _check_rescale_declared([headers[file] for file in geometry.files])
+        series_origin(headers.values())
     except GeometryProblem as problem:
         raise SeriesError(f"{name}: {problem}") from None
     return headers, geometry
+
+
+def series_origin(headers: Iterable[pydicom.Dataset]) -> ScanOrigin:
+    """The study and frame of reference of a series' slices; :class:`GeometryProblem` when its
+    slices name several of either (two scans under one SeriesInstanceUID: one volume of two
+    patient positions). Slices without the UID are judged by the others."""
+    headers = list(headers)
+    found = {}
+    for tag, what in (("StudyInstanceUID", "studies"), ("FrameOfReferenceUID", "frames of reference")):
+        values = {str(header.get(tag) or "").strip() for header in headers} - {""}
+        if len(values) > 1:
+            raise GeometryProblem(f"slices of {len(values)} {what} ({tag}) under one series UID: two scans "
+                                  "mixed into one volume; refused")
+        found[tag] = next(iter(values), "")
+    return ScanOrigin.of(found["StudyInstanceUID"], found["FrameOfReferenceUID"])
 
 
 def _check_rescale_declared(headers: Sequence[pydicom.Dataset]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,42 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class ScanOrigin:
+    """Which study and which scan of it a DICOM series comes from, as digests of its
+    StudyInstanceUID and FrameOfReferenceUID ("" when its headers have none).
+
+    Series that belong together, a Dixon acquisition's in-phase, fat and water images, share both;
+    a series of the same grid from another visit, or from another scan of the visit, does not.
+    Digests, so that no identifier travels with the voxels.
+
+    >>> ScanOrigin.of("1.2.3", "1.2.9").mismatch(ScanOrigin.of("1.2.4", "1.2.9"))
+    'from another study (its StudyInstanceUID differs)'
+    >>> ScanOrigin.of("1.2.3", "1.2.9").mismatch(ScanOrigin.of("1.2.3", "")) is None
+    True
+    """
+
+    study: str
+    frame: str
+
+    @classmethod
+    def of(cls, study_uid: str, frame_uid: str) -> ScanOrigin:
+        return cls(_uid_digest(study_uid), _uid_digest(frame_uid))
+
+    def mismatch(self, other: ScanOrigin) -> str | None:
+        """How ``other`` comes from elsewhere than this series, or None (also when a header lacks the UID)."""
+        if self.study and other.study and self.study != other.study:
+            return "from another study (its StudyInstanceUID differs)"
+        if self.frame and other.frame and self.frame != other.frame:
+            return ("from another scan of the study (its FrameOfReferenceUID differs: the patient lay "
+                    "differently)")
+        return None
+
+
+def _uid_digest(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()[:16] if uid else ""
+
+
+@dataclass(frozen=True)
 class Volume:
     """A CT series: Hounsfield units in (x, y, z) array order, as the file stores them.
 
@@ -45,7 +82,7 @@ class Volume:
     ``outside_fov`` keeps where it was (None: no padding), so that a structure cut off by a
     circular reconstruction field is known as cut off. ``name`` is how messages show
     ``source`` (see ``cohort.ingest.names``): never its absolute path; it defaults to the last
-    component of ``source``.
+    component of ``source``. ``origin``: the study and scan of a DICOM series (None for NIfTI).
     """
 
     hu: np.ndarray
@@ -53,6 +90,7 @@ class Volume:
     source: Path
     name: str = ""
     outside_fov: np.ndarray | None = field(default=None, repr=False, compare=False)
+    origin: ScanOrigin | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:

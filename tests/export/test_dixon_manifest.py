@@ -21,7 +21,7 @@ import yaml
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cohort.config import CONFIG_DIR
-from cohort.errors import ConfigError
+from cohort.errors import ConfigError, SeriesError
 from cohort.export.policy import load_policy
 from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
@@ -192,3 +192,60 @@ def test_the_water_image_can_be_the_one_segmented(dixon_export, tmp_path: Path, 
     index = pd.read_parquet(tmp_path / "scans.index.parquet").set_index("series_uid")
     assert index.loc[uids["jane"]["in_phase"], "reason"] == "dixon: the in_phase image is not used (rows take " \
                                                             "water, fat)"
+
+
+def test_a_fat_image_of_another_study_or_scan_on_the_same_grid_is_refused(dixon_export, examples: Path,
+                                                                           tmp_path: Path) -> None:
+    """A hand-written row pairing this visit's in-phase image with a fat image of another visit (same
+    protocol, so the same grid) passed every check and gave fat fractions of two visits, silently."""
+    from cohort.check import check_manifest
+    from cohort.config import IngestConfig
+    from cohort.ingest import load_ct
+    from cohort.manifest import read_manifest
+    from cohort.pipeline import load_dixon
+
+    root, uids = dixon_export
+    slices = {role: mr_slices(examples, role) for role in ("fat", "water")}
+    other_visit = dixon_series(tmp_path / "visit2", slices, Study(JANE, date="20231208"), ("fat",), SIEMENS)["fat"]
+    moved = dixon_series(tmp_path / "moved", slices, Study(JANE, uid=_study_uid(root / "jane" / "station1" / "fat")),
+                         ("fat",), SIEMENS)
+    for ds_file in (tmp_path / "moved" / "fat").iterdir():  # the same study, the patient repositioned
+        ds = pydicom.dcmread(ds_file)
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.4242"
+        ds.save_as(ds_file)
+    station = root / "jane" / "station1"
+    rows = [f"s{k},{station / 'in_phase'},{uids['jane']['in_phase']},{fat},{fat_uid},{station / 'water'},"
+            f"{uids['jane']['water']}"
+            for k, (fat, fat_uid) in enumerate([(station / "fat", uids["jane"]["fat"]),
+                                                (tmp_path / "visit2" / "fat", other_visit),
+                                                (tmp_path / "moved" / "fat", moved["fat"])], 1)]
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path,series_uid,fat,fat_series_uid,water,water_series_uid\n" + "\n".join(rows) + "\n")
+    problems = check_manifest(manifest, "MR").problems
+    assert [(p.series_id, p.column) for p in problems] == [("s2", "fat"), ("s3", "fat")]
+    assert "fat image is from another study (its StudyInstanceUID differs)" in problems[0].reason
+    assert "from another scan of the study (its FrameOfReferenceUID differs" in problems[1].reason
+    specs = read_manifest(manifest).specs
+    volume = load_ct(station / "in_phase", series_uid=uids["jane"]["in_phase"], modality="MR")
+    assert load_dixon(specs[0], volume, IngestConfig()) is not None
+    for spec, wording in ((specs[1], "another study"), (specs[2], "another scan of the study")):
+        with pytest.raises(SeriesError, match=f"fat image is from {wording}"):
+            load_dixon(spec, volume, IngestConfig())
+
+
+def test_a_series_whose_slices_name_two_frames_of_reference_is_refused(examples: Path, tmp_path: Path) -> None:
+    """Two scans written under one SeriesInstanceUID at interleaved positions look like one evenly
+    spaced stack; their frames of reference tell them apart."""
+    from cohort.ingest import load_ct
+
+    def second_scan(ds: pydicom.Dataset, k: int) -> None:
+        if k % 2:
+            ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.4243"
+
+    write_series(tmp_path / "ct", example_slices(examples), Study(JANE), edit=second_scan)
+    with pytest.raises(SeriesError, match=r"slices of 2 frames of reference \(FrameOfReferenceUID\) under one series"):
+        load_ct(tmp_path / "ct")
+
+
+def _study_uid(folder: Path) -> str:
+    return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID)
