@@ -47,8 +47,8 @@ PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers 
 KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
-FORMAT = b"5"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
-# other patient IDs and accession number too (older: read again)
+FORMAT = b"6"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
+# other patient IDs and accession number too; 6: frame_key (older: read again)
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,8 @@ def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFra
     return pd.DataFrame(rows, columns=list(FILE_COLUMNS))
 
 
-HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "subject_key", "age", "sex", "modality",
-                  "image_type", "position", "orientation", "pixel_spacing", "rows", "columns", "frames",
+HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "frame_key", "subject_key", "age", "sex",
+                  "modality", "image_type", "position", "orientation", "pixel_spacing", "rows", "columns", "frames",
                   "slice_thickness_mm", "kernel", "contrast_agent", "kvp", "manufacturer", "model",
                   "series_description")
 
@@ -151,7 +151,7 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
     try:
         return {
             "series_uid": series_uid, "sop_uid": str(header.get("SOPInstanceUID") or ""),
-            "study_key": key.pseudonym("stu", study),
+            "study_key": key.pseudonym("stu", study), "frame_key": _frame_key(header, key),
             # without a PatientID each study stands for its own subject
             "subject_key": key.pseudonym("sub", patient) if patient else key.pseudonym("sub", "study:" + study),
             "age": age_years(header), "sex": _sex(header), "modality": _text(header, "Modality"),
@@ -166,6 +166,12 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
         }
     except (TypeError, ValueError) as exc:
         return {"error": f"malformed header value ({type(exc).__name__})"}
+
+
+def _frame_key(header: pydicom.Dataset, key: PseudonymKey) -> str:
+    """The pseudonym of the FrameOfReferenceUID ("" without one): the slices of one scan share it."""
+    frame = _text(header, "FrameOfReferenceUID")
+    return key.pseudonym("for", frame) if frame else ""
 
 
 def study_identity(header: pydicom.Dataset, folder: str) -> str:

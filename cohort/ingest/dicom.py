@@ -294,14 +294,20 @@ def series_origin(headers: Iterable[pydicom.Dataset]) -> ScanOrigin:
     slices name several of either (two scans under one SeriesInstanceUID: one volume of two
     patient positions). Slices without the UID are judged by the others."""
     headers = list(headers)
-    found = {}
-    for tag, what in (("StudyInstanceUID", "studies"), ("FrameOfReferenceUID", "frames of reference")):
-        values = {str(header.get(tag) or "").strip() for header in headers} - {""}
+    studies, frames = ({str(header.get(tag) or "").strip() for header in headers} - {""}
+                       for tag in ("StudyInstanceUID", "FrameOfReferenceUID"))
+    check_one_scan(studies, frames)
+    return ScanOrigin.of(next(iter(studies), ""), next(iter(frames), ""))
+
+
+def check_one_scan(studies: set[str], frames: set[str]) -> None:
+    """:class:`GeometryProblem` when a series' slices name several ``studies`` or ``frames`` (their
+    StudyInstanceUIDs and FrameOfReferenceUIDs, or keys standing for them; blanks left out)."""
+    for values, what, tag in ((studies, "studies", "StudyInstanceUID"),
+                              (frames, "frames of reference", "FrameOfReferenceUID")):
         if len(values) > 1:
             raise GeometryProblem(f"slices of {len(values)} {what} ({tag}) under one series UID: two scans "
                                   "mixed into one volume; refused")
-        found[tag] = next(iter(values), "")
-    return ScanOrigin.of(found["StudyInstanceUID"], found["FrameOfReferenceUID"])
 
 
 def _check_rescale_declared(headers: Sequence[pydicom.Dataset]) -> None:

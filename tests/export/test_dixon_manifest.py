@@ -25,7 +25,7 @@ from cohort.errors import ConfigError, SeriesError
 from cohort.export.policy import load_policy
 from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
-from tests.export.conftest import JANE, JOHN
+from tests.export.conftest import JANE, JOHN, TEST_POLICY
 from tests.export.pacs import Patient, Study, example_slices, write_series
 from tests.testkit import cohort_cli
 
@@ -233,7 +233,8 @@ def test_a_fat_image_of_another_study_or_scan_on_the_same_grid_is_refused(dixon_
             load_dixon(spec, volume, IngestConfig())
 
 
-def test_a_series_whose_slices_name_two_frames_of_reference_is_refused(examples: Path, tmp_path: Path) -> None:
+def test_a_series_whose_slices_name_two_frames_of_reference_is_refused(examples: Path, tmp_path: Path,
+                                                                       tmp_path_factory) -> None:
     """Two scans written under one SeriesInstanceUID at interleaved positions look like one evenly
     spaced stack; their frames of reference tell them apart."""
     from cohort.ingest import load_ct
@@ -242,9 +243,20 @@ def test_a_series_whose_slices_name_two_frames_of_reference_is_refused(examples:
         if k % 2:
             ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.4243"
 
-    write_series(tmp_path / "ct", example_slices(examples), Study(JANE), edit=second_scan)
+    from cohort.export import build_manifest
+
+    uid = write_series(tmp_path / "export" / "ct", example_slices(examples), Study(JANE), edit=second_scan)
     with pytest.raises(SeriesError, match=r"slices of 2 frames of reference \(FrameOfReferenceUID\) under one series"):
-        load_ct(tmp_path / "ct")
+        load_ct(tmp_path / "export" / "ct")
+    out = tmp_path / "manifest"
+    out.mkdir()
+    (out / "policy.yaml").write_text(TEST_POLICY)
+    build_manifest(tmp_path / "export", out / "scans.csv", out / "policy.yaml",
+                   key=tmp_path_factory.mktemp("keys") / "k.key")
+    index = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")
+    assert index.loc[uid, "reason"] == ("geometry: slices of 2 frames of reference (FrameOfReferenceUID) under one "
+                                        "series UID: two scans mixed into one volume; refused")
+    assert not index.loc[uid, "selected"]
 
 
 def _study_uid(folder: Path) -> str:
