@@ -35,7 +35,8 @@ from cohort.export.pseudonyms import PseudonymKey
 from cohort.ingest.dicom import UNREADABLE, truncated_pixel_data
 from cohort.manifest import parse_age
 
-TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientAge",
+TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID",
+        "IssuerOfPatientID", "PatientAge",
         "PatientBirthDate", "PatientSex", "StudyDate", "SeriesDate", "AcquisitionDate", "Modality", "ImageType",
         "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
         "BitsAllocated", "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP",
@@ -48,7 +49,8 @@ KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
 FORMAT = b"6"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
-# other patient IDs and accession number too; 6: frame_key (older: read again)
+# other patient IDs and accession number too; 6: frame_key, subject_key with the IssuerOfPatientID (older:
+# read again)
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,11 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
     if not series_uid and header.get("Rows") is None:
         return {"error": "no SeriesInstanceUID (not an image)"}
     study = study_identity(header, folder)
-    patient = _text(header, "PatientID")
     try:
         return {
             "series_uid": series_uid, "sop_uid": str(header.get("SOPInstanceUID") or ""),
             "study_key": key.pseudonym("stu", study), "frame_key": _frame_key(header, key),
-            # without a PatientID each study stands for its own subject
-            "subject_key": key.pseudonym("sub", patient) if patient else key.pseudonym("sub", "study:" + study),
+            "subject_key": key.pseudonym("sub", subject_identity(header, study)),
             "age": age_years(header), "sex": _sex(header), "modality": _text(header, "Modality"),
             "image_type": "\\".join(_values(header, "ImageType")).upper(),
             "position": _numbers(header, "ImagePositionPatient"), "orientation": _numbers(header, "ImageOrientationPatient"),
@@ -172,6 +172,26 @@ def _frame_key(header: pydicom.Dataset, key: PseudonymKey) -> str:
     """The pseudonym of the FrameOfReferenceUID ("" without one): the slices of one scan share it."""
     frame = _text(header, "FrameOfReferenceUID")
     return key.pseudonym("for", frame) if frame else ""
+
+
+def subject_identity(header: pydicom.Dataset, study: str) -> str:
+    """What ``subject_key`` is made of: the PatientID within the namespace of its IssuerOfPatientID,
+    when the header names one (two hospitals' patient 12345 are two subjects); else the PatientID
+    alone (so exports without an issuer keep their subject pseudonyms); without a PatientID, the
+    study (``study``: :func:`study_identity`) stands for its own subject.
+
+    >>> ids = {"00100020": {"vr": "LO", "Value": ["12345"]}}
+    >>> subject_identity(pydicom.Dataset.from_json(ids), "1.2.3")
+    '12345'
+    >>> a, b = ({**ids, "00100021": {"vr": "LO", "Value": [site]}} for site in ("SITE-A", "SITE-B"))
+    >>> subject_identity(pydicom.Dataset.from_json(a), "1.2.3") != subject_identity(pydicom.Dataset.from_json(b), "1.2.3")
+    True
+    """
+    patient = _text(header, "PatientID")
+    if not patient:
+        return "study:" + study
+    issuer = _text(header, "IssuerOfPatientID")
+    return f"{patient}\x00issuer:{issuer}" if issuer else patient  # no PatientID holds a NUL: no collision
 
 
 def study_identity(header: pydicom.Dataset, folder: str) -> str:

@@ -174,10 +174,41 @@ def test_cohort_check_accepts_the_generated_manifest(made) -> None:
 
 
 @pytest.mark.parametrize("module", ["cohort.export.pseudonyms", "cohort.export.crawl", "cohort.ingest.dicom",
-                                    "cohort.export.dixon"])
+                                    "cohort.export.dixon", "cohort.ingest.volume"])
 def test_docstring_examples(module: str) -> None:
     import doctest
     import importlib
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted and not result.failed
+
+
+def test_one_patient_id_of_two_issuers_is_two_subjects(examples: Path, tmp_path: Path, tmp_path_factory) -> None:
+    """A merged export of two hospitals that both have a patient 12345 (IssuerOfPatientID tells them
+    apart) made them one subject: one of them silently left out of a per-subject analysis."""
+    from cohort.export.pseudonyms import PseudonymKey, load_or_create_key
+    from tests.export.conftest import JANE
+
+    def issued_by(issuer: str):
+        def edit(ds, k: int) -> None:
+            ds.PatientID = "12345"
+            if issuer:
+                ds.IssuerOfPatientID = issuer
+            elif "IssuerOfPatientID" in ds:  # the example's slices name one
+                del ds.IssuerOfPatientID
+        return edit
+
+    slices = example_slices(examples)
+    root = tmp_path / "export"
+    uids = {name: write_series(root / name, slices, Study(JANE), edit=issued_by(issuer))
+            for name, issuer in [("a1", "SITE-A"), ("a2", "SITE-A"), ("b", "SITE-B"), ("none", "")]}
+    out = tmp_path / "manifest"
+    out.mkdir()
+    (out / "policy.yaml").write_text(TEST_POLICY)
+    key_file = tmp_path_factory.mktemp("keys") / "k.key"
+    build_manifest(root, out / "scans.csv", out / "policy.yaml", key=key_file)
+    subject = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")["subject_id"]
+    assert subject[uids["a1"]] == subject[uids["a2"]]
+    assert len({subject[uids["a1"]], subject[uids["b"]], subject[uids["none"]]}) == 3
+    key: PseudonymKey = load_or_create_key(key_file, out)
+    assert subject[uids["none"]] == key.pseudonym("sub", "12345")  # without an issuer: as before
