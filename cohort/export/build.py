@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from cohort.errors import RunCannotStart
 from cohort.export.crawl import Crawl, crawl
 from cohort.export.policy import load_policy, select
@@ -38,6 +40,7 @@ class ManifestSummary:
     crawl: Crawl
     reasons: dict[str, int]  # reason -> series not chosen for it, most common first
     new_key: Path | None = None  # the pseudonym key this run created: every pseudonym is new
+    n_ids_of_several_issuers: int = 0  # PatientIDs that are several subjects (IssuerOfPatientID differs)
 
     @property
     def exit_code(self) -> int:
@@ -56,6 +59,10 @@ class ManifestSummary:
             lines.append(f"  unreadable files: {self.n_unreadable} (listed in {unreadable_path(manifest)})")
         lines.append(f"  files: {len(crawled.files)}, headers read: {crawled.n_read} ({crawled.n_new} new, "
                      f"{crawled.n_changed} changed), {crawled.n_removed} gone since the last crawl")
+        if self.n_ids_of_several_issuers:
+            lines.append(f"  PatientIDs of several subjects: {self.n_ids_of_several_issuers} (their IssuerOfPatientID "
+                         "differs, or is missing on some studies: each issuer's patient is a subject of its own; "
+                         "make sure they are different people)")
         if self.new_key:  # a mistyped --key or a lost key would otherwise change every pseudonym unnoticed
             lines.append(f"  new pseudonym key created: {self.new_key}; series_id and subject_id match no export "
                          "made with another key (keep and back it up; a key given by mistake: delete it)")
@@ -104,4 +111,11 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
     return ManifestSummary(n_series=len(series), n_studies=len({s.study_key for s in series}),
                            n_subjects=len({s.subject_key for s in series}), n_chosen=n_chosen,
                            rejected=dict(rejected.most_common()), n_unreadable=n_unreadable, crawl=crawled,
-                           reasons=dict(reasons.most_common()), new_key=key_file if created else None)
+                           reasons=dict(reasons.most_common()), new_key=key_file if created else None,
+                           n_ids_of_several_issuers=ids_of_several_subjects(crawled.files))
+
+
+def ids_of_several_subjects(files: pd.DataFrame) -> int:
+    """How many PatientIDs (their keys) stand for more than one subject among the readable files."""
+    readable = files[files["error"].isna() & (files["patient_key"].fillna("") != "")]
+    return int((readable.groupby("patient_key")["subject_key"].nunique() > 1).sum())

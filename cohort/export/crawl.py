@@ -49,8 +49,8 @@ KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
 FORMAT = b"6"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
-# other patient IDs and accession number too; 6: frame_key, subject_key with the IssuerOfPatientID (older:
-# read again)
+# other patient IDs and accession number too; 6: frame_key, subject_key with the IssuerOfPatientID, patient_key
+# (older: read again)
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFra
     return pd.DataFrame(rows, columns=list(FILE_COLUMNS))
 
 
-HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "frame_key", "subject_key", "age", "sex",
-                  "modality", "image_type", "position", "orientation", "pixel_spacing", "rows", "columns", "frames",
+HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "frame_key", "subject_key", "patient_key",
+                  "age", "sex", "modality", "image_type", "position", "orientation", "pixel_spacing", "rows", "columns", "frames",
                   "slice_thickness_mm", "kernel", "contrast_agent", "kvp", "manufacturer", "model",
                   "series_description")
 
@@ -154,6 +154,7 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
             "series_uid": series_uid, "sop_uid": str(header.get("SOPInstanceUID") or ""),
             "study_key": key.pseudonym("stu", study), "frame_key": _frame_key(header, key),
             "subject_key": key.pseudonym("sub", subject_identity(header, study)),
+            "patient_key": key.pseudonym("pid", _text(header, "PatientID")) if _text(header, "PatientID") else "",
             "age": age_years(header), "sex": _sex(header), "modality": _text(header, "Modality"),
             "image_type": "\\".join(_values(header, "ImageType")).upper(),
             "position": _numbers(header, "ImagePositionPatient"), "orientation": _numbers(header, "ImageOrientationPatient"),

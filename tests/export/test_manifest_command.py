@@ -206,7 +206,9 @@ def test_one_patient_id_of_two_issuers_is_two_subjects(examples: Path, tmp_path:
     out.mkdir()
     (out / "policy.yaml").write_text(TEST_POLICY)
     key_file = tmp_path_factory.mktemp("keys") / "k.key"
-    build_manifest(root, out / "scans.csv", out / "policy.yaml", key=key_file)
+    summary = build_manifest(root, out / "scans.csv", out / "policy.yaml", key=key_file)
+    assert "  PatientIDs of several subjects: 1 (their IssuerOfPatientID differs" in "\n".join(
+        summary.describe(out / "scans.csv"))
     subject = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")["subject_id"]
     assert subject[uids["a1"]] == subject[uids["a2"]]
     assert len({subject[uids["a1"]], subject[uids["b"]], subject[uids["none"]]}) == 3
