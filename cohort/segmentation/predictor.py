@@ -28,6 +28,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ class NetworkPredictor:
         Networks whose labels nnU-Net converts (regions, or logits resampled to the plans' grid) are
         chunked before preprocessing instead, so each chunk is normalised on its own there."""
         max_voxels = self.spec.chunking.max_voxels
-        if self._predictor.label_manager.has_regions or self._resampled_by_nnunet(spacing):
+        if self._converted_by_nnunet((spacing[2], spacing[1], spacing[0])):
             chunks = plan_chunks(image.shape, max_voxels, overlap)
             return predict_in_chunks(image, chunks, lambda slab: self._predict_array(slab, spacing))
         data, properties = self.preprocess(image, spacing)
@@ -119,11 +120,14 @@ class NetworkPredictor:
                                     lambda slab: np.moveaxis(self._argmax_labels(slab.movedim(-1, z)[None].contiguous()), z, -1))
         return self._uncropped(np.moveaxis(cropped, -1, z), properties)
 
-    def _resampled_by_nnunet(self, spacing: tuple[float, float, float]) -> bool:
-        """Whether nnU-Net's preprocessing resamples an image of ``spacing`` (x, y, z) to its plans'."""
-        zyx = (spacing[2], spacing[1], spacing[0])
-        transposed = [zyx[axis] for axis in self._predictor.plans_manager.transpose_forward]
-        return not np.allclose(transposed, self._predictor.configuration_manager.spacing)
+    def _converted_by_nnunet(self, spacing_zyx: Sequence[float]) -> bool:
+        """Whether nnU-Net's own conversion makes the labels: a region-based network, or an image of
+        ``spacing_zyx`` (nnU-Net's axis order, as its properties hold it) that its preprocessing
+        resamples to the plans' spacing. One rule for :meth:`predict` (before preprocessing) and
+        :meth:`forward` (after), so both take the same path."""
+        transposed = [spacing_zyx[axis] for axis in self._predictor.plans_manager.transpose_forward]
+        return (self._predictor.label_manager.has_regions
+                or not np.allclose(transposed, self._predictor.configuration_manager.spacing))
 
     def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
         data, properties = self.preprocess(image, spacing)
@@ -155,14 +159,9 @@ class NetworkPredictor:
 
         The argmax of the logits is the argmax of nnU-Net's probabilities (softmax is monotonic;
         nnU-Net itself skips it) and ties go to the first class on every device."""
-        if self._converted_by_nnunet(data, properties):
+        if self._converted_by_nnunet(properties["spacing"]):
             return self._labels_converted_by_nnunet(data, properties)
         return self._argmax_labels(data)
-
-    def _converted_by_nnunet(self, data: torch.Tensor, properties: dict) -> bool:
-        """Region-based networks, or data nnU-Net resampled (a model spacing that is not its plans')."""
-        return (self._predictor.label_manager.has_regions or
-                tuple(data.shape[1:]) != tuple(properties["shape_after_cropping_and_before_resampling"]))
 
     def _argmax_labels(self, data: torch.Tensor) -> np.ndarray:
         """Sliding window over ``data`` (c, ...) and argmax, inside the gate."""
