@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 
@@ -137,6 +138,26 @@ def test_wrong_geometry_is_refused_with_its_reason(case: str, slices, tmp_path: 
     with pytest.raises(SeriesError) as error:
         load_ct(folder)
     assert str(error.value).startswith("patient_folder: ") and reason in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_the_manifest_index_refuses_what_ingest_refuses_with_its_reason(case: str, slices, tmp_path: Path,
+                                                                        tmp_path_factory) -> None:
+    """The index judges a series from crawled headers by ingest's own rules; a series it chose that
+    the run then refuses (a slice without rescale tags beside slices with them, until now) costs a
+    manifest row and a failed series instead of a reason before the run."""
+    from cohort.export import build_manifest
+    from tests.export.conftest import TEST_POLICY
+
+    options, reason = REFUSED[case]
+    uid = write_series(tmp_path / "export" / "patient_folder", slices, STUDY, **options)
+    out = tmp_path / "manifest"
+    out.mkdir()
+    (out / "policy.yaml").write_text(TEST_POLICY)
+    build_manifest(tmp_path / "export", out / "scans.csv", out / "policy.yaml",
+                   key=tmp_path_factory.mktemp("keys") / "k.key")
+    row = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid").loc[uid]
+    assert not row["selected"] and reason in row["reason"], row["reason"]
 
 
 @needs_dcm2niix

@@ -32,7 +32,7 @@ import pydicom
 import pydicom.config
 
 from cohort.export.pseudonyms import PseudonymKey
-from cohort.ingest.dicom import UNREADABLE, truncated_pixel_data
+from cohort.ingest.dicom import UNREADABLE, declares_rescale, truncated_pixel_data
 from cohort.manifest import parse_age
 
 TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID",
@@ -41,7 +41,7 @@ TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfRefer
         "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns", "NumberOfFrames",
         "BitsAllocated", "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP",
         "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientName", "OtherPatientIDs",
-        "AccessionNumber")
+        "AccessionNumber", "RescaleSlope", "RescaleIntercept")
 FILE_COLUMNS = ("file", "size", "mtime_ns")
 CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
@@ -49,8 +49,8 @@ KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
 FORMAT = b"6"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
-# other patient IDs and accession number too; 6: frame_key, subject_key with the IssuerOfPatientID, patient_key
-# (older: read again)
+# other patient IDs and accession number too; 6: frame_key, subject_key with the IssuerOfPatientID, patient_key,
+# rescale_declared (older: read again)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFra
 HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "frame_key", "subject_key", "patient_key",
                   "age", "sex", "modality", "image_type", "position", "orientation", "pixel_spacing", "rows", "columns", "frames",
                   "slice_thickness_mm", "kernel", "contrast_agent", "kvp", "manufacturer", "model",
-                  "series_description")
+                  "series_description", "rescale_declared")
 
 
 def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
@@ -164,6 +164,7 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
             "kernel": "\\".join(_values(header, "ConvolutionKernel")), "contrast_agent": _text(header, "ContrastBolusAgent"),
             "kvp": _number(header, "KVP"), "manufacturer": _text(header, "Manufacturer"),
             "model": _text(header, "ManufacturerModelName"), "series_description": _free_text(header, "SeriesDescription"),
+            "rescale_declared": declares_rescale(header),
         }
     except (TypeError, ValueError) as exc:
         return {"error": f"malformed header value ({type(exc).__name__})"}

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from cohort.errors import SeriesError
-from cohort.ingest.dicom import (GeometryProblem, SliceGeometry, SliceHeader, check_one_scan, series_geometry,
-                                 slice_geometry)
+from cohort.ingest.dicom import (GeometryProblem, SliceGeometry, SliceHeader, check_one_scan, check_rescale_declared,
+                                 series_geometry, slice_geometry)
 from cohort.ingest.names import InputName
 
 
@@ -119,6 +119,8 @@ def _measure(rows: list[dict]) -> Measured:
     try:
         geometry = slice_geometry([_slice_header(row) for row in rows])
         check_one_scan({row["study_key"] for row in rows}, {row["frame_key"] for row in rows} - {""})
+        declared = {row["file"]: bool(row["rescale_declared"]) for row in rows}
+        check_rescale_declared([declared[file] for file in geometry.files])
     except GeometryProblem as exc:
         return Measured(str(exc))
     return Measured(None, round(geometry.slice_spacing_mm, 4), round(geometry.z_coverage_mm, 2), _grid(geometry))

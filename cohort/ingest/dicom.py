@@ -282,7 +282,7 @@ def series_geometry(source: Path | InputName,
     headers = _series_headers(name, series_uid)
     try:
         geometry = slice_geometry([SliceHeader.of(header, file) for file, header in headers.items()])
-        _check_rescale_declared([headers[file] for file in geometry.files])
+        check_rescale_declared([declares_rescale(headers[file]) for file in geometry.files])
         series_origin(headers.values())
     except GeometryProblem as problem:
         raise SeriesError(f"{name}: {problem}") from None
@@ -310,15 +310,19 @@ def check_one_scan(studies: set[str], frames: set[str]) -> None:
                                   "mixed into one volume; refused")
 
 
-def _check_rescale_declared(headers: Sequence[pydicom.Dataset]) -> None:
-    """Refuse a series where some slices declare RescaleSlope/RescaleIntercept and others do not:
-    GDCM reads the latter in stored units, so one volume would mix HU and raw values (a slice 1024
-    too bright, silently)."""
-    bare = [index for index, header in enumerate(headers, 1)
-            if header.get("RescaleSlope") is None and header.get("RescaleIntercept") is None]
-    if bare and len(bare) < len(headers):
+def declares_rescale(header: pydicom.Dataset) -> bool:
+    """Whether a slice's header has RescaleSlope or RescaleIntercept."""
+    return header.get("RescaleSlope") is not None or header.get("RescaleIntercept") is not None
+
+
+def check_rescale_declared(declared: Sequence[bool]) -> None:
+    """Refuse a series where some slices declare RescaleSlope/RescaleIntercept and others do not
+    (``declared``: per slice, in stack order): GDCM reads the latter in stored units, so one volume
+    would mix HU and raw values (a slice 1024 too bright, silently)."""
+    bare = [index for index, flag in enumerate(declared, 1) if not flag]
+    if bare and len(bare) < len(declared):
         raise GeometryProblem(f"slice(s) {', '.join(map(str, bare[:3]))}{' ...' if len(bare) > 3 else ''} of "
-                              f"{len(headers)} have no RescaleSlope/RescaleIntercept and the others have: their "
+                              f"{len(declared)} have no RescaleSlope/RescaleIntercept and the others have: their "
                               "values would not be in the others' units; refused")
 
 
