@@ -42,6 +42,8 @@ def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
     foreign_labels = np.asanyarray(nib.load(str(labels)).dataobj).copy()
     foreign_labels[60, 50, 15] = 200
     foreign = _save_like(labels, folder / "foreign.nii.gz", foreign_labels)
+    unplaced = folder / "unplaced.nii.gz"  # written by a script that gave nibabel no affine
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(str(ct)).dataobj), None), str(unplaced))
     (folder / "empty_dicom").mkdir()
     two_series = folder / "two_series"
     shutil.copytree(folder / "example_ct_dicom", two_series)
@@ -55,6 +57,7 @@ def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
         "truncated": ({"path": str(truncated)}, ["<path of line", "corrupt or truncated"]),
         "garbage": ({"path": str(garbage)}, ["<path of line", "cannot read"]),
         "flat": ({"path": str(flat)}, ["<path of line", "3-D volume"]),
+        "no_orientation": ({"path": str(unplaced)}, ["<path of line", "gives no orientation", "left and right"]),
         "empty_dicom": ({"path": str(folder / "empty_dicom")}, ["<path of line", "no DICOM series"]),
         "two_series": ({"path": str(two_series)}, ["<path of line", "2 DICOM series"]),
         "shape": ({"path": str(ct), "labels": str(cropped)}, ["<labels of line", "shape"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -248,6 +249,20 @@ def test_check_finds_a_label_map_on_another_grid(examples: Path, tmp_path: Path)
     assert "label map shape (122, 101, 20) does not match image shape (122, 101, 30) (<path of line 2>)" in runs[0]
     assert "label map affine does not match the image's (<path of line 3>)" in runs[1]
     assert _check_lines(manifest) == [f"scans.csv line 2 (short): {runs[0]}", f"scans.csv line 3 (shifted): {runs[1]}"]
+
+
+def test_a_nifti_without_orientation_fails_the_check_and_the_run(examples: Path, tmp_path: Path) -> None:
+    """A NIfTI whose header has neither qform nor sform (a script saved a bare array) was read with
+    nibabel's fallback affine: orientation guessed, so a kidney_left could be the right one, silently."""
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(examples / "example_ct_sm.nii.gz").dataobj), None),
+             tmp_path / "ct.nii.gz")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path\ns1,ct.nii.gz\n")
+    reason = ("NIfTI header gives no orientation (qform_code and sform_code are 0), so left and right cannot be told "
+              "apart")
+    assert len(lines := _check_lines(manifest)) == 1 and reason in lines[0]
+    with pytest.raises(SeriesError, match=re.escape(reason)):
+        load_ct(tmp_path / "ct.nii.gz")
 
 
 def test_check_finds_a_dixon_image_on_another_grid(tmp_path: Path) -> None:

@@ -68,7 +68,8 @@ def read_voxels(image: nib.Nifti1Image, path: Path) -> np.ndarray:
 
 
 def check_header(name: InputName, image: nib.Nifti1Image, limits: IngestConfig) -> None:
-    """Raise unless the file can hold what its header describes, within the voxel limit."""
+    """Raise unless the file can hold what its header describes, within the voxel limit, and its
+    header places the voxels in the patient (a qform or sform)."""
     shape = tuple(int(n) for n in image.shape)
     if name.path.name.lower().endswith(".nii"):
         dtype = image.header.get_data_dtype()
@@ -80,6 +81,10 @@ def check_header(name: InputName, image: nib.Nifti1Image, limits: IngestConfig) 
                 f"of {dtype}): truncated?"
             )
     check_voxel_count(name, shape, limits)
+    if not image.header["sform_code"] and not image.header["qform_code"]:
+        raise SeriesError(f"{name}: NIfTI header gives no orientation (qform_code and sform_code are 0), so left and "
+                          "right cannot be told apart and a left/right structure could be labelled as the other; "
+                          "convert it again from DICOM (e.g. dcm2niix) or set its qform/sform")
 
 
 def load_label_nifti(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> LabelMap:
