@@ -41,6 +41,7 @@ class ManifestSummary:
     reasons: dict[str, int]  # reason -> series not chosen for it, most common first
     new_key: Path | None = None  # the pseudonym key this run created: every pseudonym is new
     n_ids_of_several_issuers: int = 0  # PatientIDs that are several subjects (IssuerOfPatientID differs)
+    n_chosen_with_contrast: int = 0  # manifest rows of a contrast-enhanced series (the rest: without)
 
     @property
     def exit_code(self) -> int:
@@ -66,6 +67,10 @@ class ManifestSummary:
         if self.new_key:  # a mistyped --key or a lost key would otherwise change every pseudonym unnoticed
             lines.append(f"  new pseudonym key created: {self.new_key}; series_id and subject_id match no export "
                          "made with another key (keep and back it up; a key given by mistake: delete it)")
+        if 0 < self.n_chosen_with_contrast < self.n_chosen:  # HU differ by tens to hundreds between phases
+            lines.append(f"  warning: contrast phases mixed: {self.n_chosen_with_contrast} chosen series with contrast, "
+                         f"{self.n_chosen - self.n_chosen_with_contrast} without; to keep one, set `contrast: with` "
+                         "or `contrast: without` in the policy")
         return lines + ([] if self.n_chosen else self._nothing_chosen(manifest))
 
     def _nothing_chosen(self, manifest: Path) -> list[str]:
@@ -108,11 +113,13 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
     n_unreadable = write_unreadable(crawled.files, manifest)
     reasons = Counter(choice.reason for choice in choices if not choice.selected)
     rejected = Counter(choice.reason.split(":", 1)[0] for choice in choices if not choice.selected)
+    with_contrast = sum(choice.series.contrast for choice in choices if choice.selected and choice.companion_of is None)
     return ManifestSummary(n_series=len(series), n_studies=len({s.study_key for s in series}),
                            n_subjects=len({s.subject_key for s in series}), n_chosen=n_chosen,
                            rejected=dict(rejected.most_common()), n_unreadable=n_unreadable, crawl=crawled,
                            reasons=dict(reasons.most_common()), new_key=key_file if created else None,
-                           n_ids_of_several_issuers=ids_of_several_subjects(crawled.files))
+                           n_ids_of_several_issuers=ids_of_several_subjects(crawled.files),
+                           n_chosen_with_contrast=with_contrast)
 
 
 def ids_of_several_subjects(files: pd.DataFrame) -> int:

@@ -6,7 +6,8 @@ fails (``rule: detail``), or, among the series of a study that pass every rule, 
 for the best ``series_per_study`` by the ``tie_break`` order and ``ranked lower: ...`` for
 the others. A policy with a ``dixon:`` section (``configs/selection_dixon.yaml``) ranks Dixon
 acquisitions instead of series (:mod:`cohort.export.dixon`): each row is the acquisition's image
-to segment, with its fat and water series as the row's companions.
+to segment, with its fat and water series as the row's companions. ``contrast`` keeps the series of
+one contrast phase (:mod:`cohort.export.contrast`): ``any`` (default), ``with`` or ``without``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TypeVar
 
 from cohort.config import CONFIG_DIR, config_file, from_mapping, load_yaml
 from cohort.errors import ConfigError
+from cohort.export.contrast import CONTRAST_CHOICES, ContrastPhase, contrast_phase
 from cohort.export.dixon import ROLES, DixonPolicy, acquisitions, dixon_role
 from cohort.export.series import SeriesSummary
 
@@ -46,6 +48,9 @@ class SelectionPolicy:
     slice_thickness_mm: Range = field(default_factory=lambda: Range(0.5, 5.0))
     min_slices: int = 30
     min_z_coverage_mm: float = 100.0
+    contrast: str = "any"  # any, with or without (CONTRAST_CHOICES)
+    description_without_contrast: tuple[str, ...] = ()  # SeriesDescription marks of a native series...
+    description_with_contrast: tuple[str, ...] = ()  # ...and of a contrast-enhanced one (regexes)
     kernel_preference: tuple[str, ...] = ()
     tie_break: tuple[str, ...] = ("kernel_preference", "thinnest", "largest_coverage")
     series_per_study: int = 1
@@ -57,7 +62,16 @@ def load_policy(path: Path | None = None) -> SelectionPolicy:
     """Load and validate ``path`` (default: the shipped ``configs/selection.yaml``; a bare name
     such as ``selection_dixon.yaml`` that is not a file here is one of the shipped ``configs/``)."""
     source = config_file(str(path)) if path else DEFAULT_POLICY
-    policy = from_mapping(SelectionPolicy, load_yaml(source), source)
+    data = load_yaml(source)
+    if isinstance(data.get("contrast"), bool):  # YAML 1.1 reads yes/no/on/off as true/false
+        raise ConfigError(f"{source}: key 'contrast' must be one of {', '.join(CONTRAST_CHOICES)}, "
+                          f"got {data['contrast']!r} (YAML reads yes and no as true and false)")
+    policy = from_mapping(SelectionPolicy, data, source)
+    if policy.contrast not in CONTRAST_CHOICES:
+        raise ConfigError(f"{source}: key 'contrast' must be one of {', '.join(CONTRAST_CHOICES)}, "
+                          f"got {policy.contrast!r}")
+    for key in ("description_without_contrast", "description_with_contrast"):
+        _check_patterns(getattr(policy, key), key, source)
     unknown = [key for key in policy.tie_break if key not in TIE_BREAKS]
     if unknown:
         raise ConfigError(f"{source}: key 'tie_break' has unknown entry {unknown[0]!r} (known: {', '.join(TIE_BREAKS)})")
@@ -78,12 +92,15 @@ def _check_dixon(dixon: DixonPolicy, source: Path) -> None:
         if not (marks.image_type or marks.description):
             raise ConfigError(f"{source}: key 'dixon.{role}' needs 'image_type' or 'description' entries: "
                               f"a row needs its {role} series")
-        for pattern in marks.description:
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ConfigError(f"{source}: key 'dixon.{role}.description' entry {pattern!r} is not a regular "
-                                  f"expression: {error}") from None
+        _check_patterns(marks.description, f"dixon.{role}.description", source)
+
+
+def _check_patterns(patterns: tuple[str, ...], key: str, source: Path) -> None:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"{source}: key '{key}' entry {pattern!r} is not a regular expression: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -99,10 +116,15 @@ class Choice:
 
 
 def select(series: list[SeriesSummary], policy: SelectionPolicy) -> list[Choice]:
-    """A :class:`Choice` for every series, in the order given."""
+    """A :class:`Choice` for every series, in the order given. Each choice's series has as
+    ``contrast`` its phase as the policy judges it (a description mark, else ContrastBolusAgent):
+    the manifest and index say what the ``contrast`` rule saw."""
+    phases = {s.identity: contrast_phase(s, policy.description_without_contrast, policy.description_with_contrast)
+              for s in series}
+    series = [dataclasses.replace(s, contrast=phases[s.identity].with_contrast) for s in series]
+    verdicts = {s.identity: first_failed_rule(s, policy, phases[s.identity]) for s in series}
     if policy.dixon is not None:
-        return _select_dixon(series, policy, policy.dixon)
-    verdicts = {s.identity: first_failed_rule(s, policy) for s in series}
+        return _select_dixon(series, verdicts, policy, policy.dixon)
     choices: dict[str, Choice] = {}
     eligible = [s for s in series if verdicts[s.identity] is None]
     for place, candidate, ranked in _ranked_per_study(eligible, lambda s: s, policy):
@@ -125,9 +147,10 @@ def _ranked_per_study(candidates: list[T], image: Callable[[T], SeriesSummary], 
             yield place, candidate, images
 
 
-def _select_dixon(series: list[SeriesSummary], policy: SelectionPolicy, dixon: DixonPolicy) -> list[Choice]:
-    """Rules per series, then Dixon acquisitions (study x grid) as the candidates a study ranks."""
-    verdicts = {s.identity: first_failed_rule(s, policy) for s in series}
+def _select_dixon(series: list[SeriesSummary], verdicts: dict[str, str | None], policy: SelectionPolicy,
+                  dixon: DixonPolicy) -> list[Choice]:
+    """Dixon acquisitions (study x grid) of the series that pass every rule (``verdicts``: identity ->
+    the first rule failed) as the candidates a study ranks."""
     roles = {s.identity: dixon_role(s, dixon) for s in series if verdicts[s.identity] is None}
     for summary in series:
         if verdicts[summary.identity] is None and roles[summary.identity] is None:
@@ -161,8 +184,10 @@ def _select_dixon(series: list[SeriesSummary], policy: SelectionPolicy, dixon: D
     return [choices.get(s.identity) or Choice(s, False, verdicts[s.identity]) for s in series]
 
 
-def first_failed_rule(series: SeriesSummary, policy: SelectionPolicy) -> str | None:
-    """``rule: detail`` of the first rule ``series`` fails, or None when it passes them all."""
+def first_failed_rule(series: SeriesSummary, policy: SelectionPolicy, phase: ContrastPhase) -> str | None:
+    """``rule: detail`` of the first rule ``series`` (of contrast ``phase``) fails, or None when it
+    passes them all. Contrast comes last: a series it rejects is one that passes every other rule,
+    so the count of ``contrast`` rejections is what keeping one phase costs."""
     if series.modality.upper() not in {m.upper() for m in policy.modalities}:
         return f"modality: {series.modality or 'none'} is not {' or '.join(policy.modalities)}"
     types = series.image_type_values
@@ -186,6 +211,8 @@ def first_failed_rule(series: SeriesSummary, policy: SelectionPolicy) -> str | N
         return f"slices: {series.n_instances} is below {policy.min_slices}"
     if (series.z_coverage_mm or 0) < policy.min_z_coverage_mm:
         return f"z-coverage: {series.z_coverage_mm:g} mm is below {policy.min_z_coverage_mm:g} mm"
+    if policy.contrast not in ("any", phase.name):
+        return f"contrast: {phase.name} ({phase.evidence}), the policy takes {policy.contrast}"
     return None
 
 

@@ -50,7 +50,7 @@ class SeriesSummary:
     z_coverage_mm: float | None
     geometry_problem: str | None  # why the files are not one evenly spaced volume
     kernel: str
-    contrast: bool
+    contrast: bool  # ContrastBolusAgent names an agent; selection may judge otherwise by the description
     kvp: float | None
     manufacturer: str
     model: str

@@ -174,7 +174,7 @@ def test_cohort_check_accepts_the_generated_manifest(made) -> None:
 
 
 @pytest.mark.parametrize("module", ["cohort.export.pseudonyms", "cohort.export.crawl", "cohort.ingest.dicom",
-                                    "cohort.export.dixon", "cohort.ingest.volume"])
+                                    "cohort.export.dixon", "cohort.ingest.volume", "cohort.export.contrast"])
 def test_docstring_examples(module: str) -> None:
     import doctest
     import importlib
