@@ -20,7 +20,8 @@ import pytest
 from cohort.config import load_run_config
 from cohort.ingest import load_ct
 from cohort.pipeline import MeasureSettings, measure_series
-from cohort.store import read_label_map
+from cohort.ingest.volume import LabelMap
+from cohort.store import read_label_map, write_label_map
 from testkit import cli_env, cohort_cli, result_tables, write_manifest
 
 
@@ -200,3 +201,16 @@ def test_features_can_be_recomputed_from_zarr(reference_run, examples: Path) -> 
     original = features[features["series_id"] == "dcm000"].reset_index(drop=True)
     pd.testing.assert_frame_equal(recomputed, original)
     np.testing.assert_allclose(stored.affine, volume.affine)
+
+
+def test_a_label_map_is_read_back_from_a_store_named_by_a_string(tmp_path: Path) -> None:
+    """The README's way back to a label map, ``read_label_map("results/labels.zarr", id)``, takes the
+    store as a ``str`` too, as a notebook writes it."""
+    labels = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    store = tmp_path / "labels.zarr"
+    write_label_map(store, "s1", LabelMap(labels=labels, affine=affine, source=tmp_path / "seg.nii.gz"), {}, "key")
+    stored = read_label_map(str(store), "s1")
+    np.testing.assert_array_equal(stored.labels, labels)
+    np.testing.assert_allclose(stored.affine, affine)
+    assert stored.source == store / "s1"

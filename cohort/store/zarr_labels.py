@@ -78,7 +78,11 @@ def complete_series_ids(store: Path) -> set[str]:
     return complete
 
 
-def read_label_map(store: Path, series_id: str) -> LabelMap:
-    """Read one series' label map back, with the affine it was written with."""
+def read_label_map(store: str | Path, series_id: str) -> LabelMap:
+    """Read one series' label map back, with the affine it was written with.
+
+    The README's public way back to a run's label maps, so ``store`` may be a ``str`` as a notebook
+    writes it (``read_label_map("results/labels.zarr", "s1")``).
+    """
     array = zarr.open_array(str(store), path=series_id, mode="r")
-    return LabelMap(labels=array[...], affine=np.asarray(array.attrs["affine"]), source=store / series_id)
+    return LabelMap(labels=array[...], affine=np.asarray(array.attrs["affine"]), source=Path(store) / series_id)
