@@ -159,3 +159,17 @@ def test_next_start_reaps_servers_whose_driver_is_gone(tmp_path: Path) -> None:
         for process in (left, reused):
             process.kill()
             process.wait()
+
+
+def test_python_dash_m_cohort_is_the_cohort_command(examples: Path) -> None:
+    """Job scripts often name an environment's interpreter without activating it (no console script
+    on PATH): ``python -m cohort`` must be the same command, with its exit codes."""
+    import subprocess
+    import sys
+
+    checked = subprocess.run([sys.executable, "-m", "cohort", "check", "--manifest", str(examples / "manifest.csv")],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0 and "no problems found" in checked.stdout, checked.stdout + checked.stderr
+    missing = subprocess.run([sys.executable, "-m", "cohort", "check", "--manifest", "no_such.csv"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
