@@ -29,7 +29,7 @@ from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subj
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
-from cohort.provenance import (LABELS_MODEL, RunKey, digest, input_content, input_fingerprint, measurement_digest,
+from cohort.provenance import (LABELS_MODEL, RunKey, content_digest, digest, input_fingerprint, measurement_digest,
                                series_uid_digest)
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
@@ -168,7 +168,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             volume = load_ct(InputName.in_manifest(spec.path, spec.line), context.ingest,
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)
-            content = input_content(spec.sources)
+            content = content_digest(input_groups(spec, volume, dixon))
             key = context.run_key(spec)
             made_from = source_key(key, content)
             label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)
@@ -252,10 +252,12 @@ def check_label_ids(label_map: LabelMap, measured: StructureMeasurements, class_
 
 @dataclass(frozen=True)
 class Dixon:
-    """Fat and water images of a series, on its grid."""
+    """Fat and water images of a series, on its grid, and the files each was read from."""
 
     fat: np.ndarray
     water: np.ndarray
+    fat_files: tuple[Path, ...] = ()
+    water_files: tuple[Path, ...] = ()
 
 
 def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon | None:
@@ -265,10 +267,21 @@ def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon 
     problem = dixon_problem(spec)
     if problem:
         raise SeriesError(f"{spec.where}: {problem}")
-    images = {column: align_image(volume, load_ct(InputName.in_manifest(path, spec.line, column=column),
-                                                  limits, getattr(spec, f"{column}_series_uid"), modality=None), column)
-              for column, path in (("fat", spec.fat), ("water", spec.water))}
-    return Dixon(**images)
+    arrays: dict[str, np.ndarray] = {}
+    files: dict[str, tuple[Path, ...]] = {}
+    for column, path in (("fat", spec.fat), ("water", spec.water)):
+        image = load_ct(InputName.in_manifest(path, spec.line, column=column), limits,
+                        getattr(spec, f"{column}_series_uid"), modality=None)
+        arrays[column], files[column] = align_image(volume, image, column), image.files
+    return Dixon(arrays["fat"], arrays["water"], files["fat"], files["water"])
+
+
+def input_groups(spec: SeriesSpec, volume: Volume, dixon: Dixon | None) -> list[tuple[Path, ...]]:
+    """The files of each of the row's sources (:attr:`SeriesSpec.sources` order) as ingest read
+    them, for :func:`cohort.provenance.content_digest`: a DICOM series is found once per row."""
+    found = {"path": volume.files, "labels": (spec.labels,), "fat": dixon.fat_files if dixon else (),
+             "water": dixon.water_files if dixon else ()}
+    return [found[column] for column in INPUT_COLUMNS if getattr(spec, column) is not None]
 
 
 def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: str,

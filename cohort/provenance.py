@@ -155,12 +155,11 @@ def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int, 
                    "border_voxels": border_voxels, "fov_edge": fov_edge, "rules": MEASUREMENT_RULES})
 
 
-def input_files(image: Path, companions: tuple[Path, ...] = ()) -> list[Path]:
-    """The files a row reads: the image (or every file under its DICOM folder, subfolders
-    included: a series split over ``B/part1`` and ``B/part2`` has ``path`` ``B``) and its
-    companions (label map, Dixon fat and water images)."""
-    files = sorted(p for p in image.rglob("*") if p.is_file()) if image.is_dir() else [image]
-    return files + list(companions)
+def input_files(image: Path) -> list[Path]:
+    """The files a row's fingerprint covers of its image: the image, or every file under its DICOM
+    folder, subfolders included (a series split over ``B/part1`` and ``B/part2`` has ``path``
+    ``B``). Its companions (label map, Dixon fat and water images) are covered as they are named."""
+    return sorted(p for p in image.rglob("*") if p.is_file()) if image.is_dir() else [image]
 
 
 def input_fingerprint(image: Path, companions: tuple[Path, ...] = (), status_change: bool = True) -> str:
@@ -173,19 +172,29 @@ def input_fingerprint(image: Path, companions: tuple[Path, ...] = (), status_cha
     rows recorded before it counted. A missing file is part of the fingerprint too (as
     missing), so that a row whose file comes back is noticed.
     """
-    def stat(path: Path) -> tuple:
-        try:
-            status = path.stat()
-        except OSError:  # missing, or a symlink loop (which resolve() would raise on)
-            return (os.path.abspath(path), -1, -1)
-        times = (status.st_mtime_ns, status.st_ctime_ns) if status_change else (status.st_mtime_ns,)
-        return (str(path.resolve()), status.st_size, *times)
+    return _fingerprint_of(_image_stats(image, status_change), companions, status_change)
 
+
+def _fingerprint_of(image_stats: list[tuple], companions: tuple[Path, ...], status_change: bool) -> str:
+    return digest(image_stats + [_file_stat(path, status_change) for path in companions])
+
+
+def _image_stats(image: Path, status_change: bool) -> list[tuple]:
+    """What :func:`input_fingerprint` records of the image: of every file under a DICOM folder."""
     try:
-        files = input_files(image, companions)
+        files = input_files(image)
     except OSError:
-        files = [image, *companions]
-    return digest([stat(path) for path in files])
+        files = [image]
+    return [_file_stat(path, status_change) for path in files]
+
+
+def _file_stat(path: Path, status_change: bool) -> tuple:
+    try:
+        status = path.stat()
+    except OSError:  # missing, or a symlink loop (which resolve() would raise on)
+        return (os.path.abspath(path), -1, -1)
+    times = (status.st_mtime_ns, status.st_ctime_ns) if status_change else (status.st_mtime_ns,)
+    return (str(path.resolve()), status.st_size, *times)
 
 
 UNREADABLE_CONTENT = "unreadable"
@@ -208,23 +217,38 @@ def input_content(sources: Iterable[tuple[Path, str | None]]) -> str | None:
     ...     before == input_content([(moved, None), (labels, None)]), input_content([(image, None)]) is None
     (True, True)
     """
-    from cohort.errors import SeriesError
     from cohort.ingest.dicom import series_files
 
+    return content_digest(series_files(path, series_uid) if path.is_dir() else [path] for path, series_uid in sources)
+
+
+def content_digest(groups: Iterable[Iterable[Path | str]]) -> str | None:
+    """:func:`input_content` of the files of each of a row's sources (in
+    :attr:`cohort.manifest.SeriesSpec.sources` order), where they are known already: ingest hands
+    over the files it read, so a row's series is found once, not again (its folder's headers
+    read a second time) for its digest. ``groups`` may be lazy (their files found as they are
+    digested): None when a file is gone, :data:`UNREADABLE_CONTENT` when a folder holds no such
+    series."""
+    from cohort.errors import SeriesError
+
     try:
-        groups = [sorted(file_digest(Path(file)) for file in (series_files(path, series_uid) if path.is_dir() else [path]))
-                  for path, series_uid in sources]
+        return digest([sorted(file_digest(Path(file)) for file in files) for files in groups])
     except FileNotFoundError:
         return None
     except (OSError, SeriesError):
         return UNREADABLE_CONTENT
-    return digest(groups)
 
 
 def input_fingerprints(rows: Iterable[tuple[Path, tuple[Path, ...], bool]]) -> list[str]:
     """:func:`input_fingerprint` of many rows (image, companions, status_change), stat calls in
-    threads (network file systems)."""
-    return _in_threads(input_fingerprint, list(rows))
+    threads (network file systems). A folder that several rows name (a PACS study folder
+    holding all its series flat, one row per series) is listed and its files stat'ed once, not
+    once per row: the rows are fingerprinted in the same instant either way."""
+    rows = list(rows)
+    images = list(dict.fromkeys((image, status_change) for image, _, status_change in rows))
+    listed = dict(zip(images, _in_threads(_image_stats, images)))
+    return _in_threads(lambda image, companions, status_change: _fingerprint_of(
+        listed[image, status_change], companions, status_change), rows)
 
 
 def input_contents(rows: Iterable[tuple[tuple[Path, str | None], ...]]) -> list[str | None]:

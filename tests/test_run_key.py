@@ -616,3 +616,69 @@ def test_input_fingerprint_covers_every_file_a_row_reads(tmp_path: Path) -> None
         after = input_fingerprint(spec.path, spec.companions)
         assert after != before, name
         before = after
+
+
+def test_a_row_reads_the_headers_of_its_folder_once(examples: Path, tmp_path: Path, monkeypatch) -> None:
+    """A PACS study folder holding its series flat (one row per series, ``series_uid`` naming it):
+    each row reads every header under the folder once, to find its series, and its input content
+    digests the files ingest read, without reading them again (nor GDCM scanning a one-series
+    folder again); the content is the one found afresh from the manifest row."""
+    import pydicom
+    import SimpleITK as sitk
+
+    from cohort.config import load_run_config
+    from cohort.manifest import load_manifest
+    from cohort.pipeline import MeasureSettings, RunContext, process_series
+    from cohort.provenance import input_content
+    from tests.export.pacs import Patient, Study, example_slices, write_series
+
+    study, slices = Study(Patient("DOE^JANE", "P1", "19600101")), example_slices(examples)
+    uids = [write_series(tmp_path / "study", slices, study) for _ in range(3)]
+    shutil.copytree(examples / "example_ct_dicom", tmp_path / "single")
+    labels = examples / "example_seg_dicom.nii.gz"
+    rows = [{"series_id": f"s{k}", "path": str(tmp_path / "study"), "series_uid": uid, "labels": str(labels)}
+            for k, uid in enumerate(uids)]
+    manifest = write_manifest(tmp_path / "scans.csv", rows + [{"series_id": "one", "path": str(tmp_path / "single"),
+                                                               "labels": str(labels)}])
+    reads = {"headers": 0, "gdcm_scans": 0}
+    dcmread, series_ids = pydicom.dcmread, sitk.ImageSeriesReader.GetGDCMSeriesIDs
+
+    def counted(key, function):
+        def call(*args, **kwargs):
+            reads[key] += 1
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(pydicom, "dcmread", counted("headers", dcmread))
+    monkeypatch.setattr(sitk.ImageSeriesReader, "GetGDCMSeriesIDs", counted("gdcm_scans", series_ids))
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    for spec in load_manifest(manifest):
+        reads.update(headers=0, gdcm_scans=0)
+        result = process_series(spec, context)
+        assert result.done, result.record.error
+        if spec.series_uid:
+            assert reads == {"headers": 3 * len(slices), "gdcm_scans": 0}, spec.series_id
+        else:  # GDCM groups the folder, pydicom reads the series' headers (and its UID once more)
+            assert reads == {"headers": len(slices) + 1, "gdcm_scans": 1}
+        monkeypatch.setattr(pydicom, "dcmread", dcmread)
+        assert result.record.input_content == input_content(spec.sources)
+        monkeypatch.setattr(pydicom, "dcmread", counted("headers", dcmread))
+
+
+def test_fingerprints_list_a_folder_many_rows_name_once(tmp_path: Path, monkeypatch) -> None:
+    """The resume check fingerprints rows of one study folder from one listing of it, with the
+    digests each row's own :func:`input_fingerprint` gives."""
+    from cohort import provenance
+
+    for name in ("IM1", "IM2", "sub/IM3"):
+        (tmp_path / "study" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "study" / name).write_bytes(name.encode())
+    (tmp_path / "seg.nii.gz").write_bytes(b"x")
+    rows = [(tmp_path / "study", (), True), (tmp_path / "study", (tmp_path / "seg.nii.gz",), True),
+            (tmp_path / "study", (), False), (tmp_path / "gone", (), True)]
+    expected = [provenance.input_fingerprint(*row) for row in rows]
+    listings = []
+    listing = provenance.input_files
+    monkeypatch.setattr(provenance, "input_files", lambda *args: listings.append(args[0]) or listing(*args))
+    assert provenance.input_fingerprints(rows) == expected
+    assert sorted(map(str, listings)) == sorted(map(str, [tmp_path / "study"] * 2 + [tmp_path / "gone"]))

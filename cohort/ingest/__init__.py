@@ -32,9 +32,11 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     """
     name = InputName.of(source)
     padded = origin = None
+    files = (name.path,)
     if name.path.is_dir():
         series = read_ct_dicom(name, limits, series_uid, modality)
         values, affine, padded, origin = series.values, series.affine, series.padded, series.origin
+        files = tuple(Path(file) for file in series.files)
     elif is_nifti(name.path) or not name.path.exists():
         values, affine = read_nifti_array(name, limits)
     else:
@@ -45,4 +47,4 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
         check_modality(Volume(hu=values, affine=affine, source=name.path, name=name.shown), modality, padded)
     fill = NO_SIGNAL if modality == "MR" else AIR_HU  # an MR's padding is no signal, never CT air
     return Volume(hu=as_hu_array(fill_padding(values, padded, fill)), affine=affine, source=name.path,
-                  name=name.shown, outside_fov=padded, origin=origin)
+                  name=name.shown, outside_fov=padded, origin=origin, files=files)

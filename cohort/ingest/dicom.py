@@ -203,12 +203,14 @@ def _fmt(value: tuple) -> str:
 @dataclass(frozen=True)
 class DicomSeries:
     """What :func:`read_ct_dicom` reads: voxels (x, y, z), RAS affine, declared padding (a mask,
-    None when no slice declares any) and where the series was acquired."""
+    None when no slice declares any), where the series was acquired and the files it was read
+    from, in slice order (found once: their digest needs them too)."""
 
     values: np.ndarray
     affine: np.ndarray
     padded: np.ndarray | None
     origin: ScanOrigin
+    files: tuple[str, ...]
 
 
 def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(),
@@ -226,7 +228,7 @@ def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(
               enumerate(geometry.files, 1)]
     values = np.stack(slices, axis=-1)
     return DicomSeries(values, geometry.affine, _declared_padding_mask(values, [headers[file] for file in geometry.files]),
-                       series_origin(headers.values()))
+                       series_origin(headers.values()), geometry.files)
 
 
 def _declared_padding_mask(values: np.ndarray, headers: Sequence[pydicom.Dataset]) -> np.ndarray | None:

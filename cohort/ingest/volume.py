@@ -83,6 +83,9 @@ class Volume:
     circular reconstruction field is known as cut off. ``name`` is how messages show
     ``source`` (see ``cohort.ingest.names``): never its absolute path; it defaults to the last
     component of ``source``. ``origin``: the study and scan of a DICOM series (None for NIfTI).
+    ``files``: the files the voxels were read from (the NIfTI file, or the DICOM series' files,
+    not the other files of its folder), so that a row's input content digests them without
+    finding its series again.
     """
 
     hu: np.ndarray
@@ -91,6 +94,7 @@ class Volume:
     name: str = ""
     outside_fov: np.ndarray | None = field(default=None, repr=False, compare=False)
     origin: ScanOrigin | None = field(default=None, repr=False, compare=False)
+    files: tuple[Path, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:
