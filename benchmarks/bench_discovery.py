@@ -1,0 +1,136 @@
+"""How often a DICOM row's files are found and their headers read: one PACS study folder holding
+its series flat (``cohort manifest`` writes the folder as ``path``, with a ``series_uid`` per row).
+
+    python benchmarks/bench_discovery.py --series 8 --slices 300 [--export /tmp/cohort_bench_flat]
+
+Per row, the ingest stage as ``process_series`` runs it: input fingerprint, ``load_ct`` (every
+header under the folder, to find the series; then its pixels) and the input content digest, the
+old way (``input_content``: the series found again, every header read again) and the new way
+(``content_digest`` of the files ingest read). At the start of a rerun, the fingerprints of the
+done rows: one ``input_fingerprint`` per row (old) and ``input_fingerprints`` (new: a folder
+listed once). Prints header reads (pydicom) and GDCM folder scans, seconds, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+import SimpleITK as sitk
+from pydicom.uid import generate_uid
+
+from cohort.ingest import InputName, load_ct
+from cohort.manifest import SeriesSpec
+from cohort.pipeline import input_groups
+from cohort.provenance import (
+    content_digest,
+    input_content,
+    input_fingerprint,
+    input_fingerprints,
+)
+
+EXAMPLE = Path(__file__).parents[1] / "cohort" / "examples" / "example_ct_dicom"
+READS: collections.Counter = collections.Counter()
+
+
+def write_export(folder: Path, n_series: int, n_slices: int, uncompressed: bool) -> None:
+    """``n_series`` series of ``n_slices`` slices (the example's 20, JPEG 2000 or ``uncompressed``,
+    repeated up the table), one folder; their UIDs in a file beside it."""
+    slices = sorted((pydicom.dcmread(path) for path in EXAMPLE.iterdir()), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    for ds in slices if uncompressed else ():
+        ds.decompress()
+    x, y, z = (float(v) for v in slices[0].ImagePositionPatient)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    study, uids = generate_uid(), []
+    for s in range(n_series):
+        uids.append(generate_uid())
+        for k in range(n_slices):
+            ds = copy.deepcopy(slices[k % len(slices)])
+            ds.ImagePositionPatient, ds.InstanceNumber = [x, y, z + 1.5 * k], k + 1
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, uids[-1], generate_uid()
+            ds.save_as(partial / f"IM{s:02d}_{k:04d}.dcm")
+    partial.rename(folder)
+    uids_file(folder).write_text("\n".join(uids))
+
+
+def uids_file(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".uids")
+
+
+def count_reads() -> None:
+    """Count pydicom header reads and GDCM folder scans (GetGDCMSeriesIDs) from here on."""
+    for owner, name in ((pydicom, "dcmread"), (sitk.ImageSeriesReader, "GetGDCMSeriesIDs")):
+        original = getattr(owner, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            READS[_name] += 1
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, counted)
+
+
+def timed(function) -> tuple[object, float, dict[str, int]]:
+    READS.clear()
+    started = time.perf_counter()
+    value = function()
+    return value, time.perf_counter() - started, dict(READS)
+
+
+def per_row(spec: SeriesSpec) -> dict[str, tuple[float, dict[str, int]]]:
+    """Seconds and reads of each part of one row's ingest stage; the old and new contents agree."""
+    _, fingerprint_s, _ = timed(lambda: input_fingerprint(spec.path, spec.companions))
+    volume, load_s, load_reads = timed(lambda: load_ct(InputName.in_manifest(spec.path, spec.line), series_uid=spec.series_uid))
+    old, old_s, old_reads = timed(lambda: input_content(spec.sources))
+    new, new_s, new_reads = timed(lambda: content_digest(input_groups(spec, volume, None)))
+    if old != new:
+        raise SystemExit(f"{spec.series_id}: contents differ ({old} old, {new} new)")
+    return {"fingerprint": (fingerprint_s, {}), "load_ct": (load_s, load_reads), "content old": (old_s, old_reads),
+            "content new": (new_s, new_reads)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=8)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--uncompressed", action="store_true", help="pixels stored plain, as most exports")
+    parser.add_argument("--rows", type=int, default=3, help="rows timed through ingest (each reads pixels)")
+    parser.add_argument("--export", type=Path, default=None, help="reused when it exists; default: a temporary one")
+    args = parser.parse_args()
+    scratch = None if args.export else tempfile.TemporaryDirectory()
+    folder = args.export or Path(scratch.name) / "study"
+    if not folder.is_dir():
+        write_export(folder, args.series, args.slices, args.uncompressed)
+    uids = uids_file(folder).read_text().split()
+    n_files = sum(1 for _ in folder.iterdir())
+    specs = [SeriesSpec(f"s{k}", folder, k + 2, folder.parent / "scans.csv", series_uid=uid) for k, uid in enumerate(uids)]
+    count_reads()
+    print(f"one folder: {len(uids)} series, {n_files} files")
+    totals = collections.defaultdict(float)
+    for spec in specs[:args.rows]:
+        parts = per_row(spec)
+        print(f"row {spec.series_id}: " + ", ".join(f"{name} {s:.2f} s {reads or ''}" for name, (s, reads) in parts.items()))
+        for name, (seconds, _) in parts.items():
+            totals[name] += seconds
+    common = totals["fingerprint"] + totals["load_ct"]
+    print(f"ingest stage, {args.rows} rows: old {common + totals['content old']:.2f} s, new {common + totals['content new']:.2f} s "
+          f"({(common + totals['content old']) / (common + totals['content new']):.2f}x); the content digest alone "
+          f"{totals['content old'] / totals['content new']:.1f}x")
+    rows = [(spec.path, spec.companions, True) for spec in specs]
+    old, old_s, _ = timed(lambda: [input_fingerprint(*row) for row in rows])
+    new, new_s, _ = timed(lambda: input_fingerprints(rows))
+    assert old == new
+    print(f"rerun start, fingerprints of {len(rows)} done rows: old {old_s:.3f} s, new {new_s:.3f} s ({old_s / new_s:.1f}x)")
+    if scratch:
+        scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()
