@@ -156,9 +156,9 @@ def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int, 
 
 
 def input_files(image: Path) -> list[Path]:
-    """The files a row's fingerprint covers of its image: the image, or every file under its DICOM
-    folder, subfolders included (a series split over ``B/part1`` and ``B/part2`` has ``path``
-    ``B``). Its companions (label map, Dixon fat and water images) are covered as they are named."""
+    """The files a row's fingerprint covers of one input (its image, label map, Dixon fat or water
+    image): the file, or every file under a DICOM folder, subfolders included (a series split over
+    ``B/part1`` and ``B/part2`` has ``path`` ``B``)."""
     return sorted(p for p in image.rglob("*") if p.is_file()) if image.is_dir() else [image]
 
 
@@ -176,11 +176,14 @@ def input_fingerprint(image: Path, companions: tuple[Path, ...] = (), status_cha
 
 
 def _fingerprint_of(image_stats: list[tuple], companions: tuple[Path, ...], status_change: bool) -> str:
-    return digest(image_stats + [_file_stat(path, status_change) for path in companions])
+    """The digest of the image's stats and its companions', each companion as the image is: a
+    Dixon fat or water DICOM folder by its files, not by the folder's own times (which a slice
+    rewritten in place leaves alone). A companion file gives the one stat it always gave."""
+    return digest(image_stats + [stat for path in companions for stat in _image_stats(path, status_change)])
 
 
 def _image_stats(image: Path, status_change: bool) -> list[tuple]:
-    """What :func:`input_fingerprint` records of the image: of every file under a DICOM folder."""
+    """What :func:`input_fingerprint` records of one input: of every file under a DICOM folder."""
     try:
         files = input_files(image)
     except OSError:

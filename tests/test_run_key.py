@@ -618,6 +618,22 @@ def test_input_fingerprint_covers_every_file_a_row_reads(tmp_path: Path) -> None
         before = after
 
 
+def test_input_fingerprint_covers_the_slices_of_dixon_dicom_folders(examples: Path, tmp_path: Path) -> None:
+    """A Dixon fat or water DICOM folder was fingerprinted by the folder's own times, which a slice
+    rewritten in place (same name) leaves alone: the rerun kept fat fractions of the old slice."""
+    from cohort.provenance import input_fingerprint
+
+    for name in ("mr", "fat", "water"):
+        shutil.copytree(examples / "example_ct_dicom", tmp_path / name)
+    before = input_fingerprint(tmp_path / "mr", (tmp_path / "fat", tmp_path / "water"))
+    for name in ("fat", "water"):
+        rewritten = sorted((tmp_path / name).iterdir())[3]
+        rewritten.write_bytes(rewritten.read_bytes()[:-2] + b"\x01\x02")  # same size, same folder entries
+        after = input_fingerprint(tmp_path / "mr", (tmp_path / "fat", tmp_path / "water"))
+        assert after != before, name
+        before = after
+
+
 def test_a_row_reads_the_headers_of_its_folder_once(examples: Path, tmp_path: Path, monkeypatch) -> None:
     """A PACS study folder holding its series flat (one row per series, ``series_uid`` naming it):
     each row reads every header under the folder once, to find its series, and its input content
@@ -681,4 +697,5 @@ def test_fingerprints_list_a_folder_many_rows_name_once(tmp_path: Path, monkeypa
     listing = provenance.input_files
     monkeypatch.setattr(provenance, "input_files", lambda *args: listings.append(args[0]) or listing(*args))
     assert provenance.input_fingerprints(rows) == expected
-    assert sorted(map(str, listings)) == sorted(map(str, [tmp_path / "study"] * 2 + [tmp_path / "gone"]))
+    assert sorted(map(str, listings)) == sorted(map(str, [tmp_path / "study"] * 2 + [tmp_path / "gone",
+                                                                                     tmp_path / "seg.nii.gz"]))
