@@ -15,7 +15,7 @@ from cohort.cli import main
 from cohort.config import load_run_config
 from cohort.manifest import load_manifest
 from cohort.pipeline import MeasureSettings, RunContext, process_series
-from testkit import write_manifest
+from testkit import mirrored_qform_pair, with_header, write_manifest
 
 CT, LABELS = "example_ct_sm.nii.gz", "example_seg_fast.nii.gz"
 
@@ -24,6 +24,14 @@ def _save_like(reference: Path, target: Path, data: np.ndarray, affine: np.ndarr
     image = nib.load(str(reference))
     nib.save(nib.Nifti1Image(data, image.affine if affine is None else affine), str(target))
     return target
+
+
+def _dixon_pair(ct: Path, folder: Path) -> tuple[Path, Path]:
+    """Dixon water and fat images on the CT's grid, the water image infinite in the liver (id 5)."""
+    water = np.clip(np.asanyarray(nib.load(str(ct)).dataobj).astype(np.float32) + 1100, 0, None)
+    water[np.asanyarray(nib.load(str(folder / LABELS)).dataobj) == 5] = np.inf
+    return (_save_like(ct, folder / "water_inf.nii.gz", water),
+            _save_like(ct, folder / "fat.nii.gz", np.zeros_like(water) + 100))
 
 
 def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
@@ -52,7 +60,24 @@ def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
         dataset = pydicom.dcmread(path)
         dataset.SeriesInstanceUID = second_uid
         dataset.save_as(path)
+    two_forms, itk_labels = mirrored_qform_pair(ct, labels, folder)
+    qform_only = folder / "qform_only.nii"
+    with_header(ct, qform_only, sform_code=0, qform_code=1)
+    negative_size = with_header(qform_only, folder / "negative_size.nii", pixdim=[1, -3, 3, 3, 1, 1, 1, 1])
+    no_volume = with_header(ct, folder / "no_volume.nii", srow_z=[0, 0, 0, 94.3])
+    complex_ct = _save_like(ct, folder / "complex.nii.gz",
+                            np.asanyarray(nib.load(str(ct)).dataobj).astype(np.complex64))
+    water_inf, fat = _dixon_pair(ct, folder)
     return {
+        "two_forms": ({"path": str(two_forms), "labels": str(itk_labels)},
+                      ["<path of line", "qform and sform disagree", "qform LAS", "sform RAS"]),
+        "negative_size": ({"path": str(negative_size), "labels": str(labels)},
+                          ["<path of line", "voxel sizes pixdim [-3.0, 3.0, 3.0]", "not all above 0"]),
+        "no_volume": ({"path": str(no_volume), "labels": str(labels)},
+                      ["<path of line", "sform does not place the voxels", "singular"]),
+        "complex": ({"path": str(complex_ct), "labels": str(labels)}, ["<path of line", "complex64 voxels"]),
+        "dixon_inf": ({"path": str(ct), "labels": str(labels), "water": str(water_inf), "fat": str(fat)},
+                      ["<water of line", "NaN or infinite"]),
         "missing": ({"path": "does_not_exist.nii.gz"}, ["<path of line", "not found"]),
         "truncated": ({"path": str(truncated)}, ["<path of line", "corrupt or truncated"]),
         "garbage": ({"path": str(garbage)}, ["<path of line", "cannot read"]),

@@ -17,7 +17,7 @@ from cohort.cli import main
 from cohort.errors import ManifestError, SeriesError
 from cohort.ingest import InputName, align_labels, load_ct, load_label_nifti
 from cohort.manifest import load_manifest, read_manifest
-from testkit import cohort_cli
+from testkit import cohort_cli, mirrored_qform_pair, with_header
 from tests.export.pacs import Patient, Study, example_slices, write_series
 
 HEADER = "series_id,path,age,sex,labels,scanner\n"
@@ -263,6 +263,31 @@ def test_a_nifti_without_orientation_fails_the_check_and_the_run(examples: Path,
     assert len(lines := _check_lines(manifest)) == 1 and reason in lines[0]
     with pytest.raises(SeriesError, match=re.escape(reason)):
         load_ct(tmp_path / "ct.nii.gz")
+
+
+def test_nifti_headers_every_tool_reads_otherwise_fail_the_check_as_the_run(examples: Path, tmp_path: Path) -> None:
+    """qform and sform that disagree (ITK tools read the qform: a label map they made was laid mirrored
+    over the image), a qform with a negative voxel size (nibabel takes its absolute value, ITK mirrors
+    the axis), an sform without volume and complex voxels: each the same problem, from headers alone."""
+    ct, labels = examples / "example_ct_sm.nii.gz", examples / "example_seg_fast.nii.gz"
+    two_forms, itk_labels = mirrored_qform_pair(ct, labels, tmp_path)
+    with_header(ct, tmp_path / "qform_only.nii", sform_code=0, qform_code=1)
+    with_header(tmp_path / "qform_only.nii", tmp_path / "negative.nii", pixdim=[1, 3, -3, 3, 1, 1, 1, 1])
+    with_header(ct, tmp_path / "flat.nii", srow_y=[0, 0, 0, 11.3])
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(ct).dataobj).astype(np.complex64), nib.load(ct).affine),
+             tmp_path / "complex.nii.gz")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text(f"series_id,path,labels\ntwo_forms,{two_forms.name},{itk_labels.name}\n"
+                        "negative,negative.nii,\nflat,flat.nii,\ncomplex,complex.nii.gz,\n")
+    runs = []
+    for line, image in enumerate(("two_forms.nii.gz", "negative.nii", "flat.nii", "complex.nii.gz"), 2):
+        with pytest.raises(SeriesError) as refused:
+            load_ct(InputName.in_manifest(tmp_path / image, line))
+        runs.append(str(refused.value))
+    assert "qform and sform disagree (qform LAS" in runs[0] and "pixdim [3.0, -3.0, 3.0]" in runs[1]
+    assert "sform does not place the voxels" in runs[2] and "complex64 voxels" in runs[3]
+    assert check_manifest(manifest).lines() == [f"scans.csv line {line} ({series}): {run}" for line, series, run in
+                                                zip(range(2, 6), ("two_forms", "negative", "flat", "complex"), runs)]
 
 
 def test_check_finds_a_dixon_image_on_another_grid(tmp_path: Path) -> None:

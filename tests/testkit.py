@@ -12,6 +12,7 @@ from typing import Iterator
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from cohort.config import load_class_map
 
@@ -105,3 +106,32 @@ def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def with_header(source: Path, target: Path, **fields) -> Path:
+    """An uncompressed copy of the NIfTI ``source`` whose header fields are then set as ``fields``, byte
+    for byte (nibabel repairs some of them, e.g. a voxel size of 0 or below, when it writes a header)."""
+    image = nib.load(str(source))
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header), str(target))
+    with target.open("rb") as handle:
+        header = nib.Nifti1Header.from_fileobj(handle, check=False)
+    for key, value in fields.items():
+        header[key] = value
+    target.write_bytes(header.binaryblock + target.read_bytes()[len(header.binaryblock):])
+    return target
+
+
+def mirrored_qform_pair(ct: Path, labels: Path, folder: Path) -> tuple[Path, Path]:
+    """A CT whose sform (code 2, as nibabel writes it) says RAS and whose qform (code 1) says LAS,
+    and its label map as an ITK tool (here SimpleITK) writes it: the same voxels, placed by the qform."""
+    image = nib.load(str(ct))
+    mirrored = image.affine @ np.array([[-1, 0, 0, image.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    both = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine)
+    both.set_sform(image.affine, 2)
+    both.set_qform(mirrored, 1)
+    nib.save(both, str(folder / "two_forms.nii.gz"))
+    reference = sitk.ReadImage(str(folder / "two_forms.nii.gz"))
+    itk_labels = sitk.GetImageFromArray(np.asanyarray(nib.load(str(labels)).dataobj).transpose(2, 1, 0).copy())
+    itk_labels.CopyInformation(reference)
+    sitk.WriteImage(itk_labels, str(folder / "two_forms_labels_itk.nii.gz"))
+    return folder / "two_forms.nii.gz", folder / "two_forms_labels_itk.nii.gz"

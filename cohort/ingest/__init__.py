@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cohort.config import IngestConfig
 from cohort.errors import SeriesError
-from cohort.ingest.checks import align_image, align_labels, check_is_ct, check_modality
+from cohort.ingest.checks import align_image, align_labels, check_finite, check_is_ct, check_modality
 from cohort.ingest.dicom import read_ct_dicom
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import as_hu_array, is_nifti, load_label_nifti, read_nifti_array
@@ -43,8 +43,11 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
         raise SeriesError(f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
     if padded is None:  # none declared (a DICOM header can): the corners tell
         padded = padding_mask(values, detect_padding(values))
-    if modality is not None:  # None: a companion image (Dixon fat/water), judged through its series
-        check_modality(Volume(hu=values, affine=affine, source=name.path, name=name.shown), modality, padded)
+    unchecked = Volume(hu=values, affine=affine, source=name.path, name=name.shown)
+    if modality is not None:
+        check_modality(unchecked, modality, padded)
+    else:  # a companion image (Dixon fat/water), judged through its series; its values must still be numbers
+        check_finite(unchecked, padded)
     fill = NO_SIGNAL if modality == "MR" else AIR_HU  # an MR's padding is no signal, never CT air
     return Volume(hu=as_hu_array(fill_padding(values, padded, fill)), affine=affine, source=name.path,
                   name=name.shown, outside_fov=padded, origin=origin, files=files)

@@ -72,6 +72,16 @@ def check_is_ct(volume: Volume, padded: np.ndarray | None = None) -> None:
         )
 
 
+def check_finite(volume: Volume, padded: np.ndarray | None = None) -> None:
+    """Reject an image with NaN or infinite values outside ``padded``: the check that remains for a
+    companion image (Dixon fat or water), which no modality check judges. Summed into a structure,
+    one such voxel made its fat fraction NaN, or 0 (or 1) where the water (or fat) signal was
+    infinite, without a word."""
+    low, high = _value_range(volume.hu, None if padded is None else ~padded)
+    if not np.isfinite(low) or not np.isfinite(high):
+        raise SeriesError(f"{volume.name}: image holds NaN or infinite values")
+
+
 def _value_range(values: np.ndarray, keep: np.ndarray | None) -> tuple[float, float]:
     """Lowest and highest value of ``values`` where ``keep`` (everywhere when None); NaN propagates."""
     if keep is None:

@@ -25,6 +25,7 @@ except ImportError:  # no wheel for this platform: nibabel's gzip
 
 from cohort.config import IngestConfig
 from cohort.errors import SeriesError
+from cohort.ingest.checks import AFFINE_TOLERANCE_MM
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
 from cohort.ingest.volume import LabelMap
@@ -32,6 +33,7 @@ from cohort.ingest.volume import LabelMap
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, zlib.error,
                OSError, ValueError, *((isal_zlib.error,) if isal_zlib else ()))
+SINGULAR_VOXEL_MM3 = 1e-9  # below this a voxel (e.g. a matrix of zeros) has no volume
 
 
 def is_nifti(path: Path) -> bool:
@@ -68,8 +70,9 @@ def read_voxels(image: nib.Nifti1Image, path: Path) -> np.ndarray:
 
 
 def check_header(name: InputName, image: nib.Nifti1Image, limits: IngestConfig) -> None:
-    """Raise unless the file can hold what its header describes, within the voxel limit, and its
-    header places the voxels in the patient (a qform or sform)."""
+    """Raise unless the file can hold what its header describes, within the voxel limit, stores real
+    numbers (:func:`check_voxel_type`) and its header places the voxels in the patient as every tool
+    reads it (:func:`check_placement`)."""
     shape = tuple(int(n) for n in image.shape)
     if name.path.name.lower().endswith(".nii"):
         dtype = image.header.get_data_dtype()
@@ -81,10 +84,81 @@ def check_header(name: InputName, image: nib.Nifti1Image, limits: IngestConfig) 
                 f"of {dtype}): truncated?"
             )
     check_voxel_count(name, shape, limits)
-    if not image.header["sform_code"] and not image.header["qform_code"]:
+    check_voxel_type(name, image.header)
+    check_placement(name, image.header, stored_voxel_sizes(image, name.path))
+
+
+def check_voxel_type(name: InputName, header: nib.Nifti1Header) -> None:
+    """Raise unless the file stores one real number per voxel: a complex image was measured by its
+    real part without a word (numpy drops the imaginary part), an RGB one failed on an unforeseen
+    type error."""
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "biuf":
+        raise SeriesError(f"{name}: NIfTI stores {'RGB' if dtype.names else dtype.name} voxels; an image or "
+                          "label map of one real number per voxel is needed")
+
+
+def stored_voxel_sizes(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """pixdim[1:4] as the file at ``path`` stores them: nibabel's loader repairs them in
+    ``image.header`` (a 0 becomes 1, a negative size its absolute value), as other tools do not."""
+    with nib.openers.ImageOpener(str(path)) as stream:
+        stored = type(image.header).from_fileobj(stream, check=False)
+    return stored["pixdim"][1:1 + min(3, int(stored["dim"][0]))]
+
+
+def check_placement(name: InputName, header: nib.Nifti1Header, voxel_sizes: np.ndarray) -> None:
+    """Raise unless the header places the voxels in the patient in one way every tool reads alike.
+
+    nibabel (so cohort and TotalSegmentator) takes the sform when its code is set, else the qform;
+    ITK-based tools (SimpleITK, nnU-Net's reader, 3D Slicer) take the qform unless the sform code
+    is 1 (scanner). A file whose two disagree is therefore read mirrored or shifted by one of them,
+    and a label map made by such a tool was reoriented onto the image as its header said: silently
+    laid over the other side. A qform with a voxel size of 0 or below is read as 1 mm by both, or
+    mirrored by ITK, and a singular or non-finite matrix has no voxel volume. ``voxel_sizes``:
+    pixdim[1:4] as stored (:func:`stored_voxel_sizes`).
+    """
+    qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
+    if not sform_code and not qform_code:
         raise SeriesError(f"{name}: NIfTI header gives no orientation (qform_code and sform_code are 0), so left and "
                           "right cannot be told apart and a left/right structure could be labelled as the other; "
                           "convert it again from DICOM (e.g. dcm2niix) or set its qform/sform")
+    if qform_code and not (voxel_sizes > 0).all():
+        raise SeriesError(f"{name}: NIfTI header gives voxel sizes pixdim {np.round(voxel_sizes, 3).tolist()}, "
+                          "not all above 0, and its qform needs them: tools read such a file with 1 mm or "
+                          "mirrored voxels; set the voxel sizes in the header")
+    form, affine = ("sform", header.get_sform()) if sform_code else ("qform", header.get_qform())
+    if not np.isfinite(affine).all():
+        problem = "is not finite"
+    elif abs(np.linalg.det(affine[:3, :3])) < SINGULAR_VOXEL_MM3:
+        problem = "is singular: voxels without volume"
+    else:
+        problem = None
+    if problem:
+        raise SeriesError(f"{name}: NIfTI header's {form} does not place the voxels (its matrix {problem}); "
+                          "convert it again from DICOM (e.g. dcm2niix)")
+    if qform_code and sform_code and not np.allclose(header.get_qform(), qform_of(affine),
+                                                     atol=AFFINE_TOLERANCE_MM):
+        raise SeriesError(
+            f"{name}: NIfTI header's qform and sform disagree (qform {_placement(header.get_qform())}, sform "
+            f"{_placement(affine)}): nibabel-based tools read the sform, ITK-based ones (SimpleITK, nnU-Net, "
+            "Slicer) the qform, so a label map can land mirrored or shifted; set both to the right one"
+        )
+
+
+def _placement(affine: np.ndarray) -> str:
+    """``affine`` in a few words: its orientation and origin (``RAS at [x, y, z]``), or "not finite"."""
+    if not np.isfinite(affine).all():
+        return "not finite"
+    return f"{''.join(nib.aff2axcodes(affine))} at {np.round(affine[:3, 3], 2).tolist()}"
+
+
+def qform_of(affine: np.ndarray) -> np.ndarray:
+    """The qform that stands for ``affine`` (an sform): the affine itself when orthogonal, else its
+    closest rotation with the same voxel sizes (a qform cannot hold a shear, e.g. a gantry tilt), as
+    nibabel and the NIfTI C library (dcm2niix) write it beside the sform."""
+    header = nib.Nifti1Header()
+    header.set_qform(affine)
+    return header.get_qform()
 
 
 def load_label_nifti(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> LabelMap:
