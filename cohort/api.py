@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import pandas as pd
 
 from cohort.config import load_run_config
-from cohort.ingest import LabelMap, align_labels, load_ct, load_label_nifti
+from cohort.ingest import LabelMap, load_ct, load_labels
 from cohort.pipeline import MeasureSettings, measure_series
 from cohort.provenance import LABELS_MODEL
 from cohort.store.layout import missing_table
@@ -140,9 +140,10 @@ def measure(ct: PathLike, labels: PathLike, config: PathLike | None = None, seri
     """Measure every structure of one image with its label map: the ``features/`` rows of that pair.
 
     ``ct`` is a NIfTI file or a DICOM series folder, ``labels`` a label map of it (same grid, any
-    axis order) numbered as ``model``'s class map (the default, a TotalSegmentator v2 ``total``
-    map; ``model="total_mr"`` for an MR image and its map); ``config`` a run configuration (its
-    ``measure`` section is used). The rows are exactly those ``cohort run --model model`` writes
+    axis order): a NIfTI file numbered as ``model``'s class map (the default, a TotalSegmentator v2
+    ``total`` map; ``model="total_mr"`` for an MR image and its map), or a folder of one binary mask
+    per structure of that map, named after it (TotalSegmentator's output without ``--ml``);
+    ``config`` a run configuration (its ``measure`` section is used). The rows are exactly those ``cohort run --model model`` writes
     for a manifest row with that ``labels`` column.
     """
     from cohort.segmentation.registry import load_model_spec
@@ -150,7 +151,7 @@ def measure(ct: PathLike, labels: PathLike, config: PathLike | None = None, seri
     spec = load_model_spec(model)
     settings = MeasureSettings.from_config(load_run_config(Path(config) if config else None), spec)
     volume = load_ct(Path(ct), modality=spec.modality)
-    label_map = align_labels(volume, load_label_nifti(Path(labels)))
+    label_map = load_labels(Path(labels), volume, settings.class_map)
     name = series_id or _stem(Path(ct))
     return measure_series(name, volume, label_map, LABELS_MODEL, settings).to_pandas()
 

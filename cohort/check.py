@@ -7,8 +7,10 @@ readable, 3-D, within the header checks of ``cohort.ingest.nifti`` (an uncompres
 enough for the voxels its header claims, the voxel limit) and gzipped ones not cut short; DICOM
 folders found as the run finds its series (``cohort.ingest.dicom.series_geometry``: one series
 per folder unless ``series_uid`` names one, slices forming one volume) and, given the model's
-modality, not tagged as the other one; label maps and Dixon images on the image's grid
-(``cohort.ingest.checks.grid_transform``) and Dixon images of the image's study and scan
+modality, not tagged as the other one; ``labels`` folders holding one mask file per structure of
+the class map (``cohort.ingest.masks``: names, each once, none missing); label maps, their masks
+and Dixon images on the image's grid (``cohort.ingest.checks.grid_transform``) and Dixon images
+of the image's study and scan
 (``cohort.ingest.checks.check_same_scan``). Nothing is segmented and nothing is written.
 
 Messages never show an absolute input path: files are named as ``cohort.ingest`` names them
@@ -28,11 +30,12 @@ from pathlib import Path
 import nibabel as nib
 import pydicom
 
-from cohort.config import IngestConfig, load_run_config
+from cohort.config import ClassMap, IngestConfig, load_run_config
 from cohort.errors import SeriesError
 from cohort.ingest.checks import check_same_scan, grid_transform
 from cohort.ingest.dicom import check_declared_modality, series_geometry, series_origin, truncated_pixel_data
 from cohort.ingest.limits import check_voxel_count
+from cohort.ingest.masks import masks_by_label
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import READ_ERRORS, check_header, igzip, is_nifti
 from cohort.ingest.volume import Grid, ScanOrigin
@@ -67,26 +70,41 @@ class ManifestReport:
                 f"on {n_lines} line{'s' * (n_lines != 1)}")
 
 
-def check_manifest(path: str | Path, modality: str | None = None) -> ManifestReport:
+def check_manifest(path: str | Path, modality: str | None = None, class_map: ClassMap | None = None) -> ManifestReport:
     """Check the manifest at ``path`` and every file its rows name; with ``modality`` (the
-    model's, ``CT`` or ``MR``), also the DICOM ``Modality`` tag of every series.
+    model's, ``CT`` or ``MR``), also the DICOM ``Modality`` tag of every series. ``labels``
+    folders are judged against ``class_map`` (default: the one a run of the default model uses).
 
     Raises :class:`~cohort.errors.ManifestError` only when the file cannot be read as a
     manifest at all (not found, not UTF-8, broken CSV, no header).
     """
+    from cohort.pipeline import MeasureSettings
+
     parsed = read_manifest(path)
-    limits = load_run_config().ingest  # the voxel limit `cohort run` applies by default
+    config = load_run_config()  # the voxel limit and class map `cohort run` applies by default
+    rules = FileRules(config.ingest, modality, class_map or MeasureSettings.from_config(config).class_map)
     problems = list(parsed.problems)
     for spec in parsed.specs:
         problems.extend(subject_problems(spec))
-        problems.extend(_file_problems(spec, limits, modality))
+        problems.extend(_file_problems(spec, rules))
     problems.sort(key=lambda problem: problem.line)
     return ManifestReport(manifest=parsed.path, n_rows=parsed.n_rows, problems=tuple(problems))
 
 
-def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None) -> list[Problem]:
+@dataclass(frozen=True)
+class FileRules:
+    """What the files of a row are judged by: the voxel limit, the model's modality (None: not
+    judged) and the class map a ``labels`` folder's masks are named by."""
+
+    limits: IngestConfig
+    modality: str | None
+    class_map: ClassMap
+
+
+def _file_problems(spec: SeriesSpec, rules: FileRules) -> list[Problem]:
     """The problems of the files a row names: each read as far as its headers, as ``cohort run``
     reads it, and the label map and Dixon images on the image's grid (``cohort.ingest.checks``)."""
+    limits, modality = rules.limits, rules.modality
     names = {column: InputName.in_manifest(getattr(spec, column), spec.line, column)
              for column in FILE_COLUMNS if getattr(spec, column) is not None}
     image: Grid | None = None
@@ -94,6 +112,9 @@ def _file_problems(spec: SeriesSpec, limits: IngestConfig, modality: str | None)
     found: list[Problem] = []
     for column, name in names.items():
         try:
+            if column == "labels" and name.path.is_dir():
+                _check_mask_folder(name, rules, image, names["path"].shown)
+                continue
             grid, origin = _header_grid(spec, column, name, limits, modality)
             if column == "path":
                 image, image_origin = grid, origin
@@ -120,6 +141,25 @@ def _header_grid(spec: SeriesSpec, column: str, name: InputName, limits: IngestC
     if column == "path":
         return _image_grid(name, limits, spec.series_uid, modality)
     return _image_grid(name, limits, getattr(spec, f"{column}_series_uid"), None)
+
+
+def _check_mask_folder(name: InputName, rules: FileRules, image: Grid | None, image_name: str) -> None:
+    """The header-only checks of a ``labels`` folder (``cohort.ingest.masks``): the mask files
+    named after the class map's structures, each once, none missing, and each mask's header
+    readable and on the image's grid (when the image's is known); the first problem, with how
+    many more masks have one. Binary values and overlaps need the voxels: left to the run."""
+    failures = []
+    for file in masks_by_label(name, rules.class_map).values():
+        mask = name.child(str(file), file.name)
+        try:
+            grid = _nifti_grid(mask, rules.limits)
+            if image is not None:
+                grid_transform(image, image_name, grid.shape, grid.affine, mask.shown, "mask")
+        except SeriesError as error:
+            failures.append(str(error))
+    if failures:
+        more = len(failures) - 1
+        raise SeriesError(failures[0] + (f" (and {more} more mask{'s' * (more > 1)} with a problem)" if more else ""))
 
 
 def _image_grid(name: InputName, limits: IngestConfig, series_uid: str | None,

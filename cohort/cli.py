@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="every problem of a manifest in one pass, no work done")
     check.add_argument("--manifest", type=Path, required=True)
     check.add_argument("--model", help="also refuse DICOM series tagged as the other modality than this model's "
-                                       "(e.g. MR series for a CT model)")
+                                       "(e.g. MR series for a CT model); labels folders are judged by its class map "
+                                       "(default: fast's)")
 
     status = commands.add_parser("status", help="done, failed, remaining and ETA of a running or stopped run")
     status.add_argument("--out", type=Path, default=Path("results"), help="the run's output folder (default: results/)")
@@ -328,9 +329,13 @@ def models_command(args: argparse.Namespace) -> int:
 def check_command(args: argparse.Namespace) -> int:
     """Exit 0: no problem; 1: problems listed (one line each, then a summary); 2: not a manifest."""
     from cohort.check import check_manifest
+    from cohort.config import load_run_config
+    from cohort.pipeline import MeasureSettings
     from cohort.segmentation.registry import load_model_spec
 
-    report = check_manifest(args.manifest, load_model_spec(args.model).modality if args.model else None)
+    model = load_model_spec(args.model) if args.model else None
+    report = check_manifest(args.manifest, model.modality if model else None,
+                            MeasureSettings.from_config(load_run_config(), model).class_map)
     for line in report.lines():
         print(line)
     print(report.summary())

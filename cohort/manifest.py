@@ -25,6 +25,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cohort.errors import ManifestError, SeriesError
 
@@ -52,6 +53,16 @@ UNICODE_BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's
     (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
     (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"),
 )
+
+
+class Source(NamedTuple):
+    """A file or folder a row reads: ``series_uid`` picks the DICOM series under a folder;
+    ``masks``: a folder is read as one binary mask per structure (the ``labels`` column,
+    ``cohort.ingest.masks``), not as DICOM."""
+
+    path: Path
+    series_uid: str | None = None
+    masks: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,9 +97,9 @@ class SeriesSpec:
         return f"{self.manifest.name} line {self.line} ({self.series_id})"
 
     @property
-    def sources(self) -> tuple[tuple[Path, str | None], ...]:
-        """What the row reads, as (path, DICOM series under it): image, label map, fat, water."""
-        return tuple((getattr(self, column), getattr(self, uid) if uid else None)
+    def sources(self) -> tuple[Source, ...]:
+        """What the row reads: image, label map, fat, water."""
+        return tuple(Source(getattr(self, column), getattr(self, uid) if uid else None, column == "labels")
                      for column, uid in INPUT_COLUMNS.items() if getattr(self, column) is not None)
 
     @property

@@ -23,14 +23,14 @@ import pyarrow as pa
 import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
 from cohort.errors import OutOfMemory, RunCannotStart, SeriesError, is_out_of_memory
-from cohort.ingest import InputName, LabelMap, Volume, align_image, align_labels, load_ct, load_label_nifti
+from cohort.ingest import InputName, LabelMap, Volume, align_image, load_ct, load_labels
 from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subject, dixon_problem, subject_or_empty,
                              validate_subject)
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
-from cohort.provenance import (LABELS_MODEL, RunKey, content_digest, digest, input_fingerprint, measurement_digest,
-                               series_uid_digest)
+from cohort.provenance import (LABELS_MODEL, RunKey, SourceFiles, content_digest, digest, input_fingerprint,
+                               measurement_digest, series_uid_digest, source_files)
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
 from cohort.store.tables import FEATURES_SCHEMA
@@ -174,8 +174,8 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)
             reused = label_map is not None
             if label_map is None and spec.labels is not None:
-                label_map = align_labels(volume, load_label_nifti(
-                    InputName.in_manifest(spec.labels, spec.line, column="labels"), context.ingest))
+                label_map = load_labels(InputName.in_manifest(spec.labels, spec.line, column="labels"), volume,
+                                        context.measure.class_map, context.ingest)
         if label_map is None:
             with timer.stage("load_model"):
                 try:
@@ -276,12 +276,14 @@ def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon 
     return Dixon(arrays["fat"], arrays["water"], files["fat"], files["water"])
 
 
-def input_groups(spec: SeriesSpec, volume: Volume, dixon: Dixon | None) -> list[tuple[Path, ...]]:
+def input_groups(spec: SeriesSpec, volume: Volume, dixon: Dixon | None) -> list[SourceFiles]:
     """The files of each of the row's sources (:attr:`SeriesSpec.sources` order) as ingest read
-    them, for :func:`cohort.provenance.content_digest`: a DICOM series is found once per row."""
-    found = {"path": volume.files, "labels": (spec.labels,), "fat": dixon.fat_files if dixon else (),
-             "water": dixon.water_files if dixon else ()}
-    return [found[column] for column in INPUT_COLUMNS if getattr(spec, column) is not None]
+    them, for :func:`cohort.provenance.content_digest`: a DICOM series is found once per row (the
+    label map, a file or a folder of masks, is listed, not read, to be found)."""
+    read = {"path": volume.files, "fat": dixon.fat_files if dixon else (), "water": dixon.water_files if dixon else ()}
+    columns = [column for column in INPUT_COLUMNS if getattr(spec, column) is not None]
+    return [SourceFiles(tuple(read[column])) if column in read else source_files(*source)
+            for column, source in zip(columns, spec.sources)]
 
 
 def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: str,

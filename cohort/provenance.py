@@ -8,8 +8,8 @@ mixed in one table and a changed input file is never silently kept:
   ``labels`` for a precomputed label map) and the measurement settings (class map, lower
   bounds, border rule);
 - the **input fingerprint** of a row: path, size, modification and status-change time of the image file (every
-  file under a DICOM folder) and of its companions (precomputed label map, Dixon fat and water), a
-  check that costs one ``stat`` per file;
+  file under a DICOM folder) and of its companions (precomputed label map, every file under a
+  ``labels`` folder of masks; Dixon fat and water), a check that costs one ``stat`` per file;
 - the **input content** of a row: a digest of the same files' bytes, wherever they are. When the
   fingerprint of a done row changed, a rerun compares contents: equal contents mean the files
   were moved or copied (scratch to archive) or touched, and the row stands.
@@ -29,7 +29,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 LABELS_MODEL = "labels"
 EDGE_BYTES = 4 * 2**20
@@ -203,11 +203,11 @@ def _file_stat(path: Path, status_change: bool) -> tuple:
 UNREADABLE_CONTENT = "unreadable"
 
 
-def input_content(sources: Iterable[tuple[Path, str | None]]) -> str | None:
+def input_content(sources: Iterable[tuple]) -> str | None:
     """Digest of the bytes a row reads, whatever the files' paths, names and times: of each
-    (path, series UID) of :attr:`cohort.manifest.SeriesSpec.sources`, the file, or the files of
-    the DICOM series under the folder (not the other series or files beside it). None when a
-    file is gone; :data:`UNREADABLE_CONTENT` when the files are there but hold no such series.
+    (path, series UID[, masks]) of :attr:`cohort.manifest.SeriesSpec.sources`, the file, the files
+    of the DICOM series under the folder (not the other series or files beside it), or the masks of
+    a ``labels`` folder by name. None when a file is gone; :data:`UNREADABLE_CONTENT` when the files are there but hold no such series.
     SHA-256 runs at about 2 GB/s on a current core: a series just read for ingest hashes from
     the page cache in tens of milliseconds.
 
@@ -220,12 +220,32 @@ def input_content(sources: Iterable[tuple[Path, str | None]]) -> str | None:
     ...     before == input_content([(moved, None), (labels, None)]), input_content([(image, None)]) is None
     (True, True)
     """
+    return content_digest(source_files(*source) for source in sources)
+
+
+class SourceFiles(NamedTuple):
+    """The files a row read from one source; ``named``: each digested with its file name, which
+    says what it is (a mask of a ``labels`` folder: the same bytes under another name are another
+    label map)."""
+
+    files: tuple[Path | str, ...]
+    named: bool = False
+
+
+def source_files(path: Path, series_uid: str | None = None, masks: bool = False) -> SourceFiles:
+    """The files of one source (:class:`cohort.manifest.Source`): a file, the files of the DICOM
+    series under a folder, or (``masks``) the masks of a ``labels`` folder."""
     from cohort.ingest.dicom import series_files
+    from cohort.ingest.masks import mask_files
 
-    return content_digest(series_files(path, series_uid) if path.is_dir() else [path] for path, series_uid in sources)
+    if not path.is_dir():
+        return SourceFiles((path,))
+    if masks:
+        return SourceFiles(tuple(mask_files(path)), named=True)
+    return SourceFiles(tuple(series_files(path, series_uid)))
 
 
-def content_digest(groups: Iterable[Iterable[Path | str]]) -> str | None:
+def content_digest(groups: Iterable[SourceFiles]) -> str | None:
     """:func:`input_content` of the files of each of a row's sources (in
     :attr:`cohort.manifest.SeriesSpec.sources` order), where they are known already: ingest hands
     over the files it read, so a row's series is found once, not again (its folder's headers
@@ -235,7 +255,8 @@ def content_digest(groups: Iterable[Iterable[Path | str]]) -> str | None:
     from cohort.errors import SeriesError
 
     try:
-        return digest([sorted(file_digest(Path(file)) for file in files) for files in groups])
+        return digest([sorted(f"{Path(file).name}:{file_digest(Path(file))}" if named else file_digest(Path(file))
+                              for file in files) for files, named in groups])
     except FileNotFoundError:
         return None
     except (OSError, SeriesError):

@@ -1,4 +1,5 @@
-"""Stage 1: read a CT (NIfTI file or DICOM folder) and its label map into typed volumes.
+"""Stage 1: read a CT (NIfTI file or DICOM folder) and its label map (a multilabel NIfTI file or a
+folder of binary masks, ``cohort.ingest.masks``) into typed volumes.
 
 Inputs are given as a :class:`Path` or, from a manifest row, as an :class:`InputName` so that
 messages never show the absolute path (see ``cohort.ingest.names``). Headers are checked
@@ -9,17 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cohort.config import IngestConfig
+from cohort.config import ClassMap, IngestConfig
 from cohort.errors import SeriesError
 from cohort.ingest.checks import align_image, align_labels, check_finite, check_is_ct, check_modality
 from cohort.ingest.dicom import read_ct_dicom
+from cohort.ingest.masks import load_label_masks
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import as_hu_array, is_nifti, load_label_nifti, read_nifti_array
 from cohort.ingest.padding import AIR_HU, NO_SIGNAL, detect_padding, fill_padding, padding_mask
 from cohort.ingest.volume import Grid, LabelMap, Volume
 
 __all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_image", "align_labels", "check_is_ct", "check_modality",
-           "load_ct", "load_label_nifti"]
+           "load_ct", "load_label_masks", "load_label_nifti", "load_labels"]
 
 
 def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), series_uid: str | None = None,
@@ -51,3 +53,14 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     fill = NO_SIGNAL if modality == "MR" else AIR_HU  # an MR's padding is no signal, never CT air
     return Volume(hu=as_hu_array(fill_padding(values, padded, fill)), affine=affine, source=name.path,
                   name=name.shown, outside_fov=padded, origin=origin, files=files)
+
+
+def load_labels(source: Path | InputName, volume: Volume, class_map: ClassMap,
+                limits: IngestConfig = IngestConfig()) -> LabelMap:
+    """The label map of ``volume`` on its grid, from a multilabel NIfTI file numbered as
+    ``class_map`` or from a folder of one binary mask per structure of ``class_map`` (TotalSegmentator
+    without ``--ml``): what a manifest's ``labels`` column may name."""
+    name = InputName.of(source)
+    if name.path.is_dir():
+        return load_label_masks(name, class_map, volume.grid, volume.name, limits)
+    return align_labels(volume, load_label_nifti(name, limits))

@@ -1,0 +1,66 @@
+"""Benchmark: reading a ``labels`` folder of 117 gzipped masks against its multilabel file.
+
+Builds, from the shipped example's real TotalSegmentator v2 map (``example_seg.nii.gz``) and CT,
+a clinical-size pair by repeating voxels (``--repeat 4,5,10``: 488 x 505 x 300, 74 M voxels), writes
+the map as one uint8 mask per structure of ``class_map_total_v2.csv`` as TotalSegmentator does
+(gzip level 6 by nibabel, empty masks for absent structures), then times
+``cohort.ingest.load_labels`` on the folder and on the multilabel file (wall and CPU seconds) and
+checks that both give the same label map.
+
+    python benchmarks/bench_label_masks.py --repeat 4,5,10 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from cohort.config import load_class_map
+from cohort.ingest import load_ct, load_labels
+from cohort.manifest import example_manifest
+
+
+def build(folder: Path, repeat: tuple[int, ...]) -> None:
+    """``ct.nii.gz``, ``seg.nii.gz`` and ``segmentations/`` (one mask per structure) in ``folder``."""
+    examples = example_manifest().parent
+    seg, ct = nib.load(str(examples / "example_seg.nii.gz")), nib.load(str(examples / "example_ct_sm.nii.gz"))
+    labels, values = np.asanyarray(seg.dataobj), np.asanyarray(ct.dataobj)
+    for axis, times in enumerate(repeat):
+        labels, values = np.repeat(labels, times, axis=axis), np.repeat(values, times, axis=axis)
+    affine = seg.affine.copy()
+    affine[:3, :3] /= np.array(repeat)
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), affine), str(folder / "seg.nii.gz"))
+    nib.save(nib.Nifti1Image(values.astype(np.int16), affine), str(folder / "ct.nii.gz"))
+    (folder / "segmentations").mkdir()
+    for label, structure in load_class_map("class_map_total_v2.csv").names.items():
+        mask = (labels == label).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, affine), str(folder / "segmentations" / f"{structure}.nii.gz"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", default="4,5,10", help="voxel repeats along x,y,z of the 122x101x30 example")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    class_map = load_class_map("class_map_total_v2.csv")
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        build(folder, tuple(int(n) for n in args.repeat.split(",")))
+        volume = load_ct(folder / "ct.nii.gz")
+        print(f"image {volume.hu.shape} ({volume.hu.size / 1e6:.1f} M voxels), {len(class_map.names)} masks")
+        for _ in range(args.rounds):
+            timings = {}
+            for what, source in (("multilabel file", folder / "seg.nii.gz"), ("mask folder", folder / "segmentations")):
+                wall, cpu = time.perf_counter(), time.process_time()
+                timings[what] = load_labels(source, volume, class_map)
+                print(f"  {what:16s} {time.perf_counter() - wall:6.2f} s wall {time.process_time() - cpu:6.2f} s CPU")
+            assert np.array_equal(timings["multilabel file"].labels, timings["mask folder"].labels)
+
+
+if __name__ == "__main__":
+    main()
