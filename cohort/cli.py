@@ -6,7 +6,6 @@ Exit codes: 0 every row done; 1 some rows failed; 2 the run could not start.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from cohort.errors import OutputWriteFailed, RunCannotStart
+from cohort.errors import WRITE_ERRORS, OutputWriteFailed, RunCannotStart
 from cohort.manifest import example_manifest
 
 console = Console(stderr=True)
@@ -110,9 +109,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
-
-
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @contextmanager

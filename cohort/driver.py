@@ -11,12 +11,14 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cohort
 from cohort.config import RunConfig, load_run_config
-from cohort.errors import OutputWriteFailed, RunCannotStart
+from cohort.errors import WRITE_ERRORS, OutputWriteFailed, RunCannotStart
 from cohort.manifest import SeriesSpec, load_manifest
 from cohort.pipeline import MeasureSettings, ResolvedModel, RunContext, SeriesResult, features_table
 from cohort.provenance import RunKey
@@ -25,6 +27,7 @@ from cohort.segmentation.registry import ModelSpec, load_model_spec, model_class
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store import (OutputLayout, Plan, drop_superseded_rows, new_run_id, plan_run, refuse_changed, repair,
                           write_metadata_updates, write_part)
+from cohort.store.tables import replace_durably
 
 log = logging.getLogger(__name__)
 RECOMPUTE_CHOICES = ("changed",)
@@ -84,19 +87,43 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     model = resolve_model(model_spec, request.weights, device_settings) if needs_weights else None
     layout = OutputLayout(request.out.resolve())
     layout.check_writable(config.execution.min_free_gb)
-    layout.create()
-    for path in repair(layout):
-        log.warning("a features part could not be read; set aside as %s, its series are processed again", path)
-    drop_superseded_rows(layout)
+    with stop_on_write_errors(layout, committed=0):
+        layout.create()
+        for path in repair(layout):
+            log.warning("a features part could not be read; set aside as %s, its series are processed again", path)
+        drop_superseded_rows(layout)
     context = RunContext(labels_zarr=layout.labels_zarr, measure=measure, model=model, ingest=config.ingest,
                          device_settings=device_settings)
     plan = plan_run(specs, layout, context, recompute_changed=request.recompute == "changed")
     refuse_changed(plan, layout.root, recompute_changed=request.recompute == "changed")
     run_id = new_run_id(layout)
-    write_metadata_updates(layout, run_id, plan.metadata_updates)
     prepared = PreparedRun(request, config, layout, context, plan, run_id)
-    _record_run(prepared, specs)
+    with stop_on_write_errors(layout, committed=0):
+        write_metadata_updates(layout, run_id, plan.metadata_updates)
+        _record_run(prepared, specs)
     return prepared
+
+
+def output_write_failed(reason: str, committed: int) -> OutputWriteFailed:
+    """The one-line stop of a run that could not write under ``--out``, after ``committed`` batches."""
+    return OutputWriteFailed(f"{reason}; stopped. {committed} batch(es) were committed before; free space "
+                             "or fix the folder, then rerun the same command to resume")
+
+
+@contextmanager
+def stop_on_write_errors(layout: OutputLayout, committed: int) -> Iterator[None]:
+    """Turn a failure to write under ``--out`` (disk full, quota, read-only, permissions) in the
+    run's own bookkeeping (start-up repair and compaction, manifest edits, the run record, the
+    final compaction) into :class:`OutputWriteFailed`: exit 2 and one line, as for a batch. Left
+    to propagate, the ``OSError`` is a traceback with exit 1, which reads as "some series failed".
+    What was committed stays; every step here is redone by the next run."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        raise output_write_failed(f"cannot write {error.filename or layout.root}: {error.strerror or error}",
+                                  committed) from None
 
 
 def resolve_model(spec: ModelSpec, weights: Path | None, settings: DeviceSettings = DeviceSettings()
@@ -152,7 +179,11 @@ def _record_run(run: PreparedRun, specs: list[SeriesSpec]) -> None:
         "not_in_manifest": len(run.plan.not_in_manifest),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (run.layout.runs / f"{run.run_id}.json").write_text(json.dumps(record, indent=2, default=str))
+    # whole or absent (temporary name, then rename): `cohort status` reads the newest record
+    path = run.layout.runs / f"{run.run_id}.json"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=2, default=str))
+    replace_durably(temporary, path)
 
 
 @dataclass
@@ -202,8 +233,7 @@ class BatchWriter:
             pass
 
     def stop_on_write_failure(self, reason: str | None) -> None:
-        raise OutputWriteFailed(f"{reason}; stopped. {self.n_parts} batch(es) were committed before; free space "
-                                "or fix the folder, then rerun the same command to resume")
+        raise output_write_failed(str(reason), self.n_parts)
 
     @classmethod
     def for_run(cls, run: PreparedRun) -> "BatchWriter":
@@ -257,7 +287,8 @@ class RunSummary:
 def finish_run(run: PreparedRun, writer: BatchWriter, started: float, dashboard: str | None = None) -> RunSummary:
     """Write what is pending and drop failed rows that a retry superseded."""
     writer.flush()
-    drop_superseded_rows(run.layout)
+    with stop_on_write_errors(run.layout, writer.n_parts):
+        drop_superseded_rows(run.layout)
     return RunSummary(
         n_done=writer.n_done,
         n_failed=len(writer.failures),

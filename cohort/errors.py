@@ -6,6 +6,12 @@ series (its row in ``series/`` gets ``status == "failed"`` and the run goes on).
 
 from __future__ import annotations
 
+import errno
+
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""The ``errno`` values of a failure to write outputs (disk full, quota, read-only, permissions):
+the user's to fix, reported in one line, not as a traceback."""
+
 
 class CohortError(Exception):
     """Base class of every error cohort raises on purpose."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from testkit import cli_env, cohort_cli, mounted_tmpfs, write_manifest
+from testkit import cli_env, cohort_cli, mounted_tmpfs, result_tables, write_manifest
 
 
 def test_writes_failing_mid_run_stop_with_one_message(tmp_path: Path, examples: Path, prefect_server: str) -> None:
@@ -126,3 +126,55 @@ def test_a_report_made_from_another_folder_finds_the_images_of_a_run_started_wit
     report = cohort_cli("report", "--results", str(results), cwd=str(elsewhere))
     assert report.returncode == 0, report.stderr
     assert "not in the manifest of any recorded run" not in (results / "report.html").read_text()
+
+
+def _fill_leaving(folder: Path, pages: int) -> Path:
+    """A file that fills ``folder``'s file system up to ``pages`` free pages of 4 KiB."""
+    import os
+
+    filler = folder / "filler"
+    stat = os.statvfs(folder)
+    filler.write_bytes(b"\0" * max(stat.f_bavail * stat.f_frsize - pages * 4096, 0))
+    return filler
+
+
+def test_a_full_file_system_at_the_start_of_a_rerun_stops_with_one_message_and_loses_nothing(
+        tmp_path: Path, examples: Path, prefect_server: str) -> None:
+    """The rerun's own writes before any series (a part of manifest edits, the run record) on a full
+    disk: exit 2 with the reason, no traceback, no half-written run record for `cohort status`;
+    with the space back, the tables equal those of a run that never met a full disk."""
+    import json
+
+    rows = [{"series_id": f"s{i}", "path": str(examples / "example_ct_sm.nii.gz"), "age": 40 + i, "sex": "MF"[i % 2],
+             "labels": str(examples / "example_seg_fast.nii.gz")} for i in range(3)]
+    manifest = write_manifest(tmp_path / "scans.csv", rows)
+    config = tmp_path / "tiny_margin.yaml"
+    config.write_text("execution:\n  min_free_gb: 0.000001\n")
+    edited = write_manifest(tmp_path / "edited.csv", [{**row, "age": 70} if row["series_id"] == "s1" else row
+                                                      for row in rows])
+    reference = tmp_path / "reference"
+    assert cohort_cli("run", "--manifest", str(edited), "--out", str(reference), api=prefect_server).returncode == 0
+    with mounted_tmpfs(tmp_path / "mnt", "size=2m") as target:
+        out = target / "results"
+        run = ["run", "--manifest", str(edited), "--out", str(out), "--config", str(config)]
+        first = cohort_cli("run", "--manifest", str(manifest), "--out", str(out), "--config", str(config),
+                           api=prefect_server)
+        assert first.returncode == 0, first.stderr
+        stopped = 0
+        for pages in (1, 2, 3):
+            filler = _fill_leaving(target, pages)
+            result = cohort_cli(*run, api=prefect_server)
+            filler.unlink()
+            message = " ".join(result.stderr.split())
+            assert "Traceback" not in result.stderr, result.stderr
+            assert result.returncode in (0, 2), result.stderr
+            if result.returncode == 2:
+                stopped += 1
+                assert "No space left on device" in message and "rerun the same command" in message, message
+            for record in (out / "runs").glob("*.json"):
+                assert json.loads(record.read_text())["run_id"] == record.stem
+        assert stopped, "the file system was never full enough to stop a rerun"
+        again = cohort_cli(*run, api=prefect_server)
+        assert again.returncode == 0, again.stderr
+        for mine, theirs in zip(result_tables(out), result_tables(reference)):
+            pd.testing.assert_frame_equal(mine, theirs)

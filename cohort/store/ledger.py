@@ -113,12 +113,12 @@ def new_run_id(layout: OutputLayout) -> str:
 def repair(layout: OutputLayout) -> list[Path]:
     """Undo what a killed run may have left and set aside what cannot be read.
 
-    Removes temporary files and features parts whose series part was never written; moves
-    unreadable features parts to ``corrupt/`` (out of the dataset; their series are redone) and
-    returns their new paths. An unreadable ``series/`` part is the ledger itself:
+    Removes temporary files (of parts and run records) and features parts whose series part was
+    never written; moves unreadable features parts to ``corrupt/`` (out of the dataset; their
+    series are redone) and returns their new paths. An unreadable ``series/`` part is the ledger itself:
     :class:`RunCannotStart` names it.
     """
-    for folder in (layout.features, layout.series):
+    for folder in (layout.features, layout.series, layout.runs):
         remove_temporaries(folder)
     for path in part_files(layout.series):
         if not _readable(lambda: part_series_status(path)):
