@@ -447,6 +447,56 @@ def test_sigkill_before_commit_reuses_stored_label_maps(inputs: dict[str, Path],
     pd.testing.assert_frame_equal(mine, _features(reference).query("series_id in @SEGMENTED").reset_index(drop=True))
 
 
+def test_a_recompute_killed_after_storing_a_label_map_leaves_no_other_label_map_under_the_done_row(
+        examples: Path, tmp_path: Path, prefect_server: str) -> None:
+    """A label map file replaced, `--recompute changed` killed (SIGKILL) after it stored the new label
+    map and before it committed the new row, the original file put back: the done row stands, so
+    the rerun must not keep the other label map under it (it measured the original one)."""
+    import json
+
+    from cohort.store import read_label_map
+
+    for name in ("seg_a.nii.gz", "seg_b.nii.gz", "original.nii.gz"):
+        shutil.copy(examples / "example_seg_fast.nii.gz", tmp_path / name)
+    rows = [{"series_id": series_id, "path": str(examples / "example_ct_sm.nii.gz"), "age": 50, "sex": "M",
+             "labels": str(tmp_path / f"seg_{series_id}.nii.gz")} for series_id in ("a", "b")]
+    rows += [{"series_id": f"tail{i}", "path": str(examples / "example_ct_sm.nii.gz"), "age": 50, "sex": "F",
+              "labels": str(tmp_path / "original.nii.gz")} for i in range(6)]
+    manifest = write_manifest(tmp_path / "scans.csv", rows[:2])
+    config = tmp_path / "no_flush.yaml"
+    config.write_text("execution:\n  batch_size: 100\n  flush_interval_s: 600\n")
+    out = tmp_path / "results"
+    run = ["run", "--manifest", str(manifest), "--out", str(out), "--config", str(config), "--workers", "1"]
+    assert cohort_cli(*run, api=prefect_server).returncode == 0
+    metadata = out / "labels.zarr" / "b" / "zarr.json"
+    measured_with = json.loads(metadata.read_text())["attributes"]["source_key"]
+    corrected = nib.load(tmp_path / "seg_b.nii.gz")
+    labels = np.asanyarray(corrected.dataobj).copy()
+    labels[labels == 5] = 0
+    nib.save(nib.Nifti1Image(labels, corrected.affine, corrected.header), tmp_path / "seg_b.nii.gz")
+    write_manifest(manifest, rows)  # the tail keeps the recompute going while the kill lands
+    parts = sorted((out / "series").glob("*.parquet"))
+    process = subprocess.Popen([sys.executable, "-m", "cohort.cli", *run, "--recompute", "changed"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(prefect_server),
+                               start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if '"complete": true' in _attributes(out, "b") and measured_with not in _attributes(out, "b"):
+            break
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert sorted((out / "series").glob("*.parquet")) == parts, "the kill should land before the commit"
+    shutil.copy(tmp_path / "original.nii.gz", tmp_path / "seg_b.nii.gz")
+    write_manifest(manifest, rows[:2])
+    rerun = cohort_cli(*run, api=prefect_server)
+    assert rerun.returncode == 0, rerun.stderr
+    assert np.array_equal(read_label_map(out / "labels.zarr", "b").labels,
+                          read_label_map(out / "labels.zarr", "a").labels)
+    features = pd.read_parquet(out / "features").drop(columns="series_id")
+    pd.testing.assert_frame_equal(features.iloc[:117].reset_index(drop=True), features.iloc[117:].reset_index(drop=True))
+
+
 def _attributes(out: Path, series_id: str) -> str:
     try:
         return (out / "labels.zarr" / series_id / "zarr.json").read_text()

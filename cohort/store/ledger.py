@@ -32,7 +32,7 @@ from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
 from cohort.store.tables import (part_files, part_series_ids, part_series_status, remove_temporaries,
                                  write_part)
-from cohort.store.zarr_labels import complete_series_ids
+from cohort.store.zarr_labels import complete_source_keys
 
 if TYPE_CHECKING:
     from cohort.pipeline import RunContext
@@ -170,7 +170,8 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
     ledger = read_ledger(layout)
     done = {sid for sid, record in ledger.items() if record.done}
     featured = done & featured_series_ids(layout)
-    intact = featured & complete_series_ids(layout.labels_zarr)
+    stored = complete_source_keys(layout.labels_zarr)
+    intact = {sid for sid in featured if sid in stored and _made_like_row(stored[sid], ledger[sid])}
     inputs = _check_inputs([spec for spec in specs if spec.series_id in done], ledger)
     todo, already_done, changed, redo, updates, moved, gone, blocked = [], [], [], [], [], [], [], []
     for spec in specs:
@@ -212,6 +213,20 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
         if ledger[sid].in_manifest or digested:
             updates.append(ledger[sid].replace(in_manifest=False, **digested))
     return Plan(todo, already_done, changed, redo, updates, not_in_manifest, moved, gone, blocked)
+
+
+def _made_like_row(stored_key: str | None, record: SeriesRecord) -> bool:
+    """Whether a complete label map (its ``source_key``) is the one ``record`` was measured on: made
+    by the row's model from the row's input content. Another one lies under a done row when a
+    recompute stored its new label map and was killed before committing the new row, and the
+    inputs or settings were then put back. Rows of versions without ``input_content`` (or a run
+    key) keyed their label maps otherwise: for them, complete is all that can be told."""
+    from cohort.pipeline import source_key
+
+    key = RunKey.from_json(record.run_settings)
+    if key is None or not record.records_content:
+        return True
+    return stored_key == source_key(key, record.input_content)
 
 
 def _series_uid_fields(record: SeriesRecord, spec: SeriesSpec, other_series: tuple[str, ...]) -> dict[str, str | None]:

@@ -65,16 +65,17 @@ def complete_label_map(store: Path, series_id: str, source_key: str, shape: tupl
         return None
 
 
-def complete_series_ids(store: Path) -> set[str]:
-    """Ids of the series whose label map is marked complete (reads only each array's metadata)."""
-    complete = set()
+def complete_source_keys(store: Path) -> dict[str, str | None]:
+    """The ``source_key`` of every series whose label map is marked complete, by series id (reads
+    only each array's metadata)."""
+    complete = {}
     for metadata in Path(store).glob("*/zarr.json"):
         try:
             attributes = json.loads(metadata.read_text()).get("attributes", {})
         except (OSError, ValueError):
             continue
         if attributes.get("complete"):
-            complete.add(metadata.parent.name)
+            complete[metadata.parent.name] = attributes.get("source_key")
     return complete
 
 
