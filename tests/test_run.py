@@ -154,6 +154,50 @@ with exclusive_output(Path({str(lock)!r}), "holder"):
         pass
 
 
+def test_a_refusal_while_the_holder_starts_names_it_not_the_killed_run_before(tmp_path: Path) -> None:
+    """The lock file keeps a SIGKILLed run's record until the next holder writes its own, just after
+    taking the lock: a second run refused in between must not name the dead run (which reads as a
+    stale lock to remove by hand)."""
+    from cohort.errors import OutputLocked
+    from cohort.store import exclusive_output
+
+    lock = tmp_path / ".cohort.lock"
+    killed = subprocess.Popen([sys.executable, "-c", f"""
+from pathlib import Path
+import time
+from cohort.store import exclusive_output
+with exclusive_output(Path({str(lock)!r}), "the killed run"):
+    print("held", flush=True)
+    time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "held"
+    killed.kill()
+    killed.wait()
+    starting = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, json, os, socket, time
+handle = open({str(lock)!r}, "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)  # what exclusive_output does first; its record follows
+print("locked", flush=True)
+time.sleep(0.5)
+handle.seek(0)
+handle.truncate()
+handle.write(json.dumps({{"pid": os.getpid(), "host": socket.gethostname(), "started": "now",
+                         "command": "the starting run"}}))
+handle.flush()
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert starting.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLocked) as refused:
+            with exclusive_output(lock, "the refused run"):
+                pass
+    finally:
+        starting.kill()
+        starting.wait()
+    assert f"pid {starting.pid} " in str(refused.value) and "the starting run" in str(refused.value)
+    assert "the killed run" not in str(refused.value)
+
+
 PATIENT = {"PatientName": "DOE^JANE^Q", "PatientID": "PID-493817", "PatientBirthDate": "19580312",
            "AccessionNumber": "ACC-77321", "InstitutionName": "St Elsewhere Hospital",
            "ReferringPhysicianName": "HOUSE^GREGORY"}

@@ -10,9 +10,11 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from cohort.errors import OutputLocked, RunCannotStart
+
+HOLDER_WAIT_S = 2.0
 
 
 @contextmanager
@@ -30,8 +32,7 @@ def exclusive_output(lock_path: Path, command: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            raise OutputLocked(f"{lock_path.parent} is in use by another cohort run ({describe_holder(handle.read())}); "
+            raise OutputLocked(f"{lock_path.parent} is in use by another cohort run ({describe_holder(read_holder(handle))}); "
                                "wait for it to finish or stop it, then run again") from None
         handle.seek(0)
         handle.truncate()
@@ -41,6 +42,37 @@ def exclusive_output(lock_path: Path, command: str) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def read_holder(handle: IO[str], wait_s: float = HOLDER_WAIT_S) -> str:
+    """The holder's record, waited for up to ``wait_s``: a run writes it just after it takes the lock,
+    and until then the file holds nothing or the record of the run before, which may be one killed
+    long ago (a refusal naming a dead process reads as a stale lock to be removed by hand)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        handle.seek(0)
+        text = handle.read()
+        if _names_a_live_holder(text) or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.05)
+
+
+def _names_a_live_holder(text: str) -> bool:
+    """Whether ``text`` is a holder's record whose process runs (on another host: cannot be told, so yes)."""
+    try:
+        holder = json.loads(text)
+        pid, host = int(holder["pid"]), holder["host"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it runs, as another user
+    return True
 
 
 def describe_holder(text: str) -> str:
