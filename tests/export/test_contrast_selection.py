@@ -139,6 +139,9 @@ def test_policy_errors_name_the_file_and_key(text: str, error: str, tmp_path: Pa
     ("Abdomen nativ 3.0 B30f", "without"), ("Native Abdomen", "without"), ("NC Abd/Pelvis", "without"),
     ("CT ABD C-", "without"), ("non-contrast chest", "without"), ("Oberbauch ohne KM", "without"),
     ("w/o contrast", "without"), ("Precontrast liver", "without"),
+    ("Abdomen ohne Kontrastmittel", "without"), ("CT ABDOMEN PELVIS WO CONTRAST", "without"),
+    ("Chest no contrast", "without"), ("Thorax sans contraste", "without"), ("without IV contrast", "without"),
+    ("Abdomen mit Kontrastmittel", "with"),
     ("Abdomen venös 3.0", "with"), ("PV 3mm", "with"), ("Portal venous", "with"), ("Arterial phase", "with"),
     ("KM Abdomen", "with"), ("C+ abd", "with"), ("CT ABD W/ CONTRAST", "with"), ("CTA aorta", "with"),
     # no mark: ContrastBolusAgent decides
