@@ -29,7 +29,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 LABELS_MODEL = "labels"
 EDGE_BYTES = 4 * 2**20
@@ -172,14 +172,20 @@ def input_fingerprint(image: Path, companions: tuple[Path, ...] = (), status_cha
     rows recorded before it counted. A missing file is part of the fingerprint too (as
     missing), so that a row whose file comes back is noticed.
     """
-    return _fingerprint_of(_image_stats(image, status_change), companions, status_change)
+    return _fingerprint_of(image, companions, status_change, lambda path: _image_stats(path, status_change))
 
 
-def _fingerprint_of(image_stats: list[tuple], companions: tuple[Path, ...], status_change: bool) -> str:
-    """The digest of the image's stats and its companions', each companion as the image is: a
-    Dixon fat or water DICOM folder by its files, not by the folder's own times (which a slice
-    rewritten in place leaves alone). A companion file gives the one stat it always gave."""
-    return digest(image_stats + [stat for path in companions for stat in _image_stats(path, status_change)])
+def _fingerprint_of(image: Path, companions: tuple[Path, ...], status_change: bool,
+                    stats: Callable[[Path], list[tuple]]) -> str:
+    """The digest of the image's ``stats`` and its companions'. Each companion counts as the image
+    does, a Dixon fat or water DICOM folder by its files, not by the folder's own times (which a
+    slice rewritten in place leaves alone); a companion file gives the one stat it always gave.
+    Rows recorded before the status-change time counted (``status_change`` False) keep one stat
+    per companion, a folder's own, as they were fingerprinted: they recorded no content, so a
+    digest changed by the rule alone would read as changed files and recompute them."""
+    if not status_change:
+        return digest(stats(image) + [_file_stat(path, status_change) for path in companions])
+    return digest(stats(image) + [stat for path in companions for stat in stats(path)])
 
 
 def _image_stats(image: Path, status_change: bool) -> list[tuple]:
@@ -266,13 +272,15 @@ def content_digest(groups: Iterable[SourceFiles]) -> str | None:
 def input_fingerprints(rows: Iterable[tuple[Path, tuple[Path, ...], bool]]) -> list[str]:
     """:func:`input_fingerprint` of many rows (image, companions, status_change), stat calls in
     threads (network file systems). A folder that several rows name (a PACS study folder
-    holding all its series flat, one row per series) is listed and its files stat'ed once, not
-    once per row: the rows are fingerprinted in the same instant either way."""
+    holding all its series flat, one row per series, as image or as Dixon fat or water) is listed
+    and its files stat'ed once, not once per row and column: the rows are fingerprinted in the
+    same instant either way."""
     rows = list(rows)
-    images = list(dict.fromkeys((image, status_change) for image, _, status_change in rows))
-    listed = dict(zip(images, _in_threads(_image_stats, images)))
+    paths = list(dict.fromkeys((path, status_change) for image, companions, status_change in rows
+                               for path in (image, *(companions if status_change else ()))))
+    listed = dict(zip(paths, _in_threads(_image_stats, paths)))
     return _in_threads(lambda image, companions, status_change: _fingerprint_of(
-        listed[image, status_change], companions, status_change), rows)
+        image, companions, status_change, lambda path: listed[path, status_change]), rows)
 
 
 def input_contents(rows: Iterable[tuple[tuple[Path, str | None], ...]]) -> list[str | None]:

@@ -749,3 +749,43 @@ def test_fingerprints_list_a_folder_many_rows_name_once(tmp_path: Path, monkeypa
     assert provenance.input_fingerprints(rows) == expected
     assert sorted(map(str, listings)) == sorted(map(str, [tmp_path / "study"] * 2 + [tmp_path / "gone",
                                                                                      tmp_path / "seg.nii.gz"]))
+
+
+def test_rows_recorded_before_contents_keep_the_fingerprint_of_their_dixon_folders(examples: Path,
+                                                                                     tmp_path: Path) -> None:
+    """A row recorded before ``input_content`` existed (no status-change time, no content to compare)
+    had its Dixon fat and water DICOM folders fingerprinted by the folders' own stat: listing their
+    files instead changed its digest, and the rerun called the untouched row changed (stop, or
+    recompute with ``--recompute changed``)."""
+    from cohort.provenance import digest, input_fingerprint, input_fingerprints
+
+    for name in ("mr", "fat", "water"):
+        shutil.copytree(examples / "example_ct_dicom", tmp_path / name)
+    (tmp_path / "seg.nii.gz").write_bytes(b"x")
+    companions = (tmp_path / "seg.nii.gz", tmp_path / "fat", tmp_path / "water")
+
+    def recorded(path: Path) -> tuple:  # as those versions recorded a file's or a folder's stat
+        return (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+
+    legacy = digest([recorded(path) for path in sorted((tmp_path / "mr").iterdir())]
+                    + [recorded(path) for path in companions])
+    assert input_fingerprint(tmp_path / "mr", companions, status_change=False) == legacy
+    assert input_fingerprints([(tmp_path / "mr", companions, False)]) == [legacy]
+
+
+def test_fingerprints_list_a_dixon_study_folder_once(tmp_path: Path, monkeypatch) -> None:
+    """A flat study folder that rows name as image and as Dixon fat and water is listed once for
+    all of them, not once per row and column (three listings of every slice per row)."""
+    from cohort import provenance
+
+    for name in ("IM1", "IM2"):
+        (tmp_path / "study").mkdir(exist_ok=True)
+        (tmp_path / "study" / name).write_bytes(name.encode())
+    study = tmp_path / "study"
+    rows = [(study, (tmp_path / "seg.nii.gz", study, study), True) for _ in range(3)]
+    expected = [provenance.input_fingerprint(*row) for row in rows]
+    listings = []
+    listing = provenance.input_files
+    monkeypatch.setattr(provenance, "input_files", lambda *args: listings.append(args[0]) or listing(*args))
+    assert provenance.input_fingerprints(rows) == expected
+    assert sorted(map(str, listings)) == sorted(map(str, [study, tmp_path / "seg.nii.gz"]))
