@@ -48,9 +48,9 @@ PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers 
 KEY_METADATA = b"cohort.pseudonym_key"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
-FORMAT = b"6"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
+FORMAT = b"7"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
 # other patient IDs and accession number too; 6: frame_key, subject_key with the IssuerOfPatientID, patient_key,
-# rescale_declared (older: read again)
+# rescale_declared; 7: study_declared (older: read again)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFra
 HEADER_COLUMNS = ("file", "error", "series_uid", "sop_uid", "study_key", "frame_key", "subject_key", "patient_key",
                   "age", "sex", "modality", "image_type", "position", "orientation", "pixel_spacing", "rows", "columns", "frames",
                   "slice_thickness_mm", "kernel", "contrast_agent", "kvp", "manufacturer", "model",
-                  "series_description", "rescale_declared")
+                  "series_description", "rescale_declared", "study_declared")
 
 
 def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
@@ -165,6 +165,8 @@ def read_header(path: str, key: PseudonymKey, folder: str) -> dict:
             "kvp": _number(header, "KVP"), "manufacturer": _text(header, "Manufacturer"),
             "model": _text(header, "ManufacturerModelName"), "series_description": _free_text(header, "SeriesDescription"),
             "rescale_declared": declares_rescale(header),
+            # whether study_key is of a StudyInstanceUID, not a stand-in: ingest judges a series' studies by those
+            "study_declared": bool(_text(header, "StudyInstanceUID")),
         }
     except (TypeError, ValueError) as exc:
         return {"error": f"malformed header value ({type(exc).__name__})"}

@@ -118,7 +118,8 @@ def _measure(rows: list[dict]) -> Measured:
     """The rows' geometry, by the function ingest applies to the same headers."""
     try:
         geometry = slice_geometry([_slice_header(row) for row in rows])
-        check_one_scan({row["study_key"] for row in rows}, {row["frame_key"] for row in rows} - {""})
+        check_one_scan({row["study_key"] for row in rows if row["study_declared"]},  # blanks left out, as ingest does
+                       {row["frame_key"] for row in rows} - {""})
         declared = {row["file"]: bool(row["rescale_declared"]) for row in rows}
         check_rescale_declared([declared[file] for file in geometry.files])
     except GeometryProblem as exc:

@@ -259,5 +259,28 @@ def test_a_series_whose_slices_name_two_frames_of_reference_is_refused(examples:
     assert not index.loc[uid, "selected"]
 
 
+def test_a_series_whose_slice_lacks_its_study_uid_is_one_study(examples: Path, tmp_path: Path,
+                                                               tmp_path_factory) -> None:
+    """Ingest judges a series' studies by the slices that name one; the index took a blank
+    StudyInstanceUID's stand-in (the series' UID) for a second study and refused, as two scans
+    mixed, a series that ingest reads."""
+    from cohort.export import build_manifest
+    from cohort.ingest import load_ct
+
+    def blank_study(ds: pydicom.Dataset, k: int) -> None:
+        if k == 0:
+            del ds.StudyInstanceUID
+
+    uid = write_series(tmp_path / "export" / "ct", example_slices(examples), Study(JANE), edit=blank_study)
+    assert load_ct(tmp_path / "export" / "ct").hu.shape[2] == 20
+    out = tmp_path / "manifest"
+    out.mkdir()
+    (out / "policy.yaml").write_text(TEST_POLICY)
+    build_manifest(tmp_path / "export", out / "scans.csv", out / "policy.yaml",
+                   key=tmp_path_factory.mktemp("keys") / "k.key")
+    index = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")
+    assert index.loc[uid, "selected"], index.loc[uid, "reason"]
+
+
 def _study_uid(folder: Path) -> str:
     return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID)
