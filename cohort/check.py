@@ -37,7 +37,7 @@ from cohort.ingest.dicom import check_declared_modality, series_geometry, series
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.masks import masks_by_label
 from cohort.ingest.names import InputName
-from cohort.ingest.nifti import READ_ERRORS, check_header, igzip, is_nifti
+from cohort.ingest.nifti import READ_ERRORS, check_compression_matches_name, check_header, igzip, is_nifti
 from cohort.ingest.volume import Grid, ScanOrigin
 from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, dixon_problem, read_manifest, subject_problems
 
@@ -178,6 +178,7 @@ def _nifti_grid(name: InputName, limits: IngestConfig) -> Grid:
     if not name.path.is_file():
         raise SeriesError(f"{name}: {'is a folder, not a NIfTI file' if name.path.is_dir() else 'file not found'}")
     try:
+        check_compression_matches_name(name)
         image = nib.load(str(name.path))
         if not isinstance(image, nib.Nifti1Image):
             raise SeriesError(f"{name}: is {type(image).__name__}, not NIfTI")

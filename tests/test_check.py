@@ -357,3 +357,22 @@ def test_check_finds_a_dicom_slice_cut_short(examples: Path, tmp_path: Path, ser
     manifest.write_text(f"series_id,path,series_uid\nct,series,{uid if series_uid else ''}\n")
     (line,) = _check_lines(manifest)
     assert line == "scans.csv line 2 (ct): <path of line 2> (slice 3 of 6): truncated (compressed pixel data has no end)"
+
+
+def test_a_nifti_whose_compression_contradicts_its_name_says_to_rename_it(examples: Path, tmp_path: Path) -> None:
+    """A .nii.gz that is not gzip (or a gzipped .nii) failed as 'cannot read NIfTI (Not a gzipped
+    file ...): corrupt or truncated?', which sends a user looking for damage instead of renaming."""
+    import gzip as gz
+
+    ct = examples / "example_ct_sm.nii.gz"
+    (tmp_path / "plain.nii.gz").write_bytes(gz.decompress(ct.read_bytes()))
+    shutil.copy(ct, tmp_path / "packed.nii")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path\ns1,plain.nii.gz\ns2,packed.nii\n")
+    expected = ["file is not gzip-compressed, although its name ends in .nii.gz; rename it to end in .nii",
+                "file is gzip-compressed, although its name ends in .nii; rename it to end in .nii.gz"]
+    lines = _check_lines(manifest)
+    assert len(lines) == 2 and all(reason in line for reason, line in zip(expected, lines)), lines
+    for file, reason in zip(("plain.nii.gz", "packed.nii"), expected):
+        with pytest.raises(SeriesError, match=re.escape(reason)):
+            load_ct(tmp_path / file)

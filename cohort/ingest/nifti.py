@@ -31,6 +31,7 @@ from cohort.ingest.names import InputName
 from cohort.ingest.volume import LabelMap
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+GZIP_MAGIC = b"\x1f\x8b"
 READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, zlib.error,
                OSError, ValueError, *((isal_zlib.error,) if isal_zlib else ()))
 SINGULAR_VOXEL_MM3 = 1e-9  # below this a voxel (e.g. a matrix of zeros) has no volume
@@ -46,6 +47,7 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
     if not name.path.exists():
         raise SeriesError(f"{name}: file not found")
     try:
+        check_compression_matches_name(name)
         image = nib.load(str(name.path))
         if not isinstance(image, nib.Nifti1Image):
             raise nib.filebasedimages.ImageFileError(f"{type(image).__name__}, not NIfTI")
@@ -67,6 +69,20 @@ def read_voxels(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     with igzip.open(path, "rb") as stream:
         holder = nib.FileHolder(str(path), fileobj=stream)
         return np.asanyarray(type(image).from_file_map({"image": holder, "header": holder}).dataobj)
+
+
+def check_compression_matches_name(name: InputName) -> None:
+    """Raise when the file's first bytes contradict its name: a ``.nii.gz`` that is not gzip, or a
+    ``.nii`` that is (renamed by hand, or written by a tool that ignores the suffix). nibabel picks
+    its reader by the name, and its error ("not a gzipped file", "cannot work out file type")
+    reads like damage, not like the rename that fixes it."""
+    with open(name.path, "rb") as handle:
+        head = handle.read(len(GZIP_MAGIC))
+    gzipped, named_gz = head == GZIP_MAGIC, name.path.name.lower().endswith(".gz")
+    if len(head) == len(GZIP_MAGIC) and gzipped != named_gz:  # an empty file is for nibabel to call truncated
+        actual, fixed = ("gzip-compressed", ".nii.gz") if gzipped else ("not gzip-compressed", ".nii")
+        raise SeriesError(f"{name}: file is {actual}, although its name ends in {'.nii.gz' if named_gz else '.nii'}; "
+                          f"rename it to end in {fixed}")
 
 
 def check_header(name: InputName, image: nib.Nifti1Image, limits: IngestConfig) -> None:
