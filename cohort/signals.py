@@ -13,6 +13,7 @@ stops them.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -74,11 +75,30 @@ def stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(signum, handler)
 
 
+HEARTBEAT_LOST = "Failed to communicate with scheduler during heartbeat"  # distributed.worker's words
+
+
+class HeartbeatLossInOneLine(logging.Filter):
+    """Turns distributed's "Failed to communicate with scheduler during heartbeat" from a traceback
+    into one line naming the error. A worker whose scheduler closes first at the end of a stopped
+    run (Ctrl-C, a full disk) logs it with a traceback under the driver's one-line message; on a
+    real network fault the line still says what failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith(HEARTBEAT_LOST):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {error})"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 def dask_setup(worker) -> None:
-    """Dask worker preload hook (each worker process's main thread): ignore SIGINT and SIGTERM.
+    """Dask worker preload hook (each worker process's main thread): ignore SIGINT and SIGTERM,
+    and log a lost heartbeat in one line (:class:`HeartbeatLossInOneLine`).
 
     Its nanny, in the driver, stops it with a message and SIGKILL if that is not enough; a
     worker whose driver died exits by itself (distributed watches the parent).
     """
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    logging.getLogger("distributed.worker").addFilter(HeartbeatLossInOneLine())

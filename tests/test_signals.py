@@ -81,3 +81,30 @@ def test_signal_to_the_process_group_stops_saves_and_resumes(stop_signal: signal
     assert f"{N_SERIES - len(saved)} series to process, {len(saved)} already done" in rerun.stderr.replace("\n", " ")
     for resumed, reference in zip(result_tables(out), result_tables(uninterrupted)):
         pd.testing.assert_frame_equal(resumed, reference)
+
+
+def test_a_lost_heartbeat_is_one_line_not_a_traceback() -> None:
+    """A worker whose scheduler closed first at the end of a stopped run printed a traceback under
+    the driver's one-line message (seen in about 1 of 3 Ctrl-Cs to the process group)."""
+    import io
+    import logging
+
+    from cohort.signals import HeartbeatLossInOneLine
+
+    logger, stream = logging.getLogger("distributed.worker"), io.StringIO()
+    handler, quiet = logging.StreamHandler(stream), HeartbeatLossInOneLine()
+    logger.addHandler(handler)
+    logger.addFilter(quiet)
+    try:
+        try:
+            raise OSError("Timed out trying to connect to tcp://127.0.0.1:1 after 30 s")
+        except OSError:
+            logger.exception("Failed to communicate with scheduler during heartbeat.")
+            logger.exception("Unexpected exception during heartbeat. Closing worker.")
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(quiet)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == ("Failed to communicate with scheduler during heartbeat. (OSError: Timed out trying to connect "
+                        "to tcp://127.0.0.1:1 after 30 s)")
+    assert lines[1] == "Unexpected exception during heartbeat. Closing worker." and "Traceback" in lines[2]
