@@ -46,6 +46,9 @@ INCLUDED, SERIES_FAILED, NO_AGE, NOT_MEASURED = "included", "series_failed", "no
 NOT_IN_MANIFEST, OUTSIDE_AGE_RANGE, REPEATED_SCAN = "not_in_manifest", "outside_age_range", "repeated_scan"
 REJECTED_IN_REVIEW, BELOW_LOWER_BOUND = "rejected_in_review", "below_lower_bound"
 SERIES_REASONS = (NOT_IN_MANIFEST, SERIES_FAILED, NO_AGE, OUTSIDE_AGE_RANGE, REPEATED_SCAN)
+PHASE = "contrast_phase"  # the study table's column of the judged contrast phase: with, without or missing
+PHASES = ("with", "without")
+PHASE_WORDS = {"yes": "with", "no": "without", "with": "with", "without": "without", "true": "with", "false": "without"}
 
 
 class ResultsTableError(RunCannotStart):
@@ -97,6 +100,18 @@ class StudyTable:
     selection: pd.DataFrame
     age_groups: AgeGroups
     covariates: tuple[str, ...] = ()
+
+    def phase_counts(self) -> pd.Series:
+        """Analysed subjects (series with an included measurement) per contrast phase: ``with``,
+        ``without`` and ``unknown`` (an empty or unreadable cell, or no contrast column)."""
+        subjects = self.values.drop_duplicates("series_id")
+        phase = subjects[PHASE].fillna("unknown") if PHASE in subjects else pd.Series("unknown", subjects.index)
+        return phase.value_counts().reindex([*PHASES, "unknown"], fill_value=0)
+
+    def phases_mixed(self) -> bool:
+        """Whether the analysed subjects hold both contrast phases (the only case the study acts on)."""
+        counts = self.phase_counts()
+        return bool(counts["with"] > 0 and counts["without"] > 0)
 
 
 def load_results(results_dir: Path) -> ResultTables:
@@ -200,7 +215,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     if orphans.any():
         log.warning("features: %d rows of series missing from series/ are ignored", int(orphans.sum()))
     usable = series[series["reason"] == INCLUDED]
-    columns = ["series_id", "subject_id", "age", "sex", "order", *config.covariates]
+    columns = ["series_id", "subject_id", "age", "sex", "order", *config.covariates, PHASE]
     rows = features.merge(usable[columns], on="series_id", how="inner", validate="many_to_one")
     if rows.duplicated(["series_id", "structure"]).any():
         raise ResultsTableError("features: several rows for one series_id and structure; "
@@ -211,7 +226,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     structures = sorted(features["structure"].unique())
     exclusions = _exclusions(rows, series, structures, config)
     selection = _selection(rows, series, structures, groups)
-    values = values[["series_id", "structure", "age", "sex", *config.covariates, *config.metrics]]
+    values = values[["series_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics]]
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
                       covariates=config.covariates)
@@ -222,6 +237,7 @@ def _prepared_series(series: pd.DataFrame, config: AgingConfig) -> pd.DataFrame:
     if series["series_id"].duplicated().any():
         raise ResultsTableError("series: duplicate series_id rows; the table is corrupt, rerun `cohort run`")
     series = _with_covariates(series.reset_index(drop=True), config.covariates)
+    series = series.assign(**{PHASE: contrast_phase(series, config.contrast.column)})
     age = pd.to_numeric(series["age"], errors="coerce")
     subject = series["subject_id"] if "subject_id" in series.columns else pd.Series(np.nan, index=series.index)
     line = series["manifest_line"] if "manifest_line" in series.columns else pd.Series(0, index=series.index)
@@ -259,6 +275,34 @@ def _with_covariates(series: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFra
         raise ResultsTableError(f"series: covariate '{missing[0]}' (config key 'covariates') is not a manifest "
                                 "column of this run; add it to the manifest or remove it from the config")
     return series
+
+
+def contrast_phase(series: pd.DataFrame, column: str) -> pd.Series:
+    """The contrast phase of each series (``with``, ``without``, missing) from the manifest column
+    ``column`` (a column of ``series`` or a key of its ``covariates`` map): ``yes``/``no`` as
+    ``cohort manifest`` writes it, also ``with``/``without`` and ``true``/``false``, in any case.
+    An empty cell is missing; another value is missing too, with a warning naming it.
+
+    >>> contrast_phase(pd.DataFrame({"covariates": [[("contrast", "yes")], [("contrast", "No")], [], None]}),
+    ...                "contrast").tolist()
+    ['with', 'without', nan, nan]
+    """
+    if not column:
+        return pd.Series(np.nan, index=series.index, dtype=object)
+    if column in series.columns:
+        cells = series[column]
+    elif "covariates" in series.columns:
+        cells = pd.Series([dict(pairs).get(column) if pairs is not None else None for pairs in series["covariates"]],
+                          index=series.index, dtype=object)
+    else:
+        return pd.Series(np.nan, index=series.index, dtype=object)
+    text = cells.astype("string").str.strip().str.lower()
+    phase = text.map(PHASE_WORDS).astype(object)
+    unreadable = text.notna() & text.ne("") & phase.isna()
+    if unreadable.any():
+        log.warning("series: %d series have a %s value that is not yes or no (e.g. %r); their contrast phase is "
+                    "taken as unknown", int(unreadable.sum()), column, str(cells[unreadable].iloc[0]))
+    return phase.where(phase.notna(), np.nan)
 
 
 def _row_reasons(rows: pd.DataFrame, config: AgingConfig, review: pd.DataFrame | None,

@@ -31,6 +31,7 @@ REPEATED_SCANS = ("first", "last", "mean")
 ANALYSES = ("intervals", "adjusted", "trends", "normative")
 FIGURE_CHOICES = ("none", "overview", "top", "all")
 CURVES = ("lowess", "quadratic")
+CONTRAST_ADJUST = ("none", "intensity")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,16 @@ class FigureConfig:
 
 
 @dataclass(frozen=True)
+class ContrastConfig:
+    """Contrast phase: the manifest column that holds it (``yes``/``no``, as ``cohort manifest`` writes it)
+    and what the study does when the analysed subjects hold both phases (one phase or none: nothing)."""
+
+    column: str = "contrast"
+    adjust: str = "intensity"  # none | intensity: `adjusted` adjusts HU (MR: intensity) metrics for the phase
+    stratify: bool = True  # HU (intensity) metrics also tested within each phase
+
+
+@dataclass(frozen=True)
 class AgingConfig:
     """Everything that decides the aging study's numbers and figures (defaults: the ``default`` preset)."""
 
@@ -95,6 +106,7 @@ class AgingConfig:
     covariates: tuple[str, ...] = ()
     analyses: tuple[str, ...] = ANALYSES
     pooled_structures: str = "pooled_structures.csv"
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     trends: TrendConfig = field(default_factory=TrendConfig)
     normative: NormativeConfig = field(default_factory=NormativeConfig)
@@ -146,6 +158,10 @@ def _validate(config: AgingConfig, source: Path) -> None:
     _check_choices(config.analyses, ANALYSES, source, "analyses")
     _check_choices((config.figures.which,), FIGURE_CHOICES, source, "figures.which")
     _check_choices((config.figures.curve,), CURVES, source, "figures.curve")
+    _check_choices((config.contrast.adjust,), CONTRAST_ADJUST, source, "contrast.adjust")
+    if config.contrast.column != config.contrast.column.strip() or "," in config.contrast.column:
+        raise ConfigError(f"{source}: key 'contrast.column' must be a manifest column name (or \"\" for none), "
+                          f"got {config.contrast.column!r}")
     for key, value in (("alpha", config.alpha), ("bootstrap.confidence", config.bootstrap.confidence)):
         if not 0.0 < value < 1.0:
             raise ConfigError(f"{source}: key '{key}' must be between 0 and 1, got {value!r}")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import scipy
 import statsmodels
 
-from cohort.stats.cohort_table import INCLUDED, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups, measures_intensities
+from cohort.stats.cohort_table import (INCLUDED, PHASES, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups,
+                                      measures_intensities)
 from cohort.stats.config import STATUSES
-from cohort.stats.outputs import family_text
-from cohort.stats.study import ALL, AgingResults, unit
+from cohort.stats.outputs import family_text, phase_association_p, phase_by_age_group
+from cohort.stats.study import ALL, PHASE_STRATA, AgingResults, is_intensity, phase_adjustment, unit
 from cohort.stats.trends import is_ratio_scale
 
 REFERENCES = {
@@ -97,7 +99,25 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
             f"{results.table.values['series_id'].nunique()} subjects entered; {excluded.get('series_failed', 0)} "
             f"series failed processing and {excluded.get('no_age', 0)} had no age. "
             f"{exclusion_counts(results.exclusions, bool(config.pooled_structures))} "
-            f"{age_group_text(results.age_groups, config.age_groups.method)}{pooled}")
+            f"{age_group_text(results.age_groups, config.age_groups.method)}{pooled}{contrast_text(results)}")
+
+
+def contrast_text(results: AgingResults) -> str:
+    """The contrast phases of the analysed subjects, when they hold both (else nothing): counts, the
+    share with contrast per age group with a chi-square test, and that intensity metrics pool both."""
+    if not results.table.phases_mixed():
+        return ""
+    counts, by_group = results.table.phase_counts(), phase_by_age_group(results)
+    shares = [f"{100 * row['with'] / (row['with'] + row['without']):.0f} % in {label}"
+              for label, row in by_group.iterrows() if row["with"] + row["without"]]
+    unknown = f" and {counts['unknown']} of unknown phase" if counts["unknown"] else ""
+    p = phase_association_p(by_group)
+    test = f" (chi-square test of phase by age group, p = {p:.1e})" if not np.isnan(p) else ""
+    intensity = [metric_words(m) for m in results.config.metrics if is_intensity(m)]
+    pooled = f" Values of {_join(intensity, 'and')} pool both phases." if intensity else ""
+    return (f" Contrast phase (from the manifest) was mixed: {counts['with']} subjects were scanned with a contrast "
+            f"agent and {counts['without']} without{unknown}; the share with contrast was {_join(shares, 'and')}"
+            f"{test}.{pooled}")
 
 
 def metric_words(metric: str) -> str:
@@ -177,6 +197,9 @@ def _tests(results: AgingResults, cite: Citations) -> str:
     config = results.config
     corr = results.correlations[results.correlations["stratum"] == ALL]
     strata = " Every test was repeated within women and within men." if config.stratify_by_sex else ""
+    if set(results.correlations["stratum"].astype(str)) & {PHASE_STRATA[p] for p in PHASES}:
+        intensity = [metric_words(m) for m in config.metrics if is_intensity(m)]
+        strata += f" Tests of {_join(intensity, 'and')} were repeated within each contrast phase."
     pairs = ("" if config.pairwise_correction == "none" else
              f" The six pairwise p-values of a structure were corrected together ({config.pairwise_correction}).")
     return (f"Normality was assessed with the Kolmogorov-Smirnov test. The association of each metric with age was "
@@ -228,7 +251,10 @@ def _extras(results: AgingResults, cite: Citations) -> str:
                      f"resamples of subjects (seed {config.bootstrap.seed}).")
     if config.runs("adjusted"):
         covariates = ", ".join(["sex", *config.covariates])
-        parts.append(f"Partial Spearman correlations of each metric with age were adjusted for {covariates} "
+        phase = phase_adjustment(results.table, config)
+        intensity = [metric_words(m) for m in config.metrics if is_intensity(m)]
+        also = (f"; those of {_join(intensity, 'and')} also for contrast phase" if phase and intensity else "")
+        parts.append(f"Partial Spearman correlations of each metric with age were adjusted for {covariates}{also} "
                      f"(residuals of rank regressions), with t-test p-values and Fisher-z {level} intervals.")
     if config.runs("trends"):
         parts.append(_trend_text(results, cite, level))

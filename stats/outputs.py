@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy import stats as sps
 
-from cohort.stats.cohort_table import measures_intensities
+from cohort.stats.cohort_table import PHASE, PHASES, measures_intensities
 from cohort.stats.config import AgingConfig
 from cohort.stats.paper import paper_kruskal_p, paper_spearman
-from cohort.stats.study import ALL, AgingResults
+from cohort.stats.study import ALL, PHASE_STRATA, AgingResults, is_intensity, phase_adjustment
 
 log = logging.getLogger(__name__)
 METADATA_KEY = b"cohort.aging"
@@ -116,6 +117,7 @@ def summary_lines(results: AgingResults) -> list[str]:
         (f"- Preset `{config.preset}`; adults {config.age_range[0]:g}-{config.age_range[1]:g} years; "
          f"one scan per subject ({config.repeated_scans}); age groups ({config.age_groups.method}): "
          f"{', '.join(groups.labels)} years."),
+        *contrast_lines(results),
         _significance_line(corr, kw),
         f"- Multiplicity: {family_text(config)}",
         *(_agreement_lines(results.quartile_tests, config)
@@ -127,6 +129,81 @@ def summary_lines(results: AgingResults) -> list[str]:
         *(_markdown_table(effects) if len(effects) else ["No significant age effect."]),
         *_stratified_lines(results, effects),
     ]
+
+
+def phase_by_age_group(results: AgingResults) -> pd.DataFrame:
+    """Analysed subjects per age group (rows, in order) and contrast phase (columns ``with``, ``without``,
+    ``unknown``), one row per subject: the table a confounding of age by contrast phase shows in."""
+    subjects = results.table.values.drop_duplicates("series_id")
+    labels = np.asarray(results.age_groups.labels)[subjects["age_group"].to_numpy(int) - 1]
+    phase = subjects[PHASE].fillna("unknown").to_numpy(object)
+    table = pd.crosstab(pd.Series(labels, name="age_group"), pd.Series(phase, name="phase"))
+    return table.reindex(index=list(results.age_groups.labels), columns=[*PHASES, "unknown"], fill_value=0)
+
+
+def phase_association_p(by_group: pd.DataFrame) -> float:
+    """Chi-square test of independence of contrast phase (with, without) and age group, subjects of a
+    known phase in groups that hold any (``scipy.stats.chi2_contingency``); NaN when it cannot be computed."""
+    known = by_group[list(PHASES)]
+    known = known[known.sum(axis=1) > 0]
+    if known.shape[0] < 2 or (known.sum(axis=0) == 0).any():
+        return float("nan")
+    return float(sps.chi2_contingency(known.to_numpy()).pvalue)
+
+
+def contrast_lines(results: AgingResults) -> list[str]:
+    """What ``summary.md`` says when the analysed subjects hold both contrast phases (else nothing):
+    counts per phase and per age group, that intensity metrics pool both, what adjusts or stratifies
+    for it, and how to study one phase."""
+    table, config = results.table, results.config
+    if not table.phases_mixed():
+        return []
+    counts, by_group = table.phase_counts(), phase_by_age_group(results)
+    groups = ", ".join(_share(label, int(row["with"]), int(row["with"] + row["without"]))
+                       for label, row in by_group.iterrows())
+    p = phase_association_p(by_group)
+    test = f"; chi-square test of phase by age group p = {p:.1e}" if not np.isnan(p) else ""
+    lines = [(f"- Contrast phase (manifest column `{config.contrast.column}`) is mixed: of {int(counts.sum())} "
+              f"analysed subjects {counts['with']} with contrast, {counts['without']} without, "
+              f"{counts['unknown']} unknown. With contrast, by age group: {groups}{test}.")]
+    intensity = [m for m in config.metrics if is_intensity(m)]
+    if intensity:
+        differs = ("signal intensity differs between native and contrast-enhanced scans"
+                   if measures_intensities(config.metrics) else
+                   "attenuation differs by tens to hundreds of HU between native and contrast-enhanced scans")
+        kind = "Intensity" if measures_intensities(config.metrics) else "HU"
+        lines.append(f"- {kind} metrics ({', '.join(intensity)}) pool both phases: {differs}, "
+                     "so where the share with contrast changes with age, r_s, the "
+                     f"age-group tests, trends and z-scores of {', '.join(intensity)} mix phase with age. "
+                     f"{_phase_handling(results, intensity)}To study one phase, as the paper did "
+                     "(contrast-enhanced CTs of one protocol), set `contrast: with` in the `cohort manifest` policy "
+                     "and rerun `cohort manifest` and `cohort run` (docs/manifest.md, \"Contrast phase\").")
+    return lines
+
+
+def _share(label: str, part: int, whole: int) -> str:
+    """``<41 120 of 150 (80 %)``; no percentage of an empty group."""
+    return f"{label} {part} of {whole}" + (f" ({100 * part / whole:.0f} %)" if whole else "")
+
+
+def _phase_handling(results: AgingResults, intensity: list[str]) -> str:
+    """Which analyses of this run take contrast phase into account, in a sentence or two."""
+    config, column = results.config, results.config.contrast.column
+    if not config.runs("adjusted"):
+        adjusted = "No analysis adjusts for it (`adjusted` is not among `analyses`). "
+    elif column in config.covariates:
+        adjusted = f"The `adjusted` table adjusts every metric for it (`covariates` lists `{column}`). "
+    elif phase_adjustment(results.table, config):
+        adjusted = (f"The `adjusted` table adjusts {', '.join(intensity)} for it besides sex "
+                    f"(`covariates` column `{','.join(['sex', *config.covariates, column])}`). ")
+    else:
+        adjusted = "The `adjusted` table does not adjust for it (`contrast.adjust: none`). "
+    strata = set(results.correlations["stratum"].astype(str)) if len(results.correlations) else set()
+    within = [PHASE_STRATA[p] for p in PHASES if PHASE_STRATA[p] in strata]
+    stratified = (f"Within each phase: strata {' and '.join(f'`{s}`' for s in within)} of {', '.join(intensity)} in "
+                  "`correlations`, `quartile_tests`, `pairwise_tests`, `descriptives` and `trends`. "
+                  if within else "")
+    return adjusted + stratified
 
 
 def _bound_note(config: AgingConfig) -> str:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cohort.stats import age_tests, bootstrap
 from cohort.stats.adjusted import PartialCorrelation, encode_covariates, partial_spearman
-from cohort.stats.cohort_table import AgeGroups, StudyTable, build_study_table, metrics_of_the_model
+from cohort.stats.cohort_table import PHASE, PHASES, AgeGroups, StudyTable, build_study_table, metrics_of_the_model
 from cohort.stats.config import AgingConfig, load_aging_config
 from cohort.stats.descriptives import Description, Normality, describe, ks_normality
 from cohort.stats.multiplicity import with_multiplicity
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 KEYS = ["stratum", "structure", "metric"]
 ALL = "all"
 SEXES = ("F", "M")
+PHASE_STRATA = {"with": "with_contrast", "without": "without_contrast"}  # per-phase strata (contrast.stratify)
 MIN_SAMPLES_PER_WORKER = 32
 UNITS = {"volume_ml": "ml", "fat_fraction": "fraction"}
 ZSCORE_COLUMNS = {"series_id": "string", "structure": "string", "metric": "string", "sex": "string", "age": "float64",
@@ -144,27 +145,60 @@ def run_study(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig 
 
 
 def samples(table: StudyTable, config: AgingConfig) -> list[Sample]:
-    """Cut the study table into samples per stratum, structure and metric (NaN values dropped)."""
-    values = table.values
-    strata = [(ALL, values, ("sex", *table.covariates))]
+    """Cut the study table into samples per stratum, structure and metric (NaN values dropped).
+
+    When the analysed subjects hold both contrast phases, HU (MR: intensity) metrics of the ``all``
+    stratum are also adjusted for the phase (``contrast.adjust: intensity``) and tested within each
+    phase (``contrast.stratify``); with one phase or none the samples are those of a study without it.
+    """
+    values, metrics = table.values, config.metrics
+    strata = [(ALL, values, ("sex", *table.covariates), metrics)]
     if config.stratify_by_sex:
-        strata += [(sex, values[values["sex"] == sex], table.covariates) for sex in SEXES]
-    return [sample for stratum, frame, adjust_for in strata
-            for sample in _stratum_samples(stratum, frame, config.metrics, adjust_for)]
+        strata += [(sex, values[values["sex"] == sex], table.covariates, metrics) for sex in SEXES]
+    intensity = tuple(m for m in metrics if is_intensity(m))
+    if config.contrast.stratify and intensity and table.phases_mixed():
+        strata += [(PHASE_STRATA[p], values[values[PHASE] == p], table.covariates, intensity) for p in PHASES]
+    phase = phase_adjustment(table, config)
+    return [sample for stratum, frame, adjust_for, chosen in strata
+            for sample in _stratum_samples(stratum, frame, chosen, adjust_for, phase if stratum == ALL else None)]
+
+
+def is_intensity(metric: str) -> bool:
+    """An attenuation (HU) or MR signal-intensity metric: what a contrast agent shifts.
+
+    >>> is_intensity("mean_hu"), is_intensity("p95_intensity"), is_intensity("volume_ml")
+    (True, True, False)
+    """
+    return metric.endswith(("_hu", "_intensity"))
+
+
+def phase_adjustment(table: StudyTable, config: AgingConfig) -> str | None:
+    """The covariate name under which ``adjusted`` adjusts intensity metrics for contrast phase, or None:
+    only with ``contrast.adjust: intensity``, both phases among the analysed subjects, and the column
+    not already among ``covariates`` (then every metric is adjusted for it as configured)."""
+    column = config.contrast.column
+    if config.contrast.adjust != "intensity" or column in table.covariates or not table.phases_mixed():
+        return None
+    return column
 
 
 def _stratum_samples(stratum: str, frame: pd.DataFrame, metrics: tuple[str, ...],
-                     adjust_for: tuple[str, ...]) -> list[Sample]:
+                     adjust_for: tuple[str, ...], phase: str | None = None) -> list[Sample]:
+    """Samples of one stratum; ``phase`` (a covariate name): intensity metrics are adjusted for contrast phase too."""
     age, group = frame["age"].to_numpy(dtype=float), frame["age_group"].to_numpy()
     series_id, sex = frame["series_id"].to_numpy(dtype=object), frame["sex"].to_numpy(dtype=object)
     design = encode_covariates(frame, adjust_for)
+    names = ",".join(adjust_for)
+    with_phase = (np.column_stack([design, encode_covariates(frame, (PHASE,))]), ",".join([*adjust_for, phase])
+                  ) if phase else (design, names)
     columns = {metric: frame[metric].to_numpy(dtype=float) for metric in metrics}
     out = []
     for structure, index in sorted(frame.groupby("structure").indices.items()):
         for metric, column in columns.items():
             keep = index[~np.isnan(column[index])]
+            chosen, chosen_names = with_phase if is_intensity(metric) else (design, names)
             out.append(Sample(stratum, str(structure), metric, age[keep], column[keep], group[keep], series_id[keep],
-                              sex[keep], design[keep], ",".join(adjust_for)))
+                              sex[keep], chosen[keep], chosen_names))
     return out
 
 

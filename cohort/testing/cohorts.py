@@ -182,3 +182,39 @@ def cohort_from_values(age: np.ndarray, sex: np.ndarray, values: dict[tuple[str,
     features = pd.concat(frames, ignore_index=True)
     empty = pd.DataFrame(columns=["structure", "metric", "planted_r"])
     return SyntheticCohort(features, series, empty, pd.DataFrame(columns=["structure", "status", "n_series"]))
+
+
+# (structure, HU change per decade of age, HU added by contrast): liver has no age effect, aorta one
+CONTRAST_PLANTED = (("liver", 0.0, 80.0), ("aorta", -4.0, 150.0))
+
+
+def make_contrast_cohort(n_subjects: int = 3000, seed: int = 0, share_with: tuple[float, float] = (0.9, 0.3),
+                         noise_hu: float = 15.0) -> SyntheticCohort:
+    """A cohort of mixed contrast phases where contrast use falls with age, as it often does clinically.
+
+    Ages uniform 18-100; the chance of a contrast-enhanced scan falls linearly from ``share_with[0]``
+    at 18 to ``share_with[1]`` at 100; the manifest column ``contrast`` says ``yes`` or ``no`` (as
+    ``cohort manifest`` writes it). ``mean_hu`` of each structure of :data:`CONTRAST_PLANTED` is
+    ``base + per_decade * (age - 18) / 10 + shift * contrast + noise`` (normal, SD ``noise_hu``),
+    with a small sex difference; volumes depend on nothing. ``effects`` holds the truth:
+    ``structure, metric, per_decade, contrast_shift``. HU vs age is confounded by phase: liver HU
+    falls with age in the pooled sample only because older subjects get fewer contrast scans.
+
+    >>> cohort = make_contrast_cohort(n_subjects=200)
+    >>> sorted({dict(pairs)["contrast"] for pairs in cohort.series["covariates"]})
+    ['no', 'yes']
+    """
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 101, n_subjects).astype(float)
+    sex = np.where(rng.random(n_subjects) < 0.635, "M", "F")
+    share = share_with[0] + (share_with[1] - share_with[0]) * (age - 18.0) / 82.0
+    contrast = rng.random(n_subjects) < share
+    values = {}
+    for structure, per_decade, shift in CONTRAST_PLANTED:
+        values[structure, "mean_hu"] = (60.0 + per_decade * (age - 18.0) / 10.0 + shift * contrast
+                                        + 5.0 * (sex == "M") + rng.normal(0.0, noise_hu, n_subjects))
+        values[structure, "volume_ml"] = rng.normal(1000.0, 100.0, n_subjects)
+    cohort = cohort_from_values(age, sex, values, covariates={"contrast": np.where(contrast, "yes", "no")})
+    effects = pd.DataFrame([(s, "mean_hu", d, c) for s, d, c in CONTRAST_PLANTED],
+                           columns=["structure", "metric", "per_decade", "contrast_shift"])
+    return SyntheticCohort(cohort.features, cohort.series, effects, cohort.planted_exclusions)
