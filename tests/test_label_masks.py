@@ -17,6 +17,7 @@ from cohort.check import check_manifest
 from cohort.config import load_class_map
 from cohort.errors import SeriesError
 from cohort.ingest import InputName, load_ct, load_labels
+from cohort.ingest import masks as mask_folders
 from cohort.provenance import input_content, input_fingerprint
 from testkit import cohort_cli, write_manifest
 
@@ -78,6 +79,38 @@ def test_masks_stored_with_flipped_axes_are_reoriented(examples: Path, tmp_path:
     assert nib.aff2axcodes(nib.load(str(folder / "liver.nii.gz")).affine)[0] == "L"
     pd.testing.assert_frame_equal(cohort.measure(examples / CT, examples / LABELS, series_id="s"),
                                   cohort.measure(examples / CT, folder, series_id="s"))
+
+
+def _int16(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    return nib.Nifti1Image(array.astype(np.int16), affine)
+
+
+def _scaled(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """uint8 voxels 0 and 2 with scl_slope 0.5: float 0 and 1 as read."""
+    image = nib.Nifti1Image(array * np.uint8(2), affine)
+    image.header.set_slope_inter(0.5, 0)
+    return image
+
+
+@pytest.mark.parametrize("stored", [_int16, _scaled], ids=["int16", "scl_slope"])
+def test_a_mask_stored_otherwise_is_read_whole_and_measures_alike(examples: Path, folder: Path, stored,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only uint8 masks without scaling are inflated chunk by chunk; nibabel reads any other."""
+    array, affine = _mask(folder, "liver")
+    nib.save(stored(array, affine), str(folder / "liver.nii.gz"))
+    read_whole, read_voxels = [], mask_folders._read_voxels
+    monkeypatch.setattr(mask_folders, "_read_voxels",
+                        lambda name, *args: read_whole.append(name.path.name) or read_voxels(name, *args))
+    pd.testing.assert_frame_equal(cohort.measure(examples / CT, examples / LABELS, series_id="s"),
+                                  cohort.measure(examples / CT, folder, series_id="s"))
+    assert read_whole == ["liver.nii.gz"]
+
+
+def test_a_truncated_mask_is_refused_as_a_truncated_file(examples: Path, folder: Path) -> None:
+    data = (folder / "liver.nii.gz").read_bytes()
+    (folder / "liver.nii.gz").write_bytes(data[:len(data) // 2])
+    message = _error(examples, folder)
+    assert "(liver.nii.gz): cannot read NIfTI (" in message and message.endswith("corrupt or truncated?")
 
 
 def test_a_mask_on_another_grid_is_refused(examples: Path, folder: Path) -> None:

@@ -27,13 +27,14 @@ import numpy as np
 
 from cohort.config import ClassMap, IngestConfig
 from cohort.errors import SeriesError
-from cohort.ingest.checks import grid_transform
+from cohort.ingest.checks import AFFINE_TOLERANCE_MM, grid_transform
 from cohort.ingest.names import InputName
-from cohort.ingest.nifti import NIFTI_SUFFIXES, is_nifti, read_nifti_array
+from cohort.ingest.nifti import NIFTI_SUFFIXES, READ_ERRORS, igzip, is_nifti, open_nifti, read_nifti_array
 from cohort.ingest.volume import Grid, LabelMap
 
 SHOWN_NAMES = 5  # structures or files named in one message; the rest are counted
 IDENTITY = np.array([[0, 1], [1, 1], [2, 1]])  # a nibabel orientation transform that moves nothing
+CHUNK_BYTES = 1 << 16  # inflated and scanned at a time: the fastest of 8 KiB-16 MiB (docs/performance.md)
 
 
 def mask_files(folder: Path) -> list[Path]:
@@ -87,7 +88,8 @@ def load_label_masks(source: Path | InputName, class_map: ClassMap, grid: Grid, 
     """The label map of the mask folder ``source`` on ``grid`` (the image ``grid_name``): each
     mask's voxels get its structure's id in ``class_map``, by the rules of this module.
 
-    Each mask is read, checked and merged in turn, so memory holds the label map and one mask.
+    Each mask is read, checked and merged in turn, so memory holds the label map and one mask (one
+    chunk of it, for most: :func:`_inflated_voxels`).
     """
     name = InputName.of(source)
     labels = np.zeros(grid.shape, dtype=np.uint8 if class_map.n_labels <= 256 else np.uint16, order="F")
@@ -107,13 +109,72 @@ def load_label_masks(source: Path | InputName, class_map: ClassMap, grid: Grid, 
 
 
 def _mask_voxels(name: InputName, grid: Grid, grid_name: str, limits: IngestConfig) -> np.ndarray:
-    """The flat indices (on ``grid``, Fortran order: NIfTI's own, so a mask as nibabel reads it is
-    not copied) of the voxels of the binary mask file ``name``."""
+    """The flat indices (on ``grid``, Fortran order: NIfTI's own) of the voxels of the binary mask
+    file ``name``, its header checked first.
+
+    A mask as TotalSegmentator writes it (gzipped uint8, unscaled, on the image's grid as stored) is
+    inflated and scanned in chunks (:func:`_inflated_voxels`); any other mask, and one that chunked
+    reading refuses, is read whole by nibabel (:func:`_read_voxels`), which says what is wrong.
+    """
+    image = open_nifti(name, limits)
+    voxels = _inflated_voxels(image, name.path) if _stored_on_grid(image, grid, grid_name, name) else None
+    return _read_voxels(name, grid, grid_name, limits) if voxels is None else voxels
+
+
+def _stored_on_grid(image: nib.Nifti1Image, grid: Grid, grid_name: str, name: InputName) -> bool:
+    """Whether the mask ``image`` stores unscaled uint8 voxels that lie on ``grid`` as stored (no
+    reorientation), so that its bytes are its voxels. Checked from the header alone, and only
+    where the shape and affine already match, so that nibabel's reader still tells a damaged file
+    before a grid that does not fit, as it did when it read every mask."""
+    shape = tuple(int(n) for n in image.shape)
+    if not (image.header.get_data_dtype() == np.uint8 and (image.dataobj.slope, image.dataobj.inter) == (1, 0)
+            and shape[:3] == grid.shape and all(n == 1 for n in shape[3:])
+            and np.allclose(image.affine, grid.affine, atol=AFFINE_TOLERANCE_MM)):
+        return False
+    transform = grid_transform(grid, grid_name, shape[:3], image.affine, name.shown, "mask")  # the rule itself
+    return np.array_equal(transform, IDENTITY)
+
+
+def _inflated_voxels(image: nib.Nifti1Image, path: Path) -> np.ndarray | None:
+    """The flat indices of the nonzero voxels of the gzipped uint8 mask ``image`` at ``path`` if all
+    of them are 1, else None (also for a stream that is damaged or too short, or without ISA-L).
+
+    ISA-L inflates :data:`CHUNK_BYTES` at a time into one buffer, each chunk scanned while in
+    cache: nibabel's reader builds a fresh array per mask (74 MB for 74 M voxels, faulted in page
+    by page) and scans it twice, 6x the CPU (docs/performance.md).
+    """
+    if igzip is None or not path.name.lower().endswith(".gz"):
+        return None
+    size = int(np.prod(image.shape))
+    buffer = np.empty(min(CHUNK_BYTES, size), dtype=np.uint8)
+    found, done = [], 0
+    try:
+        with igzip.open(path, "rb") as stream:
+            stream.seek(int(image.dataobj.offset))
+            while done < size:
+                count = stream.readinto(buffer[:size - done])
+                if not count:  # the stream ends before the voxels do: nibabel's reader says so
+                    return None
+                chunk = buffer[:count]
+                top = chunk.max()
+                if top > 1:  # a value other than 0 and 1: nibabel's reader names them
+                    return None
+                if top:
+                    found.append(np.flatnonzero(chunk) + done)
+                done += count
+    except READ_ERRORS:
+        return None
+    return np.concatenate(found) if found else np.empty(0, dtype=np.intp)
+
+
+def _read_voxels(name: InputName, grid: Grid, grid_name: str, limits: IngestConfig) -> np.ndarray:
+    """What :func:`_mask_voxels` returns, for any mask nibabel reads: the whole array, reoriented
+    onto ``grid`` and scaled, or the error of its grid or values."""
     array, affine = read_nifti_array(name, limits)
     transform = grid_transform(grid, grid_name, array.shape, affine, name.shown, "mask")
     if not np.array_equal(transform, IDENTITY):
         array = nib.orientations.apply_orientation(array, transform)
-    flat = array.ravel(order="F")
+    flat = array.ravel(order="F")  # a view, not a copy, of an array as nibabel reads it
     voxels = np.flatnonzero(flat)
     values = flat[voxels]
     if not (values == 1).all():

@@ -44,6 +44,21 @@ def is_nifti(path: Path) -> bool:
 def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> tuple[np.ndarray, np.ndarray]:
     """Return the (x, y, z) voxel array (scaling applied) and the affine of a 3-D NIfTI file."""
     name = InputName.of(source)
+    image = open_nifti(name, limits)
+    try:
+        array = read_voxels(image, name.path)
+    except READ_ERRORS as exc:
+        raise _unreadable(name, exc) from None
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3 or min(array.shape) < 2:
+        raise SeriesError(f"{name}: image has shape {array.shape}; a 3-D volume is needed")
+    return array, image.affine
+
+
+def open_nifti(name: InputName, limits: IngestConfig) -> nib.Nifti1Image:
+    """The NIfTI file ``name``, loaded lazily (no voxel read yet), its header checked
+    (:func:`check_header`): what every reader of its voxels starts from."""
     if not name.path.exists():
         raise SeriesError(f"{name}: file not found")
     try:
@@ -52,14 +67,9 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
         if not isinstance(image, nib.Nifti1Image):
             raise nib.filebasedimages.ImageFileError(f"{type(image).__name__}, not NIfTI")
         check_header(name, image, limits)
-        array = read_voxels(image, name.path)
     except READ_ERRORS as exc:
-        raise SeriesError(f"{name}: cannot read NIfTI ({name.scrub(_first_line(exc))}): corrupt or truncated?") from None
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3 or min(array.shape) < 2:
-        raise SeriesError(f"{name}: image has shape {array.shape}; a 3-D volume is needed")
-    return array, image.affine
+        raise _unreadable(name, exc) from None
+    return image
 
 
 def read_voxels(image: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -203,6 +213,10 @@ def as_label_array(array: np.ndarray, name: InputName) -> np.ndarray:
     if array.min() < 0 or array.max() > np.iinfo(np.uint16).max:
         raise SeriesError(f"{name}: label ids must lie in 0-65535 (found {array.min()}-{array.max()})")
     return array.astype(np.uint8 if array.max() <= 255 else np.uint16, copy=False)
+
+
+def _unreadable(name: InputName, exc: BaseException) -> SeriesError:
+    return SeriesError(f"{name}: cannot read NIfTI ({name.scrub(_first_line(exc))}): corrupt or truncated?")
 
 
 def _first_line(exc: BaseException) -> str:
