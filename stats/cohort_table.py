@@ -336,8 +336,27 @@ def _one_row_per_subject(rows: pd.DataFrame, config: AgingConfig) -> tuple[pd.Da
     later = ordered.duplicated(["subject_id", "structure"])
     rows.loc[later[later].index, "reason"] = REPEATED_SCAN
     means = ordered.groupby(["subject_id", "structure"], sort=False)[["age", *config.metrics]].transform("mean")
-    averaged = ordered.assign(**{c: means[c] for c in means.columns})
+    averaged = ordered.assign(**{c: means[c] for c in means.columns}, **{PHASE: averaged_phase(ordered)})
     return rows, averaged[~later]
+
+
+def averaged_phase(ordered: pd.DataFrame) -> pd.Series:
+    """The contrast phase of each subject's averaged values: the phase its averaged scans share, else
+    missing (a native and a contrast scan, or one of unknown phase): an average over both phases
+    belongs to neither phase's stratum, nor is it of either phase in the HU adjustment.
+
+    >>> averaged_phase(pd.DataFrame({"subject_id": ["a", "a", "b", "b", "c"], "structure": "liver",
+    ...     PHASE: ["with", "with", "with", "without", "without"]})).tolist()
+    ['with', 'with', nan, nan, 'without']
+    """
+    code = ordered[PHASE].map({"with": 1.0, "without": 0.0}).astype(float)
+    scans = code.groupby([ordered["subject_id"], ordered["structure"]], sort=False)
+    agree = scans.transform("min").eq(scans.transform("max")) & scans.transform("count").eq(scans.transform("size"))
+    disagree = ordered["subject_id"][~agree & ordered[PHASE].notna()].nunique()
+    if disagree:
+        log.warning("series: %d subjects have scans of different or unknown contrast phases averaged "
+                    "(repeated_scans: mean); their contrast phase is taken as unknown", disagree)
+    return ordered[PHASE].where(agree)
 
 
 def _subject_ages(series: pd.DataFrame, config: AgingConfig) -> np.ndarray:

@@ -24,7 +24,7 @@ from cohort.stats.config import load_aging_config
 from cohort.stats.methods import methods_lines
 from cohort.stats.outputs import summary_lines
 from cohort.stats.study import AgingResults, run_study
-from cohort.testing.cohorts import SyntheticCohort, make_cohort, make_contrast_cohort
+from cohort.testing.cohorts import SyntheticCohort, cohort_from_values, make_cohort, make_contrast_cohort
 
 DEFAULT = dataclasses.replace(load_aging_config(), workers=1, figures=dataclasses.replace(
     load_aging_config().figures, which="none"))
@@ -192,6 +192,24 @@ def test_unknown_phases_are_left_out_of_the_phase_adjustment_and_counted(cohort:
     assert _row(results.adjusted, "liver", "volume_ml")["n"] == len(series)
     assert results.table.phase_counts()["unknown"] == 4
     assert any(", 4 unknown." in line for line in summary_lines(results))
+
+
+def test_a_mean_of_scans_of_both_phases_is_of_neither_phase() -> None:
+    """``repeated_scans: mean``: a subject scanned native and with contrast has HU averaged over both
+    phases; it must not stand in the without_contrast stratum (first scan native) as a native value."""
+    rng = np.random.default_rng(5)
+    subject = np.r_[np.repeat(np.arange(100), 2), np.arange(100, 300)]  # 100 subjects scanned twice: no, then yes
+    phase = np.r_[np.tile(["no", "yes"], 100), np.where(np.arange(200) % 2, "yes", "no")]
+    age = rng.integers(18, 101, 300).astype(float)[subject]
+    hu = 60.0 + 150.0 * (phase == "yes") + rng.normal(0.0, 10.0, len(subject))
+    cohort = cohort_from_values(age, np.where(rng.random(len(subject)) < 0.5, "M", "F"), {("aorta", "mean_hu"): hu},
+                                subject_id=subject.astype(str), covariates={"contrast": phase})
+    config = dataclasses.replace(DEFAULT, repeated_scans="mean", analyses=("adjusted",), pooled_structures="")
+    results = run_study(cohort.features, cohort.series, config)
+    assert results.table.phase_counts().to_dict() == {"with": 100, "without": 100, "unknown": 100}
+    native = results.descriptives.query("stratum == 'without_contrast' and age_group == 'all' and metric == 'mean_hu'")
+    assert native["n"].item() == 100 and native["mean"].item() == pytest.approx(60.0, abs=3.0)
+    assert _row(results.adjusted, "aorta", "mean_hu")["n"] == 200
 
 
 @pytest.mark.parametrize("text, key", [("contrast: {adjust: all}\n", "contrast.adjust"),
