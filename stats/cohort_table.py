@@ -238,6 +238,8 @@ def _prepared_series(series: pd.DataFrame, config: AgingConfig) -> pd.DataFrame:
         raise ResultsTableError("series: duplicate series_id rows; the table is corrupt, rerun `cohort run`")
     series = _with_covariates(series.reset_index(drop=True), config.covariates)
     series = series.assign(**{PHASE: contrast_phase(series, config.contrast.column)})
+    if config.contrast.column in config.covariates:  # adjusted for the phase as counted: `YES` is `yes`, `venous` unknown
+        series[config.contrast.column] = series[PHASE]
     age = pd.to_numeric(series["age"], errors="coerce")
     subject = series["subject_id"] if "subject_id" in series.columns else pd.Series(np.nan, index=series.index)
     line = series["manifest_line"] if "manifest_line" in series.columns else pd.Series(0, index=series.index)

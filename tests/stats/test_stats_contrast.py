@@ -194,6 +194,23 @@ def test_unknown_phases_are_left_out_of_the_phase_adjustment_and_counted(cohort:
     assert any(", 4 unknown." in line for line in summary_lines(results))
 
 
+def test_contrast_in_covariates_reads_the_phase_as_counted(cohort: SyntheticCohort) -> None:
+    """Listed in ``covariates``, the contrast column is the phase the counts and strata read: ``YES`` and
+    ``No `` are yes and no (not levels of their own), ``venous`` is unknown and left out, not a third phase."""
+    series = cohort.series.copy()
+    cells = [dict(p)["contrast"] for p in series["covariates"]]
+    clean = dataclasses.replace(DEFAULT, covariates=("contrast",), analyses=("adjusted",), pooled_structures="")
+    expected = run_study(cohort.features, series.drop(range(10)), clean).adjusted
+    cells[10:60] = [{"yes": "YES", "no": "No "}[c] for c in cells[10:60]]
+    cells[:10] = ["venous"] * 10
+    series["covariates"] = [[("contrast", c)] for c in cells]
+    results = run_study(cohort.features, series, clean)
+    assert results.table.phase_counts()["unknown"] == 10
+    hu, expected_hu = _row(results.adjusted, "liver", "mean_hu"), _row(expected, "liver", "mean_hu")
+    assert hu["n"] == len(series) - 10
+    assert hu["partial_r"] == pytest.approx(expected_hu["partial_r"], abs=1e-12)
+
+
 def test_a_mean_of_scans_of_both_phases_is_of_neither_phase() -> None:
     """``repeated_scans: mean``: a subject scanned native and with contrast has HU averaged over both
     phases; it must not stand in the without_contrast stratum (first scan native) as a native value."""
