@@ -135,21 +135,26 @@ def test_second_run_on_same_folder_is_refused(reference_run, small_batches: Path
     assert time.perf_counter() - started < 30
 
 
+def _hold_and_kill(lock: Path, holder: str) -> None:
+    """A process that takes ``lock`` as ``holder``, then SIGKILLed while it holds it."""
+    process = subprocess.Popen([sys.executable, "-c", f"""
+from pathlib import Path
+import time
+from cohort.store import exclusive_output
+with exclusive_output(Path({str(lock)!r}), {holder!r}):
+    print("held", flush=True)
+    time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    process.kill()
+    process.wait()
+
+
 def test_killed_holder_does_not_leave_the_lock_stuck(tmp_path: Path) -> None:
     from cohort.store import exclusive_output
 
     lock = tmp_path / ".cohort.lock"
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-from pathlib import Path
-import time
-from cohort.store import exclusive_output
-with exclusive_output(Path({str(lock)!r}), "holder"):
-    print("held", flush=True)
-    time.sleep(600)
-"""], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    holder.kill()
-    holder.wait()
+    _hold_and_kill(lock, "holder")
     with exclusive_output(lock, "after the kill"):
         pass
 
@@ -162,17 +167,7 @@ def test_a_refusal_while_the_holder_starts_names_it_not_the_killed_run_before(tm
     from cohort.store import exclusive_output
 
     lock = tmp_path / ".cohort.lock"
-    killed = subprocess.Popen([sys.executable, "-c", f"""
-from pathlib import Path
-import time
-from cohort.store import exclusive_output
-with exclusive_output(Path({str(lock)!r}), "the killed run"):
-    print("held", flush=True)
-    time.sleep(600)
-"""], stdout=subprocess.PIPE, text=True)
-    assert killed.stdout.readline().strip() == "held"
-    killed.kill()
-    killed.wait()
+    _hold_and_kill(lock, "the killed run")
     starting = subprocess.Popen([sys.executable, "-c", f"""
 import fcntl, json, os, socket, time
 handle = open({str(lock)!r}, "a+")

@@ -243,17 +243,10 @@ def test_a_series_whose_slices_name_two_frames_of_reference_is_refused(examples:
         if k % 2:
             ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.4243"
 
-    from cohort.export import build_manifest
-
     uid = write_series(tmp_path / "export" / "ct", example_slices(examples), Study(JANE), edit=second_scan)
     with pytest.raises(SeriesError, match=r"slices of 2 frames of reference \(FrameOfReferenceUID\) under one series"):
         load_ct(tmp_path / "export" / "ct")
-    out = tmp_path / "manifest"
-    out.mkdir()
-    (out / "policy.yaml").write_text(TEST_POLICY)
-    build_manifest(tmp_path / "export", out / "scans.csv", out / "policy.yaml",
-                   key=tmp_path_factory.mktemp("keys") / "k.key")
-    index = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")
+    index = _index_of(tmp_path / "export", tmp_path / "manifest", tmp_path_factory)
     assert index.loc[uid, "reason"] == ("geometry: slices of 2 frames of reference (FrameOfReferenceUID) under one "
                                         "series UID: two scans mixed into one volume; refused")
     assert not index.loc[uid, "selected"]
@@ -264,7 +257,6 @@ def test_a_series_whose_slice_lacks_its_study_uid_is_one_study(examples: Path, t
     """Ingest judges a series' studies by the slices that name one; the index took a blank
     StudyInstanceUID's stand-in (the series' UID) for a second study and refused, as two scans
     mixed, a series that ingest reads."""
-    from cohort.export import build_manifest
     from cohort.ingest import load_ct
 
     def blank_study(ds: pydicom.Dataset, k: int) -> None:
@@ -273,13 +265,18 @@ def test_a_series_whose_slice_lacks_its_study_uid_is_one_study(examples: Path, t
 
     uid = write_series(tmp_path / "export" / "ct", example_slices(examples), Study(JANE), edit=blank_study)
     assert load_ct(tmp_path / "export" / "ct").hu.shape[2] == 20
-    out = tmp_path / "manifest"
+    index = _index_of(tmp_path / "export", tmp_path / "manifest", tmp_path_factory)
+    assert index.loc[uid, "selected"], index.loc[uid, "reason"]
+
+
+def _index_of(export: Path, out: Path, tmp_path_factory) -> pd.DataFrame:
+    """``scans.index.parquet`` of `cohort manifest` on ``export`` with the test policy, by series UID."""
+    from cohort.export import build_manifest
+
     out.mkdir()
     (out / "policy.yaml").write_text(TEST_POLICY)
-    build_manifest(tmp_path / "export", out / "scans.csv", out / "policy.yaml",
-                   key=tmp_path_factory.mktemp("keys") / "k.key")
-    index = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")
-    assert index.loc[uid, "selected"], index.loc[uid, "reason"]
+    build_manifest(export, out / "scans.csv", out / "policy.yaml", key=tmp_path_factory.mktemp("keys") / "k.key")
+    return pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")
 
 
 def _study_uid(folder: Path) -> str:
