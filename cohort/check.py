@@ -37,7 +37,7 @@ from cohort.ingest.dicom import check_declared_modality, series_geometry, series
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.masks import masks_by_label
 from cohort.ingest.names import InputName
-from cohort.ingest.nifti import READ_ERRORS, check_compression_matches_name, check_header, igzip, is_nifti
+from cohort.ingest.nifti import READ_ERRORS, igzip, is_nifti, open_nifti, unreadable_nifti
 from cohort.ingest.volume import Grid, ScanOrigin
 from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, dixon_problem, read_manifest, subject_problems
 
@@ -173,22 +173,15 @@ def _image_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
 
 
 def _nifti_grid(name: InputName, limits: IngestConfig) -> Grid:
-    """The header checks of ``cohort.ingest.nifti`` (length of an uncompressed file, voxel limit),
-    its 3-D rule and the length of a gzip stream (:func:`_check_gzip_length`), without reading a voxel."""
-    if not name.path.is_file():
-        raise SeriesError(f"{name}: {'is a folder, not a NIfTI file' if name.path.is_dir() else 'file not found'}")
-    try:
-        check_compression_matches_name(name)
-        image = nib.load(str(name.path))
-        if not isinstance(image, nib.Nifti1Image):
-            raise SeriesError(f"{name}: is {type(image).__name__}, not NIfTI")
-        check_header(name, image, limits)
-        if name.path.name.lower().endswith(".gz"):
+    """The header checks of ``cohort.ingest.nifti`` (:func:`open_nifti`, the same reasons in the same
+    words), its 3-D rule and the length of a gzip stream (:func:`_check_gzip_length`), without
+    reading a voxel."""
+    image = open_nifti(name, limits)
+    if name.path.name.lower().endswith(".gz"):
+        try:
             _check_gzip_length(name, image)
-    except READ_ERRORS as error:
-        lines = str(error).strip().splitlines()
-        raise SeriesError(f"{name}: cannot read the NIfTI header "
-                          f"({name.scrub(lines[0] if lines else type(error).__name__)})") from None
+        except READ_ERRORS as error:
+            raise unreadable_nifti(name, error) from None
     shape = tuple(int(n) for n in image.shape)
     while len(shape) > 3 and shape[-1] == 1:  # as ingest squeezes trailing single dimensions
         shape = shape[:-1]

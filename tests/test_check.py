@@ -15,7 +15,8 @@ import pytest
 from cohort.check import check_manifest
 from cohort.cli import main
 from cohort.errors import ManifestError, SeriesError
-from cohort.ingest import InputName, align_labels, load_ct, load_label_nifti
+from cohort.config import load_class_map
+from cohort.ingest import InputName, align_labels, load_ct, load_label_nifti, load_labels
 from cohort.manifest import load_manifest, read_manifest
 from testkit import cohort_cli, mirrored_qform_pair, with_header
 from tests.export.pacs import Patient, Study, example_slices, write_series
@@ -89,7 +90,7 @@ def broken(tmp_path: Path, examples: Path) -> tuple[Path, dict[int, list[str]], 
         7: ["(missing)", "<path of line 7>: file not found"],
         8: ["(flat)", "<path of line 8>: image has shape (8, 8); a 3-D volume is needed"],
         9: ["(cut)", "<path of line 9>: file is 3,000 bytes, header says 8,544 (shape 16x16x16", "truncated?"],
-        10: ["(garbage)", "<path of line 10>: cannot read the NIfTI header"],
+        10: ["(garbage)", "<path of line 10>: cannot read NIfTI (", "corrupt or truncated?"],
         11: ["(text)", "<path of line 11>: neither a NIfTI file"],
         12: ["(not_dicom)", "<path of line 12>: none of the folder's 1 files is readable DICOM"],
         13: ["(empty_dicom)", "<path of line 13>: folder holds no files"],
@@ -376,3 +377,27 @@ def test_a_nifti_whose_compression_contradicts_its_name_says_to_rename_it(exampl
     for file, reason in zip(("plain.nii.gz", "packed.nii"), expected):
         with pytest.raises(SeriesError, match=re.escape(reason)):
             load_ct(tmp_path / file)
+
+
+def test_an_unreadable_nifti_fails_the_check_in_the_runs_words(examples: Path, tmp_path: Path) -> None:
+    """`cohort check` and `cohort run` open a NIfTI header through one function, so a user reads one
+    reason for one file (the check said 'cannot read the NIfTI header (...)' where the run said
+    'cannot read NIfTI (...): corrupt or truncated?'). A NIfTI-2 file passes both."""
+    ct = nib.load(examples / "example_ct_sm.nii.gz")
+    nib.save(nib.Nifti2Image(np.asanyarray(ct.dataobj), ct.affine), tmp_path / "nifti2.nii")
+    (tmp_path / "garbage.nii.gz").write_bytes(gzip.compress(b"not a header" * 40))
+    nib.save(nib.MGHImage(np.zeros(ct.shape, np.uint8), ct.affine), tmp_path / "labels.mgz")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path,labels\nnifti2,nifti2.nii,\ngarbage,garbage.nii.gz,\n"
+                        "mgh,nifti2.nii,labels.mgz\n")
+    assert load_ct(tmp_path / "nifti2.nii").hu.shape == ct.shape
+    volume = load_ct(tmp_path / "nifti2.nii")
+    with pytest.raises(SeriesError) as garbage:
+        load_ct(InputName.in_manifest(tmp_path / "garbage.nii.gz", 3))
+    with pytest.raises(SeriesError) as mgh:  # was an AttributeError traceback once the header check was shared
+        load_labels(InputName.in_manifest(tmp_path / "labels.mgz", 4, "labels"), volume, load_class_map("class_map_total_v2.csv"))
+    runs = [str(garbage.value), str(mgh.value)]
+    assert runs[0].startswith("<path of line 3>: cannot read NIfTI (") and runs[0].endswith("corrupt or truncated?")
+    assert runs[1] == "<labels of line 4>: not a NIfTI file (its name does not end in .nii or .nii.gz)"
+    assert check_manifest(manifest).lines() == [f"scans.csv line 3 (garbage): {runs[0]}",
+                                                f"scans.csv line 4 (mgh): {runs[1]}"]

@@ -48,7 +48,7 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
     try:
         array = read_voxels(image, name.path)
     except READ_ERRORS as exc:
-        raise _unreadable(name, exc) from None
+        raise unreadable_nifti(name, exc) from None
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3 or min(array.shape) < 2:
@@ -59,16 +59,16 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
 def open_nifti(name: InputName, limits: IngestConfig) -> nib.Nifti1Image:
     """The NIfTI file ``name``, loaded lazily (no voxel read yet), its header checked
     (:func:`check_header`): what every reader of its voxels starts from."""
-    if not name.path.exists():
-        raise SeriesError(f"{name}: file not found")
+    if not name.path.is_file():
+        raise SeriesError(f"{name}: {'is a folder, not a NIfTI file' if name.path.is_dir() else 'file not found'}")
+    if not is_nifti(name.path):
+        raise SeriesError(f"{name}: not a NIfTI file (its name does not end in .nii or .nii.gz)")
     try:
         check_compression_matches_name(name)
-        image = nib.load(str(name.path))
-        if not isinstance(image, nib.Nifti1Image):
-            raise nib.filebasedimages.ImageFileError(f"{type(image).__name__}, not NIfTI")
+        image = nib.load(str(name.path))  # NIfTI-1, or NIfTI-2 (a subclass)
         check_header(name, image, limits)
     except READ_ERRORS as exc:
-        raise _unreadable(name, exc) from None
+        raise unreadable_nifti(name, exc) from None
     return image
 
 
@@ -215,7 +215,8 @@ def as_label_array(array: np.ndarray, name: InputName) -> np.ndarray:
     return array.astype(np.uint8 if array.max() <= 255 else np.uint16, copy=False)
 
 
-def _unreadable(name: InputName, exc: BaseException) -> SeriesError:
+def unreadable_nifti(name: InputName, exc: BaseException) -> SeriesError:
+    """The one-line reason for a NIfTI file that nibabel (or its gzip stream) cannot read."""
     return SeriesError(f"{name}: cannot read NIfTI ({name.scrub(_first_line(exc))}): corrupt or truncated?")
 
 
