@@ -30,7 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import pydicom
 
-from cohort.config import ClassMap, IngestConfig, load_run_config
+from cohort.config import ClassMap, IngestConfig, RunConfig, load_run_config
 from cohort.errors import SeriesError
 from cohort.ingest.checks import check_same_scan, grid_transform
 from cohort.ingest.dicom import check_declared_modality, series_geometry, series_origin, truncated_pixel_data
@@ -70,10 +70,12 @@ class ManifestReport:
                 f"on {n_lines} line{'s' * (n_lines != 1)}")
 
 
-def check_manifest(path: str | Path, modality: str | None = None, class_map: ClassMap | None = None) -> ManifestReport:
+def check_manifest(path: str | Path, modality: str | None = None, class_map: ClassMap | None = None,
+                   config: RunConfig | None = None) -> ManifestReport:
     """Check the manifest at ``path`` and every file its rows name; with ``modality`` (the
     model's, ``CT`` or ``MR``), also the DICOM ``Modality`` tag of every series. ``labels``
-    folders are judged against ``class_map`` (default: the one a run of the default model uses).
+    folders are judged against ``class_map`` (default: the one a run of the default model uses
+    with ``config``), files against ``config``'s voxel limit (default: configs/default.yaml's).
 
     Raises :class:`~cohort.errors.ManifestError` only when the file cannot be read as a
     manifest at all (not found, not UTF-8, broken CSV, no header).
@@ -81,7 +83,7 @@ def check_manifest(path: str | Path, modality: str | None = None, class_map: Cla
     from cohort.pipeline import MeasureSettings
 
     parsed = read_manifest(path)
-    config = load_run_config()  # the voxel limit and class map `cohort run` applies by default
+    config = config or load_run_config()  # the voxel limit and class map `cohort run` applies
     rules = FileRules(config.ingest, modality, class_map or MeasureSettings.from_config(config).class_map)
     problems = list(parsed.problems)
     for spec in parsed.specs:

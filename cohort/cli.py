@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", help="also refuse DICOM series tagged as the other modality than this model's "
                                        "(e.g. MR series for a CT model); labels folders are judged by its class map "
                                        "(default: fast's)")
+    check.add_argument("--config", type=Path, help="the run configuration `cohort run --config` will use: its voxel "
+                                                   "limit (ingest.max_voxels) and class map (measure.class_map) "
+                                                   "(default: configs/default.yaml)")
 
     status = commands.add_parser("status", help="done, failed, remaining and ETA of a running or stopped run")
     status.add_argument("--out", type=Path, default=Path("results"), help="the run's output folder (default: results/)")
@@ -330,8 +333,9 @@ def check_command(args: argparse.Namespace) -> int:
     from cohort.segmentation.registry import load_model_spec
 
     model = load_model_spec(args.model) if args.model else None
+    config = load_run_config(args.config)
     report = check_manifest(args.manifest, model.modality if model else None,
-                            MeasureSettings.from_config(load_run_config(), model).class_map)
+                            MeasureSettings.from_config(config, model).class_map, config)
     for line in report.lines():
         print(line)
     print(report.summary())

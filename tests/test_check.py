@@ -401,3 +401,24 @@ def test_an_unreadable_nifti_fails_the_check_in_the_runs_words(examples: Path, t
     assert runs[1] == "<labels of line 4>: not a NIfTI file (its name does not end in .nii or .nii.gz)"
     assert check_manifest(manifest).lines() == [f"scans.csv line 3 (garbage): {runs[0]}",
                                                 f"scans.csv line 4 (mgh): {runs[1]}"]
+
+
+def test_check_with_config_applies_its_voxel_limit_and_class_map(examples: Path, tmp_path: Path) -> None:
+    """`cohort check --config` judges the rows by the configuration the run will use: a CT above
+    its ingest.max_voxels and a masks folder named by its measure.class_map, not the shipped ones."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    ct = nib.load(examples / "example_ct_sm.nii.gz")
+    for structure in ("liver", "spleen"):
+        nib.save(nib.Nifti1Image(np.zeros(ct.shape, np.uint8), ct.affine), masks / f"{structure}.nii.gz")
+    (tmp_path / "two.csv").write_text("label,structure\n1,liver\n2,spleen\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"ingest:\n  max_voxels: 300000\nmeasure:\n  class_map: {tmp_path / 'two.csv'}\n")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text(f"series_id,path,labels\nsmall,{examples / 'example_ct_sm.nii.gz'},{masks}\n")
+    default = cohort_cli("check", "--manifest", str(manifest), timeout=120)
+    assert default.returncode == 1 and "no mask file for 115 of the 117 structures" in default.stdout
+    assert "max_voxels" not in default.stdout
+    configured = cohort_cli("check", "--manifest", str(manifest), "--config", str(config), timeout=120)
+    assert configured.returncode == 1, configured.stdout + configured.stderr
+    assert "ingest.max_voxels = 300,000" in configured.stdout and "no mask file" not in configured.stdout, configured.stdout
