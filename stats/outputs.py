@@ -243,18 +243,20 @@ def selection_lines(selection: pd.DataFrame) -> list[str]:
 
 
 def _stratified_lines(results: AgingResults, effects: pd.DataFrame) -> list[str]:
-    """The strongest effects side by side: pooled r_s, sex-adjusted partial r, and r_s within F and within M."""
+    """The strongest effects side by side: pooled r_s, sex-adjusted partial r, and r_s within F and within M
+    (and within each contrast phase, where the study has those strata)."""
     if effects.empty or not results.config.stratify_by_sex:
         return []
     keys = ["structure", "metric"]
     corr = results.correlations.pivot_table(index=keys, columns="stratum", values="spearman_r", observed=True)
+    by = "by sex and contrast phase" if set(PHASE_STRATA.values()) & set(map(str, corr.columns)) else "by sex"
     table = effects[keys].merge(corr.reset_index(), on=keys, how="left")
     if not results.adjusted.empty:
         table = table.merge(results.adjusted[[*keys, "partial_r", "ci_low", "ci_high"]], on=keys, how="left")
     if not results.trends.empty:
         trend = results.trends[results.trends["stratum"] == ALL][[*keys, "slope_per_decade", "unit", "pct_per_decade"]]
         table = table.merge(trend, on=keys, how="left")
-    return ["", "## The same effects by sex, adjusted for sex, and per decade", "", *_markdown_table(table)]
+    return ["", f"## The same effects {by}, adjusted for sex, and per decade", "", *_markdown_table(table)]
 
 
 def _significance_line(corr: pd.DataFrame | None, kw: pd.DataFrame | None) -> str:

@@ -117,6 +117,7 @@ def test_summary_and_methods_count_the_phases_per_age_group(cohort: SyntheticCoh
     assert "HU metrics (mean_hu) pool both phases" in summary
     assert "`covariates` column `sex,contrast`" in summary and "`with_contrast` and `without_contrast`" in summary
     assert "set `contrast: with` in the `cohort manifest` policy" in summary
+    assert "## The same effects by sex and contrast phase, adjusted for sex, and per decade" in summary
     methods = "\n".join(methods_lines(results))
     assert f"{n_with} subjects were scanned with a contrast agent and {n_without} without" in methods
     assert f"(chi-square test of phase by age group, p = {p:.1e}). Values of mean attenuation (HU) pool both" in methods
