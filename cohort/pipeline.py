@@ -176,6 +176,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             if label_map is None and spec.labels is not None:
                 label_map = load_labels(InputName.in_manifest(spec.labels, spec.line, column="labels"), volume,
                                         context.measure.class_map, context.ingest)
+            check_unchanged_while_read(spec, fingerprint)
         if label_map is None:
             with timer.stage("load_model"):
                 try:
@@ -220,6 +221,16 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         input_content=content, **{column: series_uid_digest(getattr(spec, column), content)
                                    for column in SERIES_UID_COLUMNS})
     return SeriesResult(record, features)
+
+
+def check_unchanged_while_read(spec: SeriesSpec, fingerprint: str) -> None:
+    """Raise when a file of the row changed between the fingerprint taken before its files were read
+    and the end of reading and digesting them (a file still being written or copied into the export):
+    the voxels read, the bytes digested and the label map could then be of different versions, and
+    the row would record content it was not computed from. A failed row is tried again by a rerun."""
+    if input_fingerprint(spec.path, spec.companions) != fingerprint:
+        raise SeriesError(f"{spec.where}: its files changed while they were being read (still being written or "
+                          "copied?); rerun when they are complete")
 
 
 def scrub_input_paths(spec: SeriesSpec, text: str) -> str:

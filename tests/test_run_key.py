@@ -789,3 +789,38 @@ def test_fingerprints_list_a_dixon_study_folder_once(tmp_path: Path, monkeypatch
     monkeypatch.setattr(provenance, "input_files", lambda *args: listings.append(args[0]) or listing(*args))
     assert provenance.input_fingerprints(rows) == expected
     assert sorted(map(str, listings)) == sorted(map(str, [study, tmp_path / "seg.nii.gz"]))
+
+
+def test_a_file_rewritten_while_its_row_is_read_fails_the_row(examples: Path, tmp_path: Path, monkeypatch) -> None:
+    """A CT rewritten in the export while its row is ingested (its voxels read, then the file replaced
+    by a copy that finishes before the bytes are digested): the row recorded the content of the new
+    bytes for measurements of the old voxels, and a rerun took it as up to date. The row now fails,
+    naming why; a rerun then does it from one version."""
+    import cohort.pipeline as pipeline
+    from cohort.config import load_run_config
+    from cohort.manifest import load_manifest
+    from cohort.pipeline import MeasureSettings, RunContext, process_series
+    from cohort.provenance import input_content
+
+    image, labels = tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz"
+    shutil.copy(examples / "example_ct_sm.nii.gz", image)
+    shutil.copy(examples / "example_seg_fast.nii.gz", labels)
+    manifest = write_manifest(tmp_path / "scans.csv", [{"series_id": "s1", "path": str(image), "labels": str(labels)}])
+    spec = load_manifest(manifest)[0]
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    read_image = pipeline.load_ct
+
+    def read_while_a_copy_finishes(*args, **kwargs):
+        volume = read_image(*args, **kwargs)
+        ct = nib.load(image)
+        nib.save(nib.Nifti1Image(np.asanyarray(ct.dataobj) + 100, ct.affine, ct.header), image)
+        return volume
+
+    monkeypatch.setattr(pipeline, "load_ct", read_while_a_copy_finishes)
+    result = process_series(spec, context)
+    assert not result.done
+    assert result.record.error == ("scans.csv line 2 (s1): its files changed while they were being read (still being "
+                                   "written or copied?); rerun when they are complete")
+    monkeypatch.setattr(pipeline, "load_ct", read_image)
+    rerun = process_series(spec, context)
+    assert rerun.done and rerun.record.input_content == input_content(spec.sources)
