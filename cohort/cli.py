@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--key", type=Path, help="pseudonym key file, created on first use (default: "
                                                    "$COHORT_PSEUDONYM_KEY, else ~/.config/cohort/pseudonym.key)")
     manifest.add_argument("--workers", type=positive_int, help="header-reading processes (default: usable CPUs)")
+    manifest.add_argument("--age-cap", type=float, metavar="YEARS",
+                          help="write ages at or above YEARS as YEARS (HIPAA safe harbour: --age-cap 90); "
+                               "default: ages as they are")
     return parser
 
 
@@ -358,7 +361,8 @@ def manifest_command(args: argparse.Namespace) -> int:
                   console=console, transient=True, disable=not console.is_terminal) as display:
         bar = display.add_task("headers", total=None)
         summary = build_manifest(args.dicom, args.out, args.policy, args.key, args.workers,
-                                 on_progress=lambda done, total: display.update(bar, completed=done, total=total))
+                                 on_progress=lambda done, total: display.update(bar, completed=done, total=total),
+                                 age_cap=args.age_cap)
     console.print("[bold]cohort manifest:[/] " + "\n".join(summary.describe(args.out)), highlight=False,
                   soft_wrap=True)
     return summary.exit_code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from cohort.errors import RunCannotStart
 from cohort.export.crawl import Crawl, crawl
 from cohort.export.policy import load_policy, select
 from cohort.export.pseudonyms import key_path, load_or_create_key
-from cohort.export.series import summarise
+from cohort.export.series import SeriesSummary, summarise
 from cohort.export.writing import (
     cache_path,
     index_path,
@@ -42,6 +43,8 @@ class ManifestSummary:
     new_key: Path | None = None  # the pseudonym key this run created: every pseudonym is new
     n_ids_of_several_issuers: int = 0  # PatientIDs that are several subjects (IssuerOfPatientID differs)
     n_chosen_with_contrast: int = 0  # manifest rows of a contrast-enhanced series (the rest: without)
+    age_cap: float | None = None  # ages at or above it written as it (--age-cap)
+    n_ages_capped: int = 0  # series (of the index) whose age was written as age_cap
 
     @property
     def exit_code(self) -> int:
@@ -67,6 +70,9 @@ class ManifestSummary:
         if self.new_key:  # a mistyped --key or a lost key would otherwise change every pseudonym unnoticed
             lines.append(f"  new pseudonym key created: {self.new_key}; series_id and subject_id match no export "
                          "made with another key (keep and back it up; a key given by mistake: delete it)")
+        if self.age_cap is not None:
+            lines.append(f"  ages of {self.age_cap:g} and over written as {self.age_cap:g} (--age-cap): "
+                         f"{self.n_ages_capped} series")
         if 0 < self.n_chosen_with_contrast < self.n_chosen:  # HU differ by tens to hundreds between phases
             lines.append(f"  warning: contrast phases mixed: {self.n_chosen_with_contrast} chosen series with contrast, "
                          f"{self.n_chosen - self.n_chosen_with_contrast} without; to keep one, set `contrast: with` "
@@ -91,8 +97,12 @@ class ManifestSummary:
 
 def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key: Path | None = None,
                    workers: int | None = None,
-                   on_progress: Callable[[int, int], None] = lambda done, total: None) -> ManifestSummary:
-    """Crawl ``dicom``, select series by ``policy`` and write ``manifest`` with its index beside it."""
+                   on_progress: Callable[[int, int], None] = lambda done, total: None,
+                   age_cap: float | None = None) -> ManifestSummary:
+    """Crawl ``dicom``, select series by ``policy`` and write ``manifest`` with its index beside it;
+    with ``age_cap``, ages at or above it are written as ``age_cap`` (:func:`cap_ages`)."""
+    if age_cap is not None and not age_cap > 0:
+        raise RunCannotStart(f"--age-cap {age_cap:g}: must be a positive number of years, e.g. 90")
     if not dicom.is_dir():
         raise RunCannotStart(f"{dicom}: DICOM export folder not found")
     if manifest.suffix.lower() != ".csv":
@@ -106,7 +116,7 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
                                                     cache_path(manifest)))
     outputs |= {path.with_name(path.name + ".partial") for path in outputs}
     crawled = crawl(dicom, cache_path(manifest), secret, workers or len(os.sched_getaffinity(0)), outputs, on_progress)
-    series = summarise(crawled.files, dicom)
+    series, n_capped = cap_ages(summarise(crawled.files, dicom), age_cap)
     choices = select(series, selection)
     n_chosen = write_manifest(choices, manifest, dicom, secret)
     write_index(choices, manifest, secret)
@@ -119,7 +129,21 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
                            rejected=dict(rejected.most_common()), n_unreadable=n_unreadable, crawl=crawled,
                            reasons=dict(reasons.most_common()), new_key=key_file if created else None,
                            n_ids_of_several_issuers=ids_of_several_subjects(crawled.files),
-                           n_chosen_with_contrast=with_contrast)
+                           n_chosen_with_contrast=with_contrast, age_cap=age_cap, n_ages_capped=n_capped)
+
+
+def cap_ages(series: list[SeriesSummary], age_cap: float | None) -> tuple[list[SeriesSummary], int]:
+    """``series`` with every age at or above ``age_cap`` written as ``age_cap``, and how many were.
+
+    HIPAA's safe harbour counts an age over 89 as identifying (few people reach it) and asks for
+    one category, 90 or older: ``--age-cap 90``. An aging study loses little by it (the oldest
+    subjects stay, at the cap's age); capped in the manifest, every later table has the capped age only.
+    """
+    if age_cap is None:
+        return series, 0
+    capped = [dataclasses.replace(s, age=float(age_cap)) if s.age is not None and s.age >= age_cap else s
+              for s in series]
+    return capped, sum(new is not old for new, old in zip(capped, series))
 
 
 def ids_of_several_subjects(files: pd.DataFrame) -> int:

@@ -214,3 +214,32 @@ def test_one_patient_id_of_two_issuers_is_two_subjects(examples: Path, tmp_path:
     assert len({subject[uids["a1"]], subject[uids["b"]], subject[uids["none"]]}) == 3
     key: PseudonymKey = load_or_create_key(key_file, out)
     assert subject[uids["none"]] == key.pseudonym("sub", "12345")  # without an issuer: as before
+
+
+def test_age_cap_writes_the_oldest_ages_as_the_cap(examples: Path, tmp_path: Path, tmp_path_factory) -> None:
+    """`cohort manifest --age-cap 90` (HIPAA's safe harbour: ages over 89 are one category, 90+):
+    a 94-year-old's age is 90 in the manifest and the index, a 72-year-old's stays, the summary
+    counts the capped series; without the option ages are written as they are."""
+    from tests.export.pacs import Patient
+
+    slices = example_slices(examples)  # scanned on 2022-12-08
+    root = tmp_path / "export"
+    old = write_series(root / "old", slices, Study(Patient("OLD^ONE", "P-OLD", "19280301")))
+    younger = write_series(root / "younger", slices, Study(Patient("YOUNG^ONE", "P-YOUNG", "19500301")))
+    out = tmp_path / "manifest"
+    out.mkdir()
+    (out / "policy.yaml").write_text(TEST_POLICY)
+    key_file = tmp_path_factory.mktemp("keys") / "k.key"
+    result = cohort_cli("manifest", "--dicom", str(root), "--out", str(out / "scans.csv"), "--policy",
+                        str(out / "policy.yaml"), "--key", str(key_file), "--age-cap", "90", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ages of 90 and over written as 90 (--age-cap): 1 series" in result.stdout + result.stderr
+    ages = {row["series_uid"]: row["age"] for row in read_csv(out / "scans.csv")}
+    assert ages == {old: "90", younger: "72"}
+    index = pd.read_parquet(out / "scans.index.parquet").set_index("series_uid")["age"]
+    assert index[old] == 90 and index[younger] == 72
+    uncapped = build_manifest(root, out / "scans.csv", out / "policy.yaml", key=key_file)
+    assert uncapped.n_ages_capped == 0 and {row["age"] for row in read_csv(out / "scans.csv")} == {"94", "72"}
+    refused = cohort_cli("manifest", "--dicom", str(root), "--out", str(out / "scans.csv"), "--key", str(key_file),
+                         "--age-cap", "0", timeout=300)
+    assert refused.returncode == 2 and "--age-cap 0: must be a positive number of years" in refused.stdout + refused.stderr
