@@ -8,7 +8,10 @@ header under the folder, to find the series; then its pixels) and the input cont
 old way (``input_content``: the series found again, every header read again) and the new way
 (``content_digest`` of the files ingest read). At the start of a rerun, the fingerprints of the
 done rows: one ``input_fingerprint`` per row (old) and ``input_fingerprints`` (new: a folder
-listed once). Prints header reads (pydicom) and GDCM folder scans, seconds, and the ratios.
+listed once). Then the rows again, ``load_ct`` alone, with the worker remembering which series
+each file of the folder is of (``cohort.ingest.series_of_files``: the second row on reads only
+its own headers) and forgetting it before every row (as before), in alternating rounds. Prints
+header reads (pydicom) and GDCM folder scans, seconds, and the ratios.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import hashlib
 import shutil
 import tempfile
 import time
@@ -25,7 +29,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from cohort.ingest import InputName, load_ct
+from cohort.ingest import InputName, dicom, load_ct
+from cohort.ingest.series_of_files import SeriesOfFiles
 from cohort.manifest import SeriesSpec
 from cohort.pipeline import input_groups
 from cohort.provenance import (
@@ -84,16 +89,48 @@ def timed(function) -> tuple[object, float, dict[str, int]]:
     return value, time.perf_counter() - started, dict(READS)
 
 
+def forget_series_of_files() -> None:
+    """A worker that has read none of the folder's headers yet."""
+    dicom.SERIES_OF_FILES = SeriesOfFiles()
+
+
 def per_row(spec: SeriesSpec) -> dict[str, tuple[float, dict[str, int]]]:
-    """Seconds and reads of each part of one row's ingest stage; the old and new contents agree."""
+    """Seconds and reads of each part of one row's ingest stage (every header read, as a worker
+    new to the folder reads them); the old and new contents agree."""
+    forget_series_of_files()
     _, fingerprint_s, _ = timed(lambda: input_fingerprint(spec.path, spec.companions))
     volume, load_s, load_reads = timed(lambda: load_ct(InputName.in_manifest(spec.path, spec.line), series_uid=spec.series_uid))
+    forget_series_of_files()
     old, old_s, old_reads = timed(lambda: input_content(spec.sources))
     new, new_s, new_reads = timed(lambda: content_digest(input_groups(spec, volume, None)))
     if old != new:
         raise SystemExit(f"{spec.series_id}: contents differ ({old} old, {new} new)")
     return {"fingerprint": (fingerprint_s, {}), "load_ct": (load_s, load_reads), "content old": (old_s, old_reads),
             "content new": (new_s, new_reads)}
+
+
+def remembered_rows(specs: list[SeriesSpec], rounds: int = 2) -> None:
+    """``load_ct`` of each row, the worker forgetting the folder's series before every row, or
+    remembering them from its earlier rows, in alternating rounds; the volumes are equal."""
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    volumes: dict[str, set[str]] = collections.defaultdict(set)
+    for _ in range(rounds):
+        for remember in (False, True):
+            forget_series_of_files()
+            for spec in specs:
+                if not remember:
+                    forget_series_of_files()
+                volume, load_s, reads = timed(lambda: load_ct(InputName.in_manifest(spec.path, spec.line),
+                                                              series_uid=spec.series_uid))
+                seconds[remember].append(load_s)
+                volumes[spec.series_id].add(hashlib.sha256(volume.hu.tobytes()).hexdigest())
+                print(f"  {'remembered' if remember else 'forgotten'} row {spec.series_id}: load_ct {load_s:.2f} s {reads}")
+    if any(len(digests) > 1 for digests in volumes.values()):
+        raise SystemExit("a row's volume differs between remembering and forgetting the folder's series")
+    # the first row of a round reads every header either way; the rows after it are what changes
+    later = {remember: sum(s for k, s in enumerate(values) if k % len(specs)) for remember, values in seconds.items()}
+    print(f"load_ct of rows 2-{len(specs)} of each round, {rounds} rounds: every header read {later[False]:.2f} s, "
+          f"other series' files remembered {later[True]:.2f} s ({later[False] / later[True]:.2f}x)")
 
 
 def main() -> None:
@@ -128,6 +165,7 @@ def main() -> None:
     new, new_s, _ = timed(lambda: input_fingerprints(rows))
     assert old == new
     print(f"rerun start, fingerprints of {len(rows)} done rows: old {old_s:.3f} s, new {new_s:.3f} s ({old_s / new_s:.1f}x)")
+    remembered_rows(specs[:args.rows])
     if scratch:
         scratch.cleanup()
 

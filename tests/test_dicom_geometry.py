@@ -211,3 +211,25 @@ def test_an_enhanced_ct_of_one_file_is_refused_as_multi_frame(slices, tmp_path: 
     with pytest.raises(SeriesError, match=r"^single: series has 1 slice\(s\); a 3-D volume is needed"):
         write_series(tmp_path / "single", slices[:1], STUDY)
         load_ct(tmp_path / "single")
+
+
+def test_a_file_rewritten_into_the_series_is_found_though_the_worker_knew_it_of_another(
+        examples: Path, tmp_path: Path) -> None:
+    """A worker remembers which series each file of a flat study folder is of, so that its next row
+    skips the other series' headers (cohort.ingest.series_of_files). A file rewritten since (here: a
+    file of series B replaced by one more slice on top of series A) must be read again: skipped as
+    B's, series A would silently lose its top slice."""
+    from cohort.ingest import InputName
+
+    study, slices = Study(Patient("DOE^JANE", "P1", "19600101")), example_slices(examples)
+    folder = tmp_path / "study"
+    series_a, series_b = write_series(folder, slices, study), write_series(folder, slices, study)
+    first = load_ct(InputName.in_manifest(folder, 2), series_uid=series_a)
+    assert load_ct(InputName.in_manifest(folder, 3), series_uid=series_b).hu.shape == first.hu.shape
+    top = pydicom.dcmread(sorted(folder.glob(f"IM{series_a[-6:]}_*.dcm"))[-1])
+    step = float(top.ImagePositionPatient[2]) - float(slices[-2].ImagePositionPatient[2])
+    top.ImagePositionPatient = [*top.ImagePositionPatient[:2], float(top.ImagePositionPatient[2]) + step]
+    top.SOPInstanceUID = top.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    top.save_as(sorted(folder.glob(f"IM{series_b[-6:]}_*.dcm"))[0])  # B's first file, rewritten in place
+    again = load_ct(InputName.in_manifest(folder, 2), series_uid=series_a)
+    assert again.hu.shape == (*first.hu.shape[:2], first.hu.shape[2] + 1)

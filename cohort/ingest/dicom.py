@@ -26,7 +26,9 @@ affine is built from the headers. The series is the single series of a folder (G
 non-recursive, plus the images of that series GDCM skips, truncated or damaged: they are refused
 by their place in the series, never silently left out) or, when a ``series_uid`` is given, every
 file under the folder, recursively, whose SeriesInstanceUID is that one: so a folder holding
-several series, or a series split over sub-folders, is read exactly. Only voxels, geometry and
+several series, or a series split over sub-folders, is read exactly (a worker remembers which
+series each file of the folder is of, :mod:`cohort.ingest.series_of_files`, so that its later rows
+of that folder read only their own headers). Only voxels, geometry and
 digests of the study and frame of reference UIDs (:class:`~cohort.ingest.volume.ScanOrigin`) leave
 this module (patient data stays).
 """
@@ -49,6 +51,7 @@ from cohort.errors import SeriesError
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
 from cohort.ingest.padding import Padding, declared_padding, padding_mask
+from cohort.ingest.series_of_files import SERIES_OF_FILES, FolderSeries, file_identity
 from cohort.ingest.volume import ScanOrigin
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -336,15 +339,23 @@ def _series_headers(name: InputName, series_uid: str | None) -> dict[str, pydico
                 enumerate(files, 1)}
     headers: dict[str, pydicom.Dataset] = {}
     instances: set[str] = set()
+    known, read = SERIES_OF_FILES.folder(name.path), FolderSeries(name.path)
     for file in sorted(_files_under(name.path)):
+        identity = file_identity(file)
+        if known.of_another_series(file, identity, series_uid):  # the folder's other series, unchanged
+            read.files[file] = known.files[file]
+            continue
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
         except UNREADABLE:
+            read.remember(file, identity, None)
             continue  # files of no series, or of another: not this series' business
-        instance = str(header.get("SOPInstanceUID", ""))
-        if str(header.get("SeriesInstanceUID", "")) == series_uid and not (instance and instance in instances):
+        instance, uid = str(header.get("SOPInstanceUID", "")), str(header.get("SeriesInstanceUID", ""))
+        read.remember(file, identity, uid)
+        if uid == series_uid and not (instance and instance in instances):
             instances.add(instance)  # a file copied twice under the folder counts once
             headers[file] = header
+    SERIES_OF_FILES.store(read)
     if not headers:
         raise SeriesError(f"{name}: no file under the folder is of the DICOM series the manifest names")
     return headers

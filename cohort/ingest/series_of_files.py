@@ -1,0 +1,86 @@
+"""Which DICOM series each file under a folder belongs to, remembered by a worker process.
+
+A PACS study folder holding its series flat is named by every row of its study, each with its
+own ``series_uid``. Finding a row's files means reading every header under the folder, so the
+rows of one folder that a worker runs read all of them again, row after row (about 1 s per row
+for 2,400 files; docs/performance.md). A worker now remembers each file's series with the file's
+identity (device, inode, size, modification and status-change times in nanoseconds): a file
+written, replaced or renamed over since has another identity (its status-change time moves with
+any change and cannot be set back), so its header is read again. Only files known to be of
+another series (or no DICOM at all) are skipped that way; a row always reads its own files'
+headers. Memory is bounded: the files of the :data:`MAX_FOLDERS` folders used last.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as folder:
+...     file = os.path.join(folder, "IM1"); _ = open(file, "w").write("x")
+...     known = FolderSeries(Path(folder))
+...     known.remember(file, file_identity(file), "1.2.3")
+...     SERIES_OF_FILES.store(known)
+...     SERIES_OF_FILES.folder(Path(folder)).of_another_series(file, file_identity(file), "1.2.4")
+True
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+MAX_FOLDERS = 16
+
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def file_identity(file: str) -> FileIdentity | None:
+    """Device, inode, size, modification and status-change times (ns) of ``file``; None when gone."""
+    try:
+        status = os.stat(file)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+class FolderSeries:
+    """The series of the files of one folder, as last read: file -> (identity, series UID or None
+    for a file that is no readable DICOM)."""
+
+    def __init__(self, folder: Path, files: dict[str, tuple[FileIdentity | None, str | None]] | None = None) -> None:
+        self.folder = folder
+        self.files = dict(files or {})
+
+    def of_another_series(self, file: str, identity: FileIdentity | None, series_uid: str) -> bool:
+        """Whether ``file``, unchanged since it was read, is of another series than ``series_uid``
+        (or no DICOM): its header need not be read to know it is none of this series' files."""
+        known = self.files.get(file)
+        return identity is not None and known is not None and known[0] == identity and known[1] != series_uid
+
+    def remember(self, file: str, identity: FileIdentity | None, series_uid: str | None) -> None:
+        self.files[file] = (identity, series_uid)
+
+
+class SeriesOfFiles:
+    """The :class:`FolderSeries` of the folders a process read last (thread-safe: a worker's slots
+    find their series side by side)."""
+
+    def __init__(self, max_folders: int = MAX_FOLDERS) -> None:
+        self._folders: OrderedDict[str, FolderSeries] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max_folders = max_folders
+
+    def folder(self, folder: Path) -> FolderSeries:
+        """A copy of what is known of ``folder``'s files (empty when nothing is)."""
+        with self._lock:
+            known = self._folders.get(str(folder))
+            return FolderSeries(folder, known.files if known else None)
+
+    def store(self, known: FolderSeries) -> None:
+        """Keep ``known`` as what is known of its folder, the folder least recently stored dropped beyond the bound."""
+        with self._lock:
+            self._folders[str(known.folder)] = known
+            self._folders.move_to_end(str(known.folder))
+            while len(self._folders) > self._max_folders:
+                self._folders.popitem(last=False)
+
+
+SERIES_OF_FILES = SeriesOfFiles()
