@@ -33,6 +33,7 @@ import pydicom
 from cohort.config import ClassMap, IngestConfig, RunConfig, load_run_config
 from cohort.errors import SeriesError
 from cohort.ingest.checks import check_same_scan, grid_transform
+from cohort.ingest.label_table import check_label_table, label_table
 from cohort.ingest.dicom import check_declared_modality, series_geometry, series_origin, truncated_pixel_data
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.masks import masks_by_label
@@ -106,7 +107,6 @@ class FileRules:
 def _file_problems(spec: SeriesSpec, rules: FileRules) -> list[Problem]:
     """The problems of the files a row names: each read as far as its headers, as ``cohort run``
     reads it, and the label map and Dixon images on the image's grid (``cohort.ingest.checks``)."""
-    limits, modality = rules.limits, rules.modality
     names = {column: InputName.in_manifest(getattr(spec, column), spec.line, column)
              for column in FILE_COLUMNS if getattr(spec, column) is not None}
     image: Grid | None = None
@@ -117,7 +117,7 @@ def _file_problems(spec: SeriesSpec, rules: FileRules) -> list[Problem]:
             if column == "labels" and name.path.is_dir():
                 _check_mask_folder(name, rules, image, names["path"].shown)
                 continue
-            grid, origin = _header_grid(spec, column, name, limits, modality)
+            grid, origin = _header_grid(spec, column, name, rules)
             if column == "path":
                 image, image_origin = grid, origin
             elif image is not None:
@@ -133,13 +133,13 @@ def _file_problems(spec: SeriesSpec, rules: FileRules) -> list[Problem]:
     return found
 
 
-def _header_grid(spec: SeriesSpec, column: str, name: InputName, limits: IngestConfig,
-                 modality: str | None) -> tuple[Grid, ScanOrigin | None]:
+def _header_grid(spec: SeriesSpec, column: str, name: InputName, rules: FileRules) -> tuple[Grid, ScanOrigin | None]:
     """The grid of the file in ``column`` and, for a DICOM series, its study and scan; read as the
-    run reads it: the label map as NIfTI, the image (judged against ``modality``) and Dixon images
-    as ``cohort.ingest.load_ct`` does."""
+    run reads it: the label map as NIfTI (its own label table checked against the class map), the
+    image (judged against the model's modality) and Dixon images as ``cohort.ingest.load_ct`` does."""
+    limits, modality = rules.limits, rules.modality
     if column == "labels":
-        return _nifti_grid(name, limits), None
+        return _nifti_grid(name, limits, rules.class_map), None
     if column == "path":
         return _image_grid(name, limits, spec.series_uid, modality)
     return _image_grid(name, limits, getattr(spec, f"{column}_series_uid"), None)
@@ -174,11 +174,13 @@ def _image_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
     return _nifti_grid(name, limits), None
 
 
-def _nifti_grid(name: InputName, limits: IngestConfig) -> Grid:
+def _nifti_grid(name: InputName, limits: IngestConfig, class_map: ClassMap | None = None) -> Grid:
     """The header checks of ``cohort.ingest.nifti`` (:func:`open_nifti`, the same reasons in the same
-    words), its 3-D rule and the length of a gzip stream (:func:`_check_gzip_length`), without
-    reading a voxel."""
+    words; a label map's own label table against ``class_map``), its 3-D rule and the length of a
+    gzip stream (:func:`_check_gzip_length`), without reading a voxel."""
     image = open_nifti(name, limits)
+    if class_map is not None:
+        check_label_table(name, label_table(image), class_map)
     if name.path.name.lower().endswith(".gz"):
         try:
             _check_gzip_length(name, image)

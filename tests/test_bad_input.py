@@ -12,10 +12,10 @@ import pydicom
 import pytest
 
 from cohort.cli import main
-from cohort.config import load_run_config
+from cohort.config import load_class_map, load_run_config
 from cohort.manifest import load_manifest
 from cohort.pipeline import MeasureSettings, RunContext, process_series
-from testkit import mirrored_qform_pair, with_header, write_manifest
+from testkit import mirrored_qform_pair, with_header, with_label_table, write_manifest
 
 CT, LABELS = "example_ct_sm.nii.gz", "example_seg_fast.nii.gz"
 
@@ -68,7 +68,16 @@ def _bad_cases(folder: Path) -> dict[str, tuple[dict, str]]:
     complex_ct = _save_like(ct, folder / "complex.nii.gz",
                             np.asanyarray(nib.load(str(ct)).dataobj).astype(np.complex64))
     water_inf, fat = _dixon_pair(ct, folder)
+    v1_names = load_class_map("class_map_total_v1.csv").names  # TotalSegmentator v1 (--v1_order)
+    v1_numbered = with_label_table(labels, folder / "v1_numbered.nii.gz", v1_names)
+    subset = with_label_table(labels, folder / "roi_subset.nii.gz", {1: "spleen", 5: "liver"}, only_named=True)
     return {
+        "v1_numbered": ({"path": str(ct), "labels": str(v1_numbered)},
+                        ["<labels of line", "label 7 is aorta in the file's own label table but pancreas in "
+                         "class_map_total_v2.csv", "numbered by another class map",
+                         "it agrees with class_map_total_v1.csv: set measure.class_map: class_map_total_v1.csv"]),
+        "roi_subset": ({"path": str(ct), "labels": str(subset)},
+                       ["<labels of line", "names 2 of the 117 structures", "--roi_subset"]),
         "two_forms": ({"path": str(two_forms), "labels": str(itk_labels)},
                       ["<path of line", "qform and sform disagree", "qform LAS", "sform RAS"]),
         "negative_size": ({"path": str(negative_size), "labels": str(labels)},

@@ -18,7 +18,7 @@ from cohort.errors import ManifestError, SeriesError
 from cohort.config import load_class_map
 from cohort.ingest import InputName, align_labels, load_ct, load_label_nifti, load_labels
 from cohort.manifest import load_manifest, read_manifest
-from testkit import cohort_cli, mirrored_qform_pair, with_header
+from testkit import cohort_cli, mirrored_qform_pair, with_header, with_label_table
 from tests.export.pacs import Patient, Study, example_slices, write_series
 
 HEADER = "series_id,path,age,sex,labels,scanner\n"
@@ -422,3 +422,34 @@ def test_check_with_config_applies_its_voxel_limit_and_class_map(examples: Path,
     configured = cohort_cli("check", "--manifest", str(manifest), "--config", str(config), timeout=120)
     assert configured.returncode == 1, configured.stdout + configured.stderr
     assert "ingest.max_voxels = 300,000" in configured.stdout and "no mask file" not in configured.stdout, configured.stdout
+
+
+def test_a_label_map_numbered_by_another_class_map_fails_the_check_as_the_run(examples: Path, tmp_path: Path) -> None:
+    """TotalSegmentator writes its label names into the file (--ml): a file numbered by the v3 map
+    (id 26 is vertebrae_L6 there, vertebrae_S1 in v2) or labelling a --roi_subset only was measured
+    by the v2 map silently (misnamed, or the rest absent). The check names what the run names; a run
+    config whose class map is the file's own takes it."""
+    ct, labels = examples / "example_ct_sm.nii.gz", examples / "example_seg_fast.nii.gz"
+    with_label_table(labels, tmp_path / "v3.nii.gz", load_class_map("class_map_total_v3.csv").names)
+    with_label_table(labels, tmp_path / "subset.nii.gz", {1: "spleen", 5: "liver"}, only_named=True)
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text(f"series_id,path,labels\nv3,{ct},v3.nii.gz\nsubset,{ct},subset.nii.gz\n")
+    volume, classes = load_ct(ct), load_class_map("class_map_total_v2.csv")
+    runs = []
+    for line, file in enumerate(("v3.nii.gz", "subset.nii.gz"), 2):
+        with pytest.raises(SeriesError) as refused:
+            load_labels(InputName.in_manifest(tmp_path / file, line, "labels"), volume, classes)
+        runs.append(str(refused.value))
+    assert runs[0] == ("<labels of line 2>: label 26 is vertebrae_L6 in the file's own label table but vertebrae_S1 "
+                       "in class_map_total_v2.csv: the label map is numbered by another class map; it agrees with "
+                       "class_map_total_v3.csv: set measure.class_map: class_map_total_v3.csv in a run config")
+    assert runs[1].startswith("<labels of line 3>: its own label table names 2 of the 117 structures of "
+                              "class_map_total_v2.csv (not kidney_right, kidney_left, gallbladder ...)")
+    assert check_manifest(manifest).lines() == [f"scans.csv line {line} ({series}): {run}" for line, series, run in
+                                                zip((2, 3), ("v3", "subset"), runs)]
+    (tmp_path / "two.csv").write_text("label,structure\n1,spleen\n5,liver\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"measure:\n  class_map: {tmp_path / 'two.csv'}\n")
+    checked = cohort_cli("check", "--manifest", str(manifest), "--config", str(config), timeout=120)
+    assert checked.returncode == 1 and "(subset)" not in checked.stdout and "(v3)" in checked.stdout, checked.stdout
+    assert load_labels(tmp_path / "subset.nii.gz", volume, load_class_map(str(tmp_path / "two.csv"))).labels.max() == 5

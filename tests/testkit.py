@@ -135,3 +135,21 @@ def mirrored_qform_pair(ct: Path, labels: Path, folder: Path) -> tuple[Path, Pat
     itk_labels.CopyInformation(reference)
     sitk.WriteImage(itk_labels, str(folder / "two_forms_labels_itk.nii.gz"))
     return folder / "two_forms.nii.gz", folder / "two_forms_labels_itk.nii.gz"
+
+
+def with_label_table(source: Path, target: Path, names: dict[int, str], only_named: bool = False) -> Path:
+    """``source``'s label map with a Caret XML label table naming ``names`` in its header, as
+    TotalSegmentator's ``--ml`` writes one (any table it had replaced); ``only_named``: the other
+    ids set to 0, as ``--roi_subset`` leaves them."""
+    image = nib.load(source)
+    header = image.header.copy()
+    del header.extensions[:]
+    rows = "".join(f'<Label Key="{label}"><![CDATA[{name}]]></Label>\n' for label, name in names.items())
+    xml = ('<?xml version="1.0" encoding="UTF-8"?> <CaretExtension> <VolumeInformation Index="0"> <LabelTable>\n'
+           f"{rows}</LabelTable> </VolumeInformation></CaretExtension>")
+    header.extensions.append(nib.nifti1.Nifti1Extension(0, xml.encode()))
+    data = np.asanyarray(image.dataobj)
+    if only_named:
+        data = np.where(np.isin(data, list(names)), data, 0).astype(data.dtype)
+    nib.save(nib.Nifti1Image(data, image.affine, header), target)
+    return target

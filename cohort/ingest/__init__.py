@@ -63,4 +63,4 @@ def load_labels(source: Path | InputName, volume: Volume, class_map: ClassMap,
     name = InputName.of(source)
     if name.path.is_dir():
         return load_label_masks(name, class_map, volume.grid, volume.name, limits)
-    return align_labels(volume, load_label_nifti(name, limits))
+    return align_labels(volume, load_label_nifti(name, limits, class_map))

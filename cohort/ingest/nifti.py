@@ -23,10 +23,11 @@ try:
 except ImportError:  # no wheel for this platform: nibabel's gzip
     igzip = isal_zlib = None
 
-from cohort.config import IngestConfig
+from cohort.config import ClassMap, IngestConfig
 from cohort.errors import SeriesError
 from cohort.ingest.checks import AFFINE_TOLERANCE_MM
 from cohort.ingest.limits import check_voxel_count
+from cohort.ingest.label_table import check_label_table, label_table
 from cohort.ingest.names import InputName
 from cohort.ingest.volume import LabelMap
 
@@ -45,6 +46,11 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
     """Return the (x, y, z) voxel array (scaling applied) and the affine of a 3-D NIfTI file."""
     name = InputName.of(source)
     image = open_nifti(name, limits)
+    return volume_voxels(name, image), image.affine
+
+
+def volume_voxels(name: InputName, image: nib.Nifti1Image) -> np.ndarray:
+    """The (x, y, z) voxels of ``image`` (opened by :func:`open_nifti`), scaling applied."""
     try:
         array = read_voxels(image, name.path)
     except READ_ERRORS as exc:
@@ -53,7 +59,7 @@ def read_nifti_array(source: Path | InputName, limits: IngestConfig = IngestConf
         array = array[..., 0]
     if array.ndim != 3 or min(array.shape) < 2:
         raise SeriesError(f"{name}: image has shape {array.shape}; a 3-D volume is needed")
-    return array, image.affine
+    return array
 
 
 def open_nifti(name: InputName, limits: IngestConfig) -> nib.Nifti1Image:
@@ -187,10 +193,17 @@ def qform_of(affine: np.ndarray) -> np.ndarray:
     return header.get_qform()
 
 
-def load_label_nifti(source: Path | InputName, limits: IngestConfig = IngestConfig()) -> LabelMap:
+def load_label_nifti(source: Path | InputName, limits: IngestConfig = IngestConfig(),
+                     class_map: ClassMap | None = None) -> LabelMap:
+    """A multilabel NIfTI file; given the ``class_map`` it will be measured by, the file's own label
+    table (TotalSegmentator's ``--ml`` writes one) is checked against it before a voxel is read
+    (:mod:`cohort.ingest.label_table`)."""
     name = InputName.of(source)
-    array, affine = read_nifti_array(name, limits)
-    return LabelMap(labels=as_label_array(array, name), affine=affine, source=name.path, name=name.shown)
+    image = open_nifti(name, limits)
+    if class_map is not None:
+        check_label_table(name, label_table(image), class_map)
+    return LabelMap(labels=as_label_array(volume_voxels(name, image), name), affine=image.affine, source=name.path,
+                    name=name.shown)
 
 
 def as_hu_array(array: np.ndarray) -> np.ndarray:
