@@ -101,10 +101,15 @@ class StudyTable:
     age_groups: AgeGroups
     covariates: tuple[str, ...] = ()
 
+    def n_subjects(self) -> int:
+        """Analysed subjects: those with an included measurement, each once (with ``repeated_scans: mean``
+        a subject's structures may stand in different scans' rows, so series would count it twice)."""
+        return int(self.values["subject_id"].nunique())
+
     def phase_counts(self) -> pd.Series:
-        """Analysed subjects (series with an included measurement) per contrast phase: ``with``,
+        """Analysed subjects (each once, :meth:`n_subjects`) per contrast phase: ``with``,
         ``without`` and ``unknown`` (an empty or unreadable cell, or no contrast column)."""
-        subjects = self.values.drop_duplicates("series_id")
+        subjects = self.values.drop_duplicates("subject_id")
         phase = subjects[PHASE].fillna("unknown") if PHASE in subjects else pd.Series("unknown", subjects.index)
         return phase.value_counts().reindex([*PHASES, "unknown"], fill_value=0)
 
@@ -226,7 +231,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     structures = sorted(features["structure"].unique())
     exclusions = _exclusions(rows, series, structures, config)
     selection = _selection(rows, series, structures, groups)
-    values = values[["series_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics]]
+    values = values[["series_id", "subject_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics]]
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
                       covariates=config.covariates)

@@ -96,7 +96,7 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
             f"the TotalSegmentator aging study {cite('paper')}. Series were included when processing succeeded and "
             f"the age lay within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
             f"{qc_rule(config.include_statuses, cite, has_bounds=not mr)}{reviewed} "
-            f"{results.table.values['series_id'].nunique()} subjects entered; {excluded.get('series_failed', 0)} "
+            f"{results.table.n_subjects()} subjects entered; {excluded.get('series_failed', 0)} "
             f"series failed processing and {excluded.get('no_age', 0)} had no age. "
             f"{exclusion_counts(results.exclusions, bool(config.pooled_structures))} "
             f"{age_group_text(results.age_groups, config.age_groups.method)}{pooled}{contrast_text(results)}")

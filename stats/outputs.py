@@ -108,7 +108,7 @@ def summary_lines(results: AgingResults) -> list[str]:
     return [
         "# Aging study: summary",
         "",
-        (f"- Subjects with an included measurement: {results.table.values['series_id'].nunique()}; "
+        (f"- Subjects with an included measurement: {results.table.n_subjects()}; "
          f"series failed: {excluded.get('series_failed', 0)}, without age: {excluded.get('no_age', 0)} "
          "(per-structure exclusions in `exclusions`)."),
         (f"- Included QC statuses: {', '.join(config.include_statuses)}{_bound_note(config)}; "
@@ -134,7 +134,7 @@ def summary_lines(results: AgingResults) -> list[str]:
 def phase_by_age_group(results: AgingResults) -> pd.DataFrame:
     """Analysed subjects per age group (rows, in order) and contrast phase (columns ``with``, ``without``,
     ``unknown``), one row per subject: the table a confounding of age by contrast phase shows in."""
-    subjects = results.table.values.drop_duplicates("series_id")
+    subjects = results.table.values.drop_duplicates("subject_id")
     labels = np.asarray(results.age_groups.labels)[subjects["age_group"].to_numpy(int) - 1]
     phase = subjects[PHASE].fillna("unknown").to_numpy(object)
     table = pd.crosstab(pd.Series(labels, name="age_group"), pd.Series(phase, name="phase"))

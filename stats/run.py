@@ -36,7 +36,7 @@ class StatsRun:
     def describe(self) -> str:
         """A few lines for the command line."""
         untested = f" ({self.n_not_testable} not testable here: too few series)" if self.n_not_testable else ""
-        return (f"aging study: {self.n_subjects} of {self.n_series} series used, "
+        return (f"aging study: {self.n_subjects} subjects ({self.n_series} series in the run), "
                 f"{self.n_significant} of {self.n_tests} testable structure-metric correlations significant"
                 f"{untested}, {self.seconds:.1f} s\n"
                 f"tables, {len(self.figures)} figures, summary.md and methods.md in {self.out_dir}")
@@ -68,7 +68,7 @@ def run_stats(results_dir: Path, out_dir: Path | None = None, config_path: Path 
     tested = overall[testable(overall)] if len(overall) else overall
     run = StatsRun(
         out_dir=out_dir, tables=tuple(paths), figures=tuple(figures), summary=summary,
-        n_series=len(tables.series), n_subjects=int(results.table.values["series_id"].nunique()),
+        n_series=len(tables.series), n_subjects=results.table.n_subjects(),
         n_tests=len(tested), n_significant=int(tested["significant"].sum()) if len(tested) else 0,
         n_not_testable=len(overall) - len(tested), seconds=time.perf_counter() - start,
     )

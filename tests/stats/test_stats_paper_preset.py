@@ -14,6 +14,8 @@ from testkit import cohort_cli
 
 from cohort.stats import run_stats
 from cohort.stats.config import load_aging_config
+from cohort.stats.methods import methods_lines
+from cohort.stats.outputs import summary_lines
 from cohort.stats.study import run_study
 from cohort.testing.cohorts import cohort_from_values, make_cohort
 
@@ -91,6 +93,28 @@ def test_repeated_scans_count_once(policy: str, value: float, age: float) -> Non
     assert kept["volume_ml"].tolist() == [value] and kept["age"].tolist() == [age]
     reasons = results.exclusions.set_index("reason")["n_series"]
     assert reasons["repeated_scan"] == 1 and reasons["included"] == 31
+
+
+def test_averaged_subjects_are_counted_once_when_their_first_scan_lost_a_structure() -> None:
+    """``repeated_scans: mean``: a subject whose first scan failed QC for the liver keeps its liver in the
+    second scan's row and its spleen in the first's; it is still one subject in the counts and phase table."""
+    rng = np.random.default_rng(3)
+    ages = np.r_[rng.integers(20, 90, 20), np.full(5, 95.0)].astype(float)
+    subjects = np.array([*(f"P{i}" for i in range(20)), *(f"P{i}" for i in range(5))])  # P0-P4 scanned twice
+    contrast = np.where(np.arange(25) % 2, "yes", "no")
+    contrast[20:] = contrast[:5]
+    cohort = cohort_from_values(ages, np.array(["F", "M"] * 12 + ["F"]), {
+        ("liver", "volume_ml"): rng.normal(1500, 100, 25), ("spleen", "volume_ml"): rng.normal(200, 20, 25)},
+        subject_id=subjects, covariates={"contrast": contrast})
+    features = cohort.features.copy()
+    lost = (features["structure"] == "liver") & features["series_id"].isin([f"S{i:05d}" for i in range(5)])
+    features.loc[lost, ["status", "volume_ml"]] = ["absent", 0.0]
+    results = run_study(features, cohort.series, dataclasses.replace(PAPER, repeated_scans="mean"))
+    assert results.table.values.groupby("structure")["series_id"].nunique().to_dict() == {"liver": 20, "spleen": 20}
+    assert any("Subjects with an included measurement: 20;" in line for line in summary_lines(results))
+    assert "20 subjects entered" in "\n".join(methods_lines(results))
+    assert int(results.table.phase_counts().sum()) == 20
+    assert results.table.n_subjects() == 20
 
 
 def test_pooled_rows_sum_volumes_and_weight_hu_by_volume() -> None:
