@@ -17,7 +17,7 @@ import statsmodels
 from cohort.stats.cohort_table import (INCLUDED, PHASES, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups,
                                       measures_intensities)
 from cohort.stats.config import STATUSES
-from cohort.stats.outputs import family_text, phase_association_p, phase_by_age_group
+from cohort.stats.outputs import family_text, p_statement, phase_association_p, phase_by_age_group
 from cohort.stats.study import ALL, PHASE_STRATA, AgingResults, is_intensity, phase_adjustment, unit
 from cohort.stats.trends import is_ratio_scale
 
@@ -112,7 +112,7 @@ def contrast_text(results: AgingResults) -> str:
               for label, row in by_group.iterrows() if row["with"] + row["without"]]
     unknown = f" and {counts['unknown']} of unknown phase" if counts["unknown"] else ""
     p = phase_association_p(by_group)
-    test = f" (chi-square test of phase by age group, p = {p:.1e})" if not np.isnan(p) else ""
+    test = f" (chi-square test of phase by age group, {p_statement(p)})" if not np.isnan(p) else ""
     intensity = [metric_words(m) for m in results.config.metrics if is_intensity(m)]
     pooled = f" Values of {_join(intensity, 'and')} pool both phases." if intensity else ""
     return (f" Contrast phase (from the manifest) was mixed: {counts['with']} subjects were scanned with a contrast "

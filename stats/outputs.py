@@ -151,6 +151,15 @@ def phase_association_p(by_group: pd.DataFrame) -> float:
     return float(sps.chi2_contingency(known.to_numpy()).pvalue)
 
 
+def p_statement(p: float) -> str:
+    """``p = 3.2e-12`` for a sentence; ``p < 1e-300`` where the p-value underflowed to 0 (it is never 0).
+
+    >>> p_statement(3.2e-12), p_statement(0.0)
+    ('p = 3.2e-12', 'p < 1e-300')
+    """
+    return "p < 1e-300" if p == 0 else f"p = {p:.1e}"
+
+
 def contrast_lines(results: AgingResults) -> list[str]:
     """What ``summary.md`` says when the analysed subjects hold both contrast phases (else nothing):
     counts per phase and per age group, that intensity metrics pool both, what adjusts or stratifies
@@ -162,7 +171,7 @@ def contrast_lines(results: AgingResults) -> list[str]:
     groups = ", ".join(_share(label, int(row["with"]), int(row["with"] + row["without"]))
                        for label, row in by_group.iterrows())
     p = phase_association_p(by_group)
-    test = f"; chi-square test of phase by age group p = {p:.1e}" if not np.isnan(p) else ""
+    test = f"; chi-square test of phase by age group {p_statement(p)}" if not np.isnan(p) else ""
     lines = [(f"- Contrast phase (manifest column `{config.contrast.column}`) is mixed: of {int(counts.sum())} "
               f"analysed subjects {counts['with']} with contrast, {counts['without']} without, "
               f"{counts['unknown']} unknown. With contrast, by age group: {groups}{test}.")]

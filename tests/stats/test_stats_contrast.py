@@ -125,6 +125,21 @@ def test_summary_and_methods_count_the_phases_per_age_group(cohort: SyntheticCoh
     assert "Tests of mean attenuation (HU) were repeated within each contrast phase." in methods
 
 
+def test_a_chi_square_p_below_the_smallest_double_is_never_printed_as_zero() -> None:
+    """Contrast scans only under 59, native scans only from 59: the chi-square p underflows to 0."""
+    age = np.repeat([30.0, 50.0, 70.0, 90.0], 1000)
+    contrast = np.where(age < 59, "yes", "no")
+    cohort = cohort_from_values(age, np.array(["F", "M"] * 2000), {("liver", "mean_hu"): np.arange(4000.0)},
+                                covariates={"contrast": contrast})
+    table = pd.crosstab(age < 59, contrast).to_numpy()
+    assert sps.chi2_contingency(table).pvalue == 0.0
+    results = run_study(cohort.features, cohort.series, dataclasses.replace(DEFAULT, analyses=()))
+    summary, methods = "\n".join(summary_lines(results)), "\n".join(methods_lines(results))
+    assert "chi-square test of phase by age group p < 1e-300." in summary
+    assert "(chi-square test of phase by age group, p < 1e-300)." in methods
+    assert "0.0e+00" not in summary + methods
+
+
 def _with_phase(cohort: SyntheticCohort, cells: list[str] | None) -> SyntheticCohort:
     series = cohort.series.copy()
     if cells is not None:
