@@ -35,6 +35,11 @@ class Interval:
 
 
 NO_INTERVAL = Interval(np.nan, np.nan)
+# Fewest values a percentile interval is given for: the sample for r_s and epsilon squared, each group of a
+# median difference. Below it the resamples hold too few distinct values: simulated 95 % intervals of a median
+# difference with no effect covered 0 in 24 % of cohorts with one subject in a group, 69 % with 2, 88 % with 4
+# and 97 % with 5; those of r_s 85 % at n = 4.
+MIN_N = 5
 
 
 def generator(config: BootstrapConfig, key: str) -> np.random.Generator:

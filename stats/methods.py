@@ -14,6 +14,7 @@ import pandas as pd
 import scipy
 import statsmodels
 
+from cohort.stats import bootstrap
 from cohort.stats.cohort_table import (INCLUDED, PHASES, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups,
                                       measures_intensities)
 from cohort.stats.config import STATUSES
@@ -248,7 +249,8 @@ def _extras(results: AgingResults, cite: Citations) -> str:
     if config.runs("intervals"):
         parts.append(f"{level} confidence intervals for Spearman's r_s, epsilon squared and the median differences "
                      f"are percentile bootstrap intervals {cite('bootstrap')} from {config.bootstrap.n_resamples} "
-                     f"resamples of subjects (seed {config.bootstrap.seed}).")
+                     f"resamples of subjects (seed {config.bootstrap.seed}), given where the sample, or each age "
+                     f"group of a pair, held at least {bootstrap.MIN_N} values.")
     if config.runs("adjusted"):
         covariates = ", ".join(["sex", *config.covariates])
         phase = phase_adjustment(results.table, config)

@@ -262,7 +262,8 @@ def _analyse(rows: _Rows, sample: Sample, groups: AgeGroups, config: AgingConfig
     correlation, group_test = age_tests.spearman(sample.age, values), age_tests.kruskal(by_group)
     pairs = age_tests.pairwise(by_group, config.pairwise_correction)
     intervals = _intervals(sample, len(by_group), resampling, config.bootstrap.confidence) if (
-        resampling is not None and not np.isnan(correlation.spearman_r)) else _no_intervals(len(pairs))
+        resampling is not None and not np.isnan(correlation.spearman_r) and len(values) >= bootstrap.MIN_N
+    ) else _no_intervals(len(pairs))
     r_ci, epsilon_ci, median_cis = intervals
     rows.correlations.append({**key, **dataclasses.asdict(correlation), "ci_low": r_ci.low, "ci_high": r_ci.high})
     rows.quartile_tests.append({**key, **dataclasses.asdict(group_test), "epsilon_squared_ci_low": epsilon_ci.low,
@@ -306,8 +307,10 @@ def _intervals(sample: Sample, n_groups: int, resampling: _Resampling, level: fl
     epsilon = bootstrap.epsilon_squared_resamples(value_ranks, ties, sample.group, counts, n_groups)
     medians = [bootstrap.median_resamples(sample.values[sample.group == g], counts[sample.group == g])
                for g in range(1, n_groups + 1)]
+    sizes = [int(np.sum(sample.group == g)) for g in range(1, n_groups + 1)]
     pairs = [(a, b) for a in range(n_groups) for b in range(a + 1, n_groups)]
-    median_cis = [bootstrap.percentile_interval(medians[b] - medians[a], level) for a, b in pairs]
+    median_cis = [bootstrap.percentile_interval(medians[b] - medians[a], level)
+                  if min(sizes[a], sizes[b]) >= bootstrap.MIN_N else bootstrap.NO_INTERVAL for a, b in pairs]
     return r_ci, bootstrap.percentile_interval(epsilon, level), median_cis
 
 
