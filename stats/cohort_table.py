@@ -406,7 +406,8 @@ def _selection(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], 
     One row per age group, sex and reason with ``n`` (series x structure slots) and ``share``
     of the group's slots; series-level reasons count every structure of the series.
     """
-    aged = series[series["reason"].isin([INCLUDED, SERIES_FAILED, OUTSIDE_AGE_RANGE, REPEATED_SCAN])]
+    aged = series[series["reason"].isin([INCLUDED, SERIES_FAILED, OUTSIDE_AGE_RANGE, REPEATED_SCAN])
+                  & series["age"].notna()]  # a failed series may have no age either: it belongs to no age group
     aged = aged.assign(age_group=np.asarray(groups.labels)[groups.assign(aged["age"].to_numpy(float)) - 1],
                        sex=aged["sex"].fillna("unknown"))
     keys = ["age_group", "sex"]

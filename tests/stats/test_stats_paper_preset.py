@@ -189,6 +189,21 @@ def test_selection_table_shows_who_qc_removed() -> None:
     assert np.allclose(shares, 1.0)
 
 
+def test_a_failed_series_without_age_is_in_no_age_group_of_the_selection_table() -> None:
+    """Three old subjects' series failed and have no age: they are not losses of the youngest group."""
+    ages = np.r_[np.full(20, 30.0), np.full(20, 90.0)]
+    cohort = cohort_from_values(ages, np.array(["F", "M"] * 20), {("liver", "volume_ml"): np.arange(40.0)})
+    series = cohort.series.copy()
+    lost = series.index[20:23]
+    series.loc[lost, ["status", "age"]] = ["failed", np.nan]
+    features = cohort.features[~cohort.features["series_id"].isin(series.loc[lost, "series_id"])]
+    results = run_study(features, series, PAPER)
+    assert results.exclusions.set_index("reason")["n_series"]["series_failed"] == 3
+    assert not (results.selection["reason"] == "series_failed").any()
+    assert results.selection.groupby("age_group")["n"].sum().to_dict() == {"<41": 20, ">78": 17}
+    assert not any("<41 13.0 %" in line for line in summary_lines(results))  # 3 of 23 "lost" when they counted
+
+
 def test_cli_preset_paper_and_a_covariate_config(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     n = 300
