@@ -230,7 +230,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     rows, values = _one_row_per_subject(rows, config)
     structures = sorted(features["structure"].unique())
     exclusions = _exclusions(rows, series, structures, config)
-    selection = _selection(rows, series, structures, groups)
+    selection = _selection(rows, series, structures, groups, config.age_range)
     values = values[["series_id", "subject_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics]]
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
@@ -400,14 +400,16 @@ def _exclusions(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str],
     return table.astype({"n_series": "int64"}).sort_values(["structure", "reason"], ignore_index=True)
 
 
-def _selection(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], groups: AgeGroups) -> pd.DataFrame:
-    """Exclusion rates by age group and sex among series with an age: who did QC and review remove?
+def _selection(rows: pd.DataFrame, series: pd.DataFrame, structures: list[str], groups: AgeGroups,
+               age_range: tuple[float, ...]) -> pd.DataFrame:
+    """Exclusion rates by age group and sex among series with an age in ``age_range``: who did QC and review remove?
 
     One row per age group, sex and reason with ``n`` (series x structure slots) and ``share``
     of the group's slots; series-level reasons count every structure of the series.
     """
-    aged = series[series["reason"].isin([INCLUDED, SERIES_FAILED, OUTSIDE_AGE_RANGE, REPEATED_SCAN])
-                  & series["age"].notna()]  # a failed series may have no age either: it belongs to no age group
+    low, high = age_range
+    in_range = series["age"].between(low, high)  # a failed series may have no age: it belongs to no age group
+    aged = series[series["reason"].isin([INCLUDED, SERIES_FAILED, REPEATED_SCAN]) & in_range]
     aged = aged.assign(age_group=np.asarray(groups.labels)[groups.assign(aged["age"].to_numpy(float)) - 1],
                        sex=aged["sex"].fillna("unknown"))
     keys = ["age_group", "sex"]

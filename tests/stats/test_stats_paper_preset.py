@@ -204,6 +204,17 @@ def test_a_failed_series_without_age_is_in_no_age_group_of_the_selection_table()
     assert not any("<41 13.0 %" in line for line in summary_lines(results))  # 3 of 23 "lost" when they counted
 
 
+def test_series_outside_the_age_range_are_not_losses_of_an_age_group() -> None:
+    """The selection table is of series with an age in the range: children and ages over 100 are not studied,
+    so they are not exclusions of `<41` or `>78` (they are counted in `exclusions` as outside_age_range)."""
+    ages = np.r_[np.full(10, 16.0), np.full(20, 30.0), np.full(20, 90.0), np.full(10, 101.0)]
+    cohort = cohort_from_values(ages, np.array(["F", "M"] * 30), {("liver", "volume_ml"): np.arange(60.0)})
+    results = run_study(cohort.features, cohort.series, PAPER)
+    assert results.exclusions.set_index("reason")["n_series"]["outside_age_range"] == 20
+    assert set(results.selection["reason"]) == {"included"}
+    assert results.selection.groupby("age_group")["n"].sum().to_dict() == {"<41": 20, ">78": 20}
+
+
 def test_cli_preset_paper_and_a_covariate_config(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     n = 300
