@@ -32,8 +32,22 @@ def age_group_column(series: pd.DataFrame, groups: AgeGroups) -> pd.Series:
     return pd.Series(pd.Categorical(labels, categories=[*groups.labels, NO_AGE]), index=series.index, name="age_group")
 
 
+def in_manifest(series: pd.DataFrame) -> pd.DataFrame:
+    """The series the run's manifest still lists (``in_manifest`` not false): a series a later manifest
+    dropped is kept by ``cohort run`` but is no longer part of the cohort.
+
+    >>> in_manifest(pd.DataFrame({"series_id": ["a", "b", "c"], "in_manifest": [True, False, None]}))["series_id"].tolist()
+    ['a', 'c']
+    """
+    if "in_manifest" not in series.columns:
+        return series
+    return series[series["in_manifest"].ne(False)]
+
+
 def characteristics(series: pd.DataFrame, groups: AgeGroups) -> pd.DataFrame:
-    """Table 1: ``characteristic`` then one column per age group, ``no age`` and ``all``."""
+    """Table 1: ``characteristic`` then one column per age group, ``no age`` and ``all``, of the series
+    the manifest lists (:func:`in_manifest`)."""
+    series = in_manifest(series)
     frame = series.assign(age_group=age_group_column(series, groups)).reset_index(drop=True)
     covariates = _covariates(frame)
     columns = {label: frame.index[frame["age_group"] == label] for label in frame["age_group"].cat.categories}
@@ -61,7 +75,9 @@ def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: Ag
     Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (whole series); measurement
     level: every QC status of the ``features`` rows (``ok`` included, for the denominators), as the
     study applies it: a row below its lower bound counts as ``below_lower_bound`` (:func:`study_status`).
+    Series the manifest no longer lists are left out (:func:`in_manifest`).
     """
+    series = in_manifest(series)
     frame = series.assign(age_group=age_group_column(series, groups), sex=series["sex"].fillna("unknown"))
     reasons = pd.Series(pd.NA, index=frame.index, dtype="object")
     if rejected is not None and len(rejected):

@@ -113,6 +113,19 @@ def test_table1_counts_agree_with_the_series_table(results: Path) -> None:
     assert table.loc["age (years), mean (SD)", "all"] == f"{series['age'].mean():.1f} ({series['age'].std():.1f})"
 
 
+def test_table1_leaves_out_series_the_manifest_no_longer_lists(results: Path) -> None:
+    """Series a later manifest dropped are kept in series/ by `cohort run` but are not in the cohort."""
+    series, features = pd.read_parquet(results / "series"), pd.read_parquet(results / "features")
+    series["in_manifest"] = np.arange(len(series)) % 10 != 0
+    listed = series[series["in_manifest"]]
+    table = characteristics(series, GROUPS).set_index("characteristic")
+    assert int(table.loc["n (series)", "all"]) == len(listed)
+    assert table.loc["age (years), mean (SD)", "all"] == f"{listed['age'].mean():.1f} ({listed['age'].std():.1f})"
+    losses = exclusions_by_group(series, features, GROUPS).set_index(["level", "reason"])
+    assert losses.xs("measurement")["total"].sum() == features["series_id"].isin(listed["series_id"]).sum()
+    assert losses.loc[("series", "series_failed"), "total"] == (listed["status"] == "failed").sum()
+
+
 def test_table1_shows_manifest_covariates(results: Path) -> None:
     series = pd.read_parquet(results / "series")
     kernel = np.where(np.arange(len(series)) % 4 == 0, "B70f", "B30f")
