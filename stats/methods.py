@@ -227,7 +227,8 @@ def sample_sizes(results: AgingResults) -> str:
     if config.runs("adjusted"):
         parts.append(f"{_range(results.adjusted['n'])} for the adjusted correlations")
     if config.runs("trends"):
-        parts.append(f"{_range(results.trends['n_used'])} values per Theil-Sen slope")
+        sloped = results.trends["n_used"] > 0  # 0: too few values (or no age spread) for a slope
+        parts.append(f"{_range(results.trends.loc[sloped, 'n_used'])} values per Theil-Sen slope")
     if config.runs("normative"):
         parts.append(f"{_range(results.zscores.groupby(['structure', 'metric', 'sex']).size())} per normative fit "
                      "(one sex)")

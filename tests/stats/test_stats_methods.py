@@ -12,7 +12,7 @@ import pytest
 from cohort.stats.config import load_aging_config
 from cohort.stats.methods import methods_lines
 from cohort.stats.study import AgingResults, run_study
-from cohort.testing.cohorts import make_cohort
+from cohort.testing.cohorts import cohort_from_values, make_cohort
 
 PAPER = dataclasses.replace(load_aging_config(preset="paper"), workers=1)
 DEFAULT = load_aging_config()
@@ -82,3 +82,14 @@ def test_the_age_group_edges_are_stated_as_the_code_assigns_them(studies: dict[s
     assert ("age < 41, 41 ≤ age < 59, 59 ≤ age ≤ 78 and age > 78 (an age equal to a cut point joined the older "
             "group at 41 and 59, the younger group at 78)") in text
     assert results.age_groups.assign(np.array([40.9, 41.0, 58.9, 59.0, 78.0, 78.1])).tolist() == [1, 2, 2, 3, 3, 4]
+
+
+def test_sample_sizes_of_theil_sen_slopes_are_of_the_slopes_computed() -> None:
+    """Six women are too few for a slope (n_used 0): the range is of the slopes there are, 54-60, not 0-60."""
+    rng = np.random.default_rng(0)
+    cohort = cohort_from_values(rng.uniform(18, 100, 60), np.array(["M"] * 54 + ["F"] * 6),
+                                {("liver", "volume_ml"): rng.normal(1500, 100, 60)})
+    results = run_study(cohort.features, cohort.series, dataclasses.replace(DEFAULT, analyses=("trends",)))
+    assert set(results.trends.query("stratum == 'F'")["n_used"]) == {0}
+    text, _ = _text_and_references(results)
+    assert "n = 54-60 values per Theil-Sen slope" in text
