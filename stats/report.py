@@ -77,7 +77,7 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
     figure_dir = out_path.parent / "report-figures"
     body = [
         freshness_html(state, results_dir), run_details_html(results_dir, series, features),
-        "<h2>Table 1: cohort characteristics</h2>", _table(characteristics(series, groups)),
+        "<h2>Table 1: cohort characteristics</h2>", _table(characteristics(series, groups, _contrast_column(state))),
         "<h3>Exclusions by age group and sex</h3>",
         _table(exclusions_by_group(series, features, groups, decisions[decisions["decision"] == "reject"])),
         who_to_look_at_html(results_dir, queue, decisions, workers),
@@ -271,6 +271,12 @@ def format_p(value: float) -> str:
     if value == 0:
         return "< 1e-300"
     return f"{value:.1e}" if value < 0.001 else f"{value:.2g}"
+
+
+def _contrast_column(state: StatsState) -> str:
+    """The manifest column the stats read the contrast phase from; the default config's when none were made."""
+    config = state.provenance.get("config") or {}
+    return (config.get("contrast") or {}).get("column", load_aging_config().contrast.column)
 
 
 def _age_groups(state: StatsState) -> AgeGroups:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cohort.stats.cohort_table import AgeGroups, study_status
+from cohort.stats.cohort_table import AgeGroups, contrast_phase, study_status
 
 NO_AGE = "no age"
 ALL = "all"
@@ -44,12 +44,17 @@ def in_manifest(series: pd.DataFrame) -> pd.DataFrame:
     return series[series["in_manifest"].ne(False)]
 
 
-def characteristics(series: pd.DataFrame, groups: AgeGroups) -> pd.DataFrame:
+def characteristics(series: pd.DataFrame, groups: AgeGroups, contrast_column: str = "contrast") -> pd.DataFrame:
     """Table 1: ``characteristic`` then one column per age group, ``no age`` and ``all``, of the series
-    the manifest lists (:func:`in_manifest`)."""
+    the manifest lists (:func:`in_manifest`). The manifest's ``contrast_column`` (the stats config's
+    ``contrast.column``) is shown as the study reads it (:func:`contrast_phase`: with, without,
+    unknown), not as its raw text, where ``yes`` and ``YES`` would be two rows and ``venous`` a phase."""
     series = in_manifest(series)
     frame = series.assign(age_group=age_group_column(series, groups)).reset_index(drop=True)
     covariates = _covariates(frame)
+    if contrast_column and (contrast_column in covariates.columns or contrast_column in frame.columns):
+        phase = contrast_phase(frame, contrast_column).fillna("unknown")
+        covariates = covariates.drop(columns=contrast_column, errors="ignore").assign(**{"contrast phase": phase})
     columns = {label: frame.index[frame["age_group"] == label] for label in frame["age_group"].cat.categories}
     columns[ALL] = frame.index
     rows: list[tuple[str, dict[str, str]]] = [("n (series)", {k: str(len(v)) for k, v in columns.items()})]

@@ -135,6 +135,23 @@ def test_table1_shows_manifest_covariates(results: Path) -> None:
     assert table.loc["kvp, mean (SD)", "all"].startswith("110.0")
 
 
+def test_table1_shows_the_contrast_phase_as_the_study_reads_it(results: Path) -> None:
+    """The manifest's contrast cells yes/YES/No/venous/blank: the study reads two with, one without and
+    two unknown; Table 1 listed the raw text instead (yes and YES two rows, venous a phase of its own)."""
+    series = pd.read_parquet(results / "series")
+    cells = np.array(["yes", "YES", "No", "venous", ""])[np.arange(len(series)) % 5]
+    series["covariates"] = [[("contrast", cell)] for cell in cells]
+    table = characteristics(series, GROUPS).set_index("characteristic")
+    n = len(series)
+    with_n, without_n = int(np.isin(cells, ["yes", "YES"]).sum()), int((cells == "No").sum())
+    assert table.loc["contrast phase: with, n (%)", "all"] == f"{with_n} ({100 * with_n / n:.1f} %)"
+    assert table.loc["contrast phase: without, n (%)", "all"] == f"{without_n} ({100 * without_n / n:.1f} %)"
+    assert table.loc["contrast phase: unknown, n (%)", "all"].startswith(f"{n - with_n - without_n} (")
+    assert not any(name.startswith("contrast:") for name in table.index)
+    other_column = characteristics(series, GROUPS, contrast_column="phase").set_index("characteristic")
+    assert "contrast: YES, n (%)" in other_column.index  # not the study's phase column: listed as it is
+
+
 def test_exclusions_by_group_count_every_series_and_measurement(results: Path) -> None:
     series, features = pd.read_parquet(results / "series"), pd.read_parquet(results / "features")
     rejected_series = pd.DataFrame({"series_id": [series["series_id"].iloc[-1]], "structure": [None]})
