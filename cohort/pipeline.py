@@ -29,7 +29,7 @@ from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subj
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
-from cohort.provenance import (LABELS_MODEL, RunKey, SourceFiles, content_digest, digest, input_fingerprint,
+from cohort.provenance import (LABELS_MODEL, InputStats, RunKey, SourceFiles, content_digest, digest,
                                measurement_digest, series_uid_digest, source_files)
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
@@ -164,11 +164,13 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
     try:
         subject = validate_subject(spec)
         with timer.stage("ingest"):
-            fingerprint = input_fingerprint(spec.path, spec.companions)
+            inputs = InputStats.of(spec.path, spec.companions)
+            fingerprint = inputs.fingerprint
             volume = load_ct(InputName.in_manifest(spec.path, spec.line), context.ingest,
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)
-            content = content_digest(input_groups(spec, volume, dixon))
+            groups = input_groups(spec, volume, dixon)
+            content = content_digest(groups)
             key = context.run_key(spec)
             made_from = source_key(key, content)
             label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)
@@ -176,7 +178,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
             if label_map is None and spec.labels is not None:
                 label_map = load_labels(InputName.in_manifest(spec.labels, spec.line, column="labels"), volume,
                                         context.measure.class_map, context.ingest)
-            check_unchanged_while_read(spec, fingerprint)
+            check_unchanged_while_read(spec, inputs, groups)
         if label_map is None:
             with timer.stage("load_model"):
                 try:
@@ -223,14 +225,17 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
     return SeriesResult(record, features)
 
 
-def check_unchanged_while_read(spec: SeriesSpec, fingerprint: str) -> None:
-    """Raise when a file of the row changed between the fingerprint taken before its files were read
-    and the end of reading and digesting them (a file still being written or copied into the export):
-    the voxels read, the bytes digested and the label map could then be of different versions, and
-    the row would record content it was not computed from. A failed row is tried again by a rerun."""
-    if input_fingerprint(spec.path, spec.companions) != fingerprint:
-        raise SeriesError(f"{spec.where}: its files changed while they were being read (still being written or "
-                          "copied?); rerun when they are complete")
+def check_unchanged_while_read(spec: SeriesSpec, inputs: InputStats, groups: list[SourceFiles]) -> None:
+    """Raise when a file the row read (its image, or its DICOM series' files, label map, Dixon images)
+    changed between the stats taken before reading and the end of reading and digesting (a file still
+    being written or copied into the export): the voxels read, the bytes digested and the label map
+    could then be of different versions, and the row would record content it was not computed from.
+    Other files of its folders (another series being copied in beside it) do not count. A failed row
+    is tried again by a rerun."""
+    changed = inputs.changed_since(file for group in groups for file in group.files)
+    if changed:
+        raise SeriesError(f"{spec.where}: {len(changed)} of its files changed while they were being read (still being "
+                          "written or copied?); rerun when they are complete")
 
 
 def scrub_input_paths(spec: SeriesSpec, text: str) -> str:

@@ -175,6 +175,33 @@ def input_fingerprint(image: Path, companions: tuple[Path, ...] = (), status_cha
     return _fingerprint_of(image, companions, status_change, lambda path: _image_stats(path, status_change))
 
 
+class InputStats(NamedTuple):
+    """The ``stat`` of every file a row reads, taken once: its :func:`input_fingerprint` and, after
+    the files were read, whether those read are still the same (:meth:`changed_since`)."""
+
+    stats: tuple[tuple, ...]
+
+    @classmethod
+    def of(cls, image: Path, companions: tuple[Path, ...] = ()) -> "InputStats":
+        return cls(tuple(stat for path in (image, *companions) for stat in _image_stats(path, True)))
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`input_fingerprint` of the row (status-change times counted), from these stats."""
+        return digest(list(self.stats))
+
+    def changed_since(self, files: Iterable[Path | str]) -> list[Path]:
+        """Those of ``files`` (files the row read) whose ``stat`` now differs from these (or that
+        these did not list): written, replaced or created since the stats were taken."""
+        before = {stat[0]: stat for stat in self.stats}
+        changed = []
+        for file in files:
+            now = _file_stat(Path(file), True)
+            if before.get(now[0]) != now:
+                changed.append(Path(file))
+        return changed
+
+
 def _fingerprint_of(image: Path, companions: tuple[Path, ...], status_change: bool,
                     stats: Callable[[Path], list[tuple]]) -> str:
     """The digest of the image's ``stats`` and its companions'. Each companion counts as the image

@@ -821,8 +821,36 @@ def test_a_file_rewritten_while_its_row_is_read_fails_the_row(examples: Path, tm
     monkeypatch.setattr(pipeline, "load_ct", read_while_a_copy_finishes)
     result = process_series(spec, context)
     assert not result.done
-    assert result.record.error == ("scans.csv line 2 (s1): its files changed while they were being read (still being "
-                                   "written or copied?); rerun when they are complete")
+    assert result.record.error == ("scans.csv line 2 (s1): 1 of its files changed while they were being read (still "
+                                   "being written or copied?); rerun when they are complete")
     monkeypatch.setattr(pipeline, "load_ct", read_image)
     rerun = process_series(spec, context)
     assert rerun.done and rerun.record.input_content == input_content(spec.sources)
+
+
+def test_another_series_copied_into_the_folder_meanwhile_does_not_fail_the_row(examples: Path, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """A flat study folder to which another series is being exported while a row of it is read: the
+    row's own files did not change, so it is done (only the files a row read count)."""
+    import cohort.pipeline as pipeline
+    from cohort.config import load_run_config
+    from cohort.manifest import load_manifest
+    from cohort.pipeline import MeasureSettings, RunContext, process_series
+    from tests.export.pacs import Patient, Study, example_slices, write_series
+
+    study, slices = Study(Patient("DOE^JANE", "P1", "19600101")), example_slices(examples)
+    folder = tmp_path / "study"
+    uid = write_series(folder, slices, study)
+    manifest = write_manifest(tmp_path / "scans.csv", [{"series_id": "s1", "path": str(folder), "series_uid": uid,
+                                                        "labels": str(examples / "example_seg_dicom.nii.gz")}])
+    read_image = pipeline.load_ct
+
+    def read_while_another_series_arrives(*args, **kwargs):
+        volume = read_image(*args, **kwargs)
+        write_series(folder, slices, study)
+        return volume
+
+    monkeypatch.setattr(pipeline, "load_ct", read_while_another_series_arrives)
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    result = process_series(load_manifest(manifest)[0], context)
+    assert result.done, result.record.error
