@@ -39,7 +39,7 @@ from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.gate import NetworkGate
 from cohort.segmentation.nnunet_folder import load_folder
 from cohort.segmentation.registry import ModelSpec
-from cohort.segmentation.weights import model_folds
+from cohort.segmentation.weights import image_spacing_zyx, model_folds
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class NetworkPredictor:
         self._preprocessor = loaded.configuration_manager.preprocessor_class(verbose=False)
         self._parameters_loaded = False
         self.dataset_json = loaded.dataset_json
-        self.plans_spacing_xyz = tuple(float(v) for v in reversed(loaded.configuration_manager.spacing))
+        spacing_zyx = image_spacing_zyx(list(loaded.configuration_manager.spacing),
+                                        list(loaded.plans_manager.transpose_backward))
+        self.plans_spacing_xyz = tuple(float(v) for v in reversed(spacing_zyx))
         if device.type == "cuda":
             self._prepare_cuda()
         if captured.getvalue().strip():

@@ -272,11 +272,13 @@ def model_class_map(spec: ModelSpec) -> ClassMap:
     return load_class_map(spec.class_map)
 
 
-SEGMENTATION_RULES = {"body_crop": 2, "chunked_normalisation": 2}
+SEGMENTATION_RULES = {"body_crop": 2, "chunked_normalisation": 2, "plans_spacing": 2}
 """Versions of how cohort segments where they changed label maps, in the key of the models they
 apply to (other models keep their keys and label maps): ``body_crop`` 2 = every part of a body
 split by air, not only the largest (CT models with ``body_crop.enabled``); ``chunked_normalisation``
-2 = a z-chunked image is normalised whole, not chunk by chunk (MR models: a z-score per image)."""
+2 = a z-chunked image is normalised whole, not chunk by chunk (MR models: a z-score per image);
+``plans_spacing`` 2 = the spacing read from ``plans.json`` is put back on the image's axes with
+``transpose_backward``, not read in nnU-Net's transposed order (models with ``spacing_mm: null``)."""
 
 
 def model_config_digest(spec: ModelSpec) -> str:
@@ -284,6 +286,7 @@ def model_config_digest(spec: ModelSpec) -> str:
     crop included), class map and network class files, and the :data:`SEGMENTATION_RULES` that
     apply to it."""
     files = [spec.source, spec.class_map, *(network.classes for network in spec.networks)]
-    rules = {name: version for name, version in SEGMENTATION_RULES.items()
-             if (name == "body_crop" and spec.body_crop.enabled) or (name == "chunked_normalisation" and not spec.is_ct)}
+    applies = {"body_crop": spec.body_crop.enabled, "chunked_normalisation": not spec.is_ct,
+               "plans_spacing": spec.spacing_mm is None}
+    rules = {name: version for name, version in SEGMENTATION_RULES.items() if applies[name]}
     return digest([file_digest(config_file(name)) for name in files] + ([rules] if rules else []))

@@ -114,7 +114,8 @@ def _folder_problem(spec: ModelSpec, network: NetworkSpec, folder: Path) -> str:
     configuration = plans.get("configurations", {}).get(spec.configuration)
     if not isinstance(configuration, dict):
         return f"{folder / 'plans.json'} has no configuration {spec.configuration!r}"
-    problem = _spacing_problem(spec, configuration.get("spacing"), folder / "plans.json")
+    spacing = image_spacing_zyx(configuration.get("spacing"), plans.get("transpose_backward", [0, 1, 2]))
+    problem = _spacing_problem(spec, spacing, folder / "plans.json")
     return problem or _classes_problem(network, folder / "dataset.json")
 
 
@@ -132,6 +133,17 @@ def _checkpoint_problem(path: Path) -> str:
     if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
         return f"{path} is not a PyTorch checkpoint (no data.pkl in the archive)"
     return ""
+
+
+def image_spacing_zyx(plans_spacing: object, transpose_backward: object) -> object:
+    """A configuration's spacing in the image's own (z, y, x) axes, nnU-Net's array order before its
+    ``transpose_forward``: plans hold it transposed (the coarsest axis first), and
+    ``transpose_backward`` puts it back (as VIBESegmentator's code reads it). Anything malformed is
+    returned as it is, for the caller to reject."""
+    if not (isinstance(plans_spacing, list) and isinstance(transpose_backward, list)
+            and sorted(transpose_backward) == list(range(len(plans_spacing)))):
+        return plans_spacing
+    return [plans_spacing[axis] for axis in transpose_backward]
 
 
 def _spacing_problem(spec: ModelSpec, spacing_zyx: object, path: Path) -> str:

@@ -54,8 +54,10 @@ def architecture(spec: ModelSpec, size: str) -> Architecture:
     return Architecture((128, 128, 128), ((1, 1, 1),) + ((2, 2, 2),) * 5, 32, 320)
 
 
-# A model that takes its spacing from plans.json (VIBESegmentator) gets dataset 100's.
-PLANS_SPACING_MM = (1.40625, 1.40625, 3.0)
+# A model that takes its spacing from plans.json (VIBESegmentator) gets dataset 100's, on the axes of
+# TEST_ORIENTATION (P, I, R): axial slices 3 mm apart along I. As nnU-Net plans an anisotropic dataset,
+# plans.json holds it transposed, the coarsest axis first (see _transposes).
+PLANS_SPACING_MM = (1.40625, 3.0, 1.40625)
 # A model that reads its orientation from dataset.json gets a non-RAS one, so tests exercise it.
 TEST_ORIENTATION = "PIR"
 ENSEMBLE_FOLDS = (0, 1)
@@ -106,7 +108,9 @@ def _dataset_json(spec: ModelSpec, network: NetworkSpec) -> dict:
 
 def _plans(spec: ModelSpec, network: NetworkSpec, arch: Architecture) -> dict:
     stages = len(arch.strides)
-    spacing_zyx = list(reversed(spec.spacing_mm or PLANS_SPACING_MM))
+    image_spacing_zyx = list(reversed(spec.spacing_mm or PLANS_SPACING_MM))
+    forward, backward = _transposes(image_spacing_zyx)
+    spacing_zyx = [image_spacing_zyx[axis] for axis in forward]  # as plans hold it: transposed
     configuration = {
         "data_identifier": f"{spec.plans}_{spec.configuration}", "preprocessor_name": "DefaultPreprocessor",
         "batch_size": 2, "patch_size": list(arch.patch_size), "median_image_size_in_voxels": list(arch.patch_size),
@@ -131,11 +135,19 @@ def _plans(spec: ModelSpec, network: NetworkSpec, arch: Architecture) -> dict:
         "dataset_name": network.dataset, "plans_name": spec.plans,
         "original_median_spacing_after_transp": spacing_zyx,
         "original_median_shape_after_transp": list(arch.patch_size),
-        "image_reader_writer": "NibabelIOWithReorient", "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2], "configurations": {spec.configuration: configuration},
+        "image_reader_writer": "NibabelIOWithReorient", "transpose_forward": forward,
+        "transpose_backward": backward, "configurations": {spec.configuration: configuration},
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {"0": intensity},
     }
+
+
+def _transposes(spacing_zyx: list[float]) -> tuple[list[int], list[int]]:
+    """nnU-Net's planner's ``transpose_forward`` (the coarsest axis first, the others in order; the
+    identity for an isotropic spacing) and its inverse ``transpose_backward``."""
+    coarsest = max(range(3), key=lambda axis: (spacing_zyx[axis], -axis))
+    forward = [coarsest] + [axis for axis in range(3) if axis != coarsest]
+    return forward, [forward.index(axis) for axis in range(3)]
 
 
 def _random_weights(spec: ModelSpec, plans: dict, dataset: dict, seed: int) -> dict:

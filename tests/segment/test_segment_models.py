@@ -5,6 +5,7 @@ dataset.json, nearest resampling, post-processing) and the body crop are checked
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -80,12 +81,27 @@ def test_vibeseg_layout_is_read_as_its_release_unpacks(weights):
     assert model_folds(spec, folder) == [0, 1]
     segmenter = get_segmenter(spec, weights, "cpu")
     assert segmenter.axcodes == ("P", "I", "R")  # from dataset.json
-    assert segmenter.spacing == (1.40625, 1.40625, 3.0)  # from plans.json
+    assert segmenter.spacing == (1.40625, 3.0, 1.40625)  # from plans.json, on the P, I, R axes
     assert [p.folds for _, p, _ in segmenter._networks] == [[0, 1]]
     # Orientation is undone exactly: a mirrored input gives the mirrored label map.
     plain = segmenter.segment(_volume("MR")).label_map.labels
     mirrored = segmenter.segment(_volume("MR", flip_x=True)).label_map.labels
     assert np.array_equal(plain, mirrored[::-1])
+
+
+def test_vibeseg_spacing_is_the_plans_spacing_put_back_on_the_image_axes(weights):
+    """plans.json holds an anisotropic spacing transposed (3 mm first, ``transpose_forward`` [1, 0, 2]
+    for P, I, R axes): read untransposed, the 3 mm fall on I, where the slices are, and nnU-Net
+    finds the image on its plans' grid (no second resampling inside it)."""
+    spec = load_model_spec("vibeseg")
+    folder = network_folder(spec, spec.networks[0], weights("vibeseg"))
+    plans = json.loads((folder / "plans.json").read_text())
+    assert plans["transpose_forward"] == [1, 0, 2] and plans["configurations"]["3d_fullres"]["spacing"] == [
+        3.0, 1.40625, 1.40625]
+    segmenter = get_segmenter(spec, weights("vibeseg"), "cpu")
+    # SHAPE (R, A, S) = 72 x 60 x 48 mm -> P 60 / 1.40625, I 48 / 3, R 72 / 1.40625 voxels
+    assert segmenter.model_grid_image(_volume("MR")).shape == (43, 16, 51)
+    assert not segmenter.predictors[0]._converted_by_nnunet(tuple(reversed(segmenter.spacing)))
 
 
 def test_folds_are_ensembled(weights):
@@ -135,15 +151,20 @@ def test_models_whose_label_maps_the_segmentation_rules_changed_get_another_key(
     """Label maps made before the body crop kept every part of a body (or before an MR image was
     normalised whole when chunked) are not reused by a rerun as if made today: those models' keys
     are not their files' digests alone. Other models keep their keys, label maps and rows."""
+    def file_digests(spec):
+        return [file_digest(config_file(name))
+                for name in (spec.source, spec.class_map, *(network.classes for network in spec.networks))]
+
     def files_only(spec):
-        return digest([file_digest(config_file(name))
-                       for name in (spec.source, spec.class_map, *(network.classes for network in spec.networks))])
+        return digest(file_digests(spec))
 
     fast = load_model_spec("fast")
     cropped = dataclasses.replace(fast, body_crop=BodyCropSpec(enabled=True))
     assert model_config_digest(fast) == files_only(fast)
     assert model_config_digest(cropped) != files_only(cropped)
     assert model_config_digest(load_model_spec("total_mr")) != files_only(load_model_spec("total_mr"))
+    vibeseg = load_model_spec("vibeseg")  # its spacing from plans.json, read in transposed order before
+    assert model_config_digest(vibeseg) != digest([*file_digests(vibeseg), {"chunked_normalisation": 2}])
 
 
 def test_body_crop_runs_in_the_segmenter_and_leaves_air_unlabelled(weights):

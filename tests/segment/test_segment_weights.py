@@ -140,3 +140,17 @@ def test_a_worker_loads_a_model_without_nnunets_training_stack(fast_spec, fast_w
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_anisotropic_model_spacing_is_checked_on_the_image_axes_not_the_transposed_ones(tmp_path):
+    """nnU-Net's plans hold an anisotropic spacing with the coarsest axis first; a model file's
+    ``spacing_mm`` (x, y, z) is compared after ``transpose_backward`` puts it back."""
+    import dataclasses
+
+    from cohort.segmentation import load_model_spec
+    from cohort.testing.weights import build_weights
+
+    spec = dataclasses.replace(load_model_spec("total_mr_fast"), spacing_mm=(3.0, 1.5, 1.5))
+    folder = build_weights(spec, tmp_path, "small")[0]
+    assert json.loads((folder / "plans.json").read_text())["transpose_forward"] == [2, 0, 1]
+    check_model_ready(spec, tmp_path)
