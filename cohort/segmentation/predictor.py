@@ -39,7 +39,7 @@ from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.gate import NetworkGate
 from cohort.segmentation.nnunet_folder import load_folder
 from cohort.segmentation.registry import ModelSpec
-from cohort.segmentation.weights import image_spacing_zyx, model_folds
+from cohort.segmentation.weights import folder_checkpoint, image_spacing_zyx, model_folds
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class NetworkPredictor:
                 allow_tqdm=False,
             )
             self.folds = model_folds(spec, folder)
-            loaded = load_folder(folder, self.folds, spec.checkpoint)
+            loaded = load_folder(folder, self.folds, folder_checkpoint(spec, folder))
             self._predictor.manual_initialization(
                 loaded.network, loaded.plans_manager, loaded.configuration_manager, loaded.parameters,
                 loaded.dataset_json, loaded.trainer_name, loaded.mirroring_axes)

@@ -138,6 +138,7 @@ class ModelSpec:
     configuration: str = "3d_fullres"
     fold: int = 0
     checkpoint: str = "checkpoint_final.pth"
+    fallback_checkpoint: str | None = None
     tile_step_size: float = 0.8
     use_gaussian: bool = True
     use_mirroring: bool = False

@@ -59,22 +59,39 @@ def network_folder(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> 
 
 
 def model_folds(spec: ModelSpec, folder: Path) -> list[int]:
-    """The folds to run: ``fold``, or with ``ensemble_folds`` every ``fold_N`` holding the checkpoint."""
+    """The folds to run: ``fold``, or with ``ensemble_folds`` every ``fold_N`` holding the checkpoint
+    (or the fallback checkpoint)."""
     if not spec.ensemble_folds:
         return [spec.fold]
+    names = [name for name in (spec.checkpoint, spec.fallback_checkpoint) if name is not None]
     found = [int(p.name[len("fold_"):]) for p in folder.glob("fold_*")
-             if p.name[len("fold_"):].isdigit() and (p / spec.checkpoint).is_file()]
+             if p.name[len("fold_"):].isdigit() and any((p / name).is_file() for name in names)]
     return sorted(found)
+
+
+def folder_checkpoint(spec: ModelSpec, folder: Path) -> str:
+    """The checkpoint file every fold of ``folder`` is read from: ``checkpoint``, unless a fold lacks
+    it and the model names a ``fallback_checkpoint`` (VIBESegmentator's code loads
+    ``checkpoint_best.pth`` when ``checkpoint_final.pth`` is missing): then that one, for every fold,
+    as nnU-Net reads one name for all folds."""
+    if spec.fallback_checkpoint is None:
+        return spec.checkpoint
+    folds = model_folds(spec, folder)
+    if folds and all((folder / f"fold_{fold}" / spec.checkpoint).is_file() for fold in folds):
+        return spec.checkpoint
+    return spec.fallback_checkpoint
 
 
 def checkpoint_path(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> Path:
     """The checkpoint of fold ``spec.fold``."""
-    return network_folder(spec, network, weights_dir) / f"fold_{spec.fold}" / spec.checkpoint
+    folder = network_folder(spec, network, weights_dir)
+    return folder / f"fold_{spec.fold}" / folder_checkpoint(spec, folder)
 
 
 def checkpoint_paths(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> list[Path]:
     folder = network_folder(spec, network, weights_dir)
-    return [folder / f"fold_{fold}" / spec.checkpoint for fold in model_folds(spec, folder)]
+    name = folder_checkpoint(spec, folder)
+    return [folder / f"fold_{fold}" / name for fold in model_folds(spec, folder)]
 
 
 @dataclass(frozen=True)
@@ -100,9 +117,11 @@ def _folder_problem(spec: ModelSpec, network: NetworkSpec, folder: Path) -> str:
         return f"no folder {folder.name} in {folder.parent} (found: {found or 'nothing'})"
     folds = model_folds(spec, folder)
     if not folds:
-        return f"no fold_N/{spec.checkpoint} in {folder}"
+        names = " or ".join(name for name in (spec.checkpoint, spec.fallback_checkpoint) if name is not None)
+        return f"no fold_N/{names} in {folder}"
+    name = folder_checkpoint(spec, folder)
     for fold in folds:
-        checkpoint = folder / f"fold_{fold}" / spec.checkpoint
+        checkpoint = folder / f"fold_{fold}" / name
         if not checkpoint.is_file() or checkpoint.stat().st_size == 0:
             return f"no checkpoint {checkpoint}"
         problem = _checkpoint_problem(checkpoint)

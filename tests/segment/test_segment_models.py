@@ -190,3 +190,24 @@ def test_a_fold_of_another_network_stops_the_load_not_every_series(weights, tmp_
     shutil.copyfile(other, fold_1)
     with pytest.raises(RunCannotStart, match=r"fold_1/checkpoint_final.pth does not fit the network"):
         Segmenter(spec, copy, torch.device("cpu"))
+
+
+def test_vibeseg_reads_checkpoint_best_where_a_fold_has_no_final_checkpoint(weights, tmp_path):
+    """VIBESegmentator's code loads ``checkpoint_best.pth`` for every fold when a fold has no
+    ``checkpoint_final.pth``; such a release read as broken ("no fold_N/checkpoint_final.pth"), and
+    one fold without it was left out of the ensemble without a word."""
+    spec = load_model_spec("vibeseg")
+    copy = tmp_path / "weights"
+    shutil.copytree(weights("vibeseg"), copy)
+    folder = network_folder(spec, spec.networks[0], copy)
+    reference = get_segmenter(spec, weights("vibeseg"), "cpu").segment(_volume("MR")).label_map.labels
+    (folder / "fold_1" / "checkpoint_final.pth").rename(folder / "fold_1" / "checkpoint_best.pth")
+    shutil.copyfile(folder / "fold_0" / "checkpoint_final.pth", folder / "fold_0" / "checkpoint_best.pth")
+    check_model_ready(spec, copy)
+    assert model_folds(spec, folder) == [0, 1]
+    segmenter = Segmenter(spec, copy, torch.device("cpu"))
+    assert segmenter.predictors[0].folds == [0, 1]
+    assert np.array_equal(segmenter.segment(_volume("MR")).label_map.labels, reference)  # both folds, as before
+    (folder / "fold_0" / "checkpoint_best.pth").unlink()  # fold 0 has only the final one: not one name for all
+    with pytest.raises(RunCannotStart, match=r"no checkpoint .*fold_0/checkpoint_best.pth"):
+        check_model_ready(spec, copy)
