@@ -166,10 +166,8 @@ def install(archive: Path, spec: ModelSpec, network: NetworkSpec, weights_dir: P
     staging = weights_dir / f".unpack-{network.dataset_id}-{uuid.uuid4().hex[:8]}"
     try:
         with zipfile.ZipFile(archive) as bundle:
-            bundle.extractall(staging)
-        found = _find_dataset(staging, network)
-        if found is None:
-            raise DownloadFailed(f"{url}: the archive holds no folder {network.dataset}")
+            bundle.extractall(staging / "archive")
+        found = _find_dataset(staging / "archive", network) or _content_as_dataset(staging, network)
         status = network_status(spec, network, found.parent)
         if status.state != "present":
             raise DownloadFailed(f"{url}: the archive's {found.name} is not a complete model: {status.problem}")
@@ -178,6 +176,14 @@ def install(archive: Path, spec: ModelSpec, network: NetworkSpec, weights_dir: P
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _content_as_dataset(staging: Path, network: NetworkSpec) -> Path:
+    """An archive without a dataset folder holds one's content (VIBESegmentator's ``100.zip``: its
+    code unpacks it into ``Dataset100/``): the unpacked files become that folder."""
+    folder = staging / network.unpacked_name
+    (staging / "archive").rename(folder)
+    return folder
 
 
 def _find_dataset(root: Path, network: NetworkSpec) -> Path | None:

@@ -21,7 +21,7 @@ from cohort.errors import ConfigError
 from cohort.provenance import digest, file_digest
 
 MODELS_DIR = CONFIG_DIR / "models"
-DATASET_PATTERN = re.compile(r"^Dataset\d{3}_([A-Za-z0-9_.-]+|[A-Za-z0-9_.-]*\*)$")
+DATASET_PATTERN = re.compile(r"^Dataset\d{3}(_[A-Za-z0-9_.-]+|[A-Za-z0-9_.-]*\*)$")
 SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
 MODALITIES = ("CT", "MR")
 ORIENTATIONS = ("RAS", "dataset_json")
@@ -44,13 +44,19 @@ class NetworkSpec:
 
     @property
     def dataset_id(self) -> str:
-        """The dataset number as 3 digits (``Dataset100_…`` -> ``100``), for release archive names."""
+        """The dataset number as 3 digits (``Dataset100…`` -> ``100``), for release archive names."""
         return self.dataset[len("Dataset"):len("Dataset") + 3]
 
     @property
     def is_pattern(self) -> bool:
-        """True when ``dataset`` is a glob (``Dataset100_*``): the folder name a release unpacks to varies."""
+        """True when ``dataset`` is a glob (``Dataset100*``): the folder name a release unpacks to varies."""
         return "*" in self.dataset
+
+    @property
+    def unpacked_name(self) -> str:
+        """The dataset folder an archive holding only its content is unpacked into: ``dataset``, or
+        for a pattern ``Dataset<id>`` (VIBESegmentator's code unpacks ``100.zip`` into ``Dataset100/``)."""
+        return f"Dataset{self.dataset_id}" if self.is_pattern else self.dataset
 
 
 @dataclass(frozen=True)
@@ -227,7 +233,7 @@ def _validate(spec: ModelSpec, path: Path) -> None:
     for i, network in enumerate(spec.networks):
         if not DATASET_PATTERN.match(network.dataset):
             raise ConfigError(f"{path}: key 'networks[{i}].dataset' {network.dataset!r} is not an nnU-Net "
-                              "dataset folder name like Dataset297_Name (or a pattern like Dataset100_*)")
+                              "dataset folder name like Dataset297_Name (or a pattern like Dataset100*)")
         if network.sha256 is not None and not SHA256_PATTERN.match(network.sha256):
             raise ConfigError(f"{path}: key 'networks[{i}].sha256' must be 64 hexadecimal digits")
     files = [("class_map", spec.class_map), ("lower_bounds", spec.lower_bounds),

@@ -36,7 +36,7 @@ def resolve_weights_dir(explicit: Path | None) -> Path:
 
 
 def dataset_folder(network: NetworkSpec, weights_dir: Path) -> Path:
-    """``<weights>/<dataset>``; for a pattern (``Dataset100_*``) the first match by name, else the
+    """``<weights>/<dataset>``; for a pattern (``Dataset100*``) the first match by name, else the
     pattern itself (a path that does not exist, so the network reads as missing)."""
     if network.is_pattern:
         matches = sorted(p for p in weights_dir.glob(network.dataset) if p.is_dir())
@@ -225,8 +225,10 @@ def fetch_commands(spec: ModelSpec, weights_dir: Path) -> list[str]:
     if spec.weights_url:
         for network in spec.networks:
             name = archive_url(spec, network).rsplit("/", 1)[-1]
+            # a pattern's release (VIBESegmentator's) holds the dataset folder's content, not the folder
+            target = weights_dir / network.unpacked_name if network.is_pattern else weights_dir
             commands.append(f"curl -L -o /tmp/{name} {archive_url(spec, network)} && "
-                            f"unzip -o /tmp/{name} -d {weights_dir}")
+                            f"unzip -o /tmp/{name} -d {target}")
     return commands
 
 

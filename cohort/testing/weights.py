@@ -66,7 +66,7 @@ ENSEMBLE_FOLDS = (0, 1)
 def build_weights(spec: ModelSpec, weights_dir: Path, size: str, seed: int = 0) -> list[Path]:
     """Write a random-weight folder for every network of ``spec``; return the folders.
 
-    The layout follows the model file: a dataset pattern (``Dataset100_*``) gets a concrete name, a
+    The layout follows the model file: a dataset pattern (``Dataset100*``) gets a concrete name, a
     model found by ``model_folder_patterns`` gets ``<trainer>__<plans>__<configuration>`` (which
     must match the first pattern), ``ensemble_folds`` gets folds 0 and 1, and an orientation read
     from ``dataset.json`` gets ``"PIR"``.
@@ -91,7 +91,7 @@ def build_weights(spec: ModelSpec, weights_dir: Path, size: str, seed: int = 0) 
 def _folder(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> Path:
     if not network.is_pattern and not spec.model_folder_patterns:
         return network_folder(spec, network, weights_dir)
-    dataset = network.dataset.replace("*", "cohort_test") if network.is_pattern else network.dataset
+    dataset = f"{network.unpacked_name}_cohort_test" if network.is_pattern else network.dataset
     if spec.model_folder_patterns and not fnmatch.fnmatch(spec.model_folder_name, spec.model_folder_patterns[0]):
         raise ValueError(f"{spec.model_folder_name} does not match {spec.model_folder_patterns[0]}: "
                          "set trainer/plans/configuration so that it does")

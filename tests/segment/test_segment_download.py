@@ -165,8 +165,9 @@ def test_missing_server_file_and_missing_model_name_the_fix(server, tmp_path):
     result = cohort_cli("models", "download", "fastest", "--weights", str(tmp_path), "--mirror", server.url)
     assert result.returncode == 2 and "HTTP 404" in result.stderr
     spec = load_model_spec("vibeseg")
-    with pytest.raises(Exception, match=f"cohort models download vibeseg --weights {tmp_path}"):
+    with pytest.raises(Exception, match=f"cohort models download vibeseg --weights {tmp_path}") as info:
         check_model_ready(spec, tmp_path)
+    assert f"unzip -o /tmp/100.zip -d {tmp_path / 'Dataset100'}" in str(info.value)  # where its code unpacks it
 
 
 def test_a_mirror_folder_installs_the_model_and_a_file_it_lacks_fails_at_once(tmp_path):
@@ -185,3 +186,24 @@ def test_a_mirror_folder_installs_the_model_and_a_file_it_lacks_fails_at_once(tm
     result = cohort_cli("models", "download", "fast", "--weights", str(weights), "--mirror", str(mirror))
     assert result.returncode == 0, result.stderr
     check_model_ready(spec, weights)
+
+
+def test_a_vibeseg_release_holding_the_dataset_folders_content_installs_as_its_code_unpacks_it(server, tmp_path):
+    """VIBESegmentator's code unpacks ``100.zip`` into ``<weights>/Dataset100/`` and looks for the model
+    folder right inside: the archive holds the dataset folder's content, not the folder. Such an
+    archive failed ("holds no folder Dataset100_*"), and weights its own code had unpacked were
+    not found."""
+    spec = load_model_spec("vibeseg")
+    source = tmp_path / "built"
+    dataset = build_weights(spec, source, "small", seed=5)[0].parent
+    archive = tmp_path / "100.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(dataset.rglob("*")):
+            bundle.write(path, path.relative_to(dataset).as_posix())  # nnUNetTrainer__…/fold_0/…
+    server.files["100.zip"] = archive.read_bytes()
+    weights = tmp_path / "weights"
+    result = cohort_cli("models", "download", "vibeseg", "--weights", str(weights), "--mirror", server.url)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in weights.iterdir() if not p.name.startswith(".")) == ["Dataset100"]
+    check_model_ready(spec, weights)
+    assert _leftovers(weights) == []
