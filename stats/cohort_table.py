@@ -100,6 +100,11 @@ class StudyTable:
     selection: pd.DataFrame
     age_groups: AgeGroups
     covariates: tuple[str, ...] = ()
+    modality: str = "CT"  # of the run's model: MR has no Hounsfield units and no lower bounds (Table S1 is of CTs)
+
+    @property
+    def is_mr(self) -> bool:
+        return self.modality == "MR"
 
     def n_subjects(self) -> int:
         """Analysed subjects: those with an included measurement, each once (with ``repeated_scans: mean``
@@ -142,10 +147,14 @@ def _check_measured_alike(series: pd.DataFrame, results_dir: Path) -> None:
                                 "every row is measured alike")
 
 
-def measures_intensities(metrics: tuple[str, ...]) -> bool:
-    """An MR study: signal intensities, no Hounsfield units and no anatomical lower bounds (the
-    paper's Table S1 is of CT volumes)."""
-    return any(metric.endswith("_intensity") for metric in metrics)
+def features_modality(features: pd.DataFrame) -> str:
+    """The one modality of ``features`` (``CT`` for a table without the column, or without rows);
+    rows of several are refused: HU and arbitrary MR units are different quantities."""
+    modalities = set(features["modality"].dropna()) if "modality" in features.columns else set()
+    if len(modalities) > 1:
+        raise ResultsTableError(f"features: rows of several modalities ({', '.join(sorted(modalities))}); "
+                                "run the study on one model's results at a time (one --out per model)")
+    return modalities.pop() if modalities else "CT"
 
 
 def metrics_of_the_model(features: pd.DataFrame, config: AgingConfig) -> AgingConfig:
@@ -155,12 +164,8 @@ def metrics_of_the_model(features: pd.DataFrame, config: AgingConfig) -> AgingCo
     holding both is refused. For an MR run each configured ``*_hu`` metric becomes its
     ``*_intensity`` counterpart, and ``fat_fraction`` is added when Dixon images gave one.
     """
-    modalities = set(features["modality"].dropna()) if "modality" in features.columns else {"CT"}
-    if len(modalities) > 1:
-        raise ResultsTableError(f"features: rows of several modalities ({', '.join(sorted(modalities))}); "
-                                "run the study on one model's results at a time (one --out per model)")
     metrics = list(config.metrics)
-    if modalities == {"MR"}:
+    if features_modality(features) == "MR":
         metrics = list(dict.fromkeys(m.replace("_hu", "_intensity") for m in metrics))
     if "fat_fraction" in features.columns and features["fat_fraction"].notna().any():
         metrics = list(dict.fromkeys([*metrics, "fat_fraction"]))
@@ -234,7 +239,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     values = values[["series_id", "subject_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics]]
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
-                      covariates=config.covariates)
+                      covariates=config.covariates, modality=features_modality(features))
 
 
 def _prepared_series(series: pd.DataFrame, config: AgingConfig) -> pd.DataFrame:

@@ -15,8 +15,7 @@ import scipy
 import statsmodels
 
 from cohort.stats import bootstrap
-from cohort.stats.cohort_table import (INCLUDED, PHASES, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups,
-                                      measures_intensities)
+from cohort.stats.cohort_table import INCLUDED, PHASES, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups
 from cohort.stats.config import STATUSES
 from cohort.stats.outputs import family_text, p_statement, phase_association_p, phase_by_age_group
 from cohort.stats.study import ALL, PHASE_STRATA, AgingResults, is_intensity, phase_adjustment, unit
@@ -88,7 +87,7 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
               "last": "the last scan (oldest age) of each subject was used",
               "mean": "measurements of a subject's repeated scans were averaged"}[config.repeated_scans]
     reviewed = " Structures a reviewer rejected were also excluded." if excluded.get(REJECTED_IN_REVIEW, 0) else ""
-    mr = measures_intensities(config.metrics)
+    mr = results.table.is_mr
     pooled = (f" Left/right structures were also pooled (volumes summed, "
               f"{'signal intensity' if mr else 'attenuation'} volume-weighted)." if config.pooled_structures else "")
     words = [metric_words(metric) for metric in config.metrics]

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
-from cohort.stats.cohort_table import PHASE, PHASES, measures_intensities
+from cohort.stats.cohort_table import PHASE, PHASES
 from cohort.stats.config import AgingConfig
 from cohort.stats.paper import paper_kruskal_p, paper_spearman
 from cohort.stats.study import ALL, PHASE_STRATA, AgingResults, is_intensity, phase_adjustment
@@ -111,7 +111,7 @@ def summary_lines(results: AgingResults) -> list[str]:
         (f"- Subjects with an included measurement: {results.table.n_subjects()}; "
          f"series failed: {excluded.get('series_failed', 0)}, without age: {excluded.get('no_age', 0)} "
          "(per-structure exclusions in `exclusions`)."),
-        (f"- Included QC statuses: {', '.join(config.include_statuses)}{_bound_note(config)}; "
+        (f"- Included QC statuses: {', '.join(config.include_statuses)}{_bound_note(results)}; "
          f"alpha = {config.alpha:g}; "
          f"configuration: `{Path(config.source).name}`."),
         (f"- Preset `{config.preset}`; adults {config.age_range[0]:g}-{config.age_range[1]:g} years; "
@@ -121,7 +121,7 @@ def summary_lines(results: AgingResults) -> list[str]:
         _significance_line(corr, kw),
         f"- Multiplicity: {family_text(config)}",
         *(_agreement_lines(results.quartile_tests, config)
-          if kw is not None and not measures_intensities(config.metrics) else []),  # Table S1: CT
+          if kw is not None and not results.table.is_mr else []),  # Table S1: CT
         *selection_lines(results.selection),
         "",
         f"## Strongest age effects (top {config.summary_top_n} by |r_s|, significant only)",
@@ -178,9 +178,9 @@ def contrast_lines(results: AgingResults) -> list[str]:
     intensity = [m for m in config.metrics if is_intensity(m)]
     if intensity:
         differs = ("signal intensity differs between native and contrast-enhanced scans"
-                   if measures_intensities(config.metrics) else
+                   if results.table.is_mr else
                    "attenuation differs by tens to hundreds of HU between native and contrast-enhanced scans")
-        kind = "Intensity" if measures_intensities(config.metrics) else "HU"
+        kind = "Intensity" if results.table.is_mr else "HU"
         lines.append(f"- {kind} metrics ({', '.join(intensity)}) pool both phases: {differs}, "
                      "so where the share with contrast changes with age, r_s, the "
                      f"age-group tests, trends and z-scores of {', '.join(intensity)} mix phase with age. "
@@ -215,9 +215,10 @@ def _phase_handling(results: AgingResults, intensity: list[str]) -> str:
     return adjusted + stratified
 
 
-def _bound_note(config: AgingConfig) -> str:
-    """Why an included status can still be excluded: a volume below the lower bound fails whatever the status."""
-    if "below_lower_bound" in config.include_statuses:
+def _bound_note(results: AgingResults) -> str:
+    """Why an included status can still be excluded: a volume below the lower bound fails whatever the
+    status (not in an MR study: no lower bounds)."""
+    if "below_lower_bound" in results.config.include_statuses or results.table.is_mr:
         return ""
     return " (a volume below its lower bound is excluded whatever its status)"
 

@@ -3,6 +3,7 @@ Dixon fat fractions; a table mixing modalities is refused."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,25 @@ def test_mr_results_are_studied_in_intensities_and_fat_fraction(tmp_path: Path) 
     summary = (results / "aging" / "summary.md").read_text()
     assert "Table S1" not in methods and "attenuation" not in methods  # CT's rules, not an MR study's
     assert "Table S1" not in summary
+
+
+def test_an_mr_study_of_volumes_and_fat_fractions_is_described_as_mr(tmp_path: Path) -> None:
+    """An MR run studied for volume and fat fraction only (no intensity metric configured) was taken
+    for a CT study: methods.md named the paper's Table S1 lower bounds (an MR model has none) and
+    attenuation, and summary.md compared its tests with the paper's CT results."""
+    results, _ = _as_mr(tmp_path)
+    features = pd.read_parquet(results / "features").assign(lower_bound_ml=np.nan)  # as an MR run writes it
+    shutil.rmtree(results / "features")
+    features.to_parquet(results / "features")
+    config = tmp_path / "aging.yaml"
+    config.write_text("metrics: [volume_ml]\n")
+    run_stats(results, config_path=config, figures="none")
+    correlations = pd.read_parquet(results / "aging" / "correlations.parquet")
+    assert set(correlations["metric"]) == {"volume_ml", "fat_fraction"}
+    methods = (results / "aging" / "methods.md").read_text()
+    summary = (results / "aging" / "summary.md").read_text()
+    assert "Table S1" not in methods and "attenuation" not in methods and "signal intensity" in methods
+    assert "Table S1" not in summary and "lower bound" not in summary
 
 
 def test_a_table_mixing_ct_and_mr_is_refused(tmp_path: Path) -> None:
