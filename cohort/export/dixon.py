@@ -1,12 +1,13 @@
 """Dixon MR exports: which series is water, fat, in-phase or opposed-phase, and which belong together.
 
 A Dixon acquisition is reconstructed into up to four series (water, fat, in-phase and opposed-phase
-images) with one grid: the same rows, columns, pixel spacing, orientation and slice positions. A
+images) with one grid: the same rows, columns, pixel spacing, orientation and slice positions, and
+one FrameOfReferenceUID (a repeat scan on the same grid after the patient moved has another). A
 series' role is read from its ImageType values (Siemens writes ``DIXON\\WATER``, ``DIXON\\FAT``,
 ``IN_PHASE``, ``OPP_PHASE``; Philips ``W``, ``F``, ``IP``, ``OP``), else from its SeriesDescription
 (``..._W``, ``..._F``, ``..._in``, ``..._opp`` as NAKO and UK Biobank name them). Both are data:
-``dixon:`` of the selection policy (``configs/selection_dixon.yaml``). The series of one study
-with one grid are one acquisition; it becomes a manifest row when it has exactly one series of
+``dixon:`` of the selection policy (``configs/selection_dixon.yaml``). The series of one study,
+frame of reference and grid are one acquisition; it becomes a manifest row when it has exactly one series of
 each role the row needs: the image that is segmented (``dixon.image``) and the fat and water
 images that give each structure its fat fraction.
 """
@@ -74,9 +75,11 @@ def dixon_role(series: SeriesSummary, policy: DixonPolicy) -> str | None:
 
 @dataclass(frozen=True)
 class Acquisition:
-    """The Dixon series of one study on one grid, by role (several per role: ambiguous)."""
+    """The Dixon series of one study and frame of reference on one grid, by role (several per role:
+    ambiguous)."""
 
     study_key: str
+    frame_key: str
     grid: str
     series: dict[str, list[SeriesSummary]]
 
@@ -99,11 +102,13 @@ class Acquisition:
 
 
 def acquisitions(series: list[SeriesSummary], roles: dict[str, str]) -> list[Acquisition]:
-    """The series with a role (``roles``: series identity -> role) grouped by study and grid, in the
-    order of their first series."""
-    grouped: dict[tuple[str, str], dict[str, list[SeriesSummary]]] = {}
+    """The series with a role (``roles``: series identity -> role) grouped by study, frame of
+    reference and grid, in the order of their first series. ``cohort run`` refuses a row whose fat
+    or water image has another study or frame of reference than its image: such series never pair."""
+    grouped: dict[tuple[str, str, str], dict[str, list[SeriesSummary]]] = {}
     for summary in series:
         role = roles.get(summary.identity)
         if role is not None:
-            grouped.setdefault((summary.study_key, summary.grid), {}).setdefault(role, []).append(summary)
-    return [Acquisition(study, grid, by_role) for (study, grid), by_role in grouped.items()]
+            key = (summary.study_key, summary.frame_key, summary.grid)
+            grouped.setdefault(key, {}).setdefault(role, []).append(summary)
+    return [Acquisition(study, frame, grid, by_role) for (study, frame, grid), by_role in grouped.items()]

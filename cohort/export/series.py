@@ -58,6 +58,7 @@ class SeriesSummary:
     age: float | None
     sex: str
     grid: str = ""  # the volume's shape and affine: series of one Dixon acquisition share it; "" when not one volume
+    frame_key: str = ""  # pseudonym of the FrameOfReferenceUID (one scan's series share it); "" when none
 
     @property
     def image_type_values(self) -> set[str]:
@@ -170,6 +171,7 @@ def _summary(series_uid: str, rows: list[dict], measured: Measured) -> SeriesSum
         manufacturer=_most_common(column["manufacturer"]) or "", model=_most_common(column["model"]) or "",
         series_description=_most_common(column["series_description"]) or "", age=_most_common(column["age"]),
         sex=_most_common(column["sex"]) or "", grid=measured.grid,
+        frame_key=_most_common([frame for frame in column["frame_key"] if frame]) or "",
     )
 
 

@@ -281,3 +281,41 @@ def _index_of(export: Path, out: Path, tmp_path_factory) -> pd.DataFrame:
 
 def _study_uid(folder: Path) -> str:
     return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_dixon_series_are_paired_within_one_scan_not_across_scans_on_one_grid(examples: Path, tmp_path: Path,
+                                                                              tmp_path_factory) -> None:
+    """The series of one study on one grid were one acquisition whatever their FrameOfReferenceUID:
+    an in-phase image of one scan became a row with the fat and water images of a repeat scan (the
+    patient repositioned: ``cohort run`` then fails the row), and two complete scans on one grid were
+    refused as ambiguous although their frames of reference tell them apart."""
+    from cohort.export import build_manifest
+
+    slices = {role: mr_slices(examples, role) for role in SIEMENS}
+    export = tmp_path / "export"
+
+    def scan(name: str, study: Study, roles: tuple[str, ...], frame: str) -> dict[str, str]:
+        uids = dixon_series(export / name, slices, study, roles, SIEMENS)
+        for role in roles:
+            for path in (export / name / role).iterdir():
+                ds = pydicom.dcmread(path)
+                ds.FrameOfReferenceUID = frame
+                ds.save_as(path)
+        return uids
+
+    jane, john = Study(JANE), Study(JOHN)
+    split = {**scan("jane1", jane, ("in_phase", "opposed_phase"), "1.2.826.0.1.3680043.8.498.51"),
+             **scan("jane2", jane, ("fat", "water"), "1.2.826.0.1.3680043.8.498.52")}
+    first = scan("john1", john, ("in_phase", "fat", "water"), "1.2.826.0.1.3680043.8.498.61")
+    repeat = scan("john2", john, ("in_phase", "fat", "water"), "1.2.826.0.1.3680043.8.498.62")
+    (tmp_path / "manifest").mkdir()
+    build_manifest(export, tmp_path / "manifest" / "scans.csv", small_series_policy(tmp_path / "manifest"),
+                   key=tmp_path_factory.mktemp("keys") / "k.key")
+    with (tmp_path / "manifest" / "scans.csv").open(newline="") as handle:
+        rows = {row["series_uid"]: row for row in csv.DictReader(handle)}
+    index = pd.read_parquet(tmp_path / "manifest" / "scans.index.parquet").set_index("series_uid")
+    assert split["in_phase"] not in rows
+    assert index.loc[split["in_phase"], "reason"].startswith("dixon: no fat or water series")
+    (john_row,) = [row for uid, row in rows.items() if uid in (first["in_phase"], repeat["in_phase"])]
+    scan_of_row = first if john_row["series_uid"] == first["in_phase"] else repeat
+    assert (john_row["fat_series_uid"], john_row["water_series_uid"]) == (scan_of_row["fat"], scan_of_row["water"])
