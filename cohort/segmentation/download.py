@@ -29,7 +29,8 @@ from typing import Callable
 
 from cohort.errors import RunCannotStart
 from cohort.segmentation.registry import ModelSpec, NetworkSpec
-from cohort.segmentation.weights import archive_url, dataset_folder, network_status
+from cohort.segmentation.weights import (PENDING_ARCHIVES, archive_url, dataset_folder, network_status,
+                                         pending_archives)
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
@@ -67,12 +68,39 @@ def download_model(spec: ModelSpec, weights_dir: Path, mirror: str | None = None
         if status.state == "broken":
             raise DownloadFailed(f"{dataset_folder(network, weights_dir)} is broken ({status.problem}); remove it "
                                  f"first (rm -r {dataset_folder(network, weights_dir)}), then download again")
-        url = archive_url(spec, network, mirror)
-        archive = fetch(url, weights_dir / ".downloads", progress or ProgressLines())
-        check_archive(archive, network, url)
-        results.append(Fetched(network.dataset, "installed", install(archive, spec, network, weights_dir, url)))
-        archive.unlink()
+        progress = progress or ProgressLines()
+        if status.state == "missing":
+            url = archive_url(spec, network, mirror)
+            archive = fetch(url, weights_dir / ".downloads", progress)
+            check_archive(archive, network, url)
+            folder = install(archive, spec, network, weights_dir, url)
+            archive.unlink()
+        else:
+            folder = dataset_folder(network, weights_dir)
+        add_pending_archives(spec, network, folder, mirror, progress)
+        results.append(Fetched(network.dataset, "installed", folder))
     return results
+
+
+def add_pending_archives(spec: ModelSpec, network: NetworkSpec, folder: Path, mirror: str | None,
+                         progress: Progress) -> None:
+    """Fetch and unpack into ``folder`` every further archive its :data:`PENDING_ARCHIVES` lists (as
+    VIBESegmentator's code does: more folds), then remove the list; a failure keeps the list, so the
+    folder stays ``incomplete`` and the next command fetches what is left."""
+    suffixes = pending_archives(folder)
+    if not suffixes:
+        return
+    for suffix in suffixes:
+        url = archive_url(spec, network, mirror, suffix)
+        archive = fetch(url, folder.parent / ".downloads", progress)
+        check_archive(archive, network, url)
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(folder)
+        archive.unlink()
+    (folder / PENDING_ARCHIVES).unlink()
+    status = network_status(spec, network, folder.parent)
+    if status.state != "present":
+        raise DownloadFailed(f"{folder}: not a complete model after its further archives: {status.problem}")
 
 
 def fetch(url: str, folder: Path, progress: Progress) -> Path:
@@ -169,7 +197,7 @@ def install(archive: Path, spec: ModelSpec, network: NetworkSpec, weights_dir: P
             bundle.extractall(staging / "archive")
         found = _find_dataset(staging / "archive", network) or _content_as_dataset(staging, network)
         status = network_status(spec, network, found.parent)
-        if status.state != "present":
+        if status.state not in ("present", "incomplete"):  # incomplete: its further archives follow
             raise DownloadFailed(f"{url}: the archive's {found.name} is not a complete model: {status.problem}")
         target = weights_dir / found.name
         found.rename(target)

@@ -94,9 +94,29 @@ def checkpoint_paths(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -
     return [folder / f"fold_{fold}" / name for fold in model_folds(spec, folder)]
 
 
+PENDING_ARCHIVES = "other_downloads.json"
+"""A release's list of further archives of one dataset folder (VIBESegmentator's: suffixes of the id,
+``["_1"]`` -> ``100_1.zip``), unpacked into the same folder; removed once they are all there."""
+
+
+def pending_archives(dataset: Path) -> list[str]:
+    """The archive suffixes ``dataset``'s :data:`PENDING_ARCHIVES` still lists (none: []); ``ValueError``
+    when the file is not a JSON list of strings."""
+    path = dataset / PENDING_ARCHIVES
+    if not path.is_file():
+        return []
+    listed = _read_json_value(path)
+    if isinstance(listed, dict):
+        listed = list(listed)
+    if not isinstance(listed, list) or not all(isinstance(suffix, str) for suffix in listed):
+        raise ValueError(f"{path} is not a JSON list of archive suffixes")
+    return listed
+
+
 @dataclass(frozen=True)
 class NetworkStatus:
-    """``state`` is ``present``, ``missing`` or ``broken``; ``problem`` says what is wrong."""
+    """``state`` is ``present``, ``missing``, ``incomplete`` (its release lists archives not yet
+    unpacked into it) or ``broken``; ``problem`` says what is wrong."""
 
     network: NetworkSpec
     state: str
@@ -107,6 +127,13 @@ def network_status(spec: ModelSpec, network: NetworkSpec, weights_dir: Path) -> 
     """Check one network folder without loading its weights (cheap: run before any work)."""
     if not dataset_folder(network, weights_dir).is_dir():
         return NetworkStatus(network, "missing")
+    try:
+        pending = pending_archives(dataset_folder(network, weights_dir))
+    except ValueError as exc:
+        return NetworkStatus(network, "broken", str(exc))
+    if pending:
+        return NetworkStatus(network, "incomplete", f"its release's further archives {pending} are not there yet "
+                                                    f"({PENDING_ARCHIVES})")
     problem = _folder_problem(spec, network, network_folder(spec, network, weights_dir))
     return NetworkStatus(network, "broken" if problem else "present", problem)
 
@@ -193,22 +220,38 @@ def _classes_problem(network: NetworkSpec, path: Path) -> str:
 
 def _read_json(path: Path) -> dict | str:
     """The JSON mapping in ``path``, or a one-line problem."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return f"no {path}"
-    except (OSError, ValueError) as exc:
-        return f"cannot read {path}: {exc}"
+    data = _read_json_value(path)
+    if isinstance(data, _Unreadable):
+        return data.problem
     return data if isinstance(data, dict) else f"{path} is not a JSON mapping"
 
 
-def archive_url(spec: ModelSpec, network: NetworkSpec, mirror: str | None = None) -> str:
-    """The release archive of one network: ``weights_url`` filled in (``{dataset}``, ``{dataset_id}``);
+@dataclass(frozen=True)
+class _Unreadable:
+    problem: str
+
+
+def _read_json_value(path: Path) -> object:
+    """The JSON value in ``path``, or :class:`_Unreadable` saying why not."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return _Unreadable(f"no {path}")
+    except (OSError, ValueError) as exc:
+        return _Unreadable(f"cannot read {path}: {exc}")
+
+
+def archive_url(spec: ModelSpec, network: NetworkSpec, mirror: str | None = None, suffix: str = "") -> str:
+    """The release archive of one network: ``weights_url`` filled in (``{dataset}``, ``{dataset_id}``),
+    ``suffix`` before its extension (a further archive of :data:`PENDING_ARCHIVES`: ``100_1.zip``);
     with ``mirror``, the same file name under that base URL (or local folder: a ``file:`` URL) instead."""
     if spec.weights_url is None:
         raise RunCannotStart(f"model {spec.name!r} has no weights_url in {spec.source}; "
                              f"get its weights with: {'; '.join(spec.get_weights)}")
     url = spec.weights_url.format(dataset=network.dataset, dataset_id=network.dataset_id)
+    if suffix:
+        stem, dot, extension = url.rpartition(".")
+        url = f"{stem}{suffix}{dot}{extension}"
     if mirror:
         base = mirror if "://" in mirror else Path(mirror).resolve().as_uri()
         return base.rstrip("/") + "/" + url.rsplit("/", 1)[-1]

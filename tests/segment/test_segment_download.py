@@ -207,3 +207,33 @@ def test_a_vibeseg_release_holding_the_dataset_folders_content_installs_as_its_c
     assert sorted(p.name for p in weights.iterdir() if not p.name.startswith(".")) == ["Dataset100"]
     check_model_ready(spec, weights)
     assert _leftovers(weights) == []
+
+
+def test_further_archives_a_release_lists_are_fetched_into_its_dataset_folder(server, tmp_path):
+    """VIBESegmentator's code fetches the archives a release's ``other_downloads.json`` lists
+    (``100<suffix>.zip``, more folds) into the same folder and then removes the list; cohort installed
+    the first archive alone and ensembled its folds only, without a word."""
+    spec = load_model_spec("vibeseg")
+    model_folder = build_weights(spec, tmp_path / "built", "small", seed=5)[0]
+    dataset = model_folder.parent
+    (dataset / "other_downloads.json").write_text('["_fold1"]')
+    for name, paths in (("100.zip", [p for p in dataset.rglob("*") if "fold_1" not in p.parts]),
+                        ("100_fold1.zip", [p for p in dataset.rglob("*") if "fold_1" in p.parts])):
+        with zipfile.ZipFile(tmp_path / name, "w") as bundle:
+            for path in sorted(paths):
+                bundle.write(path, path.relative_to(dataset).as_posix())
+        server.files[name] = (tmp_path / name).read_bytes()
+    weights = tmp_path / "weights"
+    (weights / "Dataset100").mkdir(parents=True)  # as the first archive left it, before its further ones
+    with zipfile.ZipFile(tmp_path / "100.zip") as bundle:
+        bundle.extractall(weights / "Dataset100")
+    with pytest.raises(Exception, match=r"incomplete: Dataset100\*.*other_downloads.json"):
+        check_model_ready(spec, weights)
+    for folder in (weights, tmp_path / "fresh"):  # the further archive alone; both from scratch
+        result = cohort_cli("models", "download", "vibeseg", "--weights", str(folder), "--mirror", server.url)
+        assert result.returncode == 0, result.stderr
+        check_model_ready(spec, folder)
+        installed = folder / "Dataset100" / model_folder.name
+        assert sorted(p.name for p in installed.glob("fold_*")) == ["fold_0", "fold_1"]
+        assert not (folder / "Dataset100" / "other_downloads.json").exists() and _leftovers(folder) == []
+    assert [name for name, _ in server.ranges] == ["100_fold1.zip", "100.zip", "100_fold1.zip"]
