@@ -29,8 +29,8 @@ from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subj
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
-from cohort.provenance import (LABELS_MODEL, InputStats, RunKey, SourceFiles, content_digest, digest,
-                               measurement_digest, series_uid_digest, source_files)
+from cohort.provenance import (LABELS_MODEL, MR_MEASUREMENT_RULES, InputStats, RunKey, SourceFiles, content_digest,
+                               digest, measurement_digest, series_uid_digest, source_files)
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
 from cohort.store.tables import FEATURES_SCHEMA
@@ -73,7 +73,7 @@ class MeasureSettings:
         key = measurement_digest(config_file(class_map_name), config_file(bounds_name), config.measure.border_voxels,
                                  config.measure.fov_edge)
         return cls(class_map, load_lower_bounds(bounds_name, class_map), config.measure.border_voxels,
-                   key if model.is_ct else digest([key, model.modality]), model.modality,
+                   key if model.is_ct else digest([key, model.modality, MR_MEASUREMENT_RULES]), model.modality,
                    config.measure.fov_edge == "faces_and_padding")
 
 

@@ -137,7 +137,7 @@ class RunKey:
             changes.append(f"execution.precision {self.precision or 'fp16'} -> {newer.precision or 'fp16'}")
         if self.measurement != newer.measurement:
             changes.append("measurement settings (--config measure.*: class map, lower bounds or border rule; or "
-                           "cohort's measurement rules, provenance.MEASUREMENT_RULES)")
+                           "cohort's measurement rules, provenance.MEASUREMENT_RULES, MR_MEASUREMENT_RULES)")
         return changes
 
 
@@ -147,6 +147,12 @@ mixed with new ones: 2 = voxel volume from the affine's determinant (sheared gri
 around a circular field as an edge of the field of view (``measure.fov_edge``), fat fractions of
 non-negative signals; the same day's ingest fix (DICOM padding masked slice by slice) reaches the
 measurements of a recomputed row through it, while its stored label map is reused."""
+
+
+MR_MEASUREMENT_RULES = 2
+"""Version of how cohort measures MR images besides :data:`MEASUREMENT_RULES`, in the key of MR rows
+only: 2 = a padding value of no signal (PixelPaddingValue 0) is the background, not an edge of the
+field of view (``cohort.ingest.padding.field_edge``)."""
 
 
 def measurement_digest(class_map: Path, lower_bounds: Path, border_voxels: int, fov_edge: str) -> str:

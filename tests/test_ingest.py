@@ -215,6 +215,24 @@ def test_an_mr_series_declaring_padding_gets_no_signal_there_not_ct_air(tmp_path
     assert measured.mean_hu[1] == pytest.approx(np.transpose(signal, (2, 1, 0))[organ == 1].mean())
 
 
+def test_an_mr_padding_value_of_no_signal_is_the_background_not_an_edge_of_the_field(tmp_path: Path) -> None:
+    """An MR declaring PixelPaddingValue 0 declares its background (air has no signal): every structure
+    at the body's surface (subcutaneous fat, the outer muscles) was flagged fov_truncated as if cut by
+    a circular CT field. A padding value the image also holds as signal-free air marks no edge."""
+    signal = np.zeros((10, 32, 32), np.int16)
+    signal[:, 8:24, 8:24] = 300 + np.arange(16, dtype=np.int16)
+    folder = _write_ct_series(tmp_path / "mr", signal, {"PixelPaddingValue": 0}, (0,), modality="MR")
+    volume = load_ct(folder, modality="MR")
+    assert volume.outside_fov is None and volume.hu.min() == 0
+    surface = np.zeros(volume.hu.shape, np.uint8)
+    surface[7:25, 7:25, 4:6] = 1  # at the body's surface, far from the volume's faces
+    measured = measure_structures(volume.hu, surface, volume.grid.voxel_volume_ml, 2, 3, volume.outside_fov)
+    assert not measured.touches_border[1]
+    ct_padding = np.where(signal > 0, signal, -2000).astype(np.int16)  # a value no voxel of the image holds
+    ct = load_ct(_write_ct_series(tmp_path / "ct", ct_padding - 1024 * (ct_padding > 0), {"PixelPaddingValue": -2000}))
+    assert ct.outside_fov is not None and ct.outside_fov.sum() == (signal == 0).sum()
+
+
 PATIENT = "DOE_JOHN_12345"
 
 

@@ -81,6 +81,19 @@ def test_the_models_class_map_is_the_default_measurement_class_map():
     assert MeasureSettings.from_config(load_run_config()).class_map.n_labels == 118
 
 
+def test_mr_rows_measured_before_padding_at_no_signal_stopped_being_a_field_edge_are_measured_again():
+    """MR rows whose statuses took an MR's PixelPaddingValue 0 (its background) for the field's edge
+    are not reused by a rerun as if measured today: the MR measurement key carries its own rules."""
+    from cohort.config import config_file
+    from cohort.provenance import digest, measurement_digest
+
+    config = load_run_config()
+    settings = MeasureSettings.from_config(config, load_model_spec("total_mr_fast"))
+    common = measurement_digest(config_file("class_map_total_mr.csv"), config_file("lower_bounds_none.csv"),
+                                config.measure.border_voxels, config.measure.fov_edge)
+    assert settings.digest not in (common, digest([common, "MR"]))  # the key MR rows had before
+
+
 def test_cohort_check_names_a_missing_dixon_image(tmp_path):
     image = synthetic_image("MR", SHAPE, (2.0, 2.0, 3.0))
     nib.save(image, str(tmp_path / "mr.nii.gz"))

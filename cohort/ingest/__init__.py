@@ -17,7 +17,7 @@ from cohort.ingest.dicom import read_ct_dicom
 from cohort.ingest.masks import load_label_masks
 from cohort.ingest.names import InputName
 from cohort.ingest.nifti import as_hu_array, is_nifti, load_label_nifti, read_nifti_array
-from cohort.ingest.padding import AIR_HU, NO_SIGNAL, detect_padding, fill_padding, padding_mask
+from cohort.ingest.padding import AIR_HU, NO_SIGNAL, detect_padding, field_edge, fill_padding, padding_mask
 from cohort.ingest.volume import Grid, LabelMap, Volume
 
 __all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_image", "align_labels", "check_is_ct", "check_modality",
@@ -51,8 +51,9 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     else:  # a companion image (Dixon fat/water), judged through its series; its values must still be numbers
         check_finite(unchecked, padded)
     fill = NO_SIGNAL if modality == "MR" else AIR_HU  # an MR's padding is no signal, never CT air
+    edge = field_edge(values, padded, modality)
     return Volume(hu=as_hu_array(fill_padding(values, padded, fill)), affine=affine, source=name.path,
-                  name=name.shown, outside_fov=padded, origin=origin, files=files)
+                  name=name.shown, outside_fov=edge, origin=origin, files=files)
 
 
 def load_labels(source: Path | InputName, volume: Volume, class_map: ClassMap,

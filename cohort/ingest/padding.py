@@ -71,6 +71,15 @@ def padding_mask(values: np.ndarray, padding: Padding | None) -> np.ndarray | No
     return mask if mask.any() else None
 
 
+def field_edge(values: np.ndarray, padded: np.ndarray | None, modality: str | None) -> np.ndarray | None:
+    """The padded voxels that mark the edge of the field of view: ``padded``, except in an MR whose
+    padding takes in :data:`NO_SIGNAL` (PixelPaddingValue 0): that is its background air too, which
+    every structure at the body's surface touches, not the border of a circular CT field."""
+    if padded is None or modality != "MR" or not np.any(values[padded] == NO_SIGNAL):
+        return padded
+    return None
+
+
 def fill_padding(values: np.ndarray, padded: np.ndarray | None, fill: int = AIR_HU) -> np.ndarray:
     """``values`` with the padded voxels set to ``fill`` (air; an MR's :data:`NO_SIGNAL`), in place
     where the dtype holds it."""
