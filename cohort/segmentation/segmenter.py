@@ -107,6 +107,7 @@ class Segmenter:
 
     def _prepare(self, volume: Volume) -> tuple[np.ndarray, Canonical, Box | None, np.ndarray]:
         pre = self.spec.preprocess
+        check_whole_number_levels(volume, pre, self.spec.name)
         canonical = to_canonical(volume.hu, volume.affine, self.axcodes)
         box = body_box(canonical.array, canonical.spacing, self.spec.body_crop) if self.spec.body_crop.enabled else None
         cropped = canonical.array if box is None else canonical.array[box]
@@ -147,6 +148,25 @@ def network_axcodes(spec: ModelSpec, dataset_json: dict) -> tuple[str, ...]:
         raise RunCannotStart(f"{spec.name}: dataset.json orientation {dataset_json['orientation']!r} is not three "
                              "axis codes like 'PIR' (one of L/R, P/A, I/S each)")
     return codes
+
+
+MIN_WHOLE_NUMBER_LEVELS = 256
+
+
+def check_whole_number_levels(volume: Volume, pre: PreprocessSpec, model: str) -> None:
+    """Refuse an image of fractional values spanning fewer than :data:`MIN_WHOLE_NUMBER_LEVELS`
+    units for a model that reads whole numbers (``preprocess.image_dtype`` int32, as TotalSegmentator
+    casts its resampled image): an MR normalised to 0-1 (or z-scored) would reach the network as
+    two or a handful of grey levels and be labelled from noise, silently. Scanner images (CT in HU,
+    MR in its stored range, or any integer image) pass."""
+    if not np.issubdtype(np.dtype(pre.image_dtype), np.integer) or np.issubdtype(volume.hu.dtype, np.integer):
+        return
+    low, high = float(np.nanmin(volume.hu)), float(np.nanmax(volume.hu))
+    if high - low < MIN_WHOLE_NUMBER_LEVELS:
+        raise SeriesError(f"{volume.name}: its values span only {low:.3g} to {high:.3g}, and model {model!r} reads whole "
+                          f"numbers ({pre.image_dtype}, as TotalSegmentator does): the image would reach the network as "
+                          f"{int(high) - int(low) + 1} grey levels. Give the image in its scanner's range (not "
+                          "normalised or scaled to 0-1)")
 
 
 def rescale_intensities(image: np.ndarray, pre: PreprocessSpec) -> np.ndarray:

@@ -211,3 +211,20 @@ def test_vibeseg_reads_checkpoint_best_where_a_fold_has_no_final_checkpoint(weig
     (folder / "fold_0" / "checkpoint_best.pth").unlink()  # fold 0 has only the final one: not one name for all
     with pytest.raises(RunCannotStart, match=r"no checkpoint .*fold_0/checkpoint_best.pth"):
         check_model_ready(spec, copy)
+
+
+def test_a_normalised_mr_is_refused_by_a_model_that_reads_whole_numbers(weights) -> None:
+    """total_mr casts the resampled image to int32, as TotalSegmentator does: an MR scaled to 0-1
+    reached the network as two grey levels and was labelled from them, silently. It is refused,
+    naming the span; the same image in its stored range is segmented, and vibeseg (float32) takes both."""
+    from cohort.errors import SeriesError
+
+    volume = _volume("MR")
+    scaled = dataclasses.replace(volume, hu=(volume.hu / volume.hu.max()).astype(np.float32))
+    segmenter = get_segmenter(load_model_spec("total_mr_fast"), weights("total_mr_fast"), "cpu")
+    with pytest.raises(SeriesError, match=r"synthetic: its values span only \S+ to 1, and model 'total_mr_fast' reads "
+                                          r"whole numbers \(int32, as TotalSegmentator does\).* as 2 grey levels"):
+        segmenter.segment(scaled)
+    assert segmenter.segment(volume).label_map.labels.shape == SHAPE
+    vibeseg = get_segmenter(load_model_spec("vibeseg"), weights("vibeseg"), "cpu")
+    assert vibeseg.segment(scaled).label_map.labels.shape == SHAPE
