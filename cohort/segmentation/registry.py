@@ -78,7 +78,8 @@ class PreprocessSpec:
 
     ``orientation``: ``RAS`` (closest canonical, no interpolation) or ``dataset_json`` (the axis
     codes in the network's ``dataset.json["orientation"]`` when that key exists, else RAS, as
-    VIBESegmentator does). ``resample_order``: 1 linear, 0 nearest neighbour. ``image_dtype``:
+    VIBESegmentator does). ``resample_order``: 1 linear, 0 nearest neighbour, 3 cubic spline
+    (VIBESegmentator's images; on the CPU, also in a GPU worker). ``image_dtype``:
     ``int32`` (TotalSegmentator casts the resampled image) or ``float32``. ``rescale_above``: when
     the image maximum exceeds it, the image is scaled so that its maximum is ``rescale_max``
     (VIBESegmentator: 10,000 -> 1,000, so that MR values fit float16).
@@ -218,7 +219,8 @@ def _validate(spec: ModelSpec, path: Path) -> None:
         (bool(spec.get_weights) or spec.weights_url is not None, "weights_url",
          "or get_weights must say where the weights come from"),
         (pre.orientation in ORIENTATIONS, "preprocess.orientation", f"must be one of {', '.join(ORIENTATIONS)}"),
-        (pre.resample_order in (0, 1), "preprocess.resample_order", "must be 0 (nearest) or 1 (linear)"),
+        (pre.resample_order in (0, 1, 3), "preprocess.resample_order",
+         "must be 0 (nearest), 1 (linear) or 3 (cubic spline)"),
         (pre.image_dtype in IMAGE_DTYPES, "preprocess.image_dtype", f"must be one of {', '.join(IMAGE_DTYPES)}"),
         (pre.rescale_max > 0, "preprocess.rescale_max", "must be positive"),
         (post.min_component_ml >= 0 and all(isinstance(v, (int, float)) and v >= 0

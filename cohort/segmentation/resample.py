@@ -58,8 +58,8 @@ def to_native(labels: np.ndarray, canonical: Canonical) -> np.ndarray:
 
 def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...], order: int = 1,
                    dtype: str = "int32", device: torch.device = CPU) -> np.ndarray:
-    """Resampling of an image to ``target`` spacing (mm): linear (``order`` 1) or nearest (0),
-    values cast to ``dtype`` (TotalSegmentator: int32).
+    """Resampling of an image to ``target`` spacing (mm): linear (``order`` 1), nearest (0) or cubic
+    spline (3, scipy's, on the CPU), values cast to ``dtype`` (TotalSegmentator: int32).
 
     Computed in float64 as TotalSegmentator does (it reads the image with ``get_fdata``), so that
     the int32 truncation lands on the same values: on the CPU with ``scipy.ndimage.zoom`` itself,
@@ -69,7 +69,7 @@ def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[
     zoom = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
     if np.allclose(zoom, 1.0):
         return np.asarray(array, dtype=np.float64).astype(dtype)
-    if device.type != "cpu":
+    if device.type != "cpu" and order in (0, 1):  # a cubic spline (order 3) runs on the CPU
         try:
             shape = zoom_shape(array.shape, zoom)
             source = torch.from_numpy(np.ascontiguousarray(array)).to(device)

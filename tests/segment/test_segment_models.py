@@ -228,3 +228,20 @@ def test_a_normalised_mr_is_refused_by_a_model_that_reads_whole_numbers(weights)
     assert segmenter.segment(volume).label_map.labels.shape == SHAPE
     vibeseg = get_segmenter(load_model_spec("vibeseg"), weights("vibeseg"), "cpu")
     assert vibeseg.segment(scaled).label_map.labels.shape == SHAPE
+
+
+def test_vibeseg_resamples_the_image_with_a_cubic_spline(weights) -> None:
+    """VIBESegmentator's code resamples an image with order 3 (TPTBox's NII.rescale; 0 for label maps,
+    'nearest' being its edge mode): the model grid image is scipy's cubic zoom of the reoriented image."""
+    from scipy import ndimage
+
+    from cohort.segmentation.resample import to_canonical
+
+    segmenter = get_segmenter(load_model_spec("vibeseg"), weights("vibeseg"), "cpu")
+    volume = _volume("MR")
+    canonical = to_canonical(volume.hu, volume.affine, segmenter.axcodes)
+    zoom = np.asarray(canonical.spacing) / np.asarray(segmenter.spacing)
+    expected = ndimage.zoom(canonical.array.astype(np.float64), zoom, order=3, mode="nearest").astype(np.float32)
+    assert np.array_equal(segmenter.model_grid_image(volume), expected)
+    linear = ndimage.zoom(canonical.array.astype(np.float64), zoom, order=1, mode="nearest").astype(np.float32)
+    assert not np.array_equal(expected, linear)
