@@ -256,8 +256,8 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
                 return self._refuse(HTTPStatus.FORBIDDEN, "refused: missing or wrong token (reload the review page)")
             try:
                 site.decide(form)
-            except ValueError as error:
-                return self.send_error(HTTPStatus.BAD_REQUEST, str(error))
+            except ValueError as error:  # in the body, not the status line: a name need not be Latin-1
+                return self._refuse(HTTPStatus.BAD_REQUEST, f"refused: {error}")
             self.send_response(HTTPStatus.SEE_OTHER)
             self.send_header("Location", local_path(form.get("back", "/")))
             self.end_headers()

@@ -187,3 +187,26 @@ def test_a_malformed_post_is_a_one_line_400_not_a_traceback(review: Review, head
     assert response.status == 400 and response.read().decode().startswith("refused: ")
     connection.close()
     pd.testing.assert_frame_equal(review.decisions(), before)
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"structure": "肝臓"}, "unknown series or structure: "),
+    ({"decision": "maybe"}, "decision 'maybe' is not one of accept, reject"),
+    ({"reviewer": " "}, "a decision needs the reviewer's name"),
+])
+def test_a_form_the_server_cannot_take_is_a_400_saying_why(review: Review, fields: dict[str, str], reason: str) -> None:
+    """The reason is the answer's UTF-8 body: a name outside Latin-1 (a structure of a custom class map) in
+    the status line made http.server raise, and the reviewer got an empty reply instead of the reason."""
+    before = review.decisions()
+    connection = http.client.HTTPConnection("127.0.0.1", review.port, timeout=30)
+    form = {"series_id": review.series_id, "structure": "", "decision": "reject", "reviewer": "tester",
+            "token": review.token, **fields}
+    connection.request("POST", "/decide", body=urllib.parse.urlencode(form),
+                       headers={"Origin": review.origin, "Content-Type": "application/x-www-form-urlencoded"})
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    assert response.status == 400 and text.startswith("refused: ") and reason in text
+    if "structure" in fields:
+        assert fields["structure"] in text
+    pd.testing.assert_frame_equal(review.decisions(), before)
