@@ -316,7 +316,7 @@ def _table(frame: pd.DataFrame) -> str:
     for column in shown.columns:
         if column == "p" or column.endswith("_p") or column == "p_adjusted":
             shown[column] = shown[column].map(format_p)
-        elif column in ("structure", "worst", "example"):
+        elif column in ("structure", "worst"):  # names of structures; a series id (``example``) is shown as stored
             shown[column] = shown[column].map(lambda s: figures.readable(s) if isinstance(s, str) else s)
     return shown.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
 

@@ -260,3 +260,18 @@ def test_below_bound_lists_count_truncated_structures_below_their_bound(results:
     table = exclusions_by_group(series, features, GROUPS).set_index(["level", "reason"])
     assert table.loc[("measurement", "below_lower_bound"), "total"] == below
     assert table.loc[("measurement", "fov_truncated"), "total"] == (features["status"] == "fov_truncated").sum() - 7
+
+
+def test_series_ids_are_shown_as_stored(small_results_dir: Path, tmp_path: Path) -> None:
+    """The example series of each suspicious structure is named as in the tables (``site_a_00012``), so a
+    reader can find it; only structure names are made readable (``vertebrae_L4`` -> ``vertebrae L4``)."""
+    results = tmp_path / "results"
+    for name in ("features", "series"):
+        table = pd.read_parquet(small_results_dir / name)
+        (results / name).mkdir(parents=True)
+        table.assign(series_id="site_a_" + table["series_id"]).to_parquet(results / name / "part-0.parquet")
+    text = write_report(results).read_text()
+    table = text.split("absent where expected</h3>")[1].split("</table>")[0]
+    examples = re.findall(r"<td>(site_a\w*)</td>", table)
+    assert examples and all(e.startswith("site_a_S") for e in examples)
+    assert "site a " not in text
