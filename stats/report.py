@@ -120,8 +120,9 @@ def run_details_html(results_dir: Path, series: pd.DataFrame, features: pd.DataF
             "model": [s.get("model") for s in settings], "weights fingerprint": [s.get("weights") or "-" for s in settings],
             "measurement settings": [s.get("measurement") for s in settings],
             "run key": series.loc[settings.index, "run_key"].tolist()}).value_counts().rename("series").reset_index()
-    else:  # tables written by an older cohort (or a synthetic cohort): the model column only
-        models = features.groupby("model")["series_id"].nunique().rename("series").reset_index()
+    else:  # tables written by an older cohort (or a synthetic cohort): the model column, if any
+        model = features["model"] if "model" in features else pd.Series("not recorded", features.index)
+        models = features.groupby(model.rename("model"))["series_id"].nunique().rename("series").reset_index()
     status = series["status"].value_counts()
     finished = pd.to_datetime(series.get("finished_at"), utc=True).dropna() if "finished_at" in series else pd.Series()
     facts = {

@@ -101,8 +101,9 @@ class ReviewSite:
         rows = self.features[self.features["series_id"] == series_id]
         facts = self.series[self.series["series_id"] == series_id][["series_id", "age", "sex", "status", "error"]]
         back = f"/series/{urllib.parse.quote(series_id)}"
-        values = [c for c in ("mean_hu", "mean_intensity", "fat_fraction") if c in rows and rows[c].notna().any()]
-        table = _escaped(rows[["structure", "status", "volume_ml", *values, "lower_bound_ml"]])  # HU for CT, intensity for MR
+        values = [c for c in ("volume_ml", "mean_hu", "mean_intensity", "fat_fraction", "lower_bound_ml")
+                  if c in rows and rows[c].notna().any()]  # HU for CT, intensity for MR, a bound where one exists
+        table = _escaped(rows[["structure", "status", *values]])
         table["decide"] = [self._form(series_id, s, back) for s in rows["structure"]]  # _form escapes them itself
         flagged = self.queue.flag_rows[self.queue.flag_rows["series_id"] == series_id]
         body = [_table(facts), f"<h2>Whole series</h2>{self._form(series_id, None, back)}",

@@ -27,13 +27,16 @@ ABSENT = "absent"
 
 
 def unexpected_absences(features: pd.DataFrame) -> pd.DataFrame:
-    """Rows ``absent`` whose neighbours in label order (label - 1 and label + 1) are both present.
+    """Rows ``absent`` whose neighbours in label order (label - 1 and label + 1) are both present
+    (none when the table has no ``label`` column: the neighbours are not known).
 
     >>> rows = pd.DataFrame({"series_id": "s", "label": [1, 2, 3], "structure": ["a", "b", "c"],
     ...                      "status": ["ok", "absent", "ok"]})
     >>> unexpected_absences(rows)["structure"].tolist()
     ['b']
     """
+    if "label" not in features.columns:
+        return features.iloc[:0]
     present = features.assign(present=features["status"] != ABSENT).pivot_table(
         index="series_id", columns="label", values="present", aggfunc="first")
     before, after = present.shift(1, axis=1), present.shift(-1, axis=1)
@@ -46,9 +49,11 @@ def unexpected_absences(features: pd.DataFrame) -> pd.DataFrame:
 def flags(features: pd.DataFrame, zscores: pd.DataFrame | None) -> pd.DataFrame:
     """One row per flagged series and structure: ``reason`` and the measured ``volume_ml``.
 
-    ``below_lower_bound`` flags the rows the study excludes as such (:func:`study_status`).
+    ``below_lower_bound`` flags the rows the study excludes as such (:func:`study_status`). Of the
+    columns beyond ``series_id, structure, status`` (all that ``cohort stats`` requires) those present are used.
     """
-    below = features.loc[study_status(features) == BELOW, ["series_id", "structure", "volume_ml", "lower_bound_ml"]]
+    columns = [c for c in ("series_id", "structure", "volume_ml", "lower_bound_ml") if c in features.columns]
+    below = features.loc[study_status(features) == BELOW, columns]
     parts = [below.assign(reason=BELOW),
              unexpected_absences(features)[["series_id", "structure"]].assign(reason="absent (neighbours present)")]
     if zscores is not None and len(zscores):

@@ -23,7 +23,9 @@ from cohort.stats.report_figures import organ_systems
 from cohort.stats.review import rejected
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
+from cohort.stats.review_server import ReviewSite
 from cohort.stats.triage import flagged_series, flags, suspicious_structures, unexpected_absences
+from cohort.testing.cohorts import cohort_from_values
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 GROUPS = AgeGroups.from_edges((41, 59, 78))
@@ -275,3 +277,20 @@ def test_series_ids_are_shown_as_stored(small_results_dir: Path, tmp_path: Path)
     examples = re.findall(r"<td>(site_a\w*)</td>", table)
     assert examples and all(e.startswith("site_a_S") for e in examples)
     assert "site a " not in text
+
+
+def test_report_and_review_need_only_the_columns_cohort_stats_needs(tmp_path: Path) -> None:
+    """``cohort stats`` requires of ``features/`` only ``series_id, structure, status`` (and its metrics): a table
+    without ``lower_bound_ml``, ``label`` or ``model`` (an older or hand-made one, as ``cohort_from_values``
+    writes) was studied, then ``cohort report`` and the review pages stopped with a KeyError."""
+    rng = np.random.default_rng(0)
+    age = rng.uniform(20, 90, 40)
+    cohort = cohort_from_values(age, np.array(["F", "M"] * 20), {("liver", "volume_ml"): 1000 + 5 * age + rng.normal(0, 30, 40)})
+    results = cohort.write(tmp_path / "results")
+    assert not {"lower_bound_ml", "label", "model"} & set(cohort.features.columns)
+    run_stats(results, figures="none")
+    text = write_report(results).read_text()
+    assert "Who to look at" in text and "not recorded" in text
+    site = ReviewSite.load(results)
+    assert "Spot checks" in site.index_page()
+    assert "liver" in site.series_page("S00000")
