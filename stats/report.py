@@ -72,14 +72,15 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
     features = pd.read_parquet(results_dir / "features")
     aging = {name: _read_table(stats_dir / f"{name}.parquet") for name in AGING_TABLES}
     groups = _age_groups(state)
-    decisions = latest_decisions(read_decisions(results_dir))
+    review = read_decisions(results_dir)
+    decisions = latest_decisions(review)
     queue = review_queue(features, series, aging["zscores"])
     figure_dir = out_path.parent / "report-figures"
     body = [
         freshness_html(state, results_dir), run_details_html(results_dir, series, features),
         "<h2>Table 1: cohort characteristics</h2>", _table(characteristics(series, groups, _contrast_column(state))),
         "<h3>Exclusions by age group and sex</h3>",
-        _table(exclusions_by_group(series, features, groups, decisions[decisions["decision"] == "reject"])),
+        _table(exclusions_by_group(series, features, groups, review)),
         who_to_look_at_html(results_dir, queue, decisions, workers),
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),

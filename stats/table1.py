@@ -4,7 +4,7 @@
 manifest) and one column per age group plus ``no age`` and ``all``: numbers as ``n (%)`` or
 ``mean (SD)`` / ``median [Q1, Q3]``, ready to paste. :func:`exclusions_by_group` counts
 series-level exclusions (failed, no age, rejected in review) and measurement-level QC statuses
-by age group and by sex, so a reader sees whether losses are spread evenly.
+(and rejections in review) by age group and by sex, so a reader sees whether losses are spread evenly.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from cohort.stats.cohort_table import AgeGroups, contrast_phase, study_status
+from cohort.stats.review import rejected
+from cohort.stats.review_store import latest_decisions
 
 NO_AGE = "no age"
 ALL = "all"
@@ -74,25 +76,30 @@ def characteristics(series: pd.DataFrame, groups: AgeGroups, contrast_column: st
 
 
 def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: AgeGroups,
-                        rejected: pd.DataFrame | None = None) -> pd.DataFrame:
+                        review: pd.DataFrame | None = None) -> pd.DataFrame:
     """Counts per ``reason`` and ``level`` (series or measurement), by age group and by sex.
 
-    Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (whole series); measurement
-    level: every QC status of the ``features`` rows (``ok`` included, for the denominators), as the
-    study applies it: a row below its lower bound counts as ``below_lower_bound`` (:func:`study_status`).
+    Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (the newest decision on the
+    whole series is ``reject``); measurement level: every QC status of the ``features`` rows (``ok``
+    included, for the denominators), as the study applies it: ``rejected_in_review`` where the newest
+    decision of ``review`` (every reviewer decision, ``review.parquet``) that applies to the row is
+    ``reject`` (:func:`rejected`, ahead of QC), else a row below its lower bound counts as
+    ``below_lower_bound`` (:func:`study_status`).
     Series the manifest no longer lists are left out (:func:`in_manifest`).
     """
     series = in_manifest(series)
     frame = series.assign(age_group=age_group_column(series, groups), sex=series["sex"].fillna("unknown"))
     reasons = pd.Series(pd.NA, index=frame.index, dtype="object")
-    if rejected is not None and len(rejected):
-        whole = rejected.loc[rejected["structure"].isna(), "series_id"]
+    if review is not None and len(review):
+        latest = latest_decisions(review)
+        whole = latest.loc[latest["structure"].isna() & (latest["decision"] == "reject"), "series_id"]
         reasons[frame["series_id"].isin(whole)] = "rejected_in_review"
     reasons[frame["age"].isna()] = "no_age"
     reasons[frame["status"] != "done"] = "series_failed"
     series_level = frame.assign(reason=reasons, level="series").dropna(subset=["reason"])
     keys = frame[["series_id", "age_group", "sex"]]
-    measured = features[["series_id"]].assign(reason=study_status(features)).merge(keys, on="series_id")
+    status = study_status(features).where(~rejected(review, features), "rejected_in_review")
+    measured = features[["series_id"]].assign(reason=status).merge(keys, on="series_id")
     rows = pd.concat([series_level[["reason", "level", "age_group", "sex"]], measured.assign(level="measurement")])
     by_group = pd.crosstab([rows["level"], rows["reason"]], rows["age_group"])
     by_sex = pd.crosstab([rows["level"], rows["reason"]], rows["sex"]).add_prefix("sex ")

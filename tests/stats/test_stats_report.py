@@ -156,14 +156,40 @@ def test_table1_shows_the_contrast_phase_as_the_study_reads_it(results: Path) ->
 
 def test_exclusions_by_group_count_every_series_and_measurement(results: Path) -> None:
     series, features = pd.read_parquet(results / "series"), pd.read_parquet(results / "features")
-    rejected_series = pd.DataFrame({"series_id": [series["series_id"].iloc[-1]], "structure": [None]})
-    table = exclusions_by_group(series, features, GROUPS, rejected_series).set_index(["level", "reason"])
+    whole = series["series_id"].iloc[-1]
+    review = pd.DataFrame({"series_id": [whole], "structure": [None], "decision": ["reject"],
+                           "decided_at": pd.to_datetime(["2026-01-01"], utc=True)})
+    table = exclusions_by_group(series, features, GROUPS, review).set_index(["level", "reason"])
     assert table.loc[("series", "series_failed"), "total"] == (series["status"] == "failed").sum()
     assert table.loc[("series", "rejected_in_review"), "total"] == 1
     measured = table.xs("measurement")
     assert measured["total"].sum() == len(features)
-    assert measured.loc["below_lower_bound", "total"] == (features["status"] == "below_lower_bound").sum()
+    assert measured.loc["rejected_in_review", "total"] == (features["series_id"] == whole).sum()
+    others = features[features["series_id"] != whole]
+    assert measured.loc["below_lower_bound", "total"] == (others["status"] == "below_lower_bound").sum()
     assert (measured["sex F"] + measured["sex M"]).equals(measured["total"])
+
+
+def test_exclusions_by_group_count_structures_rejected_in_review_as_the_study_does(results: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A reviewer's reject of one structure excludes that row in the study (``rejected_in_review``, ahead of
+    QC); the report's exclusion table showed it under its QC status, as if nobody had looked."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("report*", "qc", "aging"))
+    features, series = pd.read_parquet(copy / "features"), pd.read_parquet(copy / "series")
+    done = series.loc[(series["status"] == "done") & series["age"].notna(), "series_id"].iloc[:3].tolist()
+    append_decision(copy, Decision(done[0], "reject", "ab", "liver", "leaks into the kidney"))
+    append_decision(copy, Decision(done[1], "reject", "ab", "spleen"))
+    append_decision(copy, Decision(done[1], "accept", "cd"))  # a later accept of the whole series undoes it
+    append_decision(copy, Decision(done[2], "accept", "ab", "liver"))
+    run_stats(copy, figures="none")
+    study = pd.read_parquet(copy / "aging" / "exclusions.parquet")
+    in_study = study.loc[(study["reason"] == "rejected_in_review") & (study["structure"] == "liver"), "n_series"].sum()
+    table = exclusions_by_group(series, features, GROUPS, read_decisions(copy))
+    measured = table[table["level"] == "measurement"].set_index("reason")
+    assert measured.loc["rejected_in_review", "total"] == in_study == 1
+    page = write_report(copy).read_text().split("Exclusions by age group and sex")[1].split("</table>")[0]
+    assert "<td>rejected_in_review</td>" in page
 
 
 def test_unexpected_absence_and_flag_ranking(results: Path) -> None:
