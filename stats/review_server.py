@@ -7,7 +7,8 @@ A static report cannot write files, so the review page is served by Python's own
   z-score outliers, spot checks) with overlay thumbnails, and the decisions so far;
 * ``/series/<series_id>``: the series' overlay, every structure with its QC status and values,
   and one form per structure (and one for the whole series): reviewer, comment, accept/reject;
-* ``/qc/<series_id>/<structure>.png``: overlay mosaics, drawn on first request and cached;
+* ``/qc/<series_id>/<structure>.png``: overlay mosaics, drawn on first request and cached (where
+  one cannot be drawn, a picture saying why);
 * ``POST /decide``: appends the decision to ``results/review.parquet`` and returns to the page.
 
 Then ``cohort stats`` excludes rejected rows (reason ``rejected_in_review``) and ``cohort report``
@@ -27,6 +28,7 @@ import hmac
 import html
 import logging
 import secrets
+import textwrap
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from cohort.stats.triage import ReviewQueue, review_queue
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 LOCAL_NAMES = (HOST, "localhost")
+THUMBNAIL_SIZE, FULL_SIZE = (360, 240), (900, 600)  # pixels of the mosaics (overlays.py: 9 x 6 inches at 40 and 100 dpi)
 FORM = " ".join((  # one line: in a table cell pandas would show a newline as a literal "\n"
     '<form method="post" action="/decide" class="decide">',
     '<input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">',
@@ -135,8 +138,9 @@ class ReviewSite:
         """Whether ``form`` sends back this site's token (compared in constant time: no guessing it piecewise)."""
         return hmac.compare_digest(form.get("token", "").encode(), self.token.encode())
 
-    def overlay_png(self, series_id: str, name: str) -> bytes | None:
-        """The cached (or newly drawn) mosaic ``name`` of a known series and structure, else None."""
+    def overlay_picture(self, series_id: str, name: str) -> Picture | None:
+        """The cached (or newly drawn) mosaic ``name`` of a known series and structure, or a picture saying
+        why there is none (e.g. the image is no longer where the manifest says); None for an unknown one."""
         thumbnail = name.endswith(".thumb.png")
         structure = name.removesuffix(".png").removesuffix(".thumb")
         if not self.known(series_id, None if structure == "series" else structure):
@@ -144,8 +148,9 @@ class ReviewSite:
         request = OverlayRequest(series_id, None if structure == "series" else structure)
         overlay = ensure_overlays(self.results_dir, [request], workers=1)[0]
         if overlay.path is None:
-            return None
-        return (request.thumbnail(self.results_dir) if thumbnail else overlay.path).read_bytes()
+            size = THUMBNAIL_SIZE if thumbnail else FULL_SIZE
+            return Picture(problem_svg(overlay.problem or "no overlay", *size), "image/svg+xml")
+        return Picture((request.thumbnail(self.results_dir) if thumbnail else overlay.path).read_bytes(), "image/png")
 
     def known(self, series_id: str, structure: str | None) -> bool:
         rows = self.features["series_id"] == series_id
@@ -163,6 +168,28 @@ class ReviewSite:
         log.info("review: %s %s %s by %s", decision.decision, decision.series_id, structure or "(series)",
                  decision.reviewer)
         return decision
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What an ``<img>`` of the pages gets: the bytes and their content type."""
+
+    body: bytes
+    content_type: str
+
+
+def problem_svg(problem: str, width: int, height: int) -> bytes:
+    """A dark picture of ``width`` x ``height`` pixels with ``problem`` written on it, shown where an overlay
+    cannot be drawn, so that the reviewer reads why instead of seeing a broken image.
+
+    >>> b"not in the manifest" in problem_svg("S1: its image is not in the manifest", 360, 240)
+    True
+    """
+    lines = textwrap.wrap(problem, width=max(20, width // 7))
+    spans = "".join(f'<tspan x="50%" dy="1.3em">{html.escape(line)}</tspan>' for line in lines)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+            f'<rect width="100%" height="100%" fill="#222"/><text y="{height / 2 - 10 * len(lines)}" fill="#eee" '
+            f'font-family="sans-serif" font-size="12" text-anchor="middle">{spans}</text></svg>').encode()
 
 
 def _escaped(frame: pd.DataFrame) -> pd.DataFrame:
@@ -231,9 +258,9 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
                 return self._send(site.series_page(path.removeprefix("/series/")).encode(), "text/html; charset=utf-8")
             parts = path.split("/")
             if len(parts) == 4 and parts[1] == "qc" and parts[3].endswith(".png"):
-                png = site.overlay_png(parts[2], parts[3])
-                if png is not None:
-                    return self._send(png, "image/png")
+                picture = site.overlay_picture(parts[2], parts[3])
+                if picture is not None:
+                    return self._send(picture.body, picture.content_type)
             if path == "/favicon.ico":
                 return self._send(b"", "image/x-icon")
             self.send_error(HTTPStatus.NOT_FOUND)

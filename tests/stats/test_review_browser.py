@@ -19,6 +19,7 @@ from testkit import cohort_cli
 
 from cohort.stats import run_stats, write_report
 from cohort.stats.review_server import ReviewSite, make_server
+from cohort.testing.cohorts import make_cohort
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (test extra)")
@@ -115,3 +116,24 @@ def test_reject_click_lands_in_review_parquet_and_stats_exclude_it(run_dir: Path
     exclusions = pd.read_parquet(run_dir / "aging" / "exclusions.parquet")
     rejected = exclusions[(exclusions["reason"] == "rejected_in_review") & (exclusions["n_series"] > 0)]
     assert rejected[["structure", "n_series"]].values.tolist() == [["liver", 1]]
+
+
+def test_review_cards_without_an_image_say_why_instead_of_a_broken_picture(browser,  # type: ignore[no-untyped-def]
+                                                                           tmp_path: Path) -> None:
+    results = make_cohort(n_subjects=40, n_structures=3, seed=5).write(tmp_path / "results")  # no manifest
+    server = make_server(ReviewSite.load(results), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page, errors = _page(browser)
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/", wait_until="load")
+        images = page.locator(".card img")
+        assert images.count() > 0
+        for i in range(images.count()):
+            images.nth(i).scroll_into_view_if_needed()
+            images.nth(i).evaluate("img => img.decode()")
+        assert images.first.evaluate("img => img.naturalWidth") == 360
+        assert page.evaluate("Array.from(document.images).filter(i => i.naturalWidth === 0).length") == 0
+        assert errors == []
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -210,3 +210,16 @@ def test_a_form_the_server_cannot_take_is_a_400_saying_why(review: Review, field
     if "structure" in fields:
         assert fields["structure"] in text
     pd.testing.assert_frame_equal(review.decisions(), before)
+
+
+def test_an_overlay_that_cannot_be_drawn_is_a_picture_saying_why(review: Review) -> None:
+    """The synthetic run has no manifest, as a results folder moved away from its images: the ``<img>`` of each
+    card got a bare 404 and the reviewer saw broken images without a reason, where the report gives one."""
+    connection = http.client.HTTPConnection("127.0.0.1", review.port, timeout=30)
+    connection.request("GET", f"/qc/{review.series_id}/series.thumb.png")
+    response = connection.getresponse()
+    body = response.read().decode()
+    connection.close()
+    assert response.status == 200 and response.getheader("Content-Type") == "image/svg+xml"
+    assert body.startswith("<svg") and 'width="360"' in body and "its image is not in the manifest" in body
+    assert review.request("GET", "/qc/no-such-series/series.png").status == 404
