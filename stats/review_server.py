@@ -5,8 +5,9 @@ A static report cannot write files, so the review page is served by Python's own
 
 * ``/``: the review queue of ``cohort.stats.triage`` (flagged series, suspicious structures,
   z-score outliers, spot checks) with overlay thumbnails, and the decisions so far;
-* ``/series/<series_id>``: the series' overlay, every structure with its QC status and values,
-  and one form per structure (and one for the whole series): reviewer, comment, accept/reject;
+* ``/series/<series_id>[?structure=<name>]``: the series' overlay (and the structure's, when named),
+  every structure with its QC status, values and newest decision, and one form per structure (and
+  one for the whole series): reviewer, comment, accept/reject;
 * ``/qc/<series_id>/<structure>.png``: overlay mosaics, drawn on first request and cached (where
   one cannot be drawn, a picture saying why);
 * ``POST /decide``: appends the decision to ``results/review.parquet`` and returns to the page.
@@ -100,26 +101,45 @@ class ReviewSite:
         body += [f"<h2>Decisions ({len(decisions)})</h2>", _table(decisions) if len(decisions) else "<p>none yet</p>"]
         return _page("cohort review", body)
 
-    def series_page(self, series_id: str) -> str:
+    def series_page(self, series_id: str, structure: str | None = None) -> str:
+        """Every structure of the series with its values, current decision and form; ``structure`` (the one a
+        card of the queue named) is shown first, with its own full-size overlay."""
         rows = self.features[self.features["series_id"] == series_id]
         facts = self.series[self.series["series_id"] == series_id][["series_id", "age", "sex", "status", "error"]]
-        back = f"/series/{urllib.parse.quote(series_id)}"
+        back = series_link(series_id, structure)
+        decided = self._decided(series_id)
         values = [c for c in ("volume_ml", "mean_hu", "mean_intensity", "fat_fraction", "lower_bound_ml")
                   if c in rows and rows[c].notna().any()]  # HU for CT, intensity for MR, a bound where one exists
         table = _escaped(rows[["structure", "status", *values]])
+        table["structure"] = [f'<a href="{html.escape(series_link(series_id, s))}">{html.escape(s)}</a>'
+                              for s in rows["structure"]]
+        table["decision"] = [html.escape(decided.get(s, "")) for s in rows["structure"]]
         table["decide"] = [self._form(series_id, s, back) for s in rows["structure"]]  # _form escapes them itself
         flagged = self.queue.flag_rows[self.queue.flag_rows["series_id"] == series_id]
-        body = [_table(facts), f"<h2>Whole series</h2>{self._form(series_id, None, back)}",
-                self._image(series_id, None)]
+        body = [_table(facts)]
+        if structure is not None:
+            body += [f"<h2>{html.escape(structure)}</h2>",
+                     f"<p>Decision: {html.escape(decided.get(structure, 'none yet'))}</p>",
+                     self._form(series_id, structure, back), self._image(series_id, structure)]
+        body += ["<h2>Whole series</h2>", f"<p>Decision: {html.escape(decided.get(None, 'none yet'))}</p>",
+                 self._form(series_id, None, back), self._image(series_id, None)]
         if len(flagged):
             body.append("<h2>Flags</h2>" + _table(flagged[["structure", "reason"]]))
         body += ["<h2>Structures</h2>", table.to_html(index=False, border=0, escape=False, na_rep="",
                                                       float_format=lambda v: f"{v:.4g}")]
         return _page(f"review {series_id}", ['<p><a href="/">back to the queue</a></p>', *body])
 
+    def _decided(self, series_id: str) -> dict[str | None, str]:
+        """The newest decision on each structure of the series (key None: the whole series), as one line."""
+        decisions = latest_decisions(read_decisions(self.results_dir))
+        mine = decisions[decisions["series_id"] == series_id]
+        return {(d.structure if isinstance(d.structure, str) else None):
+                f"{d.decision} ({d.reviewer}, {d.decided_at:%Y-%m-%d %H:%M} UTC){': ' + d.comment if d.comment else ''}"
+                for d in mine.itertuples()}
+
     def _card(self, series_id: str, structure: str | None) -> str:
-        link = f"/series/{urllib.parse.quote(series_id)}"
         what = f" / {html.escape(structure)}" if structure else ""
+        link = html.escape(series_link(series_id, structure))
         return (f'<div class="card" data-series="{html.escape(series_id)}"><a href="{link}">'
                 f"<b>{html.escape(series_id)}</b>{what}</a>{self._image(series_id, structure, thumbnail=True)}"
                 f"{self._form(series_id, structure, '/')}</div>")
@@ -192,6 +212,16 @@ def problem_svg(problem: str, width: int, height: int) -> bytes:
             f'font-family="sans-serif" font-size="12" text-anchor="middle">{spans}</text></svg>').encode()
 
 
+def series_link(series_id: str, structure: str | None = None) -> str:
+    """The path of a series' review page, opened at ``structure``.
+
+    >>> series_link("S 1", "vertebrae_L4")
+    '/series/S%201?structure=vertebrae_L4'
+    """
+    path = f"/series/{urllib.parse.quote(series_id)}"
+    return f"{path}?{urllib.parse.urlencode({'structure': structure})}" if structure else path
+
+
 def _escaped(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its text cells HTML-escaped: a table rendered with ``escape=False`` (for its cells of
     form markup) must not run a structure name of a custom class map as markup on a page that holds the token.
@@ -251,11 +281,14 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if not self._host_is_local():
                 return
-            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            url = urllib.parse.urlsplit(self.path)
+            path = urllib.parse.unquote(url.path)
             if path == "/":
                 return self._send(site.index_page().encode(), "text/html; charset=utf-8")
-            if path.startswith("/series/") and site.known(path.removeprefix("/series/"), None):
-                return self._send(site.series_page(path.removeprefix("/series/")).encode(), "text/html; charset=utf-8")
+            structure = urllib.parse.parse_qs(url.query).get("structure", [None])[0]
+            series_id = path.removeprefix("/series/")
+            if path.startswith("/series/") and site.known(series_id, structure):
+                return self._send(site.series_page(series_id, structure).encode(), "text/html; charset=utf-8")
             parts = path.split("/")
             if len(parts) == 4 and parts[1] == "qc" and parts[3].endswith(".png"):
                 picture = site.overlay_picture(parts[2], parts[3])

@@ -137,3 +137,25 @@ def test_review_cards_without_an_image_say_why_instead_of_a_broken_picture(brows
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_flagged_card_opens_its_structure_overlay_and_the_decision_shows_there(  # type: ignore[no-untyped-def]
+        browser, review_url: str, run_dir: Path) -> None:
+    page, errors = _page(browser)
+    page.goto(review_url + "/", wait_until="load")
+    card = page.locator("h2:has-text('most flagged') + .cards .card").first
+    series_id, structure = card.locator("a").inner_text().split(" / ")
+    card.locator("a").click()
+    page.wait_for_load_state("load")
+    assert page.locator("h2").first.inner_text() == structure
+    overlay = page.locator(f"img[src='/qc/{series_id}/{structure}.png']")
+    overlay.evaluate("img => img.decode()")
+    assert overlay.evaluate("img => img.naturalWidth") == 900  # the full-size mosaic through that structure
+    form = page.locator("form.decide").first
+    form.locator("input[name=comment]").fill("misses the tail")
+    form.locator("button[value=reject]").click()
+    page.wait_for_load_state("load")
+    assert page.locator("p:has-text('Decision:')").first.inner_text().endswith(": misses the tail")
+    assert errors == []
+    newest = pd.read_parquet(run_dir / "review.parquet").iloc[-1]
+    assert [newest["series_id"], newest["structure"], newest["decision"]] == [series_id, structure, "reject"]

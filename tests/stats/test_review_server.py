@@ -223,3 +223,20 @@ def test_an_overlay_that_cannot_be_drawn_is_a_picture_saying_why(review: Review)
     assert response.status == 200 and response.getheader("Content-Type") == "image/svg+xml"
     assert body.startswith("<svg") and 'width="360"' in body and "its image is not in the manifest" in body
     assert review.request("GET", "/qc/no-such-series/series.png").status == 404
+
+
+def test_a_structure_opens_with_its_own_overlay_and_shows_its_newest_decision(review: Review) -> None:
+    """A card of the queue names a structure: its page showed only the whole series' overlay, and a decision
+    just taken was nowhere on it (only in the queue's list), so a reviewer could not see what they had decided."""
+    structure = str(pd.read_parquet(review.results_dir / "features")["structure"].iloc[-1])
+    link = f"/series/{review.series_id}?structure={urllib.parse.quote(structure)}"
+    page = _page(review, link)
+    assert f'src="/qc/{review.series_id}/{structure}.png"' in page and "Decision: none yet" in page
+    response = review.decide({"Origin": review.origin}, token=review.token, structure=structure,
+                             comment="leaks into the kidney", back=link)
+    assert (response.status, response.getheader("Location")) == (303, link)
+    page = _page(review, link)
+    assert re.search(rf"<h2>{structure}</h2>\s*<p>Decision: reject \(tester, [\d: -]+ UTC\): leaks into the kidney</p>", page)
+    row = page.split(f">{structure}</a>")[1].split("</tr>")[0]
+    assert "reject (tester, " in row
+    assert review.request("GET", f"/series/{review.series_id}?structure=no_such_structure").status == 404
