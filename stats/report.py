@@ -220,10 +220,11 @@ def aging_html(stats_dir: Path, aging: dict[str, pd.DataFrame | None], state: St
         fig = figures.correlation_heatmap(correlations)
         figures.save(fig, figure_dir / "correlation_heatmap", formats)
         parts.append(_image(figures.png_bytes(fig, dpi=80), "Spearman r_s by organ system and sex"))
-    pictures = sorted(p for p in (stats_dir / "figures").glob("*__*.png"))
+    pictures = strongest_first(list((stats_dir / "figures").glob("*__*.png")), correlations)
     parts += [_image(p.read_bytes(), p.stem) for p in pictures[:MAX_STRUCTURE_FIGURES]]
     if len(pictures) > MAX_STRUCTURE_FIGURES:
-        parts.append(f'<p class="note">{len(pictures) - MAX_STRUCTURE_FIGURES} more figures in '
+        parts.append(f'<p class="note">the {MAX_STRUCTURE_FIGURES} strongest by |r_s| shown; '
+                     f'{len(pictures) - MAX_STRUCTURE_FIGURES} more figures in '
                      f"<code>{html.escape(stats_dir.name)}/figures/</code></p>")
     for name, table in aging.items():
         if table is None:
@@ -233,6 +234,26 @@ def aging_html(stats_dir: Path, aging: dict[str, pd.DataFrame | None], state: St
             more = f", first {MAX_TABLE_ROWS} shown; all in {stats_dir.name}/{name}.csv" if len(table) > MAX_TABLE_ROWS else ""
             parts.append(_details(f"{name} ({len(table)} rows{more})", _table(shown)))
     return "\n".join(parts)
+
+
+def strongest_first(pictures: list[Path], correlations: pd.DataFrame | None) -> list[Path]:
+    """Structure figures (``<structure>__<metric>.png``) by |r_s| of all subjects, strongest first, then
+    those without one by name: the page shows the first few, which must be the effects that matter.
+
+    >>> r = pd.DataFrame({"stratum": "all", "structure": ["aorta", "liver"], "metric": "volume_ml",
+    ...                   "spearman_r": [0.1, -0.6]})
+    >>> [p.name for p in strongest_first([Path("aorta__volume_ml.png"), Path("liver__volume_ml.png")], r)]
+    ['liver__volume_ml.png', 'aorta__volume_ml.png']
+    """
+    strength: dict[str, float] = {}
+    if correlations is not None and len(correlations):
+        everyone = correlations[correlations["stratum"] == "all"]
+        strength = dict(zip(everyone["structure"] + "__" + everyone["metric"], everyone["spearman_r"].abs()))
+    def order(picture: Path) -> tuple[bool, float, str]:
+        r = strength.get(picture.stem, np.nan)
+        return (bool(np.isnan(r)), -np.nan_to_num(r), picture.name)
+
+    return sorted(pictures, key=order)
 
 
 def summary_html(markdown: str, state: StatsState) -> str:

@@ -320,3 +320,19 @@ def test_report_and_review_need_only_the_columns_cohort_stats_needs(tmp_path: Pa
     site = ReviewSite.load(results)
     assert "Spot checks" in site.index_page()
     assert "liver" in site.series_page("S00000")
+
+
+def test_the_structure_figures_shown_are_the_strongest_effects(results: Path, tmp_path: Path) -> None:
+    """With ``cohort stats --figures all`` the page showed the first 12 figures by file name (aorta, gallbladder,
+    ... whatever their r_s) and left out the strongest effects further down the alphabet."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("report*", "qc", "aging"))
+    run_stats(copy, figures="all")
+    correlations = pd.read_parquet(copy / "aging" / "correlations.parquet")
+    everyone = correlations[correlations["stratum"] == "all"].dropna(subset=["spearman_r"])
+    drawn = {p.stem for p in (copy / "aging" / "figures").glob("*__*.png")}
+    assert len(drawn) > 12
+    ranked = everyone.assign(stem=everyone["structure"] + "__" + everyone["metric"], strength=everyone["spearman_r"].abs())
+    strongest = ranked[ranked["stem"].isin(drawn)].sort_values("strength", ascending=False)["stem"].head(12)
+    shown = re.findall(r'<img alt="([^"]+__[^"]+)"', write_report(copy).read_text())
+    assert shown == strongest.tolist()
