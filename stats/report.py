@@ -337,7 +337,7 @@ def _shorten(text: str, limit: int = 220) -> str:
 def _table(frame: pd.DataFrame) -> str:
     shown = frame.copy()
     for column in shown.columns:
-        if column == "p" or column.endswith("_p") or column == "p_adjusted":
+        if column == "p" or column.endswith("_p") or column.startswith("p_"):  # p_fdr, p_bonferroni, p_adjusted
             shown[column] = shown[column].map(format_p)
         elif column in ("structure", "worst"):  # names of structures; a series id (``example``) is shown as stored
             shown[column] = shown[column].map(lambda s: figures.readable(s) if isinstance(s, str) else s)

@@ -336,3 +336,19 @@ def test_the_structure_figures_shown_are_the_strongest_effects(results: Path, tm
     strongest = ranked[ranked["stem"].isin(drawn)].sort_values("strength", ascending=False)["stem"].head(12)
     shown = re.findall(r'<img alt="([^"]+__[^"]+)"', write_report(copy).read_text())
     assert shown == strongest.tolist()
+
+
+def test_adjusted_p_values_that_underflow_read_as_p_does(report: Path, results: Path, tmp_path: Path) -> None:
+    """A Spearman p of 0 (below the smallest double) read ``< 1e-300`` but its FDR- and Bonferroni-adjusted p
+    read ``0`` on the same row, a value no test gives."""
+    stats = tmp_path / "aging"
+    shutil.copytree(results / "aging", stats)
+    correlations = pd.read_parquet(stats / "correlations.parquet")
+    correlations.loc[0, ["p", "p_fdr", "p_bonferroni"]] = 0.0
+    correlations.to_parquet(stats / "correlations.parquet")
+    page = write_report(results, out_path=tmp_path / "report.html", stats_dir=stats).read_text()
+    table = page.split("<summary>correlations (")[1].split("</table>")[0]
+    header = re.findall(r"<th>(\w+)</th>", table)
+    first = re.findall(r"<td>([^<]*)</td>", table.split("<tbody>")[1].split("</tr>")[0])
+    cells = dict(zip(header, first))
+    assert cells["p"] == cells["p_fdr"] == cells["p_bonferroni"] == "&lt; 1e-300"
