@@ -273,6 +273,17 @@ def test_organ_systems_cover_v3_and_mr_structures_and_keep_ct_systems_first() ->
     assert "subcutaneous_fat" not in systems  # VIBESegmentator: "other"
 
 
+def test_pooled_rows_are_in_their_parts_organ_system(report: Path, results: Path) -> None:
+    """The study's pooled rows (kidney, lung, autochthon, ...) were drawn under "other" in the r_s heat map,
+    apart from their organ system, though both their parts are in it."""
+    systems = organ_systems()
+    assert (systems["kidney"], systems["lung"], systems["autochthon"], systems["iliac_artery"]) == (
+        "organs", "organs", "muscles", "cardiac")
+    correlations = pd.read_parquet(results / "aging" / "correlations.parquet")
+    pooled = {"kidney", "autochthon", "iliopsoas"} & set(correlations["structure"])
+    assert pooled and not {s for s in pooled if s not in systems}
+
+
 def test_below_bound_lists_count_truncated_structures_below_their_bound(results: Path) -> None:
     """"Structures most often below their lower bound" counts rows by volume: a structure cut by the field
     of view and below its bound (status ``fov_truncated`` on disk) is one; so do the flags and Table 1's
