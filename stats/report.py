@@ -10,6 +10,8 @@ shown as "not computed"; the report never runs the study itself.
 
 Images are inlined (base64 PNG thumbnails); the full-size overlays stay in ``results/qc/`` and
 the manuscript figures (300 dpi PNG, SVG/PDF on request) in ``report-figures/`` beside the page.
+Each thumbnail links to its full-size overlay, each overview figure to its file, each table to its
+CSV, by paths relative to the page: the folder moved or zipped whole keeps its links.
 Raw input paths never appear: the manifest is named by file name, errors are pseudonymised.
 """
 
@@ -19,6 +21,8 @@ import base64
 import html
 import json
 import logging
+import os
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +85,7 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
         "<h2>Table 1: cohort characteristics</h2>", _table(characteristics(series, groups, _contrast_column(state))),
         "<h3>Exclusions by age group and sex</h3>",
         _table(exclusions_by_group(series, features, groups, review)),
-        who_to_look_at_html(results_dir, queue, decisions, workers),
+        who_to_look_at_html(results_dir, queue, decisions, workers, out_path.parent),
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),
     ]
@@ -142,8 +146,10 @@ def run_details_html(results_dir: Path, series: pd.DataFrame, features: pd.DataF
                       "<h3>Models and settings</h3>", _table(models)])
 
 
-def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: pd.DataFrame, workers: int) -> str:
-    """The four review lists, each row with its overlay thumbnail, reasons and values."""
+def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: pd.DataFrame, workers: int,
+                        page_dir: Path) -> str:
+    """The four review lists, each row with its overlay thumbnail (a link to the full-size mosaic in
+    ``qc/``, relative to ``page_dir``, where the page is), reasons and values."""
     requests = [OverlayRequest(sid, structure) for sid, structure in queue.overlay_requests()]
     overlays = {o.request: o for o in ensure_overlays(results_dir, requests, workers)}
     verdict = {(d.series_id, d.structure if isinstance(d.structure, str) else None): d.decision
@@ -155,7 +161,8 @@ def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: pd.Dat
             structure = row.get(structure_column) if structure_column else None
             overlay = overlays[OverlayRequest(row["series_id"] if "series_id" in row else row["example"], structure)]
             sid = overlay.request.series_id
-            picture = (_image(overlay.request.thumbnail(results_dir).read_bytes(), f"overlay {sid}")
+            picture = (f'<a href="{relative_link(overlay.path, page_dir)}">'
+                       f'{_image(overlay.request.thumbnail(results_dir).read_bytes(), f"overlay {sid}")}</a>'
                        if overlay.path
                        else f'<p class="note">{html.escape(overlay.problem or "")}</p>')
             decided = verdict.get((sid, structure)) or verdict.get((sid, None))
@@ -164,7 +171,7 @@ def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: pd.Dat
         return f'<div class="cards">{"".join(items)}</div>' if items else '<p class="note">none</p>'
 
     parts = ["<h2>Who to look at</h2>",
-             '<p class="note">Overlays: yellow = the structure of interest; full size in <code>qc/</code>. '
+             '<p class="note">Overlays: yellow = the structure of interest; click one for full size (<code>qc/</code>). '
              "Accept or reject with <code>cohort review --results &lt;results&gt;/</code>.</p>",
              f"<h3>Series with the most flagged structures ({len(queue.flagged)})</h3>",
              cards(queue.flagged, "worst", lambda r: f"{r['n_flags']} flags: {html.escape(_shorten(r['reasons']))}"),
@@ -200,9 +207,10 @@ def qc_html(features: pd.DataFrame, figure_dir: Path, formats: tuple[str, ...]) 
     applies them: a structure below its lower bound counts there whatever its stored status."""
     features = features.assign(status=study_status(features))
     fig = figures.qc_by_system(features)
-    figures.save(fig, figure_dir / "qc_by_system", formats)
+    saved = figures.save(fig, figure_dir / "qc_by_system", formats)
     counts = pd.crosstab(features["structure"], features["status"])
-    return "\n".join(["<h2>QC overview</h2>", _image(figures.png_bytes(fig), "QC status per organ system"),
+    picture = _image(figures.png_bytes(fig), "QC status per organ system")
+    return "\n".join(["<h2>QC overview</h2>", f'<a href="{relative_link(saved[0], figure_dir.parent)}">{picture}</a>',
                       _details(f"Counts per structure and status ({len(counts)} structures)", _table(counts.reset_index()))])
 
 
@@ -218,8 +226,9 @@ def aging_html(stats_dir: Path, aging: dict[str, pd.DataFrame | None], state: St
     correlations = aging["correlations"]
     if correlations is not None and len(correlations):
         fig = figures.correlation_heatmap(correlations)
-        figures.save(fig, figure_dir / "correlation_heatmap", formats)
-        parts.append(_image(figures.png_bytes(fig, dpi=80), "Spearman r_s by organ system and sex"))
+        saved = figures.save(fig, figure_dir / "correlation_heatmap", formats)
+        picture = _image(figures.png_bytes(fig, dpi=80), "Spearman r_s by organ system and sex")
+        parts.append(f'<a href="{relative_link(saved[0], figure_dir.parent)}">{picture}</a>')
     pictures = strongest_first(list((stats_dir / "figures").glob("*__*.png")), correlations)
     parts += [_image(p.read_bytes(), p.stem) for p in pictures[:MAX_STRUCTURE_FIGURES]]
     if len(pictures) > MAX_STRUCTURE_FIGURES:
@@ -232,7 +241,9 @@ def aging_html(stats_dir: Path, aging: dict[str, pd.DataFrame | None], state: St
         else:
             shown = table.head(MAX_TABLE_ROWS)
             more = f", first {MAX_TABLE_ROWS} shown; all in {stats_dir.name}/{name}.csv" if len(table) > MAX_TABLE_ROWS else ""
-            parts.append(_details(f"{name} ({len(table)} rows{more})", _table(shown)))
+            csv = stats_dir / f"{name}.csv"
+            link = f'<p><a href="{relative_link(csv, figure_dir.parent)}">{name}.csv</a></p>' if csv.exists() else ""
+            parts.append(_details(f"{name} ({len(table)} rows{more})", link + _table(shown)))
     return "\n".join(parts)
 
 
@@ -300,6 +311,18 @@ def _contrast_column(state: StatsState) -> str:
     """The manifest column the stats read the contrast phase from; the default config's when none were made."""
     config = state.provenance.get("config") or {}
     return (config.get("contrast") or {}).get("column", load_aging_config().contrast.column)
+
+
+def relative_link(target: Path, page_dir: Path) -> str:
+    """``target`` as an ``href`` of a page in ``page_dir``: relative, so that the results folder moved or
+    zipped whole keeps its links, and URL-quoted (a series id may hold a space or ``#``).
+
+    >>> relative_link(Path("/data/results/qc/S 1#2/liver.png"), Path("/data/results"))
+    'qc/S%201%232/liver.png'
+    >>> relative_link(Path("/data/results/aging/trends.csv"), Path("/data/pages"))
+    '../results/aging/trends.csv'
+    """
+    return urllib.parse.quote(Path(os.path.relpath(Path(target).absolute(), Path(page_dir).absolute())).as_posix())
 
 
 def _age_groups(state: StatsState) -> AgeGroups:

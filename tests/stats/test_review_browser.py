@@ -78,6 +78,23 @@ def test_report_loads_clean_with_an_overlay_per_flagged_series(run_dir: Path, br
     page.screenshot(path=shots / "report.png", full_page=True)
 
 
+def test_a_report_moved_elsewhere_opens_its_full_size_overlays(run_dir: Path, browser,  # type: ignore[no-untyped-def]
+                                                                tmp_path: Path) -> None:
+    """Thumbnails link to their mosaic in ``qc/``, relative to the page: the folder moved whole keeps them."""
+    write_report(run_dir)
+    moved = tmp_path / "moved" / "results"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("labels.zarr"))
+    page, errors = _page(browser)
+    page.goto((moved / "report.html").as_uri(), wait_until="load")
+    link = page.locator(".card a").first
+    assert link.get_attribute("href").startswith("qc/")
+    link.click()
+    page.wait_for_load_state("load")
+    assert page.url.startswith((moved / "qc").as_uri())
+    assert page.evaluate("document.images[0].naturalWidth") == 900
+    assert errors == []
+
+
 @pytest.fixture()
 def review_url(run_dir: Path) -> Iterator[str]:
     server = make_server(ReviewSite.load(run_dir), port=0)

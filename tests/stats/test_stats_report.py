@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 from pathlib import Path
 
 import matplotlib.image
@@ -48,7 +49,8 @@ def report(results: Path) -> Path:
 def test_report_is_self_contained_and_complete(report: Path) -> None:
     text = report.read_text()
     assert report.name == "report.html"
-    assert re.search(r"""(src|href)=["'](?!data:)""", text) is None  # nothing fetched from outside
+    assert re.search(r"""src=["'](?!data:)""", text) is None  # nothing fetched, every image inline
+    assert all(not re.match(r"[a-z]+:|/", href) for href in re.findall(r'href="([^"]*)"', text))  # links relative
     for heading in ("Run details", "Table 1: cohort characteristics", "Exclusions by age group and sex",
                     "Who to look at", "Failures", "QC overview", "Aging study", "truncated gzip stream",
                     "Up to date with the run"):
@@ -363,3 +365,21 @@ def test_adjusted_p_values_that_underflow_read_as_p_does(report: Path, results: 
     first = re.findall(r"<td>([^<]*)</td>", table.split("<tbody>")[1].split("</tr>")[0])
     cells = dict(zip(header, first))
     assert cells["p"] == cells["p_fdr"] == cells["p_bonferroni"] == "&lt; 1e-300"
+
+
+def _links(page: Path) -> list[Path]:
+    return [page.parent / urllib.parse.unquote(href) for href in re.findall(r'href="([^"]*)"', page.read_text())]
+
+
+def test_links_are_relative_and_survive_moving_the_folder(report: Path, results: Path, tmp_path: Path) -> None:
+    """The page named ``qc/`` and the CSVs but linked to nothing: a reader could not open a full-size overlay,
+    the 300 dpi figures or a table's CSV from it. Its links are relative, so the folder moved whole keeps them
+    (the overlays' links, which need a real run's images: test_review_browser)."""
+    moved = tmp_path / "elsewhere" / "results"
+    shutil.copytree(results, moved)
+    page = moved / report.name
+    links = _links(page)
+    assert {"correlations.csv", "qc_by_system.png", "correlation_heatmap.png"} <= {link.name for link in links}
+    assert links and all(link.is_file() for link in links)
+    outside = write_report(moved, out_path=tmp_path / "pages" / "report.html")  # --out in another folder
+    assert _links(outside) and all(link.is_file() for link in _links(outside))
