@@ -35,7 +35,8 @@ from cohort.stats.cohort_table import AgeGroups, study_status
 from cohort.stats.config import load_aging_config
 from cohort.stats.freshness import StatsState, check_stats
 from cohort.stats.overlays import OverlayRequest, ensure_overlays
-from cohort.stats.review_store import latest_decisions, read_decisions
+from cohort.stats.review import newest_decisions
+from cohort.stats.review_store import read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
 from cohort.stats.triage import QueueSizes, ReviewQueue, review_queue
 
@@ -77,7 +78,6 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
     aging = {name: _read_table(stats_dir / f"{name}.parquet") for name in AGING_TABLES}
     groups = _age_groups(state)
     review = read_decisions(results_dir)
-    decisions = latest_decisions(review)
     queue = review_queue(features, series, aging["zscores"])
     figure_dir = out_path.parent / "report-figures"
     body = [
@@ -85,7 +85,7 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
         "<h2>Table 1: cohort characteristics</h2>", _table(characteristics(series, groups, _contrast_column(state))),
         "<h3>Exclusions by age group and sex</h3>",
         _table(exclusions_by_group(series, features, groups, review)),
-        who_to_look_at_html(results_dir, queue, decisions, workers, out_path.parent),
+        who_to_look_at_html(results_dir, queue, review, workers, out_path.parent),
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),
     ]
@@ -146,14 +146,16 @@ def run_details_html(results_dir: Path, series: pd.DataFrame, features: pd.DataF
                       "<h3>Models and settings</h3>", _table(models)])
 
 
-def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: pd.DataFrame, workers: int,
+def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, review: pd.DataFrame, workers: int,
                         page_dir: Path) -> str:
     """The four review lists, each row with its overlay thumbnail (a link to the full-size mosaic in
-    ``qc/``, relative to ``page_dir``, where the page is), reasons and values."""
+    ``qc/``, relative to ``page_dir``, where the page is), reasons, values and the newest review
+    decision that applies to it (``review``: every decision), as the study applies them."""
     requests = [OverlayRequest(sid, structure) for sid, structure in queue.overlay_requests()]
     overlays = {o.request: o for o in ensure_overlays(results_dir, requests, workers)}
-    verdict = {(d.series_id, d.structure if isinstance(d.structure, str) else None): d.decision
-               for d in decisions.itertuples()}
+    listed = pd.DataFrame([(r.series_id, r.structure) for r in requests], columns=["series_id", "structure"])
+    verdict = {(r.series_id, r.structure): decision for r, decision in zip(requests, newest_decisions(review, listed))
+               if isinstance(decision, str)}
 
     def cards(rows: pd.DataFrame, structure_column: str | None, caption) -> str:
         items = []
@@ -165,7 +167,7 @@ def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: pd.Dat
                        f'{_image(overlay.request.thumbnail(results_dir).read_bytes(), f"overlay {sid}")}</a>'
                        if overlay.path
                        else f'<p class="note">{html.escape(overlay.problem or "")}</p>')
-            decided = verdict.get((sid, structure)) or verdict.get((sid, None))
+            decided = verdict.get((sid, structure))
             items.append(f'<div class="card" data-series="{html.escape(sid)}">{picture}<b>{html.escape(sid)}</b>'
                          f"{' (' + decided + 'ed in review)' if decided else ''}<br>{caption(row)}</div>")
         return f'<div class="cards">{"".join(items)}</div>' if items else '<p class="note">none</p>'

@@ -25,8 +25,8 @@ from cohort.stats.review import rejected
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
 from cohort.stats.review_server import ReviewSite
-from cohort.stats.triage import flagged_series, flags, suspicious_structures, unexpected_absences
-from cohort.testing.cohorts import cohort_from_values
+from cohort.stats.triage import flagged_series, flags, review_queue, suspicious_structures, unexpected_absences
+from cohort.testing.cohorts import cohort_from_values, make_cohort
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 GROUPS = AgeGroups.from_edges((41, 59, 78))
@@ -383,3 +383,16 @@ def test_links_are_relative_and_survive_moving_the_folder(report: Path, results:
     assert links and all(link.is_file() for link in links)
     outside = write_report(moved, out_path=tmp_path / "pages" / "report.html")  # --out in another folder
     assert _links(outside) and all(link.is_file() for link in _links(outside))
+
+
+def test_a_card_says_the_newest_decision_that_applies_as_the_study_reads_it(tmp_path: Path) -> None:
+    """Accept pancreas, later reject the whole series: the study excludes pancreas (the newer decision applies),
+    but the card of that series and structure said "accepted in review" (a structure's own decision won)."""
+    results = make_cohort(n_subjects=40, n_structures=6, seed=3).write(tmp_path / "results")
+    queue = review_queue(pd.read_parquet(results / "features"), pd.read_parquet(results / "series"), None)
+    series_id, structure = queue.flagged[["series_id", "worst"]].iloc[0]
+    append_decision(results, Decision(series_id, "accept", "ab", structure, decided_at=pd.Timestamp("2026-01-01", tz="UTC")))
+    append_decision(results, Decision(series_id, "reject", "cd", None, "motion", pd.Timestamp("2026-01-02", tz="UTC")))
+    assert rejected(read_decisions(results), pd.DataFrame({"series_id": [series_id], "structure": [structure]}))[0]
+    flagged = write_report(results).read_text().split("most flagged structures")[1].split("<h3>")[0]
+    assert f"<b>{series_id}</b> (rejected in review)" in flagged and "accepted" not in flagged
