@@ -93,6 +93,15 @@ class Overlay:
     problem: str | None = None
 
 
+def overlay_alt(series_id: str, structure: str | None) -> str:
+    """The text alternative of a mosaic: which series and which structure it shows.
+
+    >>> overlay_alt("S1", "liver"), overlay_alt("S1", None)
+    ('overlay of S1: liver highlighted', 'overlay of S1: all structures')
+    """
+    return f"overlay of {series_id}: {structure + ' highlighted' if structure else 'all structures'}"
+
+
 def ensure_overlays(results_dir: Path, requests: list[OverlayRequest], workers: int = 2) -> list[Overlay]:
     """The mosaics of ``requests``, drawing those not cached yet in ``workers`` forked processes."""
     results_dir = Path(results_dir)

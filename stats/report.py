@@ -34,7 +34,7 @@ from cohort.stats import report_figures as figures
 from cohort.stats.cohort_table import AgeGroups, study_status
 from cohort.stats.config import load_aging_config
 from cohort.stats.freshness import StatsState, check_stats
-from cohort.stats.overlays import OverlayRequest, ensure_overlays
+from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
 from cohort.stats.review import newest_decisions
 from cohort.stats.review_store import read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
@@ -164,7 +164,7 @@ def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, review: pd.DataFr
             overlay = overlays[OverlayRequest(row["series_id"] if "series_id" in row else row["example"], structure)]
             sid = overlay.request.series_id
             picture = (f'<a href="{relative_link(overlay.path, page_dir)}">'
-                       f'{_image(overlay.request.thumbnail(results_dir).read_bytes(), f"overlay {sid}")}</a>'
+                       f'{_image(overlay.request.thumbnail(results_dir).read_bytes(), overlay_alt(sid, structure))}</a>'
                        if overlay.path
                        else f'<p class="note">{html.escape(overlay.problem or "")}</p>')
             decided = verdict.get((sid, structure))

@@ -42,7 +42,7 @@ import pandas as pd
 
 from cohort.errors import RunCannotStart
 from cohort.store.layout import missing_table
-from cohort.stats.overlays import OverlayRequest, ensure_overlays
+from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
 from cohort.stats.report import _page, _table
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.triage import ReviewQueue, review_queue
@@ -56,8 +56,9 @@ FORM = " ".join((  # one line: in a table cell pandas would show a newline as a 
     '<input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">',
     '<input type="hidden" name="back" value="{back}"><input type="hidden" name="token" value="{token}">',
     '<input name="reviewer" value="{reviewer}" size="8" aria-label="reviewer" required>',
-    '<input name="comment" placeholder="why" size="28" aria-label="comment">',
-    '<button name="decision" value="accept">accept</button> <button name="decision" value="reject">reject</button></form>'))
+    '<input name="comment" placeholder="why" size="28" aria-label="comment on {what}">',
+    '<button name="decision" value="accept" aria-label="accept {what}">accept</button>',
+    '<button name="decision" value="reject" aria-label="reject {what}">reject</button></form>'))
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,12 @@ class ReviewSite:
     def _image(self, series_id: str, structure: str | None, thumbnail: bool = False) -> str:
         name = f"{structure or 'series'}{'.thumb' if thumbnail else ''}.png"
         source = f"/qc/{urllib.parse.quote(series_id)}/{urllib.parse.quote(name)}"
-        return f'<img loading="lazy" alt="overlay {html.escape(series_id)}" src="{source}">'
+        return f'<img loading="lazy" alt="{html.escape(overlay_alt(series_id, structure))}" src="{source}">'
 
     def _form(self, series_id: str, structure: str | None, back: str) -> str:
+        what = f"{structure} of {series_id}" if structure else f"the whole series {series_id}"
         return FORM.format(series_id=html.escape(series_id), structure=html.escape(structure or ""),
+                           what=html.escape(what),
                            back=html.escape(back), reviewer=html.escape(self.reviewer),
                            token=html.escape(self.token))
 

@@ -176,3 +176,18 @@ def test_a_flagged_card_opens_its_structure_overlay_and_the_decision_shows_there
     assert errors == []
     newest = pd.read_parquet(run_dir / "review.parquet").iloc[-1]
     assert [newest["series_id"], newest["structure"], newest["decision"]] == [series_id, structure, "reject"]
+
+
+def test_each_overlay_and_button_says_which_structure(browser, review_url: str, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """To a screen reader the 117 rows of a series page were 117 buttons "accept" and "reject", and every
+    thumbnail of a series "overlay <series>", whichever structure it highlights."""
+    page, errors = _page(browser)
+    page.goto(review_url + "/series/example_full", wait_until="load")
+    assert page.get_by_role("button", name="reject liver of example_full", exact=True).count() == 1
+    assert page.get_by_role("button", name="accept the whole series example_full", exact=True).count() == 1
+    assert page.get_by_role("textbox", name="comment on liver of example_full", exact=True).count() == 1
+    assert page.get_by_role("img", name="overlay of example_full: all structures", exact=True).count() == 1
+    page.goto(write_report(run_dir).as_uri(), wait_until="load")
+    alts = page.eval_on_selector_all(".card img", "images => images.map(i => i.alt)")
+    assert "overlay of example_full: aorta highlighted" in alts and "overlay of example_dicom: all structures" in alts
+    assert errors == []
