@@ -29,6 +29,7 @@ import hmac
 import html
 import logging
 import secrets
+import sys
 import textwrap
 import threading
 import urllib.parse
@@ -358,7 +359,17 @@ def make_server(site: ReviewSite, port: int = 0) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug(format, *args)
 
-    return ThreadingHTTPServer((HOST, port), Handler)
+    return ReviewServer((HOST, port), Handler)
+
+
+class ReviewServer(ThreadingHTTPServer):
+    """The review site's server: a browser that leaves before its answer is not an error."""
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # reset or closed: another page was opened meanwhile
+            log.debug("review: %s left before the answer", client_address[0])
+            return
+        super().handle_error(request, client_address)
 
 
 def serve(results_dir: Path, port: int = 8765, stats_dir: Path | None = None,

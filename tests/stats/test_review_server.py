@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import http.client
 import re
+import socket
+import struct
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -240,3 +242,15 @@ def test_a_structure_opens_with_its_own_overlay_and_shows_its_newest_decision(re
     row = page.split(f">{structure}</a>")[1].split("</tr>")[0]
     assert "reject (tester, " in row
     assert review.request("GET", f"/series/{review.series_id}?structure=no_such_structure").status == 404
+
+
+def test_a_browser_leaving_before_the_answer_is_not_a_traceback(review: Review, capfd: pytest.CaptureFixture) -> None:
+    """A reviewer who opens another page while thumbnails are still being drawn closes those connections: the
+    server printed a BrokenPipeError traceback for each into the terminal, as if it had crashed."""
+    for _ in range(5):
+        client = socket.create_connection(("127.0.0.1", review.port))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        client.sendall(f"GET /series/{review.series_id} HTTP/1.1\r\nHost: 127.0.0.1:{review.port}\r\n\r\n".encode())
+        client.close()
+    assert review.request("GET", "/").status == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
