@@ -9,7 +9,8 @@ intensities have no fixed scale, from its 1st to its 99th percentile.
 
 Mosaics are cached under ``results/qc/<series_id>/<structure or "series">.png`` (the
 contract's ``qc/`` folder) and made on demand by :func:`ensure_overlays`, in parallel; nothing
-draws all series of a cohort unless asked to.
+draws all series of a cohort unless asked to. Each draw writes its own temporary file and renames it,
+so threads of the review server, reviewers and ``cohort report`` may draw the same mosaic at once.
 
 The image is found through the run's own records: the series row's ``manifest_line`` in the
 manifest that ``runs/*.json`` names (with its ``series_uid`` when the row's folder holds several
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +176,7 @@ def _draw_cached(results_dir: Path, request: OverlayRequest, image: ImageSource 
     figure = overlay_figure(volume.hu, labels.labels, volume.affine, highlight, window)
     request.path(results_dir).parent.mkdir(parents=True, exist_ok=True)
     for path, dpi in ((request.path(results_dir), FULL_DPI), (request.thumbnail(results_dir), THUMBNAIL_DPI)):
-        temporary = path.with_name(f".{path.name}.tmp")
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # its own: others may draw it at once
         figure.savefig(temporary, format="png", dpi=dpi, facecolor="black")
         temporary.replace(path)
     return Overlay(request, request.path(results_dir))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib.image
@@ -112,3 +113,17 @@ def test_one_series_of_a_dicom_folder_holding_two_is_drawn(examples: Path, tmp_p
     bone, = ensure_overlays(out, [OverlayRequest("d1", "vertebrae_L4")], workers=1)
     assert bone.problem is None and _yellow(bone.path).sum() > 500
 
+
+
+def test_one_mosaic_asked_for_by_several_threads_at_once_is_drawn_without_error(run_dir: Path) -> None:
+    """The review page requests a card's thumbnail once per list it is in (and reviewers share a results folder):
+    the draws wrote the same temporary file, so all but the first rename failed with FileNotFoundError and the
+    browser got no picture."""
+    request = OverlayRequest("example_fast", "spleen")
+    for _ in range(3):
+        shutil.rmtree(request.path(run_dir).parent, ignore_errors=True)
+        with ThreadPoolExecutor(8) as pool:
+            drawn = list(pool.map(lambda _: ensure_overlays(run_dir, [request], workers=1)[0], range(8)))
+        assert [o.problem for o in drawn] == [None] * 8
+    assert matplotlib.image.imread(request.thumbnail(run_dir)).shape[:2] == (240, 360)
+    assert sorted(p.name for p in request.path(run_dir).parent.iterdir()) == ["spleen.png", "spleen.thumb.png"]
