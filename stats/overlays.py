@@ -7,6 +7,9 @@ every label's outline in its own colour. A CT is shown in the soft-tissue window
 or the bone window (W 1800 / L 400) when the structure of interest is a bone; an MR, whose
 intensities have no fixed scale, from its 1st to its 99th percentile.
 
+A structure the study pools from parts (``kidney``, ``stats/pooled_structures.csv``) is highlighted
+as the union of its parts, as z-score outliers of pooled rows are listed for review.
+
 Mosaics are cached under ``results/qc/<series_id>/<structure or "series">.png`` (the
 contract's ``qc/`` folder) and made on demand by :func:`ensure_overlays`, in parallel; nothing
 draws all series of a cohort unless asked to. Each draw writes its own temporary file and renames it,
@@ -38,6 +41,7 @@ from cohort.config import ConfigError, load_class_map
 from cohort.errors import SeriesError
 from cohort.ingest import InputName, load_ct
 from cohort.manifest import load_manifest
+from cohort.stats.pooled import parts_of
 from cohort.store import label_map_attributes, read_label_map
 
 log = logging.getLogger(__name__)
@@ -161,9 +165,11 @@ def _draw_cached(results_dir: Path, request: OverlayRequest, image: ImageSource 
         attributes = label_map_attributes(results_dir / "labels.zarr", sid)
     except (FileNotFoundError, KeyError, ValueError, OSError):
         return Overlay(request, None, f"{sid}: no label map in labels.zarr")
-    highlight = None
+    highlight, drawn = None, labels.labels
     if request.structure is not None:
         highlight = structure_label(attributes, request.structure)
+        if highlight is None:
+            highlight, drawn = pooled_highlight(attributes, request.structure, labels.labels)
         if highlight is None:
             return Overlay(request, None, f"{sid}: {request.structure!r} is not a structure of its label map")
     try:
@@ -173,7 +179,7 @@ def _draw_cached(results_dir: Path, request: OverlayRequest, image: ImageSource 
     if volume.hu.shape != labels.labels.shape:
         return Overlay(request, None, f"{sid}: label map and image differ in shape")
     window = display_window(volume.hu, attributes.get("modality", "CT"), highlight)
-    figure = overlay_figure(volume.hu, labels.labels, volume.affine, highlight, window)
+    figure = overlay_figure(volume.hu, drawn, volume.affine, highlight, window)
     request.path(results_dir).parent.mkdir(parents=True, exist_ok=True)
     for path, dpi in ((request.path(results_dir), FULL_DPI), (request.thumbnail(results_dir), THUMBNAIL_DPI)):
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # its own: others may draw it at once
@@ -202,6 +208,24 @@ def structure_label(attributes: dict, structure: str) -> tuple[int, str] | None:
             return None
         names = {name: label for label, name in class_map.names.items()}
     return (names[structure], structure) if structure in names else None
+
+
+def pooled_highlight(attributes: dict, structure: str,
+                     labels: np.ndarray) -> tuple[tuple[int, str] | None, np.ndarray]:
+    """A structure the study pools from parts (``kidney``: both kidneys) drawn as one: ``(label id, name)``
+    to highlight and ``labels`` with every part's voxels under the first part's id; ``(None, labels)``
+    when ``structure`` is not pooled from structures of this map.
+
+    >>> highlight, drawn = pooled_highlight({"structures": {"2": "kidney_right", "3": "kidney_left"}}, "kidney",
+    ...                                     np.array([0, 2, 3]))
+    >>> highlight, drawn.tolist()
+    ((3, 'kidney'), [0, 3, 3])
+    """
+    parts = [structure_label(attributes, part) for part in parts_of(structure)]
+    if not parts or None in parts:
+        return None, labels
+    ids = [label for label, _ in parts]
+    return (ids[0], structure), np.where(np.isin(labels, ids), ids[0], labels)
 
 
 def display_window(image: np.ndarray, modality: str, highlight: tuple[int, str] | None = None) -> Window:

@@ -27,6 +27,17 @@ from cohort.errors import ConfigError
 STATS_DIR = Path(__file__).parent
 STATUS_SEVERITY = ("ok", "fov_truncated", "below_lower_bound", "absent")
 MEAN_COLUMNS = ("mean_hu", "mean_intensity")  # pooled as volume-weighted means
+DEFAULT_DEFINITIONS = "pooled_structures.csv"  # the default configuration's (aging_default.yaml)
+
+
+def parts_of(pooled: str, name: str = DEFAULT_DEFINITIONS) -> list[str]:
+    """The structures ``pooled`` is built from in the definitions ``name`` (``[]``: not a pooled structure).
+
+    >>> parts_of("kidney"), parts_of("liver")
+    (['kidney_left', 'kidney_right'], [])
+    """
+    definitions = load_pooled_definitions(name)
+    return definitions.loc[definitions["pooled"] == pooled, "structure"].tolist()
 
 
 def load_pooled_definitions(name: str) -> pd.DataFrame:

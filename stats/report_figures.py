@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cohort.config import config_file
-from cohort.stats.pooled import load_pooled_definitions
+from cohort.stats.pooled import DEFAULT_DEFINITIONS, load_pooled_definitions
 
 READABLE_METRICS = {"volume_ml": "volume", "mean_hu": "mean HU", "std_hu": "SD of HU", "median_hu": "median HU",
                     "mean_intensity": "mean intensity", "fat_fraction": "fat fraction"}
@@ -33,17 +33,16 @@ FORMATS = ("png", "svg", "pdf")
 
 
 PARTS_FILES = ("class_map_total_v2_parts.csv", "class_map_total_v3_parts.csv", "class_map_total_mr_parts.csv")
-POOLED_FILE = "pooled_structures.csv"  # the study's default pooled rows (stats/aging_default.yaml)
 
 
 def organ_systems() -> pd.Series:
     """Structure name -> organ system (the TotalSegmentator model part it belongs to; the first
     of :data:`PARTS_FILES` that has it, so the heart stays ``cardiac`` in an MR report although
     the MR model trains it with the organs). A structure the study pools from parts (``kidney``
-    from ``kidney_left`` and ``kidney_right``, :data:`POOLED_FILE`) is in its parts' system."""
+    from ``kidney_left`` and ``kidney_right``, the default pooled definitions) is in its parts' system."""
     parts = pd.concat([pd.read_csv(config_file(name)) for name in PARTS_FILES]).drop_duplicates("structure")
     systems = pd.Series(parts["part"].str.removeprefix("class_map_part_").to_numpy(), index=parts["structure"])
-    pooled = load_pooled_definitions(POOLED_FILE).assign(system=lambda d: d["structure"].map(systems))
+    pooled = load_pooled_definitions(DEFAULT_DEFINITIONS).assign(system=lambda d: d["structure"].map(systems))
     pooled = pooled.dropna(subset=["system"]).drop_duplicates("pooled").set_index("pooled")["system"]
     return pd.concat([systems, pooled[~pooled.index.isin(systems.index)]])
 

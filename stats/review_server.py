@@ -44,6 +44,7 @@ import pandas as pd
 from cohort.errors import RunCannotStart
 from cohort.store.layout import missing_table
 from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
+from cohort.stats.pooled import parts_of
 from cohort.stats.report import _page, _table
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.triage import ReviewQueue, review_queue
@@ -177,10 +178,14 @@ class ReviewSite:
         return Picture((request.thumbnail(self.results_dir) if thumbnail else overlay.path).read_bytes(), "image/png")
 
     def known(self, series_id: str, structure: str | None) -> bool:
+        """Whether the run has the series and, if named, the structure in it: one it measured, or one the
+        study pools from measured parts (``kidney``), whose z-score outliers the queue lists."""
         rows = self.features["series_id"] == series_id
-        if structure is not None:
-            rows &= self.features["structure"] == structure
-        return bool(rows.any()) or (structure is None and bool((self.series["series_id"] == series_id).any()))
+        if structure is None:
+            return bool(rows.any()) or bool((self.series["series_id"] == series_id).any())
+        measured = set(self.features.loc[rows, "structure"])
+        parts = parts_of(structure)
+        return structure in measured or bool(parts) and set(parts) <= measured
 
     def decide(self, form: dict[str, str]) -> Decision:
         structure = form.get("structure") or None

@@ -127,3 +127,13 @@ def test_one_mosaic_asked_for_by_several_threads_at_once_is_drawn_without_error(
         assert [o.problem for o in drawn] == [None] * 8
     assert matplotlib.image.imread(request.thumbnail(run_dir)).shape[:2] == (240, 360)
     assert sorted(p.name for p in request.path(run_dir).parent.iterdir()) == ["spleen.png", "spleen.thumb.png"]
+
+
+def test_a_pooled_structure_is_highlighted_as_both_its_parts(run_dir: Path) -> None:
+    """A z-score outlier of a pooled row (``kidney``, from ``kidney_left`` and ``kidney_right``) is listed for review,
+    but its overlay was "'kidney' is not a structure of its label map" instead of a picture."""
+    pooled, left = OverlayRequest("example_full", "kidney"), OverlayRequest("example_full", "kidney_left")
+    overlays = ensure_overlays(run_dir, [pooled, left], workers=1)
+    assert [o.problem for o in overlays] == [None, None]
+    both, one = _yellow(pooled.path(run_dir)), _yellow(left.path(run_dir))
+    assert both.sum() > 1.5 * one.sum() > 0

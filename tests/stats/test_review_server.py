@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from cohort.cli import main
+from cohort.stats import run_stats
 from cohort.stats.review_server import ReviewSite, make_server
 from cohort.stats.review_store import read_decisions
 from cohort.testing.cohorts import make_cohort
@@ -254,3 +255,21 @@ def test_a_browser_leaving_before_the_answer_is_not_a_traceback(review: Review, 
         client.close()
     assert review.request("GET", "/").status == 200  # still serving
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_pooled_outlier_of_the_queue_can_be_opened_and_rejected(tmp_path: Path) -> None:
+    """The queue lists z-score outliers of pooled rows (``kidney``), but the review site knew only measured
+    structures: their page was a 404, their picture broken, and their accept/reject a 400. A reject of the
+    pooled row now lands in review.parquet, and the study excludes that row (rejected_in_review)."""
+    results = make_cohort(n_subjects=40, n_structures=12, seed=5).write(tmp_path / "results")
+    site = ReviewSite.load(results)
+    studied = site.series[(site.series["status"] == "done") & site.series["age"].notna()]
+    series_id = str(studied["series_id"].iloc[0])
+    assert site.known(series_id, "kidney") and not site.known(series_id, "lung")  # its lobes were not measured
+    page = site.series_page(series_id, "kidney")
+    assert "<h2>kidney</h2>" in page and 'aria-label="reject kidney of ' in page
+    site.decide({"series_id": series_id, "structure": "kidney", "decision": "reject", "reviewer": "ab"})
+    run_stats(results, figures="none")
+    exclusions = pd.read_parquet(results / "aging" / "exclusions.parquet").set_index(["structure", "reason"])
+    assert exclusions.loc[("kidney", "rejected_in_review"), "n_series"] == 1
+    assert exclusions.loc[("kidney_left", "rejected_in_review"), "n_series"] == 0
