@@ -12,7 +12,8 @@ as the union of its parts, as z-score outliers of pooled rows are listed for rev
 
 Mosaics are cached under ``results/qc/<series_id>/<structure or "series">.png`` (the
 contract's ``qc/`` folder) and made on demand by :func:`ensure_overlays`, in parallel; nothing
-draws all series of a cohort unless asked to. Each draw writes its own temporary file and renames it,
+draws all series of a cohort unless asked to. A mosaic carries the ``source_key`` of the label map it
+was drawn from (a PNG text chunk): once the series is recomputed, it is drawn again. Each draw writes its own temporary file and renames it,
 so threads of the review server, reviewers and ``cohort report`` may draw the same mosaic at once.
 
 The image is found through the run's own records: the series row's ``manifest_line`` in the
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import PIL.Image
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy import ndimage
@@ -52,6 +54,7 @@ BONE_WORDS = ("vertebra", "rib", "sacrum", "femur", "hip", "humerus", "scapula",
 WHOLE_SERIES = "series"
 HIGHLIGHT = np.array([1.0, 0.9, 0.0, 1.0])
 FULL_DPI, THUMBNAIL_DPI = 100, 40
+KEY_IN_PNG = "cohort label map"  # PNG text chunk: the source_key of the label map a mosaic was drawn from
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,12 @@ def overlay_alt(series_id: str, structure: str | None) -> str:
 
 
 def ensure_overlays(results_dir: Path, requests: list[OverlayRequest], workers: int = 2) -> list[Overlay]:
-    """The mosaics of ``requests``, drawing those not cached yet in ``workers`` forked processes."""
+    """The mosaics of ``requests``, drawing those not cached yet (or drawn from an earlier label map of
+    their series) in ``workers`` forked processes."""
     results_dir = Path(results_dir)
     requests = list(dict.fromkeys(requests))
-    todo = [r for r in requests if not r.thumbnail(results_dir).exists()]
+    keys = {sid: label_map_key(results_dir, sid) for sid in {r.series_id for r in requests}}
+    todo = [r for r in requests if not is_current(r.thumbnail(results_dir), keys[r.series_id])]
     made: dict[OverlayRequest, Overlay] = {}
     if todo:
         images = image_sources(results_dir, {r.series_id for r in todo})
@@ -124,6 +129,29 @@ def ensure_overlays(results_dir: Path, requests: list[OverlayRequest], workers: 
                 made = dict(zip(todo, pool.map(_draw_cached, *zip(*jobs))))
         log.info("overlays: %d drawn in %s", len(todo), results_dir / "qc")
     return [made.get(r) or Overlay(r, r.path(results_dir)) for r in requests]
+
+
+def label_map_key(results_dir: Path, series_id: str) -> str | None:
+    """The ``source_key`` of a series' label map (the digest of the model, its weights and the input
+    files that made it), or None (no label map, or one written before cohort recorded the key)."""
+    try:
+        return label_map_attributes(Path(results_dir) / "labels.zarr", series_id).get("source_key")
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return None
+
+
+def is_current(mosaic: Path, key: str | None) -> bool:
+    """Whether the cached ``mosaic`` exists and was drawn from the label map whose key is ``key``: a
+    series recomputed (``cohort run --recompute changed``) is drawn again, not shown as it was."""
+    if not mosaic.exists():
+        return False
+    if key is None:
+        return True
+    try:
+        with PIL.Image.open(mosaic) as image:
+            return image.text.get(KEY_IN_PNG) == key
+    except (OSError, ValueError):
+        return False
 
 
 def image_sources(results_dir: Path, series_ids: set[str]) -> dict[str, ImageSource]:
@@ -183,7 +211,8 @@ def _draw_cached(results_dir: Path, request: OverlayRequest, image: ImageSource 
     request.path(results_dir).parent.mkdir(parents=True, exist_ok=True)
     for path, dpi in ((request.path(results_dir), FULL_DPI), (request.thumbnail(results_dir), THUMBNAIL_DPI)):
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # its own: others may draw it at once
-        figure.savefig(temporary, format="png", dpi=dpi, facecolor="black")
+        figure.savefig(temporary, format="png", dpi=dpi, facecolor="black",
+                       metadata={KEY_IN_PNG: attributes["source_key"]} if attributes.get("source_key") else None)
         temporary.replace(path)
     return Overlay(request, request.path(results_dir))
 

@@ -17,7 +17,7 @@ from testkit import cohort_cli, mr_from_example, write_manifest
 from cohort.config import load_class_map
 from cohort.ingest import load_ct
 from cohort.stats.overlays import OverlayRequest, display_window, ensure_overlays, structure_label
-from cohort.store import label_map_attributes
+from cohort.store import label_map_attributes, read_label_map, write_label_map
 from tests.export.pacs import Patient, Study, example_slices, write_series
 
 YELLOW = np.array([1.0, 0.9, 0.0])
@@ -137,3 +137,26 @@ def test_a_pooled_structure_is_highlighted_as_both_its_parts(run_dir: Path) -> N
     assert [o.problem for o in overlays] == [None, None]
     both, one = _yellow(pooled.path(run_dir)), _yellow(left.path(run_dir))
     assert both.sum() > 1.5 * one.sum() > 0
+
+
+def test_a_recomputed_series_is_drawn_again_not_shown_from_the_cache(run_dir: Path, tmp_path: Path) -> None:
+    """``cohort run --recompute changed`` rewrites a series' label map (other weights, changed input files), but a
+    mosaic in qc/ counted as cached as long as its file existed: the report and the review page went on showing
+    the old segmentation. A mosaic now carries its label map's source_key and is drawn again when that changes."""
+    results = tmp_path / "results"
+    shutil.copytree(run_dir, results, ignore=shutil.ignore_patterns("qc"))
+    fast, full = OverlayRequest("example_fast", "liver"), OverlayRequest("example_full", "liver")
+    ensure_overlays(results, [fast, full], workers=1)
+    before = matplotlib.image.imread(fast.path(results))
+    store = results / "labels.zarr"
+    attributes = label_map_attributes(store, "example_full")
+    kept = {k: v for k, v in attributes.items() if k not in ("affine", "spacing_mm", "source_key", "complete")}
+    write_label_map(store, "example_fast", read_label_map(store, "example_full"), kept, "recomputed")
+    after, = ensure_overlays(results, [fast], workers=1)
+    assert after.problem is None
+    redrawn = matplotlib.image.imread(fast.path(results))
+    assert not np.array_equal(redrawn, before)
+    assert np.array_equal(redrawn, matplotlib.image.imread(full.path(results)))  # same CT, now the same label map
+    drawn = fast.path(results).stat().st_mtime_ns
+    ensure_overlays(results, [fast], workers=1)
+    assert fast.path(results).stat().st_mtime_ns == drawn  # and cached again
