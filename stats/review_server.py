@@ -57,6 +57,8 @@ FORM = " ".join((  # one line: in a table cell pandas would show a newline as a 
     '<form method="post" action="/decide" class="decide">',
     '<input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">',
     '<input type="hidden" name="back" value="{back}"><input type="hidden" name="token" value="{token}">',
+    # the form's default button, which Enter in a field presses: disabled, so Enter decides nothing (else "accept")
+    '<button type="submit" disabled hidden aria-hidden="true"></button>',
     '<input name="reviewer" value="{reviewer}" size="8" aria-label="reviewer" required>',
     '<input name="comment" placeholder="why" size="28" aria-label="comment on {what}">',
     '<button name="decision" value="accept" aria-label="accept {what}">accept</button>',

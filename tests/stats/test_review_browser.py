@@ -191,3 +191,21 @@ def test_each_overlay_and_button_says_which_structure(browser, review_url: str, 
     alts = page.eval_on_selector_all(".card img", "images => images.map(i => i.alt)")
     assert "overlay of example_full: aorta highlighted" in alts and "overlay of example_dicom: all structures" in alts
     assert errors == []
+
+
+def test_enter_in_the_comment_field_decides_nothing(browser, review_url: str, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Enter in a form field presses the form's first submit button, "accept": a reviewer who typed why they
+    reject and pressed Enter recorded an accept with that reason."""
+    before = pd.read_parquet(run_dir / "review.parquet") if (run_dir / "review.parquet").exists() else None
+    page, errors = _page(browser)
+    page.goto(review_url + "/series/example_full?structure=stomach", wait_until="load")
+    comment = page.get_by_role("textbox", name="comment on stomach of example_full", exact=True).first
+    comment.fill("leaks into the spleen")
+    comment.press("Enter")
+    page.wait_for_timeout(500)
+    after = pd.read_parquet(run_dir / "review.parquet") if (run_dir / "review.parquet").exists() else None
+    assert (0 if after is None else len(after)) == (0 if before is None else len(before))
+    page.get_by_role("button", name="reject stomach of example_full", exact=True).first.click()
+    page.wait_for_load_state("load")
+    assert page.locator("p:has-text('Decision:')").first.inner_text().startswith("Decision: reject")
+    assert errors == []
