@@ -8,6 +8,7 @@ exclude the rejected rows under ``rejected_in_review``.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -189,7 +190,8 @@ def test_each_overlay_and_button_says_which_structure(browser, review_url: str, 
     assert page.get_by_role("img", name="overlay of example_full: all structures", exact=True).count() == 1
     page.goto(write_report(run_dir).as_uri(), wait_until="load")
     alts = page.eval_on_selector_all(".card img", "images => images.map(i => i.alt)")
-    assert "overlay of example_full: aorta highlighted" in alts and "overlay of example_dicom: all structures" in alts
+    assert "overlay of example_dicom: all structures" in alts  # a spot check
+    assert any(re.fullmatch(r"overlay of example_\w+: aorta highlighted", alt) for alt in alts)  # a failing structure
     assert errors == []
 
 
