@@ -78,7 +78,8 @@ def flagged_series(flag_rows: pd.DataFrame, top_n: int) -> pd.DataFrame:
 
 
 def suspicious_structures(features: pd.DataFrame, flag_rows: pd.DataFrame, top_n: int) -> pd.DataFrame:
-    """Structures most often below their bound or unexpectedly absent, with one example series each."""
+    """Structures most often below their bound or unexpectedly absent, with one example series each (the
+    first by series_id, so that the same tables, in whatever row order a run wrote them, give the same page)."""
     measured = features.groupby("structure").size().rename("n_series")
     counted = flag_rows[~flag_rows["reason"].str.startswith("z-score")]
     if counted.empty:
@@ -87,7 +88,7 @@ def suspicious_structures(features: pd.DataFrame, flag_rows: pd.DataFrame, top_n
         columns={True: BELOW, False: "absent_unexpected"}).reindex(columns=[BELOW, "absent_unexpected"], fill_value=0)
     table = counts.join(measured).assign(flagged=counts.sum(axis=1))
     table["share"] = table["flagged"] / table["n_series"]
-    table["example"] = counted.groupby("structure")["series_id"].first()
+    table["example"] = counted.groupby("structure")["series_id"].min()
     table = table.sort_values(["flagged", "share"], ascending=False).head(top_n)
     return table.drop(columns="flagged").rename_axis("structure").reset_index()
 

@@ -396,3 +396,15 @@ def test_a_card_says_the_newest_decision_that_applies_as_the_study_reads_it(tmp_
     assert rejected(read_decisions(results), pd.DataFrame({"series_id": [series_id], "structure": [structure]}))[0]
     flagged = write_report(results).read_text().split("most flagged structures")[1].split("<h3>")[0]
     assert f"<b>{series_id}</b> (rejected in review)" in flagged and "accepted" not in flagged
+
+
+def test_the_review_lists_do_not_depend_on_the_order_of_the_rows(results: Path) -> None:
+    """A run writes its series in the order they finish, which differs from run to run: the example series of
+    each failing structure was the first one in row order, so the same results could list other series."""
+    features, series = pd.read_parquet(results / "features"), pd.read_parquet(results / "series")
+    finished = pd.Series(np.random.default_rng(1).permutation(features["series_id"].unique()))  # another finish order
+    order = features["series_id"].map(pd.Series(finished.index, index=finished.to_numpy()))
+    shuffled = features.assign(order=order).sort_values("order", kind="stable").drop(columns="order").reset_index(drop=True)
+    one, other = review_queue(features, series, None), review_queue(shuffled, series, None)
+    pd.testing.assert_frame_equal(one.structures, other.structures)
+    pd.testing.assert_frame_equal(one.flagged, other.flagged)
