@@ -46,6 +46,7 @@ from cohort.store.layout import missing_table
 from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
 from cohort.stats.pooled import parts_of
 from cohort.stats.report import _page, _table
+from cohort.stats.review import newest_decisions
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.triage import ReviewQueue, review_queue
 
@@ -88,7 +89,12 @@ class ReviewSite:
         return cls(results_dir, series, features, review_queue(features, series, zscores), getpass.getuser())
 
     def index_page(self) -> str:
-        decisions = latest_decisions(read_decisions(self.results_dir))
+        review = read_decisions(self.results_dir)
+        decisions = latest_decisions(review)
+        listed = pd.DataFrame(self.queue.overlay_requests(), columns=["series_id", "structure"])
+        verdict = {pair: decision for pair, decision in zip(self.queue.overlay_requests(),
+                                                            newest_decisions(review, listed))
+                   if isinstance(decision, str)}
         lists = [("Series with the most flagged structures", self.queue.flagged, "worst"),
                  ("Structures most often failing (an example series each)",
                   self.queue.structures.rename(columns={"example": "series_id"}), "structure")]
@@ -101,8 +107,9 @@ class ReviewSite:
             body.append('<p class="note">z-score outliers: not computed (run <code>cohort stats</code>)</p>')
         for title, rows, column in lists:
             body.append(f"<h2>{html.escape(title)}</h2>")
-            body.append('<div class="cards">' + "".join(self._card(row["series_id"], row.get(column) if column else None)
-                                                        for row in rows.to_dict("records")) + "</div>")
+            pairs = [(row["series_id"], row.get(column) if column else None) for row in rows.to_dict("records")]
+            body.append('<div class="cards">' + "".join(self._card(sid, structure, verdict.get((sid, structure)))
+                                                        for sid, structure in pairs) + "</div>")
         body += [f"<h2>Decisions ({len(decisions)})</h2>", _table(decisions) if len(decisions) else "<p>none yet</p>"]
         return _page("cohort review", body)
 
@@ -142,11 +149,13 @@ class ReviewSite:
                 f"{d.decision} ({d.reviewer}, {d.decided_at:%Y-%m-%d %H:%M} UTC){': ' + d.comment if d.comment else ''}"
                 for d in mine.itertuples()}
 
-    def _card(self, series_id: str, structure: str | None) -> str:
+    def _card(self, series_id: str, structure: str | None, decided: str | None) -> str:
+        """One entry of the queue; ``decided``: the newest decision that applies to it, as the study reads it."""
         what = f" / {html.escape(structure)}" if structure else ""
         link = html.escape(series_link(series_id, structure))
+        state = f' <span class="decided">({html.escape(decided)}ed in review)</span>' if decided else ""
         return (f'<div class="card" data-series="{html.escape(series_id)}"><a href="{link}">'
-                f"<b>{html.escape(series_id)}</b>{what}</a>{self._image(series_id, structure, thumbnail=True)}"
+                f"<b>{html.escape(series_id)}</b>{what}</a>{state}{self._image(series_id, structure, thumbnail=True)}"
                 f"{self._form(series_id, structure, '/')}</div>")
 
     def _image(self, series_id: str, structure: str | None, thumbnail: bool = False) -> str:

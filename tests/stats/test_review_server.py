@@ -273,3 +273,15 @@ def test_a_pooled_outlier_of_the_queue_can_be_opened_and_rejected(tmp_path: Path
     exclusions = pd.read_parquet(results / "aging" / "exclusions.parquet").set_index(["structure", "reason"])
     assert exclusions.loc[("kidney", "rejected_in_review"), "n_series"] == 1
     assert exclusions.loc[("kidney_left", "rejected_in_review"), "n_series"] == 0
+
+
+def test_a_card_of_the_queue_says_what_was_decided(tmp_path: Path) -> None:
+    """After a decision from a card the queue looked as before (the decision only in the table at its foot), so a
+    reviewer could not tell done cards from open ones; a card now says the newest decision that applies to it."""
+    results = make_cohort(n_subjects=40, n_structures=6, seed=5).write(tmp_path / "results")
+    site = ReviewSite.load(results)
+    series_id, structure = site.queue.flagged[["series_id", "worst"]].iloc[0]
+    card = re.compile(rf'<div class="card" data-series="{series_id}"><a href="[^"]*">.*?</a>([^<]*<span[^>]*>[^<]*</span>)?')
+    assert "in review" not in card.search(site.index_page()).group(0)
+    site.decide({"series_id": series_id, "structure": structure, "decision": "reject", "reviewer": "ab"})
+    assert card.search(site.index_page()).group(0).endswith("(rejected in review)</span>")
