@@ -320,8 +320,9 @@ def models_command(args: argparse.Namespace) -> int:
     if args.models_action == "download":
         from cohort.segmentation.download import download_model
 
-        weights = resolve_weights_dir(args.download_weights or args.weights)
-        for fetched in download_model(load_model_spec(args.name), weights, args.mirror):
+        spec = load_model_spec(args.name)
+        weights = resolve_weights_dir(args.download_weights or args.weights, spec)
+        for fetched in download_model(spec, weights, args.mirror):
             print(f"{fetched.state:9s} {fetched.folder}")
         return 0
     print(models_report(args.weights))

@@ -128,7 +128,7 @@ def stop_on_write_errors(layout: OutputLayout, committed: int) -> Iterator[None]
 
 def resolve_model(spec: ModelSpec, weights: Path | None, settings: DeviceSettings = DeviceSettings()
                   ) -> ResolvedModel:
-    """The model with its weights (``weights``, else where TotalSegmentator keeps them), which must
+    """The model with its weights (``weights``, else where its tool keeps them), which must
     be complete, and its part of the run key. Resolved once, in the driver, for every worker.
 
     The run key's config digest covers the model file (pre- and post-processing, body crop), its
@@ -138,7 +138,7 @@ def resolve_model(spec: ModelSpec, weights: Path | None, settings: DeviceSetting
     from cohort.segmentation.registry import model_config_digest
     from cohort.segmentation.weights import weights_fingerprint
 
-    weights_dir = resolve_weights_dir(weights).resolve()
+    weights_dir = resolve_weights_dir(weights, spec).resolve()
     check_model_ready(spec, weights_dir)
     precision = "" if settings.precision == DeviceSettings().precision else settings.precision
     key = RunKey(spec.name, model_config_digest(spec), weights_fingerprint(spec, weights_dir), precision=precision)

@@ -23,6 +23,7 @@ from cohort.provenance import digest, file_digest
 MODELS_DIR = CONFIG_DIR / "models"
 DATASET_PATTERN = re.compile(r"^Dataset\d{3}(_[A-Za-z0-9_.-]+|[A-Za-z0-9_.-]*\*)$")
 SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
+ENVIRONMENT_VARIABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MODALITIES = ("CT", "MR")
 ORIENTATIONS = ("RAS", "dataset_json")
 IMAGE_DTYPES = ("int32", "float32")
@@ -138,6 +139,7 @@ class ModelSpec:
     networks: tuple[NetworkSpec, ...]
     get_weights: tuple[str, ...] = ()
     weights_url: str | None = None
+    weights_env: str | None = None
     lower_bounds: str | None = None
     model_folder_patterns: tuple[str, ...] = ()
     ensemble_folds: bool = False
@@ -216,6 +218,8 @@ def _validate(spec: ModelSpec, path: Path) -> None:
         (spec.worker_memory_gb is None or spec.worker_memory_gb > 0, "worker_memory_gb",
          "must be positive (GB), or null"),
         (spec.worker_threads >= 1, "worker_threads", "must be at least 1"),
+        (spec.weights_env is None or bool(ENVIRONMENT_VARIABLE_PATTERN.match(spec.weights_env)), "weights_env",
+         "must be the name of an environment variable (letters, digits, underscores), or null"),
         (bool(spec.get_weights) or spec.weights_url is not None, "weights_url",
          "or get_weights must say where the weights come from"),
         (pre.orientation in ORIENTATIONS, "preprocess.orientation", f"must be one of {', '.join(ORIENTATIONS)}"),

@@ -21,18 +21,27 @@ from cohort.segmentation.registry import MODELS_DIR, ModelSpec, NetworkSpec, net
 SPACING_TOLERANCE_MM = 1e-3
 
 
-def resolve_weights_dir(explicit: Path | None) -> Path:
-    """``--weights``, else ``$TOTALSEG_WEIGHTS_PATH``, else ``$TOTALSEG_HOME_DIR/nnunet/results``,
-    else ``~/.totalsegmentator/nnunet/results`` (TotalSegmentator's own order)."""
+def resolve_weights_dir(explicit: Path | None, spec: ModelSpec | None = None) -> Path:
+    """``--weights``, else the model's own variable when it names one and it is set (VIBESegmentator's
+    ``$TOTALVIBE_WEIGHTS_PATH``: ``weights_env`` in its YAML), else ``$TOTALSEG_WEIGHTS_PATH``, else
+    ``$TOTALSEG_HOME_DIR/nnunet/results``, else ``~/.totalsegmentator/nnunet/results``
+    (TotalSegmentator's own order), so weights the original tools downloaded are found where
+    they put them."""
     if explicit is not None:
         return Path(explicit).expanduser()
-    if os.environ.get("TOTALSEG_WEIGHTS_PATH"):
-        return Path(os.environ["TOTALSEG_WEIGHTS_PATH"]).expanduser()
-    if os.environ.get("TOTALSEG_HOME_DIR"):
-        return Path(os.environ["TOTALSEG_HOME_DIR"]).expanduser() / "nnunet" / "results"
+    for variable in weights_variables(spec):
+        if os.environ.get(variable):
+            folder = Path(os.environ[variable]).expanduser()
+            return folder / "nnunet" / "results" if variable == "TOTALSEG_HOME_DIR" else folder
     home = Path.home()
     base = Path("/tmp") if home == Path("/") else home
     return base / ".totalsegmentator" / "nnunet" / "results"
+
+
+def weights_variables(spec: ModelSpec | None) -> tuple[str, ...]:
+    """The environment variables read for ``spec``'s weights folder, in the order they are tried."""
+    own = (spec.weights_env,) if spec is not None and spec.weights_env else ()
+    return (*own, "TOTALSEG_WEIGHTS_PATH", "TOTALSEG_HOME_DIR")
 
 
 def dataset_folder(network: NetworkSpec, weights_dir: Path) -> Path:
@@ -281,8 +290,9 @@ def check_model_ready(spec: ModelSpec, weights_dir: Path) -> None:
     bad = [s for s in statuses if s.state != "present"]
     if not bad:
         return
+    searched = ", ".join(f"${variable}" for variable in weights_variables(spec))
     lines = [(f"model {spec.name!r} is not ready in {weights_dir} "
-              "(--weights, $TOTALSEG_WEIGHTS_PATH, $TOTALSEG_HOME_DIR/nnunet/results or ~/.totalsegmentator):")]
+              f"(--weights, {searched}/nnunet/results or ~/.totalsegmentator):")]
     for status in bad:
         detail = f": {status.problem}" if status.problem else ""
         lines.append(f"  {status.state}: {status.network.dataset}{detail}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cohort.segmentation import check_model_ready, load_model_spec
+from cohort.segmentation import check_model_ready, load_model_spec, resolve_weights_dir
 from cohort.segmentation.download import fetch
 from cohort.segmentation.registry import MODELS_DIR
 from cohort.segmentation.weights import checkpoint_paths
@@ -237,3 +237,31 @@ def test_further_archives_a_release_lists_are_fetched_into_its_dataset_folder(se
         assert sorted(p.name for p in installed.glob("fold_*")) == ["fold_0", "fold_1"]
         assert not (folder / "Dataset100" / "other_downloads.json").exists() and _leftovers(folder) == []
     assert [name for name, _ in server.ranges] == ["100_fold1.zip", "100.zip", "100_fold1.zip"]
+
+
+def test_vibesegmentators_own_weights_folder_is_where_vibeseg_is_downloaded_and_found(server, tmp_path, monkeypatch):
+    """A user of VIBESegmentator keeps its weights in ``$TOTALVIBE_WEIGHTS_PATH``; cohort looked only
+    in TotalSegmentator's folders, so it downloaded them a second time and never found the first."""
+    spec = load_model_spec("vibeseg")
+    dataset = build_weights(spec, tmp_path / "built", "small", seed=5)[0].parent
+    archive = tmp_path / "100.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(dataset.rglob("*")):
+            bundle.write(path, path.relative_to(dataset).as_posix())
+    server.files["100.zip"] = archive.read_bytes()
+    monkeypatch.setenv("TOTALVIBE_WEIGHTS_PATH", str(tmp_path / "vibe"))
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(tmp_path / "totalseg"))
+    assert resolve_weights_dir(None, spec) == tmp_path / "vibe"
+    assert resolve_weights_dir(None, load_model_spec("fast")) == tmp_path / "totalseg"
+    assert resolve_weights_dir(tmp_path / "explicit", spec) == tmp_path / "explicit"
+
+    result = cohort_cli("models", "download", "vibeseg", "--mirror", server.url)
+    assert result.returncode == 0, result.stderr
+    check_model_ready(spec, tmp_path / "vibe")
+    assert not (tmp_path / "totalseg").exists()
+
+    report = cohort_cli("models").stdout
+    assert f"weights folder: {tmp_path / 'totalseg'} (from $TOTALSEG_WEIGHTS_PATH)" in report
+    vibeseg = report[report.index("vibeseg: "):]
+    assert vibeseg.startswith("vibeseg: present")
+    assert f"weights folder: {tmp_path / 'vibe'} (from $TOTALVIBE_WEIGHTS_PATH" in vibeseg

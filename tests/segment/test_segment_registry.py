@@ -52,6 +52,7 @@ def _write(tmp_path: Path, name: str, **changes) -> Path:
     ({"tile_size": 0.5}, "tile_size"),
     ({"worker_memory_gb": 0}, "worker_memory_gb"),
     ({"worker_memory_gb": "lots"}, "worker_memory_gb"),
+    ({"weights_env": "MY-WEIGHTS"}, "weights_env"),
 ])
 def test_bad_entries_name_file_and_key(tmp_path, changes, key):
     path = _write(tmp_path, "mine", **changes)
