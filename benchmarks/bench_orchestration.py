@@ -63,7 +63,7 @@ def bench_planning(folder: Path) -> float:
     from cohort.manifest import load_manifest
     from cohort.config import load_run_config
     from cohort.pipeline import MeasureSettings, RunContext, failed_result
-    from cohort.provenance import input_fingerprint
+    from cohort.provenance import input_fingerprint, load_content_key
     from cohort.store.records import series_table
     from cohort.store import OutputLayout, plan_run, write_part
 
@@ -71,7 +71,8 @@ def bench_planning(folder: Path) -> float:
     specs = load_manifest(manifest)
     layout = OutputLayout(folder / "out")
     layout.create()
-    context = RunContext(layout.labels_zarr, MeasureSettings.from_config(load_run_config()))
+    context = RunContext(layout.labels_zarr, MeasureSettings.from_config(load_run_config()),
+                         load_content_key(layout.content_key))
     records = [failed_result(spec, "x").record.replace(
         status="done", error=None, run_key=context.run_key(spec).digest, run_settings=context.run_key(spec).to_json(),
         input_fingerprint=input_fingerprint(spec.path, spec.companions)) for spec in specs[:9_990]]

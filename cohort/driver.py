@@ -21,7 +21,7 @@ from cohort.config import RunConfig, load_run_config
 from cohort.errors import WRITE_ERRORS, OutputWriteFailed, RunCannotStart
 from cohort.manifest import SeriesSpec, load_manifest
 from cohort.pipeline import MeasureSettings, ResolvedModel, RunContext, SeriesResult, features_table
-from cohort.provenance import RunKey
+from cohort.provenance import RunKey, load_content_key
 from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.registry import ModelSpec, load_model_spec, model_class_map
 from cohort.store.records import SeriesRecord, series_table
@@ -92,8 +92,9 @@ def prepare_run(request: RunRequest) -> PreparedRun:
         for path in repair(layout):
             log.warning("a features part could not be read; set aside as %s, its series are processed again", path)
         drop_superseded_rows(layout)
-    context = RunContext(labels_zarr=layout.labels_zarr, measure=measure, model=model, ingest=config.ingest,
-                         device_settings=device_settings)
+        content_key = load_content_key(layout.content_key)
+    context = RunContext(labels_zarr=layout.labels_zarr, measure=measure, content_key=content_key, model=model,
+                         ingest=config.ingest, device_settings=device_settings)
     plan = plan_run(specs, layout, context, recompute_changed=request.recompute == "changed")
     refuse_changed(plan, layout.root, recompute_changed=request.recompute == "changed")
     run_id = new_run_id(layout)

@@ -29,7 +29,8 @@ from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subj
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
-from cohort.provenance import (LABELS_MODEL, MR_MEASUREMENT_RULES, InputStats, RunKey, SourceFiles, content_digest,
+from cohort.provenance import (LABELS_MODEL, MR_MEASUREMENT_RULES, ContentKey, InputStats, RunKey, SourceFiles,
+                               content_digest,
                                digest, measurement_digest, series_uid_digest, source_files)
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
@@ -93,6 +94,7 @@ class RunContext:
 
     labels_zarr: Path
     measure: MeasureSettings
+    content_key: ContentKey
     model: ResolvedModel | None = None
     ingest: IngestConfig = IngestConfig()
     device: str = "auto"
@@ -145,6 +147,20 @@ def source_key(key: RunKey, content: str | None) -> str:
     return digest([key.segmentation_part().digest, content])
 
 
+def recorded_content(context: RunContext, series_id: str, key: RunKey, plain: str | None,
+                     shape: tuple[int, ...]) -> tuple[str | None, LabelMap | None]:
+    """The content the row records (keyed with the folder's :class:`ContentKey`), and the stored
+    label map made by ``key``'s model from these bytes, if complete. A label map an earlier version
+    stored was made from the plain digest: the row then records that form, so that the row and
+    its label map still name the same bytes alike."""
+    forms = context.content_key.recorded_forms(plain)
+    for content in forms:
+        label_map = complete_label_map(context.labels_zarr, series_id, source_key(key, content), shape)
+        if label_map is not None:
+            return content, label_map
+    return forms[0], None
+
+
 def label_map_attributes(series_id: str, model: str, settings: MeasureSettings) -> dict:
     """What a stored label map says of itself: its series and model, the structure of each id
     (so that a reader needs no class-map file) and the image's modality."""
@@ -170,10 +186,10 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)
             groups = input_groups(spec, volume, dixon)
-            content = content_digest(groups)
             key = context.run_key(spec)
+            content, label_map = recorded_content(context, spec.series_id, key, content_digest(groups),
+                                                  volume.hu.shape)
             made_from = source_key(key, content)
-            label_map = complete_label_map(context.labels_zarr, spec.series_id, made_from, volume.hu.shape)
             reused = label_map is not None
             if label_map is None and spec.labels is not None:
                 label_map = load_labels(InputName.in_manifest(spec.labels, spec.line, column="labels"), volume,

@@ -54,8 +54,9 @@ def series_uid_digest(uid: str | None, content: str | None) -> str | None:
     A DICOM UID can carry the institution's root, the scanner's serial number and the acquisition
     time, and looks the series up in the PACS; a plain hash of it would still link a results row
     to its series for anyone holding a list of UIDs (another release of the same images, a RIS).
-    Keyed with the digest of the series' bytes, it links only for a holder of those very bytes,
-    who could match ``input_content`` anyway. None without a UID or a content digest."""
+    Keyed with the row's recorded content (itself keyed with the results folder's
+    :class:`ContentKey`), it links only for a holder of those very bytes and of the folder's key.
+    None without a UID or a content digest."""
     if uid is None or not content or content == UNREADABLE_CONTENT:
         return None
     return UID_DIGEST_PREFIX + hmac.new(content.encode(), uid.encode(), hashlib.sha256).hexdigest()[:16]
@@ -240,6 +241,72 @@ def _file_stat(path: Path, status_change: bool) -> tuple:
 
 
 UNREADABLE_CONTENT = "unreadable"
+CONTENT_KEY_BYTES = 32
+
+
+@dataclass(frozen=True, repr=False)
+class ContentKey:
+    """The secret of a results folder that keys what ``series/`` records of its rows' bytes.
+
+    A plain digest of a series' bytes links a results row to its series for anyone holding the
+    same files (the hospital's PACS, another release of the images): hash the export, find the row,
+    and the pseudonym with it. Keyed with a secret kept in the results folder
+    (``.cohort.content_key``, mode 0600, not part of the tables), the recorded digest still
+    tells a rerun that moved files hold the same bytes, but no one without the folder's key can
+    compute it. Rows of earlier versions recorded the plain digest; :meth:`matches` reads both.
+
+    >>> key = ContentKey(b"0" * 32)
+    >>> keyed = key.keyed("0123456789abcdef")
+    >>> keyed.startswith(UID_DIGEST_PREFIX), key.matches(keyed, "0123456789abcdef"), ContentKey(b"1" * 32).matches(keyed, "0123456789abcdef")
+    (True, True, False)
+    """
+
+    secret: bytes
+
+    def keyed(self, plain: str | None) -> str | None:
+        """The recorded form of a plain :func:`content_digest` (None and unreadable stay as they are)."""
+        if plain is None or plain == UNREADABLE_CONTENT:
+            return plain
+        return UID_DIGEST_PREFIX + hmac.new(self.secret, plain.encode(), hashlib.sha256).hexdigest()[:16]
+
+    def matches(self, recorded: str | None, plain: str | None) -> bool:
+        """Whether a row's recorded content (keyed, or plain from an earlier version) is of the bytes
+        whose plain digest is ``plain``."""
+        if recorded is None or plain in (None, UNREADABLE_CONTENT):
+            return False
+        return recorded == (self.keyed(plain) if recorded.startswith(UID_DIGEST_PREFIX) else plain)
+
+    def recorded_forms(self, plain: str | None) -> tuple[str | None, ...]:
+        """What a row of these bytes may have recorded, this version's form first."""
+        keyed = self.keyed(plain)
+        return (keyed,) if keyed == plain else (keyed, plain)
+
+
+def load_content_key(path: Path) -> ContentKey:
+    """The results folder's :class:`ContentKey` at ``path``, made (32 random bytes, mode 0600) on
+    first use. It is written whole under another name and linked into place, so a reader never
+    sees it half-written, and of two processes making it at once both read the one linked first."""
+    from cohort.errors import RunCannotStart
+
+    if not path.exists():
+        draft = path.with_name(f"{path.name}.{os.getpid()}.new")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(os.urandom(CONTENT_KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    secret = path.read_bytes()
+    if len(secret) != CONTENT_KEY_BYTES:
+        raise RunCannotStart(f"{path}: the results folder's content key is {len(secret)} bytes, not "
+                             f"{CONTENT_KEY_BYTES}; restore it from a backup of the folder (without it, "
+                             "moved input files cannot be recognised), or remove it to start a new one")
+    return ContentKey(secret)
 
 
 def input_content(sources: Iterable[tuple]) -> str | None:

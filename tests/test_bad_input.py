@@ -15,6 +15,7 @@ from cohort.cli import main
 from cohort.config import load_class_map, load_run_config
 from cohort.manifest import load_manifest
 from cohort.pipeline import MeasureSettings, RunContext, process_series
+from cohort.provenance import load_content_key
 from testkit import mirrored_qform_pair, with_header, with_label_table, write_manifest
 
 CT, LABELS = "example_ct_sm.nii.gz", "example_seg_fast.nii.gz"
@@ -116,7 +117,8 @@ def bad_manifest(example_copy: Path, tmp_path: Path) -> tuple[Path, dict]:
 
 def test_each_bad_series_fails_with_a_specific_reason(bad_manifest: tuple[Path, dict], tmp_path: Path) -> None:
     manifest, cases = bad_manifest
-    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()),
+                         load_content_key(tmp_path / ".cohort.content_key"))
     results = {spec.series_id: process_series(spec, context) for spec in load_manifest(manifest)}
     assert results["good"].done
     for series_id, (_, words) in cases.items():

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cohort.provenance import series_uid_digest
+from cohort.provenance import load_content_key, series_uid_digest
 from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
 from testkit import cli_env, cohort_cli, mounted_tmpfs, write_manifest
@@ -203,6 +203,74 @@ def test_moved_inputs_keep_their_rows_and_label_maps(reference: Path, inputs: di
                       manifest=copied / "scans.csv")
     assert recomputed.returncode == 0, recomputed.stderr
     assert _series(out)["reused_label_map"].all()
+
+
+def _plain_contents(manifest: Path) -> dict[str, str]:
+    """Each row's plain digest of its bytes (what anyone holding the files can compute)."""
+    from cohort.manifest import load_manifest
+    from cohort.provenance import input_content
+
+    return {spec.series_id: input_content(spec.sources) for spec in load_manifest(manifest)}
+
+
+def test_recorded_contents_are_keyed_with_the_results_folders_secret(reference: Path, inputs: dict[str, Path],
+                                                                     tmp_path: Path, prefect_server: str) -> None:
+    """``input_content`` was the plain SHA-256 of a row's bytes: anyone holding the same files (the
+    hospital's PACS, another release of the images) could hash them, find the row and with it the
+    pseudonym. It is now keyed with a secret of the results folder, which no table holds."""
+    key_file = reference / ".cohort.content_key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = load_content_key(key_file)
+    plain = _plain_contents(inputs["manifest"])
+    recorded = _series(reference)["input_content"]
+    for series_id, digest in plain.items():
+        assert recorded[series_id] != digest and recorded[series_id] == key.keyed(digest)
+    other = tmp_path / "other"
+    manifest = write_manifest(tmp_path / "labelled.csv", [{"series_id": "labelled", "path": str(inputs["folder"] / "ct.nii.gz"),
+                                                            "labels": str(inputs["folder"] / "seg.nii.gz"), "age": 50, "sex": "F"}])
+    assert _run(inputs, other, prefect_server, manifest=manifest).returncode == 0
+    assert _series(other).loc["labelled", "input_content"] not in (recorded["labelled"], plain["labelled"])
+
+
+def test_rows_recorded_with_plain_contents_keep_their_rows_and_label_maps_when_files_move(
+        reference: Path, inputs: dict[str, Path], tmp_path: Path, prefect_server: str) -> None:
+    """A results folder of the previous version (plain content digests in ``series/`` and in its label
+    maps' source keys): moved files still read as moved, and a recompute still reuses the label maps."""
+    import zarr
+
+    from cohort.pipeline import source_key
+    from cohort.provenance import RunKey
+
+    out = _copy(reference, tmp_path)
+    plain = _plain_contents(inputs["manifest"])
+    part, table = next((part, table) for part in (out / "series").glob("*.parquet")
+                       if (table := pq.read_table(part)).num_rows)
+    column = table.schema.get_field_index("input_content")
+    pq.write_table(table.set_column(column, "input_content", pa.array(
+        [plain[series_id] for series_id in table["series_id"].to_pylist()])), part)
+    for series_id, settings in _series(out)["run_settings"].items():
+        array = zarr.open_array(str(out / "labels.zarr"), path=series_id, mode="r+")
+        array.attrs["source_key"] = source_key(RunKey.from_json(settings), plain[series_id])
+    (out / ".cohort.content_key").unlink()  # that version had none
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for name in ("crop_a.nii.gz", "crop_b.nii.gz", "ct.nii.gz", "seg.nii.gz"):
+        shutil.copy(inputs["folder"] / name, archive / name)
+    (archive / "scans.csv").write_text(inputs["manifest"].read_text())
+    moved = _run(inputs, out, prefect_server, manifest=archive / "scans.csv")
+    assert moved.returncode == 0, moved.stderr
+    assert "3 done series whose files moved or were touched, contents unchanged: kept" in " ".join(moved.stderr.split())
+
+    config = tmp_path / "border2.yaml"
+    config.write_text("measure:\n  border_voxels: 2\n")
+    recomputed = _run(inputs, out, prefect_server, "--config", str(config), "--recompute", "changed",
+                      manifest=archive / "scans.csv")
+    assert recomputed.returncode == 0, recomputed.stderr
+    series = _series(out)
+    assert series["reused_label_map"].all()
+    assert series["input_content"].to_dict() == plain  # the form its label map was made with
+    again = _run(inputs, out, prefect_server, "--config", str(config), manifest=archive / "scans.csv")
+    assert again.returncode == 0 and "0 series to process, 3 already done" in " ".join(again.stderr.split())
 
 
 def test_done_rows_whose_inputs_are_gone_are_kept(reference: Path, inputs: dict[str, Path], tmp_path: Path,
@@ -719,7 +787,8 @@ def test_a_row_reads_the_headers_of_its_folder_once(examples: Path, tmp_path: Pa
 
     monkeypatch.setattr(pydicom, "dcmread", counted("headers", dcmread))
     monkeypatch.setattr(sitk.ImageSeriesReader, "GetGDCMSeriesIDs", counted("gdcm_scans", series_ids))
-    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()),
+                         load_content_key(tmp_path / ".cohort.content_key"))
     for row, spec in enumerate(load_manifest(manifest)):
         reads.update(headers=0, gdcm_scans=0)
         result = process_series(spec, context)
@@ -729,7 +798,7 @@ def test_a_row_reads_the_headers_of_its_folder_once(examples: Path, tmp_path: Pa
         else:  # GDCM groups the folder, pydicom reads the series' headers (and its UID once more)
             assert reads == {"headers": len(slices) + 1, "gdcm_scans": 1}
         monkeypatch.setattr(pydicom, "dcmread", dcmread)
-        assert result.record.input_content == input_content(spec.sources)
+        assert result.record.input_content == context.content_key.keyed(input_content(spec.sources))
         monkeypatch.setattr(pydicom, "dcmread", counted("headers", dcmread))
 
 
@@ -809,7 +878,8 @@ def test_a_file_rewritten_while_its_row_is_read_fails_the_row(examples: Path, tm
     shutil.copy(examples / "example_seg_fast.nii.gz", labels)
     manifest = write_manifest(tmp_path / "scans.csv", [{"series_id": "s1", "path": str(image), "labels": str(labels)}])
     spec = load_manifest(manifest)[0]
-    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()),
+                         load_content_key(tmp_path / ".cohort.content_key"))
     read_image = pipeline.load_ct
 
     def read_while_a_copy_finishes(*args, **kwargs):
@@ -825,7 +895,7 @@ def test_a_file_rewritten_while_its_row_is_read_fails_the_row(examples: Path, tm
                                    "being written or copied?); rerun when they are complete")
     monkeypatch.setattr(pipeline, "load_ct", read_image)
     rerun = process_series(spec, context)
-    assert rerun.done and rerun.record.input_content == input_content(spec.sources)
+    assert rerun.done and rerun.record.input_content == context.content_key.keyed(input_content(spec.sources))
 
 
 def test_another_series_copied_into_the_folder_meanwhile_does_not_fail_the_row(examples: Path, tmp_path: Path,
@@ -851,6 +921,7 @@ def test_another_series_copied_into_the_folder_meanwhile_does_not_fail_the_row(e
         return volume
 
     monkeypatch.setattr(pipeline, "load_ct", read_while_another_series_arrives)
-    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()))
+    context = RunContext(tmp_path / "labels.zarr", MeasureSettings.from_config(load_run_config()),
+                         load_content_key(tmp_path / ".cohort.content_key"))
     result = process_series(load_manifest(manifest)[0], context)
     assert result.done, result.record.error

@@ -67,6 +67,12 @@ class OutputLayout:
         return self.root / ".cohort.lock"
 
     @property
+    def content_key(self) -> Path:
+        """The secret that keys the recorded digests of the rows' input bytes
+        (:class:`cohort.provenance.ContentKey`): kept with the results, never in a table."""
+        return self.root / ".cohort.content_key"
+
+    @property
     def unflushed(self) -> Path:
         """The running run's finished series not yet in a Parquet part, for ``cohort status``."""
         return self.root / ".cohort.unflushed.json"

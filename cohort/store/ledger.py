@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart, SeriesError
 from cohort.manifest import SERIES_UID_COLUMNS, SeriesSpec, validate_subject
-from cohort.provenance import (UID_DIGEST_PREFIX, UNREADABLE_CONTENT, RunKey, input_contents, input_fingerprints,
-                               same_series_uid, series_uid_digest)
+from cohort.provenance import (UID_DIGEST_PREFIX, UNREADABLE_CONTENT, ContentKey, RunKey, input_contents,
+                               input_fingerprints, same_series_uid, series_uid_digest)
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
 from cohort.store.tables import (part_files, part_series_ids, part_series_status, remove_temporaries,
@@ -81,17 +81,17 @@ class InputCheck:
     missing, or no longer holding a readable series: nothing to recompute from)."""
 
     fingerprint: str
-    content: str | None = None  # read only where the fingerprint or a series UID changed
+    content: str | None = None  # the plain digest, read only where the fingerprint or a series UID changed
     other_series: tuple[str, ...] = ()  # the *series_uid columns edited since
 
-    def state(self, record: SeriesRecord) -> str:
+    def state(self, record: SeriesRecord, content_key: ContentKey) -> str:
         if record.input_fingerprint in (None, self.fingerprint) and not self.other_series:
             return "same"
         if not record.records_content:
             return "changed"  # its change cannot be told apart
         if self.content in (None, UNREADABLE_CONTENT):
             return "gone"
-        return "moved" if self.content == record.input_content else "changed"
+        return "moved" if content_key.matches(record.input_content, self.content) else "changed"
 
 
 def new_run_id(layout: OutputLayout) -> str:
@@ -180,7 +180,7 @@ def plan_run(specs: list[SeriesSpec], layout: OutputLayout, context: "RunContext
             todo.append(spec)
             continue
         check = inputs[spec.series_id]
-        state = check.state(record)
+        state = check.state(record, context.content_key)
         changes = _changes(record, context.run_key(spec), state, check.other_series)
         try:
             fields = manifest_fields(spec, validate_subject(spec))

@@ -12,7 +12,7 @@ from distributed import Client, LocalCluster
 from cohort.config import RunConfig
 from cohort.manifest import SeriesSpec
 from cohort.pipeline import MeasureSettings, ResolvedModel, RunContext
-from cohort.provenance import RunKey
+from cohort.provenance import RunKey, load_content_key
 from cohort.segmentation import load_model_spec
 from cohort.testing.weights import build_weights
 from cohort.flows.warmup import ModelWarmup, wait_for_warmup, warm_up_workers
@@ -41,7 +41,8 @@ def client():
 
 def _context(model: ResolvedModel | None, tmp_path: Path) -> RunContext:
     measure = MeasureSettings.from_config(RunConfig(), load_model_spec("fast"))
-    return RunContext(labels_zarr=tmp_path / "labels.zarr", measure=measure, model=model)
+    return RunContext(labels_zarr=tmp_path / "labels.zarr", measure=measure,
+                      content_key=load_content_key(tmp_path / ".cohort.content_key"), model=model)
 
 
 def _spec(tmp_path: Path, labels: Path | None) -> SeriesSpec:
