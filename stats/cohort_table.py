@@ -236,7 +236,8 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     structures = sorted(features["structure"].unique())
     exclusions = _exclusions(rows, series, structures, config)
     selection = _selection(rows, series, structures, groups, config.age_range)
-    values = values[["series_id", "subject_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics]]
+    values = values[["series_id", "subject_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics,
+                     *map(metric_age, config.metrics)]]
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
                       covariates=config.covariates, modality=features_modality(features))
@@ -343,13 +344,34 @@ def _one_row_per_subject(rows: pd.DataFrame, config: AgingConfig) -> tuple[pd.Da
     """(rows with final reasons, included values): with ``mean``, a subject's included scans are averaged."""
     included = rows[rows["reason"] == INCLUDED]
     if config.repeated_scans != "mean":
-        return rows, included
+        return rows, included.assign(**{metric_age(m): included["age"] for m in config.metrics})
     ordered = included.sort_values(["subject_id", "structure", "order"], kind="stable")
     later = ordered.duplicated(["subject_id", "structure"])
     rows.loc[later[later].index, "reason"] = REPEATED_SCAN
     means = ordered.groupby(["subject_id", "structure"], sort=False)[["age", *config.metrics]].transform("mean")
-    averaged = ordered.assign(**{c: means[c] for c in means.columns}, **{PHASE: averaged_phase(ordered)})
+    averaged = ordered.assign(**{c: means[c] for c in means.columns}, **{PHASE: averaged_phase(ordered)},
+                              **averaged_metric_ages(ordered, config.metrics))
     return rows, averaged[~later]
+
+
+def metric_age(metric: str) -> str:
+    """The study table's column of the age that goes with ``metric``'s value (:func:`averaged_metric_ages`)."""
+    return f"age:{metric}"
+
+
+def averaged_metric_ages(ordered: pd.DataFrame, metrics: tuple[str, ...]) -> dict[str, pd.Series]:
+    """Per metric (column :func:`metric_age`), each subject's and structure's mean age over exactly the scans
+    whose value of that metric was averaged: a scan without the value (an undefined HU) adds no age, so age
+    and value describe the same scans.
+
+    >>> frame = pd.DataFrame({"subject_id": "a", "structure": "liver", "age": [30.0, 40.0, 50.0],
+    ...                       "mean_hu": [10.0, 30.0, None], "volume_ml": [1.0, 2.0, 3.0]})
+    >>> {k: v.tolist() for k, v in averaged_metric_ages(frame, ("volume_ml", "mean_hu")).items()}
+    {'age:volume_ml': [40.0, 40.0, 40.0], 'age:mean_hu': [35.0, 35.0, 35.0]}
+    """
+    keys = [ordered["subject_id"], ordered["structure"]]
+    return {metric_age(m): ordered["age"].where(ordered[m].notna()).groupby(keys, sort=False).transform("mean")
+            for m in metrics}
 
 
 def averaged_phase(ordered: pd.DataFrame) -> pd.Series:

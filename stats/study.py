@@ -20,7 +20,8 @@ import pandas as pd
 
 from cohort.stats import age_tests, bootstrap
 from cohort.stats.adjusted import PartialCorrelation, encode_covariates, partial_spearman
-from cohort.stats.cohort_table import PHASE, PHASES, AgeGroups, StudyTable, build_study_table, metrics_of_the_model
+from cohort.stats.cohort_table import (PHASE, PHASES, AgeGroups, StudyTable, build_study_table, metric_age,
+                                       metrics_of_the_model)
 from cohort.stats.config import AgingConfig, load_aging_config
 from cohort.stats.descriptives import Description, Normality, describe, ks_normality
 from cohort.stats.multiplicity import with_multiplicity
@@ -160,7 +161,8 @@ def samples(table: StudyTable, config: AgingConfig) -> list[Sample]:
         strata += [(PHASE_STRATA[p], values[values[PHASE] == p], table.covariates, intensity) for p in PHASES]
     phase = phase_adjustment(table, config)
     return [sample for stratum, frame, adjust_for, chosen in strata
-            for sample in _stratum_samples(stratum, frame, chosen, adjust_for, phase if stratum == ALL else None)]
+            for sample in _stratum_samples(stratum, frame, chosen, adjust_for, table.age_groups,
+                                           phase if stratum == ALL else None)]
 
 
 def is_intensity(metric: str) -> bool:
@@ -182,22 +184,24 @@ def phase_adjustment(table: StudyTable, config: AgingConfig) -> str | None:
     return column
 
 
-def _stratum_samples(stratum: str, frame: pd.DataFrame, metrics: tuple[str, ...],
-                     adjust_for: tuple[str, ...], phase: str | None = None) -> list[Sample]:
-    """Samples of one stratum; ``phase`` (a covariate name): intensity metrics are adjusted for contrast phase too."""
-    age, group = frame["age"].to_numpy(dtype=float), frame["age_group"].to_numpy()
+def _stratum_samples(stratum: str, frame: pd.DataFrame, metrics: tuple[str, ...], adjust_for: tuple[str, ...],
+                     groups: AgeGroups, phase: str | None = None) -> list[Sample]:
+    """Samples of one stratum; ``phase`` (a covariate name): intensity metrics are adjusted for contrast phase too.
+    Each metric's values go with their own ages (:func:`metric_age`) and the age groups of those."""
     series_id, sex = frame["series_id"].to_numpy(dtype=object), frame["sex"].to_numpy(dtype=object)
     design = encode_covariates(frame, adjust_for)
     names = ",".join(adjust_for)
     with_phase = (np.column_stack([design, encode_covariates(frame, (PHASE,))]), ",".join([*adjust_for, phase])
                   ) if phase else (design, names)
     columns = {metric: frame[metric].to_numpy(dtype=float) for metric in metrics}
+    ages = {metric: frame[metric_age(metric)].to_numpy(dtype=float) for metric in metrics}
     out = []
     for structure, index in sorted(frame.groupby("structure").indices.items()):
         for metric, column in columns.items():
             keep = index[~np.isnan(column[index])]
+            age = ages[metric][keep]
             chosen, chosen_names = with_phase if is_intensity(metric) else (design, names)
-            out.append(Sample(stratum, str(structure), metric, age[keep], column[keep], group[keep], series_id[keep],
+            out.append(Sample(stratum, str(structure), metric, age, column[keep], groups.assign(age), series_id[keep],
                               sex[keep], chosen[keep], chosen_names))
     return out
 

@@ -117,6 +117,32 @@ def test_averaged_subjects_are_counted_once_when_their_first_scan_lost_a_structu
     assert results.table.n_subjects() == 20
 
 
+def test_averaged_age_of_a_metric_is_that_of_the_scans_whose_values_were_averaged() -> None:
+    """``repeated_scans: mean`` with the HU undefined (NaN) in some of a subject's scans: the HU mean is over the
+    other scans, and so must be its age; the age was the mean over every included scan, so a subject's HU was
+    placed at an age it was not measured at (here up to another age group)."""
+    rng = np.random.default_rng(11)
+    subjects = np.repeat([f"P{i}" for i in range(40)], 3)
+    ages = np.round(rng.uniform(20, 95, len(subjects)))
+    hu = rng.normal(40, 10, len(subjects))
+    hu[rng.random(len(subjects)) < 0.3] = np.nan
+    volume = rng.normal(1500, 100, len(subjects))
+    cohort = cohort_from_values(ages, np.array(["F", "M"] * 60), {("liver", "volume_ml"): volume,
+                                                                  ("liver", "mean_hu"): hu}, subject_id=subjects)
+    results = run_study(cohort.features, cohort.series, dataclasses.replace(DEFAULT, repeated_scans="mean"))
+    scans = pd.DataFrame({"subject": subjects, "age": ages, "mean_hu": hu, "volume_ml": volume})
+    correlations = results.correlations.query("stratum == 'all' and structure == 'liver'").set_index("metric")
+    groups = results.age_groups
+    for metric in ("mean_hu", "volume_ml"):
+        truth = scans.dropna(subset=[metric]).groupby("subject")[["age", metric]].mean()
+        assert correlations.loc[metric, "n"] == len(truth)
+        assert correlations.loc[metric, "spearman_r"] == pytest.approx(sps.spearmanr(truth["age"], truth[metric])[0])
+        per_group = results.descriptives.query(f"stratum == 'all' and metric == '{metric}' and age_group != 'all'")
+        expected = pd.Series(groups.assign(truth["age"].to_numpy())).map(dict(enumerate(groups.labels, 1)))
+        assert per_group.set_index("age_group")["n"].to_dict() == expected.value_counts().reindex(
+            per_group["age_group"], fill_value=0).to_dict()
+
+
 def test_pooled_rows_sum_volumes_and_weight_hu_by_volume() -> None:
     n = 40
     rng = np.random.default_rng(2)
