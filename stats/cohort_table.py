@@ -99,6 +99,7 @@ class StudyTable:
     exclusions: pd.DataFrame
     selection: pd.DataFrame
     age_groups: AgeGroups
+    scans: pd.DataFrame  # the analysed scans: series_id, subject_id of every series with an included measurement
     covariates: tuple[str, ...] = ()
     modality: str = "CT"  # of the run's model: MR has no Hounsfield units and no lower bounds (Table S1 is of CTs)
 
@@ -231,6 +232,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
         raise ResultsTableError("features: several rows for one series_id and structure; "
                                 "the table is corrupt, rerun `cohort run`")
     rows["reason"] = _row_reasons(rows, config, review, pooled)
+    scans = rows.loc[rows["reason"] == INCLUDED, ["series_id", "subject_id"]].drop_duplicates(ignore_index=True)
     groups = _age_groups(_subject_ages(series, config), config)
     rows, values = _one_row_per_subject(rows, config)
     structures = sorted(features["structure"].unique())
@@ -240,7 +242,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
                      *map(metric_age, config.metrics)]]
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
-                      covariates=config.covariates, modality=features_modality(features))
+                      covariates=config.covariates, modality=features_modality(features), scans=scans)
 
 
 def _prepared_series(series: pd.DataFrame, config: AgingConfig) -> pd.DataFrame:

@@ -31,8 +31,9 @@ from markdown_it import MarkdownIt
 
 from cohort.errors import RunCannotStart
 from cohort.stats import report_figures as figures
-from cohort.stats.cohort_table import AgeGroups, study_status
-from cohort.stats.config import load_aging_config
+from cohort.config import from_mapping
+from cohort.stats.cohort_table import build_study_table, metrics_of_the_model, study_status
+from cohort.stats.config import AgingConfig, load_aging_config
 from cohort.stats.freshness import StatsState, check_stats
 from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
 from cohort.stats.review import newest_decisions
@@ -43,6 +44,13 @@ from cohort.stats.triage import QueueSizes, ReviewQueue, review_queue
 log = logging.getLogger(__name__)
 AGING_TABLES = ("correlations", "adjusted", "trends", "quartile_tests", "pairwise_tests", "descriptives",
                 "exclusions", "zscores")
+TABLE1_NOTE = ('<p class="note">The subjects the aging study analysed, each once (as in <code>summary.md</code> and '
+               "<code>methods.md</code>), by the age the analysis uses for them: a subject's scan as "
+               "<code>repeated_scans</code> chose it, or the mean age of its averaged scans; "
+               "<code>n (series of these subjects)</code>: the scans they contributed.</p>")
+EXCLUSIONS_NOTE = ('<p class="note">Counts of series (<code>series</code> level) and of series &times; structure '
+                   "measurements (<code>measurement</code> level), not of subjects; every series the manifest "
+                   "lists, by the age and sex of the series.</p>")
 MAX_STRUCTURE_FIGURES = 12
 MAX_TABLE_ROWS = 2000
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -76,15 +84,17 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
     series = pd.read_parquet(results_dir / "series")
     features = pd.read_parquet(results_dir / "features")
     aging = {name: _read_table(stats_dir / f"{name}.parquet") for name in AGING_TABLES}
-    groups = _age_groups(state)
     review = read_decisions(results_dir)
+    config = _study_config(state, features)
+    study = build_study_table(features, series, config, review)
     queue = review_queue(features, series, aging["zscores"])
     figure_dir = out_path.parent / "report-figures"
     body = [
         freshness_html(state, results_dir), run_details_html(results_dir, series, features),
-        "<h2>Table 1: cohort characteristics</h2>", _table(characteristics(series, groups, _contrast_column(state))),
-        "<h3>Exclusions by age group and sex</h3>",
-        _table(exclusions_by_group(series, features, groups, review)),
+        "<h2>Table 1: cohort characteristics</h2>", TABLE1_NOTE,
+        _table(characteristics(series, study, config.contrast.column)),
+        "<h3>Exclusions by age group and sex</h3>", EXCLUSIONS_NOTE,
+        _table(exclusions_by_group(series, features, study.age_groups, review)),
         who_to_look_at_html(results_dir, queue, review, workers, out_path.parent),
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),
@@ -309,12 +319,6 @@ def format_p(value: float) -> str:
     return f"{value:.1e}" if value < 0.001 else f"{value:.2g}"
 
 
-def _contrast_column(state: StatsState) -> str:
-    """The manifest column the stats read the contrast phase from; the default config's when none were made."""
-    config = state.provenance.get("config") or {}
-    return (config.get("contrast") or {}).get("column", load_aging_config().contrast.column)
-
-
 def relative_link(target: Path, page_dir: Path) -> str:
     """``target`` as an ``href`` of a page in ``page_dir``: relative, so that the results folder moved or
     zipped whole keeps its links, and URL-quoted (a series id may hold a space or ``#``).
@@ -327,14 +331,13 @@ def relative_link(target: Path, page_dir: Path) -> str:
     return urllib.parse.quote(Path(os.path.relpath(Path(target).absolute(), Path(page_dir).absolute())).as_posix())
 
 
-def _age_groups(state: StatsState) -> AgeGroups:
-    """The stats' own age groups (edges and which side each cut point belongs to), so that Table 1
-    and the study put a 78-year-old in the same group; the default config's when none were made."""
-    if state.provenance.get("age_group_edges"):
-        to_older = state.provenance.get("age_group_to_older") or (True, True, True)
-        return AgeGroups.from_edges(tuple(state.provenance["age_group_edges"]), tuple(to_older))
-    groups = load_aging_config().age_groups
-    return AgeGroups.from_edges(groups.cut_points, tuple(side == "older" for side in groups.cut_point_goes_to))
+def _study_config(state: StatsState, features: pd.DataFrame) -> AgingConfig:
+    """The configuration the stats were made with (the default one when none were made), so that Table 1
+    describes the subjects that study analysed, each once, in its age groups (a 78-year-old in the same
+    group), and its n is the subjects of ``summary.md`` and ``methods.md``."""
+    recorded = {key: value for key, value in (state.provenance.get("config") or {}).items() if key != "source"}
+    config = from_mapping(AgingConfig, recorded, state.stats_dir) if recorded else load_aging_config()
+    return metrics_of_the_model(features, config)
 
 
 def _run_records(results_dir: Path) -> list[dict]:

@@ -1,10 +1,11 @@
-"""Table 1 of a manuscript: who is in the cohort, by age group; and what was left out, by whom.
+"""Table 1 of a manuscript: who the study analysed, by age group; and what was left out, by whom.
 
-:func:`characteristics` gives one row per characteristic (n, age, sex, every covariate of the
-manifest) and one column per age group plus ``no age`` and ``all``: numbers as ``n (%)`` or
-``mean (SD)`` / ``median [Q1, Q3]``, ready to paste. :func:`exclusions_by_group` counts
-series-level exclusions (failed, no age, rejected in review) and measurement-level QC statuses
-(and rejections in review) by age group and by sex, so a reader sees whether losses are spread evenly.
+:func:`characteristics` gives one row per characteristic (n subjects and the series they contributed,
+age, sex, every covariate of the manifest) of the subjects the aging study analysed, each once, and one
+column per age group plus ``all``: numbers as ``n (%)`` or ``mean (SD)`` / ``median [Q1, Q3]``, ready to
+paste. :func:`exclusions_by_group` counts series-level exclusions (failed, no age, rejected in review) and
+measurement-level QC statuses (and rejections in review) by age group and by sex, so a reader sees whether
+losses are spread evenly; it counts series and measurements, not subjects.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cohort.stats.cohort_table import AgeGroups, contrast_phase, study_status
+from cohort.stats.cohort_table import PHASE, AgeGroups, StudyTable, study_status
 from cohort.stats.review import rejected
 from cohort.stats.review_store import latest_decisions
 
@@ -46,25 +47,42 @@ def in_manifest(series: pd.DataFrame) -> pd.DataFrame:
     return series[series["in_manifest"].ne(False)]
 
 
-def characteristics(series: pd.DataFrame, groups: AgeGroups, contrast_column: str = "contrast") -> pd.DataFrame:
-    """Table 1: ``characteristic`` then one column per age group, ``no age`` and ``all``, of the series
-    the manifest lists (:func:`in_manifest`). The manifest's ``contrast_column`` (the stats config's
-    ``contrast.column``) is shown as the study reads it (:func:`contrast_phase`: with, without,
-    unknown), not as its raw text, where ``yes`` and ``YES`` would be two rows and ``venous`` a phase."""
-    series = in_manifest(series)
-    frame = series.assign(age_group=age_group_column(series, groups)).reset_index(drop=True)
+def analysed_subjects(series: pd.DataFrame, table: StudyTable) -> pd.DataFrame:
+    """One row per subject the study analysed (:meth:`StudyTable.n_subjects`), as Table 1 describes it.
+
+    Sex and contrast phase are the study's (its first row of the subject, as ``summary.md`` counts them), the
+    manifest's other columns those of the scan behind that row. ``age`` is the mean age of the subject's
+    analysed scans (``table.scans``): the one scan's age with ``repeated_scans: first`` or ``last``, the scans
+    averaged into its values with ``mean``; ``n_series`` counts those scans.
+    """
+    first = table.values.drop_duplicates("subject_id")[["subject_id", "series_id", "sex", PHASE]]
+    ages = table.scans.merge(series[["series_id", "age"]], on="series_id")
+    per_subject = ages.assign(age=pd.to_numeric(ages["age"], errors="coerce")).groupby("subject_id").agg(
+        age=("age", "mean"), n_series=("series_id", "size"))
+    manifest = series.drop(columns=["subject_id", "age", "sex"], errors="ignore")
+    return first.merge(per_subject, on="subject_id").merge(manifest, on="series_id", how="left")
+
+
+def characteristics(series: pd.DataFrame, table: StudyTable, contrast_column: str = "contrast") -> pd.DataFrame:
+    """Table 1: ``characteristic`` then one column per age group of ``table`` and ``all``, of the subjects the
+    study analysed (:func:`analysed_subjects`: each subject once, at the age the analysis uses for it, so ``n``
+    is the subjects of ``summary.md`` and ``methods.md``), with the series they contributed. ``series`` is the
+    run's ``series/`` table, ``table`` the study table built from it. The manifest's ``contrast_column`` (the
+    study's ``contrast.column``) is shown as the study reads it (with, without, unknown), not as its raw text,
+    where ``yes`` and ``YES`` would be two rows and ``venous`` a phase."""
+    subjects = analysed_subjects(series, table)
+    frame = subjects.assign(age_group=age_group_column(subjects, table.age_groups))
     covariates = _covariates(frame)
     if contrast_column and (contrast_column in covariates.columns or contrast_column in frame.columns):
-        phase = contrast_phase(frame, contrast_column).fillna("unknown")
-        covariates = covariates.drop(columns=contrast_column, errors="ignore").assign(**{"contrast phase": phase})
-    columns = {label: frame.index[frame["age_group"] == label] for label in frame["age_group"].cat.categories}
+        covariates = covariates.drop(columns=contrast_column, errors="ignore").assign(
+            **{"contrast phase": frame[PHASE].fillna("unknown")})
+    columns = {label: frame.index[frame["age_group"] == label] for label in table.age_groups.labels}
     columns[ALL] = frame.index
-    rows: list[tuple[str, dict[str, str]]] = [("n (series)", {k: str(len(v)) for k, v in columns.items()})]
-    if "subject_id" in frame and frame["subject_id"].notna().any():
-        rows.append(("n (subjects)", {k: str(frame.loc[v, "subject_id"].nunique()) for k, v in columns.items()}))
+    rows: list[tuple[str, dict[str, str]]] = [
+        ("n (subjects)", {k: str(len(v)) for k, v in columns.items()}),
+        ("n (series of these subjects)", {k: str(int(frame.loc[v, "n_series"].sum())) for k, v in columns.items()})]
     rows += _numeric_rows("age (years)", frame["age"], columns)
     rows += _categorical_rows("sex", frame["sex"].fillna("unknown"), columns)
-    rows += [("finished", {k: _n_pct(frame.loc[v, "status"] == "done") for k, v in columns.items()})]
     for name in covariates.columns:
         values = covariates[name]
         numeric = pd.to_numeric(values, errors="coerce")
@@ -77,7 +95,8 @@ def characteristics(series: pd.DataFrame, groups: AgeGroups, contrast_column: st
 
 def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: AgeGroups,
                         review: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Counts per ``reason`` and ``level`` (series or measurement), by age group and by sex.
+    """Counts per ``reason`` and ``level`` (series or measurement), by age group and by sex; ``counted`` says
+    what a count counts (``series``, or ``series x structure`` measurements): never subjects, unlike Table 1.
 
     Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (the newest decision on the
     whole series is ``reject``); measurement level: every QC status of the ``features`` rows (``ok``
@@ -103,8 +122,9 @@ def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: Ag
     rows = pd.concat([series_level[["reason", "level", "age_group", "sex"]], measured.assign(level="measurement")])
     by_group = pd.crosstab([rows["level"], rows["reason"]], rows["age_group"])
     by_sex = pd.crosstab([rows["level"], rows["reason"]], rows["sex"]).add_prefix("sex ")
-    table = by_group.join(by_sex).assign(total=by_group.sum(axis=1))
-    return table.reset_index().sort_values(["level", "total"], ascending=[False, False], ignore_index=True)
+    table = by_group.join(by_sex).assign(total=by_group.sum(axis=1)).reset_index()
+    table.insert(1, "counted", table["level"].map({"series": "series", "measurement": "series x structure"}))
+    return table.sort_values(["level", "total"], ascending=[False, False], ignore_index=True)
 
 
 def _covariates(frame: pd.DataFrame) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 from testkit import cohort_cli
 
 from cohort.stats import run_stats, write_report
-from cohort.stats.cohort_table import AgeGroups
+from cohort.stats.cohort_table import AgeGroups, StudyTable, build_study_table
+from cohort.stats.config import load_aging_config
 from cohort.stats.freshness import check_stats
 from cohort.stats.report import StaleStats, format_p, qc_html
 from cohort.stats.report_figures import organ_systems
@@ -30,6 +32,11 @@ from cohort.testing.cohorts import cohort_from_values, make_cohort
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 GROUPS = AgeGroups.from_edges((41, 59, 78))
+
+
+def _study(series: pd.DataFrame, features: pd.DataFrame, **config: object) -> StudyTable:
+    """The study table of the default configuration (with ``config`` keys replaced), as the report builds it."""
+    return build_study_table(features, series, dataclasses.replace(load_aging_config(), **config))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +98,8 @@ def test_other_stats_folder_and_stale_stats(results: Path, tmp_path: Path) -> No
     assert "Stats: <code>elsewhere/</code>" in write_report(copy, stats_dir=tmp_path / "elsewhere").read_text()
     assert check_stats(copy, tmp_path / "elsewhere").fresh
     newest = sorted((copy / "series").glob("*.parquet"))[-1]
-    shutil.copy(newest, copy / "series" / "part-99999.parquet")  # the run grew after the stats
+    grown = pd.read_parquet(newest)  # the run grew after the stats: new series
+    grown.assign(series_id=grown["series_id"] + "-new").to_parquet(copy / "series" / "part-99999.parquet", index=False)
     state = check_stats(copy, tmp_path / "elsewhere")
     assert not state.fresh and state.problems[0].startswith("series changed after the stats were made")
     assert "Stale statistics" in write_report(copy, stats_dir=tmp_path / "elsewhere").read_text()
@@ -106,15 +114,18 @@ def test_p_values_underflow_as_text() -> None:
     assert format_p(0.0) == "< 1e-300" and format_p(1e-310) == "1.0e-310" and format_p(0.5) == "0.5"
 
 
-def test_table1_counts_agree_with_the_series_table(results: Path) -> None:
-    series = pd.read_parquet(results / "series")
-    table = characteristics(series, GROUPS).set_index("characteristic")
-    n = table.loc["n (series)"].astype(int)
-    assert n["all"] == len(series) and n.drop("all").sum() == len(series)
-    young = series[series["age"] < 41]
+def test_table1_counts_the_subjects_the_study_analysed(results: Path) -> None:
+    series, features = pd.read_parquet(results / "series"), pd.read_parquet(results / "features")
+    study = _study(series, features)
+    table = characteristics(series, study).set_index("characteristic")
+    analysed = series[series["series_id"].isin(study.scans["series_id"])]
+    n = table.loc["n (subjects)"].astype(int)
+    assert n["all"] == study.n_subjects() == len(analysed) and n.drop("all").sum() == n["all"]
+    assert table.loc["n (series of these subjects)", "all"] == str(len(analysed))
+    young = analysed[analysed["age"] < 41]
     assert n["<41"] == len(young)
     assert table.loc["sex: M, n (%)", "<41"] == f"{(young['sex'] == 'M').sum()} ({100 * (young['sex'] == 'M').mean():.1f} %)"
-    assert table.loc["age (years), mean (SD)", "all"] == f"{series['age'].mean():.1f} ({series['age'].std():.1f})"
+    assert table.loc["age (years), mean (SD)", "all"] == f"{analysed['age'].mean():.1f} ({analysed['age'].std():.1f})"
 
 
 def test_table1_leaves_out_series_the_manifest_no_longer_lists(results: Path) -> None:
@@ -122,38 +133,92 @@ def test_table1_leaves_out_series_the_manifest_no_longer_lists(results: Path) ->
     series, features = pd.read_parquet(results / "series"), pd.read_parquet(results / "features")
     series["in_manifest"] = np.arange(len(series)) % 10 != 0
     listed = series[series["in_manifest"]]
-    table = characteristics(series, GROUPS).set_index("characteristic")
-    assert int(table.loc["n (series)", "all"]) == len(listed)
-    assert table.loc["age (years), mean (SD)", "all"] == f"{listed['age'].mean():.1f} ({listed['age'].std():.1f})"
+    study = _study(series, features)
+    analysed = listed[listed["series_id"].isin(study.scans["series_id"])]
+    table = characteristics(series, study).set_index("characteristic")
+    assert int(table.loc["n (subjects)", "all"]) == len(analysed) < len(listed)
+    assert table.loc["age (years), mean (SD)", "all"] == f"{analysed['age'].mean():.1f} ({analysed['age'].std():.1f})"
     losses = exclusions_by_group(series, features, GROUPS).set_index(["level", "reason"])
     assert losses.xs("measurement")["total"].sum() == features["series_id"].isin(listed["series_id"]).sum()
     assert losses.loc[("series", "series_failed"), "total"] == (listed["status"] == "failed").sum()
+    assert set(losses["counted"]) == {"series", "series x structure"}
 
 
 def test_table1_shows_manifest_covariates(results: Path) -> None:
-    series = pd.read_parquet(results / "series")
+    series, features = pd.read_parquet(results / "series"), pd.read_parquet(results / "features")
     kernel = np.where(np.arange(len(series)) % 4 == 0, "B70f", "B30f")
     series["covariates"] = [[("kernel", k), ("kvp", str(100 + 20 * (i % 2)))] for i, k in enumerate(kernel)]
-    table = characteristics(series, GROUPS).set_index("characteristic")
-    assert table.loc["kernel: B30f, n (%)", "all"].startswith(f"{(kernel == 'B30f').sum()} (")
-    assert table.loc["kvp, mean (SD)", "all"].startswith("110.0")
+    table = characteristics(series, _study(series, features)).set_index("characteristic")
+    analysed = series["series_id"].isin(_study(series, features).scans["series_id"]).to_numpy()
+    kvp = 100 + 20 * (np.arange(len(series))[analysed] % 2)
+    assert table.loc["kernel: B30f, n (%)", "all"].startswith(f"{(kernel[analysed] == 'B30f').sum()} (")
+    assert table.loc["kvp, mean (SD)", "all"] == f"{kvp.mean():.1f} ({kvp.std(ddof=1):.1f})"
 
 
 def test_table1_shows_the_contrast_phase_as_the_study_reads_it(results: Path) -> None:
     """The manifest's contrast cells yes/YES/No/venous/blank: the study reads two with, one without and
     two unknown; Table 1 listed the raw text instead (yes and YES two rows, venous a phase of its own)."""
-    series = pd.read_parquet(results / "series")
+    series, features = pd.read_parquet(results / "series"), pd.read_parquet(results / "features")
     cells = np.array(["yes", "YES", "No", "venous", ""])[np.arange(len(series)) % 5]
     series["covariates"] = [[("contrast", cell)] for cell in cells]
-    table = characteristics(series, GROUPS).set_index("characteristic")
-    n = len(series)
+    study = _study(series, features)
+    table = characteristics(series, study).set_index("characteristic")
+    cells = cells[series["series_id"].isin(study.scans["series_id"]).to_numpy()]
+    n = len(cells)
     with_n, without_n = int(np.isin(cells, ["yes", "YES"]).sum()), int((cells == "No").sum())
     assert table.loc["contrast phase: with, n (%)", "all"] == f"{with_n} ({100 * with_n / n:.1f} %)"
     assert table.loc["contrast phase: without, n (%)", "all"] == f"{without_n} ({100 * without_n / n:.1f} %)"
     assert table.loc["contrast phase: unknown, n (%)", "all"].startswith(f"{n - with_n - without_n} (")
+    assert study.phase_counts().tolist() == [with_n, without_n, n - with_n - without_n]  # as summary.md counts
     assert not any(name.startswith("contrast:") for name in table.index)
-    other_column = characteristics(series, GROUPS, contrast_column="phase").set_index("characteristic")
+    other_column = characteristics(series, study, contrast_column="phase").set_index("characteristic")
     assert "contrast: YES, n (%)" in other_column.index  # not the study's phase column: listed as it is
+
+
+@pytest.mark.parametrize("policy", ["first", "last", "mean"])
+def test_table1_counts_a_subject_scanned_three_times_once(policy: str, tmp_path: Path) -> None:
+    """Table 1 counted series: a subject scanned three times was three in n, sex and age, and could stand in
+    two age groups at once. It now counts each analysed subject once, at the age the analysis uses for it
+    (``repeated_scans``: its first or last scan's, or the mean of its averaged scans'), says how many series
+    these subjects contributed, and its n is the subjects of ``summary.md`` and ``methods.md``."""
+    rng = np.random.default_rng(8)
+    n = 40
+    ages = np.r_[rng.integers(20, 70, n), 0.0, 0.0, 0.0].astype(float)
+    ages[n:] = ages[0] + 12.0, ages[0] + 27.0, ages[1] + 9.0  # P0 scanned three times, P1 twice
+    subjects = np.array([*(f"P{i}" for i in range(n)), "P0", "P0", "P1"])
+    sex = np.where(np.arange(n + 3) % 2, "M", "F")
+    sex[n:] = sex[0], sex[0], sex[1]
+    cohort = cohort_from_values(ages, sex, {("liver", "volume_ml"): rng.normal(1500, 100, n + 3)}, subject_id=subjects)
+    results = cohort.write(tmp_path / "results")
+    (tmp_path / "aging.yaml").write_text(f"repeated_scans: {policy}\n")
+    run_stats(results, config_path=tmp_path / "aging.yaml", figures="none")
+    page = write_report(results).read_text()
+
+    scans = pd.DataFrame({"subject": subjects, "age": ages, "sex": sex})
+    chosen = {"first": scans.loc[scans.groupby("subject")["age"].idxmin()],
+              "last": scans.loc[scans.groupby("subject")["age"].idxmax()], "mean": scans}[policy]
+    truth = chosen.groupby("subject").agg(age=("age", "mean"), sex=("sex", "first"), n=("age", "size"))
+    in_page = page.split("Table 1: cohort characteristics")[1].split("</table>")[0]
+    age = f"{truth['age'].mean():.1f} ({truth['age'].std():.1f})"
+    rows = [re.findall(r"<td>([^<]*)</td>", tr) for tr in in_page.split("<tr>")]
+    last_cell = {cells[0]: cells[-1] for cells in rows if len(cells) > 1}  # the `all` column
+    assert last_cell["n (subjects)"] == str(n) and last_cell["age (years), mean (SD)"] == age
+    assert f"Subjects with an included measurement: {n};" in (results / "aging" / "summary.md").read_text()
+    assert f"{n} subjects entered" in (results / "aging" / "methods.md").read_text()
+    series = pd.read_parquet(results / "series")
+    study = build_study_table(pd.read_parquet(results / "features"), series,
+                              dataclasses.replace(load_aging_config(), repeated_scans=policy))
+    table = characteristics(series, study).set_index("characteristic")
+    assert table.loc["n (subjects)", "all"] == str(n)
+    assert table.loc["n (series of these subjects)", "all"] == str(truth["n"].sum())
+    assert table.loc["age (years), mean (SD)", "all"] == f"{truth['age'].mean():.1f} ({truth['age'].std():.1f})"
+    q1, median, q3 = truth["age"].quantile([0.25, 0.5, 0.75])
+    assert table.loc["age (years), median [Q1, Q3]", "all"] == f"{median:.1f} [{q1:.1f}, {q3:.1f}]"
+    females = int((truth["sex"] == "F").sum())
+    assert table.loc["sex: F, n (%)", "all"] == f"{females} ({100 * females / n:.1f} %)"
+    labels = list(study.age_groups.labels)
+    per_group = pd.Series(labels)[study.age_groups.assign(truth["age"].to_numpy()) - 1].value_counts()
+    assert table.loc["n (subjects)", labels].astype(int).to_dict() == per_group.reindex(labels, fill_value=0).to_dict()
 
 
 def test_exclusions_by_group_count_every_series_and_measurement(results: Path) -> None:
