@@ -233,7 +233,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
                                 "the table is corrupt, rerun `cohort run`")
     rows["reason"] = _row_reasons(rows, config, review, pooled)
     scans = rows.loc[rows["reason"] == INCLUDED, ["series_id", "subject_id"]].drop_duplicates(ignore_index=True)
-    groups = _age_groups(_subject_ages(series, config), config)
+    groups = _age_groups(_subject_ages(series), config)
     rows, values = _one_row_per_subject(rows, config)
     structures = sorted(features["structure"].unique())
     exclusions = _exclusions(rows, series, structures, config)
@@ -395,14 +395,14 @@ def averaged_phase(ordered: pd.DataFrame) -> pd.Series:
     return ordered[PHASE].where(agree)
 
 
-def _subject_ages(series: pd.DataFrame, config: AgingConfig) -> np.ndarray:
-    """One age per subject of the study, that of the scan that stands for the subject (with
-    ``repeated_scans: mean``, the first, into which the later ones are averaged): cohort quartiles
-    split subjects, not scans, so a subject scanned ten times does not move the cut points."""
-    included = series["reason"] == INCLUDED
-    if config.repeated_scans == "mean":
-        included &= series["order"] == 0
-    return series.loc[included, "age"].to_numpy(float)
+def _subject_ages(series: pd.DataFrame) -> np.ndarray:
+    """One age per subject of the study: that of the scan that stands for the subject, or with
+    ``repeated_scans: mean`` the mean age of its included scans, as the analysis places the
+    subject (that of its first scan put subjects whose scans span a cut point in the other group).
+    Cohort quartiles split subjects, not scans, so a subject scanned ten times does not move the
+    cut points."""
+    included = series[series["reason"] == INCLUDED]
+    return included.groupby("subject_id")["age"].mean().to_numpy(float)
 
 
 def _age_groups(ages: np.ndarray, config: AgingConfig) -> AgeGroups:

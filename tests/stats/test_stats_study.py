@@ -155,9 +155,28 @@ def test_cohort_quartiles_count_each_subject_once(repeated_scans: str) -> None:
     base = dataclasses.replace(PAPER, repeated_scans=repeated_scans, workers=1)
     config = dataclasses.replace(base, age_groups=dataclasses.replace(PAPER.age_groups, method="cohort_quartiles"))
     results = run_study(features, pd.concat([cohort.series, repeats]), config)
-    done = cohort.series[(cohort.series["status"] == "done") & cohort.series["age"].notna()]
-    in_range = done["age"].between(*config.age_range)
-    assert results.age_groups.edges == pytest.approx(tuple(np.quantile(done.loc[in_range, "age"], [0.25, 0.5, 0.75])))
+    done = pd.concat([cohort.series, repeats])
+    done = done[(done["status"] == "done") & done["age"].between(*config.age_range)]
+    subject_ages = done.groupby("subject_id")["age"].agg("first" if repeated_scans == "first" else "mean")
+    assert results.age_groups.edges == pytest.approx(tuple(np.quantile(subject_ages, [0.25, 0.5, 0.75])))
+
+
+def test_cohort_quartiles_place_averaged_subjects_at_their_mean_age() -> None:
+    """With ``repeated_scans: mean`` the analysis places a subject at the mean age of its scans; the
+    cut points took the first scan's age, so subjects rescanned 20 years later moved groups."""
+    cohort = make_cohort(n_subjects=400, n_structures=4, seed=6)
+    done = cohort.series[(cohort.series["status"] == "done") & cohort.series["age"].between(30, 60)].head(100)
+    later = done.assign(series_id=done["series_id"] + "_later", age=done["age"] + 20)
+    features = pd.concat([cohort.features, *(cohort.features[cohort.features["series_id"] == sid].assign(
+        series_id=sid + "_later") for sid in done["series_id"])])
+    series = pd.concat([cohort.series, later])
+    base = dataclasses.replace(PAPER, repeated_scans="mean", workers=1)
+    config = dataclasses.replace(base, age_groups=dataclasses.replace(PAPER.age_groups, method="cohort_quartiles"))
+    results = run_study(features, series, config)
+    included = series[(series["status"] == "done") & series["age"].between(*config.age_range)]
+    by_subject = included.groupby("subject_id")["age"]
+    assert results.age_groups.edges == pytest.approx(tuple(np.quantile(by_subject.mean(), [0.25, 0.5, 0.75])))
+    assert results.age_groups.edges != pytest.approx(tuple(np.quantile(by_subject.min(), [0.25, 0.5, 0.75])))
 
 
 def test_sex_strata_are_analysed_separately() -> None:
