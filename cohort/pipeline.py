@@ -23,7 +23,7 @@ import pyarrow as pa
 import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
 from cohort.errors import OutOfMemory, RunCannotStart, SeriesError, is_out_of_memory
-from cohort.ingest import InputName, LabelMap, Volume, align_image, load_ct, load_labels
+from cohort.ingest import InputName, LabelMap, Volume, align_image, check_dixon_scaling, load_ct, load_labels
 from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subject, dixon_problem, subject_or_empty,
                              validate_subject)
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
@@ -299,13 +299,12 @@ def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon 
     problem = dixon_problem(spec)
     if problem:
         raise SeriesError(f"{spec.where}: {problem}")
-    arrays: dict[str, np.ndarray] = {}
-    files: dict[str, tuple[Path, ...]] = {}
-    for column, path in (("fat", spec.fat), ("water", spec.water)):
-        image = load_ct(InputName.in_manifest(path, spec.line, column=column), limits,
-                        getattr(spec, f"{column}_series_uid"), modality=None)
-        arrays[column], files[column] = align_image(volume, image, column), image.files
-    return Dixon(arrays["fat"], arrays["water"], files["fat"], files["water"])
+    images = {column: load_ct(InputName.in_manifest(path, spec.line, column=column), limits,
+                              getattr(spec, f"{column}_series_uid"), modality=None)
+              for column, path in (("fat", spec.fat), ("water", spec.water))}
+    check_dixon_scaling(images["fat"], images["water"])
+    fat, water = (align_image(volume, images[column], column) for column in ("fat", "water"))
+    return Dixon(fat, water, images["fat"].files, images["water"].files)
 
 
 def input_groups(spec: SeriesSpec, volume: Volume, dixon: Dixon | None) -> list[SourceFiles]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cohort.config import ClassMap, IngestConfig
 from cohort.errors import SeriesError
-from cohort.ingest.checks import align_image, align_labels, check_finite, check_is_ct, check_modality
+from cohort.ingest.checks import (align_image, align_labels, check_dixon_scaling, check_finite, check_is_ct,
+                                   check_modality)
 from cohort.ingest.dicom import read_ct_dicom
 from cohort.ingest.masks import load_label_masks
 from cohort.ingest.names import InputName
@@ -20,8 +21,8 @@ from cohort.ingest.nifti import as_hu_array, is_nifti, load_label_nifti, read_ni
 from cohort.ingest.padding import AIR_HU, NO_SIGNAL, detect_padding, field_edge, fill_padding, padding_mask
 from cohort.ingest.volume import Grid, LabelMap, Volume
 
-__all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_image", "align_labels", "check_is_ct", "check_modality",
-           "load_ct", "load_label_masks", "load_label_nifti", "load_labels"]
+__all__ = ["Grid", "InputName", "LabelMap", "Volume", "align_image", "align_labels", "check_dixon_scaling",
+           "check_is_ct", "check_modality", "load_ct", "load_label_masks", "load_label_nifti", "load_labels"]
 
 
 def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), series_uid: str | None = None,
@@ -34,11 +35,11 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     """
     name = InputName.of(source)
     padded = origin = None
-    files = (name.path,)
+    files, scales = (name.path,), frozenset()
     if name.path.is_dir():
         series = read_ct_dicom(name, limits, series_uid, modality)
         values, affine, padded, origin = series.values, series.affine, series.padded, series.origin
-        files = tuple(Path(file) for file in series.files)
+        files, scales = tuple(Path(file) for file in series.files), series.precise_scales
     elif is_nifti(name.path) or not name.path.exists():
         values, affine = read_nifti_array(name, limits)
     else:
@@ -53,7 +54,7 @@ def load_ct(source: Path | InputName, limits: IngestConfig = IngestConfig(), ser
     fill = NO_SIGNAL if modality == "MR" else AIR_HU  # an MR's padding is no signal, never CT air
     edge = field_edge(values, padded, modality)
     return Volume(hu=as_hu_array(fill_padding(values, padded, fill)), affine=affine, source=name.path,
-                  name=name.shown, outside_fov=edge, origin=origin, files=files)
+                  name=name.shown, outside_fov=edge, origin=origin, files=files, precise_scales=scales)
 
 
 def load_labels(source: Path | InputName, volume: Volume, class_map: ClassMap,

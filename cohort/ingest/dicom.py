@@ -58,10 +58,12 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item closing compressed pixels
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
                  "NumberOfFrames")
+PHILIPS_CREATOR, PHILIPS_SCALE_SLOPE = 0x20050010, 0x2005100E  # "Philips MR Imaging DD 001", its scale slope
+PHILIPS_MR_BLOCK = "Philips MR Imaging DD 001"
 HEADER_TAGS = GEOMETRY_TAGS + ("Modality", "SeriesInstanceUID", "SOPInstanceUID", "StudyInstanceUID",
                                "FrameOfReferenceUID", "PixelRepresentation", "BitsAllocated",
                                "RescaleSlope", "RescaleIntercept", "PixelPaddingValue", "PixelPaddingRangeLimit",
-                               "SamplesPerPixel")
+                               "SamplesPerPixel", PHILIPS_CREATOR, PHILIPS_SCALE_SLOPE)
 GAP_FACTOR = 1.5  # a step this many times the median spacing means missing slices
 SPACING_TOLERANCE = 0.05  # relative deviation of a step from the median spacing still called even
 SPACING_TOLERANCE_MM = 0.01  # absolute floor of that tolerance (positions are rounded in headers)
@@ -214,6 +216,7 @@ class DicomSeries:
     padded: np.ndarray | None
     origin: ScanOrigin
     files: tuple[str, ...]
+    precise_scales: frozenset[float] = frozenset()
 
 
 def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(),
@@ -230,8 +233,26 @@ def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(
     slices = [_read_slice(name, name.child(file, f"slice {index} of {count}")) for index, file in
               enumerate(geometry.files, 1)]
     values = np.stack(slices, axis=-1)
+    scales = frozenset(scale for file in geometry.files if (scale := philips_precise_scale(headers[file])) is not None)
     return DicomSeries(values, geometry.affine, _declared_padding_mask(values, [headers[file] for file in geometry.files]),
-                       series_origin(headers.values()), geometry.files)
+                       series_origin(headers.values()), geometry.files, scales)
+
+
+def philips_precise_scale(header: pydicom.Dataset) -> float | None:
+    """RescaleSlope x Philips' private scale slope (2005,100E) of an MR slice, or None where the slice
+    has no such slope. Philips scales each image's stored values for display; its precise values
+    are the display values divided by this factor, so display values of two images (a Dixon fat
+    and water pair) or of two slices are comparable only where the factor is the same."""
+    creator = header.get(PHILIPS_CREATOR)
+    slope = header.get(PHILIPS_SCALE_SLOPE)
+    if creator is None or slope is None or str(creator.value).strip() != PHILIPS_MR_BLOCK:
+        return None
+    value = slope.value
+    if isinstance(value, bytes):  # implicit VR: the element is read without its VR (FL, 4 bytes)
+        value = np.frombuffer(value[:4], dtype="<f4")[0] if len(value) >= 4 else None
+    if value is None or not np.isfinite(float(value)) or float(value) == 0:
+        return None
+    return float(header.get("RescaleSlope") or 1.0) * float(value)
 
 
 def _declared_padding_mask(values: np.ndarray, headers: Sequence[pydicom.Dataset]) -> np.ndarray | None:

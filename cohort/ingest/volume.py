@@ -85,7 +85,8 @@ class Volume:
     component of ``source``. ``origin``: the study and scan of a DICOM series (None for NIfTI).
     ``files``: the files the voxels were read from (the NIfTI file, or the DICOM series' files,
     not the other files of its folder), so that a row's input content digests them without
-    finding its series again.
+    finding its series again. ``precise_scales``: the distinct Philips display-to-precise factors
+    of its slices (:func:`cohort.ingest.dicom.philips_precise_scale`; empty for other series).
     """
 
     hu: np.ndarray
@@ -95,6 +96,7 @@ class Volume:
     outside_fov: np.ndarray | None = field(default=None, repr=False, compare=False)
     origin: ScanOrigin | None = field(default=None, repr=False, compare=False)
     files: tuple[Path, ...] = field(default=(), repr=False, compare=False)
+    precise_scales: frozenset[float] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name:

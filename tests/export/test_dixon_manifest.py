@@ -319,3 +319,64 @@ def test_dixon_series_are_paired_within_one_scan_not_across_scans_on_one_grid(ex
     (john_row,) = [row for uid, row in rows.items() if uid in (first["in_phase"], repeat["in_phase"])]
     scan_of_row = first if john_row["series_uid"] == first["in_phase"] else repeat
     assert (john_row["fat_series_uid"], john_row["water_series_uid"]) == (scan_of_row["fat"], scan_of_row["water"])
+
+
+def _philips_scale_slope(slope: float | list[float]):
+    """An edit giving each slice Philips' private scale slope (2005,100E) in its private block."""
+    def edit(ds: pydicom.Dataset, k: int) -> None:
+        block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+        block.add_new(0x0E, "FL", slope[k] if isinstance(slope, list) else slope)
+    return edit
+
+
+def test_philips_fat_and_water_images_scaled_differently_are_refused(examples: Path, tmp_path: Path) -> None:
+    """Philips writes each MR image's values for display, scaled by RescaleSlope x its private scale
+    slope (2005,100E). Fat and water images with different factors (or slices with different ones)
+    gave fat fractions of display values, off by the factors' ratio, silently."""
+    from cohort.config import IngestConfig
+    from cohort.ingest import load_ct
+    from cohort.manifest import read_manifest
+    from cohort.pipeline import load_dixon
+
+    slices = {role: mr_slices(examples, role)[:12] for role in ("in_phase", "fat", "water")}
+    study = Study(JANE)
+    image = write_series(tmp_path / "in_phase", slices["in_phase"], study, modality="MR", kernel="")
+    cases = {"same": (2.5, 2.5), "other": (2.5, 4.0), "per_slice": ([2.5] * 6 + [3.0] * 6, [2.5] * 6 + [3.0] * 6)}
+    rows = []
+    for case, (fat_slope, water_slope) in cases.items():
+        uids = {role: write_series(tmp_path / case / role, slices[role], study, modality="MR", kernel="",
+                                   edit=_philips_scale_slope(slope))
+                for role, slope in (("fat", fat_slope), ("water", water_slope))}
+        rows.append(f"{case},{tmp_path / 'in_phase'},{image},{tmp_path / case / 'fat'},{uids['fat']},"
+                    f"{tmp_path / case / 'water'},{uids['water']}")
+    manifest = tmp_path / "scans.csv"
+    manifest.write_text("series_id,path,series_uid,fat,fat_series_uid,water,water_series_uid\n" + "\n".join(rows) + "\n")
+    specs = {spec.series_id: spec for spec in read_manifest(manifest).specs}
+    volume = load_ct(tmp_path / "in_phase", modality="MR")
+    dixon = load_dixon(specs["same"], volume, IngestConfig())
+    assert 0.19 < float(dixon.fat.sum() / (dixon.fat.sum() + dixon.water.sum())) < 0.21
+    with pytest.raises(SeriesError, match=r"<fat of line 3>: the fat and water images are scaled differently "
+                                          r"for display \(Philips RescaleSlope x scale slope \(2005,100E\): 2.5 and 4\)"):
+        load_dixon(specs["other"], volume, IngestConfig())
+    with pytest.raises(SeriesError, match=r"its slices are scaled differently for display .*: 2.5, 3\)"):
+        load_dixon(specs["per_slice"], volume, IngestConfig())
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_philips_scale_slope_is_read_in_either_transfer_syntax(examples: Path, tmp_path: Path, implicit: bool) -> None:
+    """Read without its VR (implicit VR little endian), the private FL element arrives as 4 bytes."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from cohort.ingest.dicom import _read_header, philips_precise_scale
+    from cohort.ingest.names import InputName
+
+    ds = mr_slices(examples, "fat")[0]
+    _philips_scale_slope(0.125)(ds, 0)
+    ds.RescaleSlope = 2
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "slice.dcm", enforce_file_format=True)
+    assert philips_precise_scale(_read_header(InputName.of(tmp_path / "slice.dcm"))) == 0.25
+    other_vendor = pydicom.dcmread(tmp_path / "slice.dcm")
+    other_vendor[0x20050010].value = "SOME OTHER VENDOR"
+    assert philips_precise_scale(other_vendor) is None
