@@ -26,15 +26,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import pydicom
 
 from cohort.config import ClassMap, IngestConfig, RunConfig, load_run_config
 from cohort.errors import SeriesError
-from cohort.ingest.checks import check_same_scan, grid_transform
+from cohort.ingest.checks import check_dixon_scaling, check_same_scan, grid_transform
 from cohort.ingest.label_table import check_label_table, label_table
-from cohort.ingest.dicom import check_declared_modality, series_geometry, series_origin, truncated_pixel_data
+from cohort.ingest.dicom import (check_declared_modality, philips_precise_scale, series_geometry, series_origin,
+                                 truncated_pixel_data)
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.masks import masks_by_label
 from cohort.ingest.names import InputName
@@ -111,13 +113,15 @@ def _file_problems(spec: SeriesSpec, rules: FileRules) -> list[Problem]:
              for column in FILE_COLUMNS if getattr(spec, column) is not None}
     image: Grid | None = None
     image_origin: ScanOrigin | None = None
+    dixon_scales: dict[str, tuple[str, frozenset[float]]] = {}
     found: list[Problem] = []
     for column, name in names.items():
         try:
             if column == "labels" and name.path.is_dir():
                 _check_mask_folder(name, rules, image, names["path"].shown)
                 continue
-            grid, origin = _header_grid(spec, column, name, rules)
+            header = _header_grid(spec, column, name, rules)
+            grid, origin = header.grid, header.origin
             if column == "path":
                 image, image_origin = grid, origin
             elif image is not None:
@@ -125,21 +129,37 @@ def _file_problems(spec: SeriesSpec, rules: FileRules) -> list[Problem]:
                     check_same_scan(names["path"].shown, image_origin, name.shown, origin, column)
                 grid_transform(image, names["path"].shown, grid.shape, grid.affine, name.shown,
                                "label map" if column == "labels" else f"{column} image")
+            if column in ("fat", "water"):
+                dixon_scales[column] = (name.shown, header.precise_scales)
         except SeriesError as error:
             found.append(Problem(spec.line, spec.series_id, column, str(error)))
+    if len(dixon_scales) == 2:
+        try:
+            check_dixon_scaling(dixon_scales["fat"], dixon_scales["water"])
+        except SeriesError as error:
+            found.append(Problem(spec.line, spec.series_id, "fat", str(error)))
     dixon = dixon_problem(spec)
     if dixon:
         found.append(Problem(spec.line, spec.series_id, "fat" if spec.fat is not None else "water", dixon))
     return found
 
 
-def _header_grid(spec: SeriesSpec, column: str, name: InputName, rules: FileRules) -> tuple[Grid, ScanOrigin | None]:
-    """The grid of the file in ``column`` and, for a DICOM series, its study and scan; read as the
-    run reads it: the label map as NIfTI (its own label table checked against the class map), the
-    image (judged against the model's modality) and Dixon images as ``cohort.ingest.load_ct`` does."""
+class FileHeader(NamedTuple):
+    """What a file's headers tell: its grid and, for a DICOM series, its study and scan and its
+    Philips display-to-precise factors (``cohort.ingest.dicom.philips_precise_scale``)."""
+
+    grid: Grid
+    origin: ScanOrigin | None = None
+    precise_scales: frozenset[float] = frozenset()
+
+
+def _header_grid(spec: SeriesSpec, column: str, name: InputName, rules: FileRules) -> FileHeader:
+    """The headers of the file in ``column``, read as the run reads it: the label map as NIfTI (its
+    own label table checked against the class map), the image (judged against the model's modality)
+    and Dixon images as ``cohort.ingest.load_ct`` does."""
     limits, modality = rules.limits, rules.modality
     if column == "labels":
-        return _nifti_grid(name, limits, rules.class_map), None
+        return FileHeader(_nifti_grid(name, limits, rules.class_map))
     if column == "path":
         return _image_grid(name, limits, spec.series_uid, modality)
     return _image_grid(name, limits, getattr(spec, f"{column}_series_uid"), None)
@@ -165,13 +185,13 @@ def _check_mask_folder(name: InputName, rules: FileRules, image: Grid | None, im
 
 
 def _image_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
-                modality: str | None) -> tuple[Grid, ScanOrigin | None]:
+                modality: str | None) -> FileHeader:
     """What ``cohort run`` reads (``cohort.ingest.load_ct``): a DICOM series folder, else NIfTI."""
     if name.path.is_dir():
         return _dicom_grid(name, limits, series_uid, modality)
     if name.path.exists() and not is_nifti(name.path):
         raise SeriesError(f"{name}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
-    return _nifti_grid(name, limits), None
+    return FileHeader(_nifti_grid(name, limits))
 
 
 def _nifti_grid(name: InputName, limits: IngestConfig, class_map: ClassMap | None = None) -> Grid:
@@ -232,7 +252,7 @@ def _inflates_to(path: Path, needed: int) -> bool:
 
 
 def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
-                modality: str | None) -> tuple[Grid, ScanOrigin]:
+                modality: str | None) -> FileHeader:
     """The series' grid by the run's own discovery (``cohort.ingest.dicom.series_geometry``: the
     folder's single series, or series ``series_uid`` under it; its slices checked), from headers
     only, within the voxel limit and, given ``modality``, not tagged as the other one."""
@@ -243,7 +263,9 @@ def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
         check_declared_modality(name, headers.values(), modality)
     check_voxel_count(name, geometry.shape, limits)
     _check_whole_slices(name, geometry.files, headers)
-    return Grid(tuple(int(n) for n in geometry.shape), geometry.affine), series_origin(headers.values())
+    scales = frozenset(scale for file in geometry.files if (scale := philips_precise_scale(headers[file])) is not None)
+    return FileHeader(Grid(tuple(int(n) for n in geometry.shape), geometry.affine), series_origin(headers.values()),
+                      scales)
 
 
 def _check_whole_slices(name: InputName, files: Sequence[str], headers: dict[str, pydicom.Dataset]) -> None:

@@ -302,7 +302,7 @@ def load_dixon(spec: SeriesSpec, volume: Volume, limits: IngestConfig) -> Dixon 
     images = {column: load_ct(InputName.in_manifest(path, spec.line, column=column), limits,
                               getattr(spec, f"{column}_series_uid"), modality=None)
               for column, path in (("fat", spec.fat), ("water", spec.water))}
-    check_dixon_scaling(images["fat"], images["water"])
+    check_dixon_scaling(*((images[column].name, images[column].precise_scales) for column in ("fat", "water")))
     fat, water = (align_image(volume, images[column], column) for column in ("fat", "water"))
     return Dixon(fat, water, images["fat"].files, images["water"].files)
 

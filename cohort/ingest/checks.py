@@ -109,23 +109,24 @@ def align_image(volume: Volume, image: Volume, role: str) -> np.ndarray:
     return _on_grid(volume, image.hu, image.affine, image.name, f"{role} image")
 
 
-def check_dixon_scaling(fat: Volume, water: Volume) -> None:
+def check_dixon_scaling(fat: tuple[str, frozenset[float]], water: tuple[str, frozenset[float]]) -> None:
     """Refuse a Dixon pair whose values are not on one scale. Philips writes each MR image's values
     for display, scaled by RescaleSlope x its private scale slope (2005,100E); where that factor
     differs between the fat and the water image, or between slices of one of them, a fat fraction
     of the display values is off by the factors' ratio, silently. Its precise values (the display
     values divided by the factor) are what dcm2niix writes by default (``-p y``): give those NIfTI
-    files instead."""
-    for image in (fat, water):
-        if len(image.precise_scales) > 1:
-            raise SeriesError(f"{image.name}: its slices are scaled differently for display (Philips RescaleSlope x "
-                              f"scale slope (2005,100E): {_factors(image.precise_scales)}), so a fat fraction of its "
+    files instead. ``fat``, ``water``: each image's name and its factors
+    (:attr:`cohort.ingest.volume.Volume.precise_scales`)."""
+    for name, scales in (fat, water):
+        if len(scales) > 1:
+            raise SeriesError(f"{name}: its slices are scaled differently for display (Philips RescaleSlope x "
+                              f"scale slope (2005,100E): {_factors(scales)}), so a fat fraction of its "
                               "values would mix scales; convert the series to its precise values (dcm2niix -p y) "
                               "and give the NIfTI files")
-    if fat.precise_scales != water.precise_scales:
-        raise SeriesError(f"{fat.name}: the fat and water images are scaled differently for display (Philips "
-                          f"RescaleSlope x scale slope (2005,100E): {_factors(fat.precise_scales)} and "
-                          f"{_factors(water.precise_scales)}), so fat fractions of their values would be off; convert "
+    if fat[1] != water[1]:
+        raise SeriesError(f"{fat[0]}: the fat and water images are scaled differently for display (Philips "
+                          f"RescaleSlope x scale slope (2005,100E): {_factors(fat[1])} and "
+                          f"{_factors(water[1])}), so fat fractions of their values would be off; convert "
                           "both to their precise values (dcm2niix -p y) and give the NIfTI files")
 
 

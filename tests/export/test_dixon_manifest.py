@@ -332,7 +332,9 @@ def _philips_scale_slope(slope: float | list[float]):
 def test_philips_fat_and_water_images_scaled_differently_are_refused(examples: Path, tmp_path: Path) -> None:
     """Philips writes each MR image's values for display, scaled by RescaleSlope x its private scale
     slope (2005,100E). Fat and water images with different factors (or slices with different ones)
-    gave fat fractions of display values, off by the factors' ratio, silently."""
+    gave fat fractions of display values, off by the factors' ratio, silently; ``cohort check`` says so
+    from the headers."""
+    from cohort.check import check_manifest
     from cohort.config import IngestConfig
     from cohort.ingest import load_ct
     from cohort.manifest import read_manifest
@@ -351,6 +353,9 @@ def test_philips_fat_and_water_images_scaled_differently_are_refused(examples: P
                     f"{tmp_path / case / 'water'},{uids['water']}")
     manifest = tmp_path / "scans.csv"
     manifest.write_text("series_id,path,series_uid,fat,fat_series_uid,water,water_series_uid\n" + "\n".join(rows) + "\n")
+    problems = check_manifest(manifest, "MR").problems
+    assert [(p.series_id, p.column) for p in problems] == [("other", "fat"), ("per_slice", "fat")]
+    assert "scaled differently for display" in problems[0].reason and "2.5 and 4" in problems[0].reason
     specs = {spec.series_id: spec for spec in read_manifest(manifest).specs}
     volume = load_ct(tmp_path / "in_phase", modality="MR")
     dixon = load_dixon(specs["same"], volume, IngestConfig())
