@@ -30,8 +30,8 @@ from cohort.measurement import StructureMeasurements, measure_structures, qc_sta
 from cohort.measurement.fat_fraction import fat_fractions
 from cohort.measurement.qc import OK
 from cohort.provenance import (LABELS_MODEL, MR_MEASUREMENT_RULES, ContentKey, InputStats, RunKey, SourceFiles,
-                               content_digest,
-                               digest, measurement_digest, series_uid_digest, source_files)
+                               content_digest, digest, measurement_digest, series_uid_digest, source_files,
+                               source_key)
 from cohort.segmentation.device import DeviceSettings
 from cohort.store.records import DONE, FAILED, SeriesRecord
 from cohort.store.tables import FEATURES_SCHEMA
@@ -139,12 +139,6 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-def source_key(key: RunKey, content: str | None) -> str:
-    """What a stored label map depends on: the model part of the run key and the input files'
-    content (not their paths: a label map stays valid when its files move)."""
-    return digest([key.segmentation_part().digest, content])
 
 
 def recorded_content(context: RunContext, series_id: str, key: RunKey, plain: str | None,

@@ -142,6 +142,21 @@ class RunKey:
         return changes
 
 
+def source_key(key: RunKey, content: str | None) -> str:
+    """What a stored label map depends on: the model part of the run key and the input files'
+    content (not their paths: a label map stays valid when its files move). Its array in
+    ``labels.zarr`` carries it (attribute ``source_key``), and so does a review decision on it."""
+    return digest([key.segmentation_part().digest, content])
+
+
+def series_label_map_key(run_settings: str | None, content: str | None) -> str | None:
+    """The :func:`source_key` of the label map a ``series/`` row was measured on, from the row's
+    ``run_settings`` and ``input_content``; None for a row without a run key (failed, or of a
+    cohort version before run keys)."""
+    key = RunKey.from_json(run_settings)
+    return None if key is None else source_key(key, content)
+
+
 MEASUREMENT_RULES = 2
 """Version of how cohort measures, in the run key so that rows measured by other rules are not
 mixed with new ones: 2 = voxel volume from the affine's determinant (sheared grids), the padding

@@ -13,7 +13,8 @@ is accounted for per structure, with one reason, the first that applies:
    averaged into the first and counted here);
 6. ``not_measured``: the series finished but has no row for this structure;
 7. ``rejected_in_review``: the newest reviewer decision for the row is ``reject`` (``review.py``), or,
-   for a pooled row, for one of its parts;
+   for a pooled row, for one of its parts; only decisions made on the label map the row was measured
+   on count (a decision on an earlier segmentation of the series is stale, logged, never applied);
 8. the QC status of the row when it is not in ``include_statuses`` (``absent``,
    ``fov_truncated``, ``below_lower_bound``), where a measured row whose ``volume_ml`` is
    below its ``lower_bound_ml`` counts as ``below_lower_bound`` whatever its status says
@@ -36,7 +37,7 @@ from cohort.errors import RunCannotStart
 from cohort.provenance import RunKey
 from cohort.stats.config import STATUSES, AgingConfig
 from cohort.stats.pooled import add_pooled_rows, applicable_definitions, load_pooled_definitions
-from cohort.stats.review import load_review, rejected
+from cohort.stats.review import load_review, rejected, sort_decisions
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ def study_status(features: pd.DataFrame) -> pd.Series:
 def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig,
                       review: pd.DataFrame | None = None) -> StudyTable:
     """Join features with age, sex and covariates, apply the exclusions and cut the age groups."""
+    review = applied_decisions(review, series)
     series = _prepared_series(series, config)
     features = features.assign(status=study_status(features))
     pooled = applicable_definitions(load_pooled_definitions(config.pooled_structures), set(features["structure"]))
@@ -243,6 +245,16 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
                       covariates=config.covariates, modality=features_modality(features), scans=scans)
+
+
+def applied_decisions(review: pd.DataFrame | None, series: pd.DataFrame) -> pd.DataFrame:
+    """The decisions of ``review`` made on the label maps ``series`` was measured on; the others are stale,
+    and a warning counts them: a reviewer's verdict on a segmentation made anew since must be given again."""
+    decisions = sort_decisions(review, series)
+    if len(decisions.stale):
+        log.warning("review: %d decisions were made on an earlier segmentation of their series (run again since) "
+                    "and are not applied; review them again with `cohort review`", len(decisions.stale))
+    return decisions.applied
 
 
 def _prepared_series(series: pd.DataFrame, config: AgingConfig) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from cohort.stats.cohort_table import build_study_table, metrics_of_the_model, s
 from cohort.stats.config import AgingConfig, load_aging_config
 from cohort.stats.freshness import StatsState, check_stats
 from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
-from cohort.stats.review import newest_decisions
+from cohort.stats.review import SortedDecisions, sort_decisions
 from cohort.stats.review_store import read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
 from cohort.stats.triage import QueueSizes, ReviewQueue, review_queue
@@ -87,6 +87,7 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
     review = read_decisions(results_dir)
     config = _study_config(state, features)
     study = build_study_table(features, series, config, review)
+    decisions = sort_decisions(review, series)
     queue = review_queue(features, series, aging["zscores"])
     figure_dir = out_path.parent / "report-figures"
     body = [
@@ -95,7 +96,7 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
         _table(characteristics(series, study, config.contrast.column)),
         "<h3>Exclusions by age group and sex</h3>", EXCLUSIONS_NOTE,
         _table(exclusions_by_group(series, features, study.age_groups, review)),
-        who_to_look_at_html(results_dir, queue, review, workers, out_path.parent),
+        who_to_look_at_html(results_dir, queue, decisions, workers, out_path.parent),
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),
     ]
@@ -156,16 +157,15 @@ def run_details_html(results_dir: Path, series: pd.DataFrame, features: pd.DataF
                       "<h3>Models and settings</h3>", _table(models)])
 
 
-def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, review: pd.DataFrame, workers: int,
+def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: SortedDecisions, workers: int,
                         page_dir: Path) -> str:
     """The four review lists, each row with its overlay thumbnail (a link to the full-size mosaic in
     ``qc/``, relative to ``page_dir``, where the page is), reasons, values and the newest review
-    decision that applies to it (``review``: every decision), as the study applies them."""
+    decision that applies to it, as the study applies them, or the stale one made on an earlier
+    segmentation of the series; and how many decisions are stale, with a table of them."""
     requests = [OverlayRequest(sid, structure) for sid, structure in queue.overlay_requests()]
     overlays = {o.request: o for o in ensure_overlays(results_dir, requests, workers)}
-    listed = pd.DataFrame([(r.series_id, r.structure) for r in requests], columns=["series_id", "structure"])
-    verdict = {(r.series_id, r.structure): decision for r, decision in zip(requests, newest_decisions(review, listed))
-               if isinstance(decision, str)}
+    verdict = decisions.verdicts(queue.overlay_requests())
 
     def cards(rows: pd.DataFrame, structure_column: str | None, caption) -> str:
         items = []
@@ -179,12 +179,13 @@ def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, review: pd.DataFr
                        else f'<p class="note">{html.escape(overlay.problem or "")}</p>')
             decided = verdict.get((sid, structure))
             items.append(f'<div class="card" data-series="{html.escape(sid)}">{picture}<b>{html.escape(sid)}</b>'
-                         f"{' (' + decided + 'ed in review)' if decided else ''}<br>{caption(row)}</div>")
+                         f"{' (' + html.escape(decided) + ')' if decided else ''}<br>{caption(row)}</div>")
         return f'<div class="cards">{"".join(items)}</div>' if items else '<p class="note">none</p>'
 
     parts = ["<h2>Who to look at</h2>",
              '<p class="note">Overlays: yellow = the structure of interest; click one for full size (<code>qc/</code>). '
              "Accept or reject with <code>cohort review --results &lt;results&gt;/</code>.</p>",
+             stale_decisions_html(decisions.stale),
              f"<h3>Series with the most flagged structures ({len(queue.flagged)})</h3>",
              cards(queue.flagged, "worst", lambda r: f"{r['n_flags']} flags: {html.escape(_shorten(r['reasons']))}"),
              "<h3>Structures most often below their lower bound or absent where expected</h3>",
@@ -202,6 +203,17 @@ def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, review: pd.DataFr
     parts += [f"<h3>Spot checks (random sample, seed {QueueSizes().seed})</h3>",
               cards(queue.spot_checks, None, lambda r: f"age {r['age']:g}, sex {r['sex']}")]
     return "\n".join(parts)
+
+
+def stale_decisions_html(stale: pd.DataFrame) -> str:
+    """How many review decisions were made on an earlier segmentation of their series (``cohort run`` made
+    the label map anew since), and which: neither the study nor this page applies them."""
+    if stale.empty:
+        return ""
+    shown = stale[["series_id", "structure", "decision", "reviewer", "decided_at", "comment"]]
+    return (f"<h3>Decisions made on an earlier segmentation ({len(stale)})</h3>"
+            '<p class="note">Their series was segmented anew after the decision, so it is not applied: '
+            "review these again.</p>" + _table(shown.fillna({"structure": "(whole series)"})))
 
 
 def failures_html(series: pd.DataFrame) -> str:

@@ -46,7 +46,8 @@ from cohort.store.layout import missing_table
 from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
 from cohort.stats.pooled import parts_of
 from cohort.stats.report import _page, _table
-from cohort.stats.review import newest_decisions
+from cohort.provenance import series_label_map_key
+from cohort.stats.review import SortedDecisions, sort_decisions
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.triage import ReviewQueue, review_queue
 
@@ -58,6 +59,7 @@ FORM = " ".join((  # one line: in a table cell pandas would show a newline as a 
     '<form method="post" action="/decide" class="decide">',
     '<input type="hidden" name="series_id" value="{series_id}"><input type="hidden" name="structure" value="{structure}">',
     '<input type="hidden" name="back" value="{back}"><input type="hidden" name="token" value="{token}">',
+    '<input type="hidden" name="label_map_key" value="{label_map_key}">',
     # the form's default button, which Enter in a field presses: disabled, so Enter decides nothing (else "accept")
     '<button type="submit" disabled hidden aria-hidden="true"></button>',
     '<input name="reviewer" value="{reviewer}" size="8" aria-label="reviewer" required>',
@@ -89,12 +91,9 @@ class ReviewSite:
         return cls(results_dir, series, features, review_queue(features, series, zscores), getpass.getuser())
 
     def index_page(self) -> str:
-        review = read_decisions(self.results_dir)
-        decisions = latest_decisions(review)
-        listed = pd.DataFrame(self.queue.overlay_requests(), columns=["series_id", "structure"])
-        verdict = {pair: decision for pair, decision in zip(self.queue.overlay_requests(),
-                                                            newest_decisions(review, listed))
-                   if isinstance(decision, str)}
+        sorted_decisions = self._decisions()
+        decisions = latest_decisions(sorted_decisions.applied)
+        verdict = sorted_decisions.verdicts(self.queue.overlay_requests())
         lists = [("Series with the most flagged structures", self.queue.flagged, "worst"),
                  ("Structures most often failing (an example series each)",
                   self.queue.structures.rename(columns={"example": "series_id"}), "structure")]
@@ -111,6 +110,10 @@ class ReviewSite:
             body.append('<div class="cards">' + "".join(self._card(sid, structure, verdict.get((sid, structure)))
                                                         for sid, structure in pairs) + "</div>")
         body += [f"<h2>Decisions ({len(decisions)})</h2>", _table(decisions) if len(decisions) else "<p>none yet</p>"]
+        if len(stale := sorted_decisions.stale):
+            body += [f"<h2>Made on an earlier segmentation; review again ({len(stale)})</h2>",
+                     "<p>The series was segmented anew after these decisions, so they are not applied.</p>",
+                     _table(stale)]
         return _page("cohort review", body)
 
     def series_page(self, series_id: str, structure: str | None = None) -> str:
@@ -141,19 +144,32 @@ class ReviewSite:
                                                       float_format=lambda v: f"{v:.4g}")]
         return _page(f"review {series_id}", ['<p><a href="/">back to the queue</a></p>', *body])
 
+    def _decisions(self) -> SortedDecisions:
+        """Every decision so far, sorted by whether it judged the label map each series has now."""
+        return sort_decisions(read_decisions(self.results_dir), self.series)
+
     def _decided(self, series_id: str) -> dict[str | None, str]:
-        """The newest decision on each structure of the series (key None: the whole series), as one line."""
-        decisions = latest_decisions(read_decisions(self.results_dir))
-        mine = decisions[decisions["series_id"] == series_id]
-        return {(d.structure if isinstance(d.structure, str) else None):
-                f"{d.decision} ({d.reviewer}, {d.decided_at:%Y-%m-%d %H:%M} UTC){': ' + d.comment if d.comment else ''}"
-                for d in mine.itertuples()}
+        """The newest decision on each structure of the series (key None: the whole series), as one line;
+        where the only one was made on an earlier segmentation of the series, that one, marked stale."""
+        decisions = self._decisions()
+        lines = {}
+        for frame, stale in ((decisions.stale, True), (latest_decisions(decisions.applied), False)):
+            for d in frame[frame["series_id"] == series_id].itertuples():
+                lines[d.structure if isinstance(d.structure, str) else None] = (
+                    f"{d.decision} ({d.reviewer}, {d.decided_at:%Y-%m-%d %H:%M} UTC){': ' + d.comment if d.comment else ''}"
+                    f"{'; made on an earlier segmentation: review again' if stale else ''}")
+        return lines
+
+    def label_map_key(self, series_id: str) -> str | None:
+        """The ``source_key`` of the label map the pages show for ``series_id`` (as its ``series/`` row was
+        read at start); None where the row has no run key."""
+        return _label_map_keys(self.series).get(series_id)
 
     def _card(self, series_id: str, structure: str | None, decided: str | None) -> str:
-        """One entry of the queue; ``decided``: the newest decision that applies to it, as the study reads it."""
+        """One entry of the queue; ``decided``: what was decided on it, in words (:meth:`SortedDecisions.verdicts`)."""
         what = f" / {html.escape(structure)}" if structure else ""
         link = html.escape(series_link(series_id, structure))
-        state = f' <span class="decided">({html.escape(decided)}ed in review)</span>' if decided else ""
+        state = f' <span class="decided">({html.escape(decided)})</span>' if decided else ""
         return (f'<div class="card" data-series="{html.escape(series_id)}"><a href="{link}">'
                 f"<b>{html.escape(series_id)}</b>{what}</a>{state}{self._image(series_id, structure, thumbnail=True)}"
                 f"{self._form(series_id, structure, '/')}</div>")
@@ -168,7 +184,7 @@ class ReviewSite:
         return FORM.format(series_id=html.escape(series_id), structure=html.escape(structure or ""),
                            what=html.escape(what),
                            back=html.escape(back), reviewer=html.escape(self.reviewer),
-                           token=html.escape(self.token))
+                           token=html.escape(self.token), label_map_key=html.escape(self.label_map_key(series_id) or ""))
 
     def token_matches(self, form: dict[str, str]) -> bool:
         """Whether ``form`` sends back this site's token (compared in constant time: no guessing it piecewise)."""
@@ -199,11 +215,19 @@ class ReviewSite:
         return structure in measured or bool(parts) and set(parts) <= measured
 
     def decide(self, form: dict[str, str]) -> Decision:
+        """Record the decision of ``form`` with the label map it judged; refused (``ValueError``) when the run
+        has segmented the series anew since these pages read its row, since the reviewer judged the old one."""
         structure = form.get("structure") or None
         if not self.known(form.get("series_id", ""), structure):
             raise ValueError(f"unknown series or structure: {form.get('series_id')!r} {structure!r}")
-        decision = Decision(series_id=form["series_id"], structure=structure, decision=form.get("decision", ""),
-                            reviewer=form.get("reviewer", ""), comment=form.get("comment", ""))
+        series_id = form["series_id"]
+        now = _label_map_keys(read_series_row(self.results_dir, series_id)).get(series_id)
+        judged = form.get("label_map_key", self.label_map_key(series_id) or "") or None
+        if judged != now:
+            raise ValueError(f"{series_id} was segmented anew after this page was made (a `cohort run` since); "
+                             "nothing was recorded: restart `cohort review` and look at the new segmentation")
+        decision = Decision(series_id=series_id, structure=structure, decision=form.get("decision", ""),
+                            reviewer=form.get("reviewer", ""), comment=form.get("comment", ""), label_map_key=now)
         append_decision(self.results_dir, decision)
         log.info("review: %s %s %s by %s", decision.decision, decision.series_id, structure or "(series)",
                  decision.reviewer)
@@ -216,6 +240,20 @@ class Picture:
 
     body: bytes
     content_type: str
+
+
+def read_series_row(results_dir: Path, series_id: str) -> pd.DataFrame:
+    """The ``series/`` row of ``series_id`` as the run's folder holds it now (read anew: a run may have redone it)."""
+    return pd.read_parquet(Path(results_dir) / "series", filters=[("series_id", "==", series_id)])
+
+
+def _label_map_keys(series: pd.DataFrame) -> dict[str, str | None]:
+    """The ``source_key`` of the label map each ``series/`` row was measured on, by series id."""
+    if "run_settings" not in series.columns:
+        return {}
+    contents = series["input_content"] if "input_content" in series else [None] * len(series)
+    return {sid: series_label_map_key(settings, content)
+            for sid, settings, content in zip(series["series_id"], series["run_settings"], contents)}
 
 
 def problem_svg(problem: str, width: int, height: int) -> bytes:

@@ -1,7 +1,10 @@
 """``results/review.parquet``: reviewers' decisions, one row each, appended atomically.
 
 Columns (the user contract): ``series_id``, ``structure`` (null: the whole series), ``decision``
-(``accept`` or ``reject``), ``reviewer``, ``comment``, ``decided_at`` (UTC). Rows are never
+(``accept`` or ``reject``), ``reviewer``, ``comment``, ``decided_at`` (UTC), and ``label_map_key``:
+the ``source_key`` of the label map the reviewer judged (:func:`cohort.provenance.source_key`, as its
+array in ``labels.zarr`` carries it), so that a decision is never applied to a segmentation made
+after it (``review.py``). Files written before that column existed read with it null. Rows are never
 edited: a changed mind is a new row, and the latest decision per series and structure counts
 (:func:`latest_decisions`). ``cohort stats`` excludes rejected rows under ``rejected_in_review``.
 
@@ -30,13 +33,14 @@ DECISIONS = ("accept", "reject")
 REVIEW_FILE = "review.parquet"
 REVIEW_SCHEMA = pa.schema([
     ("series_id", pa.string()), ("structure", pa.string()), ("decision", pa.string()), ("reviewer", pa.string()),
-    ("comment", pa.string()), ("decided_at", pa.timestamp("ms", tz="UTC")),
+    ("comment", pa.string()), ("decided_at", pa.timestamp("ms", tz="UTC")), ("label_map_key", pa.string()),
 ])
 
 
 @dataclass(frozen=True)
 class Decision:
-    """One reviewer's verdict on a series (``structure`` None) or on one structure of it."""
+    """One reviewer's verdict on a series (``structure`` None) or on one structure of it, as segmented in the
+    label map whose ``source_key`` is ``label_map_key`` (None: not known)."""
 
     series_id: str
     decision: str
@@ -44,6 +48,7 @@ class Decision:
     structure: str | None = None
     comment: str = ""
     decided_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    label_map_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.decision not in DECISIONS:
@@ -64,7 +69,7 @@ def append_decision(results_dir: Path, decision: Decision) -> Path:
     path = Path(results_dir) / REVIEW_FILE
     with _locked(Path(results_dir)):
         new = pa.Table.from_pylist([asdict(decision)], schema=REVIEW_SCHEMA)
-        table = pa.concat_tables([pq.read_table(path).cast(REVIEW_SCHEMA), new]) if path.exists() else new
+        table = pa.concat_tables([_read_table(path), new]) if path.exists() else new
         temporary = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, temporary)
         replace_durably(temporary, path)  # the one file holding every decision: never left empty
@@ -77,9 +82,18 @@ def read_decisions(results_dir: Path) -> pd.DataFrame:
     if not path.exists():
         return REVIEW_SCHEMA.empty_table().to_pandas()
     try:
-        return pq.read_table(path).cast(REVIEW_SCHEMA).to_pandas()
-    except (pa.ArrowInvalid, OSError, ValueError) as error:
+        return _read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError, ValueError, KeyError) as error:
         raise RunCannotStart(f"{path}: not a review table ({error}); move it aside") from error
+
+
+def _read_table(path: Path) -> pa.Table:
+    """The decisions of ``path`` in :data:`REVIEW_SCHEMA`; a file written before ``label_map_key`` existed
+    gets the column, null."""
+    table = pq.read_table(path)
+    if "label_map_key" not in table.column_names:
+        table = table.append_column("label_map_key", pa.nulls(len(table), pa.string()))
+    return table.select(REVIEW_SCHEMA.names).cast(REVIEW_SCHEMA)
 
 
 def latest_decisions(decisions: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cohort.stats.cohort_table import PHASE, AgeGroups, StudyTable, study_status
-from cohort.stats.review import rejected
+from cohort.stats.review import rejected, sort_decisions
 from cohort.stats.review_store import latest_decisions
 
 NO_AGE = "no age"
@@ -101,11 +101,13 @@ def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: Ag
     Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (the newest decision on the
     whole series is ``reject``); measurement level: every QC status of the ``features`` rows (``ok``
     included, for the denominators), as the study applies it: ``rejected_in_review`` where the newest
-    decision of ``review`` (every reviewer decision, ``review.parquet``) that applies to the row is
+    decision of ``review`` (every reviewer decision, ``review.parquet``; those made on an earlier label map
+    of their series are stale and left out, :func:`sort_decisions`) that applies to the row is
     ``reject`` (:func:`rejected`, ahead of QC), else a row below its lower bound counts as
     ``below_lower_bound`` (:func:`study_status`).
     Series the manifest no longer lists are left out (:func:`in_manifest`).
     """
+    review = sort_decisions(review, series).applied
     series = in_manifest(series)
     frame = series.assign(age_group=age_group_column(series, groups), sex=series["sex"].fillna("unknown"))
     reasons = pd.Series(pd.NA, index=frame.index, dtype="object")

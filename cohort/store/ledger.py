@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from cohort.errors import RunCannotStart, SeriesError
 from cohort.manifest import SERIES_UID_COLUMNS, SeriesSpec, validate_subject
 from cohort.provenance import (UID_DIGEST_PREFIX, UNREADABLE_CONTENT, ContentKey, RunKey, input_contents,
-                               input_fingerprints, same_series_uid, series_uid_digest)
+                               input_fingerprints, same_series_uid, series_uid_digest, source_key)
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store.layout import OutputLayout
 from cohort.store.tables import (part_files, part_series_ids, part_series_status, remove_temporaries,
@@ -221,8 +221,6 @@ def _made_like_row(stored_key: str | None, record: SeriesRecord) -> bool:
     recompute stored its new label map and was killed before committing the new row, and the
     inputs or settings were then put back. Rows of versions without ``input_content`` (or a run
     key) keyed their label maps otherwise: for them, complete is all that can be told."""
-    from cohort.pipeline import source_key
-
     key = RunKey.from_json(record.run_settings)
     if key is None or not record.records_content:
         return True

@@ -284,7 +284,7 @@ def test_review_decisions_append_atomically_from_many_threads(tmp_path: Path) ->
         thread.join()
     decisions = read_decisions(tmp_path)
     assert len(decisions) == 30 and list(decisions.columns) == [
-        "series_id", "structure", "decision", "reviewer", "comment", "decided_at"]
+        "series_id", "structure", "decision", "reviewer", "comment", "decided_at", "label_map_key"]
     append_decision(tmp_path, Decision("S0", "accept", "r9", "s1", "second look: fine"))
     latest = latest_decisions(read_decisions(tmp_path)).set_index(["series_id", "structure"])
     assert latest.loc[("S0", "s1"), "decision"] == "accept" and len(latest) == 30
