@@ -39,7 +39,7 @@ from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
 from cohort.stats.review import SortedDecisions, sort_decisions
 from cohort.stats.review_store import read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
-from cohort.stats.triage import QueueSizes, ReviewQueue, review_queue
+from cohort.stats.triage import QueueSizes, ReviewQueue, anatomical_order, in_anatomical_order, review_queue
 
 log = logging.getLogger(__name__)
 AGING_TABLES = ("correlations", "adjusted", "trends", "quartile_tests", "pairwise_tests", "descriptives",
@@ -227,15 +227,16 @@ def failures_html(series: pd.DataFrame) -> str:
 
 
 def qc_html(features: pd.DataFrame, figure_dir: Path, formats: tuple[str, ...]) -> str:
-    """QC statuses by organ system (figure) and per structure (collapsed table), as the study
-    applies them: a structure below its lower bound counts there whatever its stored status."""
+    """QC statuses by organ system (figure) and per structure (collapsed table, in the class map's order), as
+    the study applies them: a structure below its lower bound counts there whatever its stored status."""
     features = features.assign(status=study_status(features))
     fig = figures.qc_by_system(features)
     saved = figures.save(fig, figure_dir / "qc_by_system", formats)
-    counts = pd.crosstab(features["structure"], features["status"])
+    counts = pd.crosstab(features["structure"], features["status"]).reset_index()
+    counts = in_anatomical_order(counts, anatomical_order(features))
     picture = _image(figures.png_bytes(fig), "QC status per organ system")
     return "\n".join(["<h2>QC overview</h2>", f'<a href="{relative_link(saved[0], figure_dir.parent)}">{picture}</a>',
-                      _details(f"Counts per structure and status ({len(counts)} structures)", _table(counts.reset_index()))])
+                      _details(f"Counts per structure and status ({len(counts)} structures)", _table(counts))])
 
 
 def aging_html(stats_dir: Path, aging: dict[str, pd.DataFrame | None], state: StatsState, figure_dir: Path,

@@ -49,7 +49,7 @@ from cohort.stats.report import _page, _table
 from cohort.provenance import series_label_map_key
 from cohort.stats.review import SortedDecisions, sort_decisions
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
-from cohort.stats.triage import ReviewQueue, review_queue
+from cohort.stats.triage import ReviewQueue, anatomical_order, in_anatomical_order, review_queue
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -77,6 +77,7 @@ class ReviewSite:
     features: pd.DataFrame
     queue: ReviewQueue
     reviewer: str
+    order: pd.Series  # each structure's place in the class map: structures are listed in its order, not by name
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)  # in every form: POSTs are ours
 
     @classmethod
@@ -88,7 +89,8 @@ class ReviewSite:
         features = pd.read_parquet(results_dir / "features")
         zscores_path = Path(stats_dir or results_dir / "aging") / "zscores.parquet"
         zscores = pd.read_parquet(zscores_path) if zscores_path.exists() else None
-        return cls(results_dir, series, features, review_queue(features, series, zscores), getpass.getuser())
+        return cls(results_dir, series, features, review_queue(features, series, zscores), getpass.getuser(),
+                   anatomical_order(features))
 
     def index_page(self) -> str:
         sorted_decisions = self._decisions()
@@ -117,9 +119,9 @@ class ReviewSite:
         return _page("cohort review", body)
 
     def series_page(self, series_id: str, structure: str | None = None) -> str:
-        """Every structure of the series with its values, current decision and form; ``structure`` (the one a
-        card of the queue named) is shown first, with its own full-size overlay."""
-        rows = self.features[self.features["series_id"] == series_id]
+        """Every structure of the series, in the class map's order, with its values, current decision and form;
+        ``structure`` (the one a card of the queue named) is shown first, with its own full-size overlay."""
+        rows = in_anatomical_order(self.features[self.features["series_id"] == series_id], self.order)
         facts = self.series[self.series["series_id"] == series_id][["series_id", "age", "sex", "status", "error"]]
         back = series_link(series_id, structure)
         decided = self._decided(series_id)
@@ -139,7 +141,7 @@ class ReviewSite:
         body += ["<h2>Whole series</h2>", f"<p>Decision: {html.escape(decided.get(None, 'none yet'))}</p>",
                  self._form(series_id, None, back), self._image(series_id, None)]
         if len(flagged):
-            body.append("<h2>Flags</h2>" + _table(flagged[["structure", "reason"]]))
+            body.append("<h2>Flags</h2>" + _table(in_anatomical_order(flagged, self.order)[["structure", "reason"]]))
         body += ["<h2>Structures</h2>", table.to_html(index=False, border=0, escape=False, na_rep="",
                                                       float_format=lambda v: f"{v:.4g}")]
         return _page(f"review {series_id}", ['<p><a href="/">back to the queue</a></p>', *body])

@@ -26,6 +26,32 @@ BELOW = "below_lower_bound"
 ABSENT = "absent"
 
 
+def anatomical_order(features: pd.DataFrame) -> pd.Series:
+    """Each structure's place in the model's class map, by name: its label value, which keeps a numbered series
+    of structures in anatomical sequence (``vertebrae_S1`` .. ``vertebrae_C1``, ``rib_left_1`` .. ``rib_left_12``),
+    where names sort ``rib_left_1, rib_left_10, rib_left_11, rib_left_12, rib_left_2``. Empty without a ``label`` column.
+
+    >>> anatomical_order(pd.DataFrame({"structure": ["rib_left_10", "rib_left_2"], "label": [101, 93]})).to_dict()
+    {'rib_left_2': 93, 'rib_left_10': 101}
+    """
+    if "label" not in features.columns:
+        return pd.Series(dtype="int64")
+    return features.groupby("structure")["label"].min().sort_values(kind="stable")
+
+
+def in_anatomical_order(frame: pd.DataFrame, order: pd.Series, column: str = "structure") -> pd.DataFrame:
+    """``frame`` with its rows sorted by the :func:`anatomical_order` of their ``column`` (stable, so rows of one
+    structure keep their order); a structure without a label (a pooled one, ``kidney``) follows, by name.
+
+    >>> rows = pd.DataFrame({"structure": ["kidney", "rib_left_10", "rib_left_2"]})
+    >>> in_anatomical_order(rows, pd.Series({"rib_left_2": 93, "rib_left_10": 101}))["structure"].tolist()
+    ['rib_left_2', 'rib_left_10', 'kidney']
+    """
+    place = frame[column].map(order)
+    keys = pd.DataFrame({"place": place.fillna(np.inf).to_numpy(), "name": frame[column].where(place.isna(), "").to_numpy()})
+    return frame.iloc[keys.sort_values(["place", "name"], kind="stable").index]
+
+
 def unexpected_absences(features: pd.DataFrame) -> pd.DataFrame:
     """Rows ``absent`` whose neighbours in label order (label - 1 and label + 1) are both present
     (none when the table has no ``label`` column: the neighbours are not known).
@@ -47,7 +73,8 @@ def unexpected_absences(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def flags(features: pd.DataFrame, zscores: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per flagged series and structure: ``reason`` and the measured ``volume_ml``.
+    """One row per flagged series and structure: ``reason``, the measured ``volume_ml`` and the structure's ``label``
+    (its place in the class map, :func:`anatomical_order`; null for a pooled structure), below-bound rows first.
 
     ``below_lower_bound`` flags the rows the study excludes as such (:func:`study_status`). Of the
     columns beyond ``series_id, structure, status`` (all that ``cohort stats`` requires) those present are used.
@@ -60,18 +87,21 @@ def flags(features: pd.DataFrame, zscores: pd.DataFrame | None) -> pd.DataFrame:
         outliers = zscores[zscores["outlier"].fillna(False).astype(bool)]
         parts.append(outliers[["series_id", "structure", "value"]].assign(
             reason="z-score outlier (" + outliers["metric"].astype(str) + ", z = " + outliers["z"].round(1).astype(str) + ")"))
-    return pd.concat(parts, ignore_index=True)
+    rows = pd.concat(parts, ignore_index=True)
+    return rows.assign(label=rows["structure"].map(anatomical_order(features)))
 
 
 def flagged_series(flag_rows: pd.DataFrame, top_n: int) -> pd.DataFrame:
-    """The ``top_n`` series with the most flags: ``series_id, n_flags, worst`` (a structure), ``reasons``."""
+    """The ``top_n`` series with the most flags: ``series_id, n_flags, worst`` (the first flag of :func:`flags`),
+    ``reasons`` (every flag, in the class map's order of the structures)."""
     if flag_rows.empty:
         return pd.DataFrame(columns=["series_id", "n_flags", "worst", "reasons"])
     grouped = flag_rows.groupby("series_id")
+    ordered = flag_rows.sort_values("label", kind="stable", na_position="last").groupby("series_id")
     table = pd.DataFrame({
         "n_flags": grouped.size(),
         "worst": grouped["structure"].first(),
-        "reasons": grouped.apply(lambda g: "; ".join(f"{s}: {r}" for s, r in zip(g["structure"], g["reason"])),
+        "reasons": ordered.apply(lambda g: "; ".join(f"{s}: {r}" for s, r in zip(g["structure"], g["reason"])),
                                  include_groups=False),
     })
     return table.sort_values(["n_flags", "worst"], ascending=[False, True]).head(top_n).reset_index()

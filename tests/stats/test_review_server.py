@@ -23,6 +23,7 @@ import pytest
 
 from cohort.cli import main
 from cohort.stats import run_stats
+from cohort.stats.report_figures import readable
 from cohort.stats.review_server import ReviewSite, make_server
 from cohort.stats.review_store import read_decisions
 from cohort.testing.cohorts import make_cohort
@@ -285,3 +286,22 @@ def test_a_card_of_the_queue_says_what_was_decided(tmp_path: Path) -> None:
     assert "in review" not in card.search(site.index_page()).group(0)
     site.decide({"series_id": series_id, "structure": structure, "decision": "reject", "reviewer": "ab"})
     assert card.search(site.index_page()).group(0).endswith("(rejected in review)</span>")
+
+
+def test_a_series_page_lists_its_structures_in_the_class_maps_order(tmp_path: Path) -> None:
+    """Structures were listed by name where a table's rows were not in label order, so ribs read 1, 10, 11, 12, 2
+    and vertebrae C1, C2, .., L1, .., T9; a series page (and its flags) now follows the class map's label order."""
+    cohort = make_cohort(n_subjects=30, n_structures=117, seed=5)
+    shuffled = cohort.features.sort_values(["series_id", "structure"])  # rows by name, as a sorting step leaves them
+    results = replace(cohort, features=shuffled).write(tmp_path / "results")
+    site = ReviewSite.load(results)
+    series_id = str(site.queue.flagged["series_id"].iloc[0])
+    listed = re.findall(r'<a href="/series/[^"?]+\?structure=([^"]+)">', site.series_page(series_id))
+    by_label = cohort.features.drop_duplicates("structure").sort_values("label")["structure"].tolist()
+    assert listed == by_label
+    ribs = [name for name in listed if name.startswith("rib_left_")]
+    assert ribs == [f"rib_left_{i}" for i in range(1, 13)]
+    flags = site.queue.flag_rows.query("series_id == @series_id")
+    shown = site.series_page(series_id).split("<h2>Flags</h2>")[1].split("</table>")[0]
+    named = re.findall(r"<td>([^<]+)</td>\s*<td>(?:below|absent|z-score)", shown)
+    assert named == [readable(s) for s in by_label if s in set(flags["structure"])] and len(named) == len(flags)

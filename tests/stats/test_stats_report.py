@@ -22,7 +22,7 @@ from cohort.stats.cohort_table import AgeGroups, StudyTable, build_study_table
 from cohort.stats.config import load_aging_config
 from cohort.stats.freshness import check_stats
 from cohort.stats.report import StaleStats, format_p, qc_html
-from cohort.stats.report_figures import organ_systems
+from cohort.stats.report_figures import organ_systems, readable
 from cohort.stats.review import rejected
 from cohort.stats.review_store import Decision, append_decision, latest_decisions, read_decisions
 from cohort.stats.table1 import characteristics, exclusions_by_group
@@ -473,3 +473,13 @@ def test_the_review_lists_do_not_depend_on_the_order_of_the_rows(results: Path) 
     one, other = review_queue(features, series, None), review_queue(shuffled, series, None)
     pd.testing.assert_frame_equal(one.structures, other.structures)
     pd.testing.assert_frame_equal(one.flagged, other.flagged)
+
+
+def test_qc_counts_per_structure_follow_the_class_maps_order(tmp_path: Path) -> None:
+    """The report's counts per structure were in name order (rib left 1, 10, 11, 12, 2; vertebrae C1 .. T9);
+    they now follow the class map's label order."""
+    features = make_cohort(n_subjects=60, n_structures=117, seed=3).features
+    page = qc_html(features.sort_values("structure"), tmp_path, ("png",))
+    listed = re.findall(r"<tr>\s*(?:<th></th>\s*)?<td>([^<]+)</td>", page.split("Counts per structure and status")[1])
+    by_label = features.drop_duplicates("structure").sort_values("label")["structure"]
+    assert len(listed) == 117 and listed == [readable(name) for name in by_label]
