@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from cohort.provenance import digest
+from cohort.stats.pooled import DEFAULT_DEFINITIONS
 from cohort.store.tables import part_files
 
 METADATA_KEY = b"cohort.aging"
@@ -49,6 +50,12 @@ class StatsState:
     @property
     def computed(self) -> bool:
         return self.made_at is not None
+
+    @property
+    def pooled_structures(self) -> str:
+        """The pooled-structure definitions the study of these stats used (config ``pooled_structures``), so that
+        the review and the report know its pooled rows; the default's where no stats say otherwise."""
+        return str(self.provenance.get("config", {}).get("pooled_structures", DEFAULT_DEFINITIONS))
 
     @property
     def fresh(self) -> bool:

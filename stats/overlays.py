@@ -43,7 +43,7 @@ from cohort.config import ConfigError, load_class_map
 from cohort.errors import SeriesError
 from cohort.ingest import InputName, load_ct
 from cohort.manifest import load_manifest
-from cohort.stats.pooled import parts_of
+from cohort.stats.pooled import DEFAULT_DEFINITIONS, parts_of
 from cohort.store import label_map_attributes, read_label_map
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class OverlayRequest:
 
     series_id: str
     structure: str | None = None
+    pooled_structures: str = DEFAULT_DEFINITIONS  # the study's definitions: what a pooled ``structure`` is made of
 
     def path(self, results_dir: Path) -> Path:
         return Path(results_dir) / "qc" / self.series_id / f"{self.structure or WHOLE_SERIES}.png"
@@ -197,7 +198,8 @@ def _draw_cached(results_dir: Path, request: OverlayRequest, image: ImageSource 
     if request.structure is not None:
         highlight = structure_label(attributes, request.structure)
         if highlight is None:
-            highlight, drawn = pooled_highlight(attributes, request.structure, labels.labels)
+            highlight, drawn = pooled_highlight(attributes, request.structure, labels.labels,
+                                                request.pooled_structures)
         if highlight is None:
             return Overlay(request, None, f"{sid}: {request.structure!r} is not a structure of its label map")
     try:
@@ -239,18 +241,18 @@ def structure_label(attributes: dict, structure: str) -> tuple[int, str] | None:
     return (names[structure], structure) if structure in names else None
 
 
-def pooled_highlight(attributes: dict, structure: str,
-                     labels: np.ndarray) -> tuple[tuple[int, str] | None, np.ndarray]:
-    """A structure the study pools from parts (``kidney``: both kidneys) drawn as one: ``(label id, name)``
-    to highlight and ``labels`` with every part's voxels under the first part's id; ``(None, labels)``
-    when ``structure`` is not pooled from structures of this map.
+def pooled_highlight(attributes: dict, structure: str, labels: np.ndarray,
+                     definitions: str = DEFAULT_DEFINITIONS) -> tuple[tuple[int, str] | None, np.ndarray]:
+    """A structure the study pools from parts (``kidney``: both kidneys, in the pooled-structure file
+    ``definitions``) drawn as one: ``(label id, name)`` to highlight and ``labels`` with every part's voxels
+    under the first part's id; ``(None, labels)`` when ``structure`` is not pooled from structures of this map.
 
     >>> highlight, drawn = pooled_highlight({"structures": {"2": "kidney_right", "3": "kidney_left"}}, "kidney",
     ...                                     np.array([0, 2, 3]))
     >>> highlight, drawn.tolist()
     ((3, 'kidney'), [0, 3, 3])
     """
-    parts = [structure_label(attributes, part) for part in parts_of(structure)]
+    parts = [structure_label(attributes, part) for part in parts_of(structure, definitions)]
     if not parts or None in parts:
         return None, labels
     ids = [label for label, _ in parts]

@@ -96,7 +96,7 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
         _table(characteristics(series, study, config.contrast.column)),
         "<h3>Exclusions by age group and sex</h3>", EXCLUSIONS_NOTE,
         _table(exclusions_by_group(series, features, study.age_groups, review)),
-        who_to_look_at_html(results_dir, queue, decisions, workers, out_path.parent),
+        who_to_look_at_html(results_dir, queue, decisions, workers, out_path.parent, state.pooled_structures),
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),
     ]
@@ -158,12 +158,13 @@ def run_details_html(results_dir: Path, series: pd.DataFrame, features: pd.DataF
 
 
 def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: SortedDecisions, workers: int,
-                        page_dir: Path) -> str:
+                        page_dir: Path, pooled_structures: str) -> str:
     """The four review lists, each row with its overlay thumbnail (a link to the full-size mosaic in
     ``qc/``, relative to ``page_dir``, where the page is), reasons, values and the newest review
     decision that applies to it, as the study applies them, or the stale one made on an earlier
-    segmentation of the series; and how many decisions are stale, with a table of them."""
-    requests = [OverlayRequest(sid, structure) for sid, structure in queue.overlay_requests()]
+    segmentation of the series; and how many decisions are stale, with a table of them. A pooled structure is
+    drawn from its parts in ``pooled_structures``, the definitions of the study whose z-scores are listed."""
+    requests = [OverlayRequest(sid, structure, pooled_structures) for sid, structure in queue.overlay_requests()]
     overlays = {o.request: o for o in ensure_overlays(results_dir, requests, workers)}
     verdict = decisions.verdicts(queue.overlay_requests())
 
@@ -171,7 +172,8 @@ def who_to_look_at_html(results_dir: Path, queue: ReviewQueue, decisions: Sorted
         items = []
         for row in rows.to_dict("records"):
             structure = row.get(structure_column) if structure_column else None
-            overlay = overlays[OverlayRequest(row["series_id"] if "series_id" in row else row["example"], structure)]
+            overlay = overlays[OverlayRequest(row["series_id"] if "series_id" in row else row["example"], structure,
+                                              pooled_structures)]
             sid = overlay.request.series_id
             picture = (f'<a href="{relative_link(overlay.path, page_dir)}">'
                        f'{_image(overlay.request.thumbnail(results_dir).read_bytes(), overlay_alt(sid, structure))}</a>'

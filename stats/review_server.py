@@ -43,6 +43,7 @@ import pandas as pd
 
 from cohort.errors import RunCannotStart
 from cohort.store.layout import missing_table
+from cohort.stats.freshness import check_stats
 from cohort.stats.overlays import OverlayRequest, ensure_overlays, overlay_alt
 from cohort.stats.pooled import parts_of
 from cohort.stats.report import _page, _table
@@ -78,6 +79,7 @@ class ReviewSite:
     queue: ReviewQueue
     reviewer: str
     order: pd.Series  # each structure's place in the class map: structures are listed in its order, not by name
+    pooled_structures: str  # the study's pooled-structure definitions (its stats' config): which pooled rows exist
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)  # in every form: POSTs are ours
 
     @classmethod
@@ -87,10 +89,10 @@ class ReviewSite:
             raise RunCannotStart(missing)
         series = pd.read_parquet(results_dir / "series")
         features = pd.read_parquet(results_dir / "features")
-        zscores_path = Path(stats_dir or results_dir / "aging") / "zscores.parquet"
-        zscores = pd.read_parquet(zscores_path) if zscores_path.exists() else None
+        stats_dir = Path(stats_dir or results_dir / "aging")
+        zscores = pd.read_parquet(stats_dir / "zscores.parquet") if (stats_dir / "zscores.parquet").exists() else None
         return cls(results_dir, series, features, review_queue(features, series, zscores), getpass.getuser(),
-                   anatomical_order(features))
+                   anatomical_order(features), check_stats(results_dir, stats_dir).pooled_structures)
 
     def index_page(self) -> str:
         sorted_decisions = self._decisions()
@@ -199,7 +201,7 @@ class ReviewSite:
         structure = name.removesuffix(".png").removesuffix(".thumb")
         if not self.known(series_id, None if structure == "series" else structure):
             return None
-        request = OverlayRequest(series_id, None if structure == "series" else structure)
+        request = OverlayRequest(series_id, None if structure == "series" else structure, self.pooled_structures)
         overlay = ensure_overlays(self.results_dir, [request], workers=1)[0]
         if overlay.path is None:
             size = THUMBNAIL_SIZE if thumbnail else FULL_SIZE
@@ -208,12 +210,13 @@ class ReviewSite:
 
     def known(self, series_id: str, structure: str | None) -> bool:
         """Whether the run has the series and, if named, the structure in it: one it measured, or one the
-        study pools from measured parts (``kidney``), whose z-score outliers the queue lists."""
+        study pools from measured parts (``kidney``, or a pooled row of the study's own ``pooled_structures``),
+        whose z-score outliers the queue lists."""
         rows = self.features["series_id"] == series_id
         if structure is None:
             return bool(rows.any()) or bool((self.series["series_id"] == series_id).any())
         measured = set(self.features.loc[rows, "structure"])
-        parts = parts_of(structure)
+        parts = parts_of(structure, self.pooled_structures)
         return structure in measured or bool(parts) and set(parts) <= measured
 
     def decide(self, form: dict[str, str]) -> Decision:

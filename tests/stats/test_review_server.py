@@ -305,3 +305,21 @@ def test_a_series_page_lists_its_structures_in_the_class_maps_order(tmp_path: Pa
     shown = site.series_page(series_id).split("<h2>Flags</h2>")[1].split("</table>")[0]
     named = re.findall(r"<td>([^<]+)</td>\s*<td>(?:below|absent|z-score)", shown)
     assert named == [readable(s) for s in by_label if s in set(flags["structure"])] and len(named) == len(flags)
+
+
+def test_review_knows_the_pooled_rows_of_the_studys_own_pooled_structures_file(tmp_path: Path) -> None:
+    """A study configured with its own ``pooled_structures`` file lists z-score outliers of its pooled rows, but the
+    review site knew only the default file's (``kidney``): such a row's page was a 404 and its reject a 400. The site
+    now reads the definitions the stats were made with."""
+    results = make_cohort(n_subjects=40, n_structures=12, seed=5).write(tmp_path / "results")
+    (tmp_path / "pooled.csv").write_text("pooled,structure\naorta_and_pancreas,aorta\naorta_and_pancreas,pancreas\n")
+    config = tmp_path / "study.yaml"
+    config.write_text(f"pooled_structures: {tmp_path / 'pooled.csv'}\n")
+    run_stats(results, config_path=config, figures="none")
+    site = ReviewSite.load(results)
+    series_id = str(site.series.query("status == 'done' and age == age")["series_id"].iloc[0])
+    assert site.known(series_id, "aorta_and_pancreas") and not site.known(series_id, "kidney")
+    site.decide({"series_id": series_id, "structure": "aorta_and_pancreas", "decision": "reject", "reviewer": "ab"})
+    run_stats(results, config_path=config, figures="none")
+    exclusions = pd.read_parquet(results / "aging" / "exclusions.parquet").set_index(["structure", "reason"])
+    assert exclusions.loc[("aorta_and_pancreas", "rejected_in_review"), "n_series"] == 1
