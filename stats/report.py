@@ -30,6 +30,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from cohort.errors import RunCannotStart
+from cohort.store.tables import write_replacing
 from cohort.stats import report_figures as figures
 from cohort.config import from_mapping
 from cohort.stats.cohort_table import build_study_table, metrics_of_the_model, study_status
@@ -100,7 +101,8 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),
     ]
-    out_path.write_text(_page("cohort report", body), encoding="utf-8")
+    page = _page("cohort report", body)
+    write_replacing(out_path, lambda temporary: temporary.write_text(page, encoding="utf-8"))  # never half a page
     log.info("report: %s", out_path)
     return out_path
 

@@ -22,6 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cohort.config import config_file
+from cohort.store.tables import write_replacing
 from cohort.stats.pooled import DEFAULT_DEFINITIONS, load_pooled_definitions
 
 READABLE_METRICS = {"volume_ml": "volume", "mean_hu": "mean HU", "std_hu": "SD of HU", "median_hu": "median HU",
@@ -109,12 +110,13 @@ def qc_by_system(features: pd.DataFrame) -> Figure:
 
 
 def save(fig: Figure, stem: Path, formats: tuple[str, ...]) -> list[Path]:
-    """Write ``stem.<format>`` for each of ``formats`` (PNG at 300 dpi); returns the paths."""
+    """Write ``stem.<format>`` for each of ``formats`` (PNG at 300 dpi), each whole or not at all
+    (:func:`write_replacing`); returns the paths."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(f".{f}") for f in formats]
-    for path in paths:
-        fig.savefig(path, dpi=PAPER_DPI)
-    return paths
+    for name in formats:
+        write_replacing(stem.with_suffix(f".{name}"),
+                        lambda temporary, name=name: fig.savefig(temporary, format=name, dpi=PAPER_DPI))
+    return [stem.with_suffix(f".{name}") for name in formats]
 
 
 def png_bytes(fig: Figure, dpi: int = 90) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -114,6 +115,18 @@ def replace_durably(temporary: Path, target: Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def write_replacing(target: Path, write: Callable[[Path], None]) -> Path:
+    """Make ``target`` by ``write(temporary)`` on a temporary file beside it, then :func:`replace_durably`: a
+    crash or Ctrl-C while writing leaves the previous ``target`` whole (and no temporary file), never half a file."""
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # its own: two writers may race
+    try:
+        write(temporary)
+        replace_durably(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
 
 
 def part_files(folder: Path) -> list[Path]:

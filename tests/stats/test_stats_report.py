@@ -483,3 +483,24 @@ def test_qc_counts_per_structure_follow_the_class_maps_order(tmp_path: Path) -> 
     listed = re.findall(r"<tr>\s*(?:<th></th>\s*)?<td>([^<]+)</td>", page.split("Counts per structure and status")[1])
     by_label = features.drop_duplicates("structure").sort_values("label")["structure"]
     assert len(listed) == 117 and listed == [readable(name) for name in by_label]
+
+
+def test_a_report_interrupted_while_written_leaves_the_previous_one_whole(report: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """report.html was written in place: a Ctrl-C (or a full disk) while writing left half a page where the good
+    one was. It is now written beside it and renamed over it, so the previous page stays whole."""
+    copy = tmp_path / "results"
+    shutil.copytree(report.parent, copy, ignore=shutil.ignore_patterns("qc"))
+    before = (copy / "report.html").read_bytes()
+    real_write_text = Path.write_text
+
+    def interrupted(path: Path, text: str, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+        real_write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(copy)
+    monkeypatch.undo()
+    assert (copy / "report.html").read_bytes() == before
+    assert not list(copy.glob(".*.tmp"))
