@@ -35,7 +35,7 @@ from cohort.config import ClassMap, IngestConfig, RunConfig, load_run_config
 from cohort.errors import SeriesError
 from cohort.ingest.checks import check_dixon_scaling, check_same_scan, grid_transform
 from cohort.ingest.label_table import check_label_table, label_table
-from cohort.ingest.dicom import (check_declared_modality, philips_precise_scale, series_geometry, series_origin,
+from cohort.ingest.dicom import (check_declared_modality, series_geometry, series_origin, series_precise_scales,
                                  truncated_pixel_data)
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.masks import masks_by_label
@@ -263,9 +263,8 @@ def _dicom_grid(name: InputName, limits: IngestConfig, series_uid: str | None,
         check_declared_modality(name, headers.values(), modality)
     check_voxel_count(name, geometry.shape, limits)
     _check_whole_slices(name, geometry.files, headers)
-    scales = frozenset(scale for file in geometry.files if (scale := philips_precise_scale(headers[file])) is not None)
     return FileHeader(Grid(tuple(int(n) for n in geometry.shape), geometry.affine), series_origin(headers.values()),
-                      scales)
+                      series_precise_scales(headers.values()))
 
 
 def _check_whole_slices(name: InputName, files: Sequence[str], headers: dict[str, pydicom.Dataset]) -> None:

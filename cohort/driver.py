@@ -27,7 +27,7 @@ from cohort.segmentation.registry import ModelSpec, load_model_spec, model_class
 from cohort.store.records import SeriesRecord, series_table
 from cohort.store import (OutputLayout, Plan, drop_superseded_rows, new_run_id, plan_run, refuse_changed, repair,
                           write_metadata_updates, write_part)
-from cohort.store.tables import replace_durably
+from cohort.store.tables import write_replacing
 
 log = logging.getLogger(__name__)
 RECOMPUTE_CHOICES = ("changed",)
@@ -181,10 +181,8 @@ def _record_run(run: PreparedRun, specs: list[SeriesSpec]) -> None:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     # whole or absent (temporary name, then rename): `cohort status` reads the newest record
-    path = run.layout.runs / f"{run.run_id}.json"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=2, default=str))
-    replace_durably(temporary, path)
+    write_replacing(run.layout.runs / f"{run.run_id}.json",
+                    lambda temporary: temporary.write_text(json.dumps(record, indent=2, default=str)))
 
 
 @dataclass

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cohort.errors import RunCannotStart
-from cohort.store.tables import replace_durably
+from cohort.store.tables import write_replacing
 
 DECISIONS = ("accept", "reject")
 REVIEW_FILE = "review.parquet"
@@ -70,9 +70,8 @@ def append_decision(results_dir: Path, decision: Decision) -> Path:
     with _locked(Path(results_dir)):
         new = pa.Table.from_pylist([asdict(decision)], schema=REVIEW_SCHEMA)
         table = pa.concat_tables([_read_table(path), new]) if path.exists() else new
-        temporary = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, temporary)
-        replace_durably(temporary, path)  # the one file holding every decision: never left empty
+        # the one file holding every decision: never left empty
+        write_replacing(path, lambda temporary: pq.write_table(table, temporary))
     return path
 
 

@@ -233,9 +233,13 @@ def read_ct_dicom(source: Path | InputName, limits: IngestConfig = IngestConfig(
     slices = [_read_slice(name, name.child(file, f"slice {index} of {count}")) for index, file in
               enumerate(geometry.files, 1)]
     values = np.stack(slices, axis=-1)
-    scales = frozenset(scale for file in geometry.files if (scale := philips_precise_scale(headers[file])) is not None)
     return DicomSeries(values, geometry.affine, _declared_padding_mask(values, [headers[file] for file in geometry.files]),
-                       series_origin(headers.values()), geometry.files, scales)
+                       series_origin(headers.values()), geometry.files, series_precise_scales(headers.values()))
+
+
+def series_precise_scales(headers: Iterable[pydicom.Dataset]) -> frozenset[float]:
+    """The distinct :func:`philips_precise_scale` factors of a series' slices (empty: none has one)."""
+    return frozenset(scale for header in headers if (scale := philips_precise_scale(header)) is not None)
 
 
 def philips_precise_scale(header: pydicom.Dataset) -> float | None:

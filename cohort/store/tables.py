@@ -96,11 +96,8 @@ def write_part(folder: Path, name: str, table: pa.Table, metadata: dict[str, str
     """Write ``table`` as ``folder/name.parquet`` atomically (temporary file, then rename)."""
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    target = folder / f"{name}.parquet"
-    temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, temporary, compression="zstd")
-    replace_durably(temporary, target)
-    return target
+    return write_replacing(folder / f"{name}.parquet",
+                           lambda temporary: pq.write_table(table, temporary, compression="zstd"))
 
 
 def replace_durably(temporary: Path, target: Path) -> None:
