@@ -45,6 +45,7 @@ class MeasureConfig:
 FOV_EDGES = ("faces", "faces_and_padding")  # measure.fov_edge: where a structure counts as cut off (fov_truncated)
 
 
+AUTO = "auto"  # execution.prefetch and execution.network_passes: decided per worker (cohort.segmentation.passes)
 PRECISIONS = ("fp16", "bf16", "fp32")  # execution.precision: the GPU forward pass (cohort.segmentation.device)
 
 
@@ -59,8 +60,8 @@ class ExecutionConfig:
     flush_interval_s: float = 60.0
     slurm_config: str = "slurm.yaml"
     min_free_gb: float = 1.0
-    prefetch: int = 0
-    network_passes: int = 1
+    prefetch: int | str = AUTO
+    network_passes: int | str = AUTO
     gpu_prefetch: int = 3
     workers_per_gpu: int = 1
     threads_per_worker: int | None = None
@@ -148,10 +149,18 @@ def _coerce(hint: Any, value: Any, source: Path | str, key: str) -> Any:
         return from_mapping(hint, value, source, key + ".")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
             return None
-        hint = next(o for o in options if o is not type(None))
+        if len(options) > 1:  # a number or a word (``prefetch: auto``): the first that fits
+            for option in options:
+                try:
+                    return _coerce(option, value, source, key)
+                except ConfigError:
+                    continue
+            names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+            raise ConfigError(f"{source}: key '{key}' must be {names}, got {value!r}")
+        hint = options[0]
         if dataclasses.is_dataclass(hint):
             return from_mapping(hint, value, source, key + ".")
         origin = typing.get_origin(hint)
@@ -180,8 +189,10 @@ def load_run_config(path: Path | None = None) -> RunConfig:
     source = Path(path) if path else DEFAULT_CONFIG
     config = from_mapping(RunConfig, load_yaml(source), source)
     _check_positive(config, source)
+    words = [(f"execution.{key}", getattr(config.execution, key), (AUTO,)) for key in ("prefetch", "network_passes")
+             if isinstance(getattr(config.execution, key), str)]
     for key, value, allowed in (("execution.precision", config.execution.precision, PRECISIONS),
-                                ("measure.fov_edge", config.measure.fov_edge, FOV_EDGES)):
+                                ("measure.fov_edge", config.measure.fov_edge, FOV_EDGES), *words):
         if value not in allowed:
             raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
     measure = dataclasses.replace(config.measure, **{key: _named_file(getattr(config.measure, key), source, f"measure.{key}")

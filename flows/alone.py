@@ -37,9 +37,12 @@ import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from cohort.segmentation.passes import PassPolicy
 
 ALONE_TOPIC = "cohort-series-alone"
+AT_ONCE_POLL_S = 0.5
 SHARED_GPU_ENV = "COHORT_SHARED_GPU"
 """Set in each worker process that computes on a GPU together with others: the path (without
 suffix) of that GPU's lock files, the same for all of them (:func:`shared_gpu_path`)."""
@@ -47,21 +50,26 @@ suffix) of that GPU's lock files, the same for all of them (:func:`shared_gpu_pa
 
 @dataclass(eq=False)
 class Seat:
-    """One series' hold on its worker; ``accompanied`` once another series has run beside it."""
+    """One series' hold on its worker; ``accompanied`` once another series has run beside it;
+    ``sole`` when it was let in while series run one at a time (``at_once`` 1): nothing starts
+    beside it, so its worker's death is its own, as if it ran alone."""
 
     accompanied: bool = False
+    sole: bool = False
 
 
 class Admission:
-    """Who may run on this worker now: any number of series side by side (:meth:`shared`), or
-    one alone (:meth:`alone`). A series waiting to run alone goes first: no shared series starts
-    while it waits, so it waits at most for the ones already running. With ``gpu``, the same holds
+    """Who may run on this worker now: series side by side (:meth:`shared`; as many as its Dask
+    threads, or at most ``at_once()``), or one alone (:meth:`alone`). A series waiting to run alone
+    goes first: no shared series starts while it waits, so it waits at most for the ones already
+    running. With ``gpu``, the same holds
     across the worker processes on that GPU, and every series that runs side by side there counts
     as ``accompanied``: the other processes' series, and the GPU memory their allocators keep, may
     be what it lacked."""
 
-    def __init__(self, gpu: SharedGpu | None = None) -> None:
+    def __init__(self, gpu: SharedGpu | None = None, at_once: Callable[[], int] | None = None) -> None:
         self.gpu = gpu
+        self.at_once = at_once
         self._changed = threading.Condition()
         self._seats: set[Seat] = set()
         self.waiting_alone = 0
@@ -72,11 +80,17 @@ class Admission:
         """How many series run side by side now."""
         return len(self._seats)
 
+    def _room_beside(self) -> bool:
+        return not self.running_alone and not self.waiting_alone and not any(seat.sole for seat in self._seats) \
+            and (self.at_once is None or len(self._seats) < self.at_once())
+
     @contextmanager
     def shared(self) -> Iterator[Seat]:
         seat = Seat()
         with self._changed:
-            self._changed.wait_for(lambda: not self.running_alone and not self.waiting_alone)
+            while not self._changed.wait_for(self._room_beside, timeout=AT_ONCE_POLL_S):
+                pass  # at_once may grow without a notification (the model is loaded and timed)
+            seat.sole = self.at_once is not None and self.at_once() == 1
             if self._seats or self.gpu is not None:
                 seat.accompanied = True
                 for other in self._seats:
@@ -214,5 +228,16 @@ def _locked(path: Path, operation: int) -> int:
 def worker_admission() -> Admission:
     """The admission of this worker process (each Dask worker is its own process), across the
     processes of its GPU when it shares one. Made on first use, after a SLURM worker's preload
-    has chosen its GPU (``job_gpus.py``)."""
-    return Admission(SharedGpu.from_environment())
+    has chosen its GPU (``job_gpus.py``). Under ``prefetch: auto`` (:class:`PassPolicy`) its series
+    run side by side only while the network gate of its model does (cohort.segmentation.gate)."""
+    policy = PassPolicy.from_environment()
+    return Admission(SharedGpu.from_environment(), series_at_once if policy.series_follow_passes else None)
+
+
+def series_at_once() -> int:
+    """Series that run side by side on a worker whose series follow its forward passes: one until
+    its model is loaded and timed (and for good where it runs one pass at a time, or runs none)."""
+    from cohort.segmentation.gate import passes_at_once  # torch: workers only, not the driver
+
+    passes = passes_at_once()
+    return passes if passes > 1 else 1

@@ -17,9 +17,10 @@ from typing import Callable, Iterator
 import dask
 from distributed import Client, LocalCluster
 
-from cohort.config import ExecutionConfig
+from cohort.config import AUTO, ExecutionConfig
 from cohort.errors import RunCannotStart
 from cohort.flows.resources import Resources, warn_if_short_of_memory
+from cohort.segmentation.passes import PassPolicy
 from cohort.signals import WORKER_PRELOAD
 
 CLUSTERS = ("local", "cuda", "slurm")
@@ -42,15 +43,36 @@ def series_slots(execution: ExecutionConfig, gpu: bool = False) -> int:
     """Dask threads per worker, on every cluster: the series on the network plus
     ``execution.prefetch`` (GPU workers, SLURM GPU jobs included: ``gpu_prefetch``) prepared ahead
     (read, resampled, preprocessed) or finishing (restored, measured, stored) beside it. A GPU runs
-    one forward pass at a time per worker; a CPU worker up to ``execution.network_passes`` (one by
-    default), each on its share of the threads (cohort.segmentation.gate)."""
-    return 1 + (execution.gpu_prefetch if gpu else execution.prefetch)
+    one forward pass at a time per worker; a CPU worker up to ``execution.network_passes``, each on
+    its share of the threads (cohort.segmentation.gate). ``prefetch: auto`` gives a CPU worker one
+    slot more, which it uses only while it runs two passes at once (:func:`pass_policy`).
+
+    >>> series_slots(ExecutionConfig(prefetch="auto")), series_slots(ExecutionConfig(prefetch=0))
+    (2, 1)
+    >>> series_slots(ExecutionConfig(gpu_prefetch=3), gpu=True)
+    4
+    """
+    if gpu:
+        return 1 + execution.gpu_prefetch
+    return 1 + (1 if execution.prefetch == AUTO else execution.prefetch)
 
 
-def wanted_passes(execution: ExecutionConfig) -> int:
-    """Forward passes a CPU worker should run at once: ``execution.network_passes``, at most one
-    per series slot (the worker's threads and memory may allow fewer: ``Resources.network_passes``)."""
-    return min(series_slots(execution), execution.network_passes)
+def pass_policy(execution: ExecutionConfig) -> PassPolicy:
+    """What a CPU worker is told about its forward passes (cohort.segmentation.passes): at most
+    ``execution.network_passes``, one per series slot (``auto``: one per slot, and the worker keeps
+    them only where timing its network says they pay); under ``prefetch: auto`` its series run side
+    by side only while its passes do. The worker's threads and memory may allow fewer
+    (``Resources.network_passes``).
+
+    >>> pass_policy(ExecutionConfig())
+    PassPolicy(most=2, choose=True, series_follow_passes=True)
+    >>> pass_policy(ExecutionConfig(prefetch=1, network_passes=1))
+    PassPolicy(most=1, choose=False, series_follow_passes=False)
+    """
+    slots = series_slots(execution)
+    choose = execution.network_passes == AUTO
+    return PassPolicy(slots if choose else min(slots, execution.network_passes), choose,
+                      execution.prefetch == AUTO)
 
 
 def with_model_threads(execution: ExecutionConfig, model_threads: int | None) -> ExecutionConfig:
@@ -69,12 +91,12 @@ def with_model_threads(execution: ExecutionConfig, model_threads: int | None) ->
     return dataclasses.replace(execution, threads_per_worker=execution.threads_per_worker or model_threads or 1)
 
 
-def local_worker_settings(resources: Resources, reuse_freed_memory: bool, network_passes: int = 1
+def local_worker_settings(resources: Resources, reuse_freed_memory: bool, passes: PassPolicy = PassPolicy()
                           ) -> dict[str, object]:
     """Dask settings of the worker processes a cluster starts on this machine (local and GPU
-    clusters): each one's share of CPUs and memory, the forward passes it runs at once on a CPU,
-    and the preload that leaves Ctrl-C to the driver."""
-    return {**resources.dask_config(reuse_freed_memory, network_passes),
+    clusters): each one's share of CPUs and memory, its forward passes on a CPU, and the preload
+    that leaves Ctrl-C to the driver."""
+    return {**resources.dask_config(reuse_freed_memory, passes),
             "distributed.worker.preload": [WORKER_PRELOAD]}
 
 
@@ -176,8 +198,8 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
              model_memory_gb: float | None, series: int | None = None) -> Iterator[tuple[object, StartCheck]]:
     if kind == "local":
         resources = local_resources(workers, execution, model_memory_gb, series)
-        passes = resources.network_passes(wanted_passes(execution), model_memory_gb)
-        log.info("local cluster: %s; forward passes at once per worker: %d", resources.describe(), passes)
+        passes = resources.pass_policy(pass_policy(execution), model_memory_gb)
+        log.info("local cluster: %s; forward passes at once per worker: %s", resources.describe(), passes.describe())
         warn_if_short_of_memory(resources, model_memory_gb, "fewer --workers, or execution.worker_memory_gb")
         with dask.config.set(local_worker_settings(resources, execution.reuse_freed_memory, passes)):
             cluster = LocalCluster(n_workers=resources.workers, threads_per_worker=series_slots(execution),
@@ -202,7 +224,7 @@ def _cluster(kind: str, workers: int | None, execution: ExecutionConfig,
                                         slurm_cluster, unstartable_jobs_check)
 
         config = load_slurm_config(execution.slurm_config)
-        needs = WorkerNeeds(series_slots(execution, gpu=config.gpus_per_job > 0), wanted_passes(execution),
+        needs = WorkerNeeds(series_slots(execution, gpu=config.gpus_per_job > 0), pass_policy(execution),
                             model_memory_gb, execution.reuse_freed_memory)
         with slurm_cluster(config, workers, needs) as cluster:
             yield cluster, StartCheck(first_workers_needed(config, workers), config.worker_start_timeout_s,

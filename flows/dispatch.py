@@ -93,7 +93,8 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
 
     The series runs in its own daemon thread; on timeout it is left behind and the driver
     restarts this worker process, which ends it. ``alone``: first wait until no other series
-    runs on this worker, keep them waiting meanwhile, and tell the scheduler when it starts and ends.
+    runs on this worker, keep them waiting meanwhile, and tell the scheduler when it starts and ends
+    (so too a series let in while the worker runs one at a time: ``prefetch: auto``, flows/alone.py).
     The deadline starts once the series may run. A series out of memory while others ran beside
     it gives :class:`OutOfMemoryBeside` instead of its failed row.
     """
@@ -108,12 +109,13 @@ def process_with_deadline(spec: SeriesSpec, context: RunContext, attempt: int, t
     worker = get_worker()
     admission = worker_admission()
     with admission.alone() if alone else admission.shared() as seat:
-        if alone:
+        announced = alone or seat.sole  # a series let in one at a time is alone there too
+        if announced:
             _tell_scheduler_alone(worker, running=True)
         thread = threading.Thread(target=target, name=f"cohort-series-{spec.series_id}", daemon=True)
         thread.start()
         thread.join(timeout_s)
-        if alone:
+        if announced:
             _tell_scheduler_alone(worker, running=False)
     if not outcome:
         return TimedOut(spec.series_id, worker.address, timeout_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -20,12 +21,11 @@ from distributed.system import memory_limit as host_memory_limit
 
 from cohort.errors import RunCannotStart
 from cohort.heap import reuse_environment
+from cohort.segmentation.passes import PassPolicy
 
 THREAD_ENV_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TORCH_THREADS_ENV = "COHORT_TORCH_THREADS"
 """Read by the segmenter when it loads a model (``torch.set_num_threads``): the worker's share."""
-NETWORK_PASSES_ENV = "COHORT_NETWORK_PASSES"
-"""Read by the segmenter's network gate (cohort.segmentation.gate): forward passes at once on a CPU."""
 GIB = 1024 ** 3
 log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -175,7 +175,7 @@ class Resources:
                         model_memory_gb)
 
     def network_passes(self, wanted: int, model_memory_gb: float | None) -> int:
-        """Forward passes a CPU worker runs at once (cohort.segmentation.gate): ``wanted`` (its
+        """Forward passes a CPU worker may run at once (cohort.segmentation.gate): ``wanted`` (its
         ``execution.network_passes``, at most one per series slot), as long as each gets a thread
         of its own and the worker's memory holds what each pass needs (``model_memory_gb``: the
         model's ``worker_memory_gb``, the peak of one pass on a large CT).
@@ -190,22 +190,28 @@ class Resources:
             passes = min(passes, int(self.memory_limit_bytes // (model_memory_gb * GIB)))
         return max(1, passes)
 
-    def worker_environment(self, reuse_freed_memory: bool = True, network_passes: int = 1) -> dict[str, str]:
+    def pass_policy(self, wanted: PassPolicy, model_memory_gb: float | None) -> PassPolicy:
+        """``wanted`` with at most the passes this worker's threads and memory allow
+        (:meth:`network_passes`)."""
+        return dataclasses.replace(wanted, most=self.network_passes(wanted.most, model_memory_gb))
+
+    def worker_environment(self, reuse_freed_memory: bool = True, passes: PassPolicy = PassPolicy()
+                           ) -> dict[str, str]:
         """Variables each worker process starts with, so its libraries use its share of CPUs and,
-        with ``reuse_freed_memory``, its C heap keeps freed memory (cohort.heap); ``network_passes``
-        forward passes at once share its threads on a CPU (:meth:`network_passes`)."""
+        with ``reuse_freed_memory``, its C heap keeps freed memory (cohort.heap); ``passes`` says how
+        its forward passes and series share its threads on a CPU (:meth:`pass_policy`)."""
         threads = str(self.threads_per_worker)
         heap = reuse_environment(self.memory_limit_bytes) if reuse_freed_memory else {}
         return {**{name: threads for name in THREAD_ENV_VARIABLES}, TORCH_THREADS_ENV: threads,
-                NETWORK_PASSES_ENV: str(network_passes), **heap}
+                **passes.environment(), **heap}
 
-    def dask_config(self, reuse_freed_memory: bool = True, network_passes: int = 1) -> dict[str, str]:
+    def dask_config(self, reuse_freed_memory: bool = True, passes: PassPolicy = PassPolicy()) -> dict[str, str]:
         """:meth:`worker_environment` as Dask's ``pre-spawn-environ``: set before each worker
         process starts (and restarts), as OpenMP and glibc read them only when they load. Dask's
         own default is 1 thread per worker whatever the worker count, and a heap that returns
         everything it frees (``MALLOC_TRIM_THRESHOLD_`` 64 kB)."""
         return {f"distributed.nanny.pre-spawn-environ.{name}": value
-                for name, value in self.worker_environment(reuse_freed_memory, network_passes).items()}
+                for name, value in self.worker_environment(reuse_freed_memory, passes).items()}
 
     def describe(self) -> str:
         return (f"{self.workers} worker(s) x {self.threads_per_worker} thread(s) on {self.cpus} usable CPU(s), "

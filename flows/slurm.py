@@ -23,6 +23,7 @@ from cohort.config import config_file, from_mapping, load_yaml
 from cohort.errors import ConfigError, RunCannotStart
 from cohort.flows.job_gpus import PROCESSES_ENV
 from cohort.flows.resources import Resources, warn_if_short_of_memory
+from cohort.segmentation.passes import PassPolicy
 
 log = logging.getLogger(__name__)
 DEFAULT_SLURM_CONFIG = "slurm.yaml"
@@ -113,12 +114,12 @@ def job_share(config: SlurmConfig) -> Resources:
 @dataclass(frozen=True)
 class WorkerNeeds:
     """What a run asks of each SLURM worker: ``series_slots`` series at once (``1 +
-    execution.prefetch``, GPU jobs ``gpu_prefetch``), up to ``network_passes`` forward passes at
-    once on a CPU, ``model_memory_gb`` for one copy of the run's model (None: nothing is
+    execution.prefetch``, GPU jobs ``gpu_prefetch``), its forward passes on a CPU (``passes``:
+    up to ``execution.network_passes`` at once, cohort.segmentation.passes), ``model_memory_gb`` for one copy of the run's model (None: nothing is
     segmented), and whether its heap hands freed memory back (``reuse_freed_memory``)."""
 
     series_slots: int = 1
-    network_passes: int = 1
+    passes: PassPolicy = PassPolicy()
     model_memory_gb: float | None = None
     reuse_freed_memory: bool = True
 
@@ -127,11 +128,11 @@ def worker_exports(config: SlurmConfig, needs: WorkerNeeds = WorkerNeeds()) -> l
     """Job-script lines that give each of a job's ``processes`` workers its share of the job:
     ``cores / processes`` threads for torch, OpenMP and BLAS (the job's affinity would give each
     worker all of the job's cores), the forward passes it may run at once on a CPU (up to
-    ``needs.network_passes``, as its threads and the model's memory allow;
+    ``needs.passes.most``, as its threads and the model's memory allow;
     cohort.segmentation.gate), and, with ``needs.reuse_freed_memory``, the heap settings of
     cohort.heap for ``memory / processes``."""
     share = job_share(config)
-    passes = 1 if config.gpus_per_job else share.network_passes(needs.network_passes, needs.model_memory_gb)
+    passes = PassPolicy() if config.gpus_per_job else share.pass_policy(needs.passes, needs.model_memory_gb)
     environment = share.worker_environment(needs.reuse_freed_memory, passes)
     if config.gpus_per_job:
         environment[PROCESSES_ENV] = str(config.processes)

@@ -120,6 +120,31 @@ def test_int_keys_still_refuse_text(tmp_path: Path) -> None:
         load_run_config(path)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("prefetch: auto", ("auto", "auto")), ("prefetch: 0\n  network_passes: 2", (0, 2)),
+    ("prefetch: fast", "key 'execution.prefetch' must be one of auto, got 'fast'"),
+    ("network_passes: Auto", "key 'execution.network_passes' must be one of auto, got 'Auto'"),
+    ("prefetch: -1", "key 'execution.prefetch' must be >= 0, got -1"),
+    ("network_passes: 0", "key 'execution.network_passes' must be positive, got 0"),
+    ("prefetch: 1.5", "key 'execution.prefetch' must be int or str, got 1.5"),
+    ("prefetch: true", "key 'execution.prefetch' must be int or str, got True")])
+def test_prefetch_and_network_passes_take_a_number_or_auto(tmp_path: Path, text: str, expected) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(f"execution:\n  {text}\n")
+    if isinstance(expected, tuple):
+        execution = load_run_config(path).execution
+        assert (execution.prefetch, execution.network_passes) == expected
+        return
+    with pytest.raises(ConfigError) as error:
+        load_run_config(path)
+    assert str(error.value) == f"{path}: {expected}"
+
+
+def test_the_shipped_defaults_let_each_worker_decide() -> None:
+    execution = load_run_config().execution
+    assert (execution.prefetch, execution.network_passes) == ("auto", "auto")
+
+
 def test_a_key_given_twice_in_a_yaml_config_is_refused_naming_both_lines(tmp_path: Path) -> None:
     """PyYAML keeps the later value without a word; an edit near the top would silently lose."""
     path = tmp_path / "run.yaml"

@@ -681,19 +681,23 @@ def test_gpu_precision_other_than_fp16_is_part_of_the_run_key(reference: Path, i
 
 
 def test_series_slots_per_worker_follow_prefetch() -> None:
-    """A local worker gets 1 + prefetch series slots, and ``network_passes`` forward passes at once
-    as far as its slots and threads allow (cohort.segmentation.gate)."""
+    """A local worker gets 1 + prefetch series slots (``auto``: 2), and ``network_passes`` forward
+    passes at once as far as its slots and threads allow (cohort.segmentation.gate); with ``auto``
+    it is told to time its network, and its series to follow its passes."""
     from distributed import Client
 
     from cohort.config import ExecutionConfig
     from cohort.flows.clusters import open_client
     from cohort.flows.resources import usable_cpus
+    from cohort.segmentation.passes import PassPolicy
 
-    for prefetch, wanted in ((0, 1), (0, 2), (2, 1), (2, 3)):
+    for prefetch, wanted in ((0, 1), (0, 2), (2, 1), (2, 3), ("auto", "auto"), ("auto", 1), (1, "auto")):
+        slots = 2 if prefetch == "auto" else 1 + prefetch
         with open_client("local", 1, ExecutionConfig(prefetch=prefetch, network_passes=wanted)) as client:
-            assert isinstance(client, Client) and list(client.nthreads().values()) == [1 + prefetch]
-            (passes,) = client.run(lambda: os.environ["COHORT_NETWORK_PASSES"]).values()
-            assert int(passes) == min(wanted, 1 + prefetch, usable_cpus())
+            assert isinstance(client, Client) and list(client.nthreads().values()) == [slots]
+            (policy,) = client.run(PassPolicy.from_environment).values()
+            assert policy == PassPolicy(min(slots if wanted == "auto" else wanted, slots, usable_cpus()),
+                                        choose=wanted == "auto", series_follow_passes=prefetch == "auto")
 
 
 def test_input_fingerprint_and_content_cover_files_in_subfolders(examples: Path, tmp_path: Path) -> None:

@@ -6,13 +6,16 @@ and the other slots read, restore, measure and store meanwhile (``execution.gpu_
 On a CPU a small network's forward pass on ``t`` threads may run well below ``t`` times its
 one-thread speed: every layer ends at a barrier where the threads wait for the slowest (the small
 test network on two threads: 1.5 times one thread). A worker with several series slots
-(``execution.prefetch``) may then run up to ``execution.network_passes`` passes at once, each on
-an equal share of its threads, so that the cores compute instead of waiting (1.3x for that
-network on 2 cores). Networks of TotalSegmentator's size run 1.94x faster on two threads than on
-one, leaving nothing to win back (0.9x), so one pass at a time is the default
-(docs/performance.md; ``benchmarks/bench_passes.py`` measures a network on a machine). The cluster
-decides how many passes a worker's threads and memory allow (cohort.flows.resources) and says so
-in ``COHORT_NETWORK_PASSES``; without it, one at a time. Labels do not depend on the thread count
+(``execution.prefetch``) may then run several passes at once, each on an equal share of its
+threads, so that the cores compute instead of waiting (1.3-1.46x for that network on 2 cores).
+Networks of TotalSegmentator's size run 1.94x faster on two threads than on one, leaving nothing
+to win back (0.9x). Which of the two a network on a CPU is, the worker finds out once, when it
+loads the model (``network_passes: auto``, the default): :func:`time_passes` runs one tile of the
+network alone on all threads and ``most`` tiles at once on a share each, and the gate admits
+``most`` passes at once only where that is at least :data:`MIN_SPEEDUP` times faster
+(docs/performance.md; ``benchmarks/bench_passes.py`` measures a whole series both ways). The cluster
+decides the most passes a worker's threads and memory allow (:class:`PassPolicy`, in the worker's
+environment); without it, one at a time. Labels do not depend on the thread count
 (tests/segment/test_gate.py).
 
 >>> before = torch.get_num_threads()
@@ -25,33 +28,62 @@ True
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from cohort.segmentation.passes import PassPolicy
+
+log = logging.getLogger(__name__)
+MIN_SPEEDUP = 1.1
+"""Passes side by side must be this much faster than one at a time on one tile: below it, the
+other stages of the series beside them eat the gain (docs/performance.md)."""
+LARGE_TILE_S = 1.0
+"""A tile that keeps all the worker's threads busy this long is not timed side by side (one pass
+at a time): its layers are large enough for the threads to seldom wait. Every network measured
+so far agrees (docs/performance.md: TotalSegmentator-size tiles 4.8-5.0 s, 0.78-0.98x side by
+side; the small test network's 0.11-0.13 s, 1.17-1.77x), and timing it both ways would cost a
+large network several tiles of start-up."""
+TIMING_ROUNDS = 3
 
 class NetworkGate:
     """Admits at most ``passes`` forward passes at once, each on ``threads_each`` torch threads
-    (``None``: the thread count as it is)."""
+    (``None``: the thread count as it is). ``timing``: what the choice rested on, if it was timed."""
 
-    def __init__(self, passes: int = 1, threads_each: int | None = None) -> None:
+    def __init__(self, passes: int = 1, threads_each: int | None = None, timing: PassTiming | None = None) -> None:
         if passes < 1:
             raise ValueError(f"passes must be at least 1, got {passes}")
         self.passes = passes
         self.threads_each = threads_each
+        self.timing = timing
         self._free = threading.BoundedSemaphore(passes)
         self._local = threading.local()  # each thread's own count, put back when its pass ends
 
     @classmethod
-    def for_device(cls, device: torch.device) -> NetworkGate:
+    def for_device(cls, device: torch.device, make_tile_forward: Callable[[], Callable[[], object]] | None = None,
+                   policy: PassPolicy | None = None) -> NetworkGate:
         """One pass at a time on a GPU; on a CPU the passes the worker's cluster allows
-        (``COHORT_NETWORK_PASSES``), splitting this process's torch threads among them."""
-        allowed = os.environ.get("COHORT_NETWORK_PASSES", "")
-        passes = int(allowed) if allowed.isdigit() and int(allowed) > 0 else 1
-        if device.type != "cpu" or passes == 1:
-            return cls()
-        return cls(passes, max(1, torch.get_num_threads() // passes))
+        (``policy``, by default this process's :class:`PassPolicy`), splitting this process's torch
+        threads among them, or, when the policy says to choose, as many as :func:`time_passes`
+        finds pay for the call ``make_tile_forward`` returns (one tile through the loaded network)."""
+        policy = policy or PassPolicy.from_environment()
+        if device.type != "cpu" or policy.most == 1:
+            gate = cls()
+        else:
+            threads = torch.get_num_threads()
+            share = max(1, threads // policy.most)
+            timing = (time_passes(make_tile_forward(), policy.most, threads) if policy.choose and make_tile_forward
+                      else None)
+            passes = policy.most if timing is None or timing.pays else 1
+            gate = cls(passes, share if passes > 1 else None, timing)
+            if timing is not None:
+                log.info("%s: %d forward pass(es) at once", timing.describe(), passes)
+        _made.append(gate)
+        return gate
 
     def __enter__(self) -> NetworkGate:
         self._free.acquire()
@@ -69,3 +101,74 @@ class NetworkGate:
 
     def __repr__(self) -> str:
         return f"NetworkGate(passes={self.passes}, threads_each={self.threads_each})"
+
+
+_made: list[NetworkGate] = []  # this process's gates, in the order its models were loaded
+
+
+def passes_at_once() -> int:
+    """Forward passes at once of the gate this process made last (0: no model loaded yet)."""
+    return _made[-1].passes if _made else 0
+
+
+@dataclass(frozen=True)
+class PassTiming:
+    """Seconds of one tile through a network: ``alone_s`` alone on all ``threads``, and
+    ``together_s`` for ``passes`` tiles at once, each on ``threads // passes`` threads (best of
+    the rounds timed; None: a large tile, not timed side by side)."""
+
+    passes: int
+    threads: int
+    alone_s: float
+    together_s: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """Tiles per second side by side over tiles per second one at a time."""
+        return None if self.together_s is None else self.passes * self.alone_s / self.together_s
+
+    @property
+    def pays(self) -> bool:
+        return self.speedup is not None and self.speedup >= MIN_SPEEDUP
+
+    def describe(self) -> str:
+        alone = f"one tile of the network {self.alone_s:.3f} s alone on {self.threads} thread(s)"
+        if self.together_s is None:
+            return f"{alone} (at least {LARGE_TILE_S:g} s: not timed side by side)"
+        return (f"{alone}, {self.passes} at once on {max(1, self.threads // self.passes)} each "
+                f"{self.together_s:.3f} s ({self.speedup:.2f}x)")
+
+
+def time_passes(tile_forward: Callable[[], object], passes: int, threads: int) -> PassTiming:
+    """Time ``tile_forward`` alone on ``threads`` threads and ``passes`` at once on a share each:
+    the best of :data:`TIMING_ROUNDS` rounds of both after a first call alone (which grows the
+    heap and the thread pools, as a first series would). A first call of :data:`LARGE_TILE_S` or
+    more ends the timing there.
+
+    >>> timing = time_passes(lambda: torch.ones(64, 64) @ torch.ones(64, 64), 2, 2)
+    >>> timing.passes, timing.threads, timing.alone_s > 0, timing.together_s > 0
+    (2, 2, True, True)
+    """
+    alone_gate, together_gate = NetworkGate(1, threads), NetworkGate(passes, max(1, threads // passes))
+
+    def timed(gate: NetworkGate) -> None:
+        with gate, torch.inference_mode():
+            tile_forward()
+
+    def in_threads(gate: NetworkGate, count: int) -> float:
+        workers = [threading.Thread(target=timed, args=(gate,), name="cohort-pass-timing") for _ in range(count)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - start
+
+    first = in_threads(alone_gate, 1)
+    if first >= LARGE_TILE_S:
+        return PassTiming(passes, threads, first)
+    alone, together = [], []
+    for _ in range(TIMING_ROUNDS):
+        alone.append(in_threads(alone_gate, 1))
+        together.append(in_threads(together_gate, passes))
+    return PassTiming(passes, threads, min(alone), min(together))

@@ -28,7 +28,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,21 @@ class NetworkPredictor:
         if len(self._predictor.list_of_parameters) == 1:
             getattr(network, "_orig_mod", network).load_state_dict(self._predictor.list_of_parameters[0])
             self._parameters_loaded = True
+
+    def tile_forward(self) -> Callable[[], torch.Tensor]:
+        """A call that runs one zero tile of the plans' patch size through the network (its first
+        fold's parameters, loaded now): what the sliding window repeats, for timing how the network
+        shares the CPU's threads (cohort.segmentation.gate)."""
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        predictor = self._predictor
+        network = getattr(predictor.network, "_orig_mod", predictor.network)
+        if not self._parameters_loaded:
+            network.load_state_dict(predictor.list_of_parameters[0])
+        channels = determine_num_input_channels(predictor.plans_manager, predictor.configuration_manager,
+                                                predictor.dataset_json)
+        tile = torch.zeros((1, channels, *predictor.configuration_manager.patch_size), device=self.device)
+        return lambda: network(tile)
 
     def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
         """Labels (x, y, z; uint8, uint16 above 256 classes) of an int32 image on the model grid.

@@ -60,11 +60,10 @@ class Segmenter:
         self.settings = settings
         classes = model_class_map(spec)
         self._networks = []
-        gate = NetworkGate.for_device(device)
         for network in spec.networks:
             folder = network_folder(spec, network, weights_dir)
             try:
-                predictor = NetworkPredictor(folder, spec, device, settings, gate)
+                predictor = NetworkPredictor(folder, spec, device, settings)
             except Exception as exc:  # nnU-Net raises anything from KeyError to RuntimeError on a bad folder
                 raise RunCannotStart(f"{folder}: nnU-Net cannot load this network ({type(exc).__name__}: "
                                      f"{exc}); remove the folder and fetch the weights again "
@@ -73,6 +72,9 @@ class Segmenter:
         self._names = classes.names
         self._dtype = np.uint8 if classes.n_labels <= 256 else np.uint16
         first = self._networks[0][1]
+        gate = NetworkGate.for_device(device, first.tile_forward)
+        for predictor in self.predictors:
+            predictor.gate = gate
         self.spacing = spec.spacing_mm or first.plans_spacing_xyz
         self.axcodes = network_axcodes(spec, first.dataset_json)
         self.load_seconds = time.perf_counter() - start

@@ -83,6 +83,46 @@ def test_two_series_alone_take_turns_and_shared_ones_overlap() -> None:
     assert most_at_once([admission.shared(), admission.shared(), admission.shared()]) == 3
 
 
+def test_series_side_by_side_at_most_as_many_as_at_once_says_when_it_says() -> None:
+    """``prefetch: auto``: while ``at_once`` is 1 (the model not yet loaded and timed, or one pass at
+    a time) a series runs alone, and nothing starts beside it even when the limit grows meanwhile
+    (the driver blames a death on it alone); once it is 2, two series run side by side."""
+    limit = [1]
+    admission = Admission(at_once=lambda: limit[0])
+    release = {name: threading.Event() for name in ("sole", "first", "second")}
+    order: list[str] = []
+
+    def series(name: str) -> None:
+        with admission.shared() as seat:
+            order.append(f"{name} start")
+            release[name].wait(10)
+        order.append(f"{name} end, sole {seat.sole}, accompanied {seat.accompanied}")
+
+    def start(name: str) -> threading.Thread:
+        thread = threading.Thread(target=series, args=(name,))
+        thread.start()
+        return thread
+
+    threads = [start("sole")]  # let in one at a time: nothing starts beside it even once the limit grows
+    _wait_until(lambda: admission.sharing == 1)
+    threads.append(start("first"))
+    time.sleep(0.3)
+    limit[0] = 2
+    time.sleep(0.7)
+    assert order == ["sole start"]
+    release["sole"].set()
+    _wait_until(lambda: "first start" in order)
+    threads.append(start("second"))
+    _wait_until(lambda: "second start" in order)  # beside the first, which still runs
+    release["second"].set()
+    _wait_until(lambda: len(order) == 5)
+    release["first"].set()
+    for thread in threads:
+        thread.join(5)
+    assert order == ["sole start", "sole end, sole True, accompanied False", "first start", "second start",
+                     "second end, sole False, accompanied True", "first end, sole False, accompanied True"]
+
+
 def _note(log: Path, line: str) -> None:
     with open(log, "a") as file:
         file.write(line + "\n")

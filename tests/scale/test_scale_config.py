@@ -10,6 +10,7 @@ import pytest
 from cohort.errors import ConfigError
 from cohort.flows.cuda import visible_gpus
 from cohort.flows.slurm import WorkerNeeds, cluster_kwargs, job_counts, load_slurm_config
+from cohort.segmentation.passes import PassPolicy
 from testkit import cohort_cli
 
 
@@ -92,12 +93,16 @@ interface: lo
     cpu_only = cluster_kwargs(cpu_config)
     assert cpu_only["worker_extra_args"] == ["--nthreads", "1"] and "COHORT_JOB_PROCESSES" not in str(cpu_only)
     # network_passes 2 on 4-thread workers: two forward passes at once, when 32 GB per worker holds two of 8 GB ...
-    wide = cluster_kwargs(cpu_config, WorkerNeeds(series_slots=2, network_passes=2, model_memory_gb=8))
+    wide = cluster_kwargs(cpu_config, WorkerNeeds(series_slots=2, passes=PassPolicy(2), model_memory_gb=8))
     assert wide["worker_extra_args"] == ["--nthreads", "2"]
     assert "export COHORT_NETWORK_PASSES=2" in wide["job_script_prologue"]
+    # prefetch and network_passes auto (the defaults): the worker times its network and its series follow its passes
+    auto = cluster_kwargs(cpu_config, WorkerNeeds(2, PassPolicy(2, choose=True, series_follow_passes=True), 8))
+    for line in ("COHORT_NETWORK_PASSES=2", "COHORT_CHOOSE_PASSES=1", "COHORT_SERIES_FOLLOW_PASSES=1"):
+        assert f"export {line}" in auto["job_script_prologue"]
     # ... one at a time when it does not, and always one on a GPU
-    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(cpu_config, WorkerNeeds(2, 2, model_memory_gb=20))["job_script_prologue"]
-    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(config, WorkerNeeds(4, 4, model_memory_gb=8))["job_script_prologue"]
+    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(cpu_config, WorkerNeeds(2, PassPolicy(2), model_memory_gb=20))["job_script_prologue"]
+    assert "export COHORT_NETWORK_PASSES=1" in cluster_kwargs(config, WorkerNeeds(4, PassPolicy(4), model_memory_gb=8))["job_script_prologue"]
     assert job_counts(config, None) == (1, 4) and job_counts(config, 5) == (3, 3)
 
 

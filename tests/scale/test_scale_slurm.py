@@ -105,11 +105,12 @@ def test_a_slurm_worker_runs_as_many_series_as_its_slots(slurm_run_config) -> No
     from distributed import Client
 
     from cohort.flows.slurm import WorkerNeeds, load_slurm_config, slurm_cluster
+    from cohort.segmentation.passes import PassPolicy
 
     run_yaml, _, _ = slurm_run_config
     slurm_yaml = run_yaml.parent / "slurm.yaml"
     config = load_slurm_config(str(slurm_yaml))
-    with slurm_cluster(config, workers=1, needs=WorkerNeeds(2, 2, model_memory_gb=0.5)) as cluster, \
+    with slurm_cluster(config, workers=1, needs=WorkerNeeds(2, PassPolicy(2), model_memory_gb=0.5)) as cluster, \
             Client(cluster) as client:
         client.wait_for_workers(1, timeout=90)
         assert list(client.nthreads().values()) == [2]

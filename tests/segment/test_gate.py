@@ -13,7 +13,9 @@ import torch
 
 from cohort.ingest import Volume
 from cohort.segmentation import ModelSpec
-from cohort.segmentation.gate import NetworkGate
+from cohort.segmentation import gate as gate_module
+from cohort.segmentation.gate import MIN_SPEEDUP, NetworkGate, passes_at_once
+from cohort.segmentation.passes import PassPolicy
 from cohort.segmentation.segmenter import Segmenter
 
 
@@ -80,6 +82,64 @@ def test_passes_come_from_the_cluster_on_a_cpu_only(monkeypatch: pytest.MonkeyPa
         assert NetworkGate.for_device(torch.device("cpu")).passes == 1
     monkeypatch.setenv("COHORT_NETWORK_PASSES", "8")
     assert NetworkGate.for_device(torch.device("cpu")).threads_each == 1  # never below one thread
+
+
+def test_a_worker_keeps_two_passes_only_where_its_timing_says_they_pay() -> None:
+    """``network_passes: auto``: a tile that two threads can run side by side at full speed (a
+    sleep stands for a network whose threads mostly wait) gives two passes; one that runs one at a
+    time whatever the threads (a lock held through it) gives one, and so does a GPU."""
+    torch.set_num_threads(2)
+    held = threading.Lock()
+
+    def waits() -> None:
+        time.sleep(0.05)
+
+    def serial() -> None:
+        with held:
+            time.sleep(0.05)
+
+    policy = PassPolicy(2, choose=True)
+    side_by_side = NetworkGate.for_device(torch.device("cpu"), lambda: waits, policy)
+    assert (side_by_side.passes, side_by_side.threads_each) == (2, 1) and passes_at_once() == 2
+    assert side_by_side.timing.speedup > 1.5
+    one_at_a_time = NetworkGate.for_device(torch.device("cpu"), lambda: serial, policy)
+    assert (one_at_a_time.passes, one_at_a_time.threads_each) == (1, None) and passes_at_once() == 1
+    assert one_at_a_time.timing.speedup < MIN_SPEEDUP
+    assert NetworkGate.for_device(torch.device("cuda:0"), lambda: waits, policy).timing is None
+    fixed = NetworkGate.for_device(torch.device("cpu"), lambda: serial, PassPolicy(2))  # network_passes: 2
+    assert fixed.passes == 2 and fixed.timing is None
+
+
+def test_a_large_tile_is_timed_once_and_runs_one_pass_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tile that keeps the threads busy for LARGE_TILE_S is not timed side by side: one call."""
+    monkeypatch.setattr(gate_module, "LARGE_TILE_S", 0.05)
+    torch.set_num_threads(2)
+    calls = []
+
+    def large() -> None:
+        calls.append(1)
+        time.sleep(0.1)
+
+    gate = NetworkGate.for_device(torch.device("cpu"), lambda: large, PassPolicy(2, choose=True))
+    assert (gate.passes, len(calls), gate.timing.together_s, gate.timing.pays) == (1, 1, None, False)
+    assert "not timed side by side" in gate.timing.describe()
+
+
+def test_a_loaded_network_is_timed_on_one_tile_and_labels_do_not_change(
+        monkeypatch: pytest.MonkeyPatch, fast_spec: ModelSpec, fast_weights: Path, example_sm: Volume) -> None:
+    """The segmenter times its first network's tile (the plans' patch size) when the worker's
+    policy says to choose, and labels as one pass at a time whatever it chose."""
+    torch.set_num_threads(2)
+    alone = Segmenter(fast_spec, fast_weights, torch.device("cpu")).segment(example_sm).label_map.labels
+    monkeypatch.setenv("COHORT_NETWORK_PASSES", "2")
+    monkeypatch.setenv("COHORT_CHOOSE_PASSES", "1")
+    timed = Segmenter(fast_spec, fast_weights, torch.device("cpu"))
+    gate = timed.predictors[0].gate
+    assert gate.timing is not None and gate.timing.alone_s > 0 and gate.passes in (1, 2)
+    assert gate.passes == (2 if gate.timing.pays else 1) == passes_at_once()
+    with ThreadPoolExecutor(2) as pool:
+        for labels in pool.map(lambda _: timed.segment(example_sm).label_map.labels, range(2)):
+            np.testing.assert_array_equal(labels, alone)
 
 
 def test_two_passes_at_once_give_the_labels_of_one_at_a_time(monkeypatch: pytest.MonkeyPatch, fast_spec: ModelSpec,
