@@ -60,16 +60,18 @@ class Seat:
 
 class Admission:
     """Who may run on this worker now: series side by side (:meth:`shared`; as many as its Dask
-    threads, or at most ``at_once()``), or one alone (:meth:`alone`). A series waiting to run alone
+    threads, or at most ``at_once()``, which is None while that is not known yet: one at a time
+    meanwhile, not ``sole``, as two may soon run side by side), or one alone (:meth:`alone`). A series waiting to run alone
     goes first: no shared series starts while it waits, so it waits at most for the ones already
     running. With ``gpu``, the same holds
     across the worker processes on that GPU, and every series that runs side by side there counts
     as ``accompanied``: the other processes' series, and the GPU memory their allocators keep, may
     be what it lacked."""
 
-    def __init__(self, gpu: SharedGpu | None = None, at_once: Callable[[], int] | None = None) -> None:
+    def __init__(self, gpu: SharedGpu | None = None, at_once: Callable[[], int | None] | None = None) -> None:
         self.gpu = gpu
         self.at_once = at_once
+        self._limit: int | None = None  # at_once() when a series was last let in
         self._changed = threading.Condition()
         self._seats: set[Seat] = set()
         self.waiting_alone = 0
@@ -81,8 +83,10 @@ class Admission:
         return len(self._seats)
 
     def _room_beside(self) -> bool:
-        return not self.running_alone and not self.waiting_alone and not any(seat.sole for seat in self._seats) \
-            and (self.at_once is None or len(self._seats) < self.at_once())
+        if self.running_alone or self.waiting_alone or any(seat.sole for seat in self._seats):
+            return False
+        self._limit = None if self.at_once is None else self.at_once()
+        return self.at_once is None or len(self._seats) < (self._limit or 1)
 
     @contextmanager
     def shared(self) -> Iterator[Seat]:
@@ -90,7 +94,7 @@ class Admission:
         with self._changed:
             while not self._changed.wait_for(self._room_beside, timeout=AT_ONCE_POLL_S):
                 pass  # at_once may grow without a notification (the model is loaded and timed)
-            seat.sole = self.at_once is not None and self.at_once() == 1
+            seat.sole = self._limit == 1
             if self._seats or self.gpu is not None:
                 seat.accompanied = True
                 for other in self._seats:
@@ -234,10 +238,11 @@ def worker_admission() -> Admission:
     return Admission(SharedGpu.from_environment(), series_at_once if policy.series_follow_passes else None)
 
 
-def series_at_once() -> int:
-    """Series that run side by side on a worker whose series follow its forward passes: one until
-    its model is loaded and timed (and for good where it runs one pass at a time, or runs none)."""
+def series_at_once() -> int | None:
+    """Series that run side by side on a worker whose series follow its forward passes: as many as
+    its model's passes at once; None while a model is being loaded and timed; one where it runs
+    one pass at a time, or has no model (a run of label maps only)."""
     from cohort.segmentation.gate import passes_at_once  # torch: workers only, not the driver
+    from cohort.segmentation.segmenter import model_loading
 
-    passes = passes_at_once()
-    return passes if passes > 1 else 1
+    return None if model_loading() else max(1, passes_at_once())

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _CACHE: dict[tuple[str, str, str, DeviceSettings], Segmenter] = {}
 _CACHE_LOCK = threading.Lock()
+_LOADING = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -207,5 +208,14 @@ def get_segmenter(spec: ModelSpec, weights_dir: Path, device: str = "auto",
     with _CACHE_LOCK:
         if key not in _CACHE:
             use_thread_share()
-            _CACHE[key] = Segmenter(spec, Path(weights_dir), resolved, settings)
+            _LOADING.set()
+            try:
+                _CACHE[key] = Segmenter(spec, Path(weights_dir), resolved, settings)
+            finally:
+                _LOADING.clear()
         return _CACHE[key]
+
+
+def model_loading() -> bool:
+    """Whether this process is loading a model now (and timing its network: cohort.segmentation.gate)."""
+    return _LOADING.is_set()

@@ -123,6 +123,32 @@ def test_series_side_by_side_at_most_as_many_as_at_once_says_when_it_says() -> N
                      "second end, sole False, accompanied True", "first end, sole False, accompanied True"]
 
 
+def test_while_at_once_is_not_known_series_run_one_at_a_time_and_not_sole() -> None:
+    """While the worker loads and times its model (``at_once`` None) a second series waits, and the
+    first is not ``sole``: once two passes at once are decided, the second starts beside it."""
+    limit: list[int | None] = [None]
+    admission = Admission(at_once=lambda: limit[0])
+    release, seats = threading.Event(), []
+
+    def series() -> None:
+        with admission.shared() as seat:
+            seats.append(seat)
+            release.wait(10)
+
+    threads = [threading.Thread(target=series) for _ in range(2)]
+    threads[0].start()
+    _wait_until(lambda: admission.sharing == 1)
+    threads[1].start()
+    time.sleep(0.7)
+    assert admission.sharing == 1 and not seats[0].sole
+    limit[0] = 2
+    _wait_until(lambda: admission.sharing == 2)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert [(seat.sole, seat.accompanied) for seat in seats] == [(False, True), (False, True)]
+
+
 def _note(log: Path, line: str) -> None:
     with open(log, "a") as file:
         file.write(line + "\n")
