@@ -80,15 +80,21 @@ def with_model_threads(execution: ExecutionConfig, model_threads: int | None) ->
     ``worker_threads`` (None: nothing is segmented), else 1. A forward pass of TotalSegmentator's
     networks runs 1.94x faster on two threads than on one, and two one-thread passes side by side
     slow each other down, so one-thread workers were the slowest way to segment (docs/performance.md).
+    A run that segments nothing turns ``prefetch: auto`` into 0: with no network to time, its
+    workers would run one series at a time anyway, and a second slot would hold a series back
+    from an idle worker.
 
     >>> with_model_threads(ExecutionConfig(), 2).threads_per_worker
     2
     >>> with_model_threads(ExecutionConfig(threads_per_worker=1), 2).threads_per_worker
     1
-    >>> with_model_threads(ExecutionConfig(), None).threads_per_worker
-    1
+    >>> labels_only = with_model_threads(ExecutionConfig(), None)
+    >>> labels_only.threads_per_worker, labels_only.prefetch
+    (1, 0)
     """
-    return dataclasses.replace(execution, threads_per_worker=execution.threads_per_worker or model_threads or 1)
+    prefetch = 0 if model_threads is None and execution.prefetch == AUTO else execution.prefetch
+    return dataclasses.replace(execution, threads_per_worker=execution.threads_per_worker or model_threads or 1,
+                               prefetch=prefetch)
 
 
 def local_worker_settings(resources: Resources, reuse_freed_memory: bool, passes: PassPolicy = PassPolicy()

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -42,12 +42,16 @@ log = logging.getLogger(__name__)
 MIN_SPEEDUP = 1.1
 """Passes side by side must be this much faster than one at a time on one tile: below it, the
 other stages of the series beside them eat the gain (docs/performance.md)."""
+LARGE_TILE_GFLOP_PER_THREAD = 20.0
+"""A tile with this much work for each of the worker's threads is not timed (one pass at a time):
+its layers are large enough for the threads to seldom wait. The networks measured so far lie
+three orders of magnitude apart (docs/performance.md): TotalSegmentator's fast network, 744 GFLOP
+a tile (372 per thread on 2), 0.78-0.98x side by side; the small test network, 0.8 GFLOP
+(0.4), 1.17-1.77x. Timing a large tile both ways would cost seconds of start-up (4.6-5.4 s
+a tile on this machine), counting its work costs a fraction of one."""
 LARGE_TILE_S = 1.0
-"""A tile that keeps all the worker's threads busy this long is not timed side by side (one pass
-at a time): its layers are large enough for the threads to seldom wait. Every network measured
-so far agrees (docs/performance.md: TotalSegmentator-size tiles 4.8-5.0 s, 0.78-0.98x side by
-side; the small test network's 0.11-0.13 s, 1.17-1.77x), and timing it both ways would cost a
-large network several tiles of start-up."""
+"""The same in seconds, for a network whose work cannot be counted: a first tile this long alone
+ends the timing (one pass at a time)."""
 TIMING_ROUNDS = 3
 
 class NetworkGate:
@@ -64,20 +68,19 @@ class NetworkGate:
         self._local = threading.local()  # each thread's own count, put back when its pass ends
 
     @classmethod
-    def for_device(cls, device: torch.device, make_tile_forward: Callable[[], Callable[[], object]] | None = None,
+    def for_device(cls, device: torch.device, network: TiledNetwork | None = None,
                    policy: PassPolicy | None = None) -> NetworkGate:
         """One pass at a time on a GPU; on a CPU the passes the worker's cluster allows
         (``policy``, by default this process's :class:`PassPolicy`), splitting this process's torch
-        threads among them, or, when the policy says to choose, as many as :func:`time_passes`
-        finds pay for the call ``make_tile_forward`` returns (one tile through the loaded network)."""
+        threads among them, or, when the policy says to choose, as many as :func:`choose_passes`
+        finds pay for one tile of ``network`` (the loaded model's first)."""
         policy = policy or PassPolicy.from_environment()
         if device.type != "cpu" or policy.most == 1:
             gate = cls()
         else:
             threads = torch.get_num_threads()
             share = max(1, threads // policy.most)
-            timing = (time_passes(make_tile_forward(), policy.most, threads) if policy.choose and make_tile_forward
-                      else None)
+            timing = choose_passes(network, policy.most, threads) if policy.choose and network else None
             passes = policy.most if timing is None or timing.pays else 1
             gate = cls(passes, share if passes > 1 else None, timing)
             if timing is not None:
@@ -111,35 +114,64 @@ def passes_at_once() -> int:
     return _made[-1].passes if _made else 0
 
 
+class TiledNetwork(Protocol):
+    """A loaded network as the gate times it (cohort.segmentation.predictor.NetworkPredictor)."""
+
+    def tile_gflop(self) -> float | None:
+        """Billions of floating-point operations of one tile (None: not countable)."""
+
+    def tile_forward(self) -> Callable[[], object]:
+        """A call that runs one tile through the network."""
+
+
 @dataclass(frozen=True)
 class PassTiming:
-    """Seconds of one tile through a network: ``alone_s`` alone on all ``threads``, and
-    ``together_s`` for ``passes`` tiles at once, each on ``threads // passes`` threads (best of
-    the rounds timed; None: a large tile, not timed side by side)."""
+    """What decided a worker's passes at once: one tile's work (``gflop``), its seconds
+    ``alone_s`` alone on all ``threads``, and ``together_s`` for ``passes`` tiles at once, each on
+    ``threads // passes`` threads (best of the rounds timed; None where not timed: a large tile)."""
 
     passes: int
     threads: int
-    alone_s: float
+    gflop: float | None = None
+    alone_s: float | None = None
     together_s: float | None = None
 
     @property
     def speedup(self) -> float | None:
         """Tiles per second side by side over tiles per second one at a time."""
-        return None if self.together_s is None else self.passes * self.alone_s / self.together_s
+        if self.alone_s is None or self.together_s is None:
+            return None
+        return self.passes * self.alone_s / self.together_s
 
     @property
     def pays(self) -> bool:
-        return self.speedup is not None and self.speedup >= MIN_SPEEDUP
+        speedup = self.speedup
+        return speedup is not None and speedup >= MIN_SPEEDUP
 
     def describe(self) -> str:
-        alone = f"one tile of the network {self.alone_s:.3f} s alone on {self.threads} thread(s)"
+        work = "" if self.gflop is None else f" ({self.gflop:.1f} GFLOP)"
+        if self.alone_s is None:
+            return (f"one tile of the network{work}: at least {LARGE_TILE_GFLOP_PER_THREAD:g} GFLOP for each of "
+                    f"{self.threads} thread(s), not timed side by side")
+        alone = f"one tile of the network{work} {self.alone_s:.3f} s alone on {self.threads} thread(s)"
         if self.together_s is None:
             return f"{alone} (at least {LARGE_TILE_S:g} s: not timed side by side)"
         return (f"{alone}, {self.passes} at once on {max(1, self.threads // self.passes)} each "
                 f"{self.together_s:.3f} s ({self.speedup:.2f}x)")
 
 
-def time_passes(tile_forward: Callable[[], object], passes: int, threads: int) -> PassTiming:
+def choose_passes(network: TiledNetwork, passes: int, threads: int) -> PassTiming:
+    """What :func:`time_passes` says of one tile of ``network``; a tile of
+    :data:`LARGE_TILE_GFLOP_PER_THREAD` or more per thread is not timed at all (one pass at a
+    time: its layers keep the threads busy, and timing it would cost seconds of start-up)."""
+    gflop = network.tile_gflop()
+    if gflop is not None and gflop / threads >= LARGE_TILE_GFLOP_PER_THREAD:
+        return PassTiming(passes, threads, gflop)
+    return time_passes(network.tile_forward(), passes, threads, gflop)
+
+
+def time_passes(tile_forward: Callable[[], object], passes: int, threads: int, gflop: float | None = None
+                ) -> PassTiming:
     """Time ``tile_forward`` alone on ``threads`` threads and ``passes`` at once on a share each:
     the best of :data:`TIMING_ROUNDS` rounds of both after a first call alone (which grows the
     heap and the thread pools, as a first series would). A first call of :data:`LARGE_TILE_S` or
@@ -166,9 +198,9 @@ def time_passes(tile_forward: Callable[[], object], passes: int, threads: int) -
 
     first = in_threads(alone_gate, 1)
     if first >= LARGE_TILE_S:
-        return PassTiming(passes, threads, first)
+        return PassTiming(passes, threads, gflop, first)
     alone, together = [], []
     for _ in range(TIMING_ROUNDS):
         alone.append(in_threads(alone_gate, 1))
         together.append(in_threads(together_gate, passes))
-    return PassTiming(passes, threads, min(alone), min(together))
+    return PassTiming(passes, threads, gflop, min(alone), min(together))

@@ -25,6 +25,7 @@ them (one worker process per GPU, so one stream per worker).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -103,19 +104,42 @@ class NetworkPredictor:
             getattr(network, "_orig_mod", network).load_state_dict(self._predictor.list_of_parameters[0])
             self._parameters_loaded = True
 
+    def tile_gflop(self) -> float | None:
+        """Billions of floating-point operations of one tile of the plans' patch size, counted by
+        torch on a copy of the network whose parameters are ``meta`` tensors (shapes only: no data
+        copied, no arithmetic); None where torch cannot count them (cohort.segmentation.gate)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        network = getattr(self._predictor.network, "_orig_mod", self._predictor.network)
+        shapes_only = {id(tensor): torch.nn.Parameter(torch.empty_like(tensor, device="meta"), requires_grad=False)
+                       for tensor in network.parameters()}
+        shapes_only.update({id(tensor): torch.empty_like(tensor, device="meta") for tensor in network.buffers()})
+        try:
+            copy_on_meta = copy.deepcopy(network, shapes_only)  # the memo maps each tensor to its meta twin
+            with FlopCounterMode(display=False) as counter, torch.inference_mode():
+                copy_on_meta(torch.zeros(self._tile_shape(), device="meta"))
+        except Exception as error:  # an op without a meta kernel or flop formula: time it instead
+            log.debug("cannot count the work of a tile of %s: %s", self.folder, error)
+            return None
+        return counter.get_total_flops() / 1e9
+
+    def _tile_shape(self) -> tuple[int, ...]:
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        predictor = self._predictor
+        channels = determine_num_input_channels(predictor.plans_manager, predictor.configuration_manager,
+                                                predictor.dataset_json)
+        return (1, channels, *predictor.configuration_manager.patch_size)
+
     def tile_forward(self) -> Callable[[], torch.Tensor]:
         """A call that runs one zero tile of the plans' patch size through the network (its first
         fold's parameters, loaded now): what the sliding window repeats, for timing how the network
         shares the CPU's threads (cohort.segmentation.gate)."""
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-
         predictor = self._predictor
         network = getattr(predictor.network, "_orig_mod", predictor.network)
         if not self._parameters_loaded:
             network.load_state_dict(predictor.list_of_parameters[0])
-        channels = determine_num_input_channels(predictor.plans_manager, predictor.configuration_manager,
-                                                predictor.dataset_json)
-        tile = torch.zeros((1, channels, *predictor.configuration_manager.patch_size), device=self.device)
+        tile = torch.zeros(self._tile_shape(), device=self.device)
         return lambda: network(tile)
 
     def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:

@@ -73,7 +73,7 @@ class Segmenter:
         self._names = classes.names
         self._dtype = np.uint8 if classes.n_labels <= 256 else np.uint16
         first = self._networks[0][1]
-        gate = NetworkGate.for_device(device, first.tile_forward)
+        gate = NetworkGate.for_device(device, first)
         for predictor in self.predictors:
             predictor.gate = gate
         self.spacing = spec.spacing_mm or first.plans_spacing_xyz

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,20 @@ def test_passes_come_from_the_cluster_on_a_cpu_only(monkeypatch: pytest.MonkeyPa
     assert NetworkGate.for_device(torch.device("cpu")).threads_each == 1  # never below one thread
 
 
+@dataclass(frozen=True)
+class StandIn:
+    """A network as the gate sees it (cohort.segmentation.gate.TiledNetwork)."""
+
+    forward: Callable[[], object]
+    gflop: float | None = None
+
+    def tile_gflop(self) -> float | None:
+        return self.gflop
+
+    def tile_forward(self) -> Callable[[], object]:
+        return self.forward
+
+
 def test_a_worker_keeps_two_passes_only_where_its_timing_says_they_pay() -> None:
     """``network_passes: auto``: a tile that two threads can run side by side at full speed (a
     sleep stands for a network whose threads mostly wait) gives two passes; one that runs one at a
@@ -99,19 +115,20 @@ def test_a_worker_keeps_two_passes_only_where_its_timing_says_they_pay() -> None
             time.sleep(0.05)
 
     policy = PassPolicy(2, choose=True)
-    side_by_side = NetworkGate.for_device(torch.device("cpu"), lambda: waits, policy)
+    side_by_side = NetworkGate.for_device(torch.device("cpu"), StandIn(waits), policy)
     assert (side_by_side.passes, side_by_side.threads_each) == (2, 1) and passes_at_once() == 2
     assert side_by_side.timing.speedup > 1.5
-    one_at_a_time = NetworkGate.for_device(torch.device("cpu"), lambda: serial, policy)
+    one_at_a_time = NetworkGate.for_device(torch.device("cpu"), StandIn(serial, gflop=1.0), policy)
     assert (one_at_a_time.passes, one_at_a_time.threads_each) == (1, None) and passes_at_once() == 1
-    assert one_at_a_time.timing.speedup < MIN_SPEEDUP
-    assert NetworkGate.for_device(torch.device("cuda:0"), lambda: waits, policy).timing is None
-    fixed = NetworkGate.for_device(torch.device("cpu"), lambda: serial, PassPolicy(2))  # network_passes: 2
+    assert one_at_a_time.timing.speedup < MIN_SPEEDUP and "(1.0 GFLOP)" in one_at_a_time.timing.describe()
+    assert NetworkGate.for_device(torch.device("cuda:0"), StandIn(waits), policy).timing is None
+    fixed = NetworkGate.for_device(torch.device("cpu"), StandIn(serial), PassPolicy(2))  # network_passes: 2
     assert fixed.passes == 2 and fixed.timing is None
 
 
-def test_a_large_tile_is_timed_once_and_runs_one_pass_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tile that keeps the threads busy for LARGE_TILE_S is not timed side by side: one call."""
+def test_a_large_tile_is_not_timed_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tile with LARGE_TILE_GFLOP_PER_THREAD of work per thread is not run at all; one whose
+    work cannot be counted and whose first run takes LARGE_TILE_S is run once."""
     monkeypatch.setattr(gate_module, "LARGE_TILE_S", 0.05)
     torch.set_num_threads(2)
     calls = []
@@ -120,9 +137,28 @@ def test_a_large_tile_is_timed_once_and_runs_one_pass_at_a_time(monkeypatch: pyt
         calls.append(1)
         time.sleep(0.1)
 
-    gate = NetworkGate.for_device(torch.device("cpu"), lambda: large, PassPolicy(2, choose=True))
-    assert (gate.passes, len(calls), gate.timing.together_s, gate.timing.pays) == (1, 1, None, False)
-    assert "not timed side by side" in gate.timing.describe()
+    policy = PassPolicy(2, choose=True)
+    counted = NetworkGate.for_device(torch.device("cpu"), StandIn(large, gflop=744.0), policy)
+    assert (counted.passes, len(calls), counted.timing.alone_s, counted.timing.pays) == (1, 0, None, False)
+    assert "744.0 GFLOP" in counted.timing.describe() and "not timed" in counted.timing.describe()
+    uncounted = NetworkGate.for_device(torch.device("cpu"), StandIn(large), policy)
+    assert (uncounted.passes, len(calls), uncounted.timing.together_s) == (1, 1, None)
+    assert "not timed side by side" in uncounted.timing.describe()
+
+
+def test_a_tiles_work_counted_on_shapes_is_its_work_computed(fast_spec: ModelSpec, fast_weights: Path) -> None:
+    """The meta-device count of one tile equals torch's count of a real forward pass, and leaves
+    the loaded parameters as they were."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    predictor = Segmenter(fast_spec, fast_weights, torch.device("cpu")).predictors[0]
+    before = {name: value.clone() for name, value in predictor._predictor.network.state_dict().items()}
+    counted = predictor.tile_gflop()
+    with FlopCounterMode(display=False) as real, torch.inference_mode():
+        predictor.tile_forward()()
+    assert counted is not None and counted == pytest.approx(real.get_total_flops() / 1e9) and counted > 0.1
+    after = predictor._predictor.network.state_dict()
+    assert all(value.device.type == "cpu" and torch.equal(before[name], value) for name, value in after.items())
 
 
 def test_a_loaded_network_is_timed_on_one_tile_and_labels_do_not_change(
@@ -135,7 +171,7 @@ def test_a_loaded_network_is_timed_on_one_tile_and_labels_do_not_change(
     monkeypatch.setenv("COHORT_CHOOSE_PASSES", "1")
     timed = Segmenter(fast_spec, fast_weights, torch.device("cpu"))
     gate = timed.predictors[0].gate
-    assert gate.timing is not None and gate.timing.alone_s > 0 and gate.passes in (1, 2)
+    assert gate.timing is not None and gate.timing.alone_s > 0 and gate.timing.gflop > 0 and gate.passes in (1, 2)
     assert gate.passes == (2 if gate.timing.pays else 1) == passes_at_once()
     with ThreadPoolExecutor(2) as pool:
         for labels in pool.map(lambda _: timed.segment(example_sm).label_map.labels, range(2)):
