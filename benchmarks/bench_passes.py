@@ -12,7 +12,8 @@ TotalSegmentator's size with ``--size real``), three timings of the sliding wind
     python benchmarks/bench_passes.py --size real
     python benchmarks/bench_passes.py --size small --passes 2 --repeat 3
 
-Prints seconds per series of each, the network's speed-up from its threads, how much the passes
+First, what ``network_passes: auto`` times on a worker (one tile of the plans' patch size alone
+and ``passes`` at once, and the tile's work in GFLOP). Then seconds per series of each, the network's speed-up from its threads, how much the passes
 slow each other down, and the ratio that decides the key: seconds per series with one pass at a
 time against several at once. Above 1, ``network_passes`` pays on this machine for this network.
 """
@@ -33,7 +34,7 @@ from cohort.flows.resources import usable_memory_bytes
 from cohort.heap import reuse_environment
 from cohort.ingest import load_ct
 from cohort.segmentation import load_model_spec
-from cohort.segmentation.gate import NetworkGate
+from cohort.segmentation.gate import LARGE_TILE_GFLOP_PER_THREAD, NetworkGate, time_passes
 from cohort.segmentation.segmenter import Segmenter
 from cohort.testing.weights import build_weights
 
@@ -82,6 +83,9 @@ def main() -> None:
     segmenter = Segmenter(spec, work / "weights", torch.device("cpu"))
     predictor = segmenter.predictors[0]
     data, properties = predictor.preprocess(segmenter.model_grid_image(volume), segmenter.spacing)
+    tile = time_passes(predictor.tile_forward(), args.passes, threads, predictor.tile_gflop())
+    print(f"one tile as network_passes: auto times it, without its cut at {LARGE_TILE_GFLOP_PER_THREAD:g} GFLOP "
+          f"per thread: {tile.describe()}")
     timed_passes(predictor, data, properties, 1, threads)  # warm-up: the heap grows to its peak once
     whole, alone, together = [], [], []
     for _ in range(args.repeat):

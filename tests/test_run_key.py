@@ -646,14 +646,15 @@ def test_unusable_out_or_workers_stop_with_exit_2(case: str, inputs: dict[str, P
     assert expected in " ".join(result.stderr.split()).lower()
 
 
-@pytest.mark.parametrize("passes", [1, 2])
+@pytest.mark.parametrize(("prefetch", "passes"), [(1, 1), (1, 2), (0, 1)])
 def test_prefetch_gives_the_same_tables(reference: Path, inputs: dict[str, Path], tmp_path: Path,
-                                        prefect_server: str, passes: int) -> None:
+                                        prefect_server: str, prefetch: int, passes: int) -> None:
     """``execution.prefetch: 1`` (a second series slot per worker beside the network), with one
-    forward pass at a time or two at once (on a worker of 2 threads), and the default (one series
-    at a time) write identical tables."""
+    forward pass at a time or two at once (on a worker of 2 threads), strictly one series at a time
+    (``prefetch: 0``), and the defaults (``auto``: as the worker's timing decides) write identical
+    tables."""
     config = tmp_path / "prefetch.yaml"
-    config.write_text(f"execution:\n  prefetch: 1\n  network_passes: {passes}\n")
+    config.write_text(f"execution:\n  prefetch: {prefetch}\n  network_passes: {passes}\n")
     out = tmp_path / "prefetch"
     assert _run(inputs, out, prefect_server, "--config", str(config)).returncode == 0
     pd.testing.assert_frame_equal(_features(out), _features(reference))
