@@ -485,9 +485,10 @@ def test_manifest_edits_of_every_row_keep_the_features(reference: Path, inputs: 
 def test_sigkill_before_commit_reuses_stored_label_maps(inputs: dict[str, Path], reference: Path, tmp_path: Path,
                                                         prefect_server: str) -> None:
     """Nothing committed (one big batch), label maps stored: the rerun measures, it does not segment.
-    Labelled rows after the segmented ones keep the run going while the kill lands."""
+    Labelled rows after the segmented ones keep the run going while the kill lands (one series at a
+    time: beside the segmented ones they would be done before them)."""
     config = tmp_path / "no_flush.yaml"
-    config.write_text("execution:\n  batch_size: 100\n  flush_interval_s: 600\n")
+    config.write_text("execution:\n  batch_size: 100\n  flush_interval_s: 600\n  prefetch: 0\n")
     manifest = inputs["folder"] / "with_tail.csv"
     tail = "".join(f"tail{i},ct.nii.gz,50,F,seg.nii.gz\n" for i in range(8))
     manifest.write_text(inputs["manifest"].read_text() + tail)

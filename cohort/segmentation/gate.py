@@ -10,10 +10,12 @@ test network on two threads: 1.5 times one thread). A worker with several series
 threads, so that the cores compute instead of waiting (1.3-1.46x for that network on 2 cores).
 Networks of TotalSegmentator's size run 1.94x faster on two threads than on one, leaving nothing
 to win back (0.9x). Which of the two a network on a CPU is, the worker finds out once, when it
-loads the model (``network_passes: auto``, the default): :func:`time_passes` runs one tile of the
-network alone on all threads and ``most`` tiles at once on a share each, and the gate admits
-``most`` passes at once only where that is at least :data:`MIN_SPEEDUP` times faster
-(docs/performance.md; ``benchmarks/bench_passes.py`` measures a whole series both ways). The cluster
+loads the model (``network_passes: auto``, the default): :func:`choose_passes` counts the work of
+one tile of the network (a large one keeps the threads busy: one pass at a time), else
+:func:`time_passes` runs the tile alone on all threads and ``most`` tiles at once on a share
+each, and the gate admits ``most`` passes at once only where that is at least
+:data:`MIN_SPEEDUP` times faster (docs/performance.md; ``benchmarks/bench_passes.py`` measures a
+whole series both ways). The cluster
 decides the most passes a worker's threads and memory allow (:class:`PassPolicy`, in the worker's
 environment); without it, one at a time. Labels do not depend on the thread count
 (tests/segment/test_gate.py).
@@ -53,6 +55,7 @@ LARGE_TILE_S = 1.0
 """The same in seconds, for a network whose work cannot be counted: a first tile this long alone
 ends the timing (one pass at a time)."""
 TIMING_ROUNDS = 3
+
 
 class NetworkGate:
     """Admits at most ``passes`` forward passes at once, each on ``threads_each`` torch threads
