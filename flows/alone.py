@@ -61,9 +61,9 @@ class Seat:
 class Admission:
     """Who may run on this worker now: series side by side (:meth:`shared`; as many as its Dask
     threads, or at most ``at_once()``, which is None while that is not known yet: one at a time
-    meanwhile, not ``sole``, as two may soon run side by side), or one alone (:meth:`alone`). A series waiting to run alone
-    goes first: no shared series starts while it waits, so it waits at most for the ones already
-    running. With ``gpu``, the same holds
+    meanwhile, not ``sole``, as two may soon run side by side), or one alone (:meth:`alone`). A
+    series waiting to run alone goes first: no shared series starts while it waits, so it waits at
+    most for the ones already running. With ``gpu``, the same holds
     across the worker processes on that GPU, and every series that runs side by side there counts
     as ``accompanied``: the other processes' series, and the GPU memory their allocators keep, may
     be what it lacked."""

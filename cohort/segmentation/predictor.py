@@ -101,8 +101,13 @@ class NetworkPredictor:
             network = network.to(memory_format=torch.channels_last_3d)
         self._predictor.network = network
         if len(self._predictor.list_of_parameters) == 1:
-            getattr(network, "_orig_mod", network).load_state_dict(self._predictor.list_of_parameters[0])
+            self._module.load_state_dict(self._predictor.list_of_parameters[0])
             self._parameters_loaded = True
+
+    @property
+    def _module(self) -> torch.nn.Module:
+        """The network whose parameters are loaded (under ``torch.compile``, the module it wraps)."""
+        return getattr(self._predictor.network, "_orig_mod", self._predictor.network)
 
     def tile_gflop(self) -> float | None:
         """Billions of floating-point operations of one tile of the plans' patch size, counted by
@@ -110,7 +115,7 @@ class NetworkPredictor:
         copied, no arithmetic); None where torch cannot count them (cohort.segmentation.gate)."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        network = getattr(self._predictor.network, "_orig_mod", self._predictor.network)
+        network = self._module
         shapes_only = {id(tensor): torch.nn.Parameter(torch.empty_like(tensor, device="meta"), requires_grad=False)
                        for tensor in network.parameters()}
         shapes_only.update({id(tensor): torch.empty_like(tensor, device="meta") for tensor in network.buffers()})
@@ -136,7 +141,7 @@ class NetworkPredictor:
         fold's parameters, loaded now): what the sliding window repeats, for timing how the network
         shares the CPU's threads (cohort.segmentation.gate)."""
         predictor = self._predictor
-        network = getattr(predictor.network, "_orig_mod", predictor.network)
+        network = self._module
         if not self._parameters_loaded:
             network.load_state_dict(predictor.list_of_parameters[0])
         tile = torch.zeros(self._tile_shape(), device=self.device)
@@ -232,7 +237,7 @@ class NetworkPredictor:
     def _logits(self, data: torch.Tensor) -> torch.Tensor:
         """nnU-Net's sliding window over every fold's parameters (their mean), on the device."""
         predictor = self._predictor
-        network = getattr(predictor.network, "_orig_mod", predictor.network)
+        network = self._module
         total = None
         with self._autocast_type():
             for parameters in predictor.list_of_parameters:
