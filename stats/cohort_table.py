@@ -36,6 +36,10 @@ import pandas as pd
 from cohort.errors import RunCannotStart
 from cohort.provenance import RunKey
 from cohort.stats.config import STATUSES, AgingConfig
+from cohort.stats.flow import participant_flow, series_fates
+from cohort.stats.reasons import (BELOW_LOWER_BOUND, INCLUDED, NO_AGE, NOT_IN_MANIFEST, NOT_MEASURED,
+                                   OUTSIDE_AGE_RANGE, REJECTED_IN_REVIEW, REPEATED_SCAN, SERIES_FAILED,
+                                   SERIES_REASONS)
 from cohort.stats.pooled import add_pooled_rows, applicable_definitions, load_pooled_definitions
 from cohort.stats.review import load_review, rejected, sort_decisions
 
@@ -43,10 +47,6 @@ log = logging.getLogger(__name__)
 
 FEATURE_COLUMNS = ("series_id", "structure", "status")
 SERIES_COLUMNS = ("series_id", "age", "sex", "status")
-INCLUDED, SERIES_FAILED, NO_AGE, NOT_MEASURED = "included", "series_failed", "no_age", "not_measured"
-NOT_IN_MANIFEST, OUTSIDE_AGE_RANGE, REPEATED_SCAN = "not_in_manifest", "outside_age_range", "repeated_scan"
-REJECTED_IN_REVIEW, BELOW_LOWER_BOUND = "rejected_in_review", "below_lower_bound"
-SERIES_REASONS = (NOT_IN_MANIFEST, SERIES_FAILED, NO_AGE, OUTSIDE_AGE_RANGE, REPEATED_SCAN)
 PHASE = "contrast_phase"  # the study table's column of the judged contrast phase: with, without or missing
 PHASES = ("with", "without")
 PHASE_WORDS = {"yes": "with", "no": "without", "with": "with", "without": "without", "true": "with", "false": "without"}
@@ -101,6 +101,8 @@ class StudyTable:
     selection: pd.DataFrame
     age_groups: AgeGroups
     scans: pd.DataFrame  # the analysed scans: series_id, subject_id of every series with an included measurement
+    fates: pd.DataFrame  # series_id, subject_id and the one reason each series is analysed or left out
+    flow: pd.DataFrame  # the participant flow from every series in the results to the analysed ones (stats/flow.py)
     covariates: tuple[str, ...] = ()
     modality: str = "CT"  # of the run's model: MR has no Hounsfield units and no lower bounds (Table S1 is of CTs)
 
@@ -239,12 +241,14 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     rows, values = _one_row_per_subject(rows, config)
     structures = sorted(features["structure"].unique())
     exclusions = _exclusions(rows, series, structures, config)
+    fates = series_fates(series, scans["series_id"], review)
     selection = _selection(rows, series, structures, groups, config.age_range)
     values = values[["series_id", "subject_id", "structure", "age", "sex", *config.covariates, PHASE, *config.metrics,
                      *map(metric_age, config.metrics)]]
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
-                      covariates=config.covariates, modality=features_modality(features), scans=scans)
+                      covariates=config.covariates, modality=features_modality(features), scans=scans,
+                      flow=participant_flow(fates), fates=fates)
 
 
 def applied_decisions(review: pd.DataFrame | None, series: pd.DataFrame) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import scipy
 import statsmodels
 
 from cohort.stats import bootstrap
+from cohort.stats.flow import STEP_WORDS, flow_sentence
 from cohort.stats.cohort_table import INCLUDED, PHASES, REJECTED_IN_REVIEW, SERIES_REASONS, AgeGroups
 from cohort.stats.config import STATUSES
 from cohort.stats.outputs import family_text, p_statement, phase_association_p, phase_by_age_group
@@ -39,9 +40,7 @@ REFERENCES = {
 }
 # The exclusion reasons of the ``exclusions`` table in words, in the order the table applies them.
 REASON_TEXT = {
-    "not_in_manifest": "no longer in the manifest", "series_failed": "series failed processing",
-    "no_age": "no age", "outside_age_range": "age outside the range", "repeated_scan": "repeated scan",
-    "not_measured": "not measured", REJECTED_IN_REVIEW: "rejected in review", "absent": "absent",
+    **{reason: STEP_WORDS[reason] for reason in SERIES_REASONS}, "not_measured": "not measured", REJECTED_IN_REVIEW: "rejected in review", "absent": "absent",
     "fov_truncated": "cut off by the field of view", "below_lower_bound": "volume below the lower bound",
 }
 
@@ -96,8 +95,7 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
             f"the TotalSegmentator aging study {cite('paper')}. Series were included when processing succeeded and "
             f"the age lay within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
             f"{qc_rule(config.include_statuses, cite, has_bounds=not mr)}{reviewed} "
-            f"{results.table.n_subjects()} subjects entered; {excluded.get('series_failed', 0)} "
-            f"series failed processing and {excluded.get('no_age', 0)} had no age. "
+            f"{flow_sentence(results.flow)} "
             f"{exclusion_counts(results.exclusions, bool(config.pooled_structures))} "
             f"{age_group_text(results.age_groups, config.age_groups.method)}{pooled}{contrast_text(results)}")
 

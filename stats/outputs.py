@@ -19,6 +19,7 @@ from scipy import stats as sps
 
 from cohort.stats.cohort_table import PHASE, PHASES
 from cohort.stats.config import AgingConfig
+from cohort.stats.flow import flow_sentence
 from cohort.stats.paper import paper_kruskal_p, paper_spearman
 from cohort.stats.study import ALL, PHASE_STRATA, AgingResults, is_intensity, phase_adjustment
 
@@ -103,14 +104,12 @@ def summary_lines(results: AgingResults) -> list[str]:
     corr = results.correlations[results.correlations["stratum"] == ALL] if len(results.correlations) else None
     kw = results.quartile_tests[results.quartile_tests["stratum"] == ALL] if len(results.quartile_tests) else None
     n_corr = 0 if corr is None else int(corr["significant"].sum())
-    excluded = results.exclusions.groupby("reason")["n_series"].max()
     effects = strongest_effects(results, config.summary_top_n) if n_corr else pd.DataFrame()
     return [
         "# Aging study: summary",
         "",
-        (f"- Subjects with an included measurement: {results.table.n_subjects()}; "
-         f"series failed: {excluded.get('series_failed', 0)}, without age: {excluded.get('no_age', 0)} "
-         "(per-structure exclusions in `exclusions`)."),
+        (f"- Subjects with an included measurement: {results.table.n_subjects()}. {flow_sentence(results.flow)} "
+         "(per step in `flow`, per structure in `exclusions`)."),
         (f"- Included QC statuses: {', '.join(config.include_statuses)}{_bound_note(results)}; "
          f"alpha = {config.alpha:g}; "
          f"configuration: `{Path(config.source).name}`."),

@@ -13,7 +13,8 @@ as the union of its parts, as z-score outliers of pooled rows are listed for rev
 Mosaics are cached under ``results/qc/<series_id>/<structure or "series">.png`` (the
 contract's ``qc/`` folder) and made on demand by :func:`ensure_overlays`, in parallel; nothing
 draws all series of a cohort unless asked to. A mosaic carries the ``source_key`` of the label map it
-was drawn from (a PNG text chunk): once the series is recomputed, it is drawn again. Each draw writes its own temporary file and renames it,
+was drawn from, and for a pooled structure its parts (a PNG text chunk): once the series is recomputed,
+or the study pools the structure from other parts, it is drawn again. Each draw writes its own temporary file and renames it,
 so threads of the review server, reviewers and ``cohort report`` may draw the same mosaic at once.
 
 The image is found through the run's own records: the series row's ``manifest_line`` in the
@@ -72,6 +73,19 @@ class OverlayRequest:
         """The same mosaic at 360 x 240 pixels, for pages listing many series."""
         return self.path(results_dir).with_suffix(".thumb.png")
 
+    def drawing_key(self, source_key: str | None) -> str | None:
+        """What a mosaic of this request drawn from the label map ``source_key`` shows, as its PNG records it:
+        the label map, and for a pooled structure the parts highlighted as one (a study that changes what
+        ``kidney`` pools gets new mosaics, not those of the old definition); None: nothing to tell apart.
+
+        >>> OverlayRequest("S1", "kidney").drawing_key("k1"), OverlayRequest("S1", "liver").drawing_key(None)
+        ('k1 pooled from kidney_left+kidney_right', None)
+        """
+        parts = parts_of(self.structure, self.pooled_structures) if self.structure else []
+        if not parts:
+            return source_key
+        return f"{source_key or ''} pooled from {'+'.join(parts)}".strip()
+
 
 @dataclass(frozen=True)
 class ImageSource:
@@ -118,7 +132,7 @@ def ensure_overlays(results_dir: Path, requests: list[OverlayRequest], workers: 
     results_dir = Path(results_dir)
     requests = list(dict.fromkeys(requests))
     keys = {sid: label_map_key(results_dir, sid) for sid in {r.series_id for r in requests}}
-    todo = [r for r in requests if not is_current(r.thumbnail(results_dir), keys[r.series_id])]
+    todo = [r for r in requests if not is_current(r.thumbnail(results_dir), r.drawing_key(keys[r.series_id]))]
     made: dict[OverlayRequest, Overlay] = {}
     if todo:
         images = image_sources(results_dir, {r.series_id for r in todo})
@@ -142,7 +156,7 @@ def label_map_key(results_dir: Path, series_id: str) -> str | None:
 
 
 def is_current(mosaic: Path, key: str | None) -> bool:
-    """Whether the cached ``mosaic`` exists and was drawn from the label map whose key is ``key``: a
+    """Whether the cached ``mosaic`` exists and shows what ``key`` (:meth:`OverlayRequest.drawing_key`) says: a
     series recomputed (``cohort run --recompute changed``) is drawn again, not shown as it was."""
     if not mosaic.exists():
         return False
@@ -211,10 +225,11 @@ def _draw_cached(results_dir: Path, request: OverlayRequest, image: ImageSource 
     window = display_window(volume.hu, attributes.get("modality", "CT"), highlight)
     figure = overlay_figure(volume.hu, drawn, volume.affine, highlight, window)
     request.path(results_dir).parent.mkdir(parents=True, exist_ok=True)
+    drawn_from = request.drawing_key(attributes.get("source_key"))
     for path, dpi in ((request.path(results_dir), FULL_DPI), (request.thumbnail(results_dir), THUMBNAIL_DPI)):
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # its own: others may draw it at once
         figure.savefig(temporary, format="png", dpi=dpi, facecolor="black",
-                       metadata={KEY_IN_PNG: attributes["source_key"]} if attributes.get("source_key") else None)
+                       metadata={KEY_IN_PNG: drawn_from} if drawn_from else None)
         temporary.replace(path)
     return Overlay(request, request.path(results_dir))
 

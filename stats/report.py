@@ -18,6 +18,7 @@ Raw input paths never appear: the manifest is named by file name, errors are pse
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import logging
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from cohort.errors import RunCannotStart
+from cohort.errors import ConfigError, RunCannotStart
 from cohort.store.tables import write_replacing
 from cohort.stats import report_figures as figures
 from cohort.config import from_mapping
@@ -49,9 +50,14 @@ TABLE1_NOTE = ('<p class="note">The subjects the aging study analysed, each once
                "<code>methods.md</code>), by the age the analysis uses for them: a subject's scan as "
                "<code>repeated_scans</code> chose it, or the mean age of its averaged scans; "
                "<code>n (series of these subjects)</code>: the scans they contributed.</p>")
+FLOW_NOTE = ('<p class="note">Every series in the results, once, left out at the first step that applies, in the '
+             "order the study applies them; <code>series</code> and <code>subjects</code>: still in after the step. "
+             "The last row is Table 1's subjects and their series. Per structure: <code>exclusions</code> of "
+             "<code>cohort stats</code>.</p>")
 EXCLUSIONS_NOTE = ('<p class="note">Counts of series (<code>series</code> level) and of series &times; structure '
                    "measurements (<code>measurement</code> level), not of subjects; every series the manifest "
-                   "lists, by the age and sex of the series.</p>")
+                   "lists, by the age and sex of the series; the series-level reasons are those of the participant "
+                   "flow.</p>")
 MAX_STRUCTURE_FIGURES = 12
 MAX_TABLE_ROWS = 2000
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -78,15 +84,14 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
     unknown = set(figure_formats) - set(figures.FORMATS)
     if unknown:
         raise RunCannotStart(f"figure format(s) {', '.join(sorted(unknown))} not one of {', '.join(figures.FORMATS)}")
-    state = check_stats(results_dir, stats_dir)
+    series = pd.read_parquet(results_dir / "series")
+    features = pd.read_parquet(results_dir / "features")
+    state, config = _study_config(check_stats(results_dir, stats_dir), features)
     if strict and state.problems:
         raise StaleStats(f"{stats_dir}: stats are stale ({'; '.join(state.problems)}); "
                          f"rerun `cohort stats --results {results_dir}`")
-    series = pd.read_parquet(results_dir / "series")
-    features = pd.read_parquet(results_dir / "features")
     aging = {name: _read_table(stats_dir / f"{name}.parquet") for name in AGING_TABLES}
     review = read_decisions(results_dir)
-    config = _study_config(state, features)
     study = build_study_table(features, series, config, review)
     decisions = sort_decisions(review, series)
     queue = review_queue(features, series, aging["zscores"])
@@ -95,8 +100,9 @@ def write_report(results_dir: Path, out_path: Path | None = None, stats_dir: Pat
         freshness_html(state, results_dir), run_details_html(results_dir, series, features),
         "<h2>Table 1: cohort characteristics</h2>", TABLE1_NOTE,
         _table(characteristics(series, study, config.contrast.column)),
+        "<h3>Participant flow</h3>", FLOW_NOTE, _table(study.flow),
         "<h3>Exclusions by age group and sex</h3>", EXCLUSIONS_NOTE,
-        _table(exclusions_by_group(series, features, study.age_groups, review)),
+        _table(exclusions_by_group(series, features, study, review)),
         who_to_look_at_html(results_dir, queue, decisions, workers, out_path.parent, state.pooled_structures),
         failures_html(series), qc_html(features, figure_dir, figure_formats),
         aging_html(stats_dir, aging, state, figure_dir, figure_formats),
@@ -348,13 +354,25 @@ def relative_link(target: Path, page_dir: Path) -> str:
     return urllib.parse.quote(Path(os.path.relpath(Path(target).absolute(), Path(page_dir).absolute())).as_posix())
 
 
-def _study_config(state: StatsState, features: pd.DataFrame) -> AgingConfig:
+def _study_config(state: StatsState, features: pd.DataFrame) -> tuple[StatsState, AgingConfig]:
     """The configuration the stats were made with (the default one when none were made), so that Table 1
     describes the subjects that study analysed, each once, in its age groups (a 78-year-old in the same
-    group), and its n is the subjects of ``summary.md`` and ``methods.md``."""
+    group), and its n is the subjects of ``summary.md`` and ``methods.md``.
+
+    Stats of another cohort version may record keys this one does not know (or no longer has): the page is
+    still made, on the default configuration, and ``state`` gets a problem saying so (the stale banner;
+    ``--strict`` refuses it) instead of the report stopping on a configuration nobody can edit."""
     recorded = {key: value for key, value in (state.provenance.get("config") or {}).items() if key != "source"}
-    config = from_mapping(AgingConfig, recorded, state.stats_dir) if recorded else load_aging_config()
-    return metrics_of_the_model(features, config)
+    if not recorded:
+        return state, metrics_of_the_model(features, load_aging_config())
+    try:
+        return state, metrics_of_the_model(features, from_mapping(AgingConfig, recorded, state.stats_dir))
+    except ConfigError as error:
+        problem = (f"they were made by another version of cohort, whose configuration this one cannot read "
+                   f"({error}); Table 1 and the exclusions use the default configuration")
+        log.warning("report: %s", problem)
+        return (dataclasses.replace(state, problems=(*state.problems, problem)),
+                metrics_of_the_model(features, load_aging_config()))
 
 
 def _run_records(results_dir: Path) -> list[dict]:

@@ -55,6 +55,7 @@ class AgingResults:
     centiles: pd.DataFrame
     exclusions: pd.DataFrame
     selection: pd.DataFrame
+    flow: pd.DataFrame
     age_groups: AgeGroups
     config: AgingConfig
     table: StudyTable
@@ -62,7 +63,7 @@ class AgingResults:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables by their output file name."""
         names = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "adjusted", "trends",
-                 "zscores", "centiles", "exclusions", "selection")
+                 "zscores", "centiles", "exclusions", "selection", "flow")
         return {name: getattr(self, name) for name in names}
 
 
@@ -139,6 +140,7 @@ def run_study(features: pd.DataFrame, series: pd.DataFrame, config: AgingConfig 
         centiles=_concat(rows.centiles, CENTILE_COLUMNS, ["structure", "metric", "sex", "centile", "age"]),
         exclusions=table.exclusions,
         selection=table.selection,
+        flow=table.flow,
         age_groups=table.age_groups,
         config=config,
         table=table,

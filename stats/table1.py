@@ -3,7 +3,7 @@
 :func:`characteristics` gives one row per characteristic (n subjects and the series they contributed,
 age, sex, every covariate of the manifest) of the subjects the aging study analysed, each once, and one
 column per age group plus ``all``: numbers as ``n (%)`` or ``mean (SD)`` / ``median [Q1, Q3]``, ready to
-paste. :func:`exclusions_by_group` counts series-level exclusions (failed, no age, rejected in review) and
+paste. :func:`exclusions_by_group` counts series-level exclusions (the participant flow's reasons) and
 measurement-level QC statuses (and rejections in review) by age group and by sex, so a reader sees whether
 losses are spread evenly; it counts series and measurements, not subjects.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from cohort.stats.cohort_table import PHASE, AgeGroups, StudyTable, study_status
+from cohort.stats.flow import ANALYSED
 from cohort.stats.review import rejected, sort_decisions
-from cohort.stats.review_store import latest_decisions
 
 NO_AGE = "no age"
 ALL = "all"
@@ -93,13 +93,15 @@ def characteristics(series: pd.DataFrame, table: StudyTable, contrast_column: st
     return pd.DataFrame([{"characteristic": name, **cells} for name, cells in rows])
 
 
-def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: AgeGroups,
+def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, study: StudyTable,
                         review: pd.DataFrame | None = None) -> pd.DataFrame:
     """Counts per ``reason`` and ``level`` (series or measurement), by age group and by sex; ``counted`` says
     what a count counts (``series``, or ``series x structure`` measurements): never subjects, unlike Table 1.
 
-    Series level: ``series_failed``, ``no_age``, ``rejected_in_review`` (the newest decision on the
-    whole series is ``reject``); measurement level: every QC status of the ``features`` rows (``ok``
+    Series level: each series the study left out, once, with the reason of the participant flow
+    (``study.fates``, ``stats/flow.py``: failed, no age, outside the age range, a repeated scan, rejected
+    whole in review, no measurement passed QC and review), so the series the manifest lists minus these
+    are the series Table 1 describes. Measurement level: every QC status of the ``features`` rows (``ok``
     included, for the denominators), as the study applies it: ``rejected_in_review`` where the newest
     decision of ``review`` (every reviewer decision, ``review.parquet``; those made on an earlier label map
     of their series are stale and left out, :func:`sort_decisions`) that applies to the row is
@@ -109,14 +111,9 @@ def exclusions_by_group(series: pd.DataFrame, features: pd.DataFrame, groups: Ag
     """
     review = sort_decisions(review, series).applied
     series = in_manifest(series)
-    frame = series.assign(age_group=age_group_column(series, groups), sex=series["sex"].fillna("unknown"))
-    reasons = pd.Series(pd.NA, index=frame.index, dtype="object")
-    if review is not None and len(review):
-        latest = latest_decisions(review)
-        whole = latest.loc[latest["structure"].isna() & (latest["decision"] == "reject"), "series_id"]
-        reasons[frame["series_id"].isin(whole)] = "rejected_in_review"
-    reasons[frame["age"].isna()] = "no_age"
-    reasons[frame["status"] != "done"] = "series_failed"
+    frame = series.assign(age_group=age_group_column(series, study.age_groups), sex=series["sex"].fillna("unknown"))
+    fates = frame[["series_id"]].merge(study.fates[["series_id", "reason"]], on="series_id", how="left")
+    reasons = fates["reason"].where(fates["reason"] != ANALYSED).set_axis(frame.index)
     series_level = frame.assign(reason=reasons, level="series").dropna(subset=["reason"])
     keys = frame[["series_id", "age_group", "sex"]]
     status = study_status(features).where(~rejected(review, features), "rejected_in_review")

@@ -139,6 +139,26 @@ def test_a_pooled_structure_is_highlighted_as_both_its_parts(run_dir: Path) -> N
     assert both.sum() > 1.5 * one.sum() > 0
 
 
+def test_a_pooled_mosaic_is_drawn_again_when_the_study_pools_the_structure_from_other_parts(
+        run_dir: Path, tmp_path: Path) -> None:
+    """Mosaics are cached by series and structure name: a study whose own ``pooled_structures`` file makes
+    ``kidney`` of other parts was shown the mosaic of the default definition drawn earlier (both kidneys)."""
+    results = tmp_path / "results"
+    shutil.copytree(run_dir, results, ignore=shutil.ignore_patterns("qc"))
+    default = OverlayRequest("example_full", "kidney")
+    ensure_overlays(results, [default], workers=1)
+    both = _yellow(default.path(results)).sum()
+    own = tmp_path / "pooled.csv"
+    own.write_text("pooled,structure\nkidney,kidney_left\n")
+    custom = OverlayRequest("example_full", "kidney", str(own))
+    overlay, = ensure_overlays(results, [custom], workers=1)
+    assert overlay.problem is None and overlay.path == default.path(results)
+    assert 0 < _yellow(custom.path(results)).sum() < both / 1.5
+    drawn = custom.path(results).stat().st_mtime_ns
+    ensure_overlays(results, [custom], workers=1)
+    assert custom.path(results).stat().st_mtime_ns == drawn  # cached under its own definition
+
+
 def test_a_recomputed_series_is_drawn_again_not_shown_from_the_cache(run_dir: Path, tmp_path: Path) -> None:
     """``cohort run --recompute changed`` rewrites a series' label map (other weights, changed input files), but a
     mosaic in qc/ counted as cached as long as its file existed: the report and the review page went on showing

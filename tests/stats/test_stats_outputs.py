@@ -21,7 +21,7 @@ from cohort.stats.study import AgingResults, run_study
 from cohort.testing.cohorts import make_cohort
 
 TABLES = ("correlations", "quartile_tests", "pairwise_tests", "descriptives", "adjusted", "trends", "exclusions",
-          "selection")
+          "selection", "flow")
 PER_SUBJECT_TABLES = ("zscores", "centiles")
 CORRELATION_COLUMNS = ["stratum", "structure", "metric", "n", "spearman_r", "p", "ci_low", "ci_high", "family_size",
                        "p_bonferroni", "p_fdr", "significant"]

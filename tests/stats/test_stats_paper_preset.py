@@ -111,8 +111,8 @@ def test_averaged_subjects_are_counted_once_when_their_first_scan_lost_a_structu
     features.loc[lost, ["status", "volume_ml"]] = ["absent", 0.0]
     results = run_study(features, cohort.series, dataclasses.replace(PAPER, repeated_scans="mean"))
     assert results.table.values.groupby("structure")["series_id"].nunique().to_dict() == {"liver": 20, "spleen": 20}
-    assert any("Subjects with an included measurement: 20;" in line for line in summary_lines(results))
-    assert "20 subjects entered" in "\n".join(methods_lines(results))
+    assert any("Subjects with an included measurement: 20." in line for line in summary_lines(results))
+    assert "series of 20 subjects were analysed" in "\n".join(methods_lines(results))
     assert int(results.table.phase_counts().sum()) == 20
     assert results.table.n_subjects() == 20
 

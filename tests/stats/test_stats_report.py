@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from testkit import cohort_cli
 
@@ -34,9 +36,10 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 GROUPS = AgeGroups.from_edges((41, 59, 78))
 
 
-def _study(series: pd.DataFrame, features: pd.DataFrame, **config: object) -> StudyTable:
+def _study(series: pd.DataFrame, features: pd.DataFrame, review: pd.DataFrame | None = None,
+           **config: object) -> StudyTable:
     """The study table of the default configuration (with ``config`` keys replaced), as the report builds it."""
-    return build_study_table(features, series, dataclasses.replace(load_aging_config(), **config))
+    return build_study_table(features, series, dataclasses.replace(load_aging_config(), **config), review)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,25 @@ def test_missing_stats_say_not_computed_and_nothing_is_run(results: Path, tmp_pa
     assert "Aging study: not computed" in text and not (fresh / "aging").exists()
 
 
+def test_stats_of_a_version_with_other_config_keys_still_give_a_report(results: Path, tmp_path: Path) -> None:
+    """A stats folder made by a cohort whose configuration had a key this one does not know stopped
+    ``cohort report`` with a configuration error nobody could fix but by running the stats again. The page
+    is now made, on the default configuration, under the stale banner saying why; ``--strict`` refuses it."""
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("report*", "qc", "aging"))
+    run_stats(copy, figures="none")
+    marker = copy / "aging" / "correlations.parquet"
+    table = pq.read_table(marker)
+    recorded = json.loads(table.schema.metadata[b"cohort.aging"])
+    recorded["config"]["bootstrap_engine"] = "percentile"  # a key of another version
+    pq.write_table(table.replace_schema_metadata({b"cohort.aging": json.dumps(recorded).encode()}), marker)
+    page = write_report(copy).read_text()
+    assert "Stale statistics" in page and "another version of cohort" in page and "bootstrap_engine" in page
+    assert "Table 1: cohort characteristics" in page and "Participant flow" in page
+    with pytest.raises(StaleStats, match="another version"):
+        write_report(copy, strict=True)
+
+
 def test_other_stats_folder_and_stale_stats(results: Path, tmp_path: Path) -> None:
     copy = tmp_path / "results"
     shutil.copytree(results, copy, ignore=shutil.ignore_patterns("report*", "qc"))
@@ -138,7 +160,7 @@ def test_table1_leaves_out_series_the_manifest_no_longer_lists(results: Path) ->
     table = characteristics(series, study).set_index("characteristic")
     assert int(table.loc["n (subjects)", "all"]) == len(analysed) < len(listed)
     assert table.loc["age (years), mean (SD)", "all"] == f"{analysed['age'].mean():.1f} ({analysed['age'].std():.1f})"
-    losses = exclusions_by_group(series, features, GROUPS).set_index(["level", "reason"])
+    losses = exclusions_by_group(series, features, _study(series, features)).set_index(["level", "reason"])
     assert losses.xs("measurement")["total"].sum() == features["series_id"].isin(listed["series_id"]).sum()
     assert losses.loc[("series", "series_failed"), "total"] == (listed["status"] == "failed").sum()
     assert set(losses["counted"]) == {"series", "series x structure"}
@@ -203,8 +225,16 @@ def test_table1_counts_a_subject_scanned_three_times_once(policy: str, tmp_path:
     rows = [re.findall(r"<td>([^<]*)</td>", tr) for tr in in_page.split("<tr>")]
     last_cell = {cells[0]: cells[-1] for cells in rows if len(cells) > 1}  # the `all` column
     assert last_cell["n (subjects)"] == str(n) and last_cell["age (years), mean (SD)"] == age
-    assert f"Subjects with an included measurement: {n};" in (results / "aging" / "summary.md").read_text()
-    assert f"{n} subjects entered" in (results / "aging" / "methods.md").read_text()
+    analysed = f"{int(truth['n'].sum())} series of {n} subjects were analysed."
+    assert f"Subjects with an included measurement: {n}." in (results / "aging" / "summary.md").read_text()
+    assert analysed in (results / "aging" / "summary.md").read_text()
+    assert analysed in (results / "aging" / "methods.md").read_text()
+    flow = pd.read_parquet(results / "aging" / "flow.parquet").set_index("reason")
+    assert flow.loc["analysed", ["series", "subjects"]].tolist() == [truth["n"].sum(), n]
+    assert flow.loc["in_results", ["series", "subjects"]].tolist() == [n + 3, n]
+    assert flow.loc["repeated_scan", "excluded_series"] == (0 if policy == "mean" else 3)
+    assert last_cell["n (series of these subjects)"] == str(truth["n"].sum())
+    assert "Participant flow" in page
     series = pd.read_parquet(results / "series")
     study = build_study_table(pd.read_parquet(results / "features"), series,
                               dataclasses.replace(load_aging_config(), repeated_scans=policy))
@@ -226,7 +256,7 @@ def test_exclusions_by_group_count_every_series_and_measurement(results: Path) -
     whole = series["series_id"].iloc[-1]
     review = pd.DataFrame({"series_id": [whole], "structure": [None], "decision": ["reject"],
                            "decided_at": pd.to_datetime(["2026-01-01"], utc=True)})
-    table = exclusions_by_group(series, features, GROUPS, review).set_index(["level", "reason"])
+    table = exclusions_by_group(series, features, _study(series, features, review=review), review).set_index(["level", "reason"])
     assert table.loc[("series", "series_failed"), "total"] == (series["status"] == "failed").sum()
     assert table.loc[("series", "rejected_in_review"), "total"] == 1
     measured = table.xs("measurement")
@@ -252,7 +282,7 @@ def test_exclusions_by_group_count_structures_rejected_in_review_as_the_study_do
     run_stats(copy, figures="none")
     study = pd.read_parquet(copy / "aging" / "exclusions.parquet")
     in_study = study.loc[(study["reason"] == "rejected_in_review") & (study["structure"] == "liver"), "n_series"].sum()
-    table = exclusions_by_group(series, features, GROUPS, read_decisions(copy))
+    table = exclusions_by_group(series, features, _study(series, features, review=read_decisions(copy)), read_decisions(copy))
     measured = table[table["level"] == "measurement"].set_index("reason")
     assert measured.loc["rejected_in_review", "total"] == in_study == 1
     page = write_report(copy).read_text().split("Exclusions by age group and sex")[1].split("</table>")[0]
@@ -363,7 +393,7 @@ def test_below_bound_lists_count_truncated_structures_below_their_bound(results:
     flag_rows = flags(features, None)
     assert (flag_rows["reason"] == "below_lower_bound").sum() == below
     assert suspicious_structures(features, flag_rows, 100)["below_lower_bound"].sum() == below
-    table = exclusions_by_group(series, features, GROUPS).set_index(["level", "reason"])
+    table = exclusions_by_group(series, features, _study(series, features)).set_index(["level", "reason"])
     assert table.loc[("measurement", "below_lower_bound"), "total"] == below
     assert table.loc[("measurement", "fov_truncated"), "total"] == (features["status"] == "fov_truncated").sum() - 7
 
