@@ -79,17 +79,25 @@ def participant_flow(fates: pd.DataFrame) -> pd.DataFrame:
 
 
 def flow_sentence(flow: pd.DataFrame) -> str:
-    """The flow in one sentence for ``methods.md`` and ``summary.md``: the exclusions that took a series.
+    """The flow in one sentence (no full stop) for ``methods.md`` and ``summary.md``: the exclusions that
+    took a series, and what was analysed.
 
-    >>> flow = participant_flow(pd.DataFrame({"series_id": ["a1", "b1"], "subject_id": ["a", "b"],
-    ...                                       "reason": ["analysed", "no_age"]}))
+    >>> flow = participant_flow(pd.DataFrame({"series_id": ["a1", "b1", "b2"], "subject_id": ["a", "b", "b"],
+    ...                                       "reason": ["analysed", "no_age", "series_failed"]}))
     >>> flow_sentence(flow)
-    'Of 2 series of 2 subjects, 1 were left out (no age: 1); 1 series of 1 subjects were analysed.'
+    'Of 3 series of 2 subjects, 2 were left out (series failed processing: 1; no age: 1); 1 series of 1 subject was analysed'
     """
     steps = flow.set_index("reason")
     losses = [f"{STEP_WORDS[step]}: {steps.loc[step, 'excluded_series']}" for step in EXCLUSION_STEPS
               if steps.loc[step, "excluded_series"]]
-    left_out = f"{sum(steps.loc[s, 'excluded_series'] for s in EXCLUSION_STEPS)} were left out ({'; '.join(losses)})"
-    return (f"Of {steps.loc[IN_RESULTS, 'series']} series of {steps.loc[IN_RESULTS, 'subjects']} subjects, "
-            f"{left_out if losses else 'none were left out'}; {steps.loc[ANALYSED, 'series']} series of "
-            f"{steps.loc[ANALYSED, 'subjects']} subjects were analysed.")
+    n_out = sum(int(steps.loc[s, "excluded_series"]) for s in EXCLUSION_STEPS)
+    left_out = f"{n_out} {'was' if n_out == 1 else 'were'} left out ({'; '.join(losses)})" if losses else (
+        "none was left out")
+    n_series = int(steps.loc[ANALYSED, "series"])
+    return (f"Of {_counted(steps.loc[IN_RESULTS], 'series')}, {left_out}; {_counted(steps.loc[ANALYSED], 'series')} "
+            f"{'was' if n_series == 1 else 'were'} analysed")
+
+
+def _counted(step: pd.Series, what: str) -> str:
+    subjects = int(step["subjects"])
+    return f"{int(step[what])} series of {subjects} subject{'' if subjects == 1 else 's'}"

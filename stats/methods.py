@@ -95,7 +95,7 @@ def _cohort(results: AgingResults, cite: Citations) -> str:
             f"the TotalSegmentator aging study {cite('paper')}. Series were included when processing succeeded and "
             f"the age lay within {config.age_range[0]:g}-{config.age_range[1]:g} years; {repeat}. "
             f"{qc_rule(config.include_statuses, cite, has_bounds=not mr)}{reviewed} "
-            f"{flow_sentence(results.flow)} "
+            f"{flow_sentence(results.flow)}. "
             f"{exclusion_counts(results.exclusions, bool(config.pooled_structures))} "
             f"{age_group_text(results.age_groups, config.age_groups.method)}{pooled}{contrast_text(results)}")
 

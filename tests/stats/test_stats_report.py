@@ -225,7 +225,7 @@ def test_table1_counts_a_subject_scanned_three_times_once(policy: str, tmp_path:
     rows = [re.findall(r"<td>([^<]*)</td>", tr) for tr in in_page.split("<tr>")]
     last_cell = {cells[0]: cells[-1] for cells in rows if len(cells) > 1}  # the `all` column
     assert last_cell["n (subjects)"] == str(n) and last_cell["age (years), mean (SD)"] == age
-    analysed = f"{int(truth['n'].sum())} series of {n} subjects were analysed."
+    analysed = f"{int(truth['n'].sum())} series of {n} subjects were analysed"
     assert f"Subjects with an included measurement: {n}." in (results / "aging" / "summary.md").read_text()
     assert analysed in (results / "aging" / "summary.md").read_text()
     assert analysed in (results / "aging" / "methods.md").read_text()
