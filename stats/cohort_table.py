@@ -367,7 +367,7 @@ def _one_row_per_subject(rows: pd.DataFrame, config: AgingConfig) -> tuple[pd.Da
     later = ordered.duplicated(["subject_id", "structure"])
     rows.loc[later[later].index, "reason"] = REPEATED_SCAN
     means = ordered.groupby(["subject_id", "structure"], sort=False)[["age", *config.metrics]].transform("mean")
-    averaged = ordered.assign(**{c: means[c] for c in means.columns}, **{PHASE: averaged_phase(ordered)},
+    averaged = ordered.assign(**{c: means[c] for c in means.columns}, **{PHASE: averaged_phase(ordered, config.metrics)},
                               **averaged_metric_ages(ordered, config.metrics))
     return rows, averaged[~later]
 
@@ -392,23 +392,44 @@ def averaged_metric_ages(ordered: pd.DataFrame, metrics: tuple[str, ...]) -> dic
             for m in metrics}
 
 
-def averaged_phase(ordered: pd.DataFrame) -> pd.Series:
+def is_intensity(metric: str) -> bool:
+    """An attenuation (HU) or MR signal-intensity metric: what a contrast agent shifts.
+
+    >>> is_intensity("mean_hu"), is_intensity("p95_intensity"), is_intensity("volume_ml")
+    (True, True, False)
+    """
+    return metric.endswith(("_hu", "_intensity"))
+
+
+def averaged_phase(ordered: pd.DataFrame, metrics: tuple[str, ...] = ()) -> pd.Series:
     """The contrast phase of each subject's averaged values: the phase its averaged scans share, else
     missing (a native and a contrast scan, or one of unknown phase): an average over both phases
     belongs to neither phase's stratum, nor is it of either phase in the HU adjustment.
 
+    Only the phase matters to the intensity ``metrics`` (HU, MR intensity), so only the scans whose
+    intensities were averaged decide it: a native scan whose HU is undefined adds no HU to the mean,
+    and does not make a contrast subject's mean of unknown phase.
+
     >>> averaged_phase(pd.DataFrame({"subject_id": ["a", "a", "b", "b", "c"], "structure": "liver",
     ...     PHASE: ["with", "with", "with", "without", "without"]})).tolist()
     ['with', 'with', nan, nan, 'without']
+    >>> averaged_phase(pd.DataFrame({"subject_id": "a", "structure": "liver", PHASE: ["with", "without"],
+    ...     "mean_hu": [80.0, None]}), ("volume_ml", "mean_hu")).tolist()
+    ['with', 'with']
     """
-    code = ordered[PHASE].map({"with": 1.0, "without": 0.0}).astype(float)
-    scans = code.groupby([ordered["subject_id"], ordered["structure"]], sort=False)
-    agree = scans.transform("min").eq(scans.transform("max")) & scans.transform("count").eq(scans.transform("size"))
+    intensity = [m for m in metrics if is_intensity(m)]
+    counted = ordered[intensity].notna().any(axis=1) if intensity else pd.Series(True, index=ordered.index)
+    keys = [ordered["subject_id"], ordered["structure"]]
+    code = ordered[PHASE].map({"with": 1.0, "without": 0.0}).astype(float).where(counted)
+    scans = code.groupby(keys, sort=False)
+    agree = scans.transform("min").eq(scans.transform("max")) & scans.transform("count").eq(
+        counted.groupby(keys, sort=False).transform("sum"))
     disagree = ordered["subject_id"][~agree & ordered[PHASE].notna()].nunique()
     if disagree:
         log.warning("series: %d subjects have scans of different or unknown contrast phases averaged "
                     "(repeated_scans: mean); their contrast phase is taken as unknown", disagree)
-    return ordered[PHASE].where(agree)
+    shared = scans.transform("max").map({1.0: "with", 0.0: "without"}).astype(object)
+    return shared.where(agree, np.nan)
 
 
 def _subject_ages(series: pd.DataFrame) -> np.ndarray:

@@ -20,8 +20,8 @@ import pandas as pd
 
 from cohort.stats import age_tests, bootstrap
 from cohort.stats.adjusted import PartialCorrelation, encode_covariates, partial_spearman
-from cohort.stats.cohort_table import (PHASE, PHASES, AgeGroups, StudyTable, build_study_table, metric_age,
-                                       metrics_of_the_model)
+from cohort.stats.cohort_table import (PHASE, PHASES, AgeGroups, StudyTable, build_study_table, is_intensity,
+                                       metric_age, metrics_of_the_model)
 from cohort.stats.config import AgingConfig, load_aging_config
 from cohort.stats.descriptives import Description, Normality, describe, ks_normality
 from cohort.stats.multiplicity import with_multiplicity
@@ -165,15 +165,6 @@ def samples(table: StudyTable, config: AgingConfig) -> list[Sample]:
     return [sample for stratum, frame, adjust_for, chosen in strata
             for sample in _stratum_samples(stratum, frame, chosen, adjust_for, table.age_groups,
                                            phase if stratum == ALL else None)]
-
-
-def is_intensity(metric: str) -> bool:
-    """An attenuation (HU) or MR signal-intensity metric: what a contrast agent shifts.
-
-    >>> is_intensity("mean_hu"), is_intensity("p95_intensity"), is_intensity("volume_ml")
-    (True, True, False)
-    """
-    return metric.endswith(("_hu", "_intensity"))
 
 
 def phase_adjustment(table: StudyTable, config: AgingConfig) -> str | None:

@@ -245,6 +245,27 @@ def test_a_mean_of_scans_of_both_phases_is_of_neither_phase() -> None:
     assert _row(results.adjusted, "aorta", "mean_hu")["n"] == 200
 
 
+def test_a_mean_takes_its_phase_from_the_scans_whose_intensity_it_averaged() -> None:
+    """``repeated_scans: mean``: a native scan whose HU is undefined and a contrast scan average to the contrast
+    scan's HU alone, yet the mean was of unknown phase (the native scan's phase counted): it left the
+    with_contrast stratum and the phase adjustment."""
+    rng = np.random.default_rng(6)
+    subject = np.r_[np.repeat(np.arange(100), 2), np.arange(100, 200)]  # 100 subjects scanned twice: native first
+    phase = np.r_[np.tile(["no", "yes"], 100), np.where(np.arange(100) % 2, "yes", "no")]
+    age = rng.integers(18, 101, 200).astype(float)[subject]
+    hu = 60.0 + 150.0 * (phase == "yes") + rng.normal(0.0, 10.0, len(subject))
+    hu[0:200:2] = np.nan  # the native scans of the twice-scanned: no HU
+    cohort = cohort_from_values(age, np.where(rng.random(len(subject)) < 0.5, "M", "F"), {("aorta", "mean_hu"): hu},
+                                subject_id=subject.astype(str), covariates={"contrast": phase})
+    config = dataclasses.replace(DEFAULT, repeated_scans="mean", analyses=("adjusted",), pooled_structures="")
+    results = run_study(cohort.features, cohort.series, config)
+    assert results.table.phase_counts().to_dict() == {"with": 150, "without": 50, "unknown": 0}
+    with_contrast = results.descriptives.query(
+        "stratum == 'with_contrast' and age_group == 'all' and metric == 'mean_hu'")
+    assert with_contrast["n"].item() == 150 and with_contrast["mean"].item() == pytest.approx(210.0, abs=3.0)
+    assert _row(results.adjusted, "aorta", "mean_hu")["n"] == 200
+
+
 @pytest.mark.parametrize("text, key", [("contrast: {adjust: all}\n", "contrast.adjust"),
                                        ("contrast: {column: yes}\n", "contrast.column"),
                                        ("contrast: {column: 'contrast, kvp'}\n", "contrast.column"),
