@@ -7,6 +7,7 @@ Two entry points for the command line, plain functions for notebooks::
     run_study(features, series, config=None, review=None) -> AgingResults             # in memory
 
 Modules: ``config`` (YAML presets ``default`` and ``paper``), ``cohort_table`` (which rows enter),
+``reasons`` (the names of why they do not), ``flow`` (the participant flow, series to analysed subjects),
 ``pooled`` (left/right rows), ``review`` (reviewer decisions), ``descriptives`` and ``age_tests``
 (scipy), ``bootstrap`` (intervals), ``adjusted`` (partial Spearman), ``multiplicity``, ``trends``
 (Theil-Sen, LOWESS), ``normative`` (centiles, z-scores), ``study`` (all of it), ``outputs``
