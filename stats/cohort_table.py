@@ -102,13 +102,17 @@ class StudyTable:
     age_groups: AgeGroups
     scans: pd.DataFrame  # the analysed scans: series_id, subject_id of every series with an included measurement
     fates: pd.DataFrame  # series_id, subject_id and the one reason each series is analysed or left out
-    flow: pd.DataFrame  # the participant flow from every series in the results to the analysed ones (stats/flow.py)
     covariates: tuple[str, ...] = ()
     modality: str = "CT"  # of the run's model: MR has no Hounsfield units and no lower bounds (Table S1 is of CTs)
 
     @property
     def is_mr(self) -> bool:
         return self.modality == "MR"
+
+    @property
+    def flow(self) -> pd.DataFrame:
+        """The participant flow from every series in the results to the analysed ones (``stats/flow.py``)."""
+        return participant_flow(self.fates)
 
     def n_subjects(self) -> int:
         """Analysed subjects: those with an included measurement, each once (with ``repeated_scans: mean``
@@ -248,7 +252,7 @@ def build_study_table(features: pd.DataFrame, series: pd.DataFrame, config: Agin
     values = values.reset_index(drop=True).assign(age_group=groups.assign(values["age"].to_numpy(dtype=float)))
     return StudyTable(values=values, exclusions=exclusions, selection=selection, age_groups=groups,
                       covariates=config.covariates, modality=features_modality(features), scans=scans,
-                      flow=participant_flow(fates), fates=fates)
+                      fates=fates)
 
 
 def applied_decisions(review: pd.DataFrame | None, series: pd.DataFrame) -> pd.DataFrame:

@@ -40,7 +40,8 @@ REFERENCES = {
 }
 # The exclusion reasons of the ``exclusions`` table in words, in the order the table applies them.
 REASON_TEXT = {
-    **{reason: STEP_WORDS[reason] for reason in SERIES_REASONS}, "not_measured": "not measured", REJECTED_IN_REVIEW: "rejected in review", "absent": "absent",
+    **{reason: STEP_WORDS[reason] for reason in SERIES_REASONS}, "not_measured": "not measured",
+    REJECTED_IN_REVIEW: "rejected in review", "absent": "absent",
     "fov_truncated": "cut off by the field of view", "below_lower_bound": "volume below the lower bound",
 }
 
