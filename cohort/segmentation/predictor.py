@@ -7,9 +7,11 @@ VIBESegmentator's: every fold present ensembled, step 0.5). nnU-Net works in (c,
 arrays here are nibabel's (x, y, z), so image and spacing are transposed on the way in and the
 labels on the way out.
 
-A series goes through nnU-Net's own preprocessing (crop to the non-zero box, intensity
-normalisation from the plans) on the CPU, then its sliding window on the device, and the argmax
-is taken where the logits are: on a GPU only the uint8 labels of the cropped box come back, not
+A series goes through nnU-Net's preprocessing (crop to the non-zero box, intensity normalisation
+from the plans): a CT network's in torch where the image is, on the GPU when there is one
+(:mod:`cohort.segmentation.ct_preprocessing`, nnU-Net's values bit for bit), any other with
+nnU-Net's own code on the CPU; then its sliding window on the device, and the argmax is taken
+where the logits are: on a GPU only the uint8 labels of the cropped box come back, not
 one float16 map per class (118 × the voxels for TotalSegmentator). Only the sliding window and
 argmax pass the worker's network gate (:attr:`NetworkPredictor.gate`, cohort.segmentation.gate):
 one series at a time (on a CPU, ``execution.network_passes`` may allow several, each on its share
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from cohort.segmentation.chunking import plan_chunks, predict_in_chunks
+from cohort.segmentation.ct_preprocessing import CTPreprocessing
 from cohort.segmentation.device import DeviceSettings
 from cohort.segmentation.gate import NetworkGate
 from cohort.segmentation.nnunet_folder import load_folder
@@ -81,6 +84,7 @@ class NetworkPredictor:
                 loaded.network, loaded.plans_manager, loaded.configuration_manager, loaded.parameters,
                 loaded.dataset_json, loaded.trainer_name, loaded.mirroring_axes)
         self._preprocessor = loaded.configuration_manager.preprocessor_class(verbose=False)
+        self._ct_preprocessing = CTPreprocessing.from_plans(loaded.plans_manager, loaded.configuration_manager)
         self._parameters_loaded = False
         self.dataset_json = loaded.dataset_json
         spacing_zyx = image_spacing_zyx(list(loaded.configuration_manager.spacing),
@@ -147,8 +151,9 @@ class NetworkPredictor:
         tile = torch.zeros(self._tile_shape(), device=self.device)
         return lambda: network(tile)
 
-    def predict(self, image: np.ndarray, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
-        """Labels (x, y, z; uint8, uint16 above 256 classes) of an int32 image on the model grid.
+    def predict(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
+        """Labels (x, y, z; uint8, uint16 above 256 classes) of an int32 image on the model grid (an
+        array, or a tensor on this network's device or the CPU).
 
         The whole image is preprocessed at once, so nnU-Net's crop and intensity normalisation see
         all of it (an MR network's z-score is the image's mean and deviation, not a chunk's); only
@@ -175,7 +180,7 @@ class NetworkPredictor:
         return (self._predictor.label_manager.has_regions
                 or not np.allclose(transposed, self._predictor.configuration_manager.spacing))
 
-    def _predict_array(self, image: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    def _predict_array(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float]) -> np.ndarray:
         data, properties = self.preprocess(image, spacing)
         return self._uncropped(self.forward(data, properties), properties)
 
@@ -187,12 +192,20 @@ class NetworkPredictor:
         labels = labels.transpose(self._predictor.plans_manager.transpose_backward)
         return np.ascontiguousarray(labels.transpose(2, 1, 0))
 
-    def preprocess(self, image: np.ndarray, spacing: tuple[float, float, float]) -> tuple[torch.Tensor, dict]:
+    def preprocess(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float]
+                   ) -> tuple[torch.Tensor, dict]:
         """nnU-Net's preprocessing of an (x, y, z) image on the model grid: the (c, z, y, x) tensor
-        the network reads and the properties that undo the crop."""
+        the network reads and the properties that undo the crop. A CT network's runs in torch where
+        ``image`` is (a tensor on the GPU stays there); others and images off the plans' grid run
+        nnU-Net's own on the CPU."""
+        spacing_zyx = (spacing[2], spacing[1], spacing[0])
+        if self._ct_preprocessing is not None and not self._converted_by_nnunet(spacing_zyx):
+            return self._ct_preprocessing.run(torch.as_tensor(image), spacing)
+        if isinstance(image, torch.Tensor):
+            image = image.cpu().numpy()
         predictor = self._predictor
         data = np.ascontiguousarray(image.transpose(2, 1, 0))[None]
-        properties = {"spacing": [spacing[2], spacing[1], spacing[0]]}
+        properties = {"spacing": list(spacing_zyx)}
         # No stdout redirection here: it is process-wide, and series in other slots run beside this
         # (the preprocessor prints only when verbose).
         data, _, properties = self._preprocessor.run_case_npy(

@@ -66,18 +66,28 @@ def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[
     on a GPU with the same arithmetic in torch (:mod:`cohort.segmentation.zoom`). A GPU without
     the memory for it (a very large CT beside other series) hands the work to the CPU.
     """
+    return resampled_image_tensor(array, spacing, target, order, dtype, device).cpu().numpy()
+
+
+def resampled_image_tensor(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...], order: int,
+                           dtype: str, device: torch.device) -> torch.Tensor:
+    """:func:`resample_image` as a tensor left where it was computed: on ``device`` when it is a GPU
+    (the network's preprocessing reads it there), on the CPU otherwise or when the GPU ran out of
+    memory."""
     zoom = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
-    if np.allclose(zoom, 1.0):
-        return np.asarray(array, dtype=np.float64).astype(dtype)
     if device.type != "cpu" and order in (0, 1):  # a cubic spline (order 3) runs on the CPU
         try:
-            shape = zoom_shape(array.shape, zoom)
             source = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+            if np.allclose(zoom, 1.0):
+                return source.to(getattr(torch, dtype))
+            shape = zoom_shape(array.shape, zoom)
             resampled = linear_zoom(source, shape) if order == 1 else nearest_zoom(source, shape).to(torch.float64)
-            return resampled.cpu().numpy().astype(dtype)
+            return resampled.to(getattr(torch, dtype))
         except torch.OutOfMemoryError:
             _out_of_device_memory(device, array.size)
-    return ndimage.zoom(np.asarray(array, dtype=np.float64), zoom, order=order, mode="nearest").astype(dtype)
+    if np.allclose(zoom, 1.0):
+        return torch.from_numpy(np.asarray(array, dtype=np.float64).astype(dtype))
+    return torch.from_numpy(ndimage.zoom(np.asarray(array, dtype=np.float64), zoom, order=order, mode="nearest").astype(dtype))
 
 
 def resample_labels(labels: np.ndarray, shape: tuple[int, ...], device: torch.device = CPU) -> np.ndarray:

@@ -31,7 +31,7 @@ from cohort.segmentation.predictor import NetworkPredictor
 from cohort.segmentation.body_crop import Box, body_box, paste
 from cohort.segmentation.postprocess import clean_label_map
 from cohort.segmentation.registry import ModelSpec, PreprocessSpec, model_class_map
-from cohort.segmentation.resample import RAS, Canonical, resample_image, resample_labels, to_canonical, to_native
+from cohort.segmentation.resample import RAS, Canonical, resample_labels, resampled_image_tensor, to_canonical, to_native
 from cohort.segmentation.weights import check_model_ready, network_folder
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Segmenter:
     def model_grid_image(self, volume: Volume) -> np.ndarray:
         """``volume`` as the networks read it: canonical orientation, body crop, intensity rule
         and the model's spacing (resampled on this segmenter's device)."""
-        return self._prepare(volume)[0]
+        return self._prepare(volume)[0].cpu().numpy()
 
     def segment(self, volume: Volume) -> Segmentation:
         """Label ``volume`` with the model's ids, on the volume's own grid and orientation."""
@@ -108,18 +108,20 @@ class Segmenter:
         seconds["restore"] = time.perf_counter() - tick
         return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source, name=volume.name), seconds)
 
-    def _prepare(self, volume: Volume) -> tuple[np.ndarray, Canonical, Box | None, np.ndarray]:
+    def _prepare(self, volume: Volume) -> tuple[torch.Tensor, Canonical, Box | None, np.ndarray]:
+        """The model-grid image (on the GPU when there is one, where the networks' preprocessing
+        reads it), the canonical volume, the body box and the image cut to it."""
         pre = self.spec.preprocess
         check_whole_number_levels(volume, pre, self.spec.name)
         canonical = to_canonical(volume.hu, volume.affine, self.axcodes)
         box = body_box(canonical.array, canonical.spacing, self.spec.body_crop) if self.spec.body_crop.enabled else None
         cropped = canonical.array if box is None else canonical.array[box]
-        image = resample_image(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
-                               pre.resample_order, pre.image_dtype, self.device)
+        image = resampled_image_tensor(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
+                                       pre.resample_order, pre.image_dtype, self.device)
         return image, canonical, box, cropped
 
-    def _predict(self, image: np.ndarray, volume: Volume) -> np.ndarray:
-        merged = np.zeros(image.shape, dtype=self._dtype)
+    def _predict(self, image: torch.Tensor, volume: Volume) -> np.ndarray:
+        merged = np.zeros(tuple(image.shape), dtype=self._dtype)
         overlap = overlap_slices(self.spec.chunking.overlap_mm, self.spacing[2])
         for network, predictor, lut in self._networks:
             try:
@@ -131,7 +133,7 @@ class Segmenter:
                 if not is_out_of_memory(exc):
                     raise
                 raise OutOfMemory(f"{volume.name}: out of memory predicting {network.dataset} on "
-                                  f"{image.shape} voxels ({type(exc).__name__}); lower chunking.max_voxels in "
+                                  f"{tuple(image.shape)} voxels ({type(exc).__name__}); lower chunking.max_voxels in "
                                   f"{self.spec.source} or give each worker more memory") from None
             merge_into(merged, labels, lut)
         return merged
