@@ -38,6 +38,8 @@ from cohort.store.tables import FEATURES_SCHEMA
 from cohort.store.zarr_labels import complete_label_map, write_label_map
 
 if TYPE_CHECKING:
+    import torch
+
     from cohort.segmentation import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                 label_map = load_labels(InputName.in_manifest(spec.labels, spec.line, column="labels"), volume,
                                         context.measure.class_map, context.ingest)
             check_unchanged_while_read(spec, inputs, groups)
+        counting_device = None  # the CPU
         if label_map is None:
             with timer.stage("load_model"):
                 try:
@@ -200,6 +203,8 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                                                model_failed=True)
             with timer.stage("segment"):
                 label_map = segmenter.segment(volume).label_map
+            if segmenter.device.type == "cuda":
+                counting_device = segmenter.device
         if not reused:
             with timer.stage("store"):
                 try:
@@ -211,7 +216,8 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
                                            started)
                     return dataclasses.replace(result, output_failed=True)
         with timer.stage("measure"):
-            features = measure_series(spec.series_id, volume, label_map, key.model, context.measure, dixon)
+            features = measure_series(spec.series_id, volume, label_map, key.model, context.measure, dixon,
+                                      counting_device)
     except OutOfMemory as error:
         return dataclasses.replace(failed_result(spec, str(error), attempt, timer, started), out_of_memory=True)
     except SeriesError as error:
@@ -312,15 +318,17 @@ def input_groups(spec: SeriesSpec, volume: Volume, dixon: Dixon | None) -> list[
 
 
 def measure_series(series_id: str, volume: Volume, label_map: LabelMap, model: str,
-                   settings: MeasureSettings, dixon: Dixon | None = None) -> pa.Table:
+                   settings: MeasureSettings, dixon: Dixon | None = None,
+                   counting_device: "torch.device | None" = None) -> pa.Table:
     """The ``features/`` rows of one series: one per structure of the class map.
 
     CT values go to the ``*_hu`` columns, MR values (arbitrary units) to ``*_intensity``; with
-    Dixon images each structure gets its ``fat_fraction``.
+    Dixon images each structure gets its ``fat_fraction``. ``counting_device``: the GPU the
+    series was segmented on, to count its histograms there (the same rows), None for the CPU.
     """
     measured = measure_structures(volume.hu, label_map.labels, volume.grid.voxel_volume_ml,
                                   settings.class_map.n_labels, settings.border_voxels,
-                                  volume.outside_fov if settings.padding_is_edge else None)
+                                  volume.outside_fov if settings.padding_is_edge else None, counting_device)
     check_label_ids(label_map, measured, settings.class_map)
     status = qc_status(measured, settings.lower_bounds_ml)
     ids = np.array(sorted(settings.class_map.names))

@@ -12,10 +12,17 @@ one boolean mask of the whole volume per class, one pass per class.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
 
 PERCENTILES = (5.0, 50.0, 95.0)
 SLAB_VOXELS = 4_000_000
@@ -41,12 +48,13 @@ class StructureMeasurements:
 
 def measure_structures(
     hu: np.ndarray, labels: np.ndarray, voxel_volume_ml: float, n_labels: int, border_voxels: int = 3,
-    outside_fov: np.ndarray | None = None,
+    outside_fov: np.ndarray | None = None, device: torch.device | None = None,
 ) -> StructureMeasurements:
     """Measure label ids ``0 .. n_labels-1`` of ``labels`` over the image values ``hu``.
 
     ``outside_fov`` (the image's padding, None: none) is an edge of the field of view like the
-    volume's faces: see :func:`labels_touching_border`.
+    volume's faces: see :func:`labels_touching_border`. ``device``: a GPU to count an integer
+    image's histograms on (:mod:`cohort.measurement.on_device`; the same counts), None for the CPU.
 
     ``std_hu`` is the population standard deviation; percentiles use linear interpolation
     (numpy's default). Labels with no voxel get ``n_voxels == 0`` and NaN statistics; ids of
@@ -57,7 +65,8 @@ def measure_structures(
     value_range = _integer_range(hu)
     if value_range is not None and (n_labels + 1) * (value_range[1] - value_range[0] + 1) <= MAX_HISTOGRAM_BINS:
         values = np.arange(value_range[0], value_range[1] + 1, dtype=np.int64)
-        counts, stats = _statistics_from_histograms(hu, labels, n_labels, values)
+        histograms = _histograms_where(device, hu, labels, n_labels, values)
+        counts, stats = _statistics_from_histograms(histograms, values)
     else:
         counts, stats = _statistics_from_sorted_groups(hu, labels, n_labels)
     return StructureMeasurements(
@@ -107,9 +116,27 @@ def _slowest_axis(array: np.ndarray) -> int:
     return int(np.argmax(np.abs(array.strides)))
 
 
-def _statistics_from_histograms(hu: np.ndarray, labels: np.ndarray, n_labels: int, values: np.ndarray
-                                ) -> tuple[np.ndarray, np.ndarray]:
-    histograms = label_value_histograms(hu, labels, n_labels, values)
+def _histograms_where(device: torch.device | None, hu: np.ndarray, labels: np.ndarray, n_labels: int,
+                      values: np.ndarray) -> np.ndarray:
+    """The histograms counted on ``device`` (the CPU's numpy when None or when it runs out of memory)."""
+    if device is not None:
+        import torch
+
+        from cohort.measurement.on_device import label_value_histograms_on_device
+
+        try:
+            return label_value_histograms_on_device(hu, labels, n_labels, values, device)
+        except torch.OutOfMemoryError:
+            log.warning("counting %.0f M voxels ran out of memory on %s; counting on the CPU instead",
+                        hu.size / 1e6, device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return label_value_histograms(hu, labels, n_labels, values)
+
+
+def _statistics_from_histograms(histograms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and (mean, std, p05, median, p95) per label from its row of ``histograms``."""
+    n_labels = histograms.shape[0]
     counts = histograms.sum(axis=1)
     stats = np.full((n_labels, 5), np.nan)  # mean, std, p05, median, p95
     present = np.flatnonzero(counts[1:]) + 1  # the background is counted, not measured

@@ -1,13 +1,18 @@
-"""Benchmark: a CT network's preprocessing (crop to the non-zero box, CT normalisation) by
-nnU-Net's own ``run_case_npy`` on the CPU against cohort's torch version where the image is.
+"""Benchmark: the CPU work of a series that cohort moved onto the GPU, each way on this machine.
 
-The clinical-size CT (0.8 x 0.8 x 1.5 mm, 39 M voxels) resampled to each model's grid; every
-network of the model (the full model has five, each with its own plans) preprocessed ``--repeat``
-times each way, best time kept, outputs checked equal bit for bit. On a machine with a CUDA GPU
-it also times what a series pays there: the old way brings the resampled image to the CPU,
-preprocesses it there and sends the float32 result back (pinned); the new way never leaves the GPU.
+1. A CT network's preprocessing (crop to the non-zero box, CT normalisation): nnU-Net's own
+   ``run_case_npy`` on the CPU against cohort's torch version where the image is. The clinical-size
+   CT (0.8 x 0.8 x 1.5 mm, 39 M voxels) resampled to each model's grid; every network of the model
+   (the full model has five, each with its own plans), outputs checked equal bit for bit.
+2. Counting the label x value histograms that measurement reads (the clinical CT with a label map
+   of 118 random ids): numpy on the CPU against ``torch.bincount``, counts checked equal.
 
-    python benchmarks/bench_preprocess.py --models fast full --repeat 5
+Best of ``--repeat`` each. With a CUDA GPU it also times what a series pays there: the old way
+brings the resampled image to the CPU, preprocesses it there and sends the float32 result back
+(pinned), and counts on the CPU; the new way preprocesses on the GPU and counts there (the CT and
+label map uploaded, the histograms downloaded).
+
+    python benchmarks/bench_device_work.py --models fast full --repeat 5
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 
 from bench_pipeline import clinical_ct
 from cohort.ingest import load_ct
+from cohort.measurement.features import label_value_histograms
+from cohort.measurement.on_device import label_value_histograms_on_device
 from cohort.segmentation import load_model_spec
 from cohort.segmentation.segmenter import Segmenter
 from cohort.testing.weights import build_weights
@@ -72,18 +79,32 @@ def compare_model(model: str, volume, work: Path, repeat: int, device: torch.dev
           f"({old_total / new_total:.1f}x)")
 
 
+def compare_counting(volume, repeat: int, device: torch.device) -> None:
+    labels = np.random.default_rng(0).integers(0, 118, volume.hu.shape, dtype=np.uint8)
+    values = np.arange(int(volume.hu.min()), int(volume.hu.max()) + 1)
+    expected = label_value_histograms(volume.hu, labels, 118, values)
+    counted = label_value_histograms_on_device(volume.hu, labels, 118, values, device)
+    assert np.array_equal(counted, expected), "counts differ"
+    numpy_s = best_seconds(lambda: label_value_histograms(volume.hu, labels, 118, values), repeat, device)
+    torch_s = best_seconds(lambda: label_value_histograms_on_device(volume.hu, labels, 118, values, device),
+                           repeat, device)
+    print(f"counting {volume.hu.size / 1e6:.1f} M voxels x 118 labels: numpy on the CPU {numpy_s * 1000:.0f} ms, "
+          f"torch on {device} {torch_s * 1000:.0f} ms ({numpy_s / torch_s:.1f}x), equal")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["fast", "full"])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
+    work = Path(tempfile.mkdtemp(prefix="bench_device_work_"))
     volume = load_ct(clinical_ct(work))
     devices = [torch.device("cpu")] + ([torch.device("cuda:0")] if torch.cuda.is_available() else [])
     print(f"torch threads: {torch.get_num_threads()}")
     for device in devices:
         for model in args.models:
             compare_model(model, volume, work, args.repeat, device)
+        compare_counting(volume, args.repeat, device)
 
 
 if __name__ == "__main__":
