@@ -10,8 +10,11 @@ old way (``input_content``: the series found again, every header read again) and
 done rows: one ``input_fingerprint`` per row (old) and ``input_fingerprints`` (new: a folder
 listed once). Then the rows again, ``load_ct`` alone, with the worker remembering which series
 each file of the folder is of (``cohort.ingest.series_of_files``: the second row on reads only
-its own headers) and forgetting it before every row (as before), in alternating rounds. Prints
-header reads (pydicom) and GDCM folder scans, seconds, and the ratios.
+its own headers) and forgetting it before every row (as before), in alternating rounds. Last,
+each row as the first row of a new worker, once reading every header of the folder (as before)
+and once learning from ``cohort manifest``'s crawl cache which series each file is of
+(``cohort.pipeline.learn_crawled_series``), in alternating rounds. Prints header reads (pydicom)
+and GDCM folder scans, seconds, and the ratios.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
+from cohort.export.crawl import crawl
+from cohort.export.pseudonyms import PseudonymKey
+from cohort.export.writing import cache_path
 from cohort.ingest import InputName, dicom, load_ct
 from cohort.ingest.series_of_files import SeriesOfFiles
 from cohort.manifest import SeriesSpec
-from cohort.pipeline import input_groups
+from cohort.pipeline import input_groups, learn_crawled_series
 from cohort.provenance import (
     content_digest,
     input_content,
@@ -133,6 +139,35 @@ def remembered_rows(specs: list[SeriesSpec], rounds: int = 2) -> None:
           f"other series' files remembered {later[True]:.2f} s ({later[False] / later[True]:.2f}x)")
 
 
+def learnt_from_crawl(specs: list[SeriesSpec], rounds: int = 2) -> None:
+    """Each row as a new worker's first row of the folder: every header read, or the files' series
+    learnt from the crawl cache first (its reading timed with the row); the volumes are equal."""
+    folder = specs[0].path
+    _, crawl_s, _ = timed(lambda: crawl(folder, cache_path(specs[0].manifest), PseudonymKey(b"k" * 32)))
+    print(f"the crawl `cohort manifest` makes once (every header, one process): {crawl_s:.2f} s")
+    seconds: dict[bool, float] = {False: 0.0, True: 0.0}
+    volumes: dict[str, set[str]] = collections.defaultdict(set)
+    for _ in range(rounds):
+        for learn in (False, True):
+            for spec in specs:
+                forget_series_of_files()
+
+                def first_row(spec=spec, learn=learn):
+                    if learn:
+                        learn_crawled_series(spec)
+                    return load_ct(InputName.in_manifest(spec.path, spec.line), series_uid=spec.series_uid)
+
+                volume, load_s, reads = timed(first_row)
+                seconds[learn] += load_s
+                volumes[spec.series_id].add(hashlib.sha256(volume.hu.tobytes()).hexdigest())
+                print(f"  {'learnt from the crawl' if learn else 'every header read'} row {spec.series_id}: "
+                      f"{load_s:.2f} s {reads}")
+    if any(len(digests) > 1 for digests in volumes.values()):
+        raise SystemExit("a row's volume differs between learning from the crawl and reading every header")
+    print(f"a new worker's first row of the folder, {len(specs)} rows x {rounds} rounds: every header read "
+          f"{seconds[False]:.2f} s, learnt from the crawl {seconds[True]:.2f} s ({seconds[False] / seconds[True]:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=8)
@@ -166,6 +201,7 @@ def main() -> None:
     assert old == new
     print(f"rerun start, fingerprints of {len(rows)} done rows: old {old_s:.3f} s, new {new_s:.3f} s ({old_s / new_s:.1f}x)")
     remembered_rows(specs[:args.rows])
+    learnt_from_crawl(specs[:args.rows])
     if scratch:
         scratch.cleanup()
 

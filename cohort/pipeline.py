@@ -178,6 +178,7 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         with timer.stage("ingest"):
             inputs = InputStats.of(spec.path, spec.companions)
             fingerprint = inputs.fingerprint
+            learn_crawled_series(spec)
             volume = load_ct(InputName.in_manifest(spec.path, spec.line), context.ingest,
                              spec.series_uid, context.measure.modality)
             dixon = load_dixon(spec, volume, context.ingest)
@@ -239,6 +240,21 @@ def process_series(spec: SeriesSpec, context: RunContext, attempt: int = 1) -> S
         input_content=content, **{column: series_uid_digest(getattr(spec, column), content)
                                    for column in SERIES_UID_COLUMNS})
     return SeriesResult(record, features)
+
+
+def learn_crawled_series(spec: SeriesSpec) -> None:
+    """Where ``cohort manifest`` crawled the row's DICOM folders (its crawl cache lies beside the
+    manifest), this process learns which series their files are of, so that it reads the headers
+    of the row's own series only, not of every series in the folder (cohort.ingest.series_of_files)."""
+    from cohort.export.crawl import learn_series_of_files
+    from cohort.export.writing import cache_path
+
+    cache = cache_path(spec.manifest)
+    if not cache.is_file():
+        return
+    for source in spec.sources:
+        if source.series_uid and source.path.is_dir():
+            learn_series_of_files(cache, source.path)
 
 
 def check_unchanged_while_read(spec: SeriesSpec, inputs: InputStats, groups: list[SourceFiles]) -> None:

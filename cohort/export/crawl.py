@@ -11,7 +11,10 @@ UID as one series, as ``cohort run`` does.
 The rows are kept in a cache table (Parquet, beside the index): a rerun stats every file and
 reads again only those that are new or whose size or mtime changed, and those it could not open
 (``cannot open (...)``: permissions or a network file system, fixed without touching the file);
-the cache is dropped when the pseudonym key changed.
+the cache is dropped when the pseudonym key changed. The cache also tells ``cohort run`` which
+series each file of a folder is of (:func:`crawled_files_under`), so that a worker finding one
+series in a folder of many reads only that series' headers: each file's status-change time is
+kept beside its size and mtime for that, and the export's root in the table's metadata.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import pydicom
 import pydicom.config
 
 from cohort.export.pseudonyms import PseudonymKey
+from cohort.ingest import dicom
 from cohort.ingest.dicom import UNREADABLE, declares_rescale, truncated_pixel_data
+from cohort.ingest.series_of_files import CrawledFile
 from cohort.manifest import parse_age
 
 TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID",
@@ -42,10 +47,11 @@ TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfRefer
         "BitsAllocated", "SamplesPerPixel", "SliceThickness", "ConvolutionKernel", "ContrastBolusAgent", "KVP",
         "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientName", "OtherPatientIDs",
         "AccessionNumber", "RescaleSlope", "RescaleIntercept")
-FILE_COLUMNS = ("file", "size", "mtime_ns")
+FILE_COLUMNS = ("file", "size", "mtime_ns", "ctime_ns")
 CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
+ROOT_METADATA = b"cohort.crawl_root"
 FORMAT_METADATA = b"cohort.crawl_format"
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
 FORMAT = b"7"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
@@ -72,7 +78,7 @@ def crawl(root: Path, cache: Path, key: PseudonymKey, workers: int = 1, exclude:
     previous = _read_cache(cache, key)
     known = previous.set_index("file") if len(previous) else None
     if known is not None:
-        stamps = known[["size", "mtime_ns"]]
+        stamps = known[["size", "mtime_ns"]]  # a status change alone (chmod, a new link) is no new content
         joined = listed.join(stamps, on="file", rsuffix="_cached")
         unchanged = ((joined["size"] == joined["size_cached"]) & (joined["mtime_ns"] == joined["mtime_ns_cached"])
                      & ~joined["file"].isin(_retried(previous)))
@@ -86,8 +92,9 @@ def crawl(root: Path, cache: Path, key: PseudonymKey, workers: int = 1, exclude:
     fresh = pd.DataFrame(_read_all(root, todo, key, workers, on_progress), columns=list(HEADER_COLUMNS))
     fresh = fresh.merge(todo, on="file") if len(fresh) else _empty()
     files = pd.concat([frame for frame in (reused, fresh) if len(frame)] or [_empty()], ignore_index=True)
+    files["ctime_ns"] = files["file"].map(listed.set_index("file")["ctime_ns"]).astype("int64")  # as listed now
     files = files.sort_values("file", ignore_index=True)
-    _write_cache(files, cache, key)
+    _write_cache(files, cache, key, root)
     return Crawl(files=files, n_read=len(todo), n_new=n_new, n_changed=len(todo) - n_new, n_removed=n_removed)
 
 
@@ -99,7 +106,7 @@ def _retried(previous: pd.DataFrame) -> set[str]:
 
 
 def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFrame:
-    """``file`` (relative, POSIX), ``size`` and ``mtime_ns`` of every regular file under ``root``."""
+    """``file`` (relative, POSIX), ``size``, ``mtime_ns`` and ``ctime_ns`` of every regular file under ``root``."""
     skipped = {os.path.abspath(path) for path in exclude}
     rows = []
     stack = [os.path.abspath(root)]
@@ -108,16 +115,17 @@ def list_files(root: Path, exclude: frozenset[Path] = frozenset()) -> pd.DataFra
         try:
             entries = list(os.scandir(folder))
         except OSError:  # listed as a row of its own: reading it fails with the reason
-            rows.append((Path(os.path.relpath(folder, root)).as_posix(), -1, -1))
+            rows.append((Path(os.path.relpath(folder, root)).as_posix(), -1, -1, -1))
             continue
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
             elif entry.is_symlink() and entry.is_dir():  # not followed (nor by `cohort run`): a row, with why
-                rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), -1, -1))
+                rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), -1, -1, -1))
             elif entry.is_file() and entry.path not in skipped:
                 stat = entry.stat()
-                rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), stat.st_size, stat.st_mtime_ns))
+                rows.append((Path(os.path.relpath(entry.path, root)).as_posix(), stat.st_size, stat.st_mtime_ns,
+                             stat.st_ctime_ns))
     return pd.DataFrame(rows, columns=list(FILE_COLUMNS))
 
 
@@ -360,10 +368,49 @@ def _read_cache(cache: Path, key: PseudonymKey) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey) -> None:
+def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey, root: Path) -> None:
     table = pa.Table.from_pandas(files, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_METADATA: key.fingerprint.encode(),
-                                           FORMAT_METADATA: FORMAT})
+                                           FORMAT_METADATA: FORMAT,
+                                           ROOT_METADATA: os.path.abspath(root).encode()})
     partial_file = cache.with_name(cache.name + ".partial")
     pq.write_table(table, partial_file)
     os.replace(partial_file, cache)
+
+
+def crawled_files_under(cache: Path, folder: Path) -> dict[str, CrawledFile]:
+    """The files under ``folder`` that the crawl of ``cache`` read as DICOM images, by path spelled as
+    ``os.walk(folder)`` spells it; empty when the cache is missing, unreadable, of an older cohort
+    (no root or status-change times) or of an export ``folder`` is not in.
+
+    Files the crawl could not read or judged unusable are left out: ``cohort run`` reads those
+    itself, so that its own reasons (a truncated file of the series, say) still apply."""
+    try:
+        schema = pq.read_schema(cache)
+        root = (schema.metadata or {}).get(ROOT_METADATA)
+        if root is None or "ctime_ns" not in schema.names:
+            return {}
+        within = os.path.relpath(os.path.abspath(folder), root.decode())
+        if within == os.pardir or within.startswith(os.pardir + os.sep):
+            return {}
+        prefix = "" if within == os.curdir else Path(within).as_posix() + "/"
+        filters = [("file", ">=", prefix), ("file", "<", prefix[:-1] + chr(ord("/") + 1))] if prefix else None
+        table = pq.read_table(cache, columns=["file", "error", "series_uid", "size", "mtime_ns", "ctime_ns"],
+                              filters=filters)
+    except (OSError, pa.ArrowException):
+        return {}
+    rows = table.to_pandas()
+    rows = rows[rows["error"].isna() & rows["ctime_ns"].notna() & (rows["size"] >= 0)]
+    base = str(folder)
+    return {os.path.join(base, *file[len(prefix):].split("/")): CrawledFile(int(size), int(mtime), int(ctime), uid or "")
+            for file, uid, size, mtime, ctime in zip(rows["file"], rows["series_uid"], rows["size"], rows["mtime_ns"],
+                                                     rows["ctime_ns"])}
+
+
+def learn_series_of_files(cache: Path, folder: Path) -> int:
+    """Let this process know which series each file under ``folder`` is of from the crawl in
+    ``cache``, unless it has read the folder itself (:mod:`cohort.ingest.series_of_files`); returns
+    how many files it learnt of."""
+    if dicom.SERIES_OF_FILES.knows(folder):
+        return 0
+    return dicom.SERIES_OF_FILES.learn_from_crawl(folder, crawled_files_under(cache, folder))

@@ -10,6 +10,12 @@ any change and cannot be set back), so its header is read again. Only files know
 another series (or no DICOM at all) are skipped that way; a row always reads its own files'
 headers. Memory is bounded: the files of the :data:`MAX_FOLDERS` folders used last.
 
+A worker new to a folder can learn the same from ``cohort manifest``'s crawl, which read every
+header once (:meth:`SeriesOfFiles.learn_from_crawl`, the crawl cache beside the manifest): a file
+still of the size, modification and status-change times the crawl saw is known to be of the
+series it found, so even the first row of a folder reads only its own series' headers. Files
+added or changed since the crawl, and those it could not read, are read as before.
+
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as folder:
 ...     file = os.path.join(folder, "IM1"); _ = open(file, "w").write("x")
@@ -25,6 +31,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 MAX_FOLDERS = 16
@@ -39,6 +46,21 @@ def file_identity(file: str) -> FileIdentity | None:
     except OSError:
         return None
     return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+@dataclass(frozen=True)
+class CrawledFile:
+    """A file as ``cohort manifest``'s crawl saw it: its stat and the series of its header."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    series_uid: str
+
+    def matches(self, identity: FileIdentity | None) -> bool:
+        """Whether a file of ``identity`` is still the one the crawl read (a status change comes with
+        any write, rename over or copy onto it, and cannot be set back)."""
+        return identity is not None and identity[2:] == (self.size, self.mtime_ns, self.ctime_ns)
 
 
 class FolderSeries:
@@ -74,13 +96,35 @@ class SeriesOfFiles:
             known = self._folders.get(str(folder))
             return FolderSeries(folder, known.files if known else None)
 
+    def knows(self, folder: Path) -> bool:
+        with self._lock:
+            return str(folder) in self._folders
+
+    def learn_from_crawl(self, folder: Path, crawled: dict[str, CrawledFile]) -> int:
+        """Remember of a folder this process has not read the series of each file the crawl read
+        that is unchanged since (``crawled``: by path as ``os.walk(folder)`` spells it); returns how
+        many files. A folder already known keeps what this process read itself."""
+        known = FolderSeries(folder)
+        for file, seen in crawled.items():
+            identity = file_identity(file)
+            if seen.matches(identity):
+                known.remember(file, identity, seen.series_uid)
+        with self._lock:
+            if str(folder) in self._folders or not known.files:
+                return 0
+            self._keep(known)
+        return len(known.files)
+
     def store(self, known: FolderSeries) -> None:
         """Keep ``known`` as what is known of its folder, the folder least recently stored dropped beyond the bound."""
         with self._lock:
-            self._folders[str(known.folder)] = known
-            self._folders.move_to_end(str(known.folder))
-            while len(self._folders) > self._max_folders:
-                self._folders.popitem(last=False)
+            self._keep(known)
+
+    def _keep(self, known: FolderSeries) -> None:
+        self._folders[str(known.folder)] = known
+        self._folders.move_to_end(str(known.folder))
+        while len(self._folders) > self._max_folders:
+            self._folders.popitem(last=False)
 
 
 SERIES_OF_FILES = SeriesOfFiles()
