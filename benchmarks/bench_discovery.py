@@ -1,7 +1,7 @@
 """How often a DICOM row's files are found and their headers read: one PACS study folder holding
 its series flat (``cohort manifest`` writes the folder as ``path``, with a ``series_uid`` per row).
 
-    python benchmarks/bench_discovery.py --series 8 --slices 300 [--export /tmp/cohort_bench_flat]
+    python benchmarks/bench_discovery.py --series 8 --slices 300 [--export /tmp/cohort_bench/study]
 
 Per row, the ingest stage as ``process_series`` runs it: input fingerprint, ``load_ct`` (every
 header under the folder, to find the series; then its pixels) and the input content digest, the
@@ -142,8 +142,9 @@ def remembered_rows(specs: list[SeriesSpec], rounds: int = 2) -> None:
 def learnt_from_crawl(specs: list[SeriesSpec], rounds: int = 2) -> None:
     """Each row as a new worker's first row of the folder: every header read, or the files' series
     learnt from the crawl cache first (its reading timed with the row); the volumes are equal."""
-    folder = specs[0].path
-    _, crawl_s, _ = timed(lambda: crawl(folder, cache_path(specs[0].manifest), PseudonymKey(b"k" * 32)))
+    folder, cache = specs[0].path, cache_path(specs[0].manifest)
+    cache.unlink(missing_ok=True)
+    _, crawl_s, _ = timed(lambda: crawl(folder, cache, PseudonymKey(b"k" * 32)))
     print(f"the crawl `cohort manifest` makes once (every header, one process): {crawl_s:.2f} s")
     seconds: dict[bool, float] = {False: 0.0, True: 0.0}
     volumes: dict[str, set[str]] = collections.defaultdict(set)

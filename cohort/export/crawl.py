@@ -53,6 +53,9 @@ PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers 
 KEY_METADATA = b"cohort.pseudonym_key"
 ROOT_METADATA = b"cohort.crawl_root"
 FORMAT_METADATA = b"cohort.crawl_format"
+CACHE_ROW_GROUP_ROWS = 65_536
+"""Rows sorted by file: a run reads one folder's rows in a group or two (9 ms for 500 files of a
+2-million-file cache, against 34-46 ms with Parquet's default million-row groups)."""
 RETRIED_ERROR = "cannot open ("  # not the file's content: read again on every crawl
 FORMAT = b"7"  # 3: ages in completed years, descriptions without the name; 4: every name part; 5: birth date,
 # other patient IDs and accession number too; 6: frame_key, subject_key with the IssuerOfPatientID, patient_key,
@@ -374,7 +377,7 @@ def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey, root: Path
                                            FORMAT_METADATA: FORMAT,
                                            ROOT_METADATA: os.path.abspath(root).encode()})
     partial_file = cache.with_name(cache.name + ".partial")
-    pq.write_table(table, partial_file)
+    pq.write_table(table, partial_file, row_group_size=CACHE_ROW_GROUP_ROWS)
     os.replace(partial_file, cache)
 
 
