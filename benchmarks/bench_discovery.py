@@ -37,9 +37,8 @@ from pydicom.uid import generate_uid
 
 from cohort.export.crawl import crawl
 from cohort.export.pseudonyms import PseudonymKey
-from cohort.export.writing import cache_path
 from cohort.ingest import InputName, dicom, load_ct
-from cohort.ingest.series_of_files import SeriesOfFiles
+from cohort.ingest.series_of_files import SeriesOfFiles, crawl_cache_path
 from cohort.manifest import SeriesSpec
 from cohort.pipeline import input_groups, learn_crawled_series
 from cohort.provenance import (
@@ -145,7 +144,7 @@ def remembered_rows(specs: list[SeriesSpec], rounds: int = 2) -> None:
 def learnt_from_crawl(specs: list[SeriesSpec], rounds: int = 2) -> None:
     """Each row as a new worker's first row of the folder: every header read, or the files' series
     learnt from the crawl cache first (its reading timed with the row); the volumes are equal."""
-    folder, cache = specs[0].path, cache_path(specs[0].manifest)
+    folder, cache = specs[0].path, crawl_cache_path(specs[0].manifest)
     cache.unlink(missing_ok=True)
     _, crawl_s, _ = timed(lambda: crawl(folder, cache, PseudonymKey(b"k" * 32)))
     print(f"the crawl `cohort manifest` makes once (every header, one process): {crawl_s:.2f} s")

@@ -43,6 +43,7 @@ from cohort.ingest.names import InputName
 from cohort.ingest.nifti import READ_ERRORS, igzip, is_nifti, open_nifti, unreadable_nifti
 from cohort.ingest.volume import Grid, ScanOrigin
 from cohort.manifest import IMAGE_COLUMNS, Problem, SeriesSpec, dixon_problem, read_manifest, subject_problems
+from cohort.pipeline import learn_crawled_series
 
 FILE_COLUMNS = ("path", "labels", *IMAGE_COLUMNS)  # the image first: the others are judged on its grid
 GZIP_ISIZE_BYTES = 4  # a gzip member's last field: its inflated size mod 2**32
@@ -111,6 +112,7 @@ def _file_problems(spec: SeriesSpec, rules: FileRules) -> list[Problem]:
     reads it, and the label map and Dixon images on the image's grid (``cohort.ingest.checks``)."""
     names = {column: InputName.in_manifest(getattr(spec, column), spec.line, column)
              for column in FILE_COLUMNS if getattr(spec, column) is not None}
+    learn_crawled_series(spec)
     image: Grid | None = None
     image_origin: ScanOrigin | None = None
     dixon_scales: dict[str, tuple[str, frozenset[float]]] = {}

@@ -24,6 +24,8 @@ import cohort
 from cohort.config import ClassMap, IngestConfig, RunConfig, config_file, load_class_map, load_lower_bounds
 from cohort.errors import OutOfMemory, RunCannotStart, SeriesError, is_out_of_memory
 from cohort.ingest import InputName, LabelMap, Volume, align_image, check_dixon_scaling, load_ct, load_labels
+from cohort.ingest.dicom import learn_from_crawl
+from cohort.ingest.series_of_files import crawl_cache_path
 from cohort.manifest import (INPUT_COLUMNS, SERIES_UID_COLUMNS, SeriesSpec, Subject, dixon_problem, subject_or_empty,
                              validate_subject)
 from cohort.measurement import StructureMeasurements, measure_structures, qc_status
@@ -246,15 +248,12 @@ def learn_crawled_series(spec: SeriesSpec) -> None:
     """Where ``cohort manifest`` crawled the row's DICOM folders (its crawl cache lies beside the
     manifest), this process learns which series their files are of, so that it reads the headers
     of the row's own series only, not of every series in the folder (cohort.ingest.series_of_files)."""
-    from cohort.export.crawl import learn_series_of_files
-    from cohort.export.writing import cache_path
-
-    cache = cache_path(spec.manifest)
+    cache = crawl_cache_path(spec.manifest)
     if not cache.is_file():
         return
     for source in spec.sources:
         if source.series_uid and source.path.is_dir():
-            learn_series_of_files(cache, source.path)
+            learn_from_crawl(cache, source.path)
 
 
 def check_unchanged_while_read(spec: SeriesSpec, inputs: InputStats, groups: list[SourceFiles]) -> None:

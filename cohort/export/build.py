@@ -16,8 +16,8 @@ from cohort.export.crawl import Crawl, crawl
 from cohort.export.policy import load_policy, select
 from cohort.export.pseudonyms import key_path, load_or_create_key
 from cohort.export.series import SeriesSummary, summarise
+from cohort.ingest.series_of_files import crawl_cache_path
 from cohort.export.writing import (
-    cache_path,
     index_path,
     unreadable_path,
     write_index,
@@ -113,9 +113,9 @@ def build_manifest(dicom: Path, manifest: Path, policy: Path | None = None, key:
     created = not key_file.exists()
     secret = load_or_create_key(key_file, manifest.parent)
     outputs = frozenset(path.resolve() for path in (manifest, index_path(manifest), unreadable_path(manifest),
-                                                    cache_path(manifest)))
+                                                    crawl_cache_path(manifest)))
     outputs |= {path.with_name(path.name + ".partial") for path in outputs}
-    crawled = crawl(dicom, cache_path(manifest), secret, workers or len(os.sched_getaffinity(0)), outputs, on_progress)
+    crawled = crawl(dicom, crawl_cache_path(manifest), secret, workers or len(os.sched_getaffinity(0)), outputs, on_progress)
     series, n_capped = cap_ages(summarise(crawled.files, dicom), age_cap)
     choices = select(series, selection)
     n_chosen = write_manifest(choices, manifest, dicom, secret)

@@ -12,7 +12,7 @@ The rows are kept in a cache table (Parquet, beside the index): a rerun stats ev
 reads again only those that are new or whose size or mtime changed, and those it could not open
 (``cannot open (...)``: permissions or a network file system, fixed without touching the file);
 the cache is dropped when the pseudonym key changed. The cache also tells ``cohort run`` which
-series each file of a folder is of (:func:`crawled_files_under`), so that a worker finding one
+series each file of a folder is of (``cohort.ingest.series_of_files``), so that a worker finding one
 series in a folder of many reads only that series' headers: each file's status-change time is
 kept beside its size and mtime for that, and the export's root in the table's metadata.
 """
@@ -35,9 +35,8 @@ import pydicom
 import pydicom.config
 
 from cohort.export.pseudonyms import PseudonymKey
-from cohort.ingest import dicom
 from cohort.ingest.dicom import UNREADABLE, declares_rescale, truncated_pixel_data
-from cohort.ingest.series_of_files import CrawledFile
+from cohort.ingest.series_of_files import CRAWL_ROOT_METADATA
 from cohort.manifest import parse_age
 
 TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID",
@@ -51,7 +50,6 @@ FILE_COLUMNS = ("file", "size", "mtime_ns", "ctime_ns")
 CHUNK_FILES = 256
 PARALLEL_FROM_FILES = 1000  # fewer files are read in-process: starting workers would cost more
 KEY_METADATA = b"cohort.pseudonym_key"
-ROOT_METADATA = b"cohort.crawl_root"
 FORMAT_METADATA = b"cohort.crawl_format"
 CACHE_ROW_GROUP_ROWS = 65_536
 """Rows sorted by file: a run reads one folder's rows in a group or two (9 ms for 500 files of a
@@ -375,45 +373,8 @@ def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey, root: Path
     table = pa.Table.from_pandas(files, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_METADATA: key.fingerprint.encode(),
                                            FORMAT_METADATA: FORMAT,
-                                           ROOT_METADATA: os.path.abspath(root).encode()})
+                                           CRAWL_ROOT_METADATA: os.path.abspath(root).encode()})
     partial_file = cache.with_name(cache.name + ".partial")
     pq.write_table(table, partial_file, row_group_size=CACHE_ROW_GROUP_ROWS)
     os.replace(partial_file, cache)
 
-
-def crawled_files_under(cache: Path, folder: Path) -> dict[str, CrawledFile]:
-    """The files under ``folder`` that the crawl of ``cache`` read as DICOM images, by path spelled as
-    ``os.walk(folder)`` spells it; empty when the cache is missing, unreadable, of an older cohort
-    (no root or status-change times) or of an export ``folder`` is not in.
-
-    Files the crawl could not read or judged unusable are left out: ``cohort run`` reads those
-    itself, so that its own reasons (a truncated file of the series, say) still apply."""
-    try:
-        schema = pq.read_schema(cache)
-        root = (schema.metadata or {}).get(ROOT_METADATA)
-        if root is None or "ctime_ns" not in schema.names:
-            return {}
-        within = os.path.relpath(os.path.abspath(folder), root.decode())
-        if within == os.pardir or within.startswith(os.pardir + os.sep):
-            return {}
-        prefix = "" if within == os.curdir else Path(within).as_posix() + "/"
-        filters = [("file", ">=", prefix), ("file", "<", prefix[:-1] + chr(ord("/") + 1))] if prefix else None
-        table = pq.read_table(cache, columns=["file", "error", "series_uid", "size", "mtime_ns", "ctime_ns"],
-                              filters=filters)
-    except (OSError, pa.ArrowException):
-        return {}
-    rows = table.to_pandas()
-    rows = rows[rows["error"].isna() & rows["ctime_ns"].notna() & (rows["size"] >= 0)]
-    base = str(folder)
-    return {os.path.join(base, *file[len(prefix):].split("/")): CrawledFile(int(size), int(mtime), int(ctime), uid or "")
-            for file, uid, size, mtime, ctime in zip(rows["file"], rows["series_uid"], rows["size"], rows["mtime_ns"],
-                                                     rows["ctime_ns"])}
-
-
-def learn_series_of_files(cache: Path, folder: Path) -> int:
-    """Let this process know which series each file under ``folder`` is of from the crawl in
-    ``cache``, unless it has read the folder itself (:mod:`cohort.ingest.series_of_files`); returns
-    how many files it learnt of."""
-    if dicom.SERIES_OF_FILES.knows(folder):
-        return 0
-    return dicom.SERIES_OF_FILES.learn_from_crawl(folder, crawled_files_under(cache, folder))

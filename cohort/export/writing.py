@@ -37,11 +37,6 @@ def unreadable_path(manifest: Path) -> Path:
     return manifest.with_name(manifest.stem + ".unreadable.parquet")
 
 
-def cache_path(manifest: Path) -> Path:
-    """The crawl cache (one header row per file, no identifying field) beside the index."""
-    return manifest.with_name(manifest.stem + ".crawl.parquet")
-
-
 def series_id(series: SeriesSummary, key: PseudonymKey) -> str:
     """The pseudonym of the series' identity: of its UID, else of its study key and folder."""
     return key.pseudonym("ser", series.identity)

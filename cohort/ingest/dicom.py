@@ -51,7 +51,7 @@ from cohort.errors import SeriesError
 from cohort.ingest.limits import check_voxel_count
 from cohort.ingest.names import InputName
 from cohort.ingest.padding import Padding, declared_padding, padding_mask
-from cohort.ingest.series_of_files import SERIES_OF_FILES, FolderSeries, file_identity
+from cohort.ingest.series_of_files import SERIES_OF_FILES, FolderSeries, crawled_files_under, file_identity
 from cohort.ingest.volume import ScanOrigin
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -384,6 +384,15 @@ def _series_headers(name: InputName, series_uid: str | None) -> dict[str, pydico
     if not headers:
         raise SeriesError(f"{name}: no file under the folder is of the DICOM series the manifest names")
     return headers
+
+
+def learn_from_crawl(cache: Path, folder: Path) -> int:
+    """Let this process know which series each file under ``folder`` is of from the crawl in
+    ``cache``, unless it has read the folder itself (:mod:`cohort.ingest.series_of_files`); returns
+    how many files it learnt of."""
+    if SERIES_OF_FILES.knows(folder):
+        return 0
+    return SERIES_OF_FILES.learn_from_crawl(folder, crawled_files_under(cache, folder))
 
 
 def _files_under(folder: Path) -> list[str]:

@@ -34,7 +34,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 MAX_FOLDERS = 16
+CRAWL_ROOT_METADATA = b"cohort.crawl_root"
+"""The crawl cache's metadata key holding the export's root: its ``file`` column is relative to it."""
 
 FileIdentity = tuple[int, int, int, int, int]
 
@@ -128,3 +134,39 @@ class SeriesOfFiles:
 
 
 SERIES_OF_FILES = SeriesOfFiles()
+
+
+def crawl_cache_path(manifest: Path) -> Path:
+    """The crawl cache ``cohort manifest`` keeps beside a manifest (one header row per file, no
+    identifying field; ``cohort.export.crawl``)."""
+    return manifest.with_name(manifest.stem + ".crawl.parquet")
+
+
+def crawled_files_under(cache: Path, folder: Path) -> dict[str, CrawledFile]:
+    """The files under ``folder`` that the crawl of ``cache`` read as DICOM images, by path spelled as
+    ``os.walk(folder)`` spells it; empty when the cache is missing, unreadable, of an older cohort
+    (no root or status-change times) or of an export ``folder`` is not in.
+
+    Files the crawl could not read or judged unusable are left out: ``cohort run`` reads those
+    itself, so that its own reasons (a truncated file of the series, say) still apply. Only the
+    cache's rows of the folder are read: they are sorted by path, in small row groups."""
+    try:
+        schema = pq.read_schema(cache)
+        root = (schema.metadata or {}).get(CRAWL_ROOT_METADATA)
+        if root is None or "ctime_ns" not in schema.names:
+            return {}
+        within = os.path.relpath(os.path.abspath(folder), root.decode())
+        if within == os.pardir or within.startswith(os.pardir + os.sep):
+            return {}
+        prefix = "" if within == os.curdir else Path(within).as_posix() + "/"
+        filters = [("file", ">=", prefix), ("file", "<", prefix[:-1] + chr(ord("/") + 1))] if prefix else None
+        table = pq.read_table(cache, columns=["file", "error", "series_uid", "size", "mtime_ns", "ctime_ns"],
+                              filters=filters)
+    except (OSError, pa.ArrowException):
+        return {}
+    table = table.filter(pc.and_(pc.and_(pc.is_null(table["error"]), pc.is_valid(table["ctime_ns"])),
+                                 pc.greater_equal(table["size"], 0)))
+    columns = (table[name].to_pylist() for name in ("file", "series_uid", "size", "mtime_ns", "ctime_ns"))
+    base = str(folder)
+    return {os.path.join(base, *file[len(prefix):].split("/")): CrawledFile(size, mtime, ctime, uid or "")
+            for file, uid, size, mtime, ctime in zip(*columns)}

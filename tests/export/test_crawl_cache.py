@@ -11,11 +11,10 @@ import pydicom
 import pytest
 
 import cohort.export.crawl as crawl_module
-from cohort.export.crawl import RETRIED_ERROR, crawl, crawled_files_under
+from cohort.export.crawl import RETRIED_ERROR, crawl
 from cohort.export.pseudonyms import PseudonymKey
-from cohort.export.writing import cache_path
 from cohort.ingest import InputName, dicom, load_ct
-from cohort.ingest.series_of_files import SeriesOfFiles
+from cohort.ingest.series_of_files import CRAWL_ROOT_METADATA, SeriesOfFiles, crawl_cache_path, crawled_files_under
 from cohort.manifest import SeriesSpec
 from cohort.pipeline import learn_crawled_series
 from tests.export.conftest import JANE
@@ -107,7 +106,7 @@ def test_a_worker_reads_only_its_series_headers_where_the_manifest_crawled_the_f
     them all."""
     folder, (series_a, _, _) = _flat_study(examples, tmp_path / "export")
     manifest = tmp_path / "scans.csv"
-    crawl(tmp_path / "export", cache_path(manifest), KEY)
+    crawl(tmp_path / "export", crawl_cache_path(manifest), KEY)
     spec = SeriesSpec("a", folder, 2, manifest, series_uid=series_a)
 
     _new_worker(monkeypatch)
@@ -130,7 +129,7 @@ def test_a_file_changed_since_the_crawl_is_read_again(examples: Path, tmp_path: 
     A would silently lose its top slice. Its times changed, so the worker reads it."""
     folder, (series_a, series_b, _) = _flat_study(examples, tmp_path / "export")
     manifest = tmp_path / "scans.csv"
-    crawl(tmp_path / "export", cache_path(manifest), KEY)
+    crawl(tmp_path / "export", crawl_cache_path(manifest), KEY)
     top = pydicom.dcmread(sorted(folder.glob(f"IM{series_a[-6:]}_*.dcm"))[-1])
     below = pydicom.dcmread(sorted(folder.glob(f"IM{series_a[-6:]}_*.dcm"))[-2])
     step = float(top.ImagePositionPatient[2]) - float(below.ImagePositionPatient[2])
@@ -159,7 +158,7 @@ def test_a_crawl_of_an_older_cohort_or_another_export_teaches_nothing(examples: 
     assert len(crawled_files_under(cache, tmp_path / "export")) == 60  # the root itself
 
     table = pq.read_table(cache)
-    metadata = {key: value for key, value in table.schema.metadata.items() if key != crawl_module.ROOT_METADATA}
+    metadata = {key: value for key, value in table.schema.metadata.items() if key != CRAWL_ROOT_METADATA}
     pq.write_table(table.replace_schema_metadata(metadata), cache)
     assert crawled_files_under(cache, folder) == {}
 
