@@ -28,6 +28,4 @@ def merge_into(merged: np.ndarray, network_labels: np.ndarray, lut: np.ndarray) 
     """Write ``network_labels`` (mapped through ``lut``) into ``merged`` where they are not 0."""
     if network_labels.max(initial=0) >= len(lut):
         raise ValueError(f"network predicted label {int(network_labels.max())}, its class map ends at {len(lut) - 1}")
-    mapped = lut[network_labels]
-    foreground = network_labels > 0
-    merged[foreground] = mapped[foreground].astype(merged.dtype)
+    np.copyto(merged, lut.astype(merged.dtype)[network_labels], where=network_labels > 0)  # no index arrays
