@@ -36,7 +36,7 @@ import pydicom.config
 
 from cohort.export.pseudonyms import PseudonymKey
 from cohort.ingest.dicom import UNREADABLE, declares_rescale, truncated_pixel_data
-from cohort.ingest.series_of_files import CRAWL_ROOT_METADATA
+from cohort.ingest.series_of_files import CRAWL_ROOT_METADATA, crawl_root_text
 from cohort.manifest import parse_age
 
 TAGS = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientID",
@@ -373,7 +373,7 @@ def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey, root: Path
     table = pa.Table.from_pandas(files, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), KEY_METADATA: key.fingerprint.encode(),
                                            FORMAT_METADATA: FORMAT,
-                                           CRAWL_ROOT_METADATA: os.path.abspath(root).encode()})
+                                           CRAWL_ROOT_METADATA: crawl_root_text(root, cache).encode()})
     partial_file = cache.with_name(cache.name + ".partial")
     pq.write_table(table, partial_file, row_group_size=CACHE_ROW_GROUP_ROWS)
     os.replace(partial_file, cache)

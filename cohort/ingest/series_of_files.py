@@ -40,7 +40,8 @@ import pyarrow.parquet as pq
 
 MAX_FOLDERS = 16
 CRAWL_ROOT_METADATA = b"cohort.crawl_root"
-"""The crawl cache's metadata key holding the export's root: its ``file`` column is relative to it."""
+"""The crawl cache's metadata key holding the export's root (:func:`crawl_root_text`): its ``file``
+column is relative to it."""
 
 FileIdentity = tuple[int, int, int, int, int]
 
@@ -142,6 +143,14 @@ def crawl_cache_path(manifest: Path) -> Path:
     return manifest.with_name(manifest.stem + ".crawl.parquet")
 
 
+def crawl_root_text(root: Path, cache: Path) -> str:
+    """The export's root as the crawl cache records it: relative to the cache's folder when it lies
+    under it (the two then move, or are mounted elsewhere on a cluster's nodes, together), else
+    absolute, as ``cohort manifest`` writes a row's ``path``."""
+    root, home = Path(os.path.abspath(root)), Path(os.path.abspath(cache)).parent
+    return root.relative_to(home).as_posix() if root.is_relative_to(home) else str(root)
+
+
 def crawled_files_under(cache: Path, folder: Path) -> dict[str, CrawledFile]:
     """The files under ``folder`` that the crawl of ``cache`` read as DICOM images, by path spelled as
     ``os.walk(folder)`` spells it; empty when the cache is missing, unreadable, of an older cohort
@@ -155,7 +164,7 @@ def crawled_files_under(cache: Path, folder: Path) -> dict[str, CrawledFile]:
         root = (schema.metadata or {}).get(CRAWL_ROOT_METADATA)
         if root is None or "ctime_ns" not in schema.names:
             return {}
-        within = os.path.relpath(os.path.abspath(folder), root.decode())
+        within = os.path.relpath(os.path.abspath(folder), os.path.join(os.path.abspath(cache.parent), root.decode()))
         if within == os.pardir or within.startswith(os.pardir + os.sep):
             return {}
         prefix = "" if within == os.curdir else Path(within).as_posix() + "/"

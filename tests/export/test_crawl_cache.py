@@ -171,3 +171,16 @@ def test_a_crawl_of_an_older_cohort_or_another_export_teaches_nothing(examples: 
     pq.write_table(table.set_column(table.schema.get_field_index("error"), "error", pa.array(errors, pa.string())),
                    cache)
     assert len(crawled_files_under(cache, folder)) == 59
+
+
+def test_a_crawl_moved_with_its_export_still_teaches(examples: Path, tmp_path: Path) -> None:
+    """The root is recorded relative to the cache's folder when it lies under it: the manifest's
+    folder moved (or mounted elsewhere on a cluster's nodes) with its export keeps its use, as
+    renaming a parent folder changes no file's times."""
+    site = tmp_path / "site"
+    folder, _ = _flat_study(examples, site / "export")
+    crawl(site / "export", site / "scans.crawl.parquet", KEY)
+    assert pq.read_schema(site / "scans.crawl.parquet").metadata[CRAWL_ROOT_METADATA] == b"export"
+    site.rename(tmp_path / "moved")
+    moved = tmp_path / "moved" / "export" / "study"
+    assert len(crawled_files_under(tmp_path / "moved" / "scans.crawl.parquet", moved)) == 60
