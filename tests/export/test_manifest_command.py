@@ -15,6 +15,7 @@ import pytest
 from cohort.errors import ConfigError, RunCannotStart
 from cohort.export import build_manifest
 from cohort.export.pseudonyms import KEY_ENV
+from cohort.ingest.series_of_files import crawl_cache_path
 from tests.export.conftest import JOHN, SECRETS, TEST_POLICY, Export
 from tests.export.pacs import Study, example_slices, write_series
 from tests.testkit import cohort_cli
@@ -153,6 +154,7 @@ def test_cohort_run_processes_exactly_the_chosen_series(made, examples: Path, tm
         writer = csv.DictWriter(handle, fieldnames=[*rows[0], "labels"])
         writer.writeheader()
         writer.writerows({**row, "labels": str(examples / "example_seg_dicom.nii.gz")} for row in rows)
+    shutil.copy(crawl_cache_path(out / "scans.csv"), crawl_cache_path(manifest))  # workers learn the files' series
     results = tmp_path / "results"
     done = cohort_cli("run", "--manifest", str(manifest), "--out", str(results), api=prefect_server)
     assert done.returncode == 0, done.stderr
