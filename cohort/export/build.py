@@ -16,7 +16,6 @@ from cohort.export.crawl import Crawl, crawl
 from cohort.export.policy import load_policy, select
 from cohort.export.pseudonyms import key_path, load_or_create_key
 from cohort.export.series import SeriesSummary, summarise
-from cohort.ingest.series_of_files import crawl_cache_path
 from cohort.export.writing import (
     index_path,
     unreadable_path,
@@ -24,6 +23,7 @@ from cohort.export.writing import (
     write_manifest,
     write_unreadable,
 )
+from cohort.ingest.series_of_files import crawl_cache_path
 
 MAX_REASONS_SHOWN = 5
 

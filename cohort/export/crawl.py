@@ -377,4 +377,3 @@ def _write_cache(files: pd.DataFrame, cache: Path, key: PseudonymKey, root: Path
     partial_file = cache.with_name(cache.name + ".partial")
     pq.write_table(table, partial_file, row_group_size=CACHE_ROW_GROUP_ROWS)
     os.replace(partial_file, cache)
-

@@ -57,37 +57,32 @@ def to_native(labels: np.ndarray, canonical: Canonical) -> np.ndarray:
 
 
 def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...], order: int = 1,
-                   dtype: str = "int32", device: torch.device = CPU) -> np.ndarray:
+                   dtype: str = "int32", device: torch.device = CPU) -> torch.Tensor:
     """Resampling of an image to ``target`` spacing (mm): linear (``order`` 1), nearest (0) or cubic
-    spline (3, scipy's, on the CPU), values cast to ``dtype`` (TotalSegmentator: int32).
+    spline (3, scipy's, on the CPU), values cast to ``dtype`` (TotalSegmentator: int32); a tensor
+    left where it was computed: on ``device`` when it is a GPU (the network's preprocessing reads it
+    there), on the CPU otherwise.
 
     Computed in float64 as TotalSegmentator does (it reads the image with ``get_fdata``), so that
     the int32 truncation lands on the same values: on the CPU with ``scipy.ndimage.zoom`` itself,
     on a GPU with the same arithmetic in torch (:mod:`cohort.segmentation.zoom`). A GPU without
     the memory for it (a very large CT beside other series) hands the work to the CPU.
     """
-    return resampled_image_tensor(array, spacing, target, order, dtype, device).cpu().numpy()
-
-
-def resampled_image_tensor(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...], order: int,
-                           dtype: str, device: torch.device) -> torch.Tensor:
-    """:func:`resample_image` as a tensor left where it was computed: on ``device`` when it is a GPU
-    (the network's preprocessing reads it there), on the CPU otherwise or when the GPU ran out of
-    memory."""
     zoom = np.asarray(spacing, dtype=float) / np.asarray(target, dtype=float)
+    same_grid = bool(np.allclose(zoom, 1.0))
     if device.type != "cpu" and order in (0, 1):  # a cubic spline (order 3) runs on the CPU
         try:
-            source = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-            if np.allclose(zoom, 1.0):
-                return source.to(getattr(torch, dtype))
-            shape = zoom_shape(array.shape, zoom)
-            resampled = linear_zoom(source, shape) if order == 1 else nearest_zoom(source, shape).to(torch.float64)
-            return resampled.to(getattr(torch, dtype))
+            image = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+            if not same_grid:
+                shape = zoom_shape(array.shape, zoom)
+                image = linear_zoom(image, shape) if order == 1 else nearest_zoom(image, shape).to(torch.float64)
+            return image.to(getattr(torch, dtype))
         except torch.OutOfMemoryError:
             _out_of_device_memory(device, array.size)
-    if np.allclose(zoom, 1.0):
-        return torch.from_numpy(np.asarray(array, dtype=np.float64).astype(dtype))
-    return torch.from_numpy(ndimage.zoom(np.asarray(array, dtype=np.float64), zoom, order=order, mode="nearest").astype(dtype))
+    values = np.asarray(array, dtype=np.float64)
+    if not same_grid:
+        values = ndimage.zoom(values, zoom, order=order, mode="nearest")
+    return torch.from_numpy(values.astype(dtype))
 
 
 def resample_labels(labels: np.ndarray, shape: tuple[int, ...], device: torch.device = CPU) -> np.ndarray:

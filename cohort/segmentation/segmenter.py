@@ -31,7 +31,7 @@ from cohort.segmentation.predictor import NetworkPredictor
 from cohort.segmentation.body_crop import Box, body_box, paste
 from cohort.segmentation.postprocess import clean_label_map
 from cohort.segmentation.registry import ModelSpec, PreprocessSpec, model_class_map
-from cohort.segmentation.resample import RAS, Canonical, resample_labels, resampled_image_tensor, to_canonical, to_native
+from cohort.segmentation.resample import RAS, Canonical, resample_image, resample_labels, to_canonical, to_native
 from cohort.segmentation.weights import check_model_ready, network_folder
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ class Segmenter:
         canonical = to_canonical(volume.hu, volume.affine, self.axcodes)
         box = body_box(canonical.array, canonical.spacing, self.spec.body_crop) if self.spec.body_crop.enabled else None
         cropped = canonical.array if box is None else canonical.array[box]
-        image = resampled_image_tensor(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
-                                       pre.resample_order, pre.image_dtype, self.device)
+        image = resample_image(rescale_intensities(cropped, pre), canonical.spacing, self.spacing,
+                               pre.resample_order, pre.image_dtype, self.device)
         return image, canonical, box, cropped
 
     def _predict(self, image: torch.Tensor, volume: Volume) -> np.ndarray:

@@ -74,8 +74,8 @@ def test_a_device_out_of_memory_resamples_on_the_cpu(clinical_ct: np.ndarray, mo
                         else nearest_zoom(array, shape))
     meta = torch.device("meta")
     target = (3.0, 3.0, 3.0)
-    assert np.array_equal(resample_image(clinical_ct, tuple(CLINICAL_MM), target, device=meta),
-                          resample_image(clinical_ct, tuple(CLINICAL_MM), target))
+    assert np.array_equal(resample_image(clinical_ct, tuple(CLINICAL_MM), target, device=meta).numpy(),
+                          resample_image(clinical_ct, tuple(CLINICAL_MM), target).numpy())
     labels = (clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8)
     assert np.array_equal(resample_labels(labels, clinical_ct.shape, meta), resample_labels(labels, clinical_ct.shape))
     assert "resampling on the CPU instead" in caplog.text
@@ -89,7 +89,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 def test_resampling_on_the_gpu_equals_the_cpu(clinical_ct: np.ndarray) -> None:
     cuda = torch.device("cuda:0")
     for target in [(3.0, 3.0, 3.0), (1.5, 1.5, 1.5)]:
-        assert np.array_equal(resample_image(clinical_ct, tuple(CLINICAL_MM), target, device=cuda),
-                              resample_image(clinical_ct, tuple(CLINICAL_MM), target))
+        assert np.array_equal(resample_image(clinical_ct, tuple(CLINICAL_MM), target, device=cuda).cpu().numpy(),
+                              resample_image(clinical_ct, tuple(CLINICAL_MM), target).numpy())
     labels = (clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8)
     assert np.array_equal(resample_labels(labels, clinical_ct.shape, cuda), resample_labels(labels, clinical_ct.shape))
