@@ -4,13 +4,19 @@
    ``run_case_npy`` on the CPU against cohort's torch version where the image is. The clinical-size
    CT (0.8 x 0.8 x 1.5 mm, 39 M voxels) resampled to each model's grid; every network of the model
    (the full model has five, each with its own plans), outputs checked equal bit for bit.
-2. Counting the label x value histograms that measurement reads (the clinical CT with a label map
+2. The labels back to the CT's grid: from each network's labels of its cropped box to the native
+   label map on the CPU (un-crop, merge the networks in the model's ids, resample to the CT's
+   spacing, undo the body crop and the reorientation). The way before 2026-11-29 (each network's
+   labels to the CPU, un-cropped and merged with numpy there, resampled on the device, pasted and
+   reoriented with numpy and nibabel) against cohort's torch steps where the labels are; label
+   maps checked equal.
+3. Counting the label x value histograms that measurement reads (the clinical CT with a label map
    of 118 random ids): numpy on the CPU against ``torch.bincount``, counts checked equal.
 
 Best of ``--repeat`` each. With a CUDA GPU it also times what a series pays there: the old way
 brings the resampled image to the CPU, preprocesses it there and sends the float32 result back
 (pinned), and counts on the CPU; the new way preprocesses on the GPU and counts there (the CT and
-label map uploaded, the histograms downloaded).
+label map uploaded, the histograms downloaded); for the labels, the old way's round trips.
 
     python benchmarks/bench_device_work.py --models fast full --repeat 5
 """
@@ -23,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -31,7 +38,11 @@ from cohort.ingest import load_ct
 from cohort.measurement.features import label_value_histograms
 from cohort.measurement.on_device import label_value_histograms_on_device
 from cohort.segmentation import load_model_spec
+from cohort.segmentation.body_crop import paste
+from cohort.segmentation.merge import merge_into
+from cohort.segmentation.resample import resample_labels, to_native
 from cohort.segmentation.segmenter import Segmenter
+from cohort.segmentation.zoom import nearest_zoom
 from cohort.testing.weights import build_weights
 
 
@@ -79,6 +90,50 @@ def compare_model(model: str, volume, work: Path, repeat: int, device: torch.dev
           f"({old_total / new_total:.1f}x)")
 
 
+def labels_back_before(segmenter: Segmenter, outputs: list, canonical, box, cropped_shape) -> np.ndarray:
+    """The code before 2026-11-29: every network's labels to the CPU, numpy there."""
+    merged = np.zeros(outputs[0][3], dtype=np.uint8)
+    for (_, predictor, lut), (labels, properties, _, _) in zip(segmenter._networks, outputs):
+        host = labels.cpu().numpy()
+        full = np.zeros(properties["shape_before_cropping"], dtype=host.dtype)
+        full[tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])] = host
+        full = np.ascontiguousarray(full.transpose(predictor._predictor.plans_manager.transpose_backward).transpose(2, 1, 0))
+        np.copyto(merged, lut.cpu().numpy().astype(np.uint8)[full], where=full > 0)
+    if segmenter.device.type == "cuda":
+        resampled = nearest_zoom(torch.from_numpy(merged).to(segmenter.device), tuple(cropped_shape)).cpu().numpy()
+    else:
+        resampled = nearest_zoom(merged, tuple(cropped_shape))
+    if box is not None:
+        pasted = np.zeros(canonical.array.shape, dtype=resampled.dtype)
+        pasted[box] = resampled
+        resampled = pasted
+    return np.ascontiguousarray(nib.orientations.apply_orientation(resampled, canonical.to_native))
+
+
+def labels_back_now(segmenter: Segmenter, outputs: list, canonical, box, cropped_shape) -> np.ndarray:
+    """cohort's steps (Segmenter.segment) where the labels are; one label map to the CPU at the end."""
+    merged = torch.zeros(outputs[0][3], dtype=torch.uint8, device=segmenter.device)
+    for (_, predictor, lut), (labels, properties, _, _) in zip(segmenter._networks, outputs):
+        merge_into(merged, predictor._uncropped(labels, properties), lut)
+    return to_native(paste(resample_labels(merged, tuple(cropped_shape)), box, canonical.array.shape), canonical).cpu().numpy()
+
+
+def compare_labels_back(model: str, volume, work: Path, repeat: int, device: torch.device) -> None:
+    spec = load_model_spec(model)
+    segmenter = Segmenter(spec, work / model, device)
+    image, canonical, box, cropped = segmenter._prepare(volume)
+    outputs = []
+    for predictor in segmenter.predictors:
+        data, properties = predictor.preprocess(image, segmenter.spacing)
+        outputs.append((predictor._argmax_labels(data), properties, None, tuple(image.shape)))
+    before = labels_back_before(segmenter, outputs, canonical, box, cropped.shape)
+    assert np.array_equal(labels_back_now(segmenter, outputs, canonical, box, cropped.shape), before), "label maps differ"
+    old = best_seconds(lambda: labels_back_before(segmenter, outputs, canonical, box, cropped.shape), repeat, device)
+    new = best_seconds(lambda: labels_back_now(segmenter, outputs, canonical, box, cropped.shape), repeat, device)
+    print(f"{model}: labels back to the CT's grid ({len(outputs)} network(s) -> {before.size / 1e6:.1f} M voxels), "
+          f"{device}: before {old * 1000:.0f} ms, now {new * 1000:.0f} ms ({old / new:.1f}x), equal")
+
+
 def compare_counting(volume, repeat: int, device: torch.device) -> None:
     labels = np.random.default_rng(0).integers(0, 118, volume.hu.shape, dtype=np.uint8)
     values = np.arange(int(volume.hu.min()), int(volume.hu.max()) + 1)
@@ -104,6 +159,7 @@ def main() -> None:
     for device in devices:
         for model in args.models:
             compare_model(model, volume, work, args.repeat, device)
+            compare_labels_back(model, volume, work, args.repeat, device)
         compare_counting(volume, args.repeat, device)
 
 

@@ -15,6 +15,7 @@ costs a fraction of a second and cannot miss the body of a CT, whose skin is at 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from cohort.segmentation.registry import BodyCropSpec
@@ -45,10 +46,10 @@ def body_box(image: np.ndarray, spacing: tuple[float, float, float], rules: Body
                  for axis, m, n in zip(box, margins, image.shape))
 
 
-def paste(cropped: np.ndarray, box: Box | None, shape: tuple[int, ...]) -> np.ndarray:
-    """``cropped`` put back at ``box`` in a background array of ``shape``."""
+def paste(cropped: torch.Tensor, box: Box | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """``cropped`` put back at ``box`` in a background tensor of ``shape``, where ``cropped`` is."""
     if box is None:
         return cropped
-    full = np.zeros(shape, dtype=cropped.dtype)
+    full = torch.zeros(shape, dtype=cropped.dtype, device=cropped.device)
     full[box] = cropped
     return full

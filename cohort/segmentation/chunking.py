@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,19 @@ def overlap_slices(overlap_mm: float, spacing_z: float) -> int:
     return math.ceil(overlap_mm / spacing_z)
 
 
-def predict_in_chunks(image: np.ndarray, chunks: list[Chunk], predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def predict_in_chunks(image: np.ndarray | torch.Tensor, chunks: list[Chunk],
+                      predict: Callable[[np.ndarray | torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Run ``predict`` on every chunk's slab of ``image`` and keep each chunk's own slices.
 
-    The labels keep the dtype ``predict`` returns: uint16 for a network of more than 256 classes."""
+    The labels keep the dtype and device of what ``predict`` returns (int32 for a network of more
+    than 256 classes; on the GPU where the network ran)."""
     parts = (predict(image[:, :, chunk.start:chunk.stop]) for chunk in chunks)
     labels = None
     for chunk, part in zip(chunks, parts):
+        if len(chunks) == 1:
+            return part
         if labels is None:
-            labels = np.zeros(image.shape, dtype=part.dtype)
+            labels = torch.zeros(tuple(image.shape), dtype=part.dtype, device=part.device)
         labels[:, :, chunk.keep_start:chunk.keep_stop] = part[:, :, chunk.keep_start - chunk.start:
                                                               chunk.keep_stop - chunk.start]
     if labels is None:

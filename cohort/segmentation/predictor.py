@@ -11,8 +11,10 @@ A series goes through nnU-Net's preprocessing (crop to the non-zero box, intensi
 from the plans): a CT network's in torch where the image is, on the GPU when there is one
 (:mod:`cohort.segmentation.ct_preprocessing`, nnU-Net's values bit for bit), any other with
 nnU-Net's own code on the CPU; then its sliding window on the device, and the argmax is taken
-where the logits are: on a GPU only the uint8 labels of the cropped box come back, not
-one float16 map per class (118 × the voxels for TotalSegmentator). Only the sliding window and
+where the logits are, and the labels stay there (a tensor on the network's device): on a GPU
+no float16 map per class (118 × the voxels for TotalSegmentator) and no label map comes back to
+the CPU here; the segmenter merges a model's networks and restores the native grid on the device
+too, and only the finished uint8 label map crosses to the CPU. Only the sliding window and
 argmax pass the worker's network gate (:attr:`NetworkPredictor.gate`, cohort.segmentation.gate):
 one series at a time (on a CPU, ``execution.network_passes`` may allow several, each on its share
 of the threads), so with ``execution.prefetch`` another series is preprocessed while this one is
@@ -151,9 +153,10 @@ class NetworkPredictor:
         tile = torch.zeros(self._tile_shape(), device=self.device)
         return lambda: network(tile)
 
-    def predict(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float], overlap: int) -> np.ndarray:
-        """Labels (x, y, z; uint8, uint16 above 256 classes) of an int32 image on the model grid (an
-        array, or a tensor on this network's device or the CPU).
+    def predict(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float], overlap: int) -> torch.Tensor:
+        """Labels (x, y, z; uint8, int32 above 256 classes) of an int32 image on the model grid (an
+        array, or a tensor on this network's device or the CPU), as a tensor on this network's
+        device (on the CPU for networks whose labels nnU-Net converts).
 
         The whole image is preprocessed at once, so nnU-Net's crop and intensity normalisation see
         all of it (an MR network's z-score is the image's mean and deviation, not a chunk's); only
@@ -168,8 +171,8 @@ class NetworkPredictor:
         z = list(self._predictor.plans_manager.transpose_forward).index(0)  # the image's z in nnU-Net's axes
         planes = data[0].movedim(z, -1)
         cropped = predict_in_chunks(planes, plan_chunks(tuple(planes.shape), max_voxels, overlap),
-                                    lambda slab: np.moveaxis(self._argmax_labels(slab.movedim(-1, z)[None].contiguous()), z, -1))
-        return self._uncropped(np.moveaxis(cropped, -1, z), properties)
+                                    lambda slab: self._argmax_labels(slab.movedim(-1, z)[None].contiguous()).movedim(z, -1))
+        return self._uncropped(cropped.movedim(-1, z), properties)
 
     def _converted_by_nnunet(self, spacing_zyx: Sequence[float]) -> bool:
         """Whether nnU-Net's own conversion makes the labels: a region-based network, or an image of
@@ -180,17 +183,16 @@ class NetworkPredictor:
         return (self._predictor.label_manager.has_regions
                 or not np.allclose(transposed, self._predictor.configuration_manager.spacing))
 
-    def _predict_array(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float]) -> np.ndarray:
+    def _predict_array(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float]) -> torch.Tensor:
         data, properties = self.preprocess(image, spacing)
         return self._uncropped(self.forward(data, properties), properties)
 
-    def _uncropped(self, cropped: np.ndarray, properties: dict) -> np.ndarray:
-        """The labels of nnU-Net's cropped box put back on the whole image, as (x, y, z)."""
-        labels = np.zeros(properties["shape_before_cropping"], dtype=cropped.dtype)
-        box = tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])
-        labels[box] = cropped
-        labels = labels.transpose(self._predictor.plans_manager.transpose_backward)
-        return np.ascontiguousarray(labels.transpose(2, 1, 0))
+    def _uncropped(self, cropped: torch.Tensor, properties: dict) -> torch.Tensor:
+        """The labels of nnU-Net's cropped box put back on the whole image, as (x, y, z), where
+        ``cropped`` is."""
+        labels = torch.zeros(tuple(properties["shape_before_cropping"]), dtype=cropped.dtype, device=cropped.device)
+        labels[tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])] = cropped
+        return labels.permute(*self._predictor.plans_manager.transpose_backward).permute(2, 1, 0).contiguous()
 
     def preprocess(self, image: np.ndarray | torch.Tensor, spacing: tuple[float, float, float]
                    ) -> tuple[torch.Tensor, dict]:
@@ -213,7 +215,7 @@ class NetworkPredictor:
             predictor.dataset_json)
         return torch.from_numpy(data), properties
 
-    def forward(self, data: torch.Tensor, properties: dict) -> np.ndarray:
+    def forward(self, data: torch.Tensor, properties: dict) -> torch.Tensor:
         """Labels of the preprocessed (cropped) box: sliding window and argmax inside the gate.
 
         The argmax of the logits is the argmax of nnU-Net's probabilities (softmax is monotonic;
@@ -222,17 +224,17 @@ class NetworkPredictor:
             return self._labels_converted_by_nnunet(data, properties)
         return self._argmax_labels(data)
 
-    def _argmax_labels(self, data: torch.Tensor) -> np.ndarray:
-        """Sliding window over ``data`` (c, ...) and argmax, inside the gate."""
+    def _argmax_labels(self, data: torch.Tensor) -> torch.Tensor:
+        """Sliding window over ``data`` (c, ...) and argmax, inside the gate; the labels stay on
+        the device."""
         wide = self._predictor.label_manager.num_segmentation_heads > 256
         with self.gate, torch.inference_mode():
             logits = self._logits(data)
-            labels = logits.argmax(0).to(torch.int16 if wide else torch.uint8)
+            labels = logits.argmax(0).to(torch.int32 if wide else torch.uint8)
             del logits
-            labels = labels.cpu().numpy()
-        return labels.astype(np.uint16) if wide else labels
+        return labels
 
-    def _labels_converted_by_nnunet(self, data: torch.Tensor, properties: dict) -> np.ndarray:
+    def _labels_converted_by_nnunet(self, data: torch.Tensor, properties: dict) -> torch.Tensor:
         """Region-based networks, or a model whose spacing is not its plans' spacing: nnU-Net's own
         conversion (resampling of the logits, regions) on the CPU."""
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
@@ -244,7 +246,8 @@ class NetworkPredictor:
                       "bbox_used_for_cropping": [[0, n] for n in properties["shape_after_cropping_and_before_resampling"]]}
         labels = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
-        return np.asarray(labels).transpose(predictor.plans_manager.transpose_forward)
+        labels = np.asarray(labels).transpose(predictor.plans_manager.transpose_forward)
+        return torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8 if labels.dtype == np.uint8 else np.int32))
 
     @torch.inference_mode()
     def _logits(self, data: torch.Tensor) -> torch.Tensor:

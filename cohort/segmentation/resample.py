@@ -51,9 +51,13 @@ def to_canonical(array: np.ndarray, affine: np.ndarray, axcodes: tuple[str, ...]
     return Canonical(canonical, (float(spacing[0]), float(spacing[1]), float(spacing[2])), back)
 
 
-def to_native(labels: np.ndarray, canonical: Canonical) -> np.ndarray:
-    """Undo :func:`to_canonical` on a label array of the canonical shape."""
-    return np.ascontiguousarray(nib.orientations.apply_orientation(labels, canonical.to_native))
+def to_native(labels: torch.Tensor, canonical: Canonical) -> torch.Tensor:
+    """Undo :func:`to_canonical` on a label tensor of the canonical shape (flips, then the axes
+    permuted, as nibabel's ``apply_orientation``), where ``labels`` is."""
+    ornt = canonical.to_native
+    flips = [axis for axis in range(3) if ornt[axis, 1] == -1]
+    flipped = labels.flip(flips) if flips else labels
+    return flipped.permute(*np.argsort(ornt[:, 0]).tolist()).contiguous()
 
 
 def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[float, ...], order: int = 1,
@@ -85,17 +89,19 @@ def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[
     return torch.from_numpy(values.astype(dtype))
 
 
-def resample_labels(labels: np.ndarray, shape: tuple[int, ...], device: torch.device = CPU) -> np.ndarray:
-    """Nearest-neighbour (order 0) resampling of a label array to ``shape`` on ``device``: an
-    index gather per axis, identical to ``scipy.ndimage.zoom(order=0)`` and faster on a CPU too."""
-    if labels.shape == tuple(shape):
+def resample_labels(labels: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Nearest-neighbour (order 0) resampling of a label tensor to ``shape`` where it is: an index
+    gather per axis, identical to ``scipy.ndimage.zoom(order=0)`` and faster on a CPU too (numpy's
+    gather there). A GPU without the memory for it hands the work to the CPU."""
+    if tuple(labels.shape) == tuple(shape):
         return labels
-    if device.type != "cpu":
-        try:
-            return nearest_zoom(torch.from_numpy(np.ascontiguousarray(labels)).to(device), tuple(shape)).cpu().numpy()
-        except torch.OutOfMemoryError:
-            _out_of_device_memory(device, int(np.prod(shape)))
-    return nearest_zoom(labels, tuple(shape))
+    if labels.device.type == "cpu":
+        return torch.from_numpy(nearest_zoom(labels.numpy(), tuple(shape)))
+    try:
+        return nearest_zoom(labels, tuple(shape))
+    except torch.OutOfMemoryError:
+        _out_of_device_memory(labels.device, int(np.prod(shape)))
+    return resample_labels(labels.cpu(), shape)
 
 
 def _out_of_device_memory(device: torch.device, voxels: int) -> None:

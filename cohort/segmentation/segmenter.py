@@ -60,6 +60,8 @@ class Segmenter:
         self.device = device
         self.settings = settings
         classes = model_class_map(spec)
+        self._dtype = np.uint8 if classes.n_labels <= 256 else np.uint16
+        self._device_dtype = torch.uint8 if classes.n_labels <= 256 else torch.int32  # torch's uint16 lacks ops
         self._networks = []
         for network in spec.networks:
             folder = network_folder(spec, network, weights_dir)
@@ -69,9 +71,9 @@ class Segmenter:
                 raise RunCannotStart(f"{folder}: nnU-Net cannot load this network ({type(exc).__name__}: "
                                      f"{exc}); remove the folder and fetch the weights again "
                                      f"(`cohort models` lists the commands)") from exc
-            self._networks.append((network, predictor, label_lookup(network, classes)))
+            lut = torch.as_tensor(label_lookup(network, classes).astype(np.int32), device=device).to(self._device_dtype)
+            self._networks.append((network, predictor, lut))
         self._names = classes.names
-        self._dtype = np.uint8 if classes.n_labels <= 256 else np.uint16
         first = self._networks[0][1]
         gate = NetworkGate.for_device(device, first)
         for predictor in self.predictors:
@@ -102,9 +104,9 @@ class Segmenter:
         merged = self._predict(image, volume)
         seconds["predict"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        restored = paste(resample_labels(merged, cropped.shape, self.device), box, canonical.array.shape)
-        labels = clean_label_map(to_native(restored, canonical), self.spec.postprocess, self._names,
-                                 volume.grid.voxel_volume_ml)
+        restored = paste(resample_labels(merged, cropped.shape), box, canonical.array.shape)
+        native = to_native(restored, canonical).cpu().numpy().astype(self._dtype, copy=False)
+        labels = clean_label_map(native, self.spec.postprocess, self._names, volume.grid.voxel_volume_ml)
         seconds["restore"] = time.perf_counter() - tick
         return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source, name=volume.name), seconds)
 
@@ -120,8 +122,9 @@ class Segmenter:
                                pre.resample_order, pre.image_dtype, self.device)
         return image, canonical, box, cropped
 
-    def _predict(self, image: torch.Tensor, volume: Volume) -> np.ndarray:
-        merged = np.zeros(tuple(image.shape), dtype=self._dtype)
+    def _predict(self, image: torch.Tensor, volume: Volume) -> torch.Tensor:
+        """The networks' labels merged in the model's ids, on the model grid, on this device."""
+        merged = torch.zeros(tuple(image.shape), dtype=self._device_dtype, device=self.device)
         overlap = overlap_slices(self.spec.chunking.overlap_mm, self.spacing[2])
         for network, predictor, lut in self._networks:
             try:

@@ -108,6 +108,16 @@ def test_gpu_labels_agree_with_the_cpu(fast_spec, fast_weights, example_sm) -> N
     assert (gpu == cpu).mean() >= 0.99, "z-chunks of the preprocessed image on the device"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_merges_the_full_models_networks_as_the_cpu(full_spec, full_weights, example_sm) -> None:
+    """The five networks' labels merged and restored on the device: the CPU's label map, up to the
+    voxels fp16 rounding moves (fp32 here, so nearly none)."""
+    cpu = get_segmenter(full_spec, full_weights, "cpu").segment(example_sm).label_map.labels
+    gpu = get_segmenter(full_spec, full_weights, "cuda:0", DeviceSettings("fp32")).segment(example_sm).label_map.labels
+    assert gpu.dtype == cpu.dtype and gpu.shape == cpu.shape and (gpu == cpu).mean() >= 0.99
+
+
 @pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (3.6, 3.6, 3.6)], ids=["plans_spacing", "other_spacing"])
 def test_predictor_equals_nnunets_predict_single_npy_array(fast_spec, fast_weights, example_sm, spacing) -> None:
     """cohort's preprocessing / sliding window / argmax / un-crop gives nnU-Net's own result, both
@@ -115,7 +125,7 @@ def test_predictor_equals_nnunets_predict_single_npy_array(fast_spec, fast_weigh
     resamples the logits back itself)."""
     predictor = get_segmenter(fast_spec, fast_weights, "cpu").predictors[0]
     image = example_sm.hu.astype(np.int32)
-    ours = predictor.predict(image, spacing, overlap=0)
+    ours = predictor.predict(image, spacing, overlap=0).numpy()
     data = np.ascontiguousarray(image.transpose(2, 1, 0))[None].astype(np.float32)
     theirs = predictor._predictor.predict_single_npy_array(data, {"spacing": list(reversed(spacing))}, None, None, False)
     assert ours.shape == image.shape

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from cohort.errors import ConfigError
@@ -76,6 +77,22 @@ def test_network_class_not_in_model_map(tmp_path):
 
 
 def test_later_parts_overwrite_earlier_but_background_never_does():
-    merged = np.array([0, 5, 5, 0], dtype=np.uint8)
-    merge_into(merged, np.array([0, 0, 1, 1], dtype=np.uint8), np.array([0, 9], dtype=np.uint16))
+    merged = torch.tensor([0, 5, 5, 0], dtype=torch.uint8)
+    merge_into(merged, torch.tensor([0, 0, 1, 1], dtype=torch.uint8), torch.tensor([0, 9], dtype=torch.uint8))
     assert merged.tolist() == [0, 5, 9, 9]
+    with pytest.raises(ValueError, match="label 2, its class map ends at 1"):
+        merge_into(merged, torch.tensor([0, 2, 1, 1], dtype=torch.uint8), torch.tensor([0, 9], dtype=torch.uint8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_merging_on_the_gpu_equals_the_cpu():
+    rng = np.random.default_rng(0)
+    lut = torch.from_numpy(rng.permutation(np.arange(1, 31)).astype(np.uint8))
+    lut = torch.cat([torch.zeros(1, dtype=torch.uint8), lut])
+    merged = torch.from_numpy(rng.integers(0, 118, (40, 30, 20), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 31, (40, 30, 20), dtype=np.uint8))
+    on_gpu = merged.cuda()
+    merge_into(on_gpu, labels.cuda(), lut.cuda())
+    merge_into(merged, labels, lut)
+    assert torch.equal(on_gpu.cpu(), merged)

@@ -54,7 +54,7 @@ def test_nearest_zoom_equals_scipy_for_arrays_and_tensors() -> None:
         expected = ndimage.zoom(labels, zoom, order=0, mode="nearest")
         assert np.array_equal(nearest_zoom(labels, expected.shape), expected)
         assert np.array_equal(nearest_zoom(torch.from_numpy(labels), expected.shape).numpy(), expected)
-        assert np.array_equal(resample_labels(labels, expected.shape), expected)
+        assert np.array_equal(resample_labels(torch.from_numpy(labels), expected.shape).numpy(), expected)
 
 
 def test_zoom_shape_rounds_as_scipy() -> None:
@@ -76,8 +76,6 @@ def test_a_device_out_of_memory_resamples_on_the_cpu(clinical_ct: np.ndarray, mo
     target = (3.0, 3.0, 3.0)
     assert np.array_equal(resample_image(clinical_ct, tuple(CLINICAL_MM), target, device=meta).numpy(),
                           resample_image(clinical_ct, tuple(CLINICAL_MM), target).numpy())
-    labels = (clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8)
-    assert np.array_equal(resample_labels(labels, clinical_ct.shape, meta), resample_labels(labels, clinical_ct.shape))
     assert "resampling on the CPU instead" in caplog.text
 
 
@@ -91,5 +89,44 @@ def test_resampling_on_the_gpu_equals_the_cpu(clinical_ct: np.ndarray) -> None:
     for target in [(3.0, 3.0, 3.0), (1.5, 1.5, 1.5)]:
         assert np.array_equal(resample_image(clinical_ct, tuple(CLINICAL_MM), target, device=cuda).cpu().numpy(),
                               resample_image(clinical_ct, tuple(CLINICAL_MM), target).numpy())
-    labels = (clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8)
-    assert np.array_equal(resample_labels(labels, clinical_ct.shape, cuda), resample_labels(labels, clinical_ct.shape))
+    labels = torch.from_numpy((clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8))
+    on_gpu = resample_labels(labels.to(cuda), clinical_ct.shape)
+    assert on_gpu.device == cuda and torch.equal(on_gpu.cpu(), resample_labels(labels, clinical_ct.shape))
+
+
+@pytest.mark.gpu
+@gpu
+def test_labels_that_do_not_fit_the_gpu_are_resampled_on_the_cpu(clinical_ct: np.ndarray, monkeypatch, caplog) -> None:
+    from cohort.segmentation import resample
+
+    def numpy_only(array, shape):
+        if isinstance(array, torch.Tensor):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return nearest_zoom(array, shape)
+
+    monkeypatch.setattr(resample, "nearest_zoom", numpy_only)
+    labels = torch.from_numpy((clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8))
+    restored = resample_labels(labels.to("cuda:0"), clinical_ct.shape)
+    assert restored.device.type == "cpu" and torch.equal(restored, resample_labels(labels, clinical_ct.shape))
+    assert "resampling on the CPU instead" in caplog.text
+
+
+def test_to_native_undoes_to_canonical_in_every_orientation() -> None:
+    """The torch flips and permutation equal nibabel's ``apply_orientation`` back to the native
+    axes, for all 48 axis orders and directions, and for a network trained in another orientation."""
+    import itertools
+
+    import nibabel as nib
+
+    from cohort.segmentation.resample import to_canonical, to_native
+
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for axes in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            affine = np.eye(4)
+            affine[:3, :3] = np.eye(3)[:, axes] * signs * [0.8, 0.9, 1.5]
+            for axcodes in (("R", "A", "S"), ("P", "I", "R")):
+                canonical = to_canonical(array, affine, axcodes)
+                back = to_native(torch.from_numpy(np.ascontiguousarray(canonical.array)), canonical)
+                assert back.is_contiguous() and np.array_equal(back.numpy(), array), (axes, signs, axcodes)
+                assert np.array_equal(back.numpy(), nib.orientations.apply_orientation(canonical.array, canonical.to_native))
