@@ -92,16 +92,12 @@ def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[
 def resample_labels(labels: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Nearest-neighbour (order 0) resampling of a label tensor to ``shape`` where it is: an index
     gather per axis, identical to ``scipy.ndimage.zoom(order=0)`` and faster on a CPU too (numpy's
-    gather there). A GPU without the memory for it hands the work to the CPU."""
+    gather there)."""
     if tuple(labels.shape) == tuple(shape):
         return labels
     if labels.device.type == "cpu":
         return torch.from_numpy(nearest_zoom(labels.numpy(), tuple(shape)))
-    try:
-        return nearest_zoom(labels, tuple(shape))
-    except torch.OutOfMemoryError:
-        _out_of_device_memory(labels.device, int(np.prod(shape)))
-    return resample_labels(labels.cpu(), shape)
+    return nearest_zoom(labels, tuple(shape))
 
 
 def _out_of_device_memory(device: torch.device, voxels: int) -> None:

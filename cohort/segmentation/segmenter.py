@@ -104,9 +104,15 @@ class Segmenter:
         merged = self._predict(image, volume)
         seconds["predict"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        restored = paste(resample_labels(merged, cropped.shape), box, canonical.array.shape)
-        native = to_native(restored, canonical).cpu().numpy().astype(self._dtype, copy=False)
-        labels = clean_label_map(native, self.spec.postprocess, self._names, volume.grid.voxel_volume_ml)
+        try:
+            native = native_labels(merged, cropped.shape, box, canonical)
+        except torch.OutOfMemoryError:
+            log.warning("%s: restoring its %.0f M-voxel label map ran out of memory on %s; restoring it on the CPU "
+                        "instead", volume.name, volume.hu.size / 1e6, self.device)
+            torch.cuda.empty_cache()
+            native = native_labels(merged.cpu(), cropped.shape, box, canonical)
+        labels = clean_label_map(native.astype(self._dtype, copy=False), self.spec.postprocess, self._names,
+                                 volume.grid.voxel_volume_ml)
         seconds["restore"] = time.perf_counter() - tick
         return Segmentation(LabelMap(labels=labels, affine=volume.affine, source=volume.source, name=volume.name), seconds)
 
@@ -140,6 +146,14 @@ class Segmenter:
                                   f"{self.spec.source} or give each worker more memory") from None
             merge_into(merged, labels, lut)
         return merged
+
+
+def native_labels(merged: torch.Tensor, cropped_shape: tuple[int, ...], box: Box | None,
+                  canonical: Canonical) -> np.ndarray:
+    """The model-grid labels back on the CT's own grid (resampled, pasted into the body crop's
+    frame, reoriented) where they are; only this label map comes to the CPU."""
+    restored = paste(resample_labels(merged, cropped_shape), box, canonical.array.shape)
+    return to_native(restored, canonical).cpu().numpy()
 
 
 def network_axcodes(spec: ModelSpec, dataset_json: dict) -> tuple[str, ...]:

@@ -118,6 +118,31 @@ def test_gpu_merges_the_full_models_networks_as_the_cpu(full_spec, full_weights,
     assert gpu.dtype == cpu.dtype and gpu.shape == cpu.shape and (gpu == cpu).mean() >= 0.99
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_a_label_map_that_does_not_fit_the_device_is_restored_on_the_cpu(fast_spec, fast_weights, example_sm, device,
+                                                                        monkeypatch, caplog) -> None:
+    """A large CT beside other series' passes may leave the GPU without room for its full-size
+    label map: the way back runs on the CPU instead, with the same labels, and says so."""
+    from cohort.segmentation import segmenter as module
+
+    segmenter = get_segmenter(fast_spec, fast_weights, device, DeviceSettings("fp32"))
+    expected = segmenter.segment(example_sm).label_map.labels
+    devices = []
+    restore = module.native_labels
+
+    def first_out_of_memory(merged, *args):
+        devices.append(merged.device.type)
+        if len(devices) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return restore(merged, *args)
+
+    monkeypatch.setattr(module, "native_labels", first_out_of_memory)
+    labels = segmenter.segment(example_sm).label_map.labels
+    assert devices == [torch.device(device).type, "cpu"] and np.array_equal(labels, expected)
+    assert "restoring it on the CPU instead" in caplog.text
+
+
 @pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (3.6, 3.6, 3.6)], ids=["plans_spacing", "other_spacing"])
 def test_predictor_equals_nnunets_predict_single_npy_array(fast_spec, fast_weights, example_sm, spacing) -> None:
     """cohort's preprocessing / sliding window / argmax / un-crop gives nnU-Net's own result, both

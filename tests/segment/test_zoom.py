@@ -94,23 +94,6 @@ def test_resampling_on_the_gpu_equals_the_cpu(clinical_ct: np.ndarray) -> None:
     assert on_gpu.device == cuda and torch.equal(on_gpu.cpu(), resample_labels(labels, clinical_ct.shape))
 
 
-@pytest.mark.gpu
-@gpu
-def test_labels_that_do_not_fit_the_gpu_are_resampled_on_the_cpu(clinical_ct: np.ndarray, monkeypatch, caplog) -> None:
-    from cohort.segmentation import resample
-
-    def numpy_only(array, shape):
-        if isinstance(array, torch.Tensor):
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return nearest_zoom(array, shape)
-
-    monkeypatch.setattr(resample, "nearest_zoom", numpy_only)
-    labels = torch.from_numpy((clinical_ct[::4, ::4, ::2] % 118).astype(np.uint8))
-    restored = resample_labels(labels.to("cuda:0"), clinical_ct.shape)
-    assert restored.device.type == "cpu" and torch.equal(restored, resample_labels(labels, clinical_ct.shape))
-    assert "resampling on the CPU instead" in caplog.text
-
-
 def test_to_native_undoes_to_canonical_in_every_orientation() -> None:
     """The torch flips and permutation equal nibabel's ``apply_orientation`` back to the native
     axes, for all 48 axis orders and directions, and for a network trained in another orientation."""
