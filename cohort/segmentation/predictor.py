@@ -230,7 +230,9 @@ class NetworkPredictor:
         wide = self._predictor.label_manager.num_segmentation_heads > 256
         with self.gate, torch.inference_mode():
             logits = self._logits(data)
-            labels = logits.argmax(0).to(torch.int32 if wide else torch.uint8)
+            # max's indices are argmax's (the first maximal class, NaN as maximal: both documented so),
+            # 4.6x faster on a CPU for nnU-Net's float16 logits (0.18 against 0.81 s for 118 classes x 1.4 M voxels)
+            labels = logits.max(0).indices.to(torch.int32 if wide else torch.uint8)
             del logits
         return labels
 

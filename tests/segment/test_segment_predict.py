@@ -180,3 +180,18 @@ def test_chunks_of_an_mr_image_see_the_whole_images_normalisation(tmp_path, exam
         matches = [start for start in range(whole.shape[1] - data.shape[1] + 1)
                    if torch.equal(whole[:, start:start + data.shape[1]], data)]
         assert matches, "a chunk was normalised on its own"
+
+
+def test_labels_are_the_argmax_of_the_logits_with_ties_and_nan(fast_spec, fast_weights, monkeypatch) -> None:
+    """The labels are the first maximal class (torch's and numpy's argmax), also where classes tie,
+    as random or float16 logits often do, and where a logit is NaN or infinite."""
+    predictor = get_segmenter(fast_spec, fast_weights, "cpu").predictors[0]
+    logits = torch.randint(0, 3, (118, 9, 10, 11), generator=torch.Generator().manual_seed(0)).half()
+    logits[:, 0, 0, 0] = float("nan")
+    logits[5, 1, 1, 1] = float("nan")
+    logits[7, 2, 2, 2] = float("inf")
+    monkeypatch.setattr(predictor, "_logits", lambda data: logits)
+    labels = predictor._argmax_labels(torch.zeros(1, 9, 10, 11))
+    assert labels.dtype == torch.uint8
+    assert np.array_equal(labels.numpy(), logits.argmax(0).numpy())
+    assert np.array_equal(labels.numpy(), np.argmax(logits.float().numpy(), axis=0))
