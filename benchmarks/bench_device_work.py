@@ -10,7 +10,10 @@
    labels to the CPU, un-cropped and merged with numpy there, resampled on the device, pasted and
    reoriented with numpy and nibabel) against cohort's torch steps where the labels are; label
    maps checked equal.
-3. Counting the label x value histograms that measurement reads (the clinical CT with a label map
+3. The labels from the logits (float16, as nnU-Net's sliding window returns them; each network's
+   classes on its model's grid): ``argmax(0)`` against ``max(0).indices``, which cohort uses (the same first
+   maximal class), labels checked equal.
+4. Counting the label x value histograms that measurement reads (the clinical CT with a label map
    of 118 random ids): numpy on the CPU against ``torch.bincount``, counts checked equal.
 
 Best of ``--repeat`` each. With a CUDA GPU it also times what a series pays there: the old way
@@ -134,6 +137,23 @@ def compare_labels_back(model: str, volume, work: Path, repeat: int, device: tor
           f"{device}: before {old * 1000:.0f} ms, now {new * 1000:.0f} ms ({old / new:.1f}x), equal")
 
 
+def compare_label_choice(model: str, volume, work: Path, repeat: int, device: torch.device) -> None:
+    segmenter = Segmenter(load_model_spec(model), work / model, device)
+    grid = tuple(segmenter._prepare(volume)[0].shape)
+    old_total = new_total = 0.0
+    classes = []
+    for predictor in segmenter.predictors:
+        heads = predictor._predictor.label_manager.num_segmentation_heads
+        logits = torch.randn((heads, *grid), generator=torch.Generator().manual_seed(0)).half().to(device)
+        assert torch.equal(logits.argmax(0), logits.max(0).indices), "labels differ"
+        old_total += best_seconds(lambda: logits.argmax(0), repeat, device)
+        new_total += best_seconds(lambda: logits.max(0).indices, repeat, device)
+        classes.append(str(heads))
+    print(f"{model}: labels from float16 logits, {'+'.join(classes)} classes x {np.prod(grid) / 1e6:.1f} M voxels, "
+          f"{device}: argmax {old_total * 1000:.0f} ms, max's indices {new_total * 1000:.0f} ms "
+          f"({old_total / new_total:.1f}x), equal")
+
+
 def compare_counting(volume, repeat: int, device: torch.device) -> None:
     labels = np.random.default_rng(0).integers(0, 118, volume.hu.shape, dtype=np.uint8)
     values = np.arange(int(volume.hu.min()), int(volume.hu.max()) + 1)
@@ -160,6 +180,7 @@ def main() -> None:
         for model in args.models:
             compare_model(model, volume, work, args.repeat, device)
             compare_labels_back(model, volume, work, args.repeat, device)
+            compare_label_choice(model, volume, work, args.repeat, device)
         compare_counting(volume, args.repeat, device)
 
 
