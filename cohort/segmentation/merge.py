@@ -27,8 +27,8 @@ def label_lookup(network: NetworkSpec, model_classes: ClassMap) -> np.ndarray:
 
 
 def merge_into(merged: torch.Tensor, network_labels: torch.Tensor, lut: torch.Tensor) -> None:
-    """Write ``network_labels`` (mapped through ``lut``, on ``merged``'s device) into ``merged``
-    where they are not 0, on ``merged``'s device (a GPU's labels never visit the CPU)."""
+    """Write ``network_labels`` (mapped through ``lut``) into ``merged`` where they are not 0, on
+    ``merged``'s device, where ``lut`` is too (a GPU's labels never visit the CPU)."""
     network_labels = network_labels.to(merged.device)
     top = int(network_labels.max()) if network_labels.numel() else 0
     if top >= len(lut):

@@ -231,7 +231,7 @@ class NetworkPredictor:
         with self.gate, torch.inference_mode():
             logits = self._logits(data)
             # max's indices are argmax's (the first maximal class, NaN as maximal: both documented so),
-            # 4.6x faster on a CPU for nnU-Net's float16 logits (0.18 against 0.81 s for 118 classes x 1.4 M voxels)
+            # 3x faster on a CPU for nnU-Net's float16 logits (0.16 against 0.49 s, 118 classes x 1.4 M voxels)
             labels = logits.max(0).indices.to(torch.int32 if wide else torch.uint8)
             del logits
         return labels
