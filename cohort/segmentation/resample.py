@@ -83,9 +83,10 @@ def resample_image(array: np.ndarray, spacing: tuple[float, ...], target: tuple[
             return image.to(getattr(torch, dtype))
         except torch.OutOfMemoryError:
             _out_of_device_memory(device, array.size)
-    values = np.asarray(array, dtype=np.float64)
-    if not same_grid:
-        values = ndimage.zoom(values, zoom, order=order, mode="nearest")
+    if same_grid:
+        values = np.asarray(array, dtype=np.float64)
+    else:  # scipy interpolates in float64 whatever the input's type: no float64 copy of the CT first
+        values = ndimage.zoom(array, zoom, order=order, mode="nearest", output=np.float64)
     return torch.from_numpy(values.astype(dtype))
 
 

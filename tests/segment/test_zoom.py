@@ -113,3 +113,15 @@ def test_to_native_undoes_to_canonical_in_every_orientation() -> None:
                 back = to_native(torch.from_numpy(np.ascontiguousarray(canonical.array)), canonical)
                 assert back.is_contiguous() and np.array_equal(back.numpy(), array), (axes, signs, axcodes)
                 assert np.array_equal(back.numpy(), nib.orientations.apply_orientation(canonical.array, canonical.to_native))
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_the_cpu_resamples_as_totalsegmentator_reads_the_image(clinical_ct: np.ndarray, order: int) -> None:
+    """TotalSegmentator zooms the image in float64 (``get_fdata``) and truncates to int32; cohort
+    hands scipy the stored integers (or float32 values) and asks for float64: the same values."""
+    image = clinical_ct[::3, ::3, ::2]
+    zoom = np.asarray(CLINICAL_MM) * [3, 3, 2] / 3.0
+    for stored in (image, (image * 0.37).astype(np.float32)):
+        expected = ndimage.zoom(stored.astype(np.float64), zoom, order=order, mode="nearest").astype(np.int32)
+        ours = resample_image(stored, tuple(np.asarray(CLINICAL_MM) * [3, 3, 2]), (3.0, 3.0, 3.0), order).numpy()
+        assert ours.dtype == np.int32 and np.array_equal(ours, expected), (order, stored.dtype)
