@@ -2,17 +2,17 @@
 the clinical-size CT (0.8 x 0.8 x 1.5 mm, 39 M voxels), in a process with a worker's heap settings
 (cohort.heap: without them page faults hide everything else).
 
-1. Resampling to each model's grid (3 mm fast, 1.5 mm full): scipy's zoom of a float64 copy of the
+1. A whole ``segment`` of the fast model (random weights of the small test network or of
+   TotalSegmentator's size) with the labels taken as ``argmax(0)`` of the logits and as
+   ``max(0).indices``, alternating (ABBA); label maps checked equal.
+2. Resampling to each model's grid (3 mm fast, 1.5 mm full): scipy's zoom of a float64 copy of the
    CT (TotalSegmentator's ``get_fdata``) against scipy's zoom of the stored integers asked for
    float64 output (``resample_image``); values checked equal.
-2. A whole ``segment`` of the fast model (random weights of the small test network or of
-   TotalSegmentator's size) with the labels taken as ``argmax(0)`` of the logits and as
-   ``max(0).indices``, alternating; label maps checked equal.
 
-Prints the best and every time of each.
+Prints the best, the median and every time of each.
 
     python benchmarks/bench_cpu_steps.py --size small --rounds 4
-    python benchmarks/bench_cpu_steps.py --size real --rounds 3
+    python benchmarks/bench_cpu_steps.py --size real --rounds 6
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ def main() -> None:
     with_worker_heap()
     work = Path(tempfile.mkdtemp(prefix="bench_cpu_steps_"))
     volume = load_ct(clinical_ct(work))
-    compare_resampling(volume.hu, volume.grid.spacing, args.rounds)
     spec = load_model_spec("fast")
     build_weights(spec, work / "weights", args.size, seed=0)
     segmenter = Segmenter(spec, work / "weights", torch.device("cpu"))
@@ -88,16 +87,20 @@ def main() -> None:
     segmenter.segment(volume)  # warm-up
     seconds: dict[str, list[float]] = {"argmax(0)": [], "max(0).indices": []}
     labels = {}
-    for _ in range(args.rounds):
-        for name, choose in (("argmax(0)", argmax), ("max(0).indices", max_indices)):
+    ways = [("argmax(0)", argmax), ("max(0).indices", max_indices)]
+    for round_ in range(args.rounds):
+        for name, choose in ways if round_ % 2 == 0 else ways[::-1]:  # ABBA: neither always goes first
             predictor._argmax_labels = choose
             start = time.perf_counter()
             labels[name] = segmenter.segment(volume).label_map.labels
             seconds[name].append(time.perf_counter() - start)
     assert np.array_equal(*labels.values()), "label maps differ"
     for name, times in seconds.items():
-        print(f"{args.size} network, segment with {name}: best {min(times):.2f} s, all {[round(t, 2) for t in times]}")
-    print(f"ratio {min(seconds['argmax(0)']) / min(seconds['max(0).indices']):.2f}x, label maps equal")
+        print(f"{args.size} network, segment with {name}: best {min(times):.2f} s, median {np.median(times):.2f} s, "
+              f"all {[round(t, 2) for t in times]}")
+    old, new = seconds["argmax(0)"], seconds["max(0).indices"]
+    print(f"ratio {min(old) / min(new):.2f}x (best), {np.median(old) / np.median(new):.2f}x (median), label maps equal")
+    compare_resampling(volume.hu, volume.grid.spacing, args.rounds)
 
 
 if __name__ == "__main__":
