@@ -93,10 +93,10 @@ def compare_model(model: str, volume, work: Path, repeat: int, device: torch.dev
           f"({old_total / new_total:.1f}x)")
 
 
-def labels_back_before(segmenter: Segmenter, outputs: list, canonical, box, cropped_shape) -> np.ndarray:
+def labels_back_before(segmenter: Segmenter, outputs: list, grid, canonical, box, cropped_shape) -> np.ndarray:
     """The code before 2026-11-29: every network's labels to the CPU, numpy there."""
-    merged = np.zeros(outputs[0][3], dtype=np.uint8)
-    for (_, predictor, lut), (labels, properties, _, _) in zip(segmenter._networks, outputs):
+    merged = np.zeros(grid, dtype=np.uint8)
+    for (_, predictor, lut), (labels, properties) in zip(segmenter._networks, outputs):
         host = labels.cpu().numpy()
         full = np.zeros(properties["shape_before_cropping"], dtype=host.dtype)
         full[tuple(slice(low, high) for low, high in properties["bbox_used_for_cropping"])] = host
@@ -113,10 +113,10 @@ def labels_back_before(segmenter: Segmenter, outputs: list, canonical, box, crop
     return np.ascontiguousarray(nib.orientations.apply_orientation(resampled, canonical.to_native))
 
 
-def labels_back_now(segmenter: Segmenter, outputs: list, canonical, box, cropped_shape) -> np.ndarray:
+def labels_back_now(segmenter: Segmenter, outputs: list, grid, canonical, box, cropped_shape) -> np.ndarray:
     """cohort's steps (Segmenter.segment) where the labels are; one label map to the CPU at the end."""
-    merged = torch.zeros(outputs[0][3], dtype=torch.uint8, device=segmenter.device)
-    for (_, predictor, lut), (labels, properties, _, _) in zip(segmenter._networks, outputs):
+    merged = torch.zeros(grid, dtype=torch.uint8, device=segmenter.device)
+    for (_, predictor, lut), (labels, properties) in zip(segmenter._networks, outputs):
         merge_into(merged, predictor._uncropped(labels, properties), lut)
     return to_native(paste(resample_labels(merged, tuple(cropped_shape)), box, canonical.array.shape), canonical).cpu().numpy()
 
@@ -128,11 +128,12 @@ def compare_labels_back(model: str, volume, work: Path, repeat: int, device: tor
     outputs = []
     for predictor in segmenter.predictors:
         data, properties = predictor.preprocess(image, segmenter.spacing)
-        outputs.append((predictor._argmax_labels(data), properties, None, tuple(image.shape)))
-    before = labels_back_before(segmenter, outputs, canonical, box, cropped.shape)
-    assert np.array_equal(labels_back_now(segmenter, outputs, canonical, box, cropped.shape), before), "label maps differ"
-    old = best_seconds(lambda: labels_back_before(segmenter, outputs, canonical, box, cropped.shape), repeat, device)
-    new = best_seconds(lambda: labels_back_now(segmenter, outputs, canonical, box, cropped.shape), repeat, device)
+        outputs.append((predictor._argmax_labels(data), properties))
+    steps = (segmenter, outputs, tuple(image.shape), canonical, box, cropped.shape)
+    before = labels_back_before(*steps)
+    assert np.array_equal(labels_back_now(*steps), before), "label maps differ"
+    old = best_seconds(lambda: labels_back_before(*steps), repeat, device)
+    new = best_seconds(lambda: labels_back_now(*steps), repeat, device)
     print(f"{model}: labels back to the CT's grid ({len(outputs)} network(s) -> {before.size / 1e6:.1f} M voxels), "
           f"{device}: before {old * 1000:.0f} ms, now {new * 1000:.0f} ms ({old / new:.1f}x), equal")
 

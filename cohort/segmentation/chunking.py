@@ -64,11 +64,11 @@ def predict_in_chunks(image: np.ndarray | torch.Tensor, chunks: list[Chunk],
 
     The labels keep the dtype and device of what ``predict`` returns (int32 for a network of more
     than 256 classes; on the GPU where the network ran)."""
+    if len(chunks) == 1:  # the whole image: its labels need no stitching
+        return predict(image[:, :, chunks[0].start:chunks[0].stop])
     parts = (predict(image[:, :, chunk.start:chunk.stop]) for chunk in chunks)
     labels = None
     for chunk, part in zip(chunks, parts):
-        if len(chunks) == 1:
-            return part
         if labels is None:
             labels = torch.zeros(tuple(image.shape), dtype=part.dtype, device=part.device)
         labels[:, :, chunk.keep_start:chunk.keep_stop] = part[:, :, chunk.keep_start - chunk.start:

@@ -60,8 +60,9 @@ class Segmenter:
         self.device = device
         self.settings = settings
         classes = model_class_map(spec)
-        self._dtype = np.uint8 if classes.n_labels <= 256 else np.uint16
-        self._device_dtype = torch.uint8 if classes.n_labels <= 256 else torch.int32  # torch's uint16 lacks ops
+        narrow = classes.n_labels <= 256
+        self._dtype = np.uint8 if narrow else np.uint16
+        self._device_dtype = torch.uint8 if narrow else torch.int32  # torch's uint16 lacks ops
         self._networks = []
         for network in spec.networks:
             folder = network_folder(spec, network, weights_dir)
